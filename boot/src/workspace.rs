@@ -1,0 +1,156 @@
+//! Locating the workspace and building the bootable kernel image
+//! (`cargo build` of the kernel + symbol embedding -> `build/kernel.elf`).
+
+use std::env;
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+
+use anyhow::{bail, Context, Result};
+
+use crate::ksyms;
+
+/// Bare-metal target the kernel is built for.
+pub const KERNEL_TARGET: &str = "x86_64-unknown-none";
+/// Cargo package name of the kernel.
+pub const KERNEL_PACKAGE: &str = "kernel";
+
+/// The workspace root: `$MATRYOSHKA_ROOT`, else the nearest ancestor of the
+/// current directory holding a `Cargo.toml` with `[workspace]` and a
+/// `kernel/` folder, else the root this crate was compiled in.
+pub fn root() -> Result<PathBuf> {
+    if let Some(r) = env::var_os("MATRYOSHKA_ROOT") {
+        return Ok(PathBuf::from(r));
+    }
+    if let Ok(cwd) = env::current_dir() {
+        for dir in cwd.ancestors() {
+            if is_root(dir) {
+                return Ok(dir.to_path_buf());
+            }
+        }
+    }
+    let compiled = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .map(Path::to_path_buf)
+        .unwrap_or_default();
+    if is_root(&compiled) {
+        return Ok(compiled);
+    }
+    bail!("cannot find the Matryoshka workspace root (run inside the repository or set MATRYOSHKA_ROOT)")
+}
+
+fn is_root(dir: &Path) -> bool {
+    dir.join("kernel").is_dir()
+        && std::fs::read_to_string(dir.join("Cargo.toml"))
+            .map(|s| s.contains("[workspace]"))
+            .unwrap_or(false)
+}
+
+/// `<root>/build`, where every generated image lives.
+pub fn build_dir(root: &Path) -> PathBuf {
+    root.join("build")
+}
+
+/// `<root>/build/kernel.elf`, the final kernel image (symbols embedded).
+pub fn kernel_image(root: &Path) -> PathBuf {
+    build_dir(root).join("kernel.elf")
+}
+
+/// Options for [`build_kernel`].
+#[derive(Clone, Debug, Default)]
+pub struct BuildOptions {
+    /// Print cargo's progress to stderr (otherwise only on failure).
+    pub verbose: bool,
+}
+
+/// Build the kernel (`cargo build -p kernel --release --target
+/// x86_64-unknown-none`), embed its symbols and write `build/kernel.elf`.
+/// Returns the path of the final image.
+pub fn build_kernel(root: &Path, opts: &BuildOptions) -> Result<PathBuf> {
+    let cargo = env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
+    let mut cmd = Command::new(cargo);
+    cmd.current_dir(root)
+        .args(["build", "-p", KERNEL_PACKAGE, "--release", "--target", KERNEL_TARGET])
+        .arg("--message-format=json-render-diagnostics")
+        .stdout(Stdio::piped())
+        .stderr(if opts.verbose { Stdio::inherit() } else { Stdio::piped() });
+    let mut child = cmd.spawn().context("cannot run cargo to build the kernel")?;
+    let stderr = child.stderr.take();
+    let err_thread = std::thread::spawn(move || {
+        let mut buf = String::new();
+        if let Some(mut e) = stderr {
+            use std::io::Read;
+            let _ = e.read_to_string(&mut buf);
+        }
+        buf
+    });
+    let mut artifact: Option<PathBuf> = None;
+    if let Some(out) = child.stdout.take() {
+        for line in BufReader::new(out).lines() {
+            let line = line?;
+            if let Some(p) = kernel_artifact_from_message(&line) {
+                artifact = Some(p);
+            }
+        }
+    }
+    let status = child.wait()?;
+    let err_text = err_thread.join().unwrap_or_default();
+    if !status.success() {
+        if !err_text.is_empty() {
+            eprint!("{err_text}");
+        }
+        bail!("cargo build of the kernel failed ({status})");
+    }
+    let raw = artifact.context("cargo did not report a kernel executable (is the kernel package a binary?)")?;
+    let out = kernel_image(root);
+    let stats = ksyms::embed_symbols(&raw, &out)?;
+    if opts.verbose {
+        eprintln!(
+            "embedded {} symbols ({} of {} bytes) -> {}",
+            stats.symbols,
+            stats.table_bytes,
+            stats.section_size,
+            out.display()
+        );
+    }
+    Ok(out)
+}
+
+/// Extract the executable path from one cargo JSON message if it is the
+/// kernel's `compiler-artifact`.
+pub fn kernel_artifact_from_message(line: &str) -> Option<PathBuf> {
+    let v: serde_json::Value = serde_json::from_str(line).ok()?;
+    if v.get("reason")?.as_str()? != "compiler-artifact" {
+        return None;
+    }
+    let target = v.get("target")?;
+    let is_bin = target
+        .get("kind")?
+        .as_array()?
+        .iter()
+        .any(|k| k.as_str() == Some("bin"));
+    if !is_bin || target.get("name")?.as_str()? != KERNEL_PACKAGE {
+        return None;
+    }
+    v.get("executable")?.as_str().map(PathBuf::from)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn artifact_message_parsing() {
+        let msg = r#"{"reason":"compiler-artifact","package_id":"x","target":{"kind":["bin"],"crate_types":["bin"],"name":"kernel","src_path":"/r/kernel/src/main.rs"},"executable":"/r/target/x86_64-unknown-none/release/kernel","fresh":true}"#;
+        assert_eq!(
+            kernel_artifact_from_message(msg),
+            Some(PathBuf::from("/r/target/x86_64-unknown-none/release/kernel"))
+        );
+        let lib = r#"{"reason":"compiler-artifact","target":{"kind":["lib"],"name":"kernel"},"executable":null}"#;
+        assert_eq!(kernel_artifact_from_message(lib), None);
+        let other = r#"{"reason":"compiler-artifact","target":{"kind":["bin"],"name":"mkboot"},"executable":"/x"}"#;
+        assert_eq!(kernel_artifact_from_message(other), None);
+        assert_eq!(kernel_artifact_from_message("not json"), None);
+        assert_eq!(kernel_artifact_from_message(r#"{"reason":"build-finished","success":true}"#), None);
+    }
+}
