@@ -1,0 +1,173 @@
+//! Running scenarios under QEMU and reporting them.
+
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use anyhow::Result;
+use matryoshka_boot::qemu::{self, Accel, Firmware, Mode, QemuRun, Serial};
+use serde_json::json;
+
+use crate::protocol::{evaluate, LogAnalysis, Outcome, Verdict};
+use crate::scenario::Scenario;
+
+/// Settings shared by every scenario of a run.
+#[derive(Clone, Debug)]
+pub struct RunConfig {
+    pub kernel: PathBuf,
+    /// `build/hw-tests`: logs and per-scenario images.
+    pub out_dir: PathBuf,
+    pub accel: Accel,
+    pub firmware: Firmware,
+    pub timeout_scale: f64,
+    pub log_level: String,
+    pub memory_mb: u32,
+}
+
+/// The result of one scenario.
+#[derive(Debug)]
+pub struct ScenarioReport {
+    pub scenario: Scenario,
+    pub log: PathBuf,
+    pub elapsed: Duration,
+    /// Set when the scenario could not even be started (image build, spawn).
+    pub error: Option<String>,
+    pub verdict: Verdict,
+}
+
+impl ScenarioReport {
+    pub fn passed(&self) -> bool {
+        self.error.is_none() && self.verdict.passed()
+    }
+
+    /// Machine-readable `HWTEST {...}` lines: one per case, one per check,
+    /// one for the scenario.
+    pub fn hwtest_lines(&self) -> Vec<String> {
+        let name = &self.scenario.name;
+        let mut out = Vec::new();
+        for c in &self.verdict.cases {
+            let mut v = json!({"scenario": name, "case": c.name, "status": c.status});
+            if let Some(r) = &c.record {
+                if let Some(cpu) = r.cpu {
+                    v["cpu"] = json!(cpu);
+                }
+                if let Some(m) = r.micros {
+                    v["micros"] = json!(m);
+                }
+                if let Some(d) = r.detail.as_deref().filter(|d| !d.is_empty()) {
+                    v["detail"] = json!(d);
+                }
+            }
+            out.push(format!("HWTEST {v}"));
+        }
+        for c in &self.verdict.checks {
+            let mut v = json!({"scenario": name, "check": c.name, "status": if c.ok { "pass" } else { "fail" }});
+            if !c.ok && !c.detail.is_empty() {
+                v["detail"] = json!(c.detail);
+            }
+            out.push(format!("HWTEST {v}"));
+        }
+        let mut v = json!({
+            "scenario": name,
+            "status": if self.passed() { "pass" } else { "fail" },
+            "seconds": (self.elapsed.as_secs_f64() * 10.0).round() / 10.0,
+            "log": self.log.display().to_string(),
+        });
+        if let Some(e) = &self.error {
+            v["error"] = json!(e);
+        }
+        out.push(format!("HWTEST {v}"));
+        out
+    }
+}
+
+/// Boot one scenario and judge it.
+pub fn run_scenario(s: &Scenario, cfg: &RunConfig) -> ScenarioReport {
+    let start = Instant::now();
+    let log = cfg.out_dir.join(format!("{}.log", s.name));
+    let work = cfg.out_dir.join(&s.name);
+    let mut report = ScenarioReport {
+        scenario: s.clone(),
+        log: log.clone(),
+        elapsed: Duration::ZERO,
+        error: None,
+        verdict: Verdict::default(),
+    };
+    match boot(s, cfg, &work, &log) {
+        Ok(v) => report.verdict = v,
+        Err(e) => {
+            let msg = format!("{e:#}").replace('\n', " ");
+            let _ = std::fs::write(&log, format!("[hw-tests] scenario could not run: {msg}\n"));
+            report.error = Some(msg);
+        }
+    }
+    report.elapsed = start.elapsed();
+    report
+}
+
+fn boot(s: &Scenario, cfg: &RunConfig, work: &Path, log: &Path) -> Result<Verdict> {
+    let firmware = if s.mode == Mode::Direct { cfg.firmware } else { Firmware::Seabios };
+    let run = QemuRun::new(&cfg.kernel, work)
+        .mode(s.mode)
+        .cpus(s.cpus)
+        .accel(cfg.accel)
+        .memory_mb(cfg.memory_mb)
+        .firmware(firmware)
+        .cmdline(s.cmdline(&cfg.log_level))
+        .serial(Serial::Stdio);
+    run.prepare()?;
+    let cmd = run.command()?;
+    let line = run.shell_line()?;
+    let timeout = Duration::from_secs_f64(s.timeout.as_secs_f64() * cfg.timeout_scale);
+    let mut analysis = LogAnalysis::new();
+    let captured = qemu::run_captured(cmd, log, timeout, |l| analysis.feed(l))?;
+    // Record the command used at the end of the log for reproduction.
+    {
+        use std::io::Write;
+        if let Ok(mut f) = std::fs::OpenOptions::new().append(true).open(log) {
+            let _ = writeln!(f, "[hw-tests] command: {line}");
+            let _ = writeln!(f, "[hw-tests] {}", qemu::describe_exit(captured.code()));
+        }
+    }
+    let outcome = Outcome { exit_code: captured.code(), timed_out: captured.timed_out };
+    Ok(evaluate(&analysis, &s.expect, s.cpus, s.expected_exit, outcome))
+}
+
+/// The last `n` lines of a file (for failure reports).
+pub fn tail(path: &Path, n: usize) -> Vec<String> {
+    let text = std::fs::read(path).map(|b| String::from_utf8_lossy(&b).into_owned()).unwrap_or_default();
+    let lines: Vec<&str> = text.lines().collect();
+    lines[lines.len().saturating_sub(n)..].iter().map(|s| s.to_string()).collect()
+}
+
+/// Run `scenarios` with at most `jobs` at once, calling `done` (serialized)
+/// as each finishes. Reports come back in the scenarios' order.
+pub fn run_all(
+    scenarios: &[Scenario],
+    cfg: &RunConfig,
+    jobs: usize,
+    done: impl Fn(&ScenarioReport) + Sync,
+) -> Vec<ScenarioReport> {
+    // Longest timeouts first: they are the slow ones, so the tail is short.
+    let mut order: Vec<usize> = (0..scenarios.len()).collect();
+    order.sort_by_key(|&i| std::cmp::Reverse(scenarios[i].timeout));
+    let next = AtomicUsize::new(0);
+    let results: Mutex<Vec<Option<ScenarioReport>>> = Mutex::new((0..scenarios.len()).map(|_| None).collect());
+    let print_lock = Mutex::new(());
+    std::thread::scope(|scope| {
+        for _ in 0..jobs.max(1).min(scenarios.len().max(1)) {
+            scope.spawn(|| loop {
+                let k = next.fetch_add(1, Ordering::SeqCst);
+                let Some(&i) = order.get(k) else { break };
+                let r = run_scenario(&scenarios[i], cfg);
+                {
+                    let _g = print_lock.lock().unwrap();
+                    done(&r);
+                }
+                results.lock().unwrap()[i] = Some(r);
+            });
+        }
+    });
+    results.into_inner().unwrap().into_iter().map(|r| r.expect("every scenario ran")).collect()
+}

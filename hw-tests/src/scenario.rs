@@ -1,0 +1,140 @@
+//! The boot matrix.
+
+use std::time::Duration;
+
+use matryoshka_boot::qemu::{Mode, EXIT_FAILURE, EXIT_SUCCESS};
+
+use crate::protocol::Expect;
+
+/// One boot of the kernel with its expectations.
+#[derive(Clone, Debug)]
+pub struct Scenario {
+    pub name: String,
+    pub mode: Mode,
+    pub cpus: u32,
+    /// Value of the kernel's `test=` argument.
+    pub test: String,
+    pub expect: Expect,
+    pub expected_exit: i32,
+    /// Wall-clock limit under TCG (scaled by `--timeout-scale`).
+    pub timeout: Duration,
+}
+
+impl Scenario {
+    fn tests(mode: Mode, cpus: u32, timeout_s: u64) -> Scenario {
+        Scenario {
+            name: format!("{}-{}cpu", mode.name(), cpus),
+            mode,
+            cpus,
+            test: "all".into(),
+            expect: Expect::Tests,
+            expected_exit: EXIT_SUCCESS,
+            timeout: Duration::from_secs(timeout_s),
+        }
+    }
+
+    /// The kernel command line for this scenario.
+    pub fn cmdline(&self, log_level: &str) -> String {
+        format!("exit=qemu test={} log={log_level}", self.test)
+    }
+}
+
+/// Every scenario, in the order they are listed.
+pub fn matrix() -> Vec<Scenario> {
+    vec![
+        Scenario::tests(Mode::Direct, 1, 120),
+        Scenario::tests(Mode::Direct, 2, 120),
+        Scenario::tests(Mode::Direct, 4, 120),
+        Scenario::tests(Mode::Direct, 8, 180),
+        Scenario::tests(Mode::BiosIso, 4, 180),
+        Scenario::tests(Mode::UefiIso, 2, 240),
+        Scenario::tests(Mode::PxeBios, 2, 240),
+        Scenario::tests(Mode::PxeUefi, 2, 300),
+        Scenario {
+            name: "panic-direct-2cpu".into(),
+            mode: Mode::Direct,
+            cpus: 2,
+            test: "panic".into(),
+            expect: Expect::Panic { function: "deliberate_panic".into() },
+            expected_exit: EXIT_FAILURE,
+            timeout: Duration::from_secs(120),
+        },
+    ]
+}
+
+/// Does `name` match `pattern` (exact, or a glob with `*`)?
+pub fn matches(pattern: &str, name: &str) -> bool {
+    if !pattern.contains('*') {
+        return pattern == name;
+    }
+    let parts: Vec<&str> = pattern.split('*').collect();
+    let mut rest = name;
+    for (i, part) in parts.iter().enumerate() {
+        if i == 0 {
+            match rest.strip_prefix(part) {
+                Some(r) => rest = r,
+                None => return false,
+            }
+        } else if i == parts.len() - 1 {
+            return rest.ends_with(part);
+        } else {
+            match rest.find(part) {
+                Some(j) => rest = &rest[j + part.len()..],
+                None => return false,
+            }
+        }
+    }
+    rest.is_empty()
+}
+
+/// Scenarios selected by `patterns` (all when empty). Errors name a
+/// pattern that matches nothing.
+pub fn select(all: Vec<Scenario>, patterns: &[String]) -> Result<Vec<Scenario>, String> {
+    if patterns.is_empty() {
+        return Ok(all);
+    }
+    for p in patterns {
+        if !all.iter().any(|s| matches(p, &s.name)) {
+            return Err(format!("no scenario matches `{p}` (see --list)"));
+        }
+    }
+    Ok(all.into_iter().filter(|s| patterns.iter().any(|p| matches(p, &s.name))).collect())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_are_unique_and_expected() {
+        let m = matrix();
+        let names: Vec<&str> = m.iter().map(|s| s.name.as_str()).collect();
+        for n in ["direct-1cpu", "direct-2cpu", "direct-4cpu", "direct-8cpu", "bios-iso-4cpu", "uefi-iso-2cpu", "pxe-bios-2cpu", "pxe-uefi-2cpu", "panic-direct-2cpu"] {
+            assert!(names.contains(&n), "{n}");
+        }
+        let mut d = names.clone();
+        d.sort();
+        d.dedup();
+        assert_eq!(d.len(), names.len());
+    }
+
+    #[test]
+    fn globbing() {
+        assert!(matches("direct-*", "direct-4cpu"));
+        assert!(matches("*-2cpu", "pxe-bios-2cpu"));
+        assert!(matches("pxe-*-2cpu", "pxe-uefi-2cpu"));
+        assert!(!matches("pxe-*-4cpu", "pxe-uefi-2cpu"));
+        assert!(matches("*", "x"));
+        assert!(!matches("direct", "direct-1cpu"));
+        assert_eq!(select(matrix(), &["direct-*".into()]).unwrap().len(), 4);
+        assert!(select(matrix(), &["nope".into()]).is_err());
+        assert_eq!(select(matrix(), &[]).unwrap().len(), matrix().len());
+    }
+
+    #[test]
+    fn cmdline() {
+        let m = matrix();
+        assert_eq!(m[0].cmdline("info"), "exit=qemu test=all log=info");
+        assert_eq!(m.last().unwrap().cmdline("info"), "exit=qemu test=panic log=info");
+    }
+}
