@@ -1,0 +1,67 @@
+# Matryoshka task runner. `just --list` shows every recipe.
+
+set shell := ["bash", "-euo", "pipefail", "-c"]
+
+# Host tools run from the workspace (debug profile, shared with `cargo test`).
+mkboot := "cargo run -q -p matryoshka-boot --bin mkboot --"
+hwtests := "cargo run -q -p hw-tests --"
+
+# Show the recipes.
+default:
+    @just --list
+
+# Build the kernel and embed its symbol table -> build/kernel.elf
+build:
+    {{mkboot}} build
+
+# Boot in QEMU with N CPUs, serial on this terminal, Ctrl-A X quits (env CPUS, ACCEL=kvm, CMDLINE, MODE honoured)
+qemu-smp CPUS=env_var_or_default("CPUS", "4") ACCEL=env_var_or_default("ACCEL", "tcg"): build
+    {{mkboot}} qemu --mode "${MODE:-direct}" --cpus {{CPUS}} --accel {{ACCEL}} --cmdline "${CMDLINE:-log=info}"
+
+# Boot halted, waiting for gdb on :1234 (prints the gdb command to run)
+qemu-gdb CPUS=env_var_or_default("CPUS", "1") ACCEL=env_var_or_default("ACCEL", "tcg"): build
+    {{mkboot}} qemu --gdb --cpus {{CPUS}} --accel {{ACCEL}} --cmdline "${CMDLINE:-log=debug}"
+
+# Boot the ISO under BIOS or UEFI (MODE=bios-iso|uefi-iso), serial on this terminal
+qemu-iso MODE="bios-iso" CPUS=env_var_or_default("CPUS", "2"): build
+    {{mkboot}} qemu --mode {{MODE}} --cpus {{CPUS}} --cmdline "${CMDLINE:-log=info}"
+
+# Build the hybrid BIOS+UEFI ISO -> build/matryoshka.iso (dd it to a USB stick, see boot/README.md)
+iso: build
+    {{mkboot}} iso --kernel build/kernel.elf --cmdline "${CMDLINE:-log=info}" --out build/matryoshka.iso
+
+# Build the TFTP tree (build/pxe) and PXE-boot it in QEMU (FIRMWARE=bios|uefi)
+pxe FIRMWARE="bios" CPUS=env_var_or_default("CPUS", "2"): build
+    {{mkboot}} qemu --mode pxe-{{FIRMWARE}} --cpus {{CPUS}} --cmdline "${CMDLINE:-log=info}"
+
+# Everything CI runs: host unit tests, kernel host tests, then the QEMU boot matrix
+test: test-host test-kernel-host test-hw
+
+# Host unit tests of the default workspace members (fastpath, boot, hw-tests)
+test-host:
+    cargo test
+
+# The kernel's pure-logic unit tests, built for the host
+test-kernel-host:
+    cargo test -p kernel
+
+# The QEMU boot matrix (extra args go to hw-tests, e.g. `just test-hw --scenario direct-4cpu`)
+test-hw *ARGS:
+    {{hwtests}} {{ARGS}}
+
+# List the boot-matrix scenarios
+test-hw-list:
+    {{hwtests}} --list
+
+# Check that every host tool is installed and say how to install what is missing
+doctor:
+    {{mkboot}} doctor
+
+# Install the missing host tools (apt-get, rustup target, just)
+setup:
+    {{mkboot}} doctor --install
+
+# Remove build outputs (build/ and cargo's target/)
+clean:
+    rm -rf build
+    cargo clean
