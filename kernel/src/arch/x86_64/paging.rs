@@ -1,0 +1,302 @@
+//! 4-level x86_64 page tables: the kernel's address space and the helpers
+//! that edit it.
+//!
+//! Kernel virtual layout:
+//! * `PHYSMAP_BASE` (PML4 256): all physical memory, RW, NX, 2 MiB pages.
+//! * `STACK_AREA_BASE`: kernel stacks, each under an unmapped guard page.
+//! * `HEAP_BASE`: the kernel heap, grown on demand.
+//! * `MMIO_BASE`: device registers, uncached.
+//! * `-2 GiB`: the kernel image, text RX, rodata R, data/bss RW+NX.
+
+use core::sync::atomic::{AtomicU64, Ordering};
+
+use crate::mm::frame::{self, FrameError, FRAME_SIZE};
+
+pub const PHYSMAP_BASE: u64 = 0xffff_8000_0000_0000;
+pub const STACK_AREA_BASE: u64 = 0xffff_ff00_0000_0000;
+pub const STACK_AREA_SIZE: u64 = 0x40_0000_0000;
+pub const HEAP_BASE: u64 = 0xffff_ff80_0000_0000;
+pub const HEAP_MAX_SIZE: u64 = 1 << 30;
+pub const MMIO_BASE: u64 = 0xffff_ffc0_0000_0000;
+pub const TEST_AREA_BASE: u64 = 0xffff_ffd0_0000_0000;
+pub const KERNEL_VMA_OFFSET: u64 = 0xffff_ffff_8000_0000;
+
+pub const PRESENT: u64 = 1 << 0;
+pub const WRITABLE: u64 = 1 << 1;
+pub const USER: u64 = 1 << 2;
+pub const WRITE_THROUGH: u64 = 1 << 3;
+pub const CACHE_DISABLE: u64 = 1 << 4;
+pub const HUGE: u64 = 1 << 7;
+pub const GLOBAL: u64 = 1 << 8;
+pub const NO_EXECUTE: u64 = 1 << 63;
+const ADDR_MASK: u64 = 0x000f_ffff_ffff_f000;
+
+static KERNEL_ROOT: AtomicU64 = AtomicU64::new(0);
+/// Serializes edits of the kernel's shared page tables.
+static KERNEL_PT_LOCK: spin::Mutex<()> = spin::Mutex::new(());
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum MapError {
+    OutOfMemory,
+    AlreadyMapped,
+    NotMapped,
+    /// The range runs into a 2 MiB mapping that cannot be split here.
+    HugePageInTheWay,
+}
+
+impl From<FrameError> for MapError {
+    fn from(_: FrameError) -> Self {
+        MapError::OutOfMemory
+    }
+}
+
+pub fn phys_to_virt(pa: u64) -> u64 {
+    PHYSMAP_BASE + pa
+}
+
+/// Physical address of a kernel-image symbol (the image is loaded at a fixed offset).
+pub fn kernel_image_virt_to_phys(va: u64) -> u64 {
+    va - KERNEL_VMA_OFFSET
+}
+
+fn nx() -> u64 {
+    if super::cpu::nx_supported() {
+        NO_EXECUTE
+    } else {
+        0
+    }
+}
+
+fn table(pa: u64) -> &'static mut [u64; 512] {
+    // SAFETY: page-table frames are reached through the physmap, which maps
+    // all physical memory; edits are serialized by KERNEL_PT_LOCK (or happen
+    // before any other CPU runs).
+    unsafe { &mut *(phys_to_virt(pa) as *mut [u64; 512]) }
+}
+
+fn index(va: u64, level: u32) -> usize {
+    ((va >> (12 + 9 * (level - 1))) & 0x1ff) as usize
+}
+
+fn next_table(entry: &mut u64, create: bool) -> Result<Option<u64>, MapError> {
+    if *entry & PRESENT != 0 {
+        if *entry & HUGE != 0 {
+            return Err(MapError::HugePageInTheWay);
+        }
+        return Ok(Some(*entry & ADDR_MASK));
+    }
+    if !create {
+        return Ok(None);
+    }
+    let frame = frame::alloc_zeroed()?;
+    // Intermediate entries are permissive; the leaf decides the rights.
+    *entry = frame | PRESENT | WRITABLE;
+    Ok(Some(frame))
+}
+
+fn walk_to_leaf(root: u64, va: u64, create: bool, leaf_level: u32) -> Result<Option<&'static mut u64>, MapError> {
+    let mut table_pa = root;
+    for level in (leaf_level + 1..=4).rev() {
+        let entry = &mut table(table_pa)[index(va, level)];
+        match next_table(entry, create)? {
+            Some(next) => table_pa = next,
+            None => return Ok(None),
+        }
+    }
+    Ok(Some(&mut table(table_pa)[index(va, leaf_level)]))
+}
+
+fn map_in(root: u64, va: u64, pa: u64, flags: u64) -> Result<(), MapError> {
+    let entry = walk_to_leaf(root, va, true, 1)?.ok_or(MapError::OutOfMemory)?;
+    if *entry & PRESENT != 0 {
+        return Err(MapError::AlreadyMapped);
+    }
+    *entry = (pa & ADDR_MASK) | flags | PRESENT;
+    Ok(())
+}
+
+fn map_2m_in(root: u64, va: u64, pa: u64, flags: u64) -> Result<(), MapError> {
+    let entry = walk_to_leaf(root, va, true, 2)?.ok_or(MapError::OutOfMemory)?;
+    if *entry & PRESENT != 0 {
+        return Err(MapError::AlreadyMapped);
+    }
+    *entry = (pa & ADDR_MASK) | flags | PRESENT | HUGE;
+    Ok(())
+}
+
+pub fn kernel_root() -> u64 {
+    KERNEL_ROOT.load(Ordering::Acquire)
+}
+
+/// Maps one 4 KiB page into the kernel's address space.
+pub fn map_kernel_page(va: u64, pa: u64, flags: u64) -> Result<(), MapError> {
+    let _guard = KERNEL_PT_LOCK.lock();
+    map_in(kernel_root(), va, pa, flags)
+}
+
+/// Removes a kernel mapping and returns the frame it pointed at. The caller
+/// flushes TLBs (`tlb::shootdown`) before reusing the frame.
+pub fn unmap_kernel_page(va: u64) -> Result<u64, MapError> {
+    let _guard = KERNEL_PT_LOCK.lock();
+    let entry = walk_to_leaf(kernel_root(), va, false, 1)?.ok_or(MapError::NotMapped)?;
+    if *entry & PRESENT == 0 {
+        return Err(MapError::NotMapped);
+    }
+    let pa = *entry & ADDR_MASK;
+    *entry = 0;
+    Ok(pa)
+}
+
+/// Rewrites an existing kernel mapping to point at another frame.
+pub fn remap_kernel_page(va: u64, pa: u64, flags: u64) -> Result<u64, MapError> {
+    let _guard = KERNEL_PT_LOCK.lock();
+    let entry = walk_to_leaf(kernel_root(), va, false, 1)?.ok_or(MapError::NotMapped)?;
+    if *entry & PRESENT == 0 {
+        return Err(MapError::NotMapped);
+    }
+    let old = *entry & ADDR_MASK;
+    *entry = (pa & ADDR_MASK) | flags | PRESENT;
+    Ok(old)
+}
+
+/// The leaf entry (flags included) that maps `va`, if any.
+pub fn lookup(va: u64) -> Option<u64> {
+    let root = kernel_root();
+    let root = if root == 0 { super::cpu::read_cr3() & ADDR_MASK } else { root };
+    let mut table_pa = root;
+    for level in (1..=4).rev() {
+        let entry = table(table_pa)[index(va, level)];
+        if entry & PRESENT == 0 {
+            return None;
+        }
+        if level == 1 || entry & HUGE != 0 {
+            return Some(entry);
+        }
+        table_pa = entry & ADDR_MASK;
+    }
+    None
+}
+
+/// Physical address that `va` maps to in the kernel's tables.
+pub fn translate(va: u64) -> Option<u64> {
+    let root = kernel_root();
+    let root = if root == 0 { super::cpu::read_cr3() & ADDR_MASK } else { root };
+    let mut table_pa = root;
+    for level in (1..=4).rev() {
+        let entry = table(table_pa)[index(va, level)];
+        if entry & PRESENT == 0 {
+            return None;
+        }
+        if level == 1 || entry & HUGE != 0 {
+            let page_mask = (1u64 << (12 + 9 * (level - 1))) - 1;
+            return Some((entry & ADDR_MASK & !page_mask) | (va & page_mask));
+        }
+        table_pa = entry & ADDR_MASK;
+    }
+    None
+}
+
+pub fn is_mapped(va: u64) -> bool {
+    translate(va).is_some()
+}
+
+extern "C" {
+    static __text_start: u8;
+    static __text_end: u8;
+    static __rodata_start: u8;
+    static __rodata_end: u8;
+    static __data_start: u8;
+    static __data_end: u8;
+    static boot_stack_guard: u8;
+}
+
+pub struct KernelSections {
+    pub text: (u64, u64),
+    pub rodata: (u64, u64),
+    pub data: (u64, u64),
+}
+
+pub fn kernel_sections() -> KernelSections {
+    // SAFETY: only the addresses of linker-defined symbols are taken.
+    unsafe {
+        KernelSections {
+            text: (core::ptr::addr_of!(__text_start) as u64, core::ptr::addr_of!(__text_end) as u64),
+            rodata: (core::ptr::addr_of!(__rodata_start) as u64, core::ptr::addr_of!(__rodata_end) as u64),
+            data: (core::ptr::addr_of!(__data_start) as u64, core::ptr::addr_of!(__data_end) as u64),
+        }
+    }
+}
+
+/// Builds the kernel's own page tables (physmap, W^X image, guard page under
+/// the boot stack) and switches to them. `phys_limit` is the end of the
+/// highest physical range to map in the physmap.
+pub fn init_kernel_address_space(phys_limit: u64, global_pages: bool) -> Result<(), MapError> {
+    let root = frame::alloc_zeroed_below(1 << 32)?;
+    let global = if global_pages { GLOBAL } else { 0 };
+    let physmap_end = phys_limit.max(1 << 32).next_multiple_of(2 << 20);
+    let mut pa = 0;
+    while pa < physmap_end {
+        map_2m_in(root, PHYSMAP_BASE + pa, pa, WRITABLE | nx() | global)?;
+        pa += 2 << 20;
+    }
+    let sections = kernel_sections();
+    // SAFETY: taking the address of a linker-defined symbol.
+    let guard = unsafe { core::ptr::addr_of!(boot_stack_guard) } as u64;
+    let mut map_range = |(start, end): (u64, u64), flags: u64| -> Result<(), MapError> {
+        let mut va = start;
+        while va < end {
+            if va != guard {
+                map_in(root, va, kernel_image_virt_to_phys(va), flags | global)?;
+            }
+            va += FRAME_SIZE;
+        }
+        Ok(())
+    };
+    map_range(sections.text, 0)?;
+    map_range(sections.rodata, nx())?;
+    map_range(sections.data, WRITABLE | nx())?;
+    KERNEL_ROOT.store(root, Ordering::Release);
+    // SAFETY: the new tables map the running code, rodata, data, bss (boot
+    // stack included) and the physmap; the identity map is no longer used.
+    unsafe {
+        if global_pages {
+            super::cpu::write_cr4(super::cpu::read_cr4() | (1 << 7));
+        }
+        super::cpu::write_cr3(root);
+    }
+    Ok(())
+}
+
+/// Temporarily identity-maps the low 2 MiB, executable, so application
+/// processors can turn paging on inside the trampoline at 0x8000.
+pub fn set_low_identity_map(enabled: bool) -> Result<(), MapError> {
+    let _guard = KERNEL_PT_LOCK.lock();
+    let root = table(kernel_root());
+    if enabled {
+        let pdpt = frame::alloc_zeroed_below(1 << 32)?;
+        let pd = frame::alloc_zeroed_below(1 << 32)?;
+        table(pd)[0] = PRESENT | WRITABLE | HUGE;
+        table(pdpt)[0] = pd | PRESENT | WRITABLE;
+        root[0] = pdpt | PRESENT | WRITABLE;
+    } else if root[0] & PRESENT != 0 {
+        let pdpt = root[0] & ADDR_MASK;
+        let pd = table(pdpt)[0] & ADDR_MASK;
+        root[0] = 0;
+        let _ = frame::free(pd);
+        let _ = frame::free(pdpt);
+    }
+    // SAFETY: reloading CR3 with the same root only flushes non-global TLB entries.
+    unsafe { super::cpu::write_cr3(kernel_root()) };
+    Ok(())
+}
+
+/// Maps a device's registers uncached into the MMIO window.
+pub fn map_mmio(slot: u64, pa: u64) -> Result<u64, MapError> {
+    let va = MMIO_BASE + slot * FRAME_SIZE;
+    map_kernel_page(va, pa, WRITABLE | CACHE_DISABLE | WRITE_THROUGH | nx())?;
+    Ok(va)
+}
+
+pub fn kernel_data_flags() -> u64 {
+    WRITABLE | nx()
+}

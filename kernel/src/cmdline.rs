@@ -1,0 +1,118 @@
+//! The kernel command line: `key=value` words separated by spaces.
+//!
+//! Known keys: `log=error|warn|info|debug|trace`, `test=all|panic|<case>,<case>`,
+//! `exit=qemu`. Unknown words are kept and reported, never fatal.
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LogLevel {
+    Error,
+    Warn,
+    Info,
+    Debug,
+    Trace,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TestSelection<'a> {
+    None,
+    All,
+    /// The deliberate-panic scenario.
+    Panic,
+    /// A comma-separated list of case names.
+    Only(&'a str),
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct KernelArgs<'a> {
+    pub log_level: LogLevel,
+    pub test: TestSelection<'a>,
+    pub exit_qemu: bool,
+    /// The first word the parser did not understand, for a warning.
+    pub first_unknown: Option<&'a str>,
+}
+
+impl<'a> KernelArgs<'a> {
+    pub fn parse(line: &'a str) -> Self {
+        let mut args = KernelArgs { log_level: LogLevel::Info, test: TestSelection::None, exit_qemu: false, first_unknown: None };
+        for word in line.split_ascii_whitespace() {
+            let (key, value) = word.split_once('=').unwrap_or((word, ""));
+            let understood = match key {
+                "log" => match value {
+                    "error" => Some(LogLevel::Error),
+                    "warn" => Some(LogLevel::Warn),
+                    "info" => Some(LogLevel::Info),
+                    "debug" => Some(LogLevel::Debug),
+                    "trace" => Some(LogLevel::Trace),
+                    _ => None,
+                }
+                .map(|l| args.log_level = l)
+                .is_some(),
+                "test" => {
+                    args.test = match value {
+                        "" | "none" => TestSelection::None,
+                        "all" => TestSelection::All,
+                        "panic" => TestSelection::Panic,
+                        list => TestSelection::Only(list),
+                    };
+                    true
+                }
+                "exit" => {
+                    args.exit_qemu = value == "qemu";
+                    value == "qemu" || value == "none"
+                }
+                _ => false,
+            };
+            if !understood && args.first_unknown.is_none() {
+                args.first_unknown = Some(word);
+            }
+        }
+        args
+    }
+
+    /// Whether the test selection includes case `name`.
+    pub fn selects(&self, name: &str) -> bool {
+        match self.test {
+            TestSelection::All => true,
+            TestSelection::Only(list) => list.split(',').any(|n| n == name),
+            TestSelection::None | TestSelection::Panic => false,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults() {
+        let a = KernelArgs::parse("");
+        assert_eq!(a.log_level, LogLevel::Info);
+        assert_eq!(a.test, TestSelection::None);
+        assert!(!a.exit_qemu);
+    }
+
+    #[test]
+    fn full_line() {
+        let a = KernelArgs::parse("  log=debug test=frame_alloc,tlb_shootdown exit=qemu ");
+        assert_eq!(a.log_level, LogLevel::Debug);
+        assert!(a.exit_qemu);
+        assert!(a.selects("tlb_shootdown"));
+        assert!(!a.selects("tlb"));
+        assert_eq!(a.first_unknown, None);
+    }
+
+    #[test]
+    fn unknown_words_are_reported_not_fatal() {
+        let a = KernelArgs::parse("log=loud quiet test=all");
+        assert_eq!(a.first_unknown, Some("log=loud"));
+        assert_eq!(a.log_level, LogLevel::Info);
+        assert!(a.selects("anything"));
+    }
+
+    #[test]
+    fn panic_selects_no_regular_case() {
+        let a = KernelArgs::parse("test=panic");
+        assert_eq!(a.test, TestSelection::Panic);
+        assert!(!a.selects("frame_alloc"));
+    }
+}

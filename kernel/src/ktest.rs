@@ -1,0 +1,390 @@
+//! The in-kernel test runner. `test=all` (or `test=a,b`) on the command line
+//! runs these cases after boot and reports each as one machine-readable line:
+//!
+//! ```text
+//! KTEST {"event":"plan","cases":["frame_alloc",...]}
+//! KTEST {"event":"case","name":"frame_alloc","status":"pass","cpu":0,"micros":812,"detail":""}
+//! KTEST {"event":"done","passed":12,"failed":0}
+//! ```
+//!
+//! hw-tests/ boots the kernel in QEMU and fails on any failed, missing or
+//! panicking case. A case returns `Err(detail)` to fail.
+
+use alloc::format;
+use alloc::string::String;
+use alloc::vec::Vec;
+use core::fmt::Write;
+use core::sync::atomic::{AtomicU64, Ordering};
+
+use crate::arch::x86_64_exports::*;
+use crate::cmdline::KernelArgs;
+use crate::console::print_line;
+use crate::mm::frame::{self, FrameError, FRAME_SIZE};
+
+type CaseResult = Result<(), String>;
+
+const CASES: &[(&str, fn() -> CaseResult)] = &[
+    ("frame_alloc", frame_alloc),
+    ("frame_errors", frame_errors),
+    ("page_map", page_map),
+    ("wx_mappings", wx_mappings),
+    ("guard_pages", guard_pages),
+    ("heap", heap),
+    ("percpu", percpu_data),
+    ("ipi_all_cpus", ipi_all_cpus),
+    ("remote_call", remote_call),
+    ("tlb_shootdown", tlb_shootdown),
+    ("timer_ticks", timer_ticks),
+    ("symbols", symbols),
+];
+
+fn json_escape(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for c in s.chars() {
+        match c {
+            '"' => out.push_str("\\\""),
+            '\\' => out.push_str("\\\\"),
+            c if (c as u32) < 0x20 => {
+                let _ = write!(out, "\\u{:04x}", c as u32);
+            }
+            c => out.push(c),
+        }
+    }
+    out
+}
+
+/// Runs the selected cases; returns how many failed.
+pub fn run(args: &KernelArgs) -> usize {
+    let selected: Vec<_> = CASES.iter().filter(|(name, _)| args.selects(name)).collect();
+    let names: Vec<String> = selected.iter().map(|(n, _)| format!("\"{n}\"")).collect();
+    print_line(format_args!("KTEST {{\"event\":\"plan\",\"cases\":[{}]}}", names.join(",")));
+    if let crate::cmdline::TestSelection::Only(list) = args.test {
+        for wanted in list.split(',').filter(|w| !CASES.iter().any(|(n, _)| n == w)) {
+            log::error!("ktest: no test case named '{wanted}'");
+        }
+    }
+    let (mut passed, mut failed) = (0, 0);
+    for (name, case) in selected {
+        let start = time::now_us();
+        let result = case();
+        let micros = time::now_us() - start;
+        let (status, detail) = match &result {
+            Ok(()) => ("pass", String::new()),
+            Err(d) => ("fail", json_escape(d)),
+        };
+        if result.is_ok() { passed += 1 } else { failed += 1 }
+        print_line(format_args!(
+            "KTEST {{\"event\":\"case\",\"name\":\"{name}\",\"status\":\"{status}\",\"cpu\":{},\"micros\":{micros},\"detail\":\"{detail}\"}}",
+            percpu::this_cpu_index()
+        ));
+    }
+    print_line(format_args!("KTEST {{\"event\":\"done\",\"passed\":{passed},\"failed\":{failed}}}"));
+    frame::log_stats(smp::online_count());
+    failed
+}
+
+macro_rules! check {
+    ($cond:expr, $($fmt:tt)+) => {
+        if !$cond {
+            return Err(format!($($fmt)+));
+        }
+    };
+}
+
+fn usable() -> crate::mm::rangeset::RangeSet<256> {
+    crate::boot_usable_memory()
+}
+
+fn frame_alloc() -> CaseResult {
+    let before = frame::stats().free;
+    let memory = usable();
+    let mut frames = Vec::new();
+    for i in 0..4096 {
+        let pa = frame::alloc().map_err(|e| format!("allocation {i} failed: {e:?}"))?;
+        frames.push(pa);
+    }
+    for &pa in &frames {
+        check!(pa % FRAME_SIZE == 0, "frame {pa:#x} not aligned");
+        check!(memory.contains(pa), "frame {pa:#x} is not usable RAM");
+        // SAFETY: the frame is ours until freed below; the physmap maps it.
+        unsafe { core::ptr::write_volatile(paging::phys_to_virt(pa) as *mut u64, pa ^ 0x5a5a) };
+    }
+    for &pa in &frames {
+        // SAFETY: as above.
+        let v = unsafe { core::ptr::read_volatile(paging::phys_to_virt(pa) as *const u64) };
+        check!(v == pa ^ 0x5a5a, "frame {pa:#x} shares memory with another frame");
+    }
+    let mut sorted = frames.clone();
+    sorted.sort_unstable();
+    sorted.dedup();
+    check!(sorted.len() == frames.len(), "a frame was handed out twice");
+    check!(frame::stats().free == before - 4096, "free count did not drop by 4096");
+    for pa in frames {
+        frame::free(pa).map_err(|e| format!("free {pa:#x}: {e:?}"))?;
+    }
+    let run = frame::alloc_contiguous(16, 16).map_err(|e| format!("contiguous: {e:?}"))?;
+    check!(run % (16 * FRAME_SIZE) == 0, "contiguous run {run:#x} not 64 KiB aligned");
+    frame::free_contiguous(run, 16).map_err(|e| format!("free contiguous: {e:?}"))?;
+    let after = frame::stats().free;
+    check!(after == before, "frames leaked: {before} free before, {after} after");
+    Ok(())
+}
+
+fn frame_errors() -> CaseResult {
+    let pa = frame::alloc().map_err(|e| format!("{e:?}"))?;
+    check!(frame::free(pa + 1) == Err(FrameError::BadAddress), "unaligned free accepted");
+    frame::free(pa).map_err(|e| format!("{e:?}"))?;
+    check!(frame::free(pa) == Err(FrameError::NotAllocated), "double free accepted");
+    check!(frame::free(1 << 52) == Err(FrameError::BadAddress), "free beyond RAM accepted");
+    check!(frame::alloc_contiguous(1 << 40, 1) == Err(FrameError::OutOfMemory), "impossible allocation succeeded");
+    check!(frame::free_contiguous(pa, 1) == Err(FrameError::NotAllocated), "double contiguous free accepted");
+    Ok(())
+}
+
+static TEST_VA_NEXT: AtomicU64 = AtomicU64::new(paging::TEST_AREA_BASE);
+
+fn test_va() -> u64 {
+    TEST_VA_NEXT.fetch_add(2 * FRAME_SIZE, Ordering::Relaxed)
+}
+
+fn page_map() -> CaseResult {
+    let va = test_va();
+    let pa = frame::alloc_zeroed().map_err(|e| format!("{e:?}"))?;
+    check!(!paging::is_mapped(va), "test address already mapped");
+    paging::map_kernel_page(va, pa, paging::kernel_data_flags()).map_err(|e| format!("map: {e:?}"))?;
+    check!(paging::translate(va + 0x123) == Some(pa + 0x123), "translate disagrees with the mapping");
+    // SAFETY: `va` was just mapped writable to a frame this test owns.
+    unsafe { core::ptr::write_volatile(va as *mut u64, 0xfeed_f00d) };
+    // SAFETY: the physmap alias of the same frame.
+    let via_physmap = unsafe { core::ptr::read_volatile(paging::phys_to_virt(pa) as *const u64) };
+    check!(via_physmap == 0xfeed_f00d, "write through the mapping not visible in the physmap");
+    check!(
+        paging::map_kernel_page(va, pa, paging::kernel_data_flags()) == Err(paging::MapError::AlreadyMapped),
+        "double map accepted"
+    );
+    check!(paging::unmap_kernel_page(va) == Ok(pa), "unmap returned the wrong frame");
+    tlb::shootdown(va, 1);
+    check!(!paging::is_mapped(va), "still mapped after unmap");
+    check!(paging::unmap_kernel_page(va) == Err(paging::MapError::NotMapped), "unmapping twice accepted");
+    frame::free(pa).map_err(|e| format!("{e:?}"))?;
+    Ok(())
+}
+
+fn wx_mappings() -> CaseResult {
+    let s = paging::kernel_sections();
+    let nx = if cpu::nx_supported() { paging::NO_EXECUTE } else { 0 };
+    let check_range = |(start, end): (u64, u64), want_write: bool, want_nx: bool, what: &str| -> CaseResult {
+        let mut va = start;
+        while va < end {
+            let e = paging::lookup(va).ok_or_else(|| format!("{what} page {va:#x} unmapped"))?;
+            check!((e & paging::WRITABLE != 0) == want_write, "{what} page {va:#x} writable={}", !want_write);
+            if nx != 0 {
+                check!((e & nx != 0) == want_nx, "{what} page {va:#x} executable={}", want_nx);
+            }
+            va += FRAME_SIZE;
+        }
+        Ok(())
+    };
+    check_range(s.text, false, false, "text")?;
+    check_range(s.rodata, false, true, "rodata")?;
+    check!(paging::lookup(s.data.0).is_some_and(|e| e & paging::WRITABLE != 0 && e & nx == nx), "data not RW+NX");
+    let physmap = paging::lookup(paging::PHYSMAP_BASE + (16 << 20)).ok_or("physmap hole")?;
+    check!(physmap & nx == nx, "physmap is executable");
+    check!(!paging::is_mapped(0x20_0000), "low identity map still present after boot");
+    check!(!paging::is_mapped(0), "page zero is mapped");
+    Ok(())
+}
+
+fn guard_pages() -> CaseResult {
+    let st = stack::alloc(4).map_err(|e| format!("{e:?}"))?;
+    check!(!paging::is_mapped(st.guard), "new stack has no guard page");
+    check!(stack::is_guard_page(st.guard), "guard page not recognised");
+    check!(paging::is_mapped(st.bottom) && paging::is_mapped(st.top - 8), "stack pages unmapped");
+    for index in 0..smp::online_count() {
+        let top = percpu::cpu(index).stack_top.load(Ordering::Relaxed);
+        let here = cpu::read_rsp();
+        let pages = if index == 0 { 32 } else { 16 };
+        let guard = top - (pages + 1) * FRAME_SIZE;
+        check!(!paging::is_mapped(guard), "cpu{index} stack guard at {guard:#x} is mapped");
+        if index == percpu::this_cpu_index() {
+            check!(here < top && here > guard, "cpu{index} runs outside its guarded stack ({here:#x})");
+        }
+    }
+    Ok(())
+}
+
+fn heap() -> CaseResult {
+    let mapped_before = crate::mm::heap::mapped_bytes();
+    let mut big: Vec<u64> = Vec::new();
+    big.try_reserve_exact(1 << 20).map_err(|e| format!("8 MiB reservation failed: {e:?}"))?;
+    for i in 0..(1u64 << 20) {
+        big.push(i.wrapping_mul(0x9e37_79b9_7f4a_7c15));
+    }
+    check!(crate::mm::heap::mapped_bytes() > mapped_before, "heap did not grow for an 8 MiB vector");
+    check!(big.iter().enumerate().all(|(i, &v)| v == (i as u64).wrapping_mul(0x9e37_79b9_7f4a_7c15)), "heap data corrupted");
+    drop(big);
+    let mut map = alloc::collections::BTreeMap::new();
+    for i in 0..10_000u32 {
+        map.insert(i, format!("v{i}"));
+    }
+    check!(map.get(&7777).map(String::as_str) == Some("v7777"), "BTreeMap lookup wrong");
+    Ok(())
+}
+
+const NONE: u64 = u64::MAX;
+static REPORTED_INDEX: [AtomicU64; percpu::MAX_CPUS] = [const { AtomicU64::new(NONE) }; percpu::MAX_CPUS];
+static REPORTED_APIC: [AtomicU64; percpu::MAX_CPUS] = [const { AtomicU64::new(NONE) }; percpu::MAX_CPUS];
+static REPORTED_GS: [AtomicU64; percpu::MAX_CPUS] = [const { AtomicU64::new(NONE) }; percpu::MAX_CPUS];
+
+fn report_identity(slot: usize) {
+    REPORTED_INDEX[slot].store(percpu::this_cpu_index() as u64, Ordering::Relaxed);
+    REPORTED_APIC[slot].store(apic::id() as u64, Ordering::Relaxed);
+    REPORTED_GS[slot].store(cpu::read_msr(cpu::MSR_GS_BASE), Ordering::Relaxed);
+}
+
+fn percpu_data() -> CaseResult {
+    let n = smp::online_count();
+    for i in 0..n {
+        REPORTED_INDEX[i].store(NONE, Ordering::Relaxed);
+        smp::run_on(i, report_identity, i);
+    }
+    for i in 0..n {
+        let c = percpu::cpu(i);
+        check!(REPORTED_INDEX[i].load(Ordering::Relaxed) == i as u64, "cpu{i} reports index {}", REPORTED_INDEX[i].load(Ordering::Relaxed));
+        check!(
+            REPORTED_APIC[i].load(Ordering::Relaxed) == c.apic_id.load(Ordering::Relaxed) as u64,
+            "cpu{i} APIC ID mismatch"
+        );
+        check!(REPORTED_GS[i].load(Ordering::Relaxed) == c as *const _ as u64, "cpu{i} GS base does not point at its PerCpu");
+    }
+    Ok(())
+}
+
+fn wait_until(mut cond: impl FnMut() -> bool, ms: u64) -> bool {
+    let deadline = time::now_us() + ms * 1000;
+    while time::now_us() < deadline {
+        if cond() {
+            return true;
+        }
+        cpu::pause();
+    }
+    cond()
+}
+
+fn ipi_all_cpus() -> CaseResult {
+    let me = percpu::this_cpu_index();
+    for i in (0..smp::online_count()).filter(|&i| i != me) {
+        let c = percpu::cpu(i);
+        let before = c.ipis_received.load(Ordering::Acquire);
+        smp::send_reschedule(i);
+        check!(wait_until(|| c.ipis_received.load(Ordering::Acquire) > before, 500), "cpu{i} did not take the IPI");
+    }
+    Ok(())
+}
+
+static CALL_SUM: AtomicU64 = AtomicU64::new(0);
+
+fn add_to_sum(v: usize) {
+    CALL_SUM.fetch_add(v as u64, Ordering::Relaxed);
+}
+
+fn remote_call() -> CaseResult {
+    CALL_SUM.store(0, Ordering::Relaxed);
+    let n = smp::online_count();
+    for round in 0..50 {
+        for i in 0..n {
+            smp::run_on(i, add_to_sum, round * 100 + i);
+        }
+    }
+    let expected: u64 = (0..50u64).flat_map(|r| (0..n as u64).map(move |i| r * 100 + i)).sum();
+    check!(CALL_SUM.load(Ordering::Relaxed) == expected, "remote calls lost or repeated");
+    Ok(())
+}
+
+static TLB_VA: AtomicU64 = AtomicU64::new(0);
+static SEEN: [AtomicU64; percpu::MAX_CPUS] = [const { AtomicU64::new(0) }; percpu::MAX_CPUS];
+
+fn read_test_page(slot: usize) {
+    // SAFETY: TLB_VA is mapped by the tlb_shootdown case for the duration of the calls.
+    let v = unsafe { core::ptr::read_volatile(TLB_VA.load(Ordering::Relaxed) as *const u64) };
+    SEEN[slot].store(v, Ordering::Relaxed);
+}
+
+fn tlb_shootdown() -> CaseResult {
+    const OLD: u64 = 0x01d0_01d0;
+    const NEW: u64 = 0x0e30_0e30;
+    let va = test_va();
+    let a = frame::alloc_zeroed().map_err(|e| format!("{e:?}"))?;
+    let b = frame::alloc_zeroed().map_err(|e| format!("{e:?}"))?;
+    // SAFETY: both frames belong to this test; the physmap maps them.
+    unsafe {
+        core::ptr::write_volatile(paging::phys_to_virt(a) as *mut u64, OLD);
+        core::ptr::write_volatile(paging::phys_to_virt(b) as *mut u64, NEW);
+    }
+    paging::map_kernel_page(va, a, paging::kernel_data_flags()).map_err(|e| format!("{e:?}"))?;
+    TLB_VA.store(va, Ordering::Relaxed);
+    let n = smp::online_count();
+    let handled_before: Vec<u64> = (0..n).map(|i| percpu::cpu(i).tlb_shootdowns_handled.load(Ordering::Relaxed)).collect();
+    for round in 0..3 {
+        for i in 0..n {
+            smp::run_on(i, read_test_page, i);
+            check!(SEEN[i].load(Ordering::Relaxed) == OLD, "round {round}: cpu{i} read the wrong value before remap");
+        }
+        paging::remap_kernel_page(va, b, paging::kernel_data_flags()).map_err(|e| format!("{e:?}"))?;
+        tlb::shootdown(va, 1);
+        for i in 0..n {
+            smp::run_on(i, read_test_page, i);
+            let seen = SEEN[i].load(Ordering::Relaxed);
+            check!(seen == NEW, "round {round}: cpu{i} still sees the old page ({seen:#x}) after shootdown");
+        }
+        paging::remap_kernel_page(va, a, paging::kernel_data_flags()).map_err(|e| format!("{e:?}"))?;
+        tlb::shootdown(va, 1);
+    }
+    let me = percpu::this_cpu_index();
+    for i in (0..n).filter(|&i| i != me) {
+        let handled = percpu::cpu(i).tlb_shootdowns_handled.load(Ordering::Relaxed);
+        check!(handled >= handled_before[i] + 6, "cpu{i} handled {} of 6 shootdowns", handled - handled_before[i]);
+    }
+    paging::unmap_kernel_page(va).map_err(|e| format!("{e:?}"))?;
+    tlb::shootdown(va, 1);
+    frame::free(a).map_err(|e| format!("{e:?}"))?;
+    frame::free(b).map_err(|e| format!("{e:?}"))?;
+    Ok(())
+}
+
+fn timer_ticks() -> CaseResult {
+    let n = smp::online_count();
+    let before: Vec<u64> = (0..n).map(|i| percpu::cpu(i).ticks.load(Ordering::Relaxed)).collect();
+    let want = 5;
+    let ok = wait_until(|| (0..n).all(|i| percpu::cpu(i).ticks.load(Ordering::Relaxed) >= before[i] + want), 2000);
+    if !ok {
+        let got: Vec<u64> = (0..n).map(|i| percpu::cpu(i).ticks.load(Ordering::Relaxed) - before[i]).collect();
+        return Err(format!("ticks per CPU in 2 s: {got:?}, wanted at least {want} each"));
+    }
+    Ok(())
+}
+
+#[inline(never)]
+fn symbols() -> CaseResult {
+    let table = crate::panic::symbol_table().ok_or("no symbol table embedded in .ksyms")?;
+    check!(table.len() > 100, "only {} symbols", table.len());
+    let here = symbols as fn() -> CaseResult as usize as u64;
+    let (name, off) = table.lookup(here + 4).ok_or("own address not found")?;
+    check!(name.ends_with("ktest::symbols") && off == 4, "own address resolves to {name}+{off:#x}");
+    check!(table.address_of("kernel::boot::kernel_entry_bsp").is_some(), "entry point symbol missing");
+    Ok(())
+}
+
+/// The `test=panic` scenario: panic on the last CPU; the report must name this function.
+#[inline(never)]
+pub fn deliberate_panic(_: usize) {
+    panic!("deliberate panic requested by test=panic");
+}
+
+pub fn deliberate_panic_on_last_cpu() -> ! {
+    let last = smp::online_count() - 1;
+    log::info!("ktest: panicking on cpu{last} on purpose");
+    smp::run_on(last, deliberate_panic, 0);
+    // Only reached if the panic did not stop this CPU.
+    panic!("deliberate panic on cpu{last} returned");
+}
