@@ -40,6 +40,8 @@ pub fn grub_cfg(kernel_path: &str, cmdline: &str) -> String {
          terminal_input serial console\n\
          terminal_output serial console\n\
          insmod multiboot2\n\
+         # UEFI has no text mode: give GRUB a GOP framebuffer to hand over.\n\
+         if [ \"${{grub_platform}}\" = \"efi\" ]; then insmod all_video; fi\n\
          menuentry \"Matryoshka\" {{\n\
          \x20   {line}\n\
          \x20   boot\n\

@@ -321,7 +321,8 @@ impl QemuRun {
                 push("-netdev");
                 push(&format!("user,id=n0,tftp={},bootfile={bootfile}", self.pxe_dir().display()));
                 push("-device");
-                push("e1000,netdev=n0");
+                // bootindex: OVMF would otherwise try the empty CD drive first.
+                push("e1000,netdev=n0,bootindex=0");
                 push("-boot");
                 push("n");
             }
@@ -582,7 +583,7 @@ mod tests {
         assert!(a.contains("-cdrom /b/matryoshka.iso -boot d"), "{a}");
         let a = args_of(&QemuRun::new("/k", "/b").mode(Mode::PxeBios)).join(" ");
         assert!(
-            a.contains("-netdev user,id=n0,tftp=/b/pxe,bootfile=boot/grub/i386-pc/core.0 -device e1000,netdev=n0 -boot n"),
+            a.contains("-netdev user,id=n0,tftp=/b/pxe,bootfile=boot/grub/i386-pc/core.0 -device e1000,netdev=n0,bootindex=0 -boot n"),
             "{a}"
         );
         if Ovmf::find().is_ok() {
@@ -618,7 +619,10 @@ mod tests {
         assert_eq!(c.code(), Some(3));
         assert!(!c.timed_out);
         let text = fs::read_to_string(&log).unwrap();
-        assert!(text.contains("one\ntwo\n") && text.contains("[qemu stderr] err"), "{text}");
+        // stdout and stderr are pumped by two threads: only per-stream order holds.
+        let out_lines: Vec<&str> = text.lines().filter(|l| !l.starts_with("[qemu stderr]")).collect();
+        assert_eq!(out_lines, vec!["one", "two"], "{text}");
+        assert!(text.lines().any(|l| l == "[qemu stderr] err"), "{text}");
 
         let mut cmd = Command::new("sh");
         cmd.args(["-c", "echo start; exec sleep 30"]);

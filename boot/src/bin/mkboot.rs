@@ -171,9 +171,15 @@ fn run(cli: Cli) -> Result<ExitCode> {
             let data = std::fs::read(&elf).with_context(|| format!("cannot read {}", elf.display()))?;
             let syms = ksyms::read_embedded(&data)?;
             if addrs.is_empty() {
+                use std::io::Write;
+                let mut out = std::io::BufWriter::new(std::io::stdout().lock());
                 for s in &syms {
-                    println!("{:#018x} {:>8} {}", s.addr, s.size, s.name);
+                    // Stop quietly when the reader goes away (`| head`).
+                    if writeln!(out, "{:#018x} {:>8} {}", s.addr, s.size, s.name).is_err() {
+                        return Ok(ExitCode::SUCCESS);
+                    }
                 }
+                let _ = out.flush();
             } else {
                 for a in &addrs {
                     let v = u64::from_str_radix(a.trim_start_matches("0x"), 16)
