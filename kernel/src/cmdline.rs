@@ -1,6 +1,7 @@
 //! The kernel command line: `key=value` words separated by spaces.
 //!
-//! Known keys: `log=error|warn|info|debug|trace`, `test=all|panic|<case>,<case>`,
+//! Known keys: `log=error|warn|info|debug|trace`,
+//! `test=all|panic|stack_overflow|<case>,<case>`,
 //! `exit=qemu`. Unknown words are kept and reported, never fatal.
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -18,6 +19,8 @@ pub enum TestSelection<'a> {
     All,
     /// The deliberate-panic scenario.
     Panic,
+    /// The kernel-stack-overflow scenario (must end in a guard-page report).
+    StackOverflow,
     /// A comma-separated list of case names.
     Only(&'a str),
 }
@@ -52,6 +55,7 @@ impl<'a> KernelArgs<'a> {
                         "" | "none" => TestSelection::None,
                         "all" => TestSelection::All,
                         "panic" => TestSelection::Panic,
+                        "stack_overflow" => TestSelection::StackOverflow,
                         list => TestSelection::Only(list),
                     };
                     true
@@ -74,7 +78,7 @@ impl<'a> KernelArgs<'a> {
         match self.test {
             TestSelection::All => true,
             TestSelection::Only(list) => list.split(',').any(|n| n == name),
-            TestSelection::None | TestSelection::Panic => false,
+            TestSelection::None | TestSelection::Panic | TestSelection::StackOverflow => false,
         }
     }
 }

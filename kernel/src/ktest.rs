@@ -388,3 +388,24 @@ pub fn deliberate_panic_on_last_cpu() -> ! {
     // Only reached if the panic did not stop this CPU.
     panic!("deliberate panic on cpu{last} returned");
 }
+
+/// Recurses with a large frame until the stack runs into its guard page.
+#[inline(never)]
+#[allow(unconditional_recursion)]
+fn recurse_forever(depth: u64) -> u64 {
+    let pad = core::hint::black_box([depth; 64]);
+    core::hint::black_box(recurse_forever(depth + 1)) + pad[depth as usize % 64]
+}
+
+fn overflow_stack(_: usize) {
+    core::hint::black_box(recurse_forever(0));
+}
+
+/// The `test=stack_overflow` scenario: overflow a kernel stack on the last
+/// CPU; the double-fault handler (on its own IST stack) must report it.
+pub fn overflow_stack_on_last_cpu() -> ! {
+    let last = smp::online_count() - 1;
+    log::info!("ktest: overflowing the kernel stack of cpu{last} on purpose");
+    smp::run_on(last, overflow_stack, 0);
+    panic!("stack overflow on cpu{last} was not caught");
+}

@@ -78,10 +78,8 @@ mod boot {
             let _ = set.remove(r.start, r.end);
         }
         let _ = set.remove(0, 1 << 20);
-        // SAFETY: only the addresses of linker symbols are taken.
-        let (image_start, image_end) = unsafe {
-            (core::ptr::addr_of!(__boot_start) as u64, paging::kernel_image_virt_to_phys(core::ptr::addr_of!(__kernel_end) as u64))
-        };
+        let (image_start, image_end) =
+            (core::ptr::addr_of!(__boot_start) as u64, paging::kernel_image_virt_to_phys(core::ptr::addr_of!(__kernel_end) as u64));
         let _ = set.remove(image_start, image_end);
         for m in info.modules() {
             let _ = set.remove(m.start, m.end);
@@ -173,6 +171,7 @@ mod boot {
                 smp::idle_loop()
             }
             TestSelection::Panic => ktest::deliberate_panic_on_last_cpu(),
+            TestSelection::StackOverflow => ktest::overflow_stack_on_last_cpu(),
             _ => {
                 let failed = ktest::run(&args);
                 if args.exit_qemu {

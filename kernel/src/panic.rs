@@ -61,9 +61,10 @@ fn stop_other_cpus() {
     }
 }
 
-fn print_frame(n: usize, addr: u64, symbols: &Option<SymbolTable<'static>>) {
-    // A return address points after the call: look up the call instruction itself.
-    let probe = if n == 0 { addr } else { addr.saturating_sub(1) };
+fn print_frame(n: usize, addr: u64, is_return_address: bool, symbols: &Option<SymbolTable<'static>>) {
+    // A return address points after the call (possibly past the caller's
+    // last byte, for calls that never return): look up the call itself.
+    let probe = if is_return_address { addr.saturating_sub(1) } else { addr };
     match symbols.as_ref().and_then(|t| t.lookup(probe)) {
         Some((name, off)) => print_line(format_args!("  #{n} {addr:#018x} {name}+{:#x}", off + (addr - probe))),
         None => print_line(format_args!("  #{n} {addr:#018x} ?")),
@@ -80,24 +81,41 @@ pub fn print_backtrace(first_pc: Option<u64>, mut rbp: u64) {
     }
     let mut n = 0;
     if let Some(pc) = first_pc {
-        print_frame(n, pc, &symbols);
+        print_frame(n, pc, false, &symbols);
         n += 1;
     }
-    while n < 48 {
+    let (mut last, mut repeats) = (0u64, 0usize);
+    for _ in 0..4096 {
         if rbp == 0 || rbp % 8 != 0 || rbp < paging::PHYSMAP_BASE || !paging::is_mapped(rbp) || !paging::is_mapped(rbp + 8) {
             break;
         }
         // SAFETY: both words were just checked to be mapped kernel memory.
         let (next, ret) = unsafe { (*(rbp as *const u64), *((rbp + 8) as *const u64)) };
-        if ret == 0 {
-            break;
+        if ret < paging::KERNEL_VMA_OFFSET {
+            break; // the bottom of a stack: the trampoline's or boot stub's call
         }
-        print_frame(n, ret, &symbols);
-        n += 1;
+        if ret == last {
+            repeats += 1; // deep recursion: fold identical frames into one line
+        } else {
+            if repeats > 0 {
+                print_line(format_args!("  ... previous frame repeated {repeats} more times"));
+                repeats = 0;
+            }
+            if n >= 48 {
+                print_line(format_args!("  ... (backtrace truncated)"));
+                return;
+            }
+            print_frame(n, ret, true, &symbols);
+            n += 1;
+            last = ret;
+        }
         if next <= rbp {
             break;
         }
         rbp = next;
+    }
+    if repeats > 0 {
+        print_line(format_args!("  ... previous frame repeated {repeats} more times"));
     }
 }
 

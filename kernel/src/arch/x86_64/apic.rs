@@ -138,10 +138,6 @@ pub fn send_ipi(dest_apic_id: u32, vector: u8) {
     send_icr(dest_apic_id, ICR_FIXED | vector as u64);
 }
 
-pub fn send_nmi(dest_apic_id: u32) {
-    send_icr(dest_apic_id, ICR_NMI);
-}
-
 pub fn send_nmi_all_but_self() {
     send_icr(0, ICR_NMI | ICR_ALL_EXCLUDING_SELF);
 }

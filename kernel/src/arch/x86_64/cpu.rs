@@ -196,6 +196,5 @@ pub fn inb(port: u16) -> u8 {
 
 pub const MSR_EFER: u32 = 0xC000_0080;
 pub const MSR_GS_BASE: u32 = 0xC000_0101;
-pub const MSR_KERNEL_GS_BASE: u32 = 0xC000_0102;
 pub const MSR_APIC_BASE: u32 = 0x1B;
 pub const MSR_TSC_DEADLINE: u32 = 0x6E0;

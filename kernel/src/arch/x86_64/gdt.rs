@@ -4,8 +4,8 @@ use super::percpu::PerCpu;
 
 pub const KERNEL_CS: u16 = 0x08;
 pub const KERNEL_DS: u16 = 0x10;
-pub const USER_DS: u16 = 0x18 | 3;
-pub const USER_CS: u16 = 0x20 | 3;
+// User selectors (0x18|3 data, 0x20|3 code) follow the kernel's in the order
+// `sysret` expects; the GDT below defines them.
 pub const TSS_SELECTOR: u16 = 0x28;
 
 /// IST slots (1-based, as the IDT encodes them).

@@ -59,6 +59,7 @@ isr_stub_table:
     .set vec, vec + 1
     .endr
 
+    .type isr_common, @function
 isr_common:
     test byte ptr [rsp + 24], 3
     jz 1f
@@ -103,6 +104,7 @@ isr_common:
 2:
     add rsp, 16
     iretq
+    .size isr_common, . - isr_common
     .text
 "#,
     dispatch = sym trap_dispatch,
@@ -128,8 +130,7 @@ fn ist_for(vector: usize) -> u8 {
 
 /// Fills the shared IDT. Runs once on the boot CPU before interrupts are enabled.
 pub fn init() {
-    // SAFETY: taking the address of the stub table symbol defined above.
-    let base = unsafe { core::ptr::addr_of!(isr_stub_table) } as u64;
+    let base = core::ptr::addr_of!(isr_stub_table) as u64;
     // SAFETY: called once on the boot CPU before any CPU loads the IDT.
     let idt = unsafe { &mut *core::ptr::addr_of_mut!(IDT) };
     for vector in 0..256 {

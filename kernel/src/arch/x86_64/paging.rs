@@ -23,7 +23,6 @@ pub const KERNEL_VMA_OFFSET: u64 = 0xffff_ffff_8000_0000;
 
 pub const PRESENT: u64 = 1 << 0;
 pub const WRITABLE: u64 = 1 << 1;
-pub const USER: u64 = 1 << 2;
 pub const WRITE_THROUGH: u64 = 1 << 3;
 pub const CACHE_DISABLE: u64 = 1 << 4;
 pub const HUGE: u64 = 1 << 7;
@@ -217,13 +216,10 @@ pub struct KernelSections {
 }
 
 pub fn kernel_sections() -> KernelSections {
-    // SAFETY: only the addresses of linker-defined symbols are taken.
-    unsafe {
-        KernelSections {
-            text: (core::ptr::addr_of!(__text_start) as u64, core::ptr::addr_of!(__text_end) as u64),
-            rodata: (core::ptr::addr_of!(__rodata_start) as u64, core::ptr::addr_of!(__rodata_end) as u64),
-            data: (core::ptr::addr_of!(__data_start) as u64, core::ptr::addr_of!(__data_end) as u64),
-        }
+    KernelSections {
+        text: (core::ptr::addr_of!(__text_start) as u64, core::ptr::addr_of!(__text_end) as u64),
+        rodata: (core::ptr::addr_of!(__rodata_start) as u64, core::ptr::addr_of!(__rodata_end) as u64),
+        data: (core::ptr::addr_of!(__data_start) as u64, core::ptr::addr_of!(__data_end) as u64),
     }
 }
 
@@ -240,9 +236,8 @@ pub fn init_kernel_address_space(phys_limit: u64, global_pages: bool) -> Result<
         pa += 2 << 20;
     }
     let sections = kernel_sections();
-    // SAFETY: taking the address of a linker-defined symbol.
-    let guard = unsafe { core::ptr::addr_of!(boot_stack_guard) } as u64;
-    let mut map_range = |(start, end): (u64, u64), flags: u64| -> Result<(), MapError> {
+    let guard = core::ptr::addr_of!(boot_stack_guard) as u64;
+    let map_range = |(start, end): (u64, u64), flags: u64| -> Result<(), MapError> {
         let mut va = start;
         while va < end {
             if va != guard {

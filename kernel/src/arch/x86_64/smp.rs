@@ -170,14 +170,11 @@ struct TrampolineArgs {
 }
 
 fn install_trampoline(args: &TrampolineArgs) {
-    // SAFETY: only symbol addresses are taken.
-    let (start, end, cr3_slot) = unsafe {
-        (
-            core::ptr::addr_of!(ap_trampoline_start) as u64,
-            core::ptr::addr_of!(ap_trampoline_end) as u64,
-            core::ptr::addr_of!(ap_tramp_cr3) as u64,
-        )
-    };
+    let (start, end, cr3_slot) = (
+        core::ptr::addr_of!(ap_trampoline_start) as u64,
+        core::ptr::addr_of!(ap_trampoline_end) as u64,
+        core::ptr::addr_of!(ap_tramp_cr3) as u64,
+    );
     let len = (end - start) as usize;
     let dst = paging::phys_to_virt(TRAMPOLINE_PA);
     // SAFETY: physical 0x8000..+len is below 1 MiB, which the frame allocator
