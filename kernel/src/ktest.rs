@@ -371,7 +371,7 @@ fn symbols() -> CaseResult {
     let here = symbols as fn() -> CaseResult as usize as u64;
     let (name, off) = table.lookup(here + 4).ok_or("own address not found")?;
     check!(name.ends_with("ktest::symbols") && off == 4, "own address resolves to {name}+{off:#x}");
-    check!(table.address_of("kernel::boot::kernel_entry_bsp").is_some(), "entry point symbol missing");
+    check!(table.address_of("kernel_entry_bsp").is_some(), "entry point symbol missing");
     Ok(())
 }
 
