@@ -77,7 +77,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
     if cli.list {
         for s in &scenarios {
             println!(
-                "{:<20} mode={:<9} cpus={} test={:<6} expect-exit={} timeout={}s",
+                "{:<28} mode={:<9} cpus={} test={:<6} expect-exit={} timeout={}s",
                 s.name,
                 s.mode.name(),
                 s.cpus,
@@ -102,6 +102,14 @@ fn run(cli: Cli) -> Result<ExitCode> {
     }
     let out_dir = workspace::build_dir(&root).join("hw-tests");
     std::fs::create_dir_all(&out_dir)?;
+    // Snapshot the image so every scenario boots the same kernel even if
+    // build/kernel.elf is rebuilt while the matrix runs.
+    let snapshot = out_dir.join("kernel.elf");
+    if kernel != snapshot {
+        std::fs::copy(&kernel, &snapshot)
+            .map_err(|e| anyhow::anyhow!("cannot copy {} to {}: {e}", kernel.display(), snapshot.display()))?;
+    }
+    let kernel = snapshot;
     let cfg = RunConfig {
         kernel,
         out_dir,
@@ -123,7 +131,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
     println!("scenario times:");
     for r in &reports {
         println!(
-            "  {:<20} {:>6.1} s  {}",
+            "  {:<28} {:>6.1} s  {}",
             r.scenario.name,
             r.elapsed.as_secs_f64(),
             if r.passed() { "pass" } else { "FAIL" }

@@ -40,6 +40,10 @@ pub struct LogAnalysis {
     pub all_stopped: usize,
     /// Every `smp: A/B CPUs online` seen, as `(A, B)`.
     pub smp_online: Vec<(u32, u32)>,
+    /// Strings to look for (see [`LogAnalysis::watch`]) ...
+    pub watched: Vec<String>,
+    /// ... and those that appeared in some line.
+    pub messages_seen: Vec<String>,
 }
 
 fn parse_smp(line: &str) -> Option<(u32, u32)> {
@@ -71,13 +75,31 @@ impl LogAnalysis {
         Self::default()
     }
 
+    /// Also record whether any line contains `needle`.
+    pub fn watch(mut self, needle: impl Into<String>) -> Self {
+        self.watched.push(needle.into());
+        self
+    }
+
+    /// An analysis that watches for what `expect` needs.
+    pub fn for_expect(expect: &Expect) -> Self {
+        match expect {
+            Expect::Tests => Self::new(),
+            Expect::Panic { message, .. } => Self::new().watch(message.clone()),
+        }
+    }
+
     /// Analyse a whole log at once.
     pub fn from_text(text: &str) -> Self {
-        let mut a = Self::new();
+        Self::new().feed_text(text)
+    }
+
+    /// Feed every line of `text`.
+    pub fn feed_text(mut self, text: &str) -> Self {
         for line in text.lines() {
-            a.feed(line);
+            self.feed(line);
         }
-        a
+        self
     }
 
     pub fn feed(&mut self, line: &str) {
@@ -101,6 +123,11 @@ impl LogAnalysis {
         }
         if let Some(s) = parse_smp(line) {
             self.smp_online.push(s);
+        }
+        for w in &self.watched {
+            if line.contains(w.as_str()) && !self.messages_seen.contains(w) {
+                self.messages_seen.push(w.clone());
+            }
         }
     }
 
@@ -161,8 +188,8 @@ pub enum Expect {
     /// panic, `done` consistent.
     Tests,
     /// Deliberate panic: exactly one PANIC line, a backtrace frame naming
-    /// `function`, and `all CPUs stopped`.
-    Panic { function: String },
+    /// `function`, a line containing `message`, and `all CPUs stopped`.
+    Panic { function: String, message: String },
 }
 
 /// How the QEMU process ended.
@@ -256,7 +283,7 @@ pub fn evaluate(a: &LogAnalysis, expect: &Expect, cpus: u32, expected_exit: i32,
     ));
     match expect {
         Expect::Tests => evaluate_tests(a, &mut v),
-        Expect::Panic { function } => {
+        Expect::Panic { function, message } => {
             v.checks.push(check(
                 "single_panic",
                 a.panic_lines.len() == 1,
@@ -273,6 +300,11 @@ pub fn evaluate(a: &LogAnalysis, expect: &Expect, cpus: u32, expected_exit: i32,
                 } else {
                     String::new()
                 },
+            ));
+            v.checks.push(check(
+                "panic_message",
+                a.messages_seen.iter().any(|m| m == message),
+                format!("no line contains `{message}`"),
             ));
             v.checks.push(check(
                 "all_cpus_stopped",
@@ -483,12 +515,16 @@ KTEST {\"event\":\"case\",\"name\":\"page_map\",\"status\":\"pass\",\"cpu\":1,\"
 [cpu1] all CPUs stopped\n";
 
     fn panic_expect() -> Expect {
-        Expect::Panic { function: "deliberate_panic".into() }
+        Expect::Panic { function: "deliberate_panic".into(), message: "deliberate panic".into() }
+    }
+
+    fn analyse(expect: &Expect, text: &str) -> LogAnalysis {
+        LogAnalysis::for_expect(expect).feed_text(text)
     }
 
     #[test]
     fn panic_scenario_passes() {
-        let a = LogAnalysis::from_text(PANIC_LOG);
+        let a = analyse(&panic_expect(), PANIC_LOG);
         assert_eq!(a.frame_lines.len(), 2);
         let v = evaluate(&a, &panic_expect(), 2, 35, Outcome { exit_code: Some(35), timed_out: false });
         assert!(v.passed(), "{:?}", v.failures());
@@ -498,15 +534,33 @@ KTEST {\"event\":\"case\",\"name\":\"page_map\",\"status\":\"pass\",\"cpu\":1,\"
     fn panic_scenario_failures() {
         let out = Outcome { exit_code: Some(35), timed_out: false };
         let twice = format!("{PANIC_LOG}[cpu0] PANIC at kernel/src/x.rs:1:1: again\n");
-        let v = evaluate(&LogAnalysis::from_text(&twice), &panic_expect(), 2, 35, out);
+        let v = evaluate(&analyse(&panic_expect(), &twice), &panic_expect(), 2, 35, out);
         assert_eq!(failed_checks(&v), vec!["single_panic"]);
         let no_frame = PANIC_LOG.replace("deliberate_panic+", "something_else+");
-        let v = evaluate(&LogAnalysis::from_text(&no_frame), &panic_expect(), 2, 35, out);
+        let v = evaluate(&analyse(&panic_expect(), &no_frame), &panic_expect(), 2, 35, out);
         assert_eq!(failed_checks(&v), vec!["backtrace"]);
         let no_stop = PANIC_LOG.replace("all CPUs stopped", "");
-        let v = evaluate(&LogAnalysis::from_text(&no_stop), &panic_expect(), 2, 35, out);
+        let v = evaluate(&analyse(&panic_expect(), &no_stop), &panic_expect(), 2, 35, out);
         assert_eq!(failed_checks(&v), vec!["all_cpus_stopped"]);
-        let v = evaluate(&LogAnalysis::from_text(PANIC_LOG), &panic_expect(), 2, 35, Outcome { exit_code: Some(0), timed_out: false });
+        let v = evaluate(&analyse(&panic_expect(), PANIC_LOG), &panic_expect(), 2, 35, Outcome { exit_code: Some(0), timed_out: false });
         assert_eq!(failed_checks(&v), vec!["exit_status"]);
+        let other_msg = PANIC_LOG.replace("deliberate panic", "oops");
+        let v = evaluate(&analyse(&panic_expect(), &other_msg), &panic_expect(), 2, 35, out);
+        assert_eq!(failed_checks(&v), vec!["panic_message"]);
+    }
+
+    #[test]
+    fn stack_overflow_report() {
+        let log = "\
+[cpu0] INFO  smp: 2/2 CPUs online\n\
+[cpu1] PANIC: CPU exception 8 (double fault), error code 0x0\n\
+[cpu1]   stack pointer 0xffffff0000030ed0 is in a guard page: kernel stack overflow\n\
+[cpu1] backtrace:\n\
+[cpu1]   #0 0xffffffff8020c3e0 kernel::ktest::recurse_forever+0x80\n\
+[cpu1]   ... previous frame repeated 60 more times\n\
+[cpu1] all CPUs stopped (1 of 1 stopped by NMI, this CPU halts)\n";
+        let e = Expect::Panic { function: "recurse_forever".into(), message: "kernel stack overflow".into() };
+        let v = evaluate(&analyse(&e, log), &e, 2, 35, Outcome { exit_code: Some(35), timed_out: false });
+        assert!(v.passed(), "{:?}", v.failures());
     }
 }

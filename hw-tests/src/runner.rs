@@ -120,7 +120,7 @@ fn boot(s: &Scenario, cfg: &RunConfig, work: &Path, log: &Path) -> Result<Verdic
     let cmd = run.command()?;
     let line = run.shell_line()?;
     let timeout = Duration::from_secs_f64(s.timeout.as_secs_f64() * cfg.timeout_scale);
-    let mut analysis = LogAnalysis::new();
+    let mut analysis = LogAnalysis::for_expect(&s.expect);
     let captured = qemu::run_captured(cmd, log, timeout, |l| analysis.feed(l))?;
     // Record the command used at the end of the log for reproduction.
     {

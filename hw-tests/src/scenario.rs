@@ -55,7 +55,16 @@ pub fn matrix() -> Vec<Scenario> {
             mode: Mode::Direct,
             cpus: 2,
             test: "panic".into(),
-            expect: Expect::Panic { function: "deliberate_panic".into() },
+            expect: Expect::Panic { function: "deliberate_panic".into(), message: "deliberate panic".into() },
+            expected_exit: EXIT_FAILURE,
+            timeout: Duration::from_secs(120),
+        },
+        Scenario {
+            name: "stack-overflow-direct-2cpu".into(),
+            mode: Mode::Direct,
+            cpus: 2,
+            test: "stack_overflow".into(),
+            expect: Expect::Panic { function: "recurse_forever".into(), message: "kernel stack overflow".into() },
             expected_exit: EXIT_FAILURE,
             timeout: Duration::from_secs(120),
         },
@@ -109,7 +118,7 @@ mod tests {
     fn names_are_unique_and_expected() {
         let m = matrix();
         let names: Vec<&str> = m.iter().map(|s| s.name.as_str()).collect();
-        for n in ["direct-1cpu", "direct-2cpu", "direct-4cpu", "direct-8cpu", "bios-iso-4cpu", "uefi-iso-2cpu", "pxe-bios-2cpu", "pxe-uefi-2cpu", "panic-direct-2cpu"] {
+        for n in ["direct-1cpu", "direct-2cpu", "direct-4cpu", "direct-8cpu", "bios-iso-4cpu", "uefi-iso-2cpu", "pxe-bios-2cpu", "pxe-uefi-2cpu", "panic-direct-2cpu", "stack-overflow-direct-2cpu"] {
             assert!(names.contains(&n), "{n}");
         }
         let mut d = names.clone();
@@ -135,6 +144,7 @@ mod tests {
     fn cmdline() {
         let m = matrix();
         assert_eq!(m[0].cmdline("info"), "exit=qemu test=all log=info");
-        assert_eq!(m.last().unwrap().cmdline("info"), "exit=qemu test=panic log=info");
+        let panic = m.iter().find(|s| s.name == "panic-direct-2cpu").unwrap();
+        assert_eq!(panic.cmdline("info"), "exit=qemu test=panic log=info");
     }
 }
