@@ -78,8 +78,9 @@ pub fn discover_cpus(rsdp: Option<u64>) -> Vec<u32> {
             MadtEntry::LocalX2Apic(e) => (e.x2apic_id, e.flags),
             _ => continue,
         };
-        // Bit 0: enabled now; bit 1: can be brought online. Either means startable.
-        if flags & 0b11 == 0 || ids.contains(&id) {
+        // Bit 0: enabled. CPUs that are only "online capable" (bit 1) are
+        // hot-plug slots without a processor behind them yet.
+        if flags & 1 == 0 || ids.contains(&id) {
             continue;
         }
         if ids.len() == MAX_CPUS {
