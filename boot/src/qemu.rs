@@ -438,15 +438,26 @@ impl Captured {
     }
 }
 
+/// What [`run_captured`]'s line callback wants next.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Control {
+    /// Keep going until the process exits or the timeout.
+    Continue,
+    /// The run is over as far as the caller is concerned: the process must
+    /// exit within this much more time or it is killed as timed out.
+    ExitWithin(Duration),
+}
+
 /// Spawn `cmd` with stdout and stderr piped, append every line (stdout
 /// verbatim, stderr prefixed with `[qemu stderr] `) to `log`, hand each
 /// stdout line to `on_line`, and kill the process if it runs past
-/// `timeout`. Carriage returns are stripped; invalid UTF-8 is replaced.
+/// `timeout` (or past a shorter deadline `on_line` asked for). Carriage
+/// returns are stripped; invalid UTF-8 is replaced.
 pub fn run_captured(
     mut cmd: Command,
     log: &Path,
     timeout: Duration,
-    mut on_line: impl FnMut(&str),
+    mut on_line: impl FnMut(&str) -> Control,
 ) -> Result<Captured> {
     if let Some(dir) = log.parent() {
         fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
@@ -466,7 +477,7 @@ pub fn run_captured(
     let err_file = Arc::clone(&file);
     let err_thread = std::thread::spawn(move || pump_lines(err, &err_file, "[qemu stderr] ", None));
 
-    let deadline = start + timeout;
+    let mut deadline = start + timeout;
     let mut timed_out = false;
     loop {
         let now = Instant::now();
@@ -475,7 +486,11 @@ pub fn run_captured(
             break;
         }
         match rx.recv_timeout((deadline - now).min(Duration::from_millis(200))) {
-            Ok(line) => on_line(&line),
+            Ok(line) => {
+                if let Control::ExitWithin(grace) = on_line(&line) {
+                    deadline = deadline.min(Instant::now() + grace);
+                }
+            }
             Err(mpsc::RecvTimeoutError::Timeout) => {}
             Err(mpsc::RecvTimeoutError::Disconnected) => break, // stdout closed
         }
@@ -507,7 +522,12 @@ pub fn run_captured(
     }
     if timed_out {
         if let Ok(mut f) = file.lock() {
-            let _ = writeln!(f, "[hw-tests] killed QEMU after {} s timeout", timeout.as_secs());
+            let _ = writeln!(
+                f,
+                "[hw-tests] killed the process after {:.1} s (timeout {} s)",
+                start.elapsed().as_secs_f64(),
+                timeout.as_secs()
+            );
         }
     }
     Ok(Captured { status, timed_out, elapsed: start.elapsed() })
@@ -614,7 +634,11 @@ mod tests {
         let mut cmd = Command::new("sh");
         cmd.args(["-c", "printf 'one\\r\\ntwo\\n'; echo err >&2; exit 3"]);
         let mut lines = Vec::new();
-        let c = run_captured(cmd, &log, Duration::from_secs(20), |l| lines.push(l.to_string())).unwrap();
+        let c = run_captured(cmd, &log, Duration::from_secs(20), |l| {
+            lines.push(l.to_string());
+            Control::Continue
+        })
+        .unwrap();
         assert_eq!(lines, vec!["one", "two"]);
         assert_eq!(c.code(), Some(3));
         assert!(!c.timed_out);
@@ -626,8 +650,21 @@ mod tests {
 
         let mut cmd = Command::new("sh");
         cmd.args(["-c", "echo start; exec sleep 30"]);
-        let c = run_captured(cmd, &log, Duration::from_millis(500), |_| {}).unwrap();
+        let c = run_captured(cmd, &log, Duration::from_millis(500), |_| Control::Continue).unwrap();
         assert!(c.timed_out && c.status.is_none());
         assert!(c.elapsed < Duration::from_secs(10));
+
+        // A callback can cut the deadline short.
+        let mut cmd = Command::new("sh");
+        cmd.args(["-c", "echo finished; exec sleep 30"]);
+        let c = run_captured(cmd, &log, Duration::from_secs(60), |l| {
+            if l == "finished" {
+                Control::ExitWithin(Duration::from_millis(300))
+            } else {
+                Control::Continue
+            }
+        })
+        .unwrap();
+        assert!(c.timed_out && c.elapsed < Duration::from_secs(10), "{c:?}");
     }
 }

@@ -131,6 +131,12 @@ impl LogAnalysis {
         }
     }
 
+    /// The kernel has printed its final verdict (a `done` record or the end
+    /// of a panic report), so QEMU should be about to exit.
+    pub fn finished(&self) -> bool {
+        !self.dones.is_empty() || self.all_stopped > 0
+    }
+
     fn feed_ktest(&mut self, json: &str) {
         let v: Value = match serde_json::from_str(json.trim()) {
             Ok(v) => v,
@@ -401,6 +407,8 @@ KTEST {\"event\":\"case\",\"name\":\"page_map\",\"status\":\"pass\",\"cpu\":1,\"
     #[test]
     fn all_pass() {
         let a = LogAnalysis::from_text(GOOD);
+        assert!(a.finished());
+        assert!(!LogAnalysis::from_text("smp: 1/1 CPUs online").finished());
         assert_eq!(a.smp_online, vec![(4, 4)]);
         let v = evaluate(&a, &Expect::Tests, 4, 33, ok_outcome());
         assert!(v.passed(), "{:?}", v.failures());

@@ -12,6 +12,10 @@ use serde_json::json;
 use crate::protocol::{evaluate, LogAnalysis, Outcome, Verdict};
 use crate::scenario::Scenario;
 
+/// How long QEMU may keep running after the kernel printed its verdict
+/// (`done` record or `all CPUs stopped`).
+pub const EXIT_GRACE: Duration = Duration::from_secs(20);
+
 /// Settings shared by every scenario of a run.
 #[derive(Clone, Debug)]
 pub struct RunConfig {
@@ -121,7 +125,17 @@ fn boot(s: &Scenario, cfg: &RunConfig, work: &Path, log: &Path) -> Result<Verdic
     let line = run.shell_line()?;
     let timeout = Duration::from_secs_f64(s.timeout.as_secs_f64() * cfg.timeout_scale);
     let mut analysis = LogAnalysis::for_expect(&s.expect);
-    let captured = qemu::run_captured(cmd, log, timeout, |l| analysis.feed(l))?;
+    // Once the kernel has reported its verdict QEMU must exit promptly; a
+    // kernel that never writes to isa-debug-exit fails fast, not after the
+    // whole timeout.
+    let captured = qemu::run_captured(cmd, log, timeout, |l| {
+        analysis.feed(l);
+        if analysis.finished() {
+            qemu::Control::ExitWithin(EXIT_GRACE)
+        } else {
+            qemu::Control::Continue
+        }
+    })?;
     // Record the command used at the end of the log for reproduction.
     {
         use std::io::Write;
