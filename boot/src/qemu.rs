@@ -389,7 +389,13 @@ impl Ovmf {
     /// candidate.
     pub fn find() -> Result<Ovmf> {
         if let (Some(c), Some(v)) = (std::env::var_os("OVMF_CODE"), std::env::var_os("OVMF_VARS")) {
-            return Ok(Ovmf { code: c.into(), vars: v.into() });
+            let o = Ovmf { code: c.into(), vars: v.into() };
+            for f in [&o.code, &o.vars] {
+                if !f.is_file() {
+                    bail!("OVMF file {} (from OVMF_CODE/OVMF_VARS) does not exist", f.display());
+                }
+            }
+            return Ok(o);
         }
         for (c, v) in OVMF_CANDIDATES {
             if Path::new(c).is_file() && Path::new(v).is_file() {
