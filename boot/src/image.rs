@@ -69,9 +69,15 @@ fn run_tool(cmd: &mut Command, what: &str, install_hint: &str) -> Result<()> {
 /// Build a hybrid BIOS+UEFI ISO at `out` with `kernel` as `/boot/kernel.elf`.
 pub fn build_iso(kernel: &Path, cmdline: &str, out: &Path) -> Result<()> {
     if !kernel.is_file() {
-        bail!("kernel image {} does not exist (run `just build`)", kernel.display());
+        bail!(
+            "kernel image {} does not exist (run `just build`)",
+            kernel.display()
+        );
     }
-    let parent = out.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
+    let parent = out
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
     fs::create_dir_all(parent).with_context(|| format!("cannot create {}", parent.display()))?;
     let staging = tempfile::Builder::new()
         .prefix(".iso-root-")
@@ -81,12 +87,17 @@ pub fn build_iso(kernel: &Path, cmdline: &str, out: &Path) -> Result<()> {
     fs::create_dir_all(boot.join("grub"))?;
     fs::copy(kernel, boot.join("kernel.elf"))
         .with_context(|| format!("cannot copy {}", kernel.display()))?;
-    fs::write(boot.join("grub/grub.cfg"), grub_cfg("/boot/kernel.elf", cmdline))?;
+    fs::write(
+        boot.join("grub/grub.cfg"),
+        grub_cfg("/boot/kernel.elf", cmdline),
+    )?;
     // Write to a temporary name first so a parallel reader never sees half
     // an ISO.
     let tmp_out = parent.join(format!(
         ".{}.partial",
-        out.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default()
+        out.file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default()
     ));
     run_tool(
         Command::new("grub-mkrescue")
@@ -117,16 +128,25 @@ pub const PXE_EFI_BOOTFILE: &str = "boot/grub/x86_64-efi/core.efi";
 /// UEFI (x86_64-efi), `boot/grub/grub.cfg` and `boot/kernel.elf`.
 pub fn build_pxe(kernel: &Path, cmdline: &str, dir: &Path) -> Result<PxeTree> {
     if !kernel.is_file() {
-        bail!("kernel image {} does not exist (run `just build`)", kernel.display());
+        bail!(
+            "kernel image {} does not exist (run `just build`)",
+            kernel.display()
+        );
     }
     if dir.exists() {
         fs::remove_dir_all(dir).with_context(|| format!("cannot clear {}", dir.display()))?;
     }
     fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
-    for (platform, pkg) in [("i386-pc", "grub-pc-bin"), ("x86_64-efi", "grub-efi-amd64-bin")] {
+    for (platform, pkg) in [
+        ("i386-pc", "grub-pc-bin"),
+        ("x86_64-efi", "grub-efi-amd64-bin"),
+    ] {
         let modules = Path::new("/usr/lib/grub").join(platform);
         if !modules.is_dir() {
-            bail!("GRUB {platform} modules are missing ({}): apt-get install {pkg}", modules.display());
+            bail!(
+                "GRUB {platform} modules are missing ({}): apt-get install {pkg}",
+                modules.display()
+            );
         }
     }
     // Without --directory grub-mknetdir builds every installed platform.
@@ -144,7 +164,10 @@ pub fn build_pxe(kernel: &Path, cmdline: &str, dir: &Path) -> Result<PxeTree> {
     }
     fs::copy(kernel, dir.join("boot/kernel.elf"))
         .with_context(|| format!("cannot copy {}", kernel.display()))?;
-    fs::write(dir.join("boot/grub/grub.cfg"), grub_cfg("(tftp)/boot/kernel.elf", cmdline))?;
+    fs::write(
+        dir.join("boot/grub/grub.cfg"),
+        grub_cfg("(tftp)/boot/kernel.elf", cmdline),
+    )?;
     Ok(PxeTree {
         root: dir.to_path_buf(),
         bios_bootfile: PXE_BIOS_BOOTFILE,
@@ -158,7 +181,10 @@ mod tests {
 
     #[test]
     fn quoting() {
-        assert_eq!(grub_quote("test=frame_alloc,page_map"), "test=frame_alloc,page_map");
+        assert_eq!(
+            grub_quote("test=frame_alloc,page_map"),
+            "test=frame_alloc,page_map"
+        );
         assert_eq!(grub_quote("a b"), "'a b'");
         assert_eq!(grub_quote("it's"), r"'it'\''s'");
         assert_eq!(grub_quote("$x"), "'$x'");
@@ -169,7 +195,9 @@ mod tests {
         let cfg = grub_cfg("/boot/kernel.elf", "exit=qemu  test=all log=info");
         assert!(cfg.contains("set timeout=0"));
         assert!(cfg.contains("terminal_output serial console"));
-        assert!(cfg.contains("    multiboot2 /boot/kernel.elf exit=qemu test=all log=info\n    boot\n"));
+        assert!(
+            cfg.contains("    multiboot2 /boot/kernel.elf exit=qemu test=all log=info\n    boot\n")
+        );
         let cfg = grub_cfg("(tftp)/boot/kernel.elf", "");
         assert!(cfg.contains("    multiboot2 (tftp)/boot/kernel.elf\n"));
     }

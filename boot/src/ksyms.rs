@@ -263,7 +263,7 @@ pub fn collect_symbols(data: &[u8]) -> Result<Vec<Symbol>> {
         if sym.st_type() != elf::STT_FUNC {
             continue;
         }
-        let addr: u64 = sym.st_value(endian).into();
+        let addr: u64 = sym.st_value(endian);
         if addr == 0 {
             continue;
         }
@@ -275,7 +275,7 @@ pub fn collect_symbols(data: &[u8]) -> Result<Vec<Symbol>> {
             continue;
         }
         let name = format!("{:#}", rustc_demangle::demangle(&raw));
-        let size: u64 = sym.st_size(endian).into();
+        let size: u64 = sym.st_size(endian);
         out.push(Symbol {
             addr,
             size: size.min(u32::MAX as u64) as u32,
@@ -320,8 +320,8 @@ pub fn embed_into(data: &[u8]) -> Result<(Vec<u8>, EmbedStats)> {
 /// the input's permissions). `input` and `output` may be the same path.
 pub fn embed_symbols(input: &Path, output: &Path) -> Result<EmbedStats> {
     let data = fs::read(input).with_context(|| format!("cannot read {}", input.display()))?;
-    let (bytes, stats) =
-        embed_into(&data).with_context(|| format!("cannot embed symbols into {}", input.display()))?;
+    let (bytes, stats) = embed_into(&data)
+        .with_context(|| format!("cannot embed symbols into {}", input.display()))?;
     let dir = match output.parent() {
         Some(p) if !p.as_os_str().is_empty() => p,
         _ => Path::new("."),

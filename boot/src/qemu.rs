@@ -205,7 +205,10 @@ impl QemuRun {
     pub fn prepare(&self) -> Result<()> {
         self.validate()?;
         if !self.kernel.is_file() {
-            bail!("kernel image {} does not exist (run `just build`)", self.kernel.display());
+            bail!(
+                "kernel image {} does not exist (run `just build`)",
+                self.kernel.display()
+            );
         }
         fs::create_dir_all(&self.work_dir)
             .with_context(|| format!("cannot create {}", self.work_dir.display()))?;
@@ -218,7 +221,11 @@ impl QemuRun {
         if self.mode.is_uefi() {
             let ovmf = Ovmf::find()?;
             fs::copy(&ovmf.vars, self.ovmf_vars_path()).with_context(|| {
-                format!("cannot copy {} to {}", ovmf.vars.display(), self.ovmf_vars_path().display())
+                format!(
+                    "cannot copy {} to {}",
+                    ovmf.vars.display(),
+                    self.ovmf_vars_path().display()
+                )
             })?;
         }
         Ok(())
@@ -285,9 +292,15 @@ impl QemuRun {
         if self.mode.is_uefi() {
             let ovmf = Ovmf::find()?;
             push("-drive");
-            push(&format!("if=pflash,format=raw,unit=0,readonly=on,file={}", ovmf.code.display()));
+            push(&format!(
+                "if=pflash,format=raw,unit=0,readonly=on,file={}",
+                ovmf.code.display()
+            ));
             push("-drive");
-            push(&format!("if=pflash,format=raw,unit=1,file={}", self.ovmf_vars_path().display()));
+            push(&format!(
+                "if=pflash,format=raw,unit=1,file={}",
+                self.ovmf_vars_path().display()
+            ));
         }
         match self.mode {
             Mode::Direct => {
@@ -319,7 +332,10 @@ impl QemuRun {
                     image::PXE_EFI_BOOTFILE
                 };
                 push("-netdev");
-                push(&format!("user,id=n0,tftp={},bootfile={bootfile}", self.pxe_dir().display()));
+                push(&format!(
+                    "user,id=n0,tftp={},bootfile={bootfile}",
+                    self.pxe_dir().display()
+                ));
                 push("-device");
                 // bootindex: OVMF would otherwise try the empty CD drive first.
                 push("e1000,netdev=n0,bootindex=0");
@@ -378,10 +394,22 @@ pub struct Ovmf {
 
 /// Candidate (code, vars) pairs, most preferred first.
 pub const OVMF_CANDIDATES: &[(&str, &str)] = &[
-    ("/usr/share/OVMF/OVMF_CODE_4M.fd", "/usr/share/OVMF/OVMF_VARS_4M.fd"),
-    ("/usr/share/OVMF/OVMF_CODE.fd", "/usr/share/OVMF/OVMF_VARS.fd"),
-    ("/usr/share/edk2/ovmf/OVMF_CODE.fd", "/usr/share/edk2/ovmf/OVMF_VARS.fd"),
-    ("/usr/share/edk2/x64/OVMF_CODE.4m.fd", "/usr/share/edk2/x64/OVMF_VARS.4m.fd"),
+    (
+        "/usr/share/OVMF/OVMF_CODE_4M.fd",
+        "/usr/share/OVMF/OVMF_VARS_4M.fd",
+    ),
+    (
+        "/usr/share/OVMF/OVMF_CODE.fd",
+        "/usr/share/OVMF/OVMF_VARS.fd",
+    ),
+    (
+        "/usr/share/edk2/ovmf/OVMF_CODE.fd",
+        "/usr/share/edk2/ovmf/OVMF_VARS.fd",
+    ),
+    (
+        "/usr/share/edk2/x64/OVMF_CODE.4m.fd",
+        "/usr/share/edk2/x64/OVMF_VARS.4m.fd",
+    ),
 ];
 
 impl Ovmf {
@@ -389,17 +417,26 @@ impl Ovmf {
     /// candidate.
     pub fn find() -> Result<Ovmf> {
         if let (Some(c), Some(v)) = (std::env::var_os("OVMF_CODE"), std::env::var_os("OVMF_VARS")) {
-            let o = Ovmf { code: c.into(), vars: v.into() };
+            let o = Ovmf {
+                code: c.into(),
+                vars: v.into(),
+            };
             for f in [&o.code, &o.vars] {
                 if !f.is_file() {
-                    bail!("OVMF file {} (from OVMF_CODE/OVMF_VARS) does not exist", f.display());
+                    bail!(
+                        "OVMF file {} (from OVMF_CODE/OVMF_VARS) does not exist",
+                        f.display()
+                    );
                 }
             }
             return Ok(o);
         }
         for (c, v) in OVMF_CANDIDATES {
             if Path::new(c).is_file() && Path::new(v).is_file() {
-                return Ok(Ovmf { code: c.into(), vars: v.into() });
+                return Ok(Ovmf {
+                    code: c.into(),
+                    vars: v.into(),
+                });
             }
         }
         bail!("OVMF firmware not found: apt-get install ovmf (or set OVMF_CODE and OVMF_VARS)")
@@ -536,7 +573,11 @@ pub fn run_captured(
             );
         }
     }
-    Ok(Captured { status, timed_out, elapsed: start.elapsed() })
+    Ok(Captured {
+        status,
+        timed_out,
+        elapsed: start.elapsed(),
+    })
 }
 
 fn pump_lines(
@@ -571,14 +612,23 @@ mod tests {
     use super::*;
 
     fn args_of(r: &QemuRun) -> Vec<String> {
-        r.args().unwrap().into_iter().map(|a| a.to_string_lossy().into_owned()).collect()
+        r.args()
+            .unwrap()
+            .into_iter()
+            .map(|a| a.to_string_lossy().into_owned())
+            .collect()
     }
 
     #[test]
     fn direct_tcg_args() {
-        let r = QemuRun::new("/k.elf", "/b").cpus(4).cmdline("exit=qemu test=all");
+        let r = QemuRun::new("/k.elf", "/b")
+            .cpus(4)
+            .cmdline("exit=qemu test=all");
         let a = args_of(&r).join(" ");
-        assert!(a.contains("-machine pc -accel tcg -cpu max -smp 4 -m 512M -display none -no-reboot"), "{a}");
+        assert!(
+            a.contains("-machine pc -accel tcg -cpu max -smp 4 -m 512M -display none -no-reboot"),
+            "{a}"
+        );
         assert!(a.contains("-device isa-debug-exit,iobase=0xf4,iosize=0x04"));
         assert!(a.contains("-serial mon:stdio"));
         assert!(a.contains("-kernel /k.elf -append exit=qemu test=all"));
@@ -589,8 +639,15 @@ mod tests {
     fn kvm_gdb_icount() {
         let r = QemuRun::new("/k.elf", "/b").accel(Accel::Kvm).gdb(true);
         let a = args_of(&r).join(" ");
-        assert!(a.contains("-accel kvm -cpu host") && a.contains(" -s -S"), "{a}");
-        assert!(QemuRun::new("/k", "/b").accel(Accel::Kvm).icount(true).args().is_err());
+        assert!(
+            a.contains("-accel kvm -cpu host") && a.contains(" -s -S"),
+            "{a}"
+        );
+        assert!(QemuRun::new("/k", "/b")
+            .accel(Accel::Kvm)
+            .icount(true)
+            .args()
+            .is_err());
         let a = args_of(&QemuRun::new("/k", "/b").icount(true)).join(" ");
         assert!(a.contains("-icount shift=0,align=off,sleep=off"));
     }
@@ -599,7 +656,8 @@ mod tests {
     fn serial_variants() {
         let a = args_of(&QemuRun::new("/k", "/b").serial(Serial::Stdio)).join(" ");
         assert!(a.contains("-serial stdio -monitor none"), "{a}");
-        let a = args_of(&QemuRun::new("/k", "/b").serial(Serial::File("/tmp/x.log".into()))).join(" ");
+        let a =
+            args_of(&QemuRun::new("/k", "/b").serial(Serial::File("/tmp/x.log".into()))).join(" ");
         assert!(a.contains("-serial file:/tmp/x.log -monitor none"), "{a}");
     }
 
@@ -616,7 +674,10 @@ mod tests {
             let a = args_of(&QemuRun::new("/k", "/b").mode(Mode::PxeUefi)).join(" ");
             assert!(a.contains("-machine q35"), "{a}");
             assert!(a.contains("bootfile=boot/grub/x86_64-efi/core.efi"), "{a}");
-            assert!(a.contains("if=pflash,format=raw,unit=1,file=/b/ovmf-vars.fd"), "{a}");
+            assert!(
+                a.contains("if=pflash,format=raw,unit=1,file=/b/ovmf-vars.fd"),
+                "{a}"
+            );
         }
     }
 
@@ -650,7 +711,10 @@ mod tests {
         assert!(!c.timed_out);
         let text = fs::read_to_string(&log).unwrap();
         // stdout and stderr are pumped by two threads: only per-stream order holds.
-        let out_lines: Vec<&str> = text.lines().filter(|l| !l.starts_with("[qemu stderr]")).collect();
+        let out_lines: Vec<&str> = text
+            .lines()
+            .filter(|l| !l.starts_with("[qemu stderr]"))
+            .collect();
         assert_eq!(out_lines, vec!["one", "two"], "{text}");
         assert!(text.lines().any(|l| l == "[qemu stderr] err"), "{text}");
 

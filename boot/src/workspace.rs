@@ -70,11 +70,24 @@ pub fn build_kernel(root: &Path, opts: &BuildOptions) -> Result<PathBuf> {
     let cargo = env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
     let mut cmd = Command::new(cargo);
     cmd.current_dir(root)
-        .args(["build", "-p", KERNEL_PACKAGE, "--release", "--target", KERNEL_TARGET])
+        .args([
+            "build",
+            "-p",
+            KERNEL_PACKAGE,
+            "--release",
+            "--target",
+            KERNEL_TARGET,
+        ])
         .arg("--message-format=json-render-diagnostics")
         .stdout(Stdio::piped())
-        .stderr(if opts.verbose { Stdio::inherit() } else { Stdio::piped() });
-    let mut child = cmd.spawn().context("cannot run cargo to build the kernel")?;
+        .stderr(if opts.verbose {
+            Stdio::inherit()
+        } else {
+            Stdio::piped()
+        });
+    let mut child = cmd
+        .spawn()
+        .context("cannot run cargo to build the kernel")?;
     let stderr = child.stderr.take();
     let err_thread = std::thread::spawn(move || {
         let mut buf = String::new();
@@ -101,7 +114,8 @@ pub fn build_kernel(root: &Path, opts: &BuildOptions) -> Result<PathBuf> {
         }
         bail!("cargo build of the kernel failed ({status})");
     }
-    let raw = artifact.context("cargo did not report a kernel executable (is the kernel package a binary?)")?;
+    let raw = artifact
+        .context("cargo did not report a kernel executable (is the kernel package a binary?)")?;
     let out = kernel_image(root);
     let stats = ksyms::embed_symbols(&raw, &out)?;
     if opts.verbose {
@@ -144,13 +158,18 @@ mod tests {
         let msg = r#"{"reason":"compiler-artifact","package_id":"x","target":{"kind":["bin"],"crate_types":["bin"],"name":"kernel","src_path":"/r/kernel/src/main.rs"},"executable":"/r/target/x86_64-unknown-none/release/kernel","fresh":true}"#;
         assert_eq!(
             kernel_artifact_from_message(msg),
-            Some(PathBuf::from("/r/target/x86_64-unknown-none/release/kernel"))
+            Some(PathBuf::from(
+                "/r/target/x86_64-unknown-none/release/kernel"
+            ))
         );
         let lib = r#"{"reason":"compiler-artifact","target":{"kind":["lib"],"name":"kernel"},"executable":null}"#;
         assert_eq!(kernel_artifact_from_message(lib), None);
         let other = r#"{"reason":"compiler-artifact","target":{"kind":["bin"],"name":"mkboot"},"executable":"/x"}"#;
         assert_eq!(kernel_artifact_from_message(other), None);
         assert_eq!(kernel_artifact_from_message("not json"), None);
-        assert_eq!(kernel_artifact_from_message(r#"{"reason":"build-finished","success":true}"#), None);
+        assert_eq!(
+            kernel_artifact_from_message(r#"{"reason":"build-finished","success":true}"#),
+            None
+        );
     }
 }

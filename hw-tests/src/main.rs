@@ -11,7 +11,11 @@ use matryoshka_boot::qemu::{Accel, Firmware};
 use matryoshka_boot::workspace;
 
 #[derive(Parser)]
-#[command(name = "hw-tests", version, about = "Boot the Matryoshka kernel under QEMU in a scenario matrix and check its test output")]
+#[command(
+    name = "hw-tests",
+    version,
+    about = "Boot the Matryoshka kernel under QEMU in a scenario matrix and check its test output"
+)]
 struct Cli {
     /// List the scenarios and exit
     #[arg(long)]
@@ -56,7 +60,10 @@ fn main() -> ExitCode {
             }
             let text = e.render().to_string();
             let first = text.lines().next().unwrap_or("invalid arguments");
-            eprintln!("hw-tests: {} (try `hw-tests --help`)", first.strip_prefix("error: ").unwrap_or(first));
+            eprintln!(
+                "hw-tests: {} (try `hw-tests --help`)",
+                first.strip_prefix("error: ").unwrap_or(first)
+            );
             return ExitCode::from(2);
         }
     };
@@ -98,7 +105,10 @@ fn run(cli: Cli) -> Result<ExitCode> {
         }
     };
     if !kernel.is_file() {
-        anyhow::bail!("kernel image {} does not exist (run `just build`)", kernel.display());
+        anyhow::bail!(
+            "kernel image {} does not exist (run `just build`)",
+            kernel.display()
+        );
     }
     let out_dir = workspace::build_dir(&root).join("hw-tests");
     std::fs::create_dir_all(&out_dir)?;
@@ -106,8 +116,13 @@ fn run(cli: Cli) -> Result<ExitCode> {
     // build/kernel.elf is rebuilt while the matrix runs.
     let snapshot = out_dir.join("kernel.elf");
     if kernel != snapshot {
-        std::fs::copy(&kernel, &snapshot)
-            .map_err(|e| anyhow::anyhow!("cannot copy {} to {}: {e}", kernel.display(), snapshot.display()))?;
+        std::fs::copy(&kernel, &snapshot).map_err(|e| {
+            anyhow::anyhow!(
+                "cannot copy {} to {}: {e}",
+                kernel.display(),
+                snapshot.display()
+            )
+        })?;
     }
     let kernel = snapshot;
     let cfg = RunConfig {
@@ -140,7 +155,11 @@ fn run(cli: Cli) -> Result<ExitCode> {
     let passed = reports.iter().filter(|r| r.passed()).count();
     let failed = reports.len() - passed;
     println!("{passed} passed, {failed} failed");
-    Ok(if failed == 0 { ExitCode::SUCCESS } else { ExitCode::FAILURE })
+    Ok(if failed == 0 {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    })
 }
 
 fn print_report(r: &ScenarioReport) {
@@ -150,7 +169,10 @@ fn print_report(r: &ScenarioReport) {
     let secs = r.elapsed.as_secs_f64();
     if r.passed() {
         let cases = r.verdict.cases.len();
-        println!("[PASS] {} ({secs:.1} s, {cases} in-guest cases)", r.scenario.name);
+        println!(
+            "[PASS] {} ({secs:.1} s, {cases} in-guest cases)",
+            r.scenario.name
+        );
     } else {
         println!("[FAIL] {} ({secs:.1} s)", r.scenario.name);
         if let Some(e) = &r.error {

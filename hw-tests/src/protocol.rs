@@ -149,14 +149,20 @@ impl LogAnalysis {
         match event {
             "plan" => match v.get("cases").and_then(Value::as_array) {
                 Some(list) => {
-                    let names: Option<Vec<String>> =
-                        list.iter().map(|c| c.as_str().map(str::to_string)).collect();
+                    let names: Option<Vec<String>> = list
+                        .iter()
+                        .map(|c| c.as_str().map(str::to_string))
+                        .collect();
                     match names {
                         Some(n) => self.plans.push(n),
-                        None => self.malformed.push(format!("plan with a non-string case: {json}")),
+                        None => self
+                            .malformed
+                            .push(format!("plan with a non-string case: {json}")),
                     }
                 }
-                None => self.malformed.push(format!("plan without a cases array: {json}")),
+                None => self
+                    .malformed
+                    .push(format!("plan without a cases array: {json}")),
             },
             "case" => {
                 let name = v.get("name").and_then(Value::as_str);
@@ -169,7 +175,9 @@ impl LogAnalysis {
                         micros: v.get("micros").and_then(Value::as_u64),
                         detail: v.get("detail").and_then(Value::as_str).map(str::to_string),
                     }),
-                    _ => self.malformed.push(format!("case without name/status: {json}")),
+                    _ => self
+                        .malformed
+                        .push(format!("case without name/status: {json}")),
                 }
             }
             "done" => {
@@ -177,10 +185,14 @@ impl LogAnalysis {
                 let f = v.get("failed").and_then(Value::as_u64);
                 match (p, f) {
                     (Some(p), Some(f)) => self.dones.push((p, f)),
-                    _ => self.malformed.push(format!("done without passed/failed counts: {json}")),
+                    _ => self
+                        .malformed
+                        .push(format!("done without passed/failed counts: {json}")),
                 }
             }
-            "" => self.malformed.push(format!("record without an event: {json}")),
+            "" => self
+                .malformed
+                .push(format!("record without an event: {json}")),
             // Unknown events are tolerated so the kernel can add new ones.
             _ => {}
         }
@@ -247,29 +259,51 @@ impl Verdict {
             .filter(|c| !c.ok)
             .map(|c| format!("{}: {}", c.name, c.detail))
             .collect();
-        v.extend(self.cases.iter().filter(|c| !c.ok()).map(|c| format!("case {}: {}", c.name, c.status)));
+        v.extend(
+            self.cases
+                .iter()
+                .filter(|c| !c.ok())
+                .map(|c| format!("case {}: {}", c.name, c.status)),
+        );
         v
     }
 }
 
 fn check(name: &'static str, ok: bool, detail: impl Into<String>) -> Check {
-    Check { name, ok, detail: detail.into() }
+    Check {
+        name,
+        ok,
+        detail: detail.into(),
+    }
 }
 
 /// Judge a finished run.
-pub fn evaluate(a: &LogAnalysis, expect: &Expect, cpus: u32, expected_exit: i32, outcome: Outcome) -> Verdict {
+pub fn evaluate(
+    a: &LogAnalysis,
+    expect: &Expect,
+    cpus: u32,
+    expected_exit: i32,
+    outcome: Outcome,
+) -> Verdict {
     let mut v = Verdict::default();
     v.checks.push(check(
         "no_timeout",
         !outcome.timed_out,
-        if outcome.timed_out { "QEMU did not exit before the timeout" } else { "" },
+        if outcome.timed_out {
+            "QEMU did not exit before the timeout"
+        } else {
+            ""
+        },
     ));
     v.checks.push(check(
         "exit_status",
         outcome.exit_code == Some(expected_exit),
         format!(
             "expected {expected_exit}, got {}",
-            outcome.exit_code.map(|c| c.to_string()).unwrap_or_else(|| "none (killed)".into())
+            outcome
+                .exit_code
+                .map(|c| c.to_string())
+                .unwrap_or_else(|| "none (killed)".into())
         ),
     ));
     let want = (cpus, cpus);
@@ -302,7 +336,10 @@ pub fn evaluate(a: &LogAnalysis, expect: &Expect, cpus: u32, expected_exit: i32,
                 if a.backtrace_headers == 0 {
                     "no `backtrace:` line".to_string()
                 } else if !named {
-                    format!("no backtrace frame names {function} ({} frame lines)", a.frame_lines.len())
+                    format!(
+                        "no backtrace frame names {function} ({} frame lines)",
+                        a.frame_lines.len()
+                    )
                 } else {
                     String::new()
                 },
@@ -315,7 +352,11 @@ pub fn evaluate(a: &LogAnalysis, expect: &Expect, cpus: u32, expected_exit: i32,
             v.checks.push(check(
                 "all_cpus_stopped",
                 a.all_stopped > 0,
-                if a.all_stopped == 0 { "no `all CPUs stopped` line" } else { "" },
+                if a.all_stopped == 0 {
+                    "no `all CPUs stopped` line"
+                } else {
+                    ""
+                },
             ));
         }
     }
@@ -350,10 +391,17 @@ fn evaluate_tests(a: &LogAnalysis, v: &mut Verdict) {
         let results: Vec<&CaseRecord> = a.cases.iter().filter(|c| &c.name == name).collect();
         let (status, record) = match results.as_slice() {
             [] => ("missing".to_string(), None),
-            [r] => (if r.passed() { "pass" } else { "fail" }.to_string(), Some((*r).clone())),
+            [r] => (
+                if r.passed() { "pass" } else { "fail" }.to_string(),
+                Some((*r).clone()),
+            ),
             [r, ..] => ("duplicate".to_string(), Some((*r).clone())),
         };
-        v.cases.push(CaseVerdict { name: name.clone(), status, record });
+        v.cases.push(CaseVerdict {
+            name: name.clone(),
+            status,
+            record,
+        });
     }
     let mut unplanned: Vec<&CaseRecord> = Vec::new();
     for c in &a.cases {
@@ -362,10 +410,18 @@ fn evaluate_tests(a: &LogAnalysis, v: &mut Verdict) {
         }
     }
     for c in unplanned {
-        v.cases.push(CaseVerdict { name: c.name.clone(), status: "unplanned".into(), record: Some(c.clone()) });
+        v.cases.push(CaseVerdict {
+            name: c.name.clone(),
+            status: "unplanned".into(),
+            record: Some(c.clone()),
+        });
     }
     if !seen_plan_dup.is_empty() {
-        v.checks.push(check("plan_unique", false, format!("cases planned twice: {}", seen_plan_dup.join(", "))));
+        v.checks.push(check(
+            "plan_unique",
+            false,
+            format!("cases planned twice: {}", seen_plan_dup.join(", ")),
+        ));
     }
     let passed = a.cases.iter().filter(|c| c.passed()).count() as u64;
     let failed = a.cases.len() as u64 - passed;
@@ -375,7 +431,9 @@ fn evaluate_tests(a: &LogAnalysis, v: &mut Verdict) {
         match a.dones.as_slice() {
             [] => "no done record".to_string(),
             [(p, f)] if (*p, *f) == (passed, failed) => format!("{p} passed, {f} failed"),
-            [(p, f)] => format!("done says {p} passed/{f} failed but case records say {passed}/{failed}"),
+            [(p, f)] => {
+                format!("done says {p} passed/{f} failed but case records say {passed}/{failed}")
+            }
             d => format!("{} done records (expected one)", d.len()),
         },
     ));
@@ -397,7 +455,10 @@ KTEST {\"event\":\"case\",\"name\":\"page_map\",\"status\":\"pass\",\"cpu\":1,\"
 ";
 
     fn ok_outcome() -> Outcome {
-        Outcome { exit_code: Some(33), timed_out: false }
+        Outcome {
+            exit_code: Some(33),
+            timed_out: false,
+        }
     }
 
     fn failed_checks(v: &Verdict) -> Vec<&'static str> {
@@ -422,9 +483,27 @@ KTEST {\"event\":\"case\",\"name\":\"page_map\",\"status\":\"pass\",\"cpu\":1,\"
         let a = LogAnalysis::from_text(GOOD);
         let v = evaluate(&a, &Expect::Tests, 8, 33, ok_outcome());
         assert_eq!(failed_checks(&v), vec!["smp_online"]);
-        let v = evaluate(&a, &Expect::Tests, 4, 33, Outcome { exit_code: Some(0), timed_out: false });
+        let v = evaluate(
+            &a,
+            &Expect::Tests,
+            4,
+            33,
+            Outcome {
+                exit_code: Some(0),
+                timed_out: false,
+            },
+        );
         assert_eq!(failed_checks(&v), vec!["exit_status"]);
-        let v = evaluate(&a, &Expect::Tests, 4, 33, Outcome { exit_code: None, timed_out: true });
+        let v = evaluate(
+            &a,
+            &Expect::Tests,
+            4,
+            33,
+            Outcome {
+                exit_code: None,
+                timed_out: true,
+            },
+        );
         assert_eq!(failed_checks(&v), vec!["no_timeout", "exit_status"]);
         let a = LogAnalysis::from_text("smp: 3/4 CPUs online\n");
         assert_eq!(a.smp_online, vec![(3, 4)]);
@@ -435,9 +514,21 @@ KTEST {\"event\":\"case\",\"name\":\"page_map\",\"status\":\"pass\",\"cpu\":1,\"
     #[test]
     fn failed_case() {
         let log = GOOD
-            .replace(r#""name":"page_map","status":"pass""#, r#""name":"page_map","status":"fail""#)
+            .replace(
+                r#""name":"page_map","status":"pass""#,
+                r#""name":"page_map","status":"fail""#,
+            )
             .replace(r#""passed":2,"failed":0"#, r#""passed":1,"failed":1"#);
-        let v = evaluate(&LogAnalysis::from_text(&log), &Expect::Tests, 4, 35, Outcome { exit_code: Some(35), timed_out: false });
+        let v = evaluate(
+            &LogAnalysis::from_text(&log),
+            &Expect::Tests,
+            4,
+            35,
+            Outcome {
+                exit_code: Some(35),
+                timed_out: false,
+            },
+        );
         assert!(!v.passed());
         assert!(failed_checks(&v).is_empty(), "{:?}", failed_checks(&v));
         assert_eq!(v.cases[1].status, "fail");
@@ -445,8 +536,18 @@ KTEST {\"event\":\"case\",\"name\":\"page_map\",\"status\":\"pass\",\"cpu\":1,\"
 
     #[test]
     fn missing_case_and_done() {
-        let log: String = GOOD.lines().filter(|l| !l.contains("page_map\",\"status") && !l.contains("done")).map(|l| format!("{l}\n")).collect();
-        let v = evaluate(&LogAnalysis::from_text(&log), &Expect::Tests, 4, 33, ok_outcome());
+        let log: String = GOOD
+            .lines()
+            .filter(|l| !l.contains("page_map\",\"status") && !l.contains("done"))
+            .map(|l| format!("{l}\n"))
+            .collect();
+        let v = evaluate(
+            &LogAnalysis::from_text(&log),
+            &Expect::Tests,
+            4,
+            33,
+            ok_outcome(),
+        );
         assert_eq!(v.cases[1].status, "missing");
         assert_eq!(failed_checks(&v), vec!["done"]);
         assert!(!v.passed());
@@ -455,14 +556,23 @@ KTEST {\"event\":\"case\",\"name\":\"page_map\",\"status\":\"pass\",\"cpu\":1,\"
     #[test]
     fn done_count_mismatch() {
         let log = GOOD.replace(r#""passed":2"#, r#""passed":3"#);
-        let v = evaluate(&LogAnalysis::from_text(&log), &Expect::Tests, 4, 33, ok_outcome());
+        let v = evaluate(
+            &LogAnalysis::from_text(&log),
+            &Expect::Tests,
+            4,
+            33,
+            ok_outcome(),
+        );
         assert_eq!(failed_checks(&v), vec!["done"]);
     }
 
     #[test]
     fn duplicate_plan_and_case() {
         let plan = GOOD.lines().find(|l| l.contains("\"plan\"")).unwrap();
-        let case = GOOD.lines().find(|l| l.contains("frame_alloc\",\"status")).unwrap();
+        let case = GOOD
+            .lines()
+            .find(|l| l.contains("frame_alloc\",\"status"))
+            .unwrap();
         let log = format!("{GOOD}{plan}\n{case}\n");
         let a = LogAnalysis::from_text(&log);
         assert_eq!(a.plans.len(), 2);
@@ -473,19 +583,41 @@ KTEST {\"event\":\"case\",\"name\":\"page_map\",\"status\":\"pass\",\"cpu\":1,\"
 
     #[test]
     fn unplanned_case_and_empty_plan() {
-        let log = format!("{GOOD}KTEST {{\"event\":\"case\",\"name\":\"extra\",\"status\":\"pass\"}}\n");
-        let v = evaluate(&LogAnalysis::from_text(&log), &Expect::Tests, 4, 33, ok_outcome());
-        assert!(v.cases.iter().any(|c| c.name == "extra" && c.status == "unplanned"));
+        let log =
+            format!("{GOOD}KTEST {{\"event\":\"case\",\"name\":\"extra\",\"status\":\"pass\"}}\n");
+        let v = evaluate(
+            &LogAnalysis::from_text(&log),
+            &Expect::Tests,
+            4,
+            33,
+            ok_outcome(),
+        );
+        assert!(v
+            .cases
+            .iter()
+            .any(|c| c.name == "extra" && c.status == "unplanned"));
         assert!(!v.passed());
         let log = "smp: 1/1 CPUs online\nKTEST {\"event\":\"plan\",\"cases\":[]}\nKTEST {\"event\":\"done\",\"passed\":0,\"failed\":0}\n";
-        let v = evaluate(&LogAnalysis::from_text(log), &Expect::Tests, 1, 33, ok_outcome());
+        let v = evaluate(
+            &LogAnalysis::from_text(log),
+            &Expect::Tests,
+            1,
+            33,
+            ok_outcome(),
+        );
         assert_eq!(failed_checks(&v), vec!["plan"]);
     }
 
     #[test]
     fn panic_in_test_run_fails() {
         let log = format!("{GOOD}[cpu2] PANIC at kernel/src/mm.rs:10:5: oops\n");
-        let v = evaluate(&LogAnalysis::from_text(&log), &Expect::Tests, 4, 33, ok_outcome());
+        let v = evaluate(
+            &LogAnalysis::from_text(&log),
+            &Expect::Tests,
+            4,
+            33,
+            ok_outcome(),
+        );
         assert_eq!(failed_checks(&v), vec!["no_panic"]);
     }
 
@@ -523,7 +655,10 @@ KTEST {\"event\":\"case\",\"name\":\"page_map\",\"status\":\"pass\",\"cpu\":1,\"
 [cpu1] all CPUs stopped\n";
 
     fn panic_expect() -> Expect {
-        Expect::Panic { function: "deliberate_panic".into(), message: "deliberate panic".into() }
+        Expect::Panic {
+            function: "deliberate_panic".into(),
+            message: "deliberate panic".into(),
+        }
     }
 
     fn analyse(expect: &Expect, text: &str) -> LogAnalysis {
@@ -534,26 +669,71 @@ KTEST {\"event\":\"case\",\"name\":\"page_map\",\"status\":\"pass\",\"cpu\":1,\"
     fn panic_scenario_passes() {
         let a = analyse(&panic_expect(), PANIC_LOG);
         assert_eq!(a.frame_lines.len(), 2);
-        let v = evaluate(&a, &panic_expect(), 2, 35, Outcome { exit_code: Some(35), timed_out: false });
+        let v = evaluate(
+            &a,
+            &panic_expect(),
+            2,
+            35,
+            Outcome {
+                exit_code: Some(35),
+                timed_out: false,
+            },
+        );
         assert!(v.passed(), "{:?}", v.failures());
     }
 
     #[test]
     fn panic_scenario_failures() {
-        let out = Outcome { exit_code: Some(35), timed_out: false };
+        let out = Outcome {
+            exit_code: Some(35),
+            timed_out: false,
+        };
         let twice = format!("{PANIC_LOG}[cpu0] PANIC at kernel/src/x.rs:1:1: again\n");
-        let v = evaluate(&analyse(&panic_expect(), &twice), &panic_expect(), 2, 35, out);
+        let v = evaluate(
+            &analyse(&panic_expect(), &twice),
+            &panic_expect(),
+            2,
+            35,
+            out,
+        );
         assert_eq!(failed_checks(&v), vec!["single_panic"]);
         let no_frame = PANIC_LOG.replace("deliberate_panic+", "something_else+");
-        let v = evaluate(&analyse(&panic_expect(), &no_frame), &panic_expect(), 2, 35, out);
+        let v = evaluate(
+            &analyse(&panic_expect(), &no_frame),
+            &panic_expect(),
+            2,
+            35,
+            out,
+        );
         assert_eq!(failed_checks(&v), vec!["backtrace"]);
         let no_stop = PANIC_LOG.replace("all CPUs stopped", "");
-        let v = evaluate(&analyse(&panic_expect(), &no_stop), &panic_expect(), 2, 35, out);
+        let v = evaluate(
+            &analyse(&panic_expect(), &no_stop),
+            &panic_expect(),
+            2,
+            35,
+            out,
+        );
         assert_eq!(failed_checks(&v), vec!["all_cpus_stopped"]);
-        let v = evaluate(&analyse(&panic_expect(), PANIC_LOG), &panic_expect(), 2, 35, Outcome { exit_code: Some(0), timed_out: false });
+        let v = evaluate(
+            &analyse(&panic_expect(), PANIC_LOG),
+            &panic_expect(),
+            2,
+            35,
+            Outcome {
+                exit_code: Some(0),
+                timed_out: false,
+            },
+        );
         assert_eq!(failed_checks(&v), vec!["exit_status"]);
         let other_msg = PANIC_LOG.replace("deliberate panic", "oops");
-        let v = evaluate(&analyse(&panic_expect(), &other_msg), &panic_expect(), 2, 35, out);
+        let v = evaluate(
+            &analyse(&panic_expect(), &other_msg),
+            &panic_expect(),
+            2,
+            35,
+            out,
+        );
         assert_eq!(failed_checks(&v), vec!["panic_message"]);
     }
 
@@ -567,8 +747,20 @@ KTEST {\"event\":\"case\",\"name\":\"page_map\",\"status\":\"pass\",\"cpu\":1,\"
 [cpu1]   #0 0xffffffff8020c3e0 kernel::ktest::recurse_forever+0x80\n\
 [cpu1]   ... previous frame repeated 60 more times\n\
 [cpu1] all CPUs stopped (1 of 1 stopped by NMI, this CPU halts)\n";
-        let e = Expect::Panic { function: "recurse_forever".into(), message: "kernel stack overflow".into() };
-        let v = evaluate(&analyse(&e, log), &e, 2, 35, Outcome { exit_code: Some(35), timed_out: false });
+        let e = Expect::Panic {
+            function: "recurse_forever".into(),
+            message: "kernel stack overflow".into(),
+        };
+        let v = evaluate(
+            &analyse(&e, log),
+            &e,
+            2,
+            35,
+            Outcome {
+                exit_code: Some(35),
+                timed_out: false,
+            },
+        );
         assert!(v.passed(), "{:?}", v.failures());
     }
 }

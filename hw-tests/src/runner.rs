@@ -111,7 +111,11 @@ pub fn run_scenario(s: &Scenario, cfg: &RunConfig) -> ScenarioReport {
 }
 
 fn boot(s: &Scenario, cfg: &RunConfig, work: &Path, log: &Path) -> Result<Verdict> {
-    let firmware = if s.mode == Mode::Direct { cfg.firmware } else { Firmware::Seabios };
+    let firmware = if s.mode == Mode::Direct {
+        cfg.firmware
+    } else {
+        Firmware::Seabios
+    };
     let run = QemuRun::new(&cfg.kernel, work)
         .mode(s.mode)
         .cpus(s.cpus)
@@ -144,15 +148,29 @@ fn boot(s: &Scenario, cfg: &RunConfig, work: &Path, log: &Path) -> Result<Verdic
             let _ = writeln!(f, "[hw-tests] {}", qemu::describe_exit(captured.code()));
         }
     }
-    let outcome = Outcome { exit_code: captured.code(), timed_out: captured.timed_out };
-    Ok(evaluate(&analysis, &s.expect, s.cpus, s.expected_exit, outcome))
+    let outcome = Outcome {
+        exit_code: captured.code(),
+        timed_out: captured.timed_out,
+    };
+    Ok(evaluate(
+        &analysis,
+        &s.expect,
+        s.cpus,
+        s.expected_exit,
+        outcome,
+    ))
 }
 
 /// The last `n` lines of a file (for failure reports).
 pub fn tail(path: &Path, n: usize) -> Vec<String> {
-    let text = std::fs::read(path).map(|b| String::from_utf8_lossy(&b).into_owned()).unwrap_or_default();
+    let text = std::fs::read(path)
+        .map(|b| String::from_utf8_lossy(&b).into_owned())
+        .unwrap_or_default();
     let lines: Vec<&str> = text.lines().collect();
-    lines[lines.len().saturating_sub(n)..].iter().map(|s| s.to_string()).collect()
+    lines[lines.len().saturating_sub(n)..]
+        .iter()
+        .map(|s| s.to_string())
+        .collect()
 }
 
 /// Run `scenarios` with at most `jobs` at once, calling `done` (serialized)
@@ -167,7 +185,8 @@ pub fn run_all(
     let mut order: Vec<usize> = (0..scenarios.len()).collect();
     order.sort_by_key(|&i| std::cmp::Reverse(scenarios[i].timeout));
     let next = AtomicUsize::new(0);
-    let results: Mutex<Vec<Option<ScenarioReport>>> = Mutex::new((0..scenarios.len()).map(|_| None).collect());
+    let results: Mutex<Vec<Option<ScenarioReport>>> =
+        Mutex::new((0..scenarios.len()).map(|_| None).collect());
     let print_lock = Mutex::new(());
     std::thread::scope(|scope| {
         for _ in 0..jobs.max(1).min(scenarios.len().max(1)) {
@@ -183,5 +202,10 @@ pub fn run_all(
             });
         }
     });
-    results.into_inner().unwrap().into_iter().map(|r| r.expect("every scenario ran")).collect()
+    results
+        .into_inner()
+        .unwrap()
+        .into_iter()
+        .map(|r| r.expect("every scenario ran"))
+        .collect()
 }

@@ -55,7 +55,10 @@ pub fn matrix() -> Vec<Scenario> {
             mode: Mode::Direct,
             cpus: 2,
             test: "panic".into(),
-            expect: Expect::Panic { function: "deliberate_panic".into(), message: "deliberate panic".into() },
+            expect: Expect::Panic {
+                function: "deliberate_panic".into(),
+                message: "deliberate panic".into(),
+            },
             expected_exit: EXIT_FAILURE,
             timeout: Duration::from_secs(120),
         },
@@ -64,7 +67,10 @@ pub fn matrix() -> Vec<Scenario> {
             mode: Mode::Direct,
             cpus: 2,
             test: "stack_overflow".into(),
-            expect: Expect::Panic { function: "recurse_forever".into(), message: "kernel stack overflow".into() },
+            expect: Expect::Panic {
+                function: "recurse_forever".into(),
+                message: "kernel stack overflow".into(),
+            },
             expected_exit: EXIT_FAILURE,
             timeout: Duration::from_secs(120),
         },
@@ -107,7 +113,10 @@ pub fn select(all: Vec<Scenario>, patterns: &[String]) -> Result<Vec<Scenario>, 
             return Err(format!("no scenario matches `{p}` (see --list)"));
         }
     }
-    Ok(all.into_iter().filter(|s| patterns.iter().any(|p| matches(p, &s.name))).collect())
+    Ok(all
+        .into_iter()
+        .filter(|s| patterns.iter().any(|p| matches(p, &s.name)))
+        .collect())
 }
 
 #[cfg(test)]
@@ -118,7 +127,18 @@ mod tests {
     fn names_are_unique_and_expected() {
         let m = matrix();
         let names: Vec<&str> = m.iter().map(|s| s.name.as_str()).collect();
-        for n in ["direct-1cpu", "direct-2cpu", "direct-4cpu", "direct-8cpu", "bios-iso-4cpu", "uefi-iso-2cpu", "pxe-bios-2cpu", "pxe-uefi-2cpu", "panic-direct-2cpu", "stack-overflow-direct-2cpu"] {
+        for n in [
+            "direct-1cpu",
+            "direct-2cpu",
+            "direct-4cpu",
+            "direct-8cpu",
+            "bios-iso-4cpu",
+            "uefi-iso-2cpu",
+            "pxe-bios-2cpu",
+            "pxe-uefi-2cpu",
+            "panic-direct-2cpu",
+            "stack-overflow-direct-2cpu",
+        ] {
             assert!(names.contains(&n), "{n}");
         }
         let mut d = names.clone();

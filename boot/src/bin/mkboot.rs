@@ -10,7 +10,11 @@ use matryoshka_boot::qemu::{self, Accel, Firmware, Mode, QemuRun, Serial};
 use matryoshka_boot::{doctor, image, ksyms, workspace};
 
 #[derive(Parser)]
-#[command(name = "mkboot", version, about = "Build, package and boot the Matryoshka kernel")]
+#[command(
+    name = "mkboot",
+    version,
+    about = "Build, package and boot the Matryoshka kernel"
+)]
 struct Cli {
     #[command(subcommand)]
     cmd: Cmd,
@@ -168,7 +172,8 @@ fn run(cli: Cli) -> Result<ExitCode> {
             );
         }
         Cmd::Symbols { elf, addrs } => {
-            let data = std::fs::read(&elf).with_context(|| format!("cannot read {}", elf.display()))?;
+            let data =
+                std::fs::read(&elf).with_context(|| format!("cannot read {}", elf.display()))?;
             let syms = ksyms::read_embedded(&data)?;
             if addrs.is_empty() {
                 use std::io::Write;
@@ -191,12 +196,20 @@ fn run(cli: Cli) -> Result<ExitCode> {
                 }
             }
         }
-        Cmd::Iso { kernel, cmdline, out } => {
+        Cmd::Iso {
+            kernel,
+            cmdline,
+            out,
+        } => {
             let (kernel, out) = (resolve(&kernel)?, resolve(&out)?);
             image::build_iso(&kernel, &cmdline, &out)?;
             println!("{}", out.display());
         }
-        Cmd::Pxe { kernel, cmdline, out } => {
+        Cmd::Pxe {
+            kernel,
+            cmdline,
+            out,
+        } => {
             let (kernel, out) = (resolve(&kernel)?, resolve(&out)?);
             let t = image::build_pxe(&kernel, &cmdline, &out)?;
             println!("{}", t.root.display());
@@ -252,13 +265,20 @@ fn run_qemu(a: QemuArgs) -> Result<ExitCode> {
     r.prepare()?;
     eprintln!("+ {}", r.shell_line()?);
     if a.gdb {
-        eprintln!("QEMU is waiting for gdb on :{}; in another terminal run:", qemu::GDB_PORT);
+        eprintln!(
+            "QEMU is waiting for gdb on :{}; in another terminal run:",
+            qemu::GDB_PORT
+        );
         eprintln!("    {}", r.gdb_hint());
     }
     eprintln!("(serial console below; Ctrl-A X quits QEMU, Ctrl-A C toggles the monitor)");
     let mut cmd = r.command()?;
-    cmd.stdin(Stdio::inherit()).stdout(Stdio::inherit()).stderr(Stdio::inherit());
-    let mut child = cmd.spawn().context("cannot start qemu-system-x86_64 (run `mkboot doctor`)")?;
+    cmd.stdin(Stdio::inherit())
+        .stdout(Stdio::inherit())
+        .stderr(Stdio::inherit());
+    let mut child = cmd
+        .spawn()
+        .context("cannot start qemu-system-x86_64 (run `mkboot doctor`)")?;
     let status = if a.timeout > 0 {
         let deadline = std::time::Instant::now() + Duration::from_secs(a.timeout);
         loop {
