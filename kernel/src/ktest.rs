@@ -20,6 +20,7 @@ use crate::arch::x86_64_exports::*;
 use crate::cmdline::KernelArgs;
 use crate::console::print_line;
 use crate::mm::frame::{self, FrameError, FRAME_SIZE};
+use crate::arch::x86_64::syscall::{self, UserExit};
 
 type CaseResult = Result<(), String>;
 
@@ -36,6 +37,7 @@ const CASES: &[(&str, fn() -> CaseResult)] = &[
     ("tlb_shootdown", tlb_shootdown),
     ("timer_ticks", timer_ticks),
     ("symbols", symbols),
+    ("user_mode", user_mode),
 ];
 
 fn json_escape(s: &str) -> String {
@@ -408,4 +410,165 @@ pub fn overflow_stack_on_last_cpu() -> ! {
     log::info!("ktest: overflowing the kernel stack of cpu{last} on purpose");
     smp::run_on(last, overflow_stack, 0);
     panic!("stack overflow on cpu{last} was not caught");
+}
+
+// Ring-3 programs for the `user_mode` case. Each is position independent and
+// fits in one page; the kernel copies it to USER_CODE_VA.
+core::arch::global_asm!(
+    r#"
+    .section .rodata.user_programs, "a"
+    .global user_selftest_start
+    .global user_selftest_end
+user_selftest_start:
+    xor eax, eax
+    syscall
+    test rax, rax
+    jnz 91f
+    mov eax, 1
+    lea rdi, [rip + 80f]
+    mov esi, 17
+    syscall
+    cmp rax, 17
+    jne 92f
+    mov eax, 1
+    movabs rdi, 0xffffffff80200000
+    mov esi, 8
+    syscall
+    cmp rax, -2
+    jne 93f
+    mov eax, 1
+    mov edi, 0x10000000
+    mov esi, 8
+    syscall
+    cmp rax, -2
+    jne 94f
+    mov eax, 1
+    lea rdi, [rip + 80f]
+    mov esi, 4096
+    syscall
+    cmp rax, -3
+    jne 95f
+    mov eax, 1
+    mov rdi, -8
+    mov esi, 16
+    syscall
+    cmp rax, -2
+    jne 96f
+    mov eax, 999
+    syscall
+    cmp rax, -1
+    jne 97f
+    mov ebx, 0x1111
+    mov ebp, 0x2222
+    mov r12d, 0x3333
+    mov r15d, 0x4444
+    mov rdi, 0x5555
+    xor eax, eax
+    syscall
+    cmp ebx, 0x1111
+    jne 98f
+    cmp ebp, 0x2222
+    jne 98f
+    cmp r12d, 0x3333
+    jne 98f
+    cmp r15d, 0x4444
+    jne 98f
+    cmp rdi, 0x5555
+    jne 98f
+    mov eax, 2
+    mov edi, 0
+    syscall
+    ud2
+91: mov edi, 1
+    jmp 99f
+92: mov edi, 2
+    jmp 99f
+93: mov edi, 3
+    jmp 99f
+94: mov edi, 4
+    jmp 99f
+95: mov edi, 5
+    jmp 99f
+96: mov edi, 6
+    jmp 99f
+97: mov edi, 7
+    jmp 99f
+98: mov edi, 8
+99: mov eax, 2
+    syscall
+    ud2
+80: .ascii "hello from ring 3"  // 17 bytes: the length the program passes
+81:
+user_selftest_end:
+
+    .global user_kernel_read_start
+    .global user_kernel_read_end
+user_kernel_read_start:
+    movabs rax, 0xffffffff80200000
+    mov rax, [rax]
+    ud2
+user_kernel_read_end:
+
+    .global user_privileged_start
+    .global user_privileged_end
+user_privileged_start:
+    cli
+    hlt
+user_privileged_end:
+    .text
+"#
+);
+
+extern "C" {
+    static user_selftest_start: u8;
+    static user_selftest_end: u8;
+    static user_kernel_read_start: u8;
+    static user_kernel_read_end: u8;
+    static user_privileged_start: u8;
+    static user_privileged_end: u8;
+}
+
+const USER_CODE_VA: u64 = 0x40_0000;
+const USER_STACK_VA: u64 = 0x7fff_0000;
+
+/// Builds a one-page program plus a one-page stack in a new address space,
+/// runs it in ring 3, and tears the space down again.
+fn run_user_program(start: *const u8, end: *const u8) -> Result<UserExit, String> {
+    let len = end as usize - start as usize;
+    check!(len <= FRAME_SIZE as usize, "user program of {len} bytes does not fit a page");
+    let root = paging::new_user_root().map_err(|e| format!("address space: {e:?}"))?;
+    let code = frame::alloc_zeroed().map_err(|e| format!("{e:?}"))?;
+    let stack = frame::alloc_zeroed().map_err(|e| format!("{e:?}"))?;
+    // SAFETY: `code` is a fresh frame owned here; the source is the kernel's
+    // read-only copy of the program, `len` bytes long.
+    unsafe { core::ptr::copy_nonoverlapping(start, paging::phys_to_virt(code) as *mut u8, len) };
+    paging::map_user_page(root, USER_CODE_VA, code, false, true).map_err(|e| format!("{e:?}"))?;
+    paging::map_user_page(root, USER_STACK_VA, stack, true, false).map_err(|e| format!("{e:?}"))?;
+    let exit = syscall::run_user(root, USER_CODE_VA, USER_STACK_VA + FRAME_SIZE);
+    paging::destroy_user_root(root);
+    Ok(exit)
+}
+
+fn user_mode() -> CaseResult {
+    let free_before = frame::stats().free;
+    let writes_before = crate::syscall::CONSOLE_WRITES.load(Ordering::Relaxed);
+    let exit = run_user_program(core::ptr::addr_of!(user_selftest_start), core::ptr::addr_of!(user_selftest_end))?;
+    check!(exit == UserExit::Exited(0), "self-test program ended with {exit:?} (exit code n = check n failed)");
+    check!(crate::syscall::CONSOLE_WRITES.load(Ordering::Relaxed) == writes_before + 1, "console write not seen");
+
+    let exit = run_user_program(core::ptr::addr_of!(user_kernel_read_start), core::ptr::addr_of!(user_kernel_read_end))?;
+    match exit {
+        UserExit::Fault { vector: 14, address: 0xffff_ffff_8020_0000, error_code, .. } => {
+            check!(error_code & 0b100 != 0, "page fault not flagged as a user access ({error_code:#x})")
+        }
+        other => return Err(format!("reading kernel memory from ring 3 gave {other:?}")),
+    }
+    let exit = run_user_program(core::ptr::addr_of!(user_privileged_start), core::ptr::addr_of!(user_privileged_end))?;
+    check!(
+        matches!(exit, UserExit::Fault { vector: 13, rip: USER_CODE_VA, .. }),
+        "cli in ring 3 gave {exit:?}, wanted a #GP at the program's first instruction"
+    );
+    let free_after = frame::stats().free;
+    check!(free_after == free_before, "address spaces leaked {} frames", free_before as i64 - free_after as i64);
+    Ok(())
 }

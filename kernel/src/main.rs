@@ -25,6 +25,8 @@ mod console;
 mod ktest;
 #[cfg(target_os = "none")]
 mod panic;
+#[cfg(target_os = "none")]
+mod syscall;
 
 #[cfg(not(target_os = "none"))]
 fn main() {

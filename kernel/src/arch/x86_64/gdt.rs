@@ -57,6 +57,14 @@ fn tss_descriptor(base: u64, limit: u32) -> (u64, u64) {
     (low, base >> 32)
 }
 
+/// Sets the stack the CPU switches to on an interrupt or exception from ring 3.
+pub fn set_ring0_stack(percpu: &'static PerCpu, top: u64) {
+    // SAFETY: only the owning CPU calls this (for itself); the CPU reads
+    // rsp0 only when it takes an interrupt from ring 3, which cannot happen
+    // while this CPU is in the kernel writing it.
+    unsafe { (*percpu.tss.get()).rsp[0] = top };
+}
+
 /// Fills and loads this CPU's GDT and TSS. `ist_tops` are the tops of the
 /// double-fault, NMI and machine-check stacks.
 pub fn load(percpu: &'static PerCpu, ist_tops: [u64; 3]) {

@@ -174,6 +174,7 @@ extern "C" fn trap_dispatch(frame: &mut TrapFrame) {
     let vector = frame.vector as u8;
     match vector {
         2 => crate::panic::on_nmi(frame),
+        0..=31 if frame.cs & 3 == 3 => super::syscall::user_exception(frame),
         0..=31 => crate::panic::fatal_exception(frame),
         VECTOR_TIMER => {
             percpu::this_cpu().ticks.fetch_add(1, Ordering::Relaxed);

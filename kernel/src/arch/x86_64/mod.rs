@@ -12,6 +12,7 @@ pub mod paging;
 pub mod percpu;
 pub mod serial;
 pub mod smp;
+pub mod syscall;
 pub mod stack;
 pub mod time;
 pub mod tlb;
@@ -40,6 +41,9 @@ pub fn init_this_cpu(index: usize) {
     }
     gdt::load(percpu::cpu(index), ist_tops);
     idt::load();
+    if let Err(e) = syscall::init_this_cpu() {
+        panic!("cpu{index}: cannot set up the syscall entry stack: {e:?}");
+    }
     let f = features();
     let mut cr4 = cpu::read_cr4();
     if f.global_pages {

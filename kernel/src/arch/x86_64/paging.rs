@@ -23,6 +23,7 @@ pub const KERNEL_VMA_OFFSET: u64 = 0xffff_ffff_8000_0000;
 
 pub const PRESENT: u64 = 1 << 0;
 pub const WRITABLE: u64 = 1 << 1;
+pub const USER: u64 = 1 << 2;
 pub const WRITE_THROUGH: u64 = 1 << 3;
 pub const CACHE_DISABLE: u64 = 1 << 4;
 pub const HUGE: u64 = 1 << 7;
@@ -77,7 +78,10 @@ fn index(va: u64, level: u32) -> usize {
     ((va >> (12 + 9 * (level - 1))) & 0x1ff) as usize
 }
 
-fn next_table(entry: &mut u64, create: bool) -> Result<Option<u64>, MapError> {
+/// First address above the user half of every address space.
+pub const USER_TOP: u64 = 0x0000_8000_0000_0000;
+
+fn next_table(entry: &mut u64, create: bool, user: bool) -> Result<Option<u64>, MapError> {
     if *entry & PRESENT != 0 {
         if *entry & HUGE != 0 {
             return Err(MapError::HugePageInTheWay);
@@ -89,7 +93,7 @@ fn next_table(entry: &mut u64, create: bool) -> Result<Option<u64>, MapError> {
     }
     let frame = frame::alloc_zeroed()?;
     // Intermediate entries are permissive; the leaf decides the rights.
-    *entry = frame | PRESENT | WRITABLE;
+    *entry = frame | PRESENT | WRITABLE | if user { USER } else { 0 };
     Ok(Some(frame))
 }
 
@@ -97,7 +101,7 @@ fn walk_to_leaf(root: u64, va: u64, create: bool, leaf_level: u32) -> Result<Opt
     let mut table_pa = root;
     for level in (leaf_level + 1..=4).rev() {
         let entry = &mut table(table_pa)[index(va, level)];
-        match next_table(entry, create)? {
+        match next_table(entry, create, va < USER_TOP)? {
             Some(next) => table_pa = next,
             None => return Ok(None),
         }
@@ -250,6 +254,13 @@ pub fn init_kernel_address_space(phys_limit: u64, global_pages: bool) -> Result<
     map_range(sections.text, 0)?;
     map_range(sections.rodata, nx())?;
     map_range(sections.data, WRITABLE | nx())?;
+    // Every upper-half PML4 slot gets its table now and never changes, so
+    // user address spaces can share the kernel half by copying these slots.
+    for slot in 256..512 {
+        if table(root)[slot] & PRESENT == 0 {
+            table(root)[slot] = frame::alloc_zeroed()? | PRESENT | WRITABLE;
+        }
+    }
     KERNEL_ROOT.store(root, Ordering::Release);
     // SAFETY: the new tables map the running code, rodata, data, bss (boot
     // stack included) and the physmap; the identity map is no longer used.
@@ -294,4 +305,68 @@ pub fn map_mmio(slot: u64, pa: u64) -> Result<u64, MapError> {
 
 pub fn kernel_data_flags() -> u64 {
     WRITABLE | nx()
+}
+
+/// A fresh address space: an empty user half and the shared kernel half.
+pub fn new_user_root() -> Result<u64, MapError> {
+    let root = frame::alloc_zeroed()?;
+    let kernel = table(kernel_root());
+    table(root)[256..].copy_from_slice(&kernel[256..]);
+    Ok(root)
+}
+
+/// Maps a user page (`va` below `USER_TOP`) into the address space `root`.
+pub fn map_user_page(root: u64, va: u64, pa: u64, writable: bool, executable: bool) -> Result<(), MapError> {
+    if va >= USER_TOP || va % FRAME_SIZE != 0 {
+        return Err(MapError::NotMapped);
+    }
+    let flags = USER | if writable { WRITABLE } else { 0 } | if executable { 0 } else { nx() };
+    map_in(root, va, pa, flags)
+}
+
+/// The leaf entry for user address `va` in `root`, if present and user-accessible.
+pub fn user_entry(root: u64, va: u64) -> Option<u64> {
+    if va >= USER_TOP {
+        return None;
+    }
+    let mut table_pa = root;
+    for level in (1..=4).rev() {
+        let entry = table(table_pa)[index(va, level)];
+        if entry & PRESENT == 0 || entry & USER == 0 {
+            return None;
+        }
+        if level == 1 {
+            return Some(entry);
+        }
+        if entry & HUGE != 0 {
+            return None; // user memory is mapped with 4 KiB pages only
+        }
+        table_pa = entry & ADDR_MASK;
+    }
+    None
+}
+
+/// Frees the user half of `root` (tables and the frames they map) and the
+/// root itself. The caller makes sure no CPU runs on `root` any more.
+pub fn destroy_user_root(root: u64) {
+    fn free_level(table_pa: u64, level: u32) {
+        for i in 0..512 {
+            let e = table(table_pa)[i];
+            if e & PRESENT == 0 {
+                continue;
+            }
+            if level > 1 {
+                free_level(e & ADDR_MASK, level - 1);
+            }
+            let _ = frame::free(e & ADDR_MASK);
+        }
+    }
+    for i in 0..256 {
+        let e = table(root)[i];
+        if e & PRESENT != 0 {
+            free_level(e & ADDR_MASK, 3);
+            let _ = frame::free(e & ADDR_MASK);
+        }
+    }
+    let _ = frame::free(root);
 }

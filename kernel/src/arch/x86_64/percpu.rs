@@ -23,6 +23,10 @@ pub struct RemoteCall {
 pub struct PerCpu {
     /// Must stay the first field: `this_cpu()` reads it at `gs:0`.
     self_ptr: AtomicUsize,
+    /// Stack the `syscall` entry switches to (read by the entry stub at a fixed offset).
+    pub syscall_kernel_rsp: AtomicU64,
+    /// Where the entry stub parks the user stack pointer while it switches.
+    pub syscall_user_rsp: AtomicU64,
     pub index: AtomicU32,
     pub apic_id: AtomicU32,
     pub online: AtomicBool,
@@ -48,6 +52,8 @@ impl PerCpu {
     const fn new() -> Self {
         PerCpu {
             self_ptr: AtomicUsize::new(0),
+            syscall_kernel_rsp: AtomicU64::new(0),
+            syscall_user_rsp: AtomicU64::new(0),
             index: AtomicU32::new(0),
             apic_id: AtomicU32::new(0),
             online: AtomicBool::new(false),
