@@ -162,41 +162,33 @@ pub fn remap_kernel_page(va: u64, pa: u64, flags: u64) -> Result<u64, MapError> 
     Ok(old)
 }
 
-/// The leaf entry (flags included) that maps `va`, if any.
-pub fn lookup(va: u64) -> Option<u64> {
+/// The leaf entry that maps `va` in the kernel's tables and its level (1 = 4 KiB, 2 = 2 MiB).
+fn walk(va: u64) -> Option<(u64, u32)> {
     let root = kernel_root();
-    let root = if root == 0 { super::cpu::read_cr3() & ADDR_MASK } else { root };
-    let mut table_pa = root;
+    let mut table_pa = if root == 0 { super::cpu::read_cr3() & ADDR_MASK } else { root };
     for level in (1..=4).rev() {
         let entry = table(table_pa)[index(va, level)];
         if entry & PRESENT == 0 {
             return None;
         }
         if level == 1 || entry & HUGE != 0 {
-            return Some(entry);
+            return Some((entry, level));
         }
         table_pa = entry & ADDR_MASK;
     }
     None
 }
 
+/// The leaf entry (flags included) that maps `va`, if any.
+pub fn lookup(va: u64) -> Option<u64> {
+    walk(va).map(|(entry, _)| entry)
+}
+
 /// Physical address that `va` maps to in the kernel's tables.
 pub fn translate(va: u64) -> Option<u64> {
-    let root = kernel_root();
-    let root = if root == 0 { super::cpu::read_cr3() & ADDR_MASK } else { root };
-    let mut table_pa = root;
-    for level in (1..=4).rev() {
-        let entry = table(table_pa)[index(va, level)];
-        if entry & PRESENT == 0 {
-            return None;
-        }
-        if level == 1 || entry & HUGE != 0 {
-            let page_mask = (1u64 << (12 + 9 * (level - 1))) - 1;
-            return Some((entry & ADDR_MASK & !page_mask) | (va & page_mask));
-        }
-        table_pa = entry & ADDR_MASK;
-    }
-    None
+    let (entry, level) = walk(va)?;
+    let page_mask = (1u64 << (12 + 9 * (level - 1))) - 1;
+    Some((entry & ADDR_MASK & !page_mask) | (va & page_mask))
 }
 
 pub fn is_mapped(va: u64) -> bool {
