@@ -1,0 +1,231 @@
+//! Runtime for Matryoshka user programs (`no_std`, `x86_64-unknown-none`).
+//!
+//! * raw system calls ([`syscall0`], [`syscall1`], [`syscall2`]) over the
+//!   kernel ABI: number in rax, arguments in rdi, rsi, rdx, r10, r8, r9,
+//!   result in rax (negative = error); `syscall` itself clobbers rcx and r11,
+//!   the kernel preserves everything else;
+//! * safe wrappers returning `Result<_, SysError>`: [`null`],
+//!   [`console_write`], [`exit`];
+//! * [`print!`]/[`println!`] through a 256-byte buffer (one console write per
+//!   line, longer lines split into 256-byte writes);
+//! * a panic handler that prints the panic and exits with code 101;
+//! * [`entry!`], which defines `_start` for a program's `fn() -> i32` main.
+//!
+//! A program links with `user.ld` (beside this crate's Cargo.toml) from its
+//! build.rs; see `nesters/init/build.rs`.
+
+#![no_std]
+
+use core::arch::asm;
+use core::fmt;
+
+/// System call numbers (kernel/src/syscall.rs).
+pub mod nr {
+    pub const NULL: u64 = 0;
+    pub const CONSOLE_WRITE: u64 = 1;
+    pub const EXIT: u64 = 2;
+}
+
+/// Longest console write the kernel accepts in one call.
+pub const CONSOLE_WRITE_MAX: usize = 256;
+
+/// Exit code of a program that panicked.
+pub const PANIC_EXIT_CODE: u64 = 101;
+
+/// A system call's error, as the kernel returns it (a negative rax).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SysError {
+    /// -1: no system call has this number.
+    NoSuchCall,
+    /// -2: a pointer argument is outside the caller's user memory or unmapped.
+    BadPointer,
+    /// -3: a size argument is out of range.
+    BadSize,
+    /// Any other negative value (a kernel newer than this runtime).
+    Other(i64),
+}
+
+impl SysError {
+    /// The kernel's raw code for this error.
+    pub fn code(self) -> i64 {
+        match self {
+            SysError::NoSuchCall => -1,
+            SysError::BadPointer => -2,
+            SysError::BadSize => -3,
+            SysError::Other(c) => c,
+        }
+    }
+}
+
+/// Splits a raw rax result into a value or an error.
+pub fn decode(raw: i64) -> Result<u64, SysError> {
+    match raw {
+        r if r >= 0 => Ok(r as u64),
+        -1 => Err(SysError::NoSuchCall),
+        -2 => Err(SysError::BadPointer),
+        -3 => Err(SysError::BadSize),
+        r => Err(SysError::Other(r)),
+    }
+}
+
+/// System call `n` without arguments; returns the raw rax.
+///
+/// # Safety
+/// The kernel validates every argument, but a call can have effects on the
+/// program (`EXIT` does not return): the caller knows what `n` does.
+#[inline(always)]
+pub unsafe fn syscall0(n: u64) -> i64 {
+    let ret: i64;
+    asm!("syscall", inlateout("rax") n as i64 => ret, lateout("rcx") _, lateout("r11") _, options(nostack));
+    ret
+}
+
+/// System call `n` with one argument; returns the raw rax.
+///
+/// # Safety
+/// As for [`syscall0`].
+#[inline(always)]
+pub unsafe fn syscall1(n: u64, a0: u64) -> i64 {
+    let ret: i64;
+    asm!("syscall", inlateout("rax") n as i64 => ret, in("rdi") a0, lateout("rcx") _, lateout("r11") _, options(nostack));
+    ret
+}
+
+/// System call `n` with two arguments; returns the raw rax.
+///
+/// # Safety
+/// As for [`syscall0`]; memory the arguments point at may be read or
+/// written by the kernel.
+#[inline(always)]
+pub unsafe fn syscall2(n: u64, a0: u64, a1: u64) -> i64 {
+    let ret: i64;
+    asm!(
+        "syscall",
+        inlateout("rax") n as i64 => ret,
+        in("rdi") a0,
+        in("rsi") a1,
+        lateout("rcx") _,
+        lateout("r11") _,
+        options(nostack)
+    );
+    ret
+}
+
+/// The null system call: does nothing, returns 0.
+pub fn null() -> Result<u64, SysError> {
+    // SAFETY: SYS_NULL has no effect.
+    decode(unsafe { syscall0(nr::NULL) })
+}
+
+/// Writes `bytes` (at most [`CONSOLE_WRITE_MAX`]) to the console as one line.
+pub fn console_write(bytes: &[u8]) -> Result<usize, SysError> {
+    console_write_raw(bytes.as_ptr() as u64, bytes.len() as u64).map(|n| n as usize)
+}
+
+/// `CONSOLE_WRITE` with an arbitrary pointer and length: the kernel checks
+/// both, so a bad pointer is an error, never a fault.
+pub fn console_write_raw(ptr: u64, len: u64) -> Result<u64, SysError> {
+    // SAFETY: the kernel only reads [ptr, ptr+len) after validating it.
+    decode(unsafe { syscall2(nr::CONSOLE_WRITE, ptr, len) })
+}
+
+/// Ends the program with `code`.
+pub fn exit(code: u64) -> ! {
+    // SAFETY: SYS_EXIT does not return to this program.
+    unsafe { syscall1(nr::EXIT, code) };
+    // A kernel that returned from EXIT is broken; do not run on.
+    loop {
+        core::hint::spin_loop();
+    }
+}
+
+/// A formatter that collects output and sends it in console writes: one per
+/// line, or per [`CONSOLE_WRITE_MAX`] bytes of a longer line.
+pub struct Console {
+    buf: [u8; CONSOLE_WRITE_MAX],
+    len: usize,
+}
+
+impl Console {
+    pub const fn new() -> Self {
+        Console { buf: [0; CONSOLE_WRITE_MAX], len: 0 }
+    }
+
+    /// Sends what is buffered (errors are dropped: there is nowhere to report them).
+    pub fn flush(&mut self) {
+        if self.len > 0 {
+            let _ = console_write(&self.buf[..self.len]);
+            self.len = 0;
+        }
+    }
+}
+
+impl Default for Console {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl fmt::Write for Console {
+    fn write_str(&mut self, s: &str) -> fmt::Result {
+        for &b in s.as_bytes() {
+            if b == b'\n' {
+                self.flush();
+                continue;
+            }
+            if self.len == CONSOLE_WRITE_MAX {
+                self.flush();
+            }
+            self.buf[self.len] = b;
+            self.len += 1;
+        }
+        Ok(())
+    }
+}
+
+impl Drop for Console {
+    fn drop(&mut self) {
+        self.flush();
+    }
+}
+
+#[doc(hidden)]
+pub fn _print(args: fmt::Arguments) {
+    let mut c = Console::new();
+    let _ = fmt::Write::write_fmt(&mut c, args);
+    c.flush();
+}
+
+/// Prints to the console (flushed at the end of the call: each call is at
+/// least one console line).
+#[macro_export]
+macro_rules! print {
+    ($($arg:tt)*) => { $crate::_print(format_args!($($arg)*)) };
+}
+
+/// Prints a line to the console.
+#[macro_export]
+macro_rules! println {
+    () => { $crate::_print(format_args!("\n")) };
+    ($($arg:tt)*) => { $crate::_print(format_args!("{}\n", format_args!($($arg)*))) };
+}
+
+/// Defines the program's entry point `_start`, which calls `$main`
+/// (a `fn() -> i32`) and exits with its result.
+#[macro_export]
+macro_rules! entry {
+    ($main:path) => {
+        #[no_mangle]
+        pub extern "C" fn _start() -> ! {
+            let main: fn() -> i32 = $main;
+            $crate::exit(main() as u64)
+        }
+    };
+}
+
+#[cfg(target_os = "none")]
+#[panic_handler]
+fn panic(info: &core::panic::PanicInfo) -> ! {
+    println!("panic: {}", info);
+    exit(PANIC_EXIT_CODE)
+}
