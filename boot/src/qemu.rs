@@ -103,6 +103,9 @@ pub enum Serial {
 pub struct QemuRun {
     pub qemu: PathBuf,
     pub kernel: PathBuf,
+    /// The root user program, passed as the boot module `init` (direct:
+    /// `-initrd`, which PVH lists as module 0; GRUB: `module2 ... init`).
+    pub init: Option<PathBuf>,
     pub mode: Mode,
     pub cpus: u32,
     pub accel: Accel,
@@ -123,6 +126,7 @@ impl QemuRun {
         QemuRun {
             qemu: PathBuf::from("qemu-system-x86_64"),
             kernel: kernel.into(),
+            init: None,
             mode: Mode::Direct,
             cpus: 1,
             accel: Accel::Tcg,
@@ -135,6 +139,10 @@ impl QemuRun {
             firmware: Firmware::Seabios,
             extra_args: Vec::new(),
         }
+    }
+    pub fn init(mut self, init: Option<impl Into<PathBuf>>) -> Self {
+        self.init = init.map(Into::into);
+        self
     }
     pub fn mode(mut self, m: Mode) -> Self {
         self.mode = m;
@@ -210,13 +218,20 @@ impl QemuRun {
                 self.kernel.display()
             );
         }
+        if let Some(init) = self.init.as_ref().filter(|i| !i.is_file()) {
+            bail!(
+                "root program {} does not exist (run `just build`)",
+                init.display()
+            );
+        }
         fs::create_dir_all(&self.work_dir)
             .with_context(|| format!("cannot create {}", self.work_dir.display()))?;
+        let init = self.init.as_deref();
         if self.mode.needs_iso() {
-            image::build_iso(&self.kernel, &self.cmdline, &self.iso_path())?;
+            image::build_iso(&self.kernel, init, &self.cmdline, &self.iso_path())?;
         }
         if self.mode.needs_pxe() {
-            image::build_pxe(&self.kernel, &self.cmdline, &self.pxe_dir())?;
+            image::build_pxe(&self.kernel, init, &self.cmdline, &self.pxe_dir())?;
         }
         if self.mode.is_uefi() {
             let ovmf = Ovmf::find()?;
@@ -312,6 +327,10 @@ impl QemuRun {
                 push("none");
                 push("-kernel");
                 push(&self.kernel.display().to_string());
+                if let Some(init) = &self.init {
+                    push("-initrd");
+                    push(&init.display().to_string());
+                }
                 if !self.cmdline.is_empty() {
                     push("-append");
                     push(&self.cmdline);
@@ -633,6 +652,9 @@ mod tests {
         assert!(a.contains("-serial mon:stdio"));
         assert!(a.contains("-kernel /k.elf -append exit=qemu test=all"));
         assert!(!a.contains("-S"));
+        assert!(!a.contains("-initrd"));
+        let a = args_of(&r.clone().init(Some("/i.elf"))).join(" ");
+        assert!(a.contains("-kernel /k.elf -initrd /i.elf -append exit=qemu test=all"), "{a}");
     }
 
     #[test]
@@ -663,8 +685,9 @@ mod tests {
 
     #[test]
     fn iso_and_pxe_args() {
-        let a = args_of(&QemuRun::new("/k", "/b").mode(Mode::BiosIso)).join(" ");
+        let a = args_of(&QemuRun::new("/k", "/b").mode(Mode::BiosIso).init(Some("/i"))).join(" ");
         assert!(a.contains("-cdrom /b/matryoshka.iso -boot d"), "{a}");
+        assert!(!a.contains("-initrd"), "GRUB loads init from the ISO: {a}");
         let a = args_of(&QemuRun::new("/k", "/b").mode(Mode::PxeBios)).join(" ");
         assert!(
             a.contains("-netdev user,id=n0,tftp=/b/pxe,bootfile=boot/grub/i386-pc/core.0 -device e1000,netdev=n0,bootindex=0 -boot n"),

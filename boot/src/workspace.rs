@@ -1,5 +1,7 @@
-//! Locating the workspace and building the bootable kernel image
-//! (`cargo build` of the kernel + symbol embedding -> `build/kernel.elf`).
+//! Locating the workspace and building what boots: the kernel image
+//! (`cargo build` of the kernel + symbol embedding -> `build/kernel.elf`)
+//! and the root user program (`cargo build -p init` -> `build/init.elf`,
+//! passed to the kernel as the boot module `init`).
 
 use std::env;
 use std::io::{BufRead, BufReader};
@@ -14,6 +16,10 @@ use crate::ksyms;
 pub const KERNEL_TARGET: &str = "x86_64-unknown-none";
 /// Cargo package name of the kernel.
 pub const KERNEL_PACKAGE: &str = "kernel";
+/// Cargo package (and binary) name of the root user program.
+pub const INIT_PACKAGE: &str = "init";
+/// Name of the boot module that holds the root user program.
+pub const INIT_MODULE_NAME: &str = "init";
 
 /// The workspace root: `$MATRYOSHKA_ROOT`, else the nearest ancestor of the
 /// current directory holding a `Cargo.toml` with `[workspace]` and a
@@ -56,6 +62,11 @@ pub fn kernel_image(root: &Path) -> PathBuf {
     build_dir(root).join("kernel.elf")
 }
 
+/// `<root>/build/init.elf`, the root user program (boot module `init`).
+pub fn init_image(root: &Path) -> PathBuf {
+    build_dir(root).join("init.elf")
+}
+
 /// Options for [`build_kernel`].
 #[derive(Clone, Debug, Default)]
 pub struct BuildOptions {
@@ -63,21 +74,13 @@ pub struct BuildOptions {
     pub verbose: bool,
 }
 
-/// Build the kernel (`cargo build -p kernel --release --target
-/// x86_64-unknown-none`), embed its symbols and write `build/kernel.elf`.
-/// Returns the path of the final image.
-pub fn build_kernel(root: &Path, opts: &BuildOptions) -> Result<PathBuf> {
+/// `cargo build -p PACKAGE --release --target x86_64-unknown-none`; returns
+/// the path of the binary named `PACKAGE` that cargo reports.
+fn cargo_build_bin(root: &Path, package: &str, opts: &BuildOptions) -> Result<PathBuf> {
     let cargo = env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
     let mut cmd = Command::new(cargo);
     cmd.current_dir(root)
-        .args([
-            "build",
-            "-p",
-            KERNEL_PACKAGE,
-            "--release",
-            "--target",
-            KERNEL_TARGET,
-        ])
+        .args(["build", "-p", package, "--release", "--target", KERNEL_TARGET])
         .arg("--message-format=json-render-diagnostics")
         .stdout(Stdio::piped())
         .stderr(if opts.verbose {
@@ -87,7 +90,7 @@ pub fn build_kernel(root: &Path, opts: &BuildOptions) -> Result<PathBuf> {
         });
     let mut child = cmd
         .spawn()
-        .context("cannot run cargo to build the kernel")?;
+        .with_context(|| format!("cannot run cargo to build {package}"))?;
     let stderr = child.stderr.take();
     let err_thread = std::thread::spawn(move || {
         let mut buf = String::new();
@@ -101,7 +104,7 @@ pub fn build_kernel(root: &Path, opts: &BuildOptions) -> Result<PathBuf> {
     if let Some(out) = child.stdout.take() {
         for line in BufReader::new(out).lines() {
             let line = line?;
-            if let Some(p) = kernel_artifact_from_message(&line) {
+            if let Some(p) = bin_artifact_from_message(&line, package) {
                 artifact = Some(p);
             }
         }
@@ -112,10 +115,18 @@ pub fn build_kernel(root: &Path, opts: &BuildOptions) -> Result<PathBuf> {
         if !err_text.is_empty() {
             eprint!("{err_text}");
         }
-        bail!("cargo build of the kernel failed ({status})");
+        bail!("cargo build of {package} failed ({status})");
     }
-    let raw = artifact
-        .context("cargo did not report a kernel executable (is the kernel package a binary?)")?;
+    artifact.with_context(|| {
+        format!("cargo did not report a {package} executable (is the {package} package a binary?)")
+    })
+}
+
+/// Build the kernel (`cargo build -p kernel --release --target
+/// x86_64-unknown-none`), embed its symbols and write `build/kernel.elf`.
+/// Returns the path of the final image.
+pub fn build_kernel(root: &Path, opts: &BuildOptions) -> Result<PathBuf> {
+    let raw = cargo_build_bin(root, KERNEL_PACKAGE, opts)?;
     let out = kernel_image(root);
     let stats = ksyms::embed_symbols(&raw, &out)?;
     if opts.verbose {
@@ -130,9 +141,50 @@ pub fn build_kernel(root: &Path, opts: &BuildOptions) -> Result<PathBuf> {
     Ok(out)
 }
 
+/// Build the root user program (`cargo build -p init --release --target
+/// x86_64-unknown-none`) and copy it to `build/init.elf`.
+pub fn build_init(root: &Path, opts: &BuildOptions) -> Result<PathBuf> {
+    let raw = cargo_build_bin(root, INIT_PACKAGE, opts)?;
+    let out = init_image(root);
+    copy_atomically(&raw, &out)?;
+    if opts.verbose {
+        eprintln!("{} -> {}", raw.display(), out.display());
+    }
+    Ok(out)
+}
+
+/// Build everything that boots: `build/kernel.elf` and `build/init.elf`.
+/// Returns (kernel, init).
+pub fn build_all(root: &Path, opts: &BuildOptions) -> Result<(PathBuf, PathBuf)> {
+    let kernel = build_kernel(root, opts)?;
+    let init = build_init(root, opts)?;
+    Ok((kernel, init))
+}
+
+/// Copy `from` to `to` through a temporary file in `to`'s folder, so a
+/// reader never sees half a file.
+pub fn copy_atomically(from: &Path, to: &Path) -> Result<()> {
+    let dir = to.parent().unwrap_or(Path::new("."));
+    std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
+    let tmp = dir.join(format!(
+        ".{}.partial",
+        to.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default()
+    ));
+    std::fs::copy(from, &tmp)
+        .with_context(|| format!("cannot copy {} to {}", from.display(), tmp.display()))?;
+    std::fs::rename(&tmp, to).with_context(|| format!("cannot write {}", to.display()))?;
+    Ok(())
+}
+
 /// Extract the executable path from one cargo JSON message if it is the
 /// kernel's `compiler-artifact`.
 pub fn kernel_artifact_from_message(line: &str) -> Option<PathBuf> {
+    bin_artifact_from_message(line, KERNEL_PACKAGE)
+}
+
+/// Extract the executable path from one cargo JSON message if it is the
+/// `compiler-artifact` of the binary target `name`.
+pub fn bin_artifact_from_message(line: &str, name: &str) -> Option<PathBuf> {
     let v: serde_json::Value = serde_json::from_str(line).ok()?;
     if v.get("reason")?.as_str()? != "compiler-artifact" {
         return None;
@@ -143,7 +195,7 @@ pub fn kernel_artifact_from_message(line: &str) -> Option<PathBuf> {
         .as_array()?
         .iter()
         .any(|k| k.as_str() == Some("bin"));
-    if !is_bin || target.get("name")?.as_str()? != KERNEL_PACKAGE {
+    if !is_bin || target.get("name")?.as_str()? != name {
         return None;
     }
     v.get("executable")?.as_str().map(PathBuf::from)
@@ -166,6 +218,12 @@ mod tests {
         assert_eq!(kernel_artifact_from_message(lib), None);
         let other = r#"{"reason":"compiler-artifact","target":{"kind":["bin"],"name":"mkboot"},"executable":"/x"}"#;
         assert_eq!(kernel_artifact_from_message(other), None);
+        let init = r#"{"reason":"compiler-artifact","target":{"kind":["bin"],"name":"init"},"executable":"/r/target/x86_64-unknown-none/release/init"}"#;
+        assert_eq!(kernel_artifact_from_message(init), None);
+        assert_eq!(
+            bin_artifact_from_message(init, INIT_PACKAGE),
+            Some(PathBuf::from("/r/target/x86_64-unknown-none/release/init"))
+        );
         assert_eq!(kernel_artifact_from_message("not json"), None);
         assert_eq!(
             kernel_artifact_from_message(r#"{"reason":"build-finished","success":true}"#),

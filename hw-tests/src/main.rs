@@ -35,7 +35,10 @@ struct Cli {
     /// Use this kernel image instead of building build/kernel.elf
     #[arg(long)]
     kernel: Option<PathBuf>,
-    /// Do not build; use the existing build/kernel.elf
+    /// Use this root program (boot module `init`) instead of building build/init.elf
+    #[arg(long)]
+    init: Option<PathBuf>,
+    /// Do not build; use the existing build/kernel.elf and build/init.elf
     #[arg(long)]
     no_build: bool,
     /// Multiply every scenario's timeout (slow machines)
@@ -96,37 +99,46 @@ fn run(cli: Cli) -> Result<ExitCode> {
         return Ok(ExitCode::SUCCESS);
     }
     let root = workspace::root()?;
+    let opts = workspace::BuildOptions { verbose: false };
     let kernel = match (&cli.kernel, cli.no_build) {
         (Some(k), _) => k.clone(),
         (None, true) => workspace::kernel_image(&root),
         (None, false) => {
             eprintln!("hw-tests: building the kernel image");
-            workspace::build_kernel(&root, &workspace::BuildOptions { verbose: false })?
+            workspace::build_kernel(&root, &opts)?
         }
     };
-    if !kernel.is_file() {
-        anyhow::bail!(
-            "kernel image {} does not exist (run `just build`)",
-            kernel.display()
-        );
+    let init = match (&cli.init, cli.no_build) {
+        (Some(i), _) => i.clone(),
+        (None, true) => workspace::init_image(&root),
+        (None, false) => {
+            eprintln!("hw-tests: building the root program");
+            workspace::build_init(&root, &opts)?
+        }
+    };
+    for (what, path) in [("kernel image", &kernel), ("root program", &init)] {
+        if !path.is_file() {
+            anyhow::bail!("{what} {} does not exist (run `just build`)", path.display());
+        }
     }
     let out_dir = workspace::build_dir(&root).join("hw-tests");
     std::fs::create_dir_all(&out_dir)?;
-    // Snapshot the image so every scenario boots the same kernel even if
-    // build/kernel.elf is rebuilt while the matrix runs.
-    let snapshot = out_dir.join("kernel.elf");
-    if kernel != snapshot {
-        std::fs::copy(&kernel, &snapshot).map_err(|e| {
-            anyhow::anyhow!(
-                "cannot copy {} to {}: {e}",
-                kernel.display(),
-                snapshot.display()
-            )
-        })?;
-    }
-    let kernel = snapshot;
+    // Snapshot the images so every scenario boots the same kernel and init
+    // even if build/ is rebuilt while the matrix runs.
+    let snapshot = |path: &PathBuf, name: &str| -> Result<PathBuf> {
+        let copy = out_dir.join(name);
+        if *path != copy {
+            std::fs::copy(path, &copy).map_err(|e| {
+                anyhow::anyhow!("cannot copy {} to {}: {e}", path.display(), copy.display())
+            })?;
+        }
+        Ok(copy)
+    };
+    let kernel = snapshot(&kernel, "kernel.elf")?;
+    let init = snapshot(&init, "init.elf")?;
     let cfg = RunConfig {
         kernel,
+        init,
         out_dir,
         accel: cli.accel,
         firmware: cli.firmware,

@@ -20,6 +20,8 @@ pub const EXIT_GRACE: Duration = Duration::from_secs(20);
 #[derive(Clone, Debug)]
 pub struct RunConfig {
     pub kernel: PathBuf,
+    /// The root user program, passed as the boot module `init`.
+    pub init: PathBuf,
     /// `build/hw-tests`: logs and per-scenario images.
     pub out_dir: PathBuf,
     pub accel: Accel,
@@ -117,6 +119,7 @@ fn boot(s: &Scenario, cfg: &RunConfig, work: &Path, log: &Path) -> Result<Verdic
         Firmware::Seabios
     };
     let run = QemuRun::new(&cfg.kernel, work)
+        .init(Some(&cfg.init))
         .mode(s.mode)
         .cpus(s.cpus)
         .accel(cfg.accel)

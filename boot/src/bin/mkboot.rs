@@ -22,7 +22,7 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Cmd {
-    /// Build the kernel (cargo, release, x86_64-unknown-none) and embed its symbols into build/kernel.elf
+    /// Build the kernel (cargo, release, x86_64-unknown-none) and embed its symbols into build/kernel.elf; build the root program into build/init.elf
     Build {
         /// Only print errors
         #[arg(long, short)]
@@ -46,6 +46,9 @@ enum Cmd {
     Iso {
         #[arg(long, default_value = "build/kernel.elf")]
         kernel: PathBuf,
+        /// Root user program, loaded as the boot module `init`
+        #[arg(long, default_value = "build/init.elf")]
+        init: PathBuf,
         /// Kernel command line
         #[arg(long, default_value = "log=info")]
         cmdline: String,
@@ -56,6 +59,9 @@ enum Cmd {
     Pxe {
         #[arg(long, default_value = "build/kernel.elf")]
         kernel: PathBuf,
+        /// Root user program, loaded as the boot module `init`
+        #[arg(long, default_value = "build/init.elf")]
+        init: PathBuf,
         /// Kernel command line
         #[arg(long, default_value = "log=info")]
         cmdline: String,
@@ -97,10 +103,16 @@ struct QemuArgs {
     cmdline: String,
     #[arg(long, default_value = "build/kernel.elf")]
     kernel: PathBuf,
+    /// Root user program, passed as the boot module `init`
+    #[arg(long, default_value = "build/init.elf")]
+    init: PathBuf,
+    /// Boot without the root program
+    #[arg(long, conflicts_with = "init")]
+    no_init: bool,
     /// Firmware for direct mode
     #[arg(long, value_enum, default_value_t = Firmware::Seabios)]
     firmware: Firmware,
-    /// Build build/kernel.elf first
+    /// Build build/kernel.elf and build/init.elf first
     #[arg(long)]
     build: bool,
     /// Kill QEMU after this many seconds (0 = never)
@@ -156,9 +168,11 @@ fn run(cli: Cli) -> Result<ExitCode> {
     match cli.cmd {
         Cmd::Build { quiet } => {
             let root = workspace::root()?;
-            let out = workspace::build_kernel(&root, &workspace::BuildOptions { verbose: !quiet })?;
+            let (kernel, init) =
+                workspace::build_all(&root, &workspace::BuildOptions { verbose: !quiet })?;
             if !quiet {
-                println!("{}", out.display());
+                println!("{}", kernel.display());
+                println!("{}", init.display());
             }
         }
         Cmd::EmbedSymbols { input, output } => {
@@ -198,20 +212,22 @@ fn run(cli: Cli) -> Result<ExitCode> {
         }
         Cmd::Iso {
             kernel,
+            init,
             cmdline,
             out,
         } => {
-            let (kernel, out) = (resolve(&kernel)?, resolve(&out)?);
-            image::build_iso(&kernel, &cmdline, &out)?;
+            let (kernel, init, out) = (resolve(&kernel)?, resolve(&init)?, resolve(&out)?);
+            image::build_iso(&kernel, Some(&init), &cmdline, &out)?;
             println!("{}", out.display());
         }
         Cmd::Pxe {
             kernel,
+            init,
             cmdline,
             out,
         } => {
-            let (kernel, out) = (resolve(&kernel)?, resolve(&out)?);
-            let t = image::build_pxe(&kernel, &cmdline, &out)?;
+            let (kernel, init, out) = (resolve(&kernel)?, resolve(&init)?, resolve(&out)?);
+            let t = image::build_pxe(&kernel, Some(&init), &cmdline, &out)?;
             println!("{}", t.root.display());
             println!("BIOS boot file: {}", t.bios_bootfile);
             println!("UEFI boot file: {}", t.efi_bootfile);
@@ -239,7 +255,13 @@ fn run(cli: Cli) -> Result<ExitCode> {
 fn run_qemu(a: QemuArgs) -> Result<ExitCode> {
     let root = workspace::root()?;
     let kernel = resolve(&a.kernel)?;
+    let init = if a.no_init {
+        None
+    } else {
+        Some(resolve(&a.init)?)
+    };
     let mut r = QemuRun::new(&kernel, workspace::build_dir(&root))
+        .init(init)
         .mode(a.mode)
         .cpus(a.cpus)
         .accel(a.accel)
@@ -260,7 +282,7 @@ fn run_qemu(a: QemuArgs) -> Result<ExitCode> {
         return Ok(ExitCode::SUCCESS);
     }
     if a.build {
-        workspace::build_kernel(&root, &workspace::BuildOptions { verbose: true })?;
+        workspace::build_all(&root, &workspace::BuildOptions { verbose: true })?;
     }
     r.prepare()?;
     eprintln!("+ {}", r.shell_line()?);
