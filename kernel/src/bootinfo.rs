@@ -123,6 +123,18 @@ impl BootInfo {
         &self.modules[..self.modules_len]
     }
 
+    /// The module whose command line starts with the word `name`.
+    pub fn module_named(&self, name: &str) -> Option<&BootModule> {
+        self.modules().iter().find(|m| m.name.as_str().split_whitespace().next() == Some(name))
+    }
+
+    /// The root user program: the module named `init` (GRUB's `module2
+    /// /boot/init.elf init`), else the first module (QEMU's PVH `-initrd`
+    /// has no name).
+    pub fn init_module(&self) -> Option<&BootModule> {
+        self.module_named("init").or(self.modules().first())
+    }
+
     /// Records a region; returns false (and drops it) when the table is full.
     pub fn push_region(&mut self, start: u64, len: u64, kind: MemKind) -> bool {
         if self.memory_len == MAX_MEM_REGIONS || len == 0 {
@@ -272,6 +284,22 @@ mod tests {
         assert_eq!(info.memory()[1], MemRegion { start: 0x100000, end: 0x8000000, kind: MemKind::Usable });
         assert_eq!(info.modules()[0].name.as_str(), "root.elf");
         assert_eq!(info.modules()[0].end, 0x100_2000);
+    }
+
+    #[test]
+    fn finds_the_init_module() {
+        let mut info = BootInfo::empty("test");
+        assert!(info.init_module().is_none());
+        info.push_module(0x10_0000, 0x10_1000, "");
+        assert_eq!(info.init_module().unwrap().start, 0x10_0000, "unnamed first module");
+        info.push_module(0x20_0000, 0x20_1000, "init verbose");
+        info.push_module(0x30_0000, 0x30_1000, "init");
+        assert_eq!(info.init_module().unwrap().start, 0x20_0000, "first module named init");
+        assert!(info.module_named("initrd").is_none());
+        let mut info = BootInfo::empty("test");
+        info.push_module(0x10_0000, 0x10_1000, "ramdisk");
+        info.push_module(0x20_0000, 0x20_1000, "initial");
+        assert_eq!(info.init_module().unwrap().start, 0x10_0000);
     }
 
     #[test]

@@ -38,6 +38,7 @@ const CASES: &[(&str, fn() -> CaseResult)] = &[
     ("timer_ticks", timer_ticks),
     ("symbols", symbols),
     ("user_mode", user_mode),
+    ("root_program", root_program),
 ];
 
 fn json_escape(s: &str) -> String {
@@ -570,5 +571,47 @@ fn user_mode() -> CaseResult {
     );
     let free_after = frame::stats().free;
     check!(free_after == free_before, "address spaces leaked {} frames", free_before as i64 - free_after as i64);
+    Ok(())
+}
+
+/// Loads the root program (the `init` boot module, a Rust program built on
+/// matryoshka-rt) and runs it: it checks the system call ABI itself and
+/// exits 0 when all its checks passed.
+fn root_program() -> CaseResult {
+    use crate::loader::{self, LoadError};
+    let Some(m) = crate::boot_init_module() else {
+        return Err("no boot module holds the root program (mkboot passes build/init.elf as the module `init`)".into());
+    };
+    check!(m.end > m.start, "the init module at {:#x} is empty", m.start);
+    // SAFETY: boot modules stay in RAM the frame allocator never hands out,
+    // and the physmap covers all RAM; nothing writes to them.
+    let image = unsafe { core::slice::from_raw_parts(paging::phys_to_virt(m.start) as *const u8, (m.end - m.start) as usize) };
+
+    let mut broken = image.to_vec();
+    broken[18] = 3; // e_machine = EM_386
+    let free_before = frame::stats().free;
+    let refused = loader::load(&broken);
+    check!(matches!(refused, Err(LoadError::WrongMachine(3))), "an i386 copy of init gave {refused:?}");
+    check!(frame::stats().free == free_before, "refusing an image changed the free frame count");
+    drop(broken);
+
+    let free_before_run = frame::stats().free;
+    let writes_before = crate::syscall::CONSOLE_WRITES.load(Ordering::Relaxed);
+    let exit = loader::run(image).map_err(|e| format!("the init module was refused: {e:?}"))?;
+    let writes = crate::syscall::CONSOLE_WRITES.load(Ordering::Relaxed) - writes_before;
+    match exit {
+        UserExit::Exited(0) => {}
+        // matryoshka-rt's panic handler exits with 101.
+        UserExit::Exited(101) => return Err("init panicked (exit code 101; its message is in the log above)".into()),
+        UserExit::Exited(n) => return Err(format!("init exited with {n} (its check {n} failed; see its output above)")),
+        other => return Err(format!("init ended with {other:?}")),
+    }
+    check!(writes >= 3, "init made {writes} console writes, expected at least 3");
+    let free_after = frame::stats().free;
+    check!(
+        free_after == free_before_run,
+        "loading and running init leaked {} frames",
+        free_before_run as i64 - free_after as i64
+    );
     Ok(())
 }

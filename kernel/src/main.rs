@@ -23,6 +23,8 @@ mod arch;
 mod console;
 #[cfg(target_os = "none")]
 mod ktest;
+#[cfg(any(target_os = "none", test))]
+mod loader;
 #[cfg(target_os = "none")]
 mod panic;
 #[cfg(target_os = "none")]
@@ -40,6 +42,13 @@ pub use boot::kernel_entry_bsp;
 #[cfg(target_os = "none")]
 pub fn boot_usable_memory() -> mm::rangeset::RangeSet<256> {
     boot::usable_memory(boot::boot_info())
+}
+
+/// The boot module holding the root user program (see
+/// [`bootinfo::BootInfo::init_module`]).
+#[cfg(target_os = "none")]
+pub fn boot_init_module() -> Option<bootinfo::BootModule> {
+    boot::boot_info().init_module().copied()
 }
 
 #[cfg(target_os = "none")]
@@ -123,6 +132,10 @@ mod boot {
         }
         for m in info.modules() {
             log::info!("module: {:#x}-{:#x} '{}'", m.start, m.end, m.name.as_str());
+        }
+        match info.init_module() {
+            Some(m) => log::info!("module: {:#x} is the root program ({} KiB)", m.start, (m.end - m.start) >> 10),
+            None => log::warn!("module: none holds the root program (init)"),
         }
         if let Err(e) = frame::init(usable.as_slice()) {
             panic!("frame allocator: {e:?} (usable memory: {} KiB)", usable.total() >> 10);
