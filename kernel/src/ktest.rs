@@ -58,11 +58,12 @@ fn json_escape(s: &str) -> String {
 
 /// Runs the selected cases; returns how many failed.
 pub fn run(args: &KernelArgs) -> usize {
-    let selected: Vec<_> = CASES.iter().filter(|(name, _)| args.selects(name)).collect();
+    let all = || CASES.iter().chain(crate::sched::ktests::CASES);
+    let selected: Vec<_> = all().filter(|(name, _)| args.selects(name)).collect();
     let names: Vec<String> = selected.iter().map(|(n, _)| format!("\"{n}\"")).collect();
     print_line(format_args!("KTEST {{\"event\":\"plan\",\"cases\":[{}]}}", names.join(",")));
     if let crate::cmdline::TestSelection::Only(list) = args.test {
-        for wanted in list.split(',').filter(|w| !CASES.iter().any(|(n, _)| n == w)) {
+        for wanted in list.split(',').filter(|w| !all().any(|(n, _)| n == w)) {
             log::error!("ktest: no test case named '{wanted}'");
         }
     }

@@ -15,6 +15,7 @@ extern crate alloc;
 pub mod bootinfo;
 pub mod cmdline;
 pub mod mm;
+pub mod object;
 pub mod symbols;
 
 #[cfg(target_os = "none")]
@@ -29,6 +30,7 @@ mod loader;
 mod panic;
 #[cfg(target_os = "none")]
 mod syscall;
+pub mod sched;
 
 #[cfg(not(target_os = "none"))]
 fn main() {
@@ -174,6 +176,9 @@ mod boot {
         );
         let cpus = smp::discover_cpus(boot_info().rsdp);
         time::start_this_cpu_timer();
+        if let Err(e) = crate::sched::init_this_cpu(true) {
+            panic!("scheduler: {e:?}");
+        }
         percpu::this_cpu().online.store(true, Ordering::Release);
         cpu::enable_interrupts();
         smp::start_aps(&cpus);
@@ -183,7 +188,7 @@ mod boot {
         match args.test {
             TestSelection::None => {
                 log::info!("boot complete; idling (in QEMU, Ctrl-A X quits)");
-                smp::idle_loop()
+                crate::sched::exit_current(crate::arch::x86_64::syscall::UserExit::Exited(0))
             }
             TestSelection::Panic => ktest::deliberate_panic_on_last_cpu(),
             TestSelection::StackOverflow => ktest::overflow_stack_on_last_cpu(),
@@ -192,7 +197,7 @@ mod boot {
                 if args.exit_qemu {
                     crate::arch::qemu_exit(if failed == 0 { 0x10 } else { 0x11 });
                 }
-                smp::idle_loop()
+                crate::sched::exit_current(crate::arch::x86_64::syscall::UserExit::Exited(0))
             }
         }
     }

@@ -180,10 +180,12 @@ extern "C" fn trap_dispatch(frame: &mut TrapFrame) {
             percpu::this_cpu().ticks.fetch_add(1, Ordering::Relaxed);
             super::time::on_timer_interrupt();
             apic::eoi();
+            crate::sched::on_interrupt(frame.cs & 3 == 3, true);
         }
         VECTOR_IPI_RESCHEDULE => {
             percpu::this_cpu().ipis_received.fetch_add(1, Ordering::Relaxed);
             apic::eoi();
+            crate::sched::on_interrupt(frame.cs & 3 == 3, false);
         }
         VECTOR_IPI_TLB => {
             tlb::on_shootdown_ipi();

@@ -5,6 +5,7 @@
 pub mod apic;
 pub mod boot;
 pub mod bootinfo;
+pub mod context;
 pub mod cpu;
 pub mod gdt;
 pub mod idt;

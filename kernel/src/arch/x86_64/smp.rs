@@ -253,16 +253,12 @@ extern "C" fn ap_entry(index: u64) -> ! {
     super::init_this_cpu(index);
     apic::init_this_cpu();
     time::start_this_cpu_timer();
+    if let Err(e) = crate::sched::init_this_cpu(false) {
+        panic!("cpu{index}: scheduler: {e:?}");
+    }
     percpu::this_cpu().online.store(true, Ordering::Release);
     ONLINE.fetch_add(1, Ordering::AcqRel);
-    idle_loop()
-}
-
-/// What a CPU does when it has nothing to run: halt until an interrupt.
-pub fn idle_loop() -> ! {
-    loop {
-        cpu::enable_interrupts_and_halt();
-    }
+    crate::sched::idle_loop()
 }
 
 pub fn on_call_ipi() {

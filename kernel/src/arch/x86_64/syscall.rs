@@ -6,10 +6,8 @@
 //! Interrupts and exceptions from ring 3 arrive on the same stack through
 //! TSS.rsp0 and `isr_common` (which swaps GS when it came from ring 3).
 //!
-//! Until threads and the scheduler exist, a kernel context runs user code
-//! with [`run_user`]: it saves its callee-saved registers and stack pointer,
-//! `iretq`s to ring 3, and gets control back (as the return value of
-//! `run_user`) when the user program exits or faults.
+//! User code runs as scheduler threads (`sched::spawn_user`); [`run_user`]
+//! is the simple form: run one program as a thread on this CPU and wait.
 
 use core::mem::offset_of;
 use core::sync::atomic::Ordering;
@@ -20,8 +18,6 @@ use super::paging::USER_TOP;
 use super::percpu::{self, PerCpu};
 use super::{cpu, stack};
 
-const USER_DS: u64 = 0x18 | 3;
-const USER_CS: u64 = 0x20 | 3;
 const MSR_STAR: u32 = 0xC000_0081;
 const MSR_LSTAR: u32 = 0xC000_0082;
 const MSR_FMASK: u32 = 0xC000_0084;
@@ -100,66 +96,15 @@ syscall_entry:
     sysretq
     .size syscall_entry, . - syscall_entry
 
-    .global run_user_asm
-    .type run_user_asm, @function
-run_user_asm:
-    push rbp
-    push rbx
-    push r12
-    push r13
-    push r14
-    push r15
-    mov [rsi], rsp
-    push {user_ds}
-    push qword ptr [rdi + 8]
-    push 0x202
-    push {user_cs}
-    push qword ptr [rdi]
-    xor eax, eax
-    xor ebx, ebx
-    xor ecx, ecx
-    xor edx, edx
-    xor esi, esi
-    xor edi, edi
-    xor ebp, ebp
-    xor r8d, r8d
-    xor r9d, r9d
-    xor r10d, r10d
-    xor r11d, r11d
-    xor r12d, r12d
-    xor r13d, r13d
-    xor r14d, r14d
-    xor r15d, r15d
-    swapgs
-    iretq
-    .size run_user_asm, . - run_user_asm
-
-    .global resume_kernel_asm
-    .type resume_kernel_asm, @function
-resume_kernel_asm:
-    mov rsp, rdi
-    mov rax, rsi
-    pop r15
-    pop r14
-    pop r13
-    pop r12
-    pop rbx
-    pop rbp
-    ret
-    .size resume_kernel_asm, . - resume_kernel_asm
     .text
 "#,
     user_rsp = const offset_of!(PerCpu, syscall_user_rsp),
     kernel_rsp = const offset_of!(PerCpu, syscall_kernel_rsp),
     dispatch = sym syscall_dispatch,
-    user_ds = const USER_DS,
-    user_cs = const USER_CS,
 );
 
 extern "C" {
     fn syscall_entry();
-    fn run_user_asm(start: *const [u64; 2], saved_rsp: *mut u64) -> u64;
-    fn resume_kernel_asm(saved_rsp: u64, value: u64) -> !;
 }
 
 /// Sets up `syscall` on this CPU and gives it a kernel entry stack.
@@ -180,65 +125,43 @@ pub fn init_this_cpu() -> Result<(), super::paging::MapError> {
     Ok(())
 }
 
-/// How a user program gave control back.
+/// How a thread ended (what its joiner, for now its parent, learns).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum UserExit {
     Exited(u64),
     /// A CPU exception in ring 3: vector, error code, rip and (page faults) address.
     Fault { vector: u8, error_code: u64, rip: u64, address: u64 },
+    /// Ended by `sched::kill`.
+    Killed,
+    /// The thread could not be created.
+    NotStarted,
 }
 
-/// The kernel context waiting in `run_user` on this CPU (saved rsp), and
-/// where the exit reason goes. One per CPU: user code runs on behalf of it.
-struct Waiter {
-    saved_rsp: u64,
-    exit: Option<UserExit>,
+/// Points the syscall entry stack and TSS.rsp0 at a thread's kernel stack.
+pub fn set_kernel_entry_stack(top: u64) {
+    let me = percpu::this_cpu();
+    me.syscall_kernel_rsp.store(top, Ordering::Relaxed);
+    gdt::set_ring0_stack(me, top);
 }
-
-static WAITERS: [spin::Mutex<Waiter>; percpu::MAX_CPUS] =
-    [const { spin::Mutex::new(Waiter { saved_rsp: 0, exit: None }) }; percpu::MAX_CPUS];
 
 /// Runs user code in the address space `root` from `rip` with stack `rsp`
-/// until it exits or faults. Interrupts stay as they were.
+/// as a thread on this CPU and waits for it to exit or fault.
 pub fn run_user(root: u64, rip: u64, rsp: u64) -> UserExit {
-    assert!(rip < USER_TOP && rsp <= USER_TOP, "user entry point in the kernel half");
-    let was_enabled = cpu::interrupts_enabled();
-    cpu::disable_interrupts();
-    let kernel_cr3 = cpu::read_cr3();
-    // SAFETY: `root` shares the kernel half with the current tables, so the
-    // running code, stack and data stay mapped after the switch.
-    unsafe { cpu::write_cr3(root) };
-    let cpu_index = percpu::this_cpu_index();
-    let slot: *mut u64 = {
-        let mut w = WAITERS[cpu_index].lock();
-        w.exit = None;
-        &mut w.saved_rsp as *mut u64
-    };
-    let start = [rip, rsp];
-    // SAFETY: run_user_asm saves this context's callee-saved registers and
-    // stack pointer into `slot` (a static per-CPU cell) and enters ring 3;
-    // control comes back only through resume_kernel_asm with that rsp.
-    unsafe { run_user_asm(&start, slot) };
-    // SAFETY: back on the kernel context; restore its address space.
-    unsafe { cpu::write_cr3(kernel_cr3) };
-    let exit = WAITERS[cpu_index].lock().exit.take().expect("resumed without an exit reason");
-    if was_enabled {
-        cpu::enable_interrupts();
+    let me = 1u64 << percpu::this_cpu_index();
+    match crate::sched::spawn_user("user", root, (rip, rsp, 0), crate::sched::USER_PRIORITY, me) {
+        Ok(t) => {
+            let exit = crate::sched::join(&t);
+            drop(t);
+            crate::sched::reap();
+            exit
+        }
+        Err(_) => UserExit::NotStarted,
     }
-    exit
 }
 
-/// Ends the user run on this CPU and resumes the waiting kernel context.
+/// Ends the calling user thread.
 pub fn leave_user(exit: UserExit) -> ! {
-    cpu::disable_interrupts();
-    let saved = {
-        let mut w = WAITERS[percpu::this_cpu_index()].lock();
-        w.exit = Some(exit);
-        w.saved_rsp
-    };
-    // SAFETY: `saved` is the stack pointer run_user_asm recorded on this CPU;
-    // that frame is still live because run_user has not returned.
-    unsafe { resume_kernel_asm(saved, 0) }
+    crate::sched::exit_current(exit)
 }
 
 /// Called by the IDT dispatcher for an exception taken in ring 3.

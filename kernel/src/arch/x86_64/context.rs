@@ -1,0 +1,104 @@
+//! Switching between kernel threads: callee-saved registers and the stack
+//! pointer, nothing else (the kernel never touches FPU/SSE state; user FPU
+//! state arrives with lazy switching in the IPC work).
+
+core::arch::global_asm!(
+    r#"
+    .section .text.context_switch, "ax"
+    .global switch_context
+    .type switch_context, @function
+switch_context:
+    push rbp
+    push rbx
+    push r12
+    push r13
+    push r14
+    push r15
+    mov [rdi], rsp
+    mov rsp, rsi
+    pop r15
+    pop r14
+    pop r13
+    pop r12
+    pop rbx
+    pop rbp
+    ret
+    .size switch_context, . - switch_context
+
+    .global thread_first_entry
+    .type thread_first_entry, @function
+thread_first_entry:
+    mov rdi, r12
+    mov rsi, r13
+    xor ebp, ebp
+    call {start}
+    ud2
+    .size thread_first_entry, . - thread_first_entry
+    .text
+"#,
+    start = sym crate::sched::thread_start,
+);
+
+extern "C" {
+    fn switch_context(save_rsp: *mut u64, load_rsp: u64);
+    fn thread_first_entry();
+}
+
+/// Saves the running context's stack pointer in `*save` and resumes the one
+/// whose stack pointer is `load`; returns when something switches back.
+///
+/// # Safety
+/// `load` must be a stack pointer saved by `switch_context` or prepared by
+/// [`prepare_stack`], on a stack nothing else runs on; interrupts are off.
+pub unsafe fn switch(save: *mut u64, load: u64) {
+    // SAFETY: forwarded to the caller's contract.
+    unsafe { switch_context(save, load) }
+}
+
+/// Lays out a new thread's stack so that the first switch to it calls
+/// `sched::thread_start(entry, arg)`. Returns the stack pointer to load.
+pub fn prepare_stack(top: u64, entry: u64, arg: u64) -> u64 {
+    // After the six pops and `ret`, rsp == top: 16-byte aligned before the `call`.
+    let frame: [u64; 7] = [
+        0,     // r15
+        0,     // r14
+        arg,   // r13
+        entry, // r12
+        0,     // rbx
+        0,     // rbp
+        thread_first_entry as unsafe extern "C" fn() as usize as u64,
+    ];
+    let rsp = top - (frame.len() as u64) * 8;
+    // SAFETY: the 56 bytes below `top` belong to a freshly mapped stack that
+    // no thread runs on yet.
+    unsafe { core::ptr::copy_nonoverlapping(frame.as_ptr(), rsp as *mut u64, frame.len()) };
+    rsp
+}
+
+/// Enters ring 3 at `rip` with stack `rsp` and `arg` in rdi, on the current
+/// (thread) kernel stack, which becomes the thread's entry stack for
+/// syscalls and interrupts.
+pub fn enter_user(rip: u64, rsp: u64, arg: u64) -> ! {
+    // SAFETY: builds an iret frame with the user selectors and IF set, clears
+    // every general register but rdi (the argument) so no kernel value leaks, swaps to the user GS
+    // base and leaves ring 0. The caller checked rip/rsp are user addresses.
+    unsafe {
+        core::arch::asm!(
+            "push 0x1b",
+            "push {rsp}",
+            "push 0x202",
+            "push 0x23",
+            "push {rip}",
+            "xor eax, eax", "xor ebx, ebx", "xor ecx, ecx", "xor edx, edx",
+            "xor esi, esi", "xor ebp, ebp",
+            "xor r8d, r8d", "xor r9d, r9d", "xor r10d, r10d", "xor r11d, r11d",
+            "xor r12d, r12d", "xor r13d, r13d", "xor r14d, r14d", "xor r15d, r15d",
+            "swapgs",
+            "iretq",
+            rsp = in(reg) rsp,
+            rip = in(reg) rip,
+            in("rdi") arg,
+            options(noreturn),
+        )
+    }
+}

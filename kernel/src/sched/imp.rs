@@ -1,0 +1,528 @@
+//! The scheduler proper (bare metal only; the run queue is host-tested).
+
+extern crate alloc;
+
+use alloc::sync::Arc;
+use alloc::vec::Vec;
+use core::cell::UnsafeCell;
+use core::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicU8, AtomicUsize, Ordering};
+
+use super::runqueue::RunQueue;
+use crate::arch::x86_64::context;
+use crate::arch::x86_64::syscall::UserExit;
+use crate::arch::x86_64_exports::*;
+
+pub const KERNEL_PRIORITY: u8 = 32;
+pub const USER_PRIORITY: u8 = 16;
+const KERNEL_STACK_PAGES: u64 = 4;
+/// Timer ticks a user thread runs before others of its priority get a turn.
+const TIME_SLICE_TICKS: u32 = 2;
+
+const READY: u8 = 0;
+const RUNNING: u8 = 1;
+const BLOCKED: u8 = 2;
+const EXITED: u8 = 3;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SchedError {
+    OutOfMemory,
+    /// The affinity mask names no online CPU.
+    NoAllowedCpu,
+    /// The entry point or stack is not a user address.
+    BadUserAddress,
+}
+
+enum Body {
+    Kernel { entry: fn(usize), arg: usize },
+    User { rip: u64, rsp: u64, arg: u64 },
+    /// A CPU's boot context, adopted as a thread.
+    Adopted,
+}
+
+pub struct Thread {
+    pub name: &'static str,
+    state: AtomicU8,
+    on_cpu: AtomicBool,
+    context_rsp: UnsafeCell<u64>,
+    stack: spin::Mutex<Option<stack::KernelStack>>,
+    stack_top: u64,
+    priority: AtomicU8,
+    affinity: AtomicU64,
+    /// The CPU the thread runs on, or last ran or was queued on.
+    cpu: AtomicUsize,
+    /// Every CPU the thread has been switched in on (bit per CPU).
+    ran_on: AtomicU64,
+    /// Address space root for user threads; 0 means the kernel's.
+    root: u64,
+    body: Body,
+    kill_requested: AtomicBool,
+    exit: spin::Mutex<ExitSlot>,
+}
+
+struct ExitSlot {
+    reason: Option<UserExit>,
+    joiner: Option<Arc<Thread>>,
+}
+
+// SAFETY: `context_rsp` is written only by the CPU switching away from the
+// thread and read only by the CPU switching to it, which first waits for
+// `on_cpu` to clear (Release/Acquire); all other fields are atomics or locks.
+unsafe impl Sync for Thread {}
+// SAFETY: as above; a Thread holds no CPU-local references.
+unsafe impl Send for Thread {}
+
+impl Thread {
+    fn new(name: &'static str, body: Body, root: u64, priority: u8, affinity: u64) -> Result<Arc<Thread>, SchedError> {
+        let (stack, top) = match body {
+            Body::Adopted => (None, percpu::this_cpu().stack_top.load(Ordering::Relaxed)),
+            _ => {
+                let s = stack::alloc(KERNEL_STACK_PAGES).map_err(|_| SchedError::OutOfMemory)?;
+                let top = s.top;
+                (Some(s), top)
+            }
+        };
+        // Arc::try_new is not stable yet; the heap grows on demand and a
+        // failure here would be the heap's window (1 GiB) running out.
+        let t = Arc::new(Thread {
+            name,
+            state: AtomicU8::new(READY),
+            on_cpu: AtomicBool::new(false),
+            context_rsp: UnsafeCell::new(0),
+            stack: spin::Mutex::new(stack),
+            stack_top: top,
+            priority: AtomicU8::new(priority),
+            affinity: AtomicU64::new(affinity),
+            cpu: AtomicUsize::new(percpu::this_cpu_index()),
+            ran_on: AtomicU64::new(0),
+            root,
+            body,
+            kill_requested: AtomicBool::new(false),
+            exit: spin::Mutex::new(ExitSlot { reason: None, joiner: None }),
+        });
+        if !matches!(t.body, Body::Adopted) {
+            let rsp = context::prepare_stack(top, Arc::as_ptr(&t) as u64, 0);
+            // SAFETY: nobody runs or switches to the thread yet.
+            unsafe { *t.context_rsp.get() = rsp };
+        }
+        Ok(t)
+    }
+
+    pub fn priority(&self) -> u8 {
+        self.priority.load(Ordering::Relaxed)
+    }
+
+    pub fn cpu(&self) -> usize {
+        self.cpu.load(Ordering::Acquire)
+    }
+
+    pub fn ran_on(&self) -> u64 {
+        self.ran_on.load(Ordering::Acquire)
+    }
+
+    pub fn has_exited(&self) -> bool {
+        self.state.load(Ordering::Acquire) == EXITED
+    }
+
+    fn allowed_on(&self, cpu: usize) -> bool {
+        self.affinity.load(Ordering::Acquire) & (1 << cpu) != 0
+    }
+}
+
+impl Drop for Thread {
+    fn drop(&mut self) {
+        if let Some(s) = self.stack.get_mut().take() {
+            // Freeing needs a TLB shootdown (interrupts on); drops can happen
+            // with interrupts off, so the stack waits for `reap`.
+            cpu::without_interrupts(|| DEAD_STACKS.lock().push(s));
+        }
+    }
+}
+
+static DEAD_STACKS: spin::Mutex<Vec<stack::KernelStack>> = spin::Mutex::new(Vec::new());
+
+/// Frees the kernel stacks of threads that are gone. Interrupts must be on.
+pub fn reap() {
+    loop {
+        let Some(s) = cpu::without_interrupts(|| DEAD_STACKS.lock().pop()) else { break };
+        stack::free(s);
+    }
+}
+
+struct CpuSched {
+    queue: spin::Mutex<RunQueue<Arc<Thread>>>,
+    /// Touched only by the owning CPU with interrupts off.
+    current: UnsafeCell<Option<Arc<Thread>>>,
+    idle: UnsafeCell<Option<Arc<Thread>>>,
+    /// The thread just switched away from, released by `finish_switch`.
+    switched_from: UnsafeCell<Option<Arc<Thread>>>,
+    slice_left: AtomicU32,
+    need_resched: AtomicBool,
+    sleepers: spin::Mutex<Vec<(u64, Arc<Thread>)>>,
+}
+
+// SAFETY: the UnsafeCell fields are accessed only by the owning CPU with
+// interrupts disabled; the rest is locked or atomic.
+unsafe impl Sync for CpuSched {}
+
+static CPUS: [CpuSched; percpu::MAX_CPUS] = [const {
+    CpuSched {
+        queue: spin::Mutex::new(RunQueue::new()),
+        current: UnsafeCell::new(None),
+        idle: UnsafeCell::new(None),
+        switched_from: UnsafeCell::new(None),
+        slice_left: AtomicU32::new(TIME_SLICE_TICKS),
+        need_resched: AtomicBool::new(false),
+        sleepers: spin::Mutex::new(Vec::new()),
+    }
+}; percpu::MAX_CPUS];
+
+static READY_CPUS: AtomicU64 = AtomicU64::new(0);
+
+fn here() -> (usize, &'static CpuSched) {
+    let cpu = percpu::this_cpu_index();
+    (cpu, &CPUS[cpu])
+}
+
+/// The running thread. Panics before `init_this_cpu`.
+pub fn current() -> Arc<Thread> {
+    cpu::without_interrupts(|| {
+        let (_, s) = here();
+        // SAFETY: owning CPU, interrupts off.
+        unsafe { (*s.current.get()).clone() }.expect("scheduler not started on this CPU")
+    })
+}
+
+/// Makes this CPU's running context a thread. The boot CPU's context becomes
+/// a kernel thread (with a separate idle thread); an AP's becomes its idle thread.
+pub fn init_this_cpu(is_boot_cpu: bool) -> Result<(), SchedError> {
+    let (cpu, s) = here();
+    let me = Thread::new(if is_boot_cpu { "kmain" } else { "idle" }, Body::Adopted, 0, KERNEL_PRIORITY, 1 << cpu)?;
+    me.state.store(RUNNING, Ordering::Relaxed);
+    me.on_cpu.store(true, Ordering::Relaxed);
+    me.ran_on.store(1 << cpu, Ordering::Relaxed);
+    let idle = if is_boot_cpu {
+        let idle = Thread::new("idle", Body::Kernel { entry: |_| idle_loop(), arg: 0 }, 0, 0, 1 << cpu)?;
+        idle.state.store(RUNNING, Ordering::Relaxed);
+        idle
+    } else {
+        me.clone()
+    };
+    cpu::without_interrupts(|| {
+        // SAFETY: owning CPU, interrupts off.
+        unsafe {
+            *s.current.get() = Some(me);
+            *s.idle.get() = Some(idle);
+        }
+    });
+    READY_CPUS.fetch_or(1 << cpu, Ordering::AcqRel);
+    Ok(())
+}
+
+/// The idle loop: run whatever is queued, else halt until an interrupt.
+pub fn idle_loop() -> ! {
+    loop {
+        cpu::disable_interrupts();
+        let (_, s) = here();
+        if !s.queue.lock().is_empty() {
+            schedule();
+        }
+        cpu::enable_interrupts_and_halt();
+    }
+}
+
+fn is_idle(s: &CpuSched, t: &Arc<Thread>) -> bool {
+    // SAFETY: owning CPU, interrupts off.
+    unsafe { (*s.idle.get()).as_ref().is_some_and(|i| Arc::ptr_eq(i, t)) }
+}
+
+/// Puts a READY thread on the queue of a CPU it may run on, preferring the
+/// one it last used, and pokes that CPU.
+fn enqueue(t: Arc<Thread>) {
+    let ready = READY_CPUS.load(Ordering::Acquire);
+    let allowed = t.affinity.load(Ordering::Acquire) & ready;
+    let last = t.cpu.load(Ordering::Relaxed);
+    let target = if allowed & (1 << last) != 0 { last } else if allowed != 0 { allowed.trailing_zeros() as usize } else { last };
+    t.cpu.store(target, Ordering::Release);
+    let prio = t.priority();
+    cpu::without_interrupts(|| CPUS[target].queue.lock().push(prio, t));
+    let me = percpu::this_cpu_index();
+    if target != me {
+        smp::send_reschedule(target);
+    } else {
+        CPUS[me].need_resched.store(true, Ordering::Release);
+    }
+}
+
+/// Picks the next thread for this CPU and switches to it. Interrupts must be
+/// off. A still-running current thread is queued again (unless idle).
+pub fn schedule() {
+    debug_assert!(!cpu::interrupts_enabled());
+    let (cpu, s) = here();
+    s.need_resched.store(false, Ordering::Relaxed);
+    // SAFETY: owning CPU, interrupts off.
+    let prev = unsafe { (*s.current.get()).clone() }.expect("scheduler not started on this CPU");
+    if !is_idle(s, &prev) && prev.state.compare_exchange(RUNNING, READY, Ordering::AcqRel, Ordering::Acquire).is_ok() {
+        enqueue(prev.clone());
+    }
+    let next = loop {
+        let popped = s.queue.lock().pop();
+        match popped {
+            Some((_, t)) if !t.allowed_on(cpu) => enqueue(t), // migrating away
+            Some((_, t)) => break t,
+            // SAFETY: owning CPU, interrupts off.
+            None => break unsafe { (*s.idle.get()).clone() }.expect("no idle thread"),
+        }
+    };
+    s.need_resched.store(false, Ordering::Relaxed);
+    s.slice_left.store(TIME_SLICE_TICKS, Ordering::Relaxed);
+    if Arc::ptr_eq(&next, &prev) {
+        let _ = prev.state.compare_exchange(READY, RUNNING, Ordering::AcqRel, Ordering::Acquire);
+        return;
+    }
+    // The thread may still be leaving another CPU (woken or migrated there).
+    while next.on_cpu.load(Ordering::Acquire) {
+        cpu::pause();
+    }
+    next.on_cpu.store(true, Ordering::Relaxed);
+    let _ = next.state.compare_exchange(READY, RUNNING, Ordering::AcqRel, Ordering::Acquire);
+    next.cpu.store(cpu, Ordering::Release);
+    next.ran_on.fetch_or(1 << cpu, Ordering::AcqRel);
+    if matches!(next.body, Body::User { .. }) {
+        crate::arch::x86_64::syscall::set_kernel_entry_stack(next.stack_top);
+    }
+    let want_root = if next.root != 0 { next.root } else { paging::kernel_root() };
+    if cpu::read_cr3() & 0x000f_ffff_ffff_f000 != want_root {
+        // SAFETY: every address space shares the kernel half, where this code
+        // and both threads' kernel stacks live.
+        unsafe { cpu::write_cr3(want_root) };
+    }
+    let save = prev.context_rsp.get();
+    // SAFETY: next is off every other CPU (on_cpu was clear), so its saved
+    // context is complete.
+    let load = unsafe { *next.context_rsp.get() };
+    // SAFETY: owning CPU, interrupts off.
+    unsafe {
+        *s.current.get() = Some(next);
+        *s.switched_from.get() = Some(prev);
+    }
+    // `prev` is kept alive by `switched_from` until `finish_switch`.
+    // SAFETY: `save` belongs to prev (alive), `load` was saved by a switch
+    // or prepared by prepare_stack; interrupts are off.
+    unsafe { context::switch(save, load) };
+    finish_switch();
+}
+
+/// Runs first on the new thread's stack after every switch: the previous
+/// thread is now off this CPU.
+fn finish_switch() {
+    let (_, s) = here();
+    // SAFETY: owning CPU, interrupts off.
+    if let Some(prev) = unsafe { (*s.switched_from.get()).take() } {
+        prev.on_cpu.store(false, Ordering::Release);
+    }
+}
+
+/// First code of every new thread (called from `context::thread_first_entry`).
+pub extern "C" fn thread_start(thread: u64, _: u64) -> ! {
+    finish_switch();
+    // SAFETY: the pointer came from `Arc::as_ptr` of this thread, which is
+    // kept alive by the scheduler while it runs (it is `current`).
+    let me = unsafe { &*(thread as *const Thread) };
+    match me.body {
+        Body::Kernel { entry, arg } => {
+            cpu::enable_interrupts();
+            entry(arg);
+            exit_current(UserExit::Exited(0))
+        }
+        Body::User { rip, rsp, arg } => context::enter_user(rip, rsp, arg),
+        Body::Adopted => unreachable!("adopted threads never start"),
+    }
+}
+
+fn all_cpus() -> u64 {
+    READY_CPUS.load(Ordering::Acquire)
+}
+
+/// Starts a kernel thread on the CPUs in `affinity` (0 = any).
+pub fn spawn_kernel(name: &'static str, entry: fn(usize), arg: usize, affinity: u64) -> Result<Arc<Thread>, SchedError> {
+    let affinity = if affinity == 0 { all_cpus() } else { affinity };
+    if affinity & all_cpus() == 0 {
+        return Err(SchedError::NoAllowedCpu);
+    }
+    let t = Thread::new(name, Body::Kernel { entry, arg }, 0, KERNEL_PRIORITY, affinity)?;
+    enqueue(t.clone());
+    Ok(t)
+}
+
+/// Starts a user thread in the address space `root` at `rip` with stack
+/// `rsp` and `arg` in rdi.
+pub fn spawn_user(
+    name: &'static str,
+    root: u64,
+    (rip, rsp, arg): (u64, u64, u64),
+    priority: u8,
+    affinity: u64,
+) -> Result<Arc<Thread>, SchedError> {
+    if rip >= paging::USER_TOP || rsp > paging::USER_TOP || root == 0 {
+        return Err(SchedError::BadUserAddress);
+    }
+    let affinity = if affinity == 0 { all_cpus() } else { affinity };
+    if affinity & all_cpus() == 0 {
+        return Err(SchedError::NoAllowedCpu);
+    }
+    let t = Thread::new(name, Body::User { rip, rsp, arg }, root, priority, affinity)?;
+    enqueue(t.clone());
+    Ok(t)
+}
+
+/// Makes a BLOCKED thread runnable again; returns false if it was not blocked.
+pub fn wake(t: &Arc<Thread>) -> bool {
+    if t.state.compare_exchange(BLOCKED, READY, Ordering::AcqRel, Ordering::Acquire).is_ok() {
+        enqueue(t.clone());
+        true
+    } else {
+        false
+    }
+}
+
+/// Gives the CPU to another ready thread of at least the same priority.
+pub fn yield_now() {
+    cpu::without_interrupts(schedule);
+}
+
+/// Ends the current thread with `reason`, waking whoever joins it.
+pub fn exit_current(reason: UserExit) -> ! {
+    cpu::disable_interrupts();
+    let me = current();
+    let joiner = {
+        let mut slot = me.exit.lock();
+        slot.reason = Some(reason);
+        me.state.store(EXITED, Ordering::Release);
+        slot.joiner.take()
+    };
+    if let Some(j) = joiner {
+        wake(&j);
+    }
+    drop(me);
+    schedule();
+    unreachable!("an exited thread was scheduled again");
+}
+
+/// Waits until `t` has exited and is off every CPU; returns its exit reason.
+pub fn join(t: &Arc<Thread>) -> UserExit {
+    loop {
+        let was = cpu::interrupts_enabled();
+        cpu::disable_interrupts();
+        let done = {
+            let mut slot = t.exit.lock();
+            if t.state.load(Ordering::Acquire) == EXITED {
+                true
+            } else {
+                let me = current();
+                me.state.store(BLOCKED, Ordering::Release);
+                slot.joiner = Some(me);
+                false
+            }
+        };
+        if !done {
+            schedule();
+        }
+        if was {
+            cpu::enable_interrupts();
+        }
+        if done {
+            break;
+        }
+    }
+    while t.on_cpu.load(Ordering::Acquire) {
+        cpu::pause();
+    }
+    let reason = t.exit.lock().reason.expect("exited thread without a reason");
+    reason
+}
+
+/// Blocks the current thread for at least `ticks` timer ticks.
+pub fn sleep_ticks(ticks: u64) {
+    cpu::without_interrupts(|| {
+        let (cpu, s) = here();
+        let me = current();
+        let deadline = percpu::cpu(cpu).ticks.load(Ordering::Relaxed) + ticks.max(1);
+        me.state.store(BLOCKED, Ordering::Release);
+        s.sleepers.lock().push((deadline, me));
+        schedule();
+    });
+}
+
+/// Asks a thread to exit at its next entry into the kernel.
+pub fn kill(t: &Arc<Thread>) {
+    t.kill_requested.store(true, Ordering::Release);
+    let cpu = t.cpu();
+    if cpu != percpu::this_cpu_index() {
+        smp::send_reschedule(cpu);
+    }
+}
+
+/// Restricts a thread to the CPUs in `mask`; it moves at its next switch.
+pub fn set_affinity(t: &Arc<Thread>, mask: u64) -> Result<(), SchedError> {
+    if mask & all_cpus() == 0 {
+        return Err(SchedError::NoAllowedCpu);
+    }
+    t.affinity.store(mask, Ordering::Release);
+    let cpu = t.cpu();
+    if mask & (1 << cpu) == 0 {
+        if cpu == percpu::this_cpu_index() {
+            CPUS[cpu].need_resched.store(true, Ordering::Release);
+        } else {
+            smp::send_reschedule(cpu);
+        }
+    }
+    Ok(())
+}
+
+/// Timer tick or reschedule IPI on this CPU. `from_user`: it interrupted ring 3.
+pub fn on_interrupt(from_user: bool, is_tick: bool) {
+    let (cpu, s) = here();
+    if READY_CPUS.load(Ordering::Acquire) & (1 << cpu) == 0 {
+        return;
+    }
+    if is_tick {
+        let now = percpu::cpu(cpu).ticks.load(Ordering::Relaxed);
+        let due: Vec<Arc<Thread>> = {
+            let mut sl = s.sleepers.lock();
+            let mut due = Vec::new();
+            sl.retain(|(deadline, t)| {
+                if *deadline <= now {
+                    due.push(t.clone());
+                    false
+                } else {
+                    true
+                }
+            });
+            due
+        };
+        for t in due {
+            wake(&t);
+        }
+        let left = s.slice_left.load(Ordering::Relaxed);
+        if left <= 1 {
+            s.need_resched.store(true, Ordering::Relaxed);
+        } else {
+            s.slice_left.store(left - 1, Ordering::Relaxed);
+        }
+    } else {
+        s.need_resched.store(true, Ordering::Relaxed);
+    }
+    // SAFETY: owning CPU, interrupts off (interrupt context).
+    let cur = unsafe { (*s.current.get()).clone() };
+    let Some(cur) = cur else { return };
+    if from_user && cur.kill_requested.load(Ordering::Acquire) {
+        drop(cur);
+        exit_current(UserExit::Killed);
+    }
+    let preemptible = from_user || is_idle(s, &cur);
+    let must_move = !cur.allowed_on(cpu);
+    if preemptible && (s.need_resched.load(Ordering::Relaxed) || must_move) {
+        drop(cur);
+        schedule();
+    }
+}

@@ -1,0 +1,21 @@
+//! Threads and the scheduler.
+//!
+//! Every CPU has a run queue of ready threads (64 priorities, FIFO within a
+//! priority), a current thread and an idle thread. The kernel itself is not
+//! preemptible (like seL4's): a timer tick or reschedule IPI switches threads
+//! only when it interrupted user mode or the idle loop; kernel threads give
+//! the CPU up by blocking, yielding or exiting. A thread may run on the CPUs
+//! in its affinity mask; changing the mask migrates it at its next switch.
+//!
+//! A thread that is switched out stays `on_cpu` until the CPU that ran it
+//! is off its stack, and no CPU switches to a thread that is still `on_cpu`
+//! elsewhere: that is what makes cross-CPU wake-ups and migration safe.
+
+pub mod runqueue;
+
+#[cfg(target_os = "none")]
+mod imp;
+#[cfg(target_os = "none")]
+pub mod ktests;
+#[cfg(target_os = "none")]
+pub use imp::*;
