@@ -1,0 +1,274 @@
+//! Per-space handle tables: the only way user code names a kernel object.
+//!
+//! A handle is an opaque 64-bit value meaningful only in the space whose
+//! table issued it (reference relativity): the low 32 bits index the table,
+//! the high 32 bits are the slot's generation, so a handle to a closed slot
+//! stays dead even after the slot is reused. Handle 0 is never issued.
+//! Every entry carries rights; an operation names the rights it needs.
+
+extern crate alloc;
+
+use alloc::vec::Vec;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct Handle(u64);
+
+impl Handle {
+    pub const NULL: Handle = Handle(0);
+
+    pub fn from_raw(raw: u64) -> Handle {
+        Handle(raw)
+    }
+
+    pub fn raw(self) -> u64 {
+        self.0
+    }
+
+    fn new(index: u32, generation: u32) -> Handle {
+        Handle(((generation as u64) << 32) | (index as u64 + 1))
+    }
+
+    fn index(self) -> Option<usize> {
+        (self.0 as u32).checked_sub(1).map(|i| i as usize)
+    }
+
+    fn generation(self) -> u32 {
+        (self.0 >> 32) as u32
+    }
+}
+
+/// What a handle's holder may do with the object.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct Rights(u32);
+
+impl Rights {
+    pub const NONE: Rights = Rights(0);
+    /// Read the object's exported state.
+    pub const GET_STATE: Rights = Rights(1 << 0);
+    /// Overwrite the object's state.
+    pub const SET_STATE: Rights = Rights(1 << 1);
+    pub const DESTROY: Rights = Rights(1 << 2);
+    /// Pass the handle to another space.
+    pub const TRANSFER: Rights = Rights(1 << 3);
+    /// Derive a copy (with the same or fewer rights).
+    pub const DUPLICATE: Rights = Rights(1 << 4);
+    pub const SEND: Rights = Rights(1 << 5);
+    pub const RECEIVE: Rights = Rights(1 << 6);
+    pub const MAP_READ: Rights = Rights(1 << 7);
+    pub const MAP_WRITE: Rights = Rights(1 << 8);
+    pub const MAP_EXECUTE: Rights = Rights(1 << 9);
+    /// Create objects inside (for spaces).
+    pub const CREATE: Rights = Rights(1 << 10);
+    pub const ALL: Rights = Rights((1 << 11) - 1);
+
+    pub const fn bits(self) -> u32 {
+        self.0
+    }
+
+    /// Rights from user-supplied bits; unknown bits are an error, not ignored.
+    pub fn from_bits(bits: u32) -> Option<Rights> {
+        (bits & !Self::ALL.0 == 0).then_some(Rights(bits))
+    }
+
+    pub const fn union(self, other: Rights) -> Rights {
+        Rights(self.0 | other.0)
+    }
+
+    pub const fn contains(self, other: Rights) -> bool {
+        self.0 & other.0 == other.0
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum HandleError {
+    /// Never issued by this table, or already closed.
+    Invalid,
+    /// Valid, but without the rights the operation needs.
+    MissingRights,
+    /// The table is at its quota.
+    TableFull,
+}
+
+struct Slot<T> {
+    generation: u32,
+    entry: Option<(T, Rights)>,
+}
+
+pub struct HandleTable<T> {
+    slots: Vec<Slot<T>>,
+    free: Vec<u32>,
+    live: usize,
+    quota: usize,
+}
+
+impl<T> HandleTable<T> {
+    pub const fn new(quota: usize) -> Self {
+        HandleTable { slots: Vec::new(), free: Vec::new(), live: 0, quota }
+    }
+
+    pub fn len(&self) -> usize {
+        self.live
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.live == 0
+    }
+
+    pub fn insert(&mut self, object: T, rights: Rights) -> Result<Handle, HandleError> {
+        if self.live >= self.quota || self.slots.len() >= u32::MAX as usize - 1 {
+            return Err(HandleError::TableFull);
+        }
+        let index = match self.free.pop() {
+            Some(i) => i,
+            None => {
+                self.slots.try_reserve(1).map_err(|_| HandleError::TableFull)?;
+                self.free.try_reserve(1).map_err(|_| HandleError::TableFull)?;
+                self.slots.push(Slot { generation: 1, entry: None });
+                (self.slots.len() - 1) as u32
+            }
+        };
+        let slot = &mut self.slots[index as usize];
+        slot.entry = Some((object, rights));
+        self.live += 1;
+        Ok(Handle::new(index, slot.generation))
+    }
+
+    fn slot(&self, h: Handle) -> Result<&(T, Rights), HandleError> {
+        let slot = self.slots.get(h.index().ok_or(HandleError::Invalid)?).ok_or(HandleError::Invalid)?;
+        if slot.generation != h.generation() {
+            return Err(HandleError::Invalid);
+        }
+        slot.entry.as_ref().ok_or(HandleError::Invalid)
+    }
+
+    /// The object behind `h`, if `h` carries at least `needed`.
+    pub fn get(&self, h: Handle, needed: Rights) -> Result<&T, HandleError> {
+        let (object, rights) = self.slot(h)?;
+        if !rights.contains(needed) {
+            return Err(HandleError::MissingRights);
+        }
+        Ok(object)
+    }
+
+    pub fn rights(&self, h: Handle) -> Result<Rights, HandleError> {
+        self.slot(h).map(|(_, r)| *r)
+    }
+
+    /// Closes `h` and returns its object; the handle value is dead forever after.
+    pub fn remove(&mut self, h: Handle) -> Result<(T, Rights), HandleError> {
+        self.slot(h)?;
+        let index = h.index().ok_or(HandleError::Invalid)?;
+        let slot = &mut self.slots[index];
+        let entry = slot.entry.take().ok_or(HandleError::Invalid)?;
+        // A slot whose generation would wrap is retired rather than reused.
+        if slot.generation < u32::MAX {
+            slot.generation += 1;
+            self.free.push(index as u32);
+        }
+        self.live -= 1;
+        Ok(entry)
+    }
+
+    /// Every live entry, in handle order: what a parent enumerates in a child.
+    pub fn iter(&self) -> impl Iterator<Item = (Handle, &T, Rights)> {
+        self.slots.iter().enumerate().filter_map(|(i, s)| {
+            s.entry.as_ref().map(|(o, r)| (Handle::new(i as u32, s.generation), o, *r))
+        })
+    }
+}
+
+impl<T: Clone> HandleTable<T> {
+    /// A second handle to the same object with `rights` (a subset of the
+    /// original's, which must include DUPLICATE).
+    pub fn duplicate(&mut self, h: Handle, rights: Rights) -> Result<Handle, HandleError> {
+        let (object, have) = self.slot(h)?;
+        if !have.contains(Rights::DUPLICATE) || !have.contains(rights) {
+            return Err(HandleError::MissingRights);
+        }
+        let object = object.clone();
+        self.insert(object, rights)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+    use std::collections::BTreeMap;
+
+    #[test]
+    fn closed_handles_stay_dead_after_reuse() {
+        let mut t = HandleTable::new(8);
+        let a = t.insert("a", Rights::ALL).unwrap();
+        assert_eq!(t.remove(a).unwrap().0, "a");
+        let b = t.insert("b", Rights::ALL).unwrap();
+        assert_ne!(a, b, "reused slot gets a new generation");
+        assert_eq!(t.get(a, Rights::NONE), Err(HandleError::Invalid));
+        assert_eq!(t.get(b, Rights::NONE), Ok(&"b"));
+        assert_eq!(t.get(Handle::NULL, Rights::NONE), Err(HandleError::Invalid));
+        assert_eq!(t.get(Handle::from_raw(u64::MAX), Rights::NONE), Err(HandleError::Invalid));
+    }
+
+    #[test]
+    fn rights_are_enforced_and_only_narrowed() {
+        let mut t = HandleTable::new(8);
+        let h = t.insert(7, Rights::SEND.union(Rights::DUPLICATE)).unwrap();
+        assert_eq!(t.get(h, Rights::RECEIVE), Err(HandleError::MissingRights));
+        assert_eq!(t.get(h, Rights::SEND), Ok(&7));
+        let d = t.duplicate(h, Rights::SEND).unwrap();
+        assert_eq!(t.rights(d), Ok(Rights::SEND));
+        assert_eq!(t.duplicate(d, Rights::SEND), Err(HandleError::MissingRights), "no DUPLICATE right");
+        assert_eq!(t.duplicate(h, Rights::ALL), Err(HandleError::MissingRights), "cannot widen");
+        assert_eq!(Rights::from_bits(1 << 30), None);
+    }
+
+    #[test]
+    fn quota_is_an_error() {
+        let mut t = HandleTable::new(2);
+        t.insert(1, Rights::NONE).unwrap();
+        t.insert(2, Rights::NONE).unwrap();
+        assert_eq!(t.insert(3, Rights::NONE), Err(HandleError::TableFull));
+        assert_eq!(t.len(), 2);
+    }
+
+    proptest! {
+        #[test]
+        fn matches_a_map(ops in proptest::collection::vec((0u8..3, 0usize..64), 0..300)) {
+            let mut t = HandleTable::new(32);
+            let mut model: BTreeMap<Handle, u32> = BTreeMap::new();
+            let mut issued: Vec<Handle> = Vec::new();
+            let mut next = 0u32;
+            for (op, pick) in ops {
+                match op {
+                    0 => match t.insert(next, Rights::ALL) {
+                        Ok(h) => {
+                            prop_assert!(!issued.contains(&h), "handle value reused");
+                            issued.push(h);
+                            model.insert(h, next);
+                            next += 1;
+                        }
+                        Err(e) => {
+                            prop_assert_eq!(e, HandleError::TableFull);
+                            prop_assert_eq!(model.len(), 32);
+                        }
+                    },
+                    1 if !issued.is_empty() => {
+                        let h = issued[pick % issued.len()];
+                        prop_assert_eq!(t.remove(h).ok().map(|(v, _)| v), model.remove(&h));
+                    }
+                    _ if !issued.is_empty() => {
+                        let h = issued[pick % issued.len()];
+                        prop_assert_eq!(t.get(h, Rights::NONE).ok().copied(), model.get(&h).copied());
+                    }
+                    _ => {}
+                }
+                prop_assert_eq!(t.len(), model.len());
+                let listed: Vec<(Handle, u32)> = t.iter().map(|(h, v, _)| (h, *v)).collect();
+                let expected: Vec<(Handle, u32)> = model.iter().map(|(h, v)| (*h, *v)).collect();
+                let mut listed_sorted = listed.clone();
+                listed_sorted.sort();
+                prop_assert_eq!(listed_sorted, expected);
+            }
+        }
+    }
+}
