@@ -591,7 +591,7 @@ fn root_program() -> CaseResult {
     let mut broken = image.to_vec();
     broken[18] = 3; // e_machine = EM_386
     let free_before = frame::stats().free;
-    let refused = loader::load(&broken);
+    let refused = loader::run(&broken);
     check!(matches!(refused, Err(LoadError::WrongMachine(3))), "an i386 copy of init gave {refused:?}");
     check!(frame::stats().free == free_before, "refusing an image changed the free frame count");
     drop(broken);

@@ -7,7 +7,7 @@
 //! no two segments on one page, sane sizes, the entry point in the file
 //! bytes of an executable segment, nothing that needs a dynamic linker or
 //! TLS — and returns the segment list; it is pure and host-tested.
-//! [`load`] (bare metal only) builds the address space: every page of every
+//! [`run`] (bare metal only) builds the root space's address space: every page of every
 //! segment in its own zeroed frame mapped with the segment's rights, and a
 //! user stack of [`USER_STACK_PAGES`] pages below [`USER_STACK_TOP`] with an
 //! unmapped guard page under it.
@@ -172,21 +172,13 @@ pub use self::bare::*;
 mod bare {
     use super::*;
     use crate::arch::x86_64::paging;
-    use crate::arch::x86_64::syscall::{self, UserExit};
+    use crate::arch::x86_64::syscall::UserExit;
     use crate::mm::frame;
+    use crate::object::handle::Rights;
+    use crate::object::space::{Object, Space};
+    use crate::sched;
 
     const _: () = assert!(USER_TOP == paging::USER_TOP);
-
-    /// A program's address space, ready to run.
-    #[derive(Debug)]
-    pub struct Loaded {
-        /// Physical address of the PML4 (free with `paging::destroy_user_root`).
-        pub root: u64,
-        pub entry: u64,
-        /// Initial stack pointer: a zero "return address" slot under
-        /// [`USER_STACK_TOP`], as if `_start` had been called.
-        pub stack_pointer: u64,
-    }
 
     fn map_zeroed(root: u64, va: u64, writable: bool, executable: bool, fill: impl FnOnce(&mut [u8])) -> Result<(), LoadError> {
         let pa = frame::alloc_zeroed().map_err(|_| LoadError::OutOfMemory)?;
@@ -222,24 +214,31 @@ mod bare {
         Ok(())
     }
 
-    /// Checks `data` and builds its address space. Nothing stays allocated on error.
-    pub fn load(data: &[u8]) -> Result<Loaded, LoadError> {
+    /// Loads `data` as the root program: a root space holding a handle to
+    /// itself (passed to the program in rdi; every right but DESTROY), the
+    /// image and a stack. Runs its first thread until it exits or faults,
+    /// then destroys the space with everything the program created.
+    pub fn run(data: &[u8]) -> Result<UserExit, LoadError> {
         let image = parse(data)?;
-        let root = paging::new_user_root().map_err(|_| LoadError::OutOfMemory)?;
-        if let Err(e) = populate(root, data, &image) {
-            paging::destroy_user_root(root);
+        let space = Space::new(None).map_err(|_| LoadError::OutOfMemory)?;
+        if let Err(e) = populate(space.page_table_root(), data, &image) {
+            space.destroy();
             return Err(e);
         }
-        Ok(Loaded { root, entry: image.entry, stack_pointer: USER_STACK_TOP - 8 })
-    }
-
-    /// Loads `data`, runs it in ring 3 on this CPU until it exits or
-    /// faults, and frees its address space.
-    pub fn run(data: &[u8]) -> Result<UserExit, LoadError> {
-        let p = load(data)?;
-        let exit = syscall::run_user(p.root, p.entry, p.stack_pointer);
-        paging::destroy_user_root(p.root);
-        Ok(exit)
+        let own_rights = Rights::from_bits(Rights::ALL.bits() & !Rights::DESTROY.bits()).unwrap_or(Rights::NONE);
+        let started = space
+            .insert(Object::Space(space.clone()), own_rights)
+            .map_err(|_| LoadError::OutOfMemory)
+            .and_then(|me| space.spawn_thread(image.entry, USER_STACK_TOP - 8, me.raw()).map_err(|_| LoadError::OutOfMemory));
+        let exit = started.map(|main| {
+            let exit = sched::join(&main);
+            drop(main);
+            exit
+        });
+        space.destroy();
+        drop(space);
+        sched::reap();
+        exit
     }
 }
 

@@ -2,21 +2,43 @@
 //!
 //! ABI (x86_64): `syscall` with the number in rax and arguments in rdi, rsi,
 //! rdx, r10, r8, r9; the result comes back in rax: a non-negative value on
-//! success, or a negative [`SysError`]. All other registers are preserved.
-//! This is the first slice of the ABI (issue 3 grows it into the Fluke
-//! object API); every argument is validated, and a bad one is an error code,
-//! never a kernel fault.
+//! success, or a negative [`SysError`]. All other registers but rcx and r11
+//! (which `syscall` itself uses) are preserved. Every argument is validated;
+//! a bad one is an error code, never a kernel fault. kernel/ABI.md is the
+//! reference for every call.
 
-use crate::arch::x86_64::syscall::{copy_from_user, leave_user, SyscallFrame, UserExit};
-use crate::console::print_line;
+extern crate alloc;
+
+use alloc::vec::Vec;
 use core::sync::atomic::{AtomicU64, Ordering};
+
+use crate::arch::x86_64::syscall::{copy_from_user, copy_to_user, leave_user, SyscallFrame, UserExit};
+use crate::arch::x86_64_exports::smp;
+use crate::console::print_line;
+use crate::mm::frame;
+use crate::object::handle::{Handle, HandleError, Rights};
+use crate::object::space::{Object, Space, SpaceError};
+use crate::sched::{self, SchedError};
 
 pub const SYS_NULL: u64 = 0;
 pub const SYS_CONSOLE_WRITE: u64 = 1;
 pub const SYS_EXIT: u64 = 2;
+pub const SYS_YIELD: u64 = 3;
+pub const SYS_SYSTEM_INFO: u64 = 4;
+pub const SYS_HANDLE_CLOSE: u64 = 16;
+pub const SYS_HANDLE_DUPLICATE: u64 = 17;
+pub const SYS_HANDLE_INFO: u64 = 18;
+pub const SYS_SPACE_CREATE: u64 = 19;
+pub const SYS_SPACE_DESTROY: u64 = 20;
+pub const SYS_SPACE_ENUMERATE: u64 = 21;
+pub const SYS_THREAD_CREATE: u64 = 22;
+pub const SYS_THREAD_KILL: u64 = 23;
+pub const SYS_THREAD_WAIT: u64 = 24;
 
 /// Longest console write accepted in one call.
 pub const CONSOLE_WRITE_MAX: u64 = 256;
+/// Bytes per `space_enumerate` record: u64 handle, u32 type, u32 rights.
+pub const ENUMERATE_RECORD: u64 = 16;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 #[repr(i64)]
@@ -27,16 +49,79 @@ pub enum SysError {
     BadPointer = -2,
     /// A size argument is out of range.
     BadSize = -3,
+    /// The handle was never issued in this space, or is closed.
+    BadHandle = -4,
+    /// The handle names an object of another type.
+    WrongType = -5,
+    /// The handle lacks a right the call needs.
+    MissingRights = -6,
+    /// Not enough memory (or handle table space) to complete the call.
+    NoMemory = -7,
+    /// An argument is out of its documented range.
+    InvalidArgument = -8,
+    /// The object was destroyed.
+    Dead = -9,
+    /// The thread has not exited (thread_wait with no-block).
+    WouldBlock = -10,
+}
+
+impl From<HandleError> for SysError {
+    fn from(e: HandleError) -> Self {
+        match e {
+            HandleError::Invalid => SysError::BadHandle,
+            HandleError::MissingRights => SysError::MissingRights,
+            HandleError::TableFull => SysError::NoMemory,
+        }
+    }
+}
+
+impl From<SpaceError> for SysError {
+    fn from(e: SpaceError) -> Self {
+        match e {
+            SpaceError::Handle(h) => h.into(),
+            SpaceError::WrongType => SysError::WrongType,
+            SpaceError::OutOfMemory => SysError::NoMemory,
+            SpaceError::Dead => SysError::Dead,
+            SpaceError::TooDeep | SpaceError::WouldDestroyCaller => SysError::InvalidArgument,
+        }
+    }
+}
+
+impl From<SchedError> for SysError {
+    fn from(e: SchedError) -> Self {
+        match e {
+            SchedError::OutOfMemory => SysError::NoMemory,
+            SchedError::NoAllowedCpu => SysError::InvalidArgument,
+            SchedError::BadUserAddress => SysError::BadPointer,
+        }
+    }
 }
 
 /// Console writes from user code, for tests.
 pub static CONSOLE_WRITES: AtomicU64 = AtomicU64::new(0);
 
+type SysResult = Result<i64, SysError>;
+
 pub fn dispatch(frame: &mut SyscallFrame) -> i64 {
+    let (a0, a1, a2, a3) = (frame.rdi, frame.rsi, frame.rdx, frame.r10);
     let result = match frame.rax {
         SYS_NULL => Ok(0),
-        SYS_CONSOLE_WRITE => console_write(frame.rdi, frame.rsi),
-        SYS_EXIT => leave_user(UserExit::Exited(frame.rdi)),
+        SYS_CONSOLE_WRITE => console_write(a0, a1),
+        SYS_EXIT => leave_user(UserExit::Exited(a0)),
+        SYS_YIELD => {
+            sched::yield_now();
+            Ok(0)
+        }
+        SYS_SYSTEM_INFO => system_info(a0, a1),
+        SYS_HANDLE_CLOSE => handle_close(a0),
+        SYS_HANDLE_DUPLICATE => handle_duplicate(a0, a1),
+        SYS_HANDLE_INFO => handle_info(a0),
+        SYS_SPACE_CREATE => space_create(a0),
+        SYS_SPACE_DESTROY => space_destroy(a0),
+        SYS_SPACE_ENUMERATE => space_enumerate(a0, a1, a2),
+        SYS_THREAD_CREATE => thread_create(a0, a1, a2, a3),
+        SYS_THREAD_KILL => thread_kill(a0),
+        SYS_THREAD_WAIT => thread_wait(a0, a1),
         _ => Err(SysError::NoSuchCall),
     };
     match result {
@@ -45,7 +130,7 @@ pub fn dispatch(frame: &mut SyscallFrame) -> i64 {
     }
 }
 
-fn console_write(ptr: u64, len: u64) -> Result<i64, SysError> {
+fn console_write(ptr: u64, len: u64) -> SysResult {
     if len > CONSOLE_WRITE_MAX {
         return Err(SysError::BadSize);
     }
@@ -56,4 +141,154 @@ fn console_write(ptr: u64, len: u64) -> Result<i64, SysError> {
     print_line(format_args!("user: {}", text.trim_end_matches('\n')));
     CONSOLE_WRITES.fetch_add(1, Ordering::Relaxed);
     Ok(len as i64)
+}
+
+/// The caller's space. User threads always have one while they run.
+fn caller() -> Result<alloc::sync::Arc<Space>, SysError> {
+    sched::current().space().ok_or(SysError::Dead)
+}
+
+/// `system_info(buf, len)`: writes {u64 managed frames, u64 free frames,
+/// u64 online CPUs} (24 bytes; `len` must be at least that).
+fn system_info(buf: u64, len: u64) -> SysResult {
+    if len < 24 {
+        return Err(SysError::BadSize);
+    }
+    let s = frame::stats();
+    let mut out = [0u8; 24];
+    out[..8].copy_from_slice(&s.managed.to_le_bytes());
+    out[8..16].copy_from_slice(&s.free.to_le_bytes());
+    out[16..].copy_from_slice(&(smp::online_count() as u64).to_le_bytes());
+    copy_to_user(buf, &out).map_err(|()| SysError::BadPointer)?;
+    Ok(24)
+}
+
+fn handle_close(h: u64) -> SysResult {
+    let me = caller()?;
+    let closed = crate::arch::cpu::without_interrupts(|| me.handles.lock().remove(Handle::from_raw(h)));
+    drop(closed?);
+    Ok(0)
+}
+
+fn handle_duplicate(h: u64, rights: u64) -> SysResult {
+    let rights = u32::try_from(rights).ok().and_then(Rights::from_bits).ok_or(SysError::InvalidArgument)?;
+    let me = caller()?;
+    let dup = crate::arch::cpu::without_interrupts(|| me.handles.lock().duplicate(Handle::from_raw(h), rights))?;
+    Ok(dup.raw() as i64)
+}
+
+/// `handle_info(h)`: `type | rights << 8`.
+fn handle_info(h: u64) -> SysResult {
+    let me = caller()?;
+    let (ty, rights) = crate::arch::cpu::without_interrupts(|| {
+        let table = me.handles.lock();
+        let h = Handle::from_raw(h);
+        let rights = table.rights(h)?;
+        let ty = table.get(h, Rights::NONE)?.object_type();
+        Ok::<_, HandleError>((ty as u32, rights.bits()))
+    })?;
+    Ok(ty as i64 | ((rights as i64) << 8))
+}
+
+/// `space_create(parent)`: a new child of the space `parent` names (CREATE
+/// right needed); the caller receives a handle with every right.
+fn space_create(parent: u64) -> SysResult {
+    let me = caller()?;
+    let parent = me.lookup_space(Handle::from_raw(parent), Rights::CREATE)?;
+    let child = Space::new(Some(&parent))?;
+    match me.insert(Object::Space(child.clone()), Rights::ALL) {
+        Ok(h) => Ok(h.raw() as i64),
+        Err(e) => {
+            child.destroy();
+            Err(e.into())
+        }
+    }
+}
+
+/// `space_destroy(space)`: destroys the space and its subtree and closes
+/// the handle. A space cannot destroy itself or an ancestor.
+fn space_destroy(h: u64) -> SysResult {
+    let me = caller()?;
+    let handle = Handle::from_raw(h);
+    let target = me.lookup_space(handle, Rights::DESTROY)?;
+    if target.is_ancestor_of(&me) {
+        return Err(SpaceError::WouldDestroyCaller.into());
+    }
+    crate::arch::cpu::without_interrupts(|| me.handles.lock().remove(handle))?;
+    // Joining the subtree's threads blocks; let interrupts in meanwhile.
+    crate::arch::cpu::enable_interrupts();
+    target.destroy();
+    crate::arch::cpu::disable_interrupts();
+    Ok(0)
+}
+
+/// `space_enumerate(space, buf, max)`: writes up to `max` records
+/// {u64 handle, u32 type, u32 rights} describing the space's handle table
+/// (what a parent exports to checkpoint a child); returns how many handles
+/// the space holds (which may exceed `max`).
+fn space_enumerate(h: u64, buf: u64, max: u64) -> SysResult {
+    if max > super::object::space::HANDLE_QUOTA as u64 {
+        return Err(SysError::BadSize);
+    }
+    let me = caller()?;
+    let target = me.lookup_space(Handle::from_raw(h), Rights::GET_STATE)?;
+    let (records, total) = crate::arch::cpu::without_interrupts(|| {
+        let table = target.handles.lock();
+        let mut records: Vec<u8> = Vec::new();
+        if records.try_reserve((max.min(table.len() as u64) * ENUMERATE_RECORD) as usize).is_err() {
+            return Err(SysError::NoMemory);
+        }
+        for (handle, object, rights) in table.iter().take(max as usize) {
+            records.extend_from_slice(&handle.raw().to_le_bytes());
+            records.extend_from_slice(&(object.object_type() as u32).to_le_bytes());
+            records.extend_from_slice(&rights.bits().to_le_bytes());
+        }
+        Ok((records, table.len()))
+    })?;
+    copy_to_user(buf, &records).map_err(|()| SysError::BadPointer)?;
+    Ok(total as i64)
+}
+
+/// `thread_create(space, rip, rsp, arg)`: a running user thread in `space`
+/// (CREATE right), starting at `rip` with stack `rsp` and `arg` in rdi.
+fn thread_create(space: u64, rip: u64, rsp: u64, arg: u64) -> SysResult {
+    let me = caller()?;
+    let target = me.lookup_space(Handle::from_raw(space), Rights::CREATE)?;
+    let t = target.spawn_thread(rip, rsp, arg)?;
+    match me.insert(Object::Thread(t.clone()), Rights::ALL) {
+        Ok(h) => Ok(h.raw() as i64),
+        Err(e) => {
+            sched::kill(&t);
+            Err(e.into())
+        }
+    }
+}
+
+fn thread_kill(h: u64) -> SysResult {
+    let me = caller()?;
+    let t = me.lookup_thread(Handle::from_raw(h), Rights::DESTROY)?;
+    sched::kill(&t);
+    Ok(0)
+}
+
+/// `thread_wait(thread, block)`: the thread's exit code once it has exited
+/// (blocking if `block` is 1); a thread that faulted or was killed gives
+/// `Dead`.
+fn thread_wait(h: u64, block: u64) -> SysResult {
+    let me = caller()?;
+    let t = me.lookup_thread(Handle::from_raw(h), Rights::GET_STATE)?;
+    let reason = match block {
+        0 => t.exit_reason().ok_or(SysError::WouldBlock)?,
+        1 => {
+            crate::arch::cpu::enable_interrupts();
+            let r = sched::join(&t);
+            crate::arch::cpu::disable_interrupts();
+            r
+        }
+        _ => return Err(SysError::InvalidArgument),
+    };
+    match reason {
+        UserExit::Exited(code) => Ok((code & (i64::MAX as u64)) as i64),
+        _ => Err(SysError::Dead),
+    }
 }

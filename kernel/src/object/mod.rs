@@ -4,3 +4,5 @@
 //! table is its host-tested foundation.
 
 pub mod handle;
+#[cfg(target_os = "none")]
+pub mod space;

@@ -2,7 +2,9 @@
 
 extern crate alloc;
 
-use alloc::sync::Arc;
+use alloc::sync::{Arc, Weak};
+
+use crate::object::space::Space;
 use alloc::vec::Vec;
 use core::cell::UnsafeCell;
 use core::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicU8, AtomicUsize, Ordering};
@@ -57,11 +59,14 @@ pub struct Thread {
     body: Body,
     kill_requested: AtomicBool,
     exit: spin::Mutex<ExitSlot>,
+    /// The space a user thread belongs to (none for kernel threads and the
+    /// bare user threads of kernel tests).
+    space: Weak<Space>,
 }
 
 struct ExitSlot {
     reason: Option<UserExit>,
-    joiner: Option<Arc<Thread>>,
+    joiners: Vec<Arc<Thread>>,
 }
 
 // SAFETY: `context_rsp` is written only by the CPU switching away from the
@@ -97,7 +102,8 @@ impl Thread {
             root,
             body,
             kill_requested: AtomicBool::new(false),
-            exit: spin::Mutex::new(ExitSlot { reason: None, joiner: None }),
+            exit: spin::Mutex::new(ExitSlot { reason: None, joiners: Vec::new() }),
+            space: Weak::new(),
         });
         if !matches!(t.body, Body::Adopted) {
             let rsp = context::prepare_stack(top, Arc::as_ptr(&t) as u64, 0);
@@ -117,6 +123,23 @@ impl Thread {
 
     pub fn ran_on(&self) -> u64 {
         self.ran_on.load(Ordering::Acquire)
+    }
+
+    pub fn space(&self) -> Option<Arc<Space>> {
+        self.space.upgrade()
+    }
+
+    pub fn kill_requested(&self) -> bool {
+        self.kill_requested.load(Ordering::Acquire)
+    }
+
+    /// The exit reason, once the thread has exited.
+    pub fn exit_reason(&self) -> Option<UserExit> {
+        if self.has_exited() {
+            self.exit.lock().reason
+        } else {
+            None
+        }
     }
 
     pub fn has_exited(&self) -> bool {
@@ -375,6 +398,30 @@ pub fn spawn_user(
     Ok(t)
 }
 
+/// Starts a user thread belonging to `space` (in its address space).
+pub fn spawn_user_in(
+    name: &'static str,
+    space: Arc<Space>,
+    (rip, rsp, arg): (u64, u64, u64),
+    priority: u8,
+    affinity: u64,
+) -> Result<Arc<Thread>, SchedError> {
+    if rip >= paging::USER_TOP || rsp > paging::USER_TOP {
+        return Err(SchedError::BadUserAddress);
+    }
+    let affinity = if affinity == 0 { all_cpus() } else { affinity };
+    if affinity & all_cpus() == 0 {
+        return Err(SchedError::NoAllowedCpu);
+    }
+    let mut t = Thread::new(name, Body::User { rip, rsp, arg }, space.page_table_root(), priority, affinity)?;
+    // Nothing else holds the new thread yet.
+    if let Some(inner) = Arc::get_mut(&mut t) {
+        inner.space = Arc::downgrade(&space);
+    }
+    enqueue(t.clone());
+    Ok(t)
+}
+
 /// Makes a BLOCKED thread runnable again; returns false if it was not blocked.
 pub fn wake(t: &Arc<Thread>) -> bool {
     if t.state.compare_exchange(BLOCKED, READY, Ordering::AcqRel, Ordering::Acquire).is_ok() {
@@ -394,15 +441,16 @@ pub fn yield_now() {
 pub fn exit_current(reason: UserExit) -> ! {
     cpu::disable_interrupts();
     let me = current();
-    let joiner = {
+    let joiners = {
         let mut slot = me.exit.lock();
         slot.reason = Some(reason);
         me.state.store(EXITED, Ordering::Release);
-        slot.joiner.take()
+        core::mem::take(&mut slot.joiners)
     };
-    if let Some(j) = joiner {
-        wake(&j);
+    for j in &joiners {
+        wake(j);
     }
+    drop(joiners);
     drop(me);
     schedule();
     unreachable!("an exited thread was scheduled again");
@@ -420,7 +468,7 @@ pub fn join(t: &Arc<Thread>) -> UserExit {
             } else {
                 let me = current();
                 me.state.store(BLOCKED, Ordering::Release);
-                slot.joiner = Some(me);
+                slot.joiners.push(me);
                 false
             }
         };

@@ -9,6 +9,7 @@
 
 use core::sync::atomic::{AtomicU64, Ordering};
 
+use matryoshka_rt::object::{self as obj, rights, types, Handle, Record};
 use matryoshka_rt::{self as rt, println, SysError};
 
 #[cfg(target_os = "none")]
@@ -27,13 +28,18 @@ type Check = fn() -> Result<(), &'static str>;
 
 fn init_main() -> i32 {
     println!("init: hello from the root program");
-    let checks: [(&str, Check); 6] = [
+    let checks: [(&str, Check); 11] = [
         ("data and bss", data_and_bss),
         ("null call", null_call),
         ("console write", console_write),
         ("kernel pointer", kernel_pointer),
         ("oversized write", oversized_write),
         ("unknown call", unknown_call),
+        ("own space handle", own_space_handle),
+        ("space tree", space_tree),
+        ("handle errors", handle_errors),
+        ("threads", threads),
+        ("faulting child thread", faulting_child_thread),
     ];
     for (i, (name, check)) in checks.iter().enumerate() {
         if let Err(why) = check() {
@@ -96,6 +102,156 @@ fn unknown_call() -> Result<(), &'static str> {
         Err(SysError::NoSuchCall) => Ok(()),
         _ => Err("system call 0x7777 did not fail with NoSuchCall"),
     }
+}
+
+fn free_frames() -> Result<u64, &'static str> {
+    obj::system_info().map(|i| i.free_frames).map_err(|_| "system_info failed")
+}
+
+fn own_space_handle() -> Result<(), &'static str> {
+    let (ty, r) = obj::info(obj::self_space()).map_err(|_| "no handle to the own space in rdi")?;
+    if ty != types::SPACE {
+        return Err("the own-space handle is not a space");
+    }
+    if r & rights::DESTROY != 0 || r & rights::CREATE == 0 {
+        return Err("the own-space handle should have CREATE but not DESTROY");
+    }
+    Ok(())
+}
+
+fn space_tree() -> Result<(), &'static str> {
+    let before = free_frames()?;
+    let child = obj::space_create(obj::self_space()).map_err(|_| "space_create(self) failed")?;
+    let grandchild = obj::space_create(child).map_err(|_| "space_create(child) failed")?;
+    let mut records = [Record::default(); 16];
+    let n = obj::space_enumerate(obj::self_space(), &mut records).map_err(|_| "enumerate(self) failed")?;
+    let listed = &records[..n.min(16)];
+    if !listed.iter().any(|r| r.handle == child.0 && r.object_type == types::SPACE && r.rights == rights::ALL)
+        || !listed.iter().any(|r| r.handle == grandchild.0 && r.object_type == types::SPACE)
+    {
+        return Err("enumerate(self) does not list the new spaces with their types and rights");
+    }
+    if obj::space_enumerate(child, &mut records) != Ok(0) {
+        return Err("a new space's handle table is not empty");
+    }
+    obj::space_destroy(child).map_err(|_| "space_destroy(child) failed")?;
+    if obj::info(child) != Err(SysError::BadHandle) {
+        return Err("the destroyed space's handle is still open");
+    }
+    if obj::space_create(grandchild) != Err(SysError::Dead) {
+        return Err("the grandchild survived its parent's destruction");
+    }
+    obj::close(grandchild).map_err(|_| "closing the dead grandchild's handle failed")?;
+    let after = free_frames()?;
+    if after != before {
+        println!("init: free frames {before} before the space tree, {after} after");
+        return Err("destroying the space tree did not return every frame");
+    }
+    Ok(())
+}
+
+fn handle_errors() -> Result<(), &'static str> {
+    let me = obj::self_space();
+    if obj::close(Handle(0)) != Err(SysError::BadHandle) || obj::info(Handle(0xdead_beef_0000_0001)) != Err(SysError::BadHandle) {
+        return Err("forged handles are not refused with BadHandle");
+    }
+    if obj::duplicate(me, rights::ALL) != Err(SysError::MissingRights) {
+        return Err("duplicating with more rights than the handle has was allowed");
+    }
+    if obj::duplicate(me, 1 << 30) != Err(SysError::InvalidArgument) {
+        return Err("unknown right bits were accepted");
+    }
+    if obj::space_destroy(me) != Err(SysError::MissingRights) {
+        return Err("the root destroyed its own space");
+    }
+    let child = obj::space_create(me).map_err(|_| "space_create failed")?;
+    let weak = obj::duplicate(child, rights::GET_STATE).map_err(|_| "duplicate failed")?;
+    if obj::space_destroy(weak) != Err(SysError::MissingRights) {
+        return Err("a handle without DESTROY destroyed a space");
+    }
+    if obj::thread_wait(child, false) != Err(SysError::WrongType) {
+        return Err("a space handle was accepted as a thread");
+    }
+    let mut records = [Record::default(); 1];
+    // SAFETY: a raw call with a kernel address as the buffer: the kernel must refuse it.
+    let raw = unsafe { rt::syscall4(rt::nr::SPACE_ENUMERATE, me.0, KERNEL_ADDRESS, 1, 0) };
+    if rt::decode(raw) != Err(SysError::BadPointer) {
+        return Err("space_enumerate wrote to a kernel address");
+    }
+    let _ = obj::space_enumerate(me, &mut records);
+    obj::close(weak).map_err(|_| "close failed")?;
+    obj::space_destroy(child).map_err(|_| "space_destroy failed")?;
+    Ok(())
+}
+
+const WORKERS: usize = 4;
+const STACK_BYTES: usize = 16 * 1024;
+
+#[repr(C, align(16))]
+struct Stacks([[u8; STACK_BYTES]; WORKERS]);
+static mut STACKS: Stacks = Stacks([[0; STACK_BYTES]; WORKERS]);
+static SUM: AtomicU64 = AtomicU64::new(0);
+
+extern "C" fn worker(arg: u64) -> ! {
+    SUM.fetch_add(arg, Ordering::Relaxed);
+    for _ in 0..arg {
+        obj::yield_now();
+    }
+    rt::exit(arg * 10)
+}
+
+extern "C" fn spinner(_: u64) -> ! {
+    loop {
+        core::hint::spin_loop();
+    }
+}
+
+fn stack_top(i: usize) -> u64 {
+    // SAFETY: only the address is taken; each thread gets its own stack.
+    unsafe { core::ptr::addr_of!(STACKS.0[i]) as u64 + STACK_BYTES as u64 }
+}
+
+fn threads() -> Result<(), &'static str> {
+    let me = obj::self_space();
+    let mut handles = [Handle(0); WORKERS];
+    for (i, h) in handles.iter_mut().enumerate() {
+        *h = obj::thread_create(me, worker, stack_top(i), i as u64 + 1).map_err(|_| "thread_create failed")?;
+    }
+    for (i, h) in handles.iter().enumerate() {
+        if obj::thread_wait(*h, true) != Ok((i as u64 + 1) * 10) {
+            return Err("a worker thread did not exit with its code");
+        }
+        obj::close(*h).map_err(|_| "closing a thread handle failed")?;
+    }
+    if SUM.load(Ordering::Relaxed) != (1..=WORKERS as u64).sum::<u64>() {
+        return Err("the workers' sum is wrong");
+    }
+    let spin = obj::thread_create(me, spinner, stack_top(0), 0).map_err(|_| "thread_create(spinner) failed")?;
+    if obj::thread_wait(spin, false) != Err(SysError::WouldBlock) {
+        return Err("a running thread did not report WouldBlock");
+    }
+    obj::thread_kill(spin).map_err(|_| "thread_kill failed")?;
+    if obj::thread_wait(spin, true) != Err(SysError::Dead) {
+        return Err("a killed thread did not report Dead");
+    }
+    obj::close(spin).map_err(|_| "close failed")?;
+    Ok(())
+}
+
+fn faulting_child_thread() -> Result<(), &'static str> {
+    let before = free_frames()?;
+    let child = obj::space_create(obj::self_space()).map_err(|_| "space_create failed")?;
+    // Nothing is mapped in the new space: the thread faults on its first instruction.
+    let t = obj::thread_create_raw(child, 0x40_0000, 0x7fff_0000, 0).map_err(|_| "thread_create in the child failed")?;
+    if obj::thread_wait(t, true) != Err(SysError::Dead) {
+        return Err("a thread faulting in an empty space was not reported Dead to its parent");
+    }
+    obj::close(t).map_err(|_| "close failed")?;
+    obj::space_destroy(child).map_err(|_| "space_destroy failed")?;
+    if free_frames()? != before {
+        return Err("the child space leaked frames");
+    }
+    Ok(())
 }
 
 #[cfg(not(target_os = "none"))]

@@ -16,6 +16,8 @@
 
 #![no_std]
 
+pub mod object;
+
 use core::arch::asm;
 use core::fmt;
 
@@ -24,6 +26,17 @@ pub mod nr {
     pub const NULL: u64 = 0;
     pub const CONSOLE_WRITE: u64 = 1;
     pub const EXIT: u64 = 2;
+    pub const YIELD: u64 = 3;
+    pub const SYSTEM_INFO: u64 = 4;
+    pub const HANDLE_CLOSE: u64 = 16;
+    pub const HANDLE_DUPLICATE: u64 = 17;
+    pub const HANDLE_INFO: u64 = 18;
+    pub const SPACE_CREATE: u64 = 19;
+    pub const SPACE_DESTROY: u64 = 20;
+    pub const SPACE_ENUMERATE: u64 = 21;
+    pub const THREAD_CREATE: u64 = 22;
+    pub const THREAD_KILL: u64 = 23;
+    pub const THREAD_WAIT: u64 = 24;
 }
 
 /// Longest console write the kernel accepts in one call.
@@ -41,6 +54,20 @@ pub enum SysError {
     BadPointer,
     /// -3: a size argument is out of range.
     BadSize,
+    /// -4: the handle was never issued in this space, or is closed.
+    BadHandle,
+    /// -5: the handle names an object of another type.
+    WrongType,
+    /// -6: the handle lacks a right the call needs.
+    MissingRights,
+    /// -7: not enough memory or handle-table room.
+    NoMemory,
+    /// -8: an argument is out of its documented range.
+    InvalidArgument,
+    /// -9: the object was destroyed (or the thread faulted or was killed).
+    Dead,
+    /// -10: the thread has not exited yet.
+    WouldBlock,
     /// Any other negative value (a kernel newer than this runtime).
     Other(i64),
 }
@@ -52,6 +79,13 @@ impl SysError {
             SysError::NoSuchCall => -1,
             SysError::BadPointer => -2,
             SysError::BadSize => -3,
+            SysError::BadHandle => -4,
+            SysError::WrongType => -5,
+            SysError::MissingRights => -6,
+            SysError::NoMemory => -7,
+            SysError::InvalidArgument => -8,
+            SysError::Dead => -9,
+            SysError::WouldBlock => -10,
             SysError::Other(c) => c,
         }
     }
@@ -64,6 +98,13 @@ pub fn decode(raw: i64) -> Result<u64, SysError> {
         -1 => Err(SysError::NoSuchCall),
         -2 => Err(SysError::BadPointer),
         -3 => Err(SysError::BadSize),
+        -4 => Err(SysError::BadHandle),
+        -5 => Err(SysError::WrongType),
+        -6 => Err(SysError::MissingRights),
+        -7 => Err(SysError::NoMemory),
+        -8 => Err(SysError::InvalidArgument),
+        -9 => Err(SysError::Dead),
+        -10 => Err(SysError::WouldBlock),
         r => Err(SysError::Other(r)),
     }
 }
@@ -104,6 +145,27 @@ pub unsafe fn syscall2(n: u64, a0: u64, a1: u64) -> i64 {
         inlateout("rax") n as i64 => ret,
         in("rdi") a0,
         in("rsi") a1,
+        lateout("rcx") _,
+        lateout("r11") _,
+        options(nostack)
+    );
+    ret
+}
+
+/// System call `n` with four arguments (rdi, rsi, rdx, r10); returns the raw rax.
+///
+/// # Safety
+/// As for [`syscall2`].
+#[inline(always)]
+pub unsafe fn syscall4(n: u64, a0: u64, a1: u64, a2: u64, a3: u64) -> i64 {
+    let ret: i64;
+    asm!(
+        "syscall",
+        inlateout("rax") n as i64 => ret,
+        in("rdi") a0,
+        in("rsi") a1,
+        in("rdx") a2,
+        in("r10") a3,
         lateout("rcx") _,
         lateout("r11") _,
         options(nostack)
@@ -210,13 +272,16 @@ macro_rules! println {
     ($($arg:tt)*) => { $crate::_print(format_args!("{}\n", format_args!($($arg)*))) };
 }
 
-/// Defines the program's entry point `_start`, which calls `$main`
-/// (a `fn() -> i32`) and exits with its result.
+/// Defines the program's entry point `_start`, which records the handle
+/// to the program's own space (passed by the kernel in rdi; see
+/// [`object::self_space`]), calls `$main` (a `fn() -> i32`) and exits with
+/// its result.
 #[macro_export]
 macro_rules! entry {
     ($main:path) => {
         #[no_mangle]
-        pub extern "C" fn _start() -> ! {
+        pub extern "C" fn _start(self_space: u64) -> ! {
+            $crate::object::set_self_space(self_space);
             let main: fn() -> i32 = $main;
             $crate::exit(main() as u64)
         }

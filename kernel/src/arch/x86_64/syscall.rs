@@ -177,34 +177,64 @@ extern "C" fn syscall_dispatch(frame: &mut SyscallFrame) {
         leave_user(UserExit::Fault { vector: 13, error_code: 0, rip: frame.rip, address: 0 });
     }
     frame.rax = crate::syscall::dispatch(frame) as u64;
+    if crate::sched::current().kill_requested() {
+        leave_user(UserExit::Killed);
+    }
+}
+
+/// Checks that `[addr, addr + len)` is mapped user memory in the current
+/// address space (writable too, if `write`).
+fn check_user_range(addr: u64, len: u64, write: bool) -> Result<(), ()> {
+    let end = addr.checked_add(len).ok_or(())?;
+    if end > USER_TOP {
+        return Err(());
+    }
+    let root = cpu::read_cr3() & 0x000f_ffff_ffff_f000;
+    let mut page = addr & !0xfff;
+    while page < end {
+        let entry = super::paging::user_entry(root, page).ok_or(())?;
+        if write && entry & super::paging::WRITABLE == 0 {
+            return Err(());
+        }
+        page += 0x1000;
+    }
+    Ok(())
+}
+
+/// Runs `f` with SMAP's user-access window open.
+fn with_user_access<R>(f: impl FnOnce() -> R) -> R {
+    let smap = super::features().smap;
+    // SAFETY: stac/clac only toggle RFLAGS.AC, which SMAP consults; the
+    // window is closed again before returning.
+    unsafe {
+        if smap {
+            core::arch::asm!("stac", options(nomem, nostack));
+        }
+        let r = f();
+        if smap {
+            core::arch::asm!("clac", options(nomem, nostack));
+        }
+        r
+    }
 }
 
 /// Copies `dst.len()` bytes from user address `src` in the current address
 /// space. Fails (nothing copied) unless every byte is mapped user-readable.
 pub fn copy_from_user(dst: &mut [u8], src: u64) -> Result<(), ()> {
-    let len = dst.len() as u64;
-    let end = src.checked_add(len).ok_or(())?;
-    if end > USER_TOP {
-        return Err(());
-    }
-    let root = cpu::read_cr3() & 0x000f_ffff_ffff_f000;
-    let mut page = src & !0xfff;
-    while page < end {
-        super::paging::user_entry(root, page).ok_or(())?;
-        page += 0x1000;
-    }
-    // SAFETY: every page of [src, end) was just checked to be present and
-    // user-accessible in the current address space, and user memory is only
-    // unmapped by this CPU's own kernel code (no concurrent unmapping yet).
-    // stac/clac open SMAP for the copy alone.
-    unsafe {
-        if super::features().smap {
-            core::arch::asm!("stac", options(nomem, nostack));
-        }
-        core::ptr::copy_nonoverlapping(src as *const u8, dst.as_mut_ptr(), dst.len());
-        if super::features().smap {
-            core::arch::asm!("clac", options(nomem, nostack));
-        }
-    }
+    check_user_range(src, dst.len() as u64, false)?;
+    // SAFETY: every page of the range was just checked to be present and
+    // user-accessible in the current address space; user memory of a running
+    // space is only unmapped by kernel code on this path's own CPU or with
+    // its threads stopped (space destruction), so it stays mapped for the copy.
+    with_user_access(|| unsafe { core::ptr::copy_nonoverlapping(src as *const u8, dst.as_mut_ptr(), dst.len()) });
+    Ok(())
+}
+
+/// Copies `src` to user address `dst` in the current address space. Fails
+/// (nothing copied) unless every byte is mapped user-writable.
+pub fn copy_to_user(dst: u64, src: &[u8]) -> Result<(), ()> {
+    check_user_range(dst, src.len() as u64, true)?;
+    // SAFETY: as in copy_from_user, with the pages checked writable.
+    with_user_access(|| unsafe { core::ptr::copy_nonoverlapping(src.as_ptr(), dst as *mut u8, src.len()) });
     Ok(())
 }

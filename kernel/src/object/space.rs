@@ -1,0 +1,197 @@
+//! Spaces: an address space, a handle table, and a place in the space tree.
+//!
+//! Every space but the root has a parent; destroying a space destroys its
+//! whole subtree — threads killed and joined, handles closed, page tables
+//! and the memory they map returned — so a parent always gets back
+//! everything a child held (hierarchical resource management).
+
+extern crate alloc;
+
+use alloc::sync::{Arc, Weak};
+use alloc::vec::Vec;
+use core::sync::atomic::{AtomicBool, Ordering};
+
+use super::handle::{Handle, HandleError, HandleTable, Rights};
+use crate::arch::x86_64_exports::*;
+use crate::sched::{self, Thread};
+
+/// Most handles one space may hold.
+pub const HANDLE_QUOTA: usize = 4096;
+/// How deep the space tree may grow.
+pub const MAX_DEPTH: u32 = 64;
+
+/// Type codes, as `handle_info` and `space_enumerate` report them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(u32)]
+pub enum ObjectType {
+    Space = 1,
+    Thread = 2,
+}
+
+#[derive(Clone)]
+pub enum Object {
+    Space(Arc<Space>),
+    Thread(Arc<Thread>),
+}
+
+impl Object {
+    pub fn object_type(&self) -> ObjectType {
+        match self {
+            Object::Space(_) => ObjectType::Space,
+            Object::Thread(_) => ObjectType::Thread,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SpaceError {
+    Handle(HandleError),
+    WrongType,
+    OutOfMemory,
+    /// The space was destroyed.
+    Dead,
+    /// The tree would be deeper than MAX_DEPTH.
+    TooDeep,
+    /// The operation would destroy the caller's own space or an ancestor.
+    WouldDestroyCaller,
+}
+
+impl From<HandleError> for SpaceError {
+    fn from(e: HandleError) -> Self {
+        SpaceError::Handle(e)
+    }
+}
+
+pub struct Space {
+    root: u64,
+    pub handles: spin::Mutex<HandleTable<Object>>,
+    parent: Weak<Space>,
+    children: spin::Mutex<Vec<Arc<Space>>>,
+    threads: spin::Mutex<Vec<Arc<Thread>>>,
+    depth: u32,
+    dead: AtomicBool,
+}
+
+impl Space {
+    /// A new space with an empty user half; `parent` None makes a root.
+    pub fn new(parent: Option<&Arc<Space>>) -> Result<Arc<Space>, SpaceError> {
+        let depth = parent.map_or(0, |p| p.depth + 1);
+        if depth > MAX_DEPTH {
+            return Err(SpaceError::TooDeep);
+        }
+        if parent.is_some_and(|p| p.is_dead()) {
+            return Err(SpaceError::Dead);
+        }
+        let root = paging::new_user_root().map_err(|_| SpaceError::OutOfMemory)?;
+        let space = Arc::new(Space {
+            root,
+            handles: spin::Mutex::new(HandleTable::new(HANDLE_QUOTA)),
+            parent: parent.map(Arc::downgrade).unwrap_or_default(),
+            children: spin::Mutex::new(Vec::new()),
+            threads: spin::Mutex::new(Vec::new()),
+            depth,
+            dead: AtomicBool::new(false),
+        });
+        if let Some(p) = parent {
+            cpu::without_interrupts(|| p.children.lock().push(space.clone()));
+        }
+        Ok(space)
+    }
+
+    pub fn page_table_root(&self) -> u64 {
+        self.root
+    }
+
+    pub fn is_dead(&self) -> bool {
+        self.dead.load(Ordering::Acquire)
+    }
+
+    /// True if `self` is `other` or one of its ancestors.
+    pub fn is_ancestor_of(self: &Arc<Space>, other: &Arc<Space>) -> bool {
+        let mut cur = Some(other.clone());
+        while let Some(s) = cur {
+            if Arc::ptr_eq(&s, self) {
+                return true;
+            }
+            cur = s.parent.upgrade();
+        }
+        false
+    }
+
+    pub fn insert(&self, object: Object, rights: Rights) -> Result<Handle, SpaceError> {
+        if self.is_dead() {
+            return Err(SpaceError::Dead);
+        }
+        Ok(cpu::without_interrupts(|| self.handles.lock().insert(object, rights))?)
+    }
+
+    pub fn lookup(&self, h: Handle, needed: Rights) -> Result<Object, SpaceError> {
+        Ok(cpu::without_interrupts(|| self.handles.lock().get(h, needed).cloned())?)
+    }
+
+    pub fn lookup_space(&self, h: Handle, needed: Rights) -> Result<Arc<Space>, SpaceError> {
+        match self.lookup(h, needed)? {
+            Object::Space(s) => Ok(s),
+            _ => Err(SpaceError::WrongType),
+        }
+    }
+
+    pub fn lookup_thread(&self, h: Handle, needed: Rights) -> Result<Arc<Thread>, SpaceError> {
+        match self.lookup(h, needed)? {
+            Object::Thread(t) => Ok(t),
+            _ => Err(SpaceError::WrongType),
+        }
+    }
+
+    /// Starts a user thread in this space.
+    pub fn spawn_thread(self: &Arc<Space>, rip: u64, rsp: u64, arg: u64) -> Result<Arc<Thread>, sched::SchedError> {
+        if self.is_dead() {
+            return Err(sched::SchedError::NoAllowedCpu);
+        }
+        let t = sched::spawn_user_in("user", self.clone(), (rip, rsp, arg), sched::USER_PRIORITY, 0)?;
+        cpu::without_interrupts(|| self.threads.lock().push(t.clone()));
+        Ok(t)
+    }
+
+    pub fn children(&self) -> Vec<Arc<Space>> {
+        cpu::without_interrupts(|| self.children.lock().clone())
+    }
+
+    /// Destroys this space and its subtree: marks every space dead, kills
+    /// every thread, waits for them, then frees handles, page tables and the
+    /// memory they map. The caller must not run in the subtree.
+    pub fn destroy(self: &Arc<Space>) {
+        let mut subtree = Vec::new();
+        self.collect_subtree(&mut subtree);
+        for s in &subtree {
+            s.dead.store(true, Ordering::Release);
+        }
+        let threads: Vec<Arc<Thread>> =
+            subtree.iter().flat_map(|s| cpu::without_interrupts(|| core::mem::take(&mut *s.threads.lock()))).collect();
+        for t in &threads {
+            sched::kill(t);
+        }
+        for t in &threads {
+            sched::join(t);
+        }
+        drop(threads);
+        sched::reap();
+        // Children first, so no handle table keeps a parent alive.
+        for s in subtree.iter().rev() {
+            let table = cpu::without_interrupts(|| core::mem::replace(&mut *s.handles.lock(), HandleTable::new(0)));
+            drop(table);
+            cpu::without_interrupts(|| s.children.lock().clear());
+            paging::destroy_user_root(s.root);
+        }
+        if let Some(p) = self.parent.upgrade() {
+            cpu::without_interrupts(|| p.children.lock().retain(|c| !Arc::ptr_eq(c, self)));
+        }
+    }
+
+    fn collect_subtree(self: &Arc<Space>, out: &mut Vec<Arc<Space>>) {
+        out.push(self.clone());
+        for c in self.children() {
+            c.collect_subtree(out);
+        }
+    }
+}

@@ -1,0 +1,137 @@
+//! Kernel objects through handles: spaces, threads, and the handle table.
+//!
+//! A [`Handle`] is a number meaningful only in this program's space. Each
+//! carries [`rights`]; calls that need a right the handle lacks fail with
+//! `MissingRights`. See kernel/ABI.md for the calls.
+
+use core::sync::atomic::{AtomicU64, Ordering};
+
+use crate::{decode, nr, syscall0, syscall1, syscall2, syscall4, SysError};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Handle(pub u64);
+
+/// Right bits (kernel/src/object/handle.rs).
+pub mod rights {
+    pub const GET_STATE: u32 = 1 << 0;
+    pub const SET_STATE: u32 = 1 << 1;
+    pub const DESTROY: u32 = 1 << 2;
+    pub const TRANSFER: u32 = 1 << 3;
+    pub const DUPLICATE: u32 = 1 << 4;
+    pub const SEND: u32 = 1 << 5;
+    pub const RECEIVE: u32 = 1 << 6;
+    pub const MAP_READ: u32 = 1 << 7;
+    pub const MAP_WRITE: u32 = 1 << 8;
+    pub const MAP_EXECUTE: u32 = 1 << 9;
+    pub const CREATE: u32 = 1 << 10;
+    pub const ALL: u32 = (1 << 11) - 1;
+}
+
+/// Object type codes.
+pub mod types {
+    pub const SPACE: u32 = 1;
+    pub const THREAD: u32 = 2;
+}
+
+static SELF_SPACE: AtomicU64 = AtomicU64::new(0);
+
+#[doc(hidden)]
+pub fn set_self_space(raw: u64) {
+    SELF_SPACE.store(raw, Ordering::Relaxed);
+}
+
+/// The handle to this program's own space (every right but DESTROY).
+pub fn self_space() -> Handle {
+    Handle(SELF_SPACE.load(Ordering::Relaxed))
+}
+
+pub fn close(h: Handle) -> Result<(), SysError> {
+    // SAFETY: closing a handle has no effect on this program's memory.
+    decode(unsafe { syscall1(nr::HANDLE_CLOSE, h.0) }).map(|_| ())
+}
+
+/// A second handle to the same object with `rights` (a subset; needs DUPLICATE).
+pub fn duplicate(h: Handle, rights: u32) -> Result<Handle, SysError> {
+    // SAFETY: no memory arguments.
+    decode(unsafe { syscall2(nr::HANDLE_DUPLICATE, h.0, rights as u64) }).map(Handle)
+}
+
+/// (type code, rights) of a handle.
+pub fn info(h: Handle) -> Result<(u32, u32), SysError> {
+    // SAFETY: no memory arguments.
+    decode(unsafe { syscall1(nr::HANDLE_INFO, h.0) }).map(|v| ((v & 0xff) as u32, (v >> 8) as u32))
+}
+
+/// A new child of `parent` (needs CREATE on it).
+pub fn space_create(parent: Handle) -> Result<Handle, SysError> {
+    // SAFETY: no memory arguments.
+    decode(unsafe { syscall1(nr::SPACE_CREATE, parent.0) }).map(Handle)
+}
+
+/// Destroys a space and its whole subtree (needs DESTROY); closes `h`.
+pub fn space_destroy(h: Handle) -> Result<(), SysError> {
+    // SAFETY: the target subtree cannot contain this program's space (the kernel refuses).
+    decode(unsafe { syscall1(nr::SPACE_DESTROY, h.0) }).map(|_| ())
+}
+
+/// One entry of a space's handle table.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[repr(C)]
+pub struct Record {
+    pub handle: u64,
+    pub object_type: u32,
+    pub rights: u32,
+}
+
+/// Fills `out` with the handle table of `space` (needs GET_STATE); returns
+/// how many handles it holds in all.
+pub fn space_enumerate(space: Handle, out: &mut [Record]) -> Result<usize, SysError> {
+    // SAFETY: the kernel writes at most out.len() 16-byte records into `out`.
+    decode(unsafe { syscall4(nr::SPACE_ENUMERATE, space.0, out.as_mut_ptr() as u64, out.len() as u64, 0) })
+        .map(|n| n as usize)
+}
+
+/// Starts a thread in `space` (needs CREATE) at `entry` with `arg` in rdi
+/// on the stack ending at `stack_top`.
+pub fn thread_create(space: Handle, entry: extern "C" fn(u64) -> !, stack_top: u64, arg: u64) -> Result<Handle, SysError> {
+    thread_create_raw(space, entry as usize as u64, stack_top, arg)
+}
+
+/// `thread_create` with an arbitrary entry address (for other spaces).
+pub fn thread_create_raw(space: Handle, rip: u64, stack_top: u64, arg: u64) -> Result<Handle, SysError> {
+    // SAFETY: the new thread runs code the caller chose; the kernel checks the addresses are user addresses.
+    decode(unsafe { syscall4(nr::THREAD_CREATE, space.0, rip, stack_top, arg) }).map(Handle)
+}
+
+/// Asks a thread to end (needs DESTROY).
+pub fn thread_kill(h: Handle) -> Result<(), SysError> {
+    // SAFETY: no memory arguments.
+    decode(unsafe { syscall1(nr::THREAD_KILL, h.0) }).map(|_| ())
+}
+
+/// The exit code of a thread; `Dead` if it faulted or was killed,
+/// `WouldBlock` if it still runs and `block` is false.
+pub fn thread_wait(h: Handle, block: bool) -> Result<u64, SysError> {
+    // SAFETY: no memory arguments.
+    decode(unsafe { syscall2(nr::THREAD_WAIT, h.0, block as u64) })
+}
+
+/// Gives the CPU to another ready thread.
+pub fn yield_now() {
+    // SAFETY: no effect on this program's memory.
+    unsafe { syscall0(nr::YIELD) };
+}
+
+#[derive(Debug, Clone, Copy, Default)]
+pub struct SystemInfo {
+    pub managed_frames: u64,
+    pub free_frames: u64,
+    pub cpus: u64,
+}
+
+pub fn system_info() -> Result<SystemInfo, SysError> {
+    let mut raw = [0u64; 3];
+    // SAFETY: the kernel writes 24 bytes into `raw`.
+    decode(unsafe { syscall2(nr::SYSTEM_INFO, raw.as_mut_ptr() as u64, 24) })?;
+    Ok(SystemInfo { managed_frames: raw[0], free_frames: raw[1], cpus: raw[2] })
+}
