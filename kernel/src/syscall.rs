@@ -34,6 +34,12 @@ pub const SYS_SPACE_ENUMERATE: u64 = 21;
 pub const SYS_THREAD_CREATE: u64 = 22;
 pub const SYS_THREAD_KILL: u64 = 23;
 pub const SYS_THREAD_WAIT: u64 = 24;
+pub const SYS_MUTEX_CREATE: u64 = 25;
+pub const SYS_MUTEX_WAIT: u64 = 26;
+pub const SYS_MUTEX_WAKE: u64 = 27;
+pub const SYS_COND_CREATE: u64 = 28;
+pub const SYS_COND_WAIT: u64 = 29;
+pub const SYS_COND_WAKE: u64 = 30;
 
 /// Longest console write accepted in one call.
 pub const CONSOLE_WRITE_MAX: u64 = 256;
@@ -122,6 +128,12 @@ pub fn dispatch(frame: &mut SyscallFrame) -> i64 {
         SYS_THREAD_CREATE => thread_create(a0, a1, a2, a3),
         SYS_THREAD_KILL => thread_kill(a0),
         SYS_THREAD_WAIT => thread_wait(a0, a1),
+        SYS_MUTEX_CREATE => waitqueue_create(false),
+        SYS_COND_CREATE => waitqueue_create(true),
+        SYS_MUTEX_WAIT => waitqueue_wait(false, a0, a1, a2),
+        SYS_COND_WAIT => waitqueue_wait(true, a0, a1, a2),
+        SYS_MUTEX_WAKE => waitqueue_wake(false, a0, a1),
+        SYS_COND_WAKE => waitqueue_wake(true, a0, a1),
         _ => Err(SysError::NoSuchCall),
     };
     match result {
@@ -281,9 +293,10 @@ fn thread_wait(h: u64, block: u64) -> SysResult {
         0 => t.exit_reason().ok_or(SysError::WouldBlock)?,
         1 => {
             crate::arch::cpu::enable_interrupts();
-            let r = sched::join(&t);
+            let r = sched::join_unless_killed(&t, true);
             crate::arch::cpu::disable_interrupts();
-            r
+            // A kill ends the wait; the thread exits on its way out.
+            r.ok_or(SysError::Dead)?
         }
         _ => return Err(SysError::InvalidArgument),
     };
@@ -291,4 +304,48 @@ fn thread_wait(h: u64, block: u64) -> SysResult {
         UserExit::Exited(code) => Ok((code & (i64::MAX as u64)) as i64),
         _ => Err(SysError::Dead),
     }
+}
+
+/// `mutex_create()` / `cond_create()`: a new wait object in the caller's space.
+fn waitqueue_create(cond: bool) -> SysResult {
+    let me = caller()?;
+    let q = alloc::sync::Arc::new(sched::WaitQueue::new());
+    let object = if cond { Object::Cond(q) } else { Object::Mutex(q) };
+    Ok(me.insert(object, Rights::ALL)?.raw() as i64)
+}
+
+/// `mutex_wait(m, addr, expected)` / `cond_wait(c, addr, expected)`: blocks
+/// while the aligned u32 at `addr` (the user half of the lock or condition)
+/// equals `expected`, checked atomically with respect to `*_wake`. Returns 0
+/// after a wake-up (possibly spurious), `WouldBlock` if the word differed.
+fn waitqueue_wait(cond: bool, h: u64, addr: u64, expected: u64) -> SysResult {
+    if addr % 4 != 0 {
+        return Err(SysError::BadPointer);
+    }
+    let expected = u32::try_from(expected).map_err(|_| SysError::InvalidArgument)?;
+    let me = caller()?;
+    let q = me.lookup_waitqueue(Handle::from_raw(h), cond)?;
+    let mut word = [0u8; 4];
+    copy_from_user(&mut word, addr).map_err(|()| SysError::BadPointer)?;
+    let mut fault = false;
+    let blocked = q.wait_if(|| {
+        // Re-read under the queue lock: a waker changes the word before waking.
+        if copy_from_user(&mut word, addr).is_err() {
+            fault = true;
+            return false;
+        }
+        u32::from_le_bytes(word) == expected
+    });
+    if fault {
+        return Err(SysError::BadPointer);
+    }
+    if blocked { Ok(0) } else { Err(SysError::WouldBlock) }
+}
+
+/// `mutex_wake(m, count)` / `cond_wake(c, count)`: wakes up to `count`
+/// waiters; returns how many were woken.
+fn waitqueue_wake(cond: bool, h: u64, count: u64) -> SysResult {
+    let me = caller()?;
+    let q = me.lookup_waitqueue(Handle::from_raw(h), cond)?;
+    Ok(q.wake(count.min(i64::MAX as u64) as usize) as i64)
 }

@@ -26,12 +26,18 @@ pub const MAX_DEPTH: u32 = 64;
 pub enum ObjectType {
     Space = 1,
     Thread = 2,
+    Mutex = 7,
+    Cond = 8,
 }
 
 #[derive(Clone)]
 pub enum Object {
     Space(Arc<Space>),
     Thread(Arc<Thread>),
+    /// The kernel half of a user-level mutex: where contended lockers wait.
+    Mutex(Arc<sched::WaitQueue>),
+    /// The kernel half of a user-level condition variable.
+    Cond(Arc<sched::WaitQueue>),
 }
 
 impl Object {
@@ -39,6 +45,8 @@ impl Object {
         match self {
             Object::Space(_) => ObjectType::Space,
             Object::Thread(_) => ObjectType::Thread,
+            Object::Mutex(_) => ObjectType::Mutex,
+            Object::Cond(_) => ObjectType::Cond,
         }
     }
 }
@@ -132,6 +140,14 @@ impl Space {
     pub fn lookup_space(&self, h: Handle, needed: Rights) -> Result<Arc<Space>, SpaceError> {
         match self.lookup(h, needed)? {
             Object::Space(s) => Ok(s),
+            _ => Err(SpaceError::WrongType),
+        }
+    }
+
+    /// The wait queue behind a Mutex (`want_cond` false) or Cond handle.
+    pub fn lookup_waitqueue(&self, h: Handle, want_cond: bool) -> Result<Arc<sched::WaitQueue>, SpaceError> {
+        match (self.lookup(h, Rights::NONE)?, want_cond) {
+            (Object::Mutex(q), false) | (Object::Cond(q), true) => Ok(q),
             _ => Err(SpaceError::WrongType),
         }
     }

@@ -362,6 +362,15 @@ pub extern "C" fn thread_start(thread: u64, _: u64) -> ! {
     }
 }
 
+/// The allowed CPU with the fewest queued threads (new threads start there).
+fn least_loaded(affinity: u64) -> usize {
+    let allowed = affinity & all_cpus();
+    (0..percpu::MAX_CPUS)
+        .filter(|c| allowed & (1 << c) != 0)
+        .min_by_key(|&c| cpu::without_interrupts(|| CPUS[c].queue.lock().len()))
+        .unwrap_or(percpu::this_cpu_index())
+}
+
 fn all_cpus() -> u64 {
     READY_CPUS.load(Ordering::Acquire)
 }
@@ -414,6 +423,7 @@ pub fn spawn_user_in(
         return Err(SchedError::NoAllowedCpu);
     }
     let mut t = Thread::new(name, Body::User { rip, rsp, arg }, space.page_table_root(), priority, affinity)?;
+    t.cpu.store(least_loaded(affinity), Ordering::Relaxed);
     // Nothing else holds the new thread yet.
     if let Some(inner) = Arc::get_mut(&mut t) {
         inner.space = Arc::downgrade(&space);
@@ -458,7 +468,16 @@ pub fn exit_current(reason: UserExit) -> ! {
 
 /// Waits until `t` has exited and is off every CPU; returns its exit reason.
 pub fn join(t: &Arc<Thread>) -> UserExit {
+    join_unless_killed(t, false).expect("an uninterruptible join returned early")
+}
+
+/// Like `join`, but gives up (None) if the calling thread is killed while
+/// it waits (with `interruptible`).
+pub fn join_unless_killed(t: &Arc<Thread>, interruptible: bool) -> Option<UserExit> {
     loop {
+        if interruptible && current().kill_requested() {
+            return None;
+        }
         let was = cpu::interrupts_enabled();
         cpu::disable_interrupts();
         let done = {
@@ -486,7 +505,67 @@ pub fn join(t: &Arc<Thread>) -> UserExit {
         cpu::pause();
     }
     let reason = t.exit.lock().reason.expect("exited thread without a reason");
-    reason
+    Some(reason)
+}
+
+/// A queue of threads blocked in the kernel, woken by another thread.
+pub struct WaitQueue {
+    waiters: spin::Mutex<Vec<Arc<Thread>>>,
+}
+
+impl Default for WaitQueue {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl WaitQueue {
+    pub const fn new() -> Self {
+        WaitQueue { waiters: spin::Mutex::new(Vec::new()) }
+    }
+
+    /// Blocks the current thread if `still_wanted()` holds, evaluated under
+    /// the queue's lock (so a waker that changes the condition and then
+    /// calls `wake` cannot be missed). Returns false without blocking if
+    /// the condition no longer held. May return after a spurious wake-up.
+    pub fn wait_if(&self, still_wanted: impl FnOnce() -> bool) -> bool {
+        let was = cpu::interrupts_enabled();
+        cpu::disable_interrupts();
+        let blocked = {
+            let mut w = self.waiters.lock();
+            if still_wanted() {
+                let me = current();
+                me.state.store(BLOCKED, Ordering::Release);
+                w.push(me);
+                true
+            } else {
+                false
+            }
+        };
+        if blocked {
+            schedule();
+            // Leave the queue if a kill (not a `wake`) ended the wait.
+            let me = current();
+            cpu::without_interrupts(|| self.waiters.lock().retain(|t| !Arc::ptr_eq(t, &me)));
+        }
+        if was {
+            cpu::enable_interrupts();
+        }
+        blocked
+    }
+
+    /// Wakes up to `count` waiters, oldest first; returns how many.
+    pub fn wake(&self, count: usize) -> usize {
+        let woken: Vec<Arc<Thread>> = cpu::without_interrupts(|| {
+            let mut w = self.waiters.lock();
+            let n = count.min(w.len());
+            w.drain(..n).collect()
+        });
+        for t in &woken {
+            wake(t);
+        }
+        woken.len()
+    }
 }
 
 /// Blocks the current thread for at least `ticks` timer ticks.
@@ -501,9 +580,12 @@ pub fn sleep_ticks(ticks: u64) {
     });
 }
 
-/// Asks a thread to exit at its next entry into the kernel.
+/// Asks a thread to exit at its next entry into the kernel. A thread
+/// blocked in a system call is woken (every blocking call tolerates
+/// spurious wake-ups and checks for a kill on its way out).
 pub fn kill(t: &Arc<Thread>) {
     t.kill_requested.store(true, Ordering::Release);
+    wake(t);
     let cpu = t.cpu();
     if cpu != percpu::this_cpu_index() {
         smp::send_reschedule(cpu);

@@ -28,7 +28,7 @@ type Check = fn() -> Result<(), &'static str>;
 
 fn init_main() -> i32 {
     println!("init: hello from the root program");
-    let checks: [(&str, Check); 11] = [
+    let checks: [(&str, Check); 13] = [
         ("data and bss", data_and_bss),
         ("null call", null_call),
         ("console write", console_write),
@@ -40,6 +40,8 @@ fn init_main() -> i32 {
         ("handle errors", handle_errors),
         ("threads", threads),
         ("faulting child thread", faulting_child_thread),
+        ("mutex under contention", mutex_contention),
+        ("condition variable", condition_variable),
     ];
     for (i, (name, check)) in checks.iter().enumerate() {
         if let Err(why) = check() {
@@ -250,6 +252,113 @@ fn faulting_child_thread() -> Result<(), &'static str> {
     obj::space_destroy(child).map_err(|_| "space_destroy failed")?;
     if free_frames()? != before {
         return Err("the child space leaked frames");
+    }
+    Ok(())
+}
+
+const ROUNDS: u64 = 3000;
+
+struct Shared {
+    mutex: Option<rt::sync::Mutex<u64>>,
+    cond: Option<rt::sync::Cond>,
+}
+
+struct SharedCell(core::cell::UnsafeCell<Shared>);
+// SAFETY: written only by the main thread before it starts the workers.
+unsafe impl Sync for SharedCell {}
+static SHARED: SharedCell = SharedCell(core::cell::UnsafeCell::new(Shared { mutex: None, cond: None }));
+
+fn shared() -> &'static Shared {
+    // SAFETY: see SharedCell.
+    unsafe { &*SHARED.0.get() }
+}
+
+extern "C" fn contender(_: u64) -> ! {
+    let m = shared().mutex.as_ref().expect("mutex set up");
+    for _ in 0..ROUNDS {
+        let mut g = m.lock();
+        // A non-atomic read-modify-write with a yield in the middle: lost
+        // updates would show if two threads held the lock at once.
+        let v = *g;
+        if v % 64 == 0 {
+            obj::yield_now();
+        }
+        *g = v + 1;
+    }
+    rt::exit(0)
+}
+
+fn run_workers(entry: extern "C" fn(u64) -> !, n: usize) -> Result<(), &'static str> {
+    let mut handles = [Handle(0); WORKERS];
+    for (i, h) in handles.iter_mut().enumerate().take(n) {
+        *h = obj::thread_create(obj::self_space(), entry, stack_top(i), i as u64).map_err(|_| "thread_create failed")?;
+    }
+    for h in handles.iter().take(n) {
+        if obj::thread_wait(*h, true) != Ok(0) {
+            return Err("a worker did not exit cleanly");
+        }
+        let _ = obj::close(*h);
+    }
+    Ok(())
+}
+
+fn mutex_contention() -> Result<(), &'static str> {
+    // SAFETY: no worker runs yet (see SharedCell).
+    unsafe { (*SHARED.0.get()).mutex = Some(rt::sync::Mutex::new(0).map_err(|_| "mutex_create failed")?) };
+    run_workers(contender, WORKERS)?;
+    let total = *shared().mutex.as_ref().ok_or("no mutex")?.lock();
+    if total != ROUNDS * WORKERS as u64 {
+        println!("init: counter {total}, expected {}", ROUNDS * WORKERS as u64);
+        return Err("updates under the mutex were lost");
+    }
+    Ok(())
+}
+
+static TAKEN: AtomicU64 = AtomicU64::new(0);
+
+/// Consumers wait on the condition until an item is available.
+extern "C" fn consumer(_: u64) -> ! {
+    let s = shared();
+    let (m, c) = (s.mutex.as_ref().expect("mutex"), s.cond.as_ref().expect("cond"));
+    for _ in 0..ROUNDS / 10 {
+        let mut g = m.lock();
+        while *g == 0 {
+            g = c.wait(g);
+        }
+        *g -= 1;
+        TAKEN.fetch_add(1, Ordering::Relaxed);
+    }
+    rt::exit(0)
+}
+
+fn condition_variable() -> Result<(), &'static str> {
+    // SAFETY: no worker runs yet (see SharedCell).
+    unsafe {
+        (*SHARED.0.get()).mutex = Some(rt::sync::Mutex::new(0).map_err(|_| "mutex_create failed")?);
+        (*SHARED.0.get()).cond = Some(rt::sync::Cond::new().map_err(|_| "cond_create failed")?);
+    }
+    let consumers = WORKERS - 1;
+    let mut handles = [Handle(0); WORKERS];
+    for (i, h) in handles.iter_mut().enumerate().take(consumers) {
+        *h = obj::thread_create(obj::self_space(), consumer, stack_top(i), 0).map_err(|_| "thread_create failed")?;
+    }
+    let s = shared();
+    let (m, c) = (s.mutex.as_ref().ok_or("mutex")?, s.cond.as_ref().ok_or("cond")?);
+    for i in 0..(ROUNDS / 10) * consumers as u64 {
+        *m.lock() += 1;
+        if i % 3 == 0 { c.notify_all() } else { c.notify_one() }
+        if i % 16 == 0 {
+            obj::yield_now();
+        }
+    }
+    for h in handles.iter().take(consumers) {
+        if obj::thread_wait(*h, true) != Ok(0) {
+            return Err("a consumer did not finish (lost wake-up?)");
+        }
+        let _ = obj::close(*h);
+    }
+    if TAKEN.load(Ordering::Relaxed) != (ROUNDS / 10) * consumers as u64 || *m.lock() != 0 {
+        return Err("produced and consumed counts differ");
     }
     Ok(())
 }

@@ -17,6 +17,7 @@
 #![no_std]
 
 pub mod object;
+pub mod sync;
 
 use core::arch::asm;
 use core::fmt;
@@ -37,6 +38,12 @@ pub mod nr {
     pub const THREAD_CREATE: u64 = 22;
     pub const THREAD_KILL: u64 = 23;
     pub const THREAD_WAIT: u64 = 24;
+    pub const MUTEX_CREATE: u64 = 25;
+    pub const MUTEX_WAIT: u64 = 26;
+    pub const MUTEX_WAKE: u64 = 27;
+    pub const COND_CREATE: u64 = 28;
+    pub const COND_WAIT: u64 = 29;
+    pub const COND_WAKE: u64 = 30;
 }
 
 /// Longest console write the kernel accepts in one call.
