@@ -189,7 +189,6 @@ impl Doorbell {
     }
 }
 
-#[cfg(not(loom))]
 impl Default for Doorbell {
     fn default() -> Self {
         Self::new()

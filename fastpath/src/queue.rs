@@ -276,7 +276,6 @@ impl<T, const N: usize> PortQueue<T, N> {
     }
 }
 
-#[cfg(not(loom))]
 impl<T, const N: usize> Default for PortQueue<T, N> {
     fn default() -> Self {
         Self::new()

@@ -33,7 +33,7 @@ fn check<const N: usize>(ops: &[Op]) -> Result<(), TestCaseError> {
     let q: PortQueue<u32, N> = PortQueue::new();
     let mut model: VecDeque<u32> = VecDeque::with_capacity(N);
     let mut next = 0u32;
-    let mut push = |q: &PortQueue<u32, N>, model: &mut VecDeque<u32>, v: u32| -> Result<bool, TestCaseError> {
+    let push = |q: &PortQueue<u32, N>, model: &mut VecDeque<u32>, v: u32| -> Result<bool, TestCaseError> {
         let r = q.try_push(v);
         if model.len() < N {
             prop_assert_eq!(r, Ok(()));

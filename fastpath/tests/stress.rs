@@ -33,7 +33,7 @@ fn run<const N: usize>(producers: usize, consumers: usize, per_producer: usize) 
                         assert_eq!(back, msg(p, i), "full queue returned another value");
                         m = back;
                         spins += 1;
-                        if spins % 64 == 0 {
+                        if spins.is_multiple_of(64) {
                             thread::yield_now();
                         }
                     }
@@ -59,7 +59,7 @@ fn run<const N: usize>(producers: usize, consumers: usize, per_producer: usize) 
                             None if done.load(Ordering::Relaxed) => break,
                             None => {
                                 idle += 1;
-                                if idle % 64 == 0 {
+                                if idle.is_multiple_of(64) {
                                     thread::yield_now();
                                 }
                             }
