@@ -1,7 +1,7 @@
 //! The kernel command line: `key=value` words separated by spaces.
 //!
 //! Known keys: `log=error|warn|info|debug|trace`,
-//! `test=all|panic|stack_overflow|<case>,<case>`,
+//! `test=all|panic|stack_overflow|bench|<case>,<case>`, `fastpath=on|off`,
 //! `exit=qemu`. Unknown words are kept and reported, never fatal.
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -21,6 +21,8 @@ pub enum TestSelection<'a> {
     Panic,
     /// The kernel-stack-overflow scenario (must end in a guard-page report).
     StackOverflow,
+    /// Run the root program's benchmarks (`test=bench`) instead of tests.
+    Bench,
     /// A comma-separated list of case names.
     Only(&'a str),
 }
@@ -30,13 +32,16 @@ pub struct KernelArgs<'a> {
     pub log_level: LogLevel,
     pub test: TestSelection<'a>,
     pub exit_qemu: bool,
+    /// `fastpath=off` routes IPC wake-ups through the run queue (for comparison).
+    pub fastpath: bool,
     /// The first word the parser did not understand, for a warning.
     pub first_unknown: Option<&'a str>,
 }
 
 impl<'a> KernelArgs<'a> {
     pub fn parse(line: &'a str) -> Self {
-        let mut args = KernelArgs { log_level: LogLevel::Info, test: TestSelection::None, exit_qemu: false, first_unknown: None };
+        let mut args =
+            KernelArgs { log_level: LogLevel::Info, test: TestSelection::None, exit_qemu: false, fastpath: true, first_unknown: None };
         for word in line.split_ascii_whitespace() {
             let (key, value) = word.split_once('=').unwrap_or((word, ""));
             let understood = match key {
@@ -56,9 +61,14 @@ impl<'a> KernelArgs<'a> {
                         "all" => TestSelection::All,
                         "panic" => TestSelection::Panic,
                         "stack_overflow" => TestSelection::StackOverflow,
+                        "bench" => TestSelection::Bench,
                         list => TestSelection::Only(list),
                     };
                     true
+                }
+                "fastpath" => {
+                    args.fastpath = value != "off";
+                    value == "on" || value == "off"
                 }
                 "exit" => {
                     args.exit_qemu = value == "qemu";
@@ -78,7 +88,7 @@ impl<'a> KernelArgs<'a> {
         match self.test {
             TestSelection::All => true,
             TestSelection::Only(list) => list.split(',').any(|n| n == name),
-            TestSelection::None | TestSelection::Panic | TestSelection::StackOverflow => false,
+            TestSelection::None | TestSelection::Panic | TestSelection::StackOverflow | TestSelection::Bench => false,
         }
     }
 }

@@ -616,3 +616,25 @@ fn root_program() -> CaseResult {
     );
     Ok(())
 }
+
+/// `test=bench`: runs the root program in benchmark mode; it prints one JSON
+/// object per benchmark (`{"bench": ...}`) and exits 0.
+pub fn run_root_benchmarks(args: &KernelArgs) -> bool {
+    let Some(m) = crate::boot_init_module() else {
+        log::error!("bench: no init module");
+        return false;
+    };
+    // SAFETY: boot modules stay in RAM the frame allocator never hands out.
+    let image = unsafe { core::slice::from_raw_parts(paging::phys_to_virt(m.start) as *const u8, (m.end - m.start) as usize) };
+    let flags = 1 | if args.fastpath { 0 } else { 2 };
+    match crate::loader::run_with_flags(image, flags) {
+        Ok(UserExit::Exited(0)) => {
+            print_line(format_args!("BENCH done"));
+            true
+        }
+        other => {
+            log::error!("bench: the root program ended with {other:?}");
+            false
+        }
+    }
+}

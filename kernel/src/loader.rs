@@ -219,6 +219,12 @@ mod bare {
     /// image and a stack. Runs its first thread until it exits or faults,
     /// then destroys the space with everything the program created.
     pub fn run(data: &[u8]) -> Result<UserExit, LoadError> {
+        run_with_flags(data, 0)
+    }
+
+    /// `run` with start flags for the program in rsi (bit 0: run benchmarks;
+    /// bit 1: the IPC fast path is off).
+    pub fn run_with_flags(data: &[u8], flags: u64) -> Result<UserExit, LoadError> {
         let image = parse(data)?;
         let space = Space::new(None).map_err(|_| LoadError::OutOfMemory)?;
         if let Err(e) = populate(space.page_table_root(), data, &image) {
@@ -229,7 +235,7 @@ mod bare {
         let started = space
             .insert(Object::Space(space.clone()), own_rights)
             .map_err(|_| LoadError::OutOfMemory)
-            .and_then(|me| space.spawn_thread(image.entry, USER_STACK_TOP - 8, me.raw()).map_err(|_| LoadError::OutOfMemory));
+            .and_then(|me| space.spawn_thread(image.entry, USER_STACK_TOP - 8, (me.raw(), flags)).map_err(|_| LoadError::OutOfMemory));
         let exit = started.map(|main| {
             let exit = sched::join(&main);
             drop(main);

@@ -30,6 +30,8 @@ mod loader;
 mod panic;
 #[cfg(target_os = "none")]
 mod syscall;
+#[cfg(target_os = "none")]
+mod ipc;
 pub mod sched;
 
 #[cfg(not(target_os = "none"))]
@@ -119,6 +121,7 @@ mod boot {
         let args = args();
         console::set_level(args.log_level);
         panic::EXIT_QEMU_ON_PANIC.store(args.exit_qemu, Ordering::Relaxed);
+        crate::sched::set_direct_handoff(args.fastpath);
         log::info!("Matryoshka {} booting via {}; command line '{}'", env!("CARGO_PKG_VERSION"), info.loader, info.cmdline.as_str());
         if let Some(word) = args.first_unknown {
             log::warn!("cmdline: ignoring '{word}'");
@@ -192,6 +195,13 @@ mod boot {
             }
             TestSelection::Panic => ktest::deliberate_panic_on_last_cpu(),
             TestSelection::StackOverflow => ktest::overflow_stack_on_last_cpu(),
+            TestSelection::Bench => {
+                let ok = ktest::run_root_benchmarks(&args);
+                if args.exit_qemu {
+                    crate::arch::qemu_exit(if ok { 0x10 } else { 0x11 });
+                }
+                crate::sched::exit_current(crate::arch::x86_64::syscall::UserExit::Exited(0))
+            }
             _ => {
                 let failed = ktest::run(&args);
                 if args.exit_qemu {

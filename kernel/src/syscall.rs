@@ -40,6 +40,12 @@ pub const SYS_MUTEX_WAKE: u64 = 27;
 pub const SYS_COND_CREATE: u64 = 28;
 pub const SYS_COND_WAIT: u64 = 29;
 pub const SYS_COND_WAKE: u64 = 30;
+pub const SYS_PORTSET_CREATE: u64 = 31;
+pub const SYS_PORT_CREATE: u64 = 32;
+pub const SYS_IPC_CALL: u64 = 33;
+pub const SYS_IPC_REPLY_WAIT: u64 = 34;
+pub const SYS_THREAD_SET_AFFINITY: u64 = 35;
+pub const SYS_READ_TSC: u64 = 36;
 
 /// Longest console write accepted in one call.
 pub const CONSOLE_WRITE_MAX: u64 = 256;
@@ -134,6 +140,12 @@ pub fn dispatch(frame: &mut SyscallFrame) -> i64 {
         SYS_COND_WAIT => waitqueue_wait(true, a0, a1, a2),
         SYS_MUTEX_WAKE => waitqueue_wake(false, a0, a1),
         SYS_COND_WAKE => waitqueue_wake(true, a0, a1),
+        SYS_PORTSET_CREATE => portset_create(),
+        SYS_PORT_CREATE => port_create(a0, a1),
+        SYS_IPC_CALL => ipc_call(frame),
+        SYS_IPC_REPLY_WAIT => ipc_reply_wait(frame),
+        SYS_THREAD_SET_AFFINITY => thread_set_affinity(a0, a1),
+        SYS_READ_TSC => Ok((crate::arch::cpu::read_tsc() & (i64::MAX as u64)) as i64),
         _ => Err(SysError::NoSuchCall),
     };
     match result {
@@ -266,7 +278,7 @@ fn space_enumerate(h: u64, buf: u64, max: u64) -> SysResult {
 fn thread_create(space: u64, rip: u64, rsp: u64, arg: u64) -> SysResult {
     let me = caller()?;
     let target = me.lookup_space(Handle::from_raw(space), Rights::CREATE)?;
-    let t = target.spawn_thread(rip, rsp, arg)?;
+    let t = target.spawn_thread(rip, rsp, (arg, 0))?;
     match me.insert(Object::Thread(t.clone()), Rights::ALL) {
         Ok(h) => Ok(h.raw() as i64),
         Err(e) => {
@@ -348,4 +360,60 @@ fn waitqueue_wake(cond: bool, h: u64, count: u64) -> SysResult {
     let me = caller()?;
     let q = me.lookup_waitqueue(Handle::from_raw(h), cond)?;
     Ok(q.wake(count.min(i64::MAX as u64) as usize) as i64)
+}
+
+/// `portset_create()`: a new portset; the handle has every right.
+fn portset_create() -> SysResult {
+    let me = caller()?;
+    let ps = alloc::sync::Arc::new(crate::ipc::Portset::new());
+    Ok(me.insert(Object::Portset(ps), Rights::ALL)?.raw() as i64)
+}
+
+/// `port_create(portset, alias)`: a new port delivering to `portset`
+/// (RECEIVE right); servers see `alias` with each request through it.
+fn port_create(portset: u64, alias: u64) -> SysResult {
+    let me = caller()?;
+    let ps = me.lookup_portset(Handle::from_raw(portset), Rights::RECEIVE)?;
+    let port = alloc::sync::Arc::new(crate::ipc::Port { portset: ps, alias });
+    Ok(me.insert(Object::Port(port), Rights::ALL)?.raw() as i64)
+}
+
+fn message_of(f: &SyscallFrame) -> [u64; 6] {
+    [f.rsi, f.rdx, f.r10, f.r8, f.r9, f.r12]
+}
+
+fn set_message(f: &mut SyscallFrame, m: [u64; 6]) {
+    (f.rsi, f.rdx, f.r10, f.r8, f.r9, f.r12) = (m[0], m[1], m[2], m[3], m[4], m[5]);
+}
+
+/// `ipc_call(port)` with the request in rsi, rdx, r10, r8, r9, r12 (SEND
+/// right): returns 0 with the reply in the same registers.
+fn ipc_call(frame: &mut SyscallFrame) -> SysResult {
+    let me = caller()?;
+    let port = me.lookup_port(Handle::from_raw(frame.rdi), Rights::SEND)?;
+    drop(me);
+    let reply = crate::ipc::call(&port, message_of(frame)).map_err(|_| SysError::Dead)?;
+    set_message(frame, reply);
+    Ok(0)
+}
+
+/// `ipc_reply_wait(portset)` with the reply to the current client (if any)
+/// in the message registers (RECEIVE right): returns the alias of the port
+/// the next request came through, with the request in the message registers.
+fn ipc_reply_wait(frame: &mut SyscallFrame) -> SysResult {
+    let me = caller()?;
+    let ps = me.lookup_portset(Handle::from_raw(frame.rdi), Rights::RECEIVE)?;
+    drop(me);
+    let (alias, request) = crate::ipc::reply_wait(&ps, message_of(frame)).map_err(|_| SysError::Dead)?;
+    set_message(frame, request);
+    Ok((alias & (i64::MAX as u64)) as i64)
+}
+
+/// `thread_set_affinity(thread, mask)`: the CPUs (bit per CPU) the thread
+/// may run on (SET_STATE right); it moves at its next switch.
+fn thread_set_affinity(h: u64, mask: u64) -> SysResult {
+    let me = caller()?;
+    let t = me.lookup_thread(Handle::from_raw(h), Rights::SET_STATE)?;
+    sched::set_affinity(&t, mask)?;
+    Ok(0)
 }

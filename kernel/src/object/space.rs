@@ -26,6 +26,8 @@ pub const MAX_DEPTH: u32 = 64;
 pub enum ObjectType {
     Space = 1,
     Thread = 2,
+    Port = 3,
+    Portset = 4,
     Mutex = 7,
     Cond = 8,
 }
@@ -38,6 +40,8 @@ pub enum Object {
     Mutex(Arc<sched::WaitQueue>),
     /// The kernel half of a user-level condition variable.
     Cond(Arc<sched::WaitQueue>),
+    Port(Arc<crate::ipc::Port>),
+    Portset(Arc<crate::ipc::Portset>),
 }
 
 impl Object {
@@ -47,6 +51,8 @@ impl Object {
             Object::Thread(_) => ObjectType::Thread,
             Object::Mutex(_) => ObjectType::Mutex,
             Object::Cond(_) => ObjectType::Cond,
+            Object::Port(_) => ObjectType::Port,
+            Object::Portset(_) => ObjectType::Portset,
         }
     }
 }
@@ -152,6 +158,20 @@ impl Space {
         }
     }
 
+    pub fn lookup_port(&self, h: Handle, needed: Rights) -> Result<Arc<crate::ipc::Port>, SpaceError> {
+        match self.lookup(h, needed)? {
+            Object::Port(p) => Ok(p),
+            _ => Err(SpaceError::WrongType),
+        }
+    }
+
+    pub fn lookup_portset(&self, h: Handle, needed: Rights) -> Result<Arc<crate::ipc::Portset>, SpaceError> {
+        match self.lookup(h, needed)? {
+            Object::Portset(p) => Ok(p),
+            _ => Err(SpaceError::WrongType),
+        }
+    }
+
     pub fn lookup_thread(&self, h: Handle, needed: Rights) -> Result<Arc<Thread>, SpaceError> {
         match self.lookup(h, needed)? {
             Object::Thread(t) => Ok(t),
@@ -160,11 +180,12 @@ impl Space {
     }
 
     /// Starts a user thread in this space.
-    pub fn spawn_thread(self: &Arc<Space>, rip: u64, rsp: u64, arg: u64) -> Result<Arc<Thread>, sched::SchedError> {
+    /// Starts a user thread in this space with `args` in rdi and rsi.
+    pub fn spawn_thread(self: &Arc<Space>, rip: u64, rsp: u64, args: (u64, u64)) -> Result<Arc<Thread>, sched::SchedError> {
         if self.is_dead() {
             return Err(sched::SchedError::NoAllowedCpu);
         }
-        let t = sched::spawn_user_in("user", self.clone(), (rip, rsp, arg), sched::USER_PRIORITY, 0)?;
+        let t = sched::spawn_user_in("user", self.clone(), (rip, rsp, args), sched::USER_PRIORITY, 0)?;
         cpu::without_interrupts(|| self.threads.lock().push(t.clone()));
         Ok(t)
     }

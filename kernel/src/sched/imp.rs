@@ -36,7 +36,7 @@ pub enum SchedError {
 
 enum Body {
     Kernel { entry: fn(usize), arg: usize },
-    User { rip: u64, rsp: u64, arg: u64 },
+    User { rip: u64, rsp: u64, args: (u64, u64) },
     /// A CPU's boot context, adopted as a thread.
     Adopted,
 }
@@ -62,6 +62,23 @@ pub struct Thread {
     /// The space a user thread belongs to (none for kernel threads and the
     /// bare user threads of kernel tests).
     space: Weak<Space>,
+    /// IPC in progress (see crate::ipc).
+    pub ipc: spin::Mutex<IpcSlot>,
+}
+
+/// A thread's IPC state: the message it carries or receives and its partner.
+#[derive(Default)]
+pub struct IpcSlot {
+    /// The message in transit: the request (client) or the request received (server).
+    pub message: [u64; 6],
+    /// The reply a client receives.
+    pub reply: [u64; 6],
+    /// The alias of the port a server's current request came through.
+    pub alias: u64,
+    /// Server: the client to reply to. Client: none.
+    pub partner: Option<Arc<Thread>>,
+    /// Set by the partner once the awaited message is in this slot.
+    pub delivered: bool,
 }
 
 struct ExitSlot {
@@ -104,6 +121,7 @@ impl Thread {
             kill_requested: AtomicBool::new(false),
             exit: spin::Mutex::new(ExitSlot { reason: None, joiners: Vec::new() }),
             space: Weak::new(),
+            ipc: spin::Mutex::new(IpcSlot::default()),
         });
         if !matches!(t.body, Body::Adopted) {
             let rsp = context::prepare_stack(top, Arc::as_ptr(&t) as u64, 0);
@@ -302,6 +320,11 @@ pub fn schedule() {
         let _ = prev.state.compare_exchange(READY, RUNNING, Ordering::AcqRel, Ordering::Acquire);
         return;
     }
+    switch_to(cpu, s, prev, next);
+}
+
+/// Switches this CPU from `prev` (the current thread) to `next`.
+fn switch_to(cpu: usize, s: &'static CpuSched, prev: Arc<Thread>, next: Arc<Thread>) {
     // The thread may still be leaving another CPU (woken or migrated there).
     while next.on_cpu.load(Ordering::Acquire) {
         cpu::pause();
@@ -357,7 +380,7 @@ pub extern "C" fn thread_start(thread: u64, _: u64) -> ! {
             entry(arg);
             exit_current(UserExit::Exited(0))
         }
-        Body::User { rip, rsp, arg } => context::enter_user(rip, rsp, arg),
+        Body::User { rip, rsp, args } => context::enter_user(rip, rsp, args),
         Body::Adopted => unreachable!("adopted threads never start"),
     }
 }
@@ -395,6 +418,7 @@ pub fn spawn_user(
     priority: u8,
     affinity: u64,
 ) -> Result<Arc<Thread>, SchedError> {
+    let args = (arg, 0);
     if rip >= paging::USER_TOP || rsp > paging::USER_TOP || root == 0 {
         return Err(SchedError::BadUserAddress);
     }
@@ -402,7 +426,7 @@ pub fn spawn_user(
     if affinity & all_cpus() == 0 {
         return Err(SchedError::NoAllowedCpu);
     }
-    let t = Thread::new(name, Body::User { rip, rsp, arg }, root, priority, affinity)?;
+    let t = Thread::new(name, Body::User { rip, rsp, args }, root, priority, affinity)?;
     enqueue(t.clone());
     Ok(t)
 }
@@ -411,7 +435,7 @@ pub fn spawn_user(
 pub fn spawn_user_in(
     name: &'static str,
     space: Arc<Space>,
-    (rip, rsp, arg): (u64, u64, u64),
+    (rip, rsp, args): (u64, u64, (u64, u64)),
     priority: u8,
     affinity: u64,
 ) -> Result<Arc<Thread>, SchedError> {
@@ -422,7 +446,7 @@ pub fn spawn_user_in(
     if affinity & all_cpus() == 0 {
         return Err(SchedError::NoAllowedCpu);
     }
-    let mut t = Thread::new(name, Body::User { rip, rsp, arg }, space.page_table_root(), priority, affinity)?;
+    let mut t = Thread::new(name, Body::User { rip, rsp, args }, space.page_table_root(), priority, affinity)?;
     t.cpu.store(least_loaded(affinity), Ordering::Relaxed);
     // Nothing else holds the new thread yet.
     if let Some(inner) = Arc::get_mut(&mut t) {
@@ -430,6 +454,44 @@ pub fn spawn_user_in(
     }
     enqueue(t.clone());
     Ok(t)
+}
+
+static DIRECT_HANDOFF: AtomicBool = AtomicBool::new(true);
+
+/// Turns the IPC direct hand-off off (`fastpath=off` on the command line),
+/// so every IPC wake-up goes through the run queue.
+pub fn set_direct_handoff(enabled: bool) {
+    DIRECT_HANDOFF.store(enabled, Ordering::Relaxed);
+}
+
+pub fn direct_handoff_enabled() -> bool {
+    DIRECT_HANDOFF.load(Ordering::Relaxed)
+}
+
+/// The current thread, already marked blocked, gives the CPU straight to
+/// `next` (blocked, waiting for it): no run queue, no scheduling decision.
+/// Falls back to wake + schedule when `next` may not run here or the
+/// hand-off is turned off. Interrupts must be off.
+pub fn block_and_handoff(next: &Arc<Thread>) {
+    let (cpu, s) = here();
+    if direct_handoff_enabled()
+        && next.allowed_on(cpu)
+        && next.state.compare_exchange(BLOCKED, READY, Ordering::AcqRel, Ordering::Acquire).is_ok()
+    {
+        // SAFETY: owning CPU, interrupts off.
+        let prev = unsafe { (*s.current.get()).clone() }.expect("scheduler not started on this CPU");
+        s.slice_left.store(TIME_SLICE_TICKS, Ordering::Relaxed);
+        switch_to(cpu, s, prev, next.clone());
+    } else {
+        wake(next);
+        schedule();
+    }
+}
+
+/// Marks the current thread blocked (it must then call `schedule` or
+/// `block_and_handoff`, with interrupts off, and re-check why it woke).
+pub fn mark_current_blocked() {
+    current().state.store(BLOCKED, Ordering::Release);
 }
 
 /// Makes a BLOCKED thread runnable again; returns false if it was not blocked.

@@ -27,8 +27,11 @@ static BSS_WORD: AtomicU64 = AtomicU64::new(0);
 type Check = fn() -> Result<(), &'static str>;
 
 fn init_main() -> i32 {
+    if obj::start_flags() & 1 != 0 {
+        return bench::run();
+    }
     println!("init: hello from the root program");
-    let checks: [(&str, Check); 13] = [
+    let checks: [(&str, Check); 16] = [
         ("data and bss", data_and_bss),
         ("null call", null_call),
         ("console write", console_write),
@@ -42,6 +45,9 @@ fn init_main() -> i32 {
         ("faulting child thread", faulting_child_thread),
         ("mutex under contention", mutex_contention),
         ("condition variable", condition_variable),
+        ("ipc same cpu", ipc_same_cpu),
+        ("ipc cross cpu", ipc_cross_cpu),
+        ("ipc errors", ipc_errors),
     ];
     for (i, (name, check)) in checks.iter().enumerate() {
         if let Err(why) = check() {
@@ -361,6 +367,197 @@ fn condition_variable() -> Result<(), &'static str> {
         return Err("produced and consumed counts differ");
     }
     Ok(())
+}
+
+static PORTSET: AtomicU64 = AtomicU64::new(0);
+static PORT: AtomicU64 = AtomicU64::new(0);
+static IPC_FAILURES: AtomicU64 = AtomicU64::new(0);
+
+/// Echo server: replies to request m with (m0 + 1, m1 ^ alias, m2, m3, m4, m5 * 2).
+extern "C" fn echo_server(_: u64) -> ! {
+    let ps = Handle(PORTSET.load(Ordering::Relaxed));
+    let mut reply = [0u64; 6];
+    loop {
+        match rt::ipc::reply_wait(ps, reply) {
+            Ok((alias, m)) => reply = [m[0].wrapping_add(1), m[1] ^ alias, m[2], m[3], m[4], m[5].wrapping_mul(2)],
+            Err(_) => rt::exit(1),
+        }
+    }
+}
+
+const ALIAS: u64 = 0xa11a5;
+
+/// Calls the echo server with pseudo-random messages and checks every reply.
+extern "C" fn echo_client(rounds: u64) -> ! {
+    let port = Handle(PORT.load(Ordering::Relaxed));
+    let mut x = 0x9e37_79b9_7f4a_7c15u64;
+    for i in 0..rounds {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        let m = [i, x, x.rotate_left(7), !x, x.wrapping_mul(3), x >> 3];
+        match rt::ipc::call(port, m) {
+            Ok(r) if r == [m[0] + 1, m[1] ^ ALIAS, m[2], m[3], m[4], m[5].wrapping_mul(2)] => {}
+            _ => {
+                IPC_FAILURES.fetch_add(1, Ordering::Relaxed);
+            }
+        }
+    }
+    rt::exit(0)
+}
+
+fn ipc_pair(server_cpu: u64, client_cpu: u64, rounds: u64) -> Result<(), &'static str> {
+    let me = obj::self_space();
+    let ps = rt::ipc::portset_create().map_err(|_| "portset_create failed")?;
+    let port = rt::ipc::port_create(ps, ALIAS).map_err(|_| "port_create failed")?;
+    PORTSET.store(ps.0, Ordering::Relaxed);
+    PORT.store(port.0, Ordering::Relaxed);
+    IPC_FAILURES.store(0, Ordering::Relaxed);
+    let server = obj::thread_create(me, echo_server, stack_top(0), 0).map_err(|_| "thread_create failed")?;
+    obj::thread_set_affinity(server, 1 << server_cpu).map_err(|_| "thread_set_affinity failed")?;
+    let client = obj::thread_create(me, echo_client, stack_top(1), rounds).map_err(|_| "thread_create failed")?;
+    obj::thread_set_affinity(client, 1 << client_cpu).map_err(|_| "thread_set_affinity failed")?;
+    let done = obj::thread_wait(client, true);
+    obj::thread_kill(server).map_err(|_| "thread_kill failed")?;
+    let _ = obj::thread_wait(server, true);
+    for h in [client, server, port, ps] {
+        let _ = obj::close(h);
+    }
+    if done != Ok(0) {
+        return Err("the IPC client did not finish");
+    }
+    if IPC_FAILURES.load(Ordering::Relaxed) != 0 {
+        println!("init: {} of {rounds} replies were wrong", IPC_FAILURES.load(Ordering::Relaxed));
+        return Err("IPC replies did not match their requests");
+    }
+    Ok(())
+}
+
+fn ipc_same_cpu() -> Result<(), &'static str> {
+    ipc_pair(0, 0, 2000)
+}
+
+fn ipc_cross_cpu() -> Result<(), &'static str> {
+    let cpus = obj::system_info().map_err(|_| "system_info failed")?.cpus;
+    ipc_pair(0, cpus - 1, 2000)
+}
+
+fn ipc_errors() -> Result<(), &'static str> {
+    let ps = rt::ipc::portset_create().map_err(|_| "portset_create failed")?;
+    let port = rt::ipc::port_create(ps, 1).map_err(|_| "port_create failed")?;
+    if rt::ipc::call(ps, [0; 6]) != Err(SysError::WrongType) || rt::ipc::reply_wait(port, [0; 6]).err() != Some(SysError::WrongType) {
+        return Err("IPC on the wrong object type was not refused");
+    }
+    let send_only = obj::duplicate(port, rights::SEND).map_err(|_| "duplicate failed")?;
+    let no_receive = obj::duplicate(ps, rights::GET_STATE).map_err(|_| "duplicate failed")?;
+    if rt::ipc::port_create(no_receive, 2) != Err(SysError::MissingRights) || rt::ipc::reply_wait(no_receive, [0; 6]).err() != Some(SysError::MissingRights) {
+        return Err("receiving without RECEIVE was allowed");
+    }
+    if rt::ipc::call(Handle(0x1234_0000_0009), [0; 6]) != Err(SysError::BadHandle) {
+        return Err("a forged port handle was accepted");
+    }
+    for h in [send_only, no_receive, port, ps] {
+        obj::close(h).map_err(|_| "close failed")?;
+    }
+    Ok(())
+}
+
+mod bench {
+    //! `test=bench`: IPC and system-call microbenchmarks, one JSON object per line.
+    use super::*;
+
+    const N: usize = 20_000;
+    struct Samples(core::cell::UnsafeCell<[u64; N]>);
+    // SAFETY: one benchmark writes it at a time, then the main thread reads it.
+    unsafe impl Sync for Samples {}
+    static SAMPLES: Samples = Samples(core::cell::UnsafeCell::new([0; N]));
+    static ITERATIONS: AtomicU64 = AtomicU64::new(0);
+
+    fn samples() -> &'static mut [u64; N] {
+        // SAFETY: see Samples.
+        unsafe { &mut *SAMPLES.0.get() }
+    }
+
+    #[inline(always)]
+    fn tsc() -> u64 {
+        // SAFETY: rdtsc is allowed in ring 3 (CR4.TSD clear).
+        unsafe { core::arch::x86_64::_rdtsc() }
+    }
+
+    fn report(name: &str, cpus: u64, n: usize) {
+        let s = &mut samples()[..n];
+        s.sort_unstable();
+        let median = s[n / 2];
+        let p99 = s[(n * 99 / 100).min(n - 1)];
+        println!("{{\"bench\":\"{name}\",\"cpus\":{cpus},\"iterations\":{n},\"median_cycles\":{median},\"p99_cycles\":{p99}}}");
+    }
+
+    extern "C" fn timed_client(rounds: u64) -> ! {
+        let port = Handle(PORT.load(Ordering::Relaxed));
+        let s = samples();
+        let mut m = [1u64, 2, 3, 4, 5, 6];
+        // Warm up, then time each round trip.
+        for _ in 0..100 {
+            m = rt::ipc::call(port, m).unwrap_or(m);
+        }
+        for slot in s.iter_mut().take(rounds as usize) {
+            let t0 = tsc();
+            m = rt::ipc::call(port, m).unwrap_or(m);
+            *slot = tsc() - t0;
+        }
+        ITERATIONS.store(rounds, Ordering::Relaxed);
+        rt::exit(0)
+    }
+
+    fn ipc_bench(name: &str, cpus: u64, server_cpu: u64, client_cpu: u64, rounds: usize) -> Result<(), &'static str> {
+        let me = obj::self_space();
+        let ps = rt::ipc::portset_create().map_err(|_| "portset_create failed")?;
+        let port = rt::ipc::port_create(ps, ALIAS).map_err(|_| "port_create failed")?;
+        PORTSET.store(ps.0, Ordering::Relaxed);
+        PORT.store(port.0, Ordering::Relaxed);
+        let server = obj::thread_create(me, echo_server, stack_top(0), 0).map_err(|_| "thread_create failed")?;
+        obj::thread_set_affinity(server, 1 << server_cpu).map_err(|_| "affinity failed")?;
+        let client = obj::thread_create(me, timed_client, stack_top(1), rounds as u64).map_err(|_| "thread_create failed")?;
+        obj::thread_set_affinity(client, 1 << client_cpu).map_err(|_| "affinity failed")?;
+        let done = obj::thread_wait(client, true);
+        let _ = obj::thread_kill(server);
+        let _ = obj::thread_wait(server, true);
+        for h in [client, server, port, ps] {
+            let _ = obj::close(h);
+        }
+        done.map_err(|_| "the benchmark client failed")?;
+        report(name, cpus, rounds);
+        Ok(())
+    }
+
+    pub fn run() -> i32 {
+        let cpus = match obj::system_info() {
+            Ok(i) => i.cpus,
+            Err(_) => return 1,
+        };
+        let s = samples();
+        for _ in 0..100 {
+            let _ = rt::null();
+        }
+        for slot in s.iter_mut() {
+            let t0 = tsc();
+            let _ = rt::null();
+            *slot = tsc() - t0;
+        }
+        report("null_syscall", cpus, N);
+        let same_cpu = if obj::start_flags() & 2 != 0 { "ipc_rt_slowpath" } else { "ipc_rt_fastpath" };
+        if let Err(e) = ipc_bench(same_cpu, cpus, 0, 0, N) {
+            println!("bench: {e}");
+            return 2;
+        }
+        if cpus >= 2 {
+            if let Err(e) = ipc_bench("ipc_rt_cross_cpu_blocking", cpus, 1, 0, N / 4) {
+                println!("bench: {e}");
+                return 3;
+            }
+        }
+        0
+    }
 }
 
 #[cfg(not(target_os = "none"))]

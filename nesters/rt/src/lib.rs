@@ -18,6 +18,7 @@
 
 pub mod object;
 pub mod sync;
+pub mod ipc;
 
 use core::arch::asm;
 use core::fmt;
@@ -44,6 +45,12 @@ pub mod nr {
     pub const COND_CREATE: u64 = 28;
     pub const COND_WAIT: u64 = 29;
     pub const COND_WAKE: u64 = 30;
+    pub const PORTSET_CREATE: u64 = 31;
+    pub const PORT_CREATE: u64 = 32;
+    pub const IPC_CALL: u64 = 33;
+    pub const IPC_REPLY_WAIT: u64 = 34;
+    pub const THREAD_SET_AFFINITY: u64 = 35;
+    pub const READ_TSC: u64 = 36;
 }
 
 /// Longest console write the kernel accepts in one call.
@@ -287,8 +294,9 @@ macro_rules! println {
 macro_rules! entry {
     ($main:path) => {
         #[no_mangle]
-        pub extern "C" fn _start(self_space: u64) -> ! {
+        pub extern "C" fn _start(self_space: u64, start_flags: u64) -> ! {
             $crate::object::set_self_space(self_space);
+            $crate::object::set_start_flags(start_flags);
             let main: fn() -> i32 = $main;
             $crate::exit(main() as u64)
         }

@@ -34,6 +34,24 @@ pub mod types {
 }
 
 static SELF_SPACE: AtomicU64 = AtomicU64::new(0);
+static START_FLAGS: AtomicU64 = AtomicU64::new(0);
+
+#[doc(hidden)]
+pub fn set_start_flags(flags: u64) {
+    START_FLAGS.store(flags, Ordering::Relaxed);
+}
+
+/// What the kernel asked the root program to do (rsi at start): bit 0 run
+/// benchmarks, bit 1 the IPC fast path is off.
+pub fn start_flags() -> u64 {
+    START_FLAGS.load(Ordering::Relaxed)
+}
+
+/// Restricts a thread to the CPUs in `mask` (needs SET_STATE).
+pub fn thread_set_affinity(h: Handle, mask: u64) -> Result<(), SysError> {
+    // SAFETY: no memory arguments.
+    decode(unsafe { syscall2(nr::THREAD_SET_AFFINITY, h.0, mask) }).map(|_| ())
+}
 
 #[doc(hidden)]
 pub fn set_self_space(raw: u64) {

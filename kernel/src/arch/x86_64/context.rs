@@ -75,12 +75,12 @@ pub fn prepare_stack(top: u64, entry: u64, arg: u64) -> u64 {
     rsp
 }
 
-/// Enters ring 3 at `rip` with stack `rsp` and `arg` in rdi, on the current
+/// Enters ring 3 at `rip` with stack `rsp` and `args` in rdi and rsi, on the current
 /// (thread) kernel stack, which becomes the thread's entry stack for
 /// syscalls and interrupts.
-pub fn enter_user(rip: u64, rsp: u64, arg: u64) -> ! {
+pub fn enter_user(rip: u64, rsp: u64, args: (u64, u64)) -> ! {
     // SAFETY: builds an iret frame with the user selectors and IF set, clears
-    // every general register but rdi (the argument) so no kernel value leaks, swaps to the user GS
+    // every general register but rdi and rsi (the arguments) so no kernel value leaks, swaps to the user GS
     // base and leaves ring 0. The caller checked rip/rsp are user addresses.
     unsafe {
         core::arch::asm!(
@@ -90,14 +90,15 @@ pub fn enter_user(rip: u64, rsp: u64, arg: u64) -> ! {
             "push 0x23",
             "push {rip}",
             "xor eax, eax", "xor ebx, ebx", "xor ecx, ecx", "xor edx, edx",
-            "xor esi, esi", "xor ebp, ebp",
+            "xor ebp, ebp",
             "xor r8d, r8d", "xor r9d, r9d", "xor r10d, r10d", "xor r11d, r11d",
             "xor r12d, r12d", "xor r13d, r13d", "xor r14d, r14d", "xor r15d, r15d",
             "swapgs",
             "iretq",
             rsp = in(reg) rsp,
             rip = in(reg) rip,
-            in("rdi") arg,
+            in("rdi") args.0,
+            in("rsi") args.1,
             options(noreturn),
         )
     }
