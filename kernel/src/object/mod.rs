@@ -4,5 +4,6 @@
 //! table is its host-tested foundation.
 
 pub mod handle;
+pub mod vm;
 #[cfg(target_os = "none")]
 pub mod space;
