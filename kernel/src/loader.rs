@@ -175,29 +175,49 @@ mod bare {
     use crate::arch::x86_64::syscall::UserExit;
     use crate::mm::frame;
     use crate::object::handle::Rights;
+    use crate::object::memory;
     use crate::object::space::{Object, Space};
+    use crate::object::vm::Rights as VmRights;
+    use alloc::sync::Arc;
     use crate::sched;
 
     const _: () = assert!(USER_TOP == paging::USER_TOP);
 
-    fn map_zeroed(root: u64, va: u64, writable: bool, executable: bool, fill: impl FnOnce(&mut [u8])) -> Result<(), LoadError> {
+    /// Where the root program's demand-zero memory starts (for its heap and
+    /// for what it lends its children through regions).
+    pub const ROOT_ANONYMOUS_BASE: u64 = 0x10_0000_0000;
+    /// How much of it the root may touch (frames come on first touch).
+    pub const ROOT_ANONYMOUS_SIZE: u64 = 1 << 30;
+
+    fn vm_rights(writable: bool, executable: bool) -> VmRights {
+        VmRights::READ | if writable { VmRights::WRITE } else { VmRights::NONE } | if executable { VmRights::EXECUTE } else { VmRights::NONE }
+    }
+
+    /// One page of the image or stack: a zeroed frame, filled, owned by the
+    /// space as anonymous memory and mapped now.
+    fn map_filled(space: &Arc<Space>, va: u64, writable: bool, executable: bool, fill: impl FnOnce(&mut [u8])) -> Result<(), LoadError> {
         let pa = frame::alloc_zeroed().map_err(|_| LoadError::OutOfMemory)?;
         // SAFETY: `pa` is a fresh frame owned here, reachable through the physmap.
         fill(unsafe { core::slice::from_raw_parts_mut(paging::phys_to_virt(pa) as *mut u8, PAGE_SIZE as usize) });
-        if paging::map_user_page(root, va, pa, writable, executable).is_err() {
-            let _ = frame::free(pa);
-            // parse() rules out overlaps, so only page tables can be missing.
+        if memory::install_anonymous(space, va, pa, writable, executable).is_err() {
+            // The space owns the frame now and frees it when destroyed.
             return Err(LoadError::OutOfMemory);
         }
         Ok(())
     }
 
-    fn populate(root: u64, data: &[u8], image: &Image) -> Result<(), LoadError> {
+    /// Gives the space the image, the stack and its demand-zero memory, all
+    /// as anonymous memory grants in the composition engine, so the program
+    /// can export any of it to its children as regions.
+    fn populate(space: &Arc<Space>, data: &[u8], image: &Image) -> Result<(), LoadError> {
+        let id = space.vm_id();
         for s in image.segments() {
             let (start, end) = s.pages();
+            memory::add(|g| g.grant_anonymous(id, start, end - start, vm_rights(s.writable, s.executable)))
+                .map_err(|_| LoadError::OutOfMemory)?;
             let file = &data[s.offset as usize..(s.offset + s.filesz) as usize];
             for page in (start..end).step_by(PAGE_SIZE as usize) {
-                map_zeroed(root, page, s.writable, s.executable, |dst| {
+                map_filled(space, page, s.writable, s.executable, |dst| {
                     // The part of [vaddr, vaddr+filesz) on this page.
                     let lo = s.vaddr.max(page);
                     let hi = (s.vaddr + s.filesz).min(page + PAGE_SIZE);
@@ -208,9 +228,13 @@ mod bare {
                 })?;
             }
         }
+        memory::add(|g| g.grant_anonymous(id, USER_STACK_BOTTOM, USER_STACK_TOP - USER_STACK_BOTTOM, VmRights::RW))
+            .map_err(|_| LoadError::OutOfMemory)?;
         for page in (USER_STACK_BOTTOM..USER_STACK_TOP).step_by(PAGE_SIZE as usize) {
-            map_zeroed(root, page, true, false, |_| {})?;
+            map_filled(space, page, true, false, |_| {})?;
         }
+        memory::add(|g| g.grant_anonymous(id, ROOT_ANONYMOUS_BASE, ROOT_ANONYMOUS_SIZE, VmRights::RW))
+            .map_err(|_| LoadError::OutOfMemory)?;
         Ok(())
     }
 
@@ -227,7 +251,7 @@ mod bare {
     pub fn run_with_flags(data: &[u8], flags: u64) -> Result<UserExit, LoadError> {
         let image = parse(data)?;
         let space = Space::new(None).map_err(|_| LoadError::OutOfMemory)?;
-        if let Err(e) = populate(space.page_table_root(), data, &image) {
+        if let Err(e) = populate(&space, data, &image) {
             space.destroy();
             return Err(e);
         }

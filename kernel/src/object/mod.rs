@@ -6,4 +6,6 @@
 pub mod handle;
 pub mod vm;
 #[cfg(target_os = "none")]
+pub mod memory;
+#[cfg(target_os = "none")]
 pub mod space;

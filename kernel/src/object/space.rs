@@ -78,6 +78,9 @@ impl From<HandleError> for SpaceError {
 
 pub struct Space {
     root: u64,
+    vm_id: super::vm::SpaceId,
+    /// Anonymous memory this space owns: page address -> frame.
+    anonymous: spin::Mutex<alloc::collections::BTreeMap<u64, u64>>,
     pub handles: spin::Mutex<HandleTable<Object>>,
     parent: Weak<Space>,
     children: spin::Mutex<Vec<Arc<Space>>>,
@@ -97,8 +100,10 @@ impl Space {
             return Err(SpaceError::Dead);
         }
         let root = paging::new_user_root().map_err(|_| SpaceError::OutOfMemory)?;
-        let space = Arc::new(Space {
+        let space = Arc::new_cyclic(|weak| Space {
             root,
+            vm_id: super::memory::register(weak.clone()),
+            anonymous: spin::Mutex::new(alloc::collections::BTreeMap::new()),
             handles: spin::Mutex::new(HandleTable::new(HANDLE_QUOTA)),
             parent: parent.map(Arc::downgrade).unwrap_or_default(),
             children: spin::Mutex::new(Vec::new()),
@@ -114,6 +119,28 @@ impl Space {
 
     pub fn page_table_root(&self) -> u64 {
         self.root
+    }
+
+    pub fn vm_id(&self) -> super::vm::SpaceId {
+        self.vm_id
+    }
+
+    /// The frame behind anonymous page `page_va`, allocated zeroed on first use.
+    pub fn anonymous_frame(&self, page_va: u64) -> Result<u64, crate::mm::frame::FrameError> {
+        cpu::without_interrupts(|| {
+            let mut store = self.anonymous.lock();
+            if let Some(&pa) = store.get(&page_va) {
+                return Ok(pa);
+            }
+            let pa = crate::mm::frame::alloc_zeroed()?;
+            store.insert(page_va, pa);
+            Ok(pa)
+        })
+    }
+
+    /// Records a frame the loader filled as anonymous page `page_va`.
+    pub fn adopt_anonymous_frame(&self, page_va: u64, pa: u64) {
+        cpu::without_interrupts(|| self.anonymous.lock().insert(page_va, pa));
     }
 
     pub fn is_dead(&self) -> bool {
@@ -213,12 +240,18 @@ impl Space {
         }
         drop(threads);
         sched::reap();
-        // Children first, so no handle table keeps a parent alive.
+        // Revoke everything other spaces map from the subtree first, then
+        // free: children first, so no handle table keeps a parent alive.
+        for s in &subtree {
+            super::memory::unregister(s.vm_id);
+        }
         for s in subtree.iter().rev() {
             let table = cpu::without_interrupts(|| core::mem::replace(&mut *s.handles.lock(), HandleTable::new(0)));
             drop(table);
             cpu::without_interrupts(|| s.children.lock().clear());
-            paging::destroy_user_root(s.root);
+            paging::destroy_user_root_with(s.root, false);
+            let frames: Vec<u64> = cpu::without_interrupts(|| core::mem::take(&mut *s.anonymous.lock())).into_values().collect();
+            super::memory::free_frames(frames);
         }
         if let Some(p) = self.parent.upgrade() {
             cpu::without_interrupts(|| p.children.lock().retain(|c| !Arc::ptr_eq(c, self)));
@@ -231,4 +264,13 @@ impl Space {
             c.collect_subtree(out);
         }
     }
+}
+
+/// A page fault from ring 3: resolves it through the regions and mappings
+/// of the faulting thread's space. False if it cannot be resolved here
+/// (it then becomes an exception of the thread).
+pub fn resolve_user_fault(address: u64, error_code: u64) -> bool {
+    // A protection fault on a present page that the rights allow cannot be fixed by remapping.
+    let Some(space) = sched::current().space() else { return false };
+    super::memory::fault(&space, address, super::memory::access_of(error_code)).is_ok()
 }

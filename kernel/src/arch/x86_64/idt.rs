@@ -174,6 +174,7 @@ extern "C" fn trap_dispatch(frame: &mut TrapFrame) {
     let vector = frame.vector as u8;
     match vector {
         2 => crate::panic::on_nmi(frame),
+        14 if frame.cs & 3 == 3 && crate::object::space::resolve_user_fault(super::cpu::read_cr2(), frame.error_code) => {}
         0..=31 if frame.cs & 3 == 3 => super::syscall::user_exception(frame),
         0..=31 => crate::panic::fatal_exception(frame),
         VECTOR_TIMER => {

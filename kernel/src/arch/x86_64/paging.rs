@@ -338,27 +338,64 @@ pub fn user_entry(root: u64, va: u64) -> Option<u64> {
     None
 }
 
-/// Frees the user half of `root` (tables and the frames they map) and the
-/// root itself. The caller makes sure no CPU runs on `root` any more.
-pub fn destroy_user_root(root: u64) {
-    fn free_level(table_pa: u64, level: u32) {
+/// Maps `pa` at user page `va` in `root`, replacing whatever was there.
+pub fn set_user_page(root: u64, va: u64, pa: u64, writable: bool, executable: bool) -> Result<(), MapError> {
+    if va >= USER_TOP || va % FRAME_SIZE != 0 {
+        return Err(MapError::NotMapped);
+    }
+    let flags = USER | if writable { WRITABLE } else { 0 } | if executable { 0 } else { nx() };
+    let entry = walk_to_leaf(root, va, true, 1)?.ok_or(MapError::OutOfMemory)?;
+    *entry = (pa & ADDR_MASK) | flags | PRESENT;
+    Ok(())
+}
+
+/// Clears every user PTE in `[start, start + size)` of `root` without
+/// freeing the frames (their owner does). The caller shoots TLBs down.
+pub fn unmap_user_range(root: u64, start: u64, size: u64) {
+    let end = start.saturating_add(size).min(USER_TOP);
+    let mut va = start & !(FRAME_SIZE - 1);
+    while va < end {
+        match walk_to_leaf(root, va, false, 1) {
+            Ok(Some(entry)) => *entry = 0,
+            // No table here: skip to the next 2 MiB boundary.
+            _ => {
+                va = (va | ((2 << 20) - 1)) + 1;
+                continue;
+            }
+        }
+        va += FRAME_SIZE;
+    }
+}
+
+/// Frees the user half of `root` (its page tables and, with `free_leaves`,
+/// the frames they map) and the root itself. The caller makes sure no CPU
+/// runs on `root` any more.
+pub fn destroy_user_root_with(root: u64, free_leaves: bool) {
+    fn free_level(table_pa: u64, level: u32, free_leaves: bool) {
         for i in 0..512 {
             let e = table(table_pa)[i];
             if e & PRESENT == 0 {
                 continue;
             }
             if level > 1 {
-                free_level(e & ADDR_MASK, level - 1);
+                free_level(e & ADDR_MASK, level - 1, free_leaves);
+                let _ = frame::free(e & ADDR_MASK);
+            } else if free_leaves {
+                let _ = frame::free(e & ADDR_MASK);
             }
-            let _ = frame::free(e & ADDR_MASK);
         }
     }
     for i in 0..256 {
         let e = table(root)[i];
         if e & PRESENT != 0 {
-            free_level(e & ADDR_MASK, 3);
+            free_level(e & ADDR_MASK, 3, free_leaves);
             let _ = frame::free(e & ADDR_MASK);
         }
     }
     let _ = frame::free(root);
+}
+
+/// Frees the user half of `root`, the frames it maps included.
+pub fn destroy_user_root(root: u64) {
+    destroy_user_root_with(root, true);
 }

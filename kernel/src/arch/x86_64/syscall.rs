@@ -192,9 +192,15 @@ fn check_user_range(addr: u64, len: u64, write: bool) -> Result<(), ()> {
     let root = cpu::read_cr3() & 0x000f_ffff_ffff_f000;
     let mut page = addr & !0xfff;
     while page < end {
-        let entry = super::paging::user_entry(root, page).ok_or(())?;
-        if write && entry & super::paging::WRITABLE == 0 {
-            return Err(());
+        let usable = |e: Option<u64>| e.is_some_and(|e| !write || e & super::paging::WRITABLE != 0);
+        if !usable(super::paging::user_entry(root, page)) {
+            // Not mapped yet (demand paging, a mapping's first touch): resolve it like a fault.
+            let space = crate::sched::current().space().ok_or(())?;
+            let access = if write { crate::object::vm::Rights::WRITE } else { crate::object::vm::Rights::READ };
+            crate::object::memory::fault(&space, page, access).map_err(|_| ())?;
+            if !usable(super::paging::user_entry(root, page)) {
+                return Err(());
+            }
         }
         page += 0x1000;
     }
