@@ -97,7 +97,7 @@ fn run<const N: usize>(producers: usize, consumers: usize, per_producer: usize) 
 
 #[test]
 fn spsc_tiny_queue() {
-    run::<2>(1, 1, 100_000);
+    run::<2>(1, 1, 200_000);
 }
 
 #[test]
@@ -107,7 +107,7 @@ fn mpsc_4_producers() {
 
 #[test]
 fn mpmc_3x3_small_queue() {
-    run::<4>(3, 3, 20_000);
+    run::<4>(3, 3, 50_000);
 }
 
 #[test]
