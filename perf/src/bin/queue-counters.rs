@@ -70,7 +70,7 @@ impl Report<'_> {
         let p99 = quantile(&self.samples, 0.99);
         let (counts, errors) = self.probe.take();
         let per_op: BTreeMap<&str, String> =
-            counts.iter().map(|(k, v)| (*k, format!("{:.3}", *v as f64 / self.operations as f64))).collect();
+            counts.iter().map(|(k, v)| (*k, per_op_number(*v as f64 / self.operations as f64))).collect();
         let mode = match self.mode {
             Mode::Hardware => "hardware",
             Mode::Software => "software",
@@ -107,6 +107,17 @@ impl Report<'_> {
             self.samples.len(),
             if per_op_text.is_empty() { "-".to_string() } else { per_op_text.join(" ") }
         );
+    }
+}
+
+/// A JSON number with about 4 significant digits (exponent form below 0.1).
+fn per_op_number(x: f64) -> String {
+    if x == 0.0 {
+        "0".into()
+    } else if x.abs() >= 0.1 {
+        format!("{x:.3}")
+    } else {
+        format!("{x:.3e}")
     }
 }
 
@@ -172,7 +183,7 @@ fn pingpong_rtt<Q: BenchQueue>(there: &Q, back: &Q, rounds: u64, mode: Mode, not
 
 fn main() {
     let quick = std::env::args().any(|a| a == "--quick");
-    let (rounds, per_round, rtts) = if quick { (11, 20_000, 20_000) } else { (51, 200_000, 200_000) };
+    let (rounds, per_round, rtts) = if quick { (11, 100_000, 50_000) } else { (51, 200_000, 200_000) };
 
     let (mode, note) = counters::detect();
     eprintln!("queue-counters: {} CPUs; counters: {note}", std::thread::available_parallelism().map_or(0, |n| n.get()));
