@@ -162,7 +162,10 @@ impl Doorbell {
     ///
     /// `halt` must keep the token semantics described in the module docs (a
     /// ring after the decision and before the halt makes the halt return at
-    /// once); it may also return spuriously.
+    /// once); it may also return spuriously. In the kernel: call `wait` with
+    /// interrupts disabled and halt with `sti; hlt; cli`. The bounded spin
+    /// (`spins`) keeps a receiver that is about to get a message from paying
+    /// for the announcement's fence and a doorbell IPI.
     pub fn wait<R>(&self, spins: u32, mut poll: impl FnMut() -> Option<R>, mut halt: impl FnMut()) -> R {
         loop {
             for i in 0..=spins {

@@ -36,6 +36,10 @@
 //! to the slot, and the producer's write happens-before the consumer's read.
 //! The `head`/`tail` CASes only decide *who* owns a position (atomicity of
 //! the RMW is enough), so they are `Relaxed`.
+//!
+//! There is deliberately no separate SPSC queue: a prototype was not faster
+//! than this one in the `perf` benchmarks (see `perf/README.md`), and the
+//! kernel's cross-CPU queues have many senders per receiving CPU.
 
 use core::fmt;
 use core::mem::MaybeUninit;
