@@ -46,6 +46,11 @@ pub const SYS_IPC_CALL: u64 = 33;
 pub const SYS_IPC_REPLY_WAIT: u64 = 34;
 pub const SYS_THREAD_SET_AFFINITY: u64 = 35;
 pub const SYS_READ_TSC: u64 = 36;
+pub const SYS_REGION_CREATE: u64 = 37;
+pub const SYS_MAPPING_CREATE: u64 = 38;
+pub const SYS_REGION_PROTECT: u64 = 39;
+pub const SYS_REGION_DESTROY: u64 = 40;
+pub const SYS_MAPPING_DESTROY: u64 = 41;
 
 /// Longest console write accepted in one call.
 pub const CONSOLE_WRITE_MAX: u64 = 256;
@@ -99,6 +104,19 @@ impl From<SpaceError> for SysError {
     }
 }
 
+impl From<crate::object::vm::VmError> for SysError {
+    fn from(e: crate::object::vm::VmError) -> Self {
+        use crate::object::vm::VmError as V;
+        match e {
+            V::NoSuchSpace | V::NoSuchRegion | V::NoSuchMapping => SysError::Dead,
+            V::ZeroSize => SysError::BadSize,
+            V::Unaligned | V::OutOfBounds => SysError::BadPointer,
+            V::Overlap | V::Cycle | V::TooDeep => SysError::InvalidArgument,
+            V::RightsExceedRegion => SysError::MissingRights,
+        }
+    }
+}
+
 impl From<SchedError> for SysError {
     fn from(e: SchedError) -> Self {
         match e {
@@ -145,6 +163,11 @@ pub fn dispatch(frame: &mut SyscallFrame) -> i64 {
         SYS_IPC_CALL => ipc_call(frame),
         SYS_IPC_REPLY_WAIT => ipc_reply_wait(frame),
         SYS_THREAD_SET_AFFINITY => thread_set_affinity(a0, a1),
+        SYS_REGION_CREATE => region_create(a0, a1, a2, a3),
+        SYS_MAPPING_CREATE => mapping_create(a0, a1, a2, a3, frame.r8, frame.r9),
+        SYS_REGION_PROTECT => region_protect(a0, a1),
+        SYS_REGION_DESTROY => region_or_mapping_destroy(a0, true),
+        SYS_MAPPING_DESTROY => region_or_mapping_destroy(a0, false),
         SYS_READ_TSC => Ok((crate::arch::cpu::read_tsc() & (i64::MAX as u64)) as i64),
         _ => Err(SysError::NoSuchCall),
     };
@@ -415,5 +438,97 @@ fn thread_set_affinity(h: u64, mask: u64) -> SysResult {
     let me = caller()?;
     let t = me.lookup_thread(Handle::from_raw(h), Rights::SET_STATE)?;
     sched::set_affinity(&t, mask)?;
+    Ok(0)
+}
+
+fn vm_rights(bits: u64) -> Result<crate::object::vm::Rights, SysError> {
+    u8::try_from(bits).ok().and_then(crate::object::vm::Rights::from_bits).ok_or(SysError::InvalidArgument)
+}
+
+/// Handle rights a region handle carries for memory rights `max`.
+fn region_handle_rights(max: crate::object::vm::Rights) -> Rights {
+    use crate::object::vm::Rights as V;
+    let mut r = Rights::GET_STATE.union(Rights::SET_STATE).union(Rights::DESTROY).union(Rights::DUPLICATE).union(Rights::TRANSFER);
+    if max.contains(V::READ) {
+        r = r.union(Rights::MAP_READ);
+    }
+    if max.contains(V::WRITE) {
+        r = r.union(Rights::MAP_WRITE);
+    }
+    if max.contains(V::EXECUTE) {
+        r = r.union(Rights::MAP_EXECUTE);
+    }
+    r
+}
+
+/// `region_create(space, start, size, max)`: exports `[start, start+size)`
+/// of `space` (CREATE right) with maximum memory rights `max` (bits: 1 read,
+/// 2 write, 4 execute). The handle's MAP_* rights follow `max`.
+fn region_create(space: u64, start: u64, size: u64, max: u64) -> SysResult {
+    let max = vm_rights(max)?;
+    let me = caller()?;
+    let target = me.lookup_space(Handle::from_raw(space), Rights::CREATE)?;
+    let id = crate::object::memory::add(|g| g.create_region(target.vm_id(), start, size, max, None))?;
+    match me.insert(Object::Region(id), region_handle_rights(max)) {
+        Ok(h) => Ok(h.raw() as i64),
+        Err(e) => {
+            let _ = crate::object::memory::change(|g| g.destroy_region(id));
+            Err(e.into())
+        }
+    }
+}
+
+/// `mapping_create(region, space, va, offset, size, rights)`: imports
+/// `[offset, offset+size)` of `region` into `space` (CREATE right) at `va`
+/// with memory `rights`, which the region handle's MAP_* rights must allow.
+fn mapping_create(region: u64, space: u64, va: u64, offset: u64, size: u64, rights: u64) -> SysResult {
+    use crate::object::vm::Rights as V;
+    let wanted = vm_rights(rights)?;
+    let mut needed = Rights::NONE;
+    if wanted.contains(V::READ) {
+        needed = needed.union(Rights::MAP_READ);
+    }
+    if wanted.contains(V::WRITE) {
+        needed = needed.union(Rights::MAP_WRITE);
+    }
+    if wanted.contains(V::EXECUTE) {
+        needed = needed.union(Rights::MAP_EXECUTE);
+    }
+    let me = caller()?;
+    let Object::Region(r) = me.lookup(Handle::from_raw(region), needed)? else { return Err(SysError::WrongType) };
+    let target = me.lookup_space(Handle::from_raw(space), Rights::CREATE)?;
+    let id = crate::object::memory::add(|g| g.create_mapping(r, target.vm_id(), va, offset, size, wanted))?;
+    match me.insert(Object::Mapping(id), Rights::GET_STATE.union(Rights::DESTROY).union(Rights::DUPLICATE)) {
+        Ok(h) => Ok(h.raw() as i64),
+        Err(e) => {
+            let _ = crate::object::memory::change(|g| g.destroy_mapping(id));
+            Err(e.into())
+        }
+    }
+}
+
+/// `region_protect(region, max)`: changes the region's maximum rights
+/// (SET_STATE right); every mapping derived from it, through any depth,
+/// loses what `max` removes, on every CPU, before the call returns.
+fn region_protect(region: u64, max: u64) -> SysResult {
+    let max = vm_rights(max)?;
+    let me = caller()?;
+    let Object::Region(r) = me.lookup(Handle::from_raw(region), Rights::SET_STATE)? else { return Err(SysError::WrongType) };
+    crate::object::memory::change(|g| g.protect_region(r, max))?;
+    Ok(0)
+}
+
+/// `region_destroy(region)` / `mapping_destroy(mapping)` (DESTROY right):
+/// revokes it and everything derived from it, and closes the handle.
+fn region_or_mapping_destroy(h: u64, region: bool) -> SysResult {
+    let me = caller()?;
+    let handle = Handle::from_raw(h);
+    let object = me.lookup(handle, Rights::DESTROY)?;
+    match (object, region) {
+        (Object::Region(r), true) => crate::object::memory::change(|g| g.destroy_region(r))?,
+        (Object::Mapping(m), false) => crate::object::memory::change(|g| g.destroy_mapping(m))?,
+        _ => return Err(SysError::WrongType),
+    }
+    crate::arch::cpu::without_interrupts(|| me.handles.lock().remove(handle))?;
     Ok(0)
 }

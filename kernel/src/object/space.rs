@@ -28,6 +28,8 @@ pub enum ObjectType {
     Thread = 2,
     Port = 3,
     Portset = 4,
+    Region = 5,
+    Mapping = 6,
     Mutex = 7,
     Cond = 8,
 }
@@ -42,6 +44,11 @@ pub enum Object {
     Cond(Arc<sched::WaitQueue>),
     Port(Arc<crate::ipc::Port>),
     Portset(Arc<crate::ipc::Portset>),
+    /// A range of a space exported for others to map (lives until destroyed
+    /// or its space dies; closing handles does not destroy it).
+    Region(super::vm::RegionId),
+    /// A region imported into a space.
+    Mapping(super::vm::MappingId),
 }
 
 impl Object {
@@ -53,6 +60,8 @@ impl Object {
             Object::Cond(_) => ObjectType::Cond,
             Object::Port(_) => ObjectType::Port,
             Object::Portset(_) => ObjectType::Portset,
+            Object::Region(_) => ObjectType::Region,
+            Object::Mapping(_) => ObjectType::Mapping,
         }
     }
 }

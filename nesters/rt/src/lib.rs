@@ -19,6 +19,7 @@
 pub mod object;
 pub mod sync;
 pub mod ipc;
+pub mod memory;
 
 use core::arch::asm;
 use core::fmt;
@@ -51,6 +52,11 @@ pub mod nr {
     pub const IPC_REPLY_WAIT: u64 = 34;
     pub const THREAD_SET_AFFINITY: u64 = 35;
     pub const READ_TSC: u64 = 36;
+    pub const REGION_CREATE: u64 = 37;
+    pub const MAPPING_CREATE: u64 = 38;
+    pub const REGION_PROTECT: u64 = 39;
+    pub const REGION_DESTROY: u64 = 40;
+    pub const MAPPING_DESTROY: u64 = 41;
 }
 
 /// Longest console write the kernel accepts in one call.

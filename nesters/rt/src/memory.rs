@@ -1,0 +1,68 @@
+//! Regions and mappings: lending memory to other spaces (Fluke's memory model).
+//!
+//! A region exports a range of a space with maximum rights; a mapping
+//! imports a region into a space. Compositions nest to any depth; revoking
+//! or narrowing a region affects everything derived from it.
+
+use crate::object::Handle;
+use crate::{decode, nr, syscall1, syscall2, syscall4, SysError};
+
+/// Memory rights bits.
+pub const READ: u64 = 1;
+pub const WRITE: u64 = 2;
+pub const EXECUTE: u64 = 4;
+
+/// Where the root program's demand-zero memory starts (1 GiB of it).
+pub const ROOT_ANONYMOUS_BASE: u64 = 0x10_0000_0000;
+
+pub fn region_create(space: Handle, start: u64, size: u64, max: u64) -> Result<Handle, SysError> {
+    // SAFETY: no memory is accessed by the call itself.
+    decode(unsafe { syscall4(nr::REGION_CREATE, space.0, start, size, max) }).map(Handle)
+}
+
+pub fn mapping_create(region: Handle, space: Handle, va: u64, offset: u64, size: u64, rights: u64) -> Result<Handle, SysError> {
+    let ret: i64;
+    // SAFETY: six register arguments; the kernel validates all of them.
+    unsafe {
+        core::arch::asm!(
+            "syscall",
+            inlateout("rax") nr::MAPPING_CREATE as i64 => ret,
+            in("rdi") region.0,
+            in("rsi") space.0,
+            in("rdx") va,
+            in("r10") offset,
+            in("r8") size,
+            in("r9") rights,
+            lateout("rcx") _,
+            lateout("r11") _,
+            options(nostack)
+        );
+    }
+    decode(ret).map(Handle)
+}
+
+/// Changes a region's maximum rights; derived mappings lose what it removes.
+pub fn region_protect(region: Handle, max: u64) -> Result<(), SysError> {
+    // SAFETY: no memory arguments.
+    decode(unsafe { syscall2(nr::REGION_PROTECT, region.0, max) }).map(|_| ())
+}
+
+pub fn region_destroy(region: Handle) -> Result<(), SysError> {
+    // SAFETY: revokes mappings in other spaces; this program's own memory is unaffected.
+    decode(unsafe { syscall1(nr::REGION_DESTROY, region.0) }).map(|_| ())
+}
+
+pub fn mapping_destroy(mapping: Handle) -> Result<(), SysError> {
+    // SAFETY: as region_destroy.
+    decode(unsafe { syscall1(nr::MAPPING_DESTROY, mapping.0) }).map(|_| ())
+}
+
+extern "C" {
+    static __image_start: u8;
+    static __readonly_end: u8;
+}
+
+/// This program's text and read-only data: `[start, end)`.
+pub fn readonly_image() -> (u64, u64) {
+    (core::ptr::addr_of!(__image_start) as u64, core::ptr::addr_of!(__readonly_end) as u64)
+}
