@@ -34,10 +34,23 @@ iso: build
 pxe FIRMWARE="bios" CPUS=env_var_or_default("CPUS", "2"): build
     {{mkboot}} qemu --mode pxe-{{FIRMWARE}} --cpus {{CPUS}} --cmdline "${CMDLINE:-log=info}"
 
-# Everything CI runs: host unit tests, kernel host tests, then the QEMU boot matrix
-test: test-host test-kernel-host test-hw
+# Everything CI runs: host unit tests, kernel host tests, loom models, then the QEMU boot matrix
+test: test-host test-kernel-host test-loom test-hw
 
-# Host unit tests of the default workspace members (fastpath, boot, hw-tests)
+# Loom model checks of the lock-free port queue and the sleep/wake doorbell (own target dir)
+test-loom:
+    RUSTFLAGS="--cfg loom" CARGO_TARGET_DIR=target/loom cargo test -p fastpath --release --test loom
+
+# In-guest IPC and syscall benchmarks (TSC cycles + deterministic -icount instructions): JSON lines, then a table
+bench-ipc CPUS=env_var_or_default("CPUS", "2"):
+    cargo run -q -p perf --release --bin bench-ipc -- --cpus {{CPUS}}
+
+# Host benchmarks of the port queues (criterion) and their software/hardware counters
+bench-queues:
+    cargo bench -p perf --bench queues
+    cargo run -q -p perf --release --bin queue-counters
+
+# Host unit tests of the default workspace members (fastpath, boot, hw-tests, perf)
 test-host:
     cargo test
 

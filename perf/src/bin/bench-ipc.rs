@@ -1,0 +1,141 @@
+//! `just bench-ipc`: boots the kernel in QEMU with `test=bench` and collects
+//! the root program's benchmark lines.
+//!
+//! Four boots: the IPC fast path on and off (`fastpath=off`), each once
+//! under plain TCG (TSC cycles: median and p99 over many iterations) and
+//! once under `-icount shift=0,align=off,sleep=off`, where the guest TSC
+//! counts retired instructions — deterministic from run to run, so the
+//! `instructions_per_op` column is what a regression dashboard should watch.
+//! Prints one JSON object per benchmark on stdout, then a table and the
+//! fast/slow ratio on stderr.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use anyhow::{bail, Context, Result};
+use clap::Parser;
+use matryoshka_boot::qemu::{run_captured, Control, QemuRun, Serial};
+use matryoshka_boot::workspace;
+use serde_json::{json, Value};
+
+#[derive(Parser)]
+#[command(about = "Run the in-guest IPC benchmarks and print JSON lines and a table")]
+struct Args {
+    /// CPUs to give the guest (cross-CPU benchmarks need at least 2).
+    #[arg(long, default_value_t = 2, value_parser = clap::value_parser!(u32).range(1..=64))]
+    cpus: u32,
+    /// Use the existing build/kernel.elf and build/init.elf.
+    #[arg(long)]
+    no_build: bool,
+    /// Seconds each boot may take.
+    #[arg(long, default_value_t = 600)]
+    timeout: u64,
+}
+
+struct Run {
+    fastpath: bool,
+    icount: bool,
+}
+
+fn boot(root: &std::path::Path, kernel: &PathBuf, init: &PathBuf, args: &Args, run: &Run) -> Result<Vec<Value>> {
+    let name = format!("bench-{}-{}", if run.fastpath { "fast" } else { "slow" }, if run.icount { "icount" } else { "tsc" });
+    let work = workspace::build_dir(root).join("bench");
+    let cmdline = format!("test=bench exit=qemu log=warn fastpath={}", if run.fastpath { "on" } else { "off" });
+    let q = QemuRun::new(kernel, &work)
+        .init(Some(init))
+        .cpus(args.cpus)
+        .icount(run.icount)
+        .cmdline(cmdline)
+        .serial(Serial::Stdio);
+    q.prepare()?;
+    let mut lines = Vec::new();
+    let log = work.join(format!("{name}.log"));
+    let captured = run_captured(q.command()?, &log, Duration::from_secs(args.timeout), |line| {
+        if let Some(at) = line.find("{\"bench\"") {
+            lines.push(line[at..].to_string());
+        }
+        Control::Continue
+    })
+    .with_context(|| format!("boot {name}"))?;
+    if captured.timed_out {
+        bail!("{name}: timed out after {} s (log: {})", args.timeout, log.display());
+    }
+    if captured.code() != Some(matryoshka_boot::qemu::EXIT_SUCCESS) {
+        bail!("{name}: the guest failed ({}); log: {}", matryoshka_boot::qemu::describe_exit(captured.code()), log.display());
+    }
+    lines
+        .iter()
+        .map(|l| serde_json::from_str(l).with_context(|| format!("{name}: bad benchmark line {l}")))
+        .collect()
+}
+
+fn main() -> ExitCode {
+    let args = Args::parse();
+    match run(&args) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("bench-ipc: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(args: &Args) -> Result<()> {
+    let root = workspace::root()?;
+    let (kernel, init) = if args.no_build {
+        (workspace::kernel_image(&root), workspace::init_image(&root))
+    } else {
+        workspace::build_all(&root, &workspace::BuildOptions::default())?
+    };
+    let mut merged: BTreeMap<String, Value> = BTreeMap::new();
+    for run in [
+        Run { fastpath: true, icount: false },
+        Run { fastpath: false, icount: false },
+        Run { fastpath: true, icount: true },
+        Run { fastpath: false, icount: true },
+    ] {
+        eprintln!("bench-ipc: booting with fastpath={} {}", if run.fastpath { "on" } else { "off" }, if run.icount { "under -icount" } else { "(TSC cycles)" });
+        for v in boot(&root, &kernel, &init, args, &run)? {
+            let name = v["bench"].as_str().context("benchmark line without a name")?.to_string();
+            // null_syscall and the cross-CPU runs appear in both fast/slow boots; keep the fast-path boot's.
+            if !run.fastpath && name != "ipc_rt_slowpath" {
+                continue;
+            }
+            let entry = merged.entry(name.clone()).or_insert_with(|| json!({"bench": name}));
+            if run.icount {
+                entry["instructions_per_op"] = v["median_cycles"].clone();
+            } else {
+                for key in ["cpus", "iterations", "median_cycles", "p99_cycles"] {
+                    entry[key] = v[key].clone();
+                }
+            }
+        }
+    }
+    for v in merged.values() {
+        println!("{v}");
+    }
+    eprintln!();
+    eprintln!("{:<28} {:>6} {:>10} {:>14} {:>12} {:>14}", "bench", "cpus", "iterations", "median cycles", "p99 cycles", "instructions");
+    let cell = |v: &Value| if v.is_null() { "-".to_string() } else { v.to_string() };
+    for v in merged.values() {
+        eprintln!(
+            "{:<28} {:>6} {:>10} {:>14} {:>12} {:>14}",
+            v["bench"].as_str().unwrap_or("?"),
+            cell(&v["cpus"]),
+            cell(&v["iterations"]),
+            cell(&v["median_cycles"]),
+            cell(&v["p99_cycles"]),
+            cell(&v["instructions_per_op"])
+        );
+    }
+    let get = |b: &str, k: &str| merged.get(b).and_then(|v| v[k].as_f64());
+    if let (Some(f), Some(s)) = (get("ipc_rt_fastpath", "instructions_per_op"), get("ipc_rt_slowpath", "instructions_per_op")) {
+        eprintln!("\nsame-CPU round trip, slow path / fast path: {:.2}x in instructions", s / f);
+    }
+    if let (Some(f), Some(s)) = (get("ipc_rt_fastpath", "median_cycles"), get("ipc_rt_slowpath", "median_cycles")) {
+        eprintln!("same-CPU round trip, slow path / fast path: {:.2}x in median TSC cycles (noisy under TCG)", s / f);
+    }
+    Ok(())
+}
