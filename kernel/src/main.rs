@@ -190,6 +190,20 @@ mod boot {
         let args = args();
         match args.test {
             TestSelection::None => {
+                match crate::boot_init_module() {
+                    Some(m) => {
+                        log::info!("starting the root program ('{}', {} KiB)", m.name.as_str(), (m.end - m.start) >> 10);
+                        // SAFETY: boot modules stay in RAM the frame allocator never hands out.
+                        let image = unsafe {
+                            core::slice::from_raw_parts(paging::phys_to_virt(m.start) as *const u8, (m.end - m.start) as usize)
+                        };
+                        match crate::loader::run(image) {
+                            Ok(exit) => log::info!("the root program ended: {exit:?}"),
+                            Err(e) => log::error!("the root program was refused: {e:?}"),
+                        }
+                    }
+                    None => log::warn!("no root program among the boot modules"),
+                }
                 log::info!("boot complete; idling (in QEMU, Ctrl-A X quits)");
                 crate::sched::exit_current(crate::arch::x86_64::syscall::UserExit::Exited(0))
             }
