@@ -51,6 +51,11 @@ pub fn matrix() -> Vec<Scenario> {
         Scenario::tests(Mode::PxeBios, 2, 240),
         Scenario::tests(Mode::PxeUefi, 2, 300),
         Scenario {
+            name: "ipc-stress-direct-2cpu".into(),
+            test: "ipc_stress".into(),
+            ..Scenario::tests(Mode::Direct, 2, 300)
+        },
+        Scenario {
             name: "panic-direct-2cpu".into(),
             mode: Mode::Direct,
             cpus: 2,

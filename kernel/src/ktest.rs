@@ -24,6 +24,9 @@ use crate::arch::x86_64::syscall::{self, UserExit};
 
 type CaseResult = Result<(), String>;
 
+/// Cases that run only when named (`test=ipc_stress`), not with `test=all`.
+const EXPLICIT_CASES: &[(&str, fn() -> CaseResult)] = &[("ipc_stress", ipc_stress)];
+
 const CASES: &[(&str, fn() -> CaseResult)] = &[
     ("frame_alloc", frame_alloc),
     ("frame_errors", frame_errors),
@@ -58,8 +61,13 @@ fn json_escape(s: &str) -> String {
 
 /// Runs the selected cases; returns how many failed.
 pub fn run(args: &KernelArgs) -> usize {
-    let all = || CASES.iter().chain(crate::sched::ktests::CASES);
-    let selected: Vec<_> = all().filter(|(name, _)| args.selects(name)).collect();
+    let all = || CASES.iter().chain(crate::sched::ktests::CASES).chain(EXPLICIT_CASES);
+    let selected: Vec<_> = CASES
+        .iter()
+        .chain(crate::sched::ktests::CASES)
+        .filter(|(name, _)| args.selects(name))
+        .chain(EXPLICIT_CASES.iter().filter(|(name, _)| matches!(args.test, crate::cmdline::TestSelection::Only(_)) && args.selects(name)))
+        .collect();
     let names: Vec<String> = selected.iter().map(|(n, _)| format!("\"{n}\"")).collect();
     print_line(format_args!("KTEST {{\"event\":\"plan\",\"cases\":[{}]}}", names.join(",")));
     if let crate::cmdline::TestSelection::Only(list) = args.test {
@@ -636,5 +644,18 @@ pub fn run_root_benchmarks(args: &KernelArgs) -> bool {
             log::error!("bench: the root program ended with {other:?}");
             false
         }
+    }
+}
+
+/// `test=ipc_stress` (not part of `all`): the root program's IPC stress run,
+/// a client on every CPU calling a server on every CPU, a million
+/// sequence-checked round trips in all.
+fn ipc_stress() -> CaseResult {
+    let m = crate::boot_init_module().ok_or("no init module")?;
+    // SAFETY: boot modules stay in RAM the frame allocator never hands out.
+    let image = unsafe { core::slice::from_raw_parts(paging::phys_to_virt(m.start) as *const u8, (m.end - m.start) as usize) };
+    match crate::loader::run_with_flags(image, 4) {
+        Ok(UserExit::Exited(0)) => Ok(()),
+        other => Err(format!("the stress run ended with {other:?} (see its output above)")),
     }
 }
