@@ -1,7 +1,7 @@
 //! The kernel command line: `key=value` words separated by spaces.
 //!
 //! Known keys: `log=error|warn|info|debug|trace`,
-//! `test=all|panic|stack_overflow|bench|<case>,<case>`, `fastpath=on|off`,
+//! `test=all|panic|stack_overflow|bench|<case>,<case>`, `fastpath=on|off`, `ipc_spin=N`,
 //! `exit=qemu`. Unknown words are kept and reported, never fatal.
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -34,6 +34,8 @@ pub struct KernelArgs<'a> {
     pub exit_qemu: bool,
     /// `fastpath=off` routes IPC wake-ups through the run queue (for comparison).
     pub fastpath: bool,
+    /// `ipc_spin=N`: iterations a cross-CPU IPC waiter spins before blocking.
+    pub ipc_spin: Option<u32>,
     /// The first word the parser did not understand, for a warning.
     pub first_unknown: Option<&'a str>,
 }
@@ -41,7 +43,14 @@ pub struct KernelArgs<'a> {
 impl<'a> KernelArgs<'a> {
     pub fn parse(line: &'a str) -> Self {
         let mut args =
-            KernelArgs { log_level: LogLevel::Info, test: TestSelection::None, exit_qemu: false, fastpath: true, first_unknown: None };
+            KernelArgs {
+            log_level: LogLevel::Info,
+            test: TestSelection::None,
+            exit_qemu: false,
+            fastpath: true,
+            ipc_spin: None,
+            first_unknown: None,
+        };
         for word in line.split_ascii_whitespace() {
             let (key, value) = word.split_once('=').unwrap_or((word, ""));
             let understood = match key {
@@ -65,6 +74,10 @@ impl<'a> KernelArgs<'a> {
                         list => TestSelection::Only(list),
                     };
                     true
+                }
+                "ipc_spin" => {
+                    args.ipc_spin = value.parse().ok();
+                    args.ipc_spin.is_some()
                 }
                 "fastpath" => {
                     args.fastpath = value != "off";

@@ -3,23 +3,42 @@
 //!
 //! Clients call a *port*; server threads wait on the *portset* the port
 //! belongs to and learn from the port's *alias* which port a request came
-//! through. When a server is already waiting, the client hands its CPU
-//! straight to it (`sched::block_and_handoff`: no run queue), and the reply
-//! hands it straight back — the same-CPU fast path; `fastpath=off` on the
-//! command line routes every wake-up through the run queue instead, for
-//! comparison. Cross-CPU requests wake the server on its own CPU.
+//! through.
+//!
+//! * Same CPU: when a server already waits and may run on the caller's CPU,
+//!   the client hands its CPU straight to it (`sched::block_and_handoff`: no
+//!   run queue), and the reply hands it straight back. `fastpath=off` on the
+//!   command line routes these wake-ups through the run queue, for comparison.
+//! * Across CPUs: a party that waits for its partner on another CPU first
+//!   spins (`ipc_spin=N` iterations, default 4000) watching for the
+//!   message, and blocks only if it does not come — so a busy pair never
+//!   pays for an IPI and a halt. `ipc_spin=0` always blocks.
 
 extern crate alloc;
 
 use alloc::collections::VecDeque;
 use alloc::sync::Arc;
+use core::sync::atomic::{AtomicU32, AtomicUsize, Ordering};
 
 use crate::arch::cpu;
 use crate::sched::{self, Thread};
 
+static SPIN_LIMIT: AtomicU32 = AtomicU32::new(4000);
+
+/// How long a waiter spins for a partner on another CPU before blocking.
+pub fn set_spin_limit(iterations: u32) {
+    SPIN_LIMIT.store(iterations, Ordering::Relaxed);
+}
+
+pub fn spin_limit() -> u32 {
+    SPIN_LIMIT.load(Ordering::Relaxed)
+}
+
 /// Where clients queue and servers wait.
 pub struct Portset {
     inner: spin::Mutex<PortsetInner>,
+    /// Clients queued in `inner.clients`, readable without the lock by spinning servers.
+    pending: AtomicUsize,
 }
 
 struct PortsetInner {
@@ -48,28 +67,73 @@ impl Default for Portset {
 
 impl Portset {
     pub fn new() -> Portset {
-        Portset { inner: spin::Mutex::new(PortsetInner { servers: VecDeque::new(), clients: VecDeque::new() }) }
+        Portset {
+            inner: spin::Mutex::new(PortsetInner { servers: VecDeque::new(), clients: VecDeque::new() }),
+            pending: AtomicUsize::new(0),
+        }
+    }
+
+    fn pop_client(&self, inner: &mut PortsetInner) -> Option<Arc<Thread>> {
+        let c = inner.clients.pop_front()?;
+        self.pending.fetch_sub(1, Ordering::Release);
+        Some(c)
+    }
+
+    fn push_client(&self, inner: &mut PortsetInner, c: Arc<Thread>) {
+        inner.clients.push_back(c);
+        self.pending.fetch_add(1, Ordering::Release);
+    }
+
+    fn withdraw_client(&self, me: &Arc<Thread>) {
+        cpu::without_interrupts(|| {
+            let mut inner = self.inner.lock();
+            let before = inner.clients.len();
+            inner.clients.retain(|c| !Arc::ptr_eq(c, me));
+            if inner.clients.len() < before {
+                self.pending.fetch_sub(1, Ordering::Release);
+            }
+        });
     }
 }
 
-/// Blocks (the caller is already marked blocked) until `delivered` is set
-/// in the caller's slot, or the caller is killed.
+fn delivered(me: &Arc<Thread>) -> bool {
+    me.ipc.lock().delivered
+}
+
+/// Spins up to the spin limit for the partner's delivery; true if it came.
+fn spin_for_delivery(me: &Arc<Thread>) -> bool {
+    for _ in 0..spin_limit() {
+        if delivered(me) {
+            return true;
+        }
+        cpu::pause();
+    }
+    delivered(me)
+}
+
+/// Blocks until `delivered` is set in the caller's slot, or the caller is
+/// killed. The caller is not marked blocked yet (unless `handoff` is given,
+/// in which case it is and the CPU goes straight to that thread).
 fn wait_delivered(me: &Arc<Thread>, handoff: Option<Arc<Thread>>) -> Result<(), IpcError> {
-    match handoff {
-        Some(next) => sched::block_and_handoff(&next),
-        None => sched::schedule(),
+    if let Some(next) = handoff {
+        // The caller marked itself blocked; a delivery that already happened
+        // may have found it still running, so do not sleep past it.
+        if delivered(me) {
+            let _ = sched::wake(me);
+        }
+        sched::block_and_handoff(&next);
     }
     loop {
-        if me.ipc.lock().delivered {
+        if delivered(me) {
             return Ok(());
         }
         if me.kill_requested() {
             return Err(IpcError::Interrupted);
         }
-        // Spurious wake-up: block again until the partner delivers.
         sched::mark_current_blocked();
-        if me.ipc.lock().delivered {
-            // Delivered between the check and the block: undo and return.
+        if delivered(me) {
+            // Delivered between the check and the block: the partner's wake
+            // may have missed us, so undo the block ourselves.
             let _ = sched::wake(me);
             sched::schedule();
             return Ok(());
@@ -84,35 +148,65 @@ pub fn call(port: &Port, message: [u64; 6]) -> Result<[u64; 6], IpcError> {
     {
         let mut slot = me.ipc.lock();
         slot.message = message;
+        slot.alias = port.alias;
         slot.delivered = false;
     }
-    let server = {
-        let mut ps = port.portset.inner.lock();
-        sched::mark_current_blocked();
-        match ps.servers.pop_front() {
-            Some(server) => Some(server),
-            None => {
-                me.ipc.lock().alias = port.alias;
-                ps.clients.push_back(me.clone());
-                None
+    let ps = &port.portset;
+    let server = cpu::without_interrupts(|| {
+        let mut inner = ps.inner.lock();
+        let server = inner.servers.pop_front();
+        if server.is_none() {
+            ps.push_client(&mut inner, me.clone());
+        }
+        server
+    });
+    let here = crate::arch::percpu::this_cpu_index();
+    let result = match server {
+        Some(server) => {
+            {
+                let mut s = server.ipc.lock();
+                s.message = message;
+                s.alias = port.alias;
+                s.partner = Some(me.clone());
+                s.delivered = true;
+            }
+            if sched::direct_handoff_enabled() && server.may_run_on(here) {
+                sched::mark_current_blocked();
+                wait_delivered(&me, Some(server))
+            } else {
+                sched::wake(&server);
+                if spin_for_delivery(&me) { Ok(()) } else { wait_delivered(&me, None) }
+            }
+        }
+        // Queued: a server spinning on another CPU may take it at once.
+        None => {
+            if spin_for_delivery(&me) {
+                Ok(())
+            } else {
+                wait_delivered(&me, None)
             }
         }
     };
-    if let Some(server) = &server {
-        let mut s = server.ipc.lock();
-        s.message = message;
-        s.alias = port.alias;
-        s.partner = Some(me.clone());
-        s.delivered = true;
-    }
-    let result = wait_delivered(&me, server);
     if result.is_err() {
         // Killed before a server took the request: withdraw it.
-        cpu::without_interrupts(|| port.portset.inner.lock().clients.retain(|c| !Arc::ptr_eq(c, &me)));
+        ps.withdraw_client(&me);
     }
     result?;
     let reply = me.ipc.lock().reply;
     Ok(reply)
+}
+
+/// Takes `client`'s queued request as the server's current one.
+fn accept(me: &Arc<Thread>, client: Arc<Thread>) -> (u64, [u64; 6]) {
+    let (message, alias) = {
+        let c = client.ipc.lock();
+        (c.message, c.alias)
+    };
+    let mut slot = me.ipc.lock();
+    slot.message = message;
+    slot.alias = alias;
+    slot.partner = Some(client);
+    (alias, message)
 }
 
 /// Replies to the server's current client (if any), then waits for the next
@@ -126,39 +220,79 @@ pub fn reply_wait(portset: &Portset, reply: [u64; 6]) -> Result<(u64, [u64; 6]),
         slot.delivered = true;
     }
     me.ipc.lock().delivered = false;
-    let queued = {
-        let mut ps = portset.inner.lock();
-        match ps.clients.pop_front() {
-            Some(next_client) => Some(next_client),
-            None => {
-                sched::mark_current_blocked();
-                ps.servers.push_back(me.clone());
-                None
+    let here = crate::arch::percpu::this_cpu_index();
+    // A client blocked on this CPU gets the CPU back directly once we block;
+    // one on another CPU is woken now (a no-op while it still spins).
+    let (handoff_to, remote_client) = match client {
+        Some(c) if sched::direct_handoff_enabled() && c.cpu() == here && c.may_run_on(here) => (Some(c), None),
+        other => (None, other),
+    };
+    if let Some(c) = remote_client {
+        sched::wake(&c);
+    }
+    let queued = cpu::without_interrupts(|| {
+        let mut inner = portset.inner.lock();
+        portset.pop_client(&mut inner)
+    });
+    if let Some(next_client) = queued {
+        if let Some(c) = &handoff_to {
+            sched::wake(c);
+        }
+        return Ok(accept(&me, next_client));
+    }
+    if let Some(c) = handoff_to {
+        let registered = cpu::without_interrupts(|| {
+            let mut inner = portset.inner.lock();
+            match portset.pop_client(&mut inner) {
+                Some(next) => Err(next),
+                None => {
+                    sched::mark_current_blocked();
+                    inner.servers.push_back(me.clone());
+                    Ok(())
+                }
+            }
+        });
+        return match registered {
+            Err(next) => {
+                sched::wake(&c);
+                Ok(accept(&me, next))
+            }
+            Ok(()) => finish_wait(&me, portset, Some(c)),
+        };
+    }
+    for _ in 0..spin_limit() {
+        if portset.pending.load(Ordering::Acquire) > 0 {
+            let next = cpu::without_interrupts(|| {
+                let mut inner = portset.inner.lock();
+                portset.pop_client(&mut inner)
+            });
+            if let Some(next) = next {
+                return Ok(accept(&me, next));
             }
         }
-    };
-    if let Some(next_client) = queued {
-        // A request was already waiting: take it and keep running.
-        let (message, alias) = {
-            let c = next_client.ipc.lock();
-            (c.message, c.alias)
-        };
-        let mut slot = me.ipc.lock();
-        slot.message = message;
-        slot.alias = alias;
-        slot.partner = Some(next_client);
-        drop(slot);
-        if let Some(c) = client {
-            sched::wake(&c);
-        }
-        let slot = me.ipc.lock();
-        let received = (slot.alias, slot.message);
-        drop(slot);
-        return Ok(received);
+        cpu::pause();
     }
-    let result = wait_delivered(&me, client);
+    let registered = cpu::without_interrupts(|| {
+        let mut inner = portset.inner.lock();
+        match portset.pop_client(&mut inner) {
+            Some(next) => Err(next),
+            None => {
+                inner.servers.push_back(me.clone());
+                Ok(())
+            }
+        }
+    });
+    match registered {
+        Err(next) => Ok(accept(&me, next)),
+        Ok(()) => finish_wait(&me, portset, None),
+    }
+}
+
+/// A server registered in `servers` waits for a client to deliver.
+fn finish_wait(me: &Arc<Thread>, portset: &Portset, handoff: Option<Arc<Thread>>) -> Result<(u64, [u64; 6]), IpcError> {
+    let result = wait_delivered(me, handoff);
     if result.is_err() {
-        cpu::without_interrupts(|| portset.inner.lock().servers.retain(|s| !Arc::ptr_eq(s, &me)));
+        cpu::without_interrupts(|| portset.inner.lock().servers.retain(|s| !Arc::ptr_eq(s, me)));
     }
     result?;
     let slot = me.ipc.lock();

@@ -634,7 +634,7 @@ pub fn run_root_benchmarks(args: &KernelArgs) -> bool {
     };
     // SAFETY: boot modules stay in RAM the frame allocator never hands out.
     let image = unsafe { core::slice::from_raw_parts(paging::phys_to_virt(m.start) as *const u8, (m.end - m.start) as usize) };
-    let flags = 1 | if args.fastpath { 0 } else { 2 };
+    let flags = 1 | if args.fastpath { 0 } else { 2 } | if crate::ipc::spin_limit() == 0 { 8 } else { 0 };
     match crate::loader::run_with_flags(image, flags) {
         Ok(UserExit::Exited(0)) => {
             print_line(format_args!("BENCH done"));

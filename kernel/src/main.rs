@@ -122,6 +122,9 @@ mod boot {
         console::set_level(args.log_level);
         panic::EXIT_QEMU_ON_PANIC.store(args.exit_qemu, Ordering::Relaxed);
         crate::sched::set_direct_handoff(args.fastpath);
+        if let Some(n) = args.ipc_spin {
+            crate::ipc::set_spin_limit(n);
+        }
         log::info!("Matryoshka {} booting via {}; command line '{}'", env!("CARGO_PKG_VERSION"), info.loader, info.cmdline.as_str());
         if let Some(word) = args.first_unknown {
             log::warn!("cmdline: ignoring '{word}'");

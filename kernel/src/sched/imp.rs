@@ -143,6 +143,11 @@ impl Thread {
         self.ran_on.load(Ordering::Acquire)
     }
 
+    /// Whether the thread's affinity allows `cpu`.
+    pub fn may_run_on(&self, cpu: usize) -> bool {
+        self.allowed_on(cpu)
+    }
+
     pub fn space(&self) -> Option<Arc<Space>> {
         self.space.upgrade()
     }

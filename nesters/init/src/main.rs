@@ -785,7 +785,8 @@ mod bench {
             return 2;
         }
         if cpus >= 2 {
-            if let Err(e) = ipc_bench("ipc_rt_cross_cpu_blocking", cpus, 1, 0, N / 4) {
+            let cross = if obj::start_flags() & 8 != 0 { "ipc_rt_cross_cpu_blocking" } else { "ipc_rt_cross_cpu_polled" };
+            if let Err(e) = ipc_bench(cross, cpus, 1, 0, N / 4) {
                 println!("bench: {e}");
                 return 3;
             }
