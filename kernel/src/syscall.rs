@@ -51,6 +51,8 @@ pub const SYS_MAPPING_CREATE: u64 = 38;
 pub const SYS_REGION_PROTECT: u64 = 39;
 pub const SYS_REGION_DESTROY: u64 = 40;
 pub const SYS_MAPPING_DESTROY: u64 = 41;
+pub const SYS_SPACE_SET_KEEPER: u64 = 42;
+pub const SYS_REGION_SET_KEEPER: u64 = 43;
 
 /// Longest console write accepted in one call.
 pub const CONSOLE_WRITE_MAX: u64 = 256;
@@ -168,6 +170,8 @@ pub fn dispatch(frame: &mut SyscallFrame) -> i64 {
         SYS_REGION_PROTECT => region_protect(a0, a1),
         SYS_REGION_DESTROY => region_or_mapping_destroy(a0, true),
         SYS_MAPPING_DESTROY => region_or_mapping_destroy(a0, false),
+        SYS_SPACE_SET_KEEPER => space_set_keeper(a0, a1),
+        SYS_REGION_SET_KEEPER => region_set_keeper(a0, a1),
         SYS_READ_TSC => Ok((crate::arch::cpu::read_tsc() & (i64::MAX as u64)) as i64),
         _ => Err(SysError::NoSuchCall),
     };
@@ -530,5 +534,33 @@ fn region_or_mapping_destroy(h: u64, region: bool) -> SysResult {
         _ => return Err(SysError::WrongType),
     }
     crate::arch::cpu::without_interrupts(|| me.handles.lock().remove(handle))?;
+    Ok(0)
+}
+
+/// The port behind `h` (SEND right), or none for handle 0.
+fn optional_port(me: &Space, h: u64) -> Result<Option<alloc::sync::Arc<crate::ipc::Port>>, SysError> {
+    if h == 0 {
+        return Ok(None);
+    }
+    Ok(Some(me.lookup_port(Handle::from_raw(h), Rights::SEND)?))
+}
+
+/// `space_set_keeper(space, port)`: the port (SEND right; 0 clears) that
+/// receives the space's threads' exceptions as IPC (SET_STATE on the space).
+fn space_set_keeper(space: u64, port: u64) -> SysResult {
+    let me = caller()?;
+    let target = me.lookup_space(Handle::from_raw(space), Rights::SET_STATE)?;
+    let port = optional_port(&me, port)?;
+    target.set_keeper(port);
+    Ok(0)
+}
+
+/// `region_set_keeper(region, port)`: the port (SEND right; 0 clears) that
+/// receives faults in the region's unbacked pages (SET_STATE on the region).
+fn region_set_keeper(region: u64, port: u64) -> SysResult {
+    let me = caller()?;
+    let Object::Region(r) = me.lookup(Handle::from_raw(region), Rights::SET_STATE)? else { return Err(SysError::WrongType) };
+    let token = optional_port(&me, port)?.map(|p| crate::object::keeper::token_for(&p));
+    crate::object::memory::add(|g| g.set_region_keeper(r, token))?;
     Ok(0)
 }

@@ -6,6 +6,8 @@
 pub mod handle;
 pub mod vm;
 #[cfg(target_os = "none")]
+pub mod keeper;
+#[cfg(target_os = "none")]
 pub mod memory;
 #[cfg(target_os = "none")]
 pub mod space;

@@ -96,6 +96,8 @@ pub struct Space {
     threads: spin::Mutex<Vec<Arc<Thread>>>,
     depth: u32,
     dead: AtomicBool,
+    /// Where this space's exceptions go (see `keeper`).
+    keeper: spin::Mutex<Option<Arc<crate::ipc::Port>>>,
 }
 
 impl Space {
@@ -119,6 +121,7 @@ impl Space {
             threads: spin::Mutex::new(Vec::new()),
             depth,
             dead: AtomicBool::new(false),
+            keeper: spin::Mutex::new(None),
         });
         if let Some(p) = parent {
             cpu::without_interrupts(|| p.children.lock().push(space.clone()));
@@ -150,6 +153,14 @@ impl Space {
     /// Records a frame the loader filled as anonymous page `page_va`.
     pub fn adopt_anonymous_frame(&self, page_va: u64, pa: u64) {
         cpu::without_interrupts(|| self.anonymous.lock().insert(page_va, pa));
+    }
+
+    pub fn keeper(&self) -> Option<Arc<crate::ipc::Port>> {
+        cpu::without_interrupts(|| self.keeper.lock().clone())
+    }
+
+    pub fn set_keeper(&self, port: Option<Arc<crate::ipc::Port>>) {
+        cpu::without_interrupts(|| *self.keeper.lock() = port);
     }
 
     pub fn is_dead(&self) -> bool {
@@ -258,6 +269,7 @@ impl Space {
             let table = cpu::without_interrupts(|| core::mem::replace(&mut *s.handles.lock(), HandleTable::new(0)));
             drop(table);
             cpu::without_interrupts(|| s.children.lock().clear());
+            s.set_keeper(None);
             paging::destroy_user_root_with(s.root, false);
             let frames: Vec<u64> = cpu::without_interrupts(|| core::mem::take(&mut *s.anonymous.lock())).into_values().collect();
             super::memory::free_frames(frames);
@@ -275,11 +287,3 @@ impl Space {
     }
 }
 
-/// A page fault from ring 3: resolves it through the regions and mappings
-/// of the faulting thread's space. False if it cannot be resolved here
-/// (it then becomes an exception of the thread).
-pub fn resolve_user_fault(address: u64, error_code: u64) -> bool {
-    // A protection fault on a present page that the rights allow cannot be fixed by remapping.
-    let Some(space) = sched::current().space() else { return false };
-    super::memory::fault(&space, address, super::memory::access_of(error_code)).is_ok()
-}

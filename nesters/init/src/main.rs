@@ -34,7 +34,7 @@ fn init_main() -> i32 {
         return stress::run();
     }
     println!("init: hello from the root program");
-    let checks: [(&str, Check); 17] = [
+    let checks: [(&str, Check); 18] = [
         ("data and bss", data_and_bss),
         ("null call", null_call),
         ("console write", console_write),
@@ -52,6 +52,7 @@ fn init_main() -> i32 {
         ("ipc cross cpu", ipc_cross_cpu),
         ("ipc errors", ipc_errors),
         ("nested mappings and revocation", nested_mappings),
+        ("user-level pager and exception keeper", keepers),
     ];
     for (i, (name, check)) in checks.iter().enumerate() {
         if let Err(why) = check() {
@@ -593,6 +594,110 @@ fn nested_mappings_once() -> Result<(), &'static str> {
         m::region_destroy(h).map_err(|_| "region_destroy")?;
     }
     Ok(())
+}
+
+/// Executes an invalid instruction (for the exception keeper).
+extern "C" fn probe_ud2(_: u64) -> ! {
+    // SAFETY: deliberately raises #UD; the keeper decides what happens.
+    unsafe { core::arch::asm!("ud2", options(noreturn)) }
+}
+
+const PAGER_ALIAS: u64 = 0x9a9e;
+const EXCEPTION_ALIAS: u64 = 0xe8c;
+const HOLE: u64 = 0x20_0000_0000;
+const PAGER_BACKING: u64 = rt::memory::ROOT_ANONYMOUS_BASE + 0x10_0000;
+static PAGER_PORTSET: AtomicU64 = AtomicU64::new(0);
+static PAGE_FAULTS: AtomicU64 = AtomicU64::new(0);
+static EXCEPTIONS: AtomicU64 = AtomicU64::new(0);
+static LAST_EXCEPTION: [AtomicU64; 3] = [const { AtomicU64::new(0) }; 3];
+
+/// A user-level pager: fills the faulting page of the hole with a pattern
+/// by mapping a page of its own memory there, then lets the thread retry.
+/// Exceptions (on the other port) are recorded and the thread ended.
+extern "C" fn pager(_: u64) -> ! {
+    use rt::memory as m;
+    let ps = Handle(PAGER_PORTSET.load(Ordering::Relaxed));
+    let mut reply = [0u64; 6];
+    loop {
+        let Ok((alias, msg)) = rt::ipc::reply_wait(ps, reply) else { rt::exit(1) };
+        reply = [1, 0, 0, 0, 0, 0];
+        if alias == PAGER_ALIAS && msg[0] == m::keeper::PAGE_FAULT {
+            let offset = msg[1];
+            let backing = PAGER_BACKING + offset;
+            // SAFETY: the pager's own demand-zero memory.
+            unsafe { core::ptr::write_volatile(backing as *mut u64, 0xfeed_0000 + offset) };
+            let me = obj::self_space();
+            let served = m::region_create(me, backing, 4096, m::READ | m::WRITE)
+                .and_then(|r| m::mapping_create(r, me, HOLE + offset, 0, 4096, m::READ | m::WRITE));
+            if served.is_ok() {
+                PAGE_FAULTS.fetch_add(1, Ordering::Relaxed);
+                reply = [0, 0, 0, 0, 0, 0];
+            }
+        } else if alias == EXCEPTION_ALIAS && msg[0] == m::keeper::EXCEPTION {
+            for (slot, v) in LAST_EXCEPTION.iter().zip([msg[1], msg[3], msg[2]]) {
+                slot.store(v, Ordering::Relaxed);
+            }
+            EXCEPTIONS.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+}
+
+fn keepers() -> Result<(), &'static str> {
+    use rt::memory as m;
+    let me = obj::self_space();
+    let ps = rt::ipc::portset_create().map_err(|_| "portset_create")?;
+    let pager_port = rt::ipc::port_create(ps, PAGER_ALIAS).map_err(|_| "port_create")?;
+    let exception_port = rt::ipc::port_create(ps, EXCEPTION_ALIAS).map_err(|_| "port_create")?;
+    PAGER_PORTSET.store(ps.0, Ordering::Relaxed);
+    let pager_thread = obj::thread_create(me, pager, stack_top(2), 0).map_err(|_| "pager thread")?;
+
+    // The hole: a range of this space with nothing behind it, exported with the pager as keeper.
+    let hole = m::region_create(me, HOLE, 16 * 4096, m::READ | m::WRITE).map_err(|_| "hole region")?;
+    m::region_set_keeper(hole, Some(pager_port)).map_err(|_| "region_set_keeper")?;
+    let child = obj::space_create(me).map_err(|_| "space_create")?;
+    obj::space_set_keeper(child, Some(exception_port)).map_err(|_| "space_set_keeper")?;
+    let child_va = 0x6000_0000;
+    m::mapping_create(hole, child, child_va, 0, 16 * 4096, m::READ).map_err(|_| "child maps the hole")?;
+    // SAFETY: pre-touch the probe stack pages (the root's demand-zero memory).
+    let stacks = m::ROOT_ANONYMOUS_BASE + 0x40000;
+    unsafe { core::ptr::write_volatile(stacks as *mut u64, 0) };
+    equip_probe_space(child, stacks)?;
+
+    let mut result = Ok(());
+    let page = 3 * 4096;
+    if probe(child, probe_read, child_va + page) != Ok(0xfeed_0000 + page) {
+        result = Err("the child did not read the page its parent's pager supplied");
+    } else if PAGE_FAULTS.load(Ordering::Relaxed) != 1 {
+        result = Err("the pager did not see exactly one fault");
+    } else if probe(child, probe_read, child_va + page) != Ok(0xfeed_0000 + page) || PAGE_FAULTS.load(Ordering::Relaxed) != 1 {
+        result = Err("a second touch of a supplied page went to the pager again");
+    } else if probe(child, probe_ud2, 0) != Err(SysError::Dead) {
+        result = Err("the exception keeper did not end the thread it was asked to");
+    } else {
+        // The faulting rip is the ud2 itself, after at most a short prologue.
+        let entry = probe_ud2 as *const () as u64;
+        let rip = LAST_EXCEPTION[1].load(Ordering::Relaxed);
+        if EXCEPTIONS.load(Ordering::Relaxed) != 1 || LAST_EXCEPTION[0].load(Ordering::Relaxed) != 6 || !(entry..entry + 16).contains(&rip) {
+            println!(
+                "init: keeper saw {} exceptions, last vector {} at {rip:#x} (probe at {entry:#x})",
+                EXCEPTIONS.load(Ordering::Relaxed),
+                LAST_EXCEPTION[0].load(Ordering::Relaxed)
+            );
+            result = Err("the exception keeper did not get #UD in the probe");
+        }
+    }
+    obj::space_set_keeper(child, None).map_err(|_| "clearing the keeper")?;
+    if result.is_ok() && probe(child, probe_ud2, 0) != Err(SysError::Dead) {
+        result = Err("with no keeper an exception did not end the thread");
+    }
+    let _ = obj::thread_kill(pager_thread);
+    let _ = obj::thread_wait(pager_thread, true);
+    let _ = obj::space_destroy(child);
+    let _ = m::region_destroy(hole);
+    for h in [pager_thread, pager_port, exception_port, ps] {
+        let _ = obj::close(h);
+    }
+    result
 }
 
 mod stress {

@@ -57,6 +57,8 @@ pub mod nr {
     pub const REGION_PROTECT: u64 = 39;
     pub const REGION_DESTROY: u64 = 40;
     pub const MAPPING_DESTROY: u64 = 41;
+    pub const SPACE_SET_KEEPER: u64 = 42;
+    pub const REGION_SET_KEEPER: u64 = 43;
 }
 
 /// Longest console write the kernel accepts in one call.

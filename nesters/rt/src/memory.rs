@@ -66,3 +66,18 @@ extern "C" {
 pub fn readonly_image() -> (u64, u64) {
     (core::ptr::addr_of!(__image_start) as u64, core::ptr::addr_of!(__readonly_end) as u64)
 }
+
+/// Sends faults in the region's unbacked pages to `port` (a user-level
+/// pager); `None` clears it. Message: `[1, offset in region, access, address, 0, 0]`;
+/// reply `[0, ..]` to retry the access, anything else to end the thread.
+pub fn region_set_keeper(region: Handle, port: Option<Handle>) -> Result<(), SysError> {
+    // SAFETY: no memory arguments.
+    decode(unsafe { syscall2(nr::REGION_SET_KEEPER, region.0, port.map_or(0, |p| p.0)) }).map(|_| ())
+}
+
+/// Kinds of keeper messages (word 0).
+pub mod keeper {
+    pub const PAGE_FAULT: u64 = 1;
+    pub const EXCEPTION: u64 = 2;
+    pub const PROTECTION: u64 = 3;
+}

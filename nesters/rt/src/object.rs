@@ -153,3 +153,11 @@ pub fn system_info() -> Result<SystemInfo, SysError> {
     decode(unsafe { syscall2(nr::SYSTEM_INFO, raw.as_mut_ptr() as u64, 24) })?;
     Ok(SystemInfo { managed_frames: raw[0], free_frames: raw[1], cpus: raw[2] })
 }
+
+/// Sends the exceptions of `space`'s threads to `port` (`None` clears it).
+/// Message: `[2, vector, error code, rip, fault address, rsp]`; reply
+/// `[0, ..]` to resume the thread, anything else to end it.
+pub fn space_set_keeper(space: Handle, port: Option<Handle>) -> Result<(), SysError> {
+    // SAFETY: no memory arguments.
+    decode(unsafe { syscall2(nr::SPACE_SET_KEEPER, space.0, port.map_or(0, |p| p.0)) }).map(|_| ())
+}

@@ -174,8 +174,18 @@ extern "C" fn trap_dispatch(frame: &mut TrapFrame) {
     let vector = frame.vector as u8;
     match vector {
         2 => crate::panic::on_nmi(frame),
-        14 if frame.cs & 3 == 3 && crate::object::space::resolve_user_fault(super::cpu::read_cr2(), frame.error_code) => {}
-        0..=31 if frame.cs & 3 == 3 => super::syscall::user_exception(frame),
+        0..=31 if frame.cs & 3 == 3 => {
+            let e = crate::object::keeper::UserException {
+                vector: frame.vector,
+                error_code: frame.error_code,
+                rip: frame.rip,
+                rsp: frame.rsp,
+                address: if frame.vector == 14 { super::cpu::read_cr2() } else { 0 },
+            };
+            if !crate::object::keeper::handle_user_exception(&e) {
+                super::syscall::user_exception(frame)
+            }
+        }
         0..=31 => crate::panic::fatal_exception(frame),
         VECTOR_TIMER => {
             percpu::this_cpu().ticks.fetch_add(1, Ordering::Relaxed);

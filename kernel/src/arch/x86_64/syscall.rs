@@ -166,6 +166,9 @@ pub fn leave_user(exit: UserExit) -> ! {
 
 /// Called by the IDT dispatcher for an exception taken in ring 3.
 pub fn user_exception(frame: &TrapFrame) -> ! {
+    if crate::sched::current().kill_requested() {
+        leave_user(UserExit::Killed);
+    }
     let address = if frame.vector == 14 { cpu::read_cr2() } else { 0 };
     leave_user(UserExit::Fault { vector: frame.vector as u8, error_code: frame.error_code, rip: frame.rip, address })
 }
