@@ -127,7 +127,7 @@ fn wait_delivered(me: &Arc<Thread>, handoff: Option<Arc<Thread>>) -> Result<(), 
         if delivered(me) {
             return Ok(());
         }
-        if me.kill_requested() {
+        if me.kill_requested() || me.stop_requested() {
             return Err(IpcError::Interrupted);
         }
         sched::mark_current_blocked();

@@ -53,6 +53,14 @@ pub const SYS_REGION_DESTROY: u64 = 40;
 pub const SYS_MAPPING_DESTROY: u64 = 41;
 pub const SYS_SPACE_SET_KEEPER: u64 = 42;
 pub const SYS_REGION_SET_KEEPER: u64 = 43;
+pub const SYS_THREAD_STOP: u64 = 44;
+pub const SYS_THREAD_RESUME: u64 = 45;
+pub const SYS_THREAD_GET_STATE: u64 = 46;
+pub const SYS_THREAD_SET_STATE: u64 = 47;
+pub const SYS_THREAD_CREATE_STOPPED: u64 = 48;
+
+/// Bytes of a thread state record (version 1): see kernel/ABI.md.
+pub const THREAD_STATE_BYTES: u64 = 19 * 8;
 
 /// Longest console write accepted in one call.
 pub const CONSOLE_WRITE_MAX: u64 = 256;
@@ -129,6 +137,20 @@ impl From<SchedError> for SysError {
     }
 }
 
+/// Internal result of a blocking call interrupted by a stop request: the
+/// entry path rewinds the thread to make the call again (never seen by users).
+pub const RESTART: i64 = -512;
+
+/// Interrupted blocking calls restart if the thread is being stopped and
+/// end with `Dead` if it is being killed.
+fn interrupted() -> SysResult {
+    if sched::current().stop_requested() && !sched::current().kill_requested() {
+        Ok(RESTART)
+    } else {
+        Err(SysError::Dead)
+    }
+}
+
 /// Console writes from user code, for tests.
 pub static CONSOLE_WRITES: AtomicU64 = AtomicU64::new(0);
 
@@ -172,6 +194,11 @@ pub fn dispatch(frame: &mut SyscallFrame) -> i64 {
         SYS_MAPPING_DESTROY => region_or_mapping_destroy(a0, false),
         SYS_SPACE_SET_KEEPER => space_set_keeper(a0, a1),
         SYS_REGION_SET_KEEPER => region_set_keeper(a0, a1),
+        SYS_THREAD_STOP => thread_stop(a0),
+        SYS_THREAD_RESUME => thread_resume(a0),
+        SYS_THREAD_GET_STATE => thread_get_state(a0, a1, a2),
+        SYS_THREAD_SET_STATE => thread_set_state(a0, a1, a2),
+        SYS_THREAD_CREATE_STOPPED => thread_create_stopped(a0),
         SYS_READ_TSC => Ok((crate::arch::cpu::read_tsc() & (i64::MAX as u64)) as i64),
         _ => Err(SysError::NoSuchCall),
     };
@@ -334,8 +361,11 @@ fn thread_wait(h: u64, block: u64) -> SysResult {
             crate::arch::cpu::enable_interrupts();
             let r = sched::join_unless_killed(&t, true);
             crate::arch::cpu::disable_interrupts();
-            // A kill ends the wait; the thread exits on its way out.
-            r.ok_or(SysError::Dead)?
+            // A kill ends the wait (the thread exits on its way out); a stop restarts it.
+            match r {
+                Some(r) => r,
+                None => return interrupted(),
+            }
         }
         _ => return Err(SysError::InvalidArgument),
     };
@@ -419,7 +449,7 @@ fn ipc_call(frame: &mut SyscallFrame) -> SysResult {
     let me = caller()?;
     let port = me.lookup_port(Handle::from_raw(frame.rdi), Rights::SEND)?;
     drop(me);
-    let reply = crate::ipc::call(&port, message_of(frame)).map_err(|_| SysError::Dead)?;
+    let Ok(reply) = crate::ipc::call(&port, message_of(frame)) else { return interrupted() };
     set_message(frame, reply);
     Ok(0)
 }
@@ -431,7 +461,7 @@ fn ipc_reply_wait(frame: &mut SyscallFrame) -> SysResult {
     let me = caller()?;
     let ps = me.lookup_portset(Handle::from_raw(frame.rdi), Rights::RECEIVE)?;
     drop(me);
-    let (alias, request) = crate::ipc::reply_wait(&ps, message_of(frame)).map_err(|_| SysError::Dead)?;
+    let Ok((alias, request)) = crate::ipc::reply_wait(&ps, message_of(frame)) else { return interrupted() };
     set_message(frame, request);
     Ok((alias & (i64::MAX as u64)) as i64)
 }
@@ -562,5 +592,140 @@ fn region_set_keeper(region: u64, port: u64) -> SysResult {
     let Object::Region(r) = me.lookup(Handle::from_raw(region), Rights::SET_STATE)? else { return Err(SysError::WrongType) };
     let token = optional_port(&me, port)?.map(|p| crate::object::keeper::token_for(&p));
     crate::object::memory::add(|g| g.set_region_keeper(r, token))?;
+    Ok(0)
+}
+
+/// `thread_stop(thread)` (SET_STATE): stops the thread at a clean point and
+/// returns once it is stopped. A thread blocked in a system call is
+/// exported as about to make that call again (Fluke's atomic API).
+fn thread_stop(h: u64) -> SysResult {
+    let me = caller()?;
+    let t = me.lookup_thread(Handle::from_raw(h), Rights::SET_STATE)?;
+    drop(me);
+    if alloc::sync::Arc::ptr_eq(&t, &sched::current()) {
+        return Err(SysError::InvalidArgument);
+    }
+    crate::arch::cpu::enable_interrupts();
+    let stopped = sched::stop(&t);
+    crate::arch::cpu::disable_interrupts();
+    if !stopped {
+        return Err(SysError::Dead);
+    }
+    if t.has_exited() { Err(SysError::Dead) } else { Ok(0) }
+}
+
+/// `thread_resume(thread)` (SET_STATE): lets a stopped thread run again.
+fn thread_resume(h: u64) -> SysResult {
+    let me = caller()?;
+    let t = me.lookup_thread(Handle::from_raw(h), Rights::SET_STATE)?;
+    if sched::resume(&t) { Ok(0) } else { Err(SysError::InvalidArgument) }
+}
+
+/// `thread_create_stopped(space)` (CREATE): a thread that runs only after
+/// `thread_set_state` and `thread_resume` (to rebuild a thread from state).
+fn thread_create_stopped(space: u64) -> SysResult {
+    let me = caller()?;
+    let target = me.lookup_space(Handle::from_raw(space), Rights::CREATE)?;
+    let t = sched::spawn_user_stopped("user", target.clone(), sched::UserRegisters { rflags: 0x202, ..Default::default() })?;
+    target.adopt_thread(t.clone());
+    Ok(me.insert(Object::Thread(t), Rights::ALL)?.raw() as i64)
+}
+
+fn stopped_thread(h: u64, right: Rights) -> Result<alloc::sync::Arc<sched::Thread>, SysError> {
+    let me = caller()?;
+    let t = me.lookup_thread(Handle::from_raw(h), right)?;
+    if t.has_exited() {
+        return Err(SysError::Dead);
+    }
+    if !t.is_stopped() {
+        return Err(SysError::WouldBlock);
+    }
+    Ok(t)
+}
+
+/// A thread's user registers as the state record orders them.
+fn read_registers(t: &sched::Thread) -> (sched::UserRegisters, bool) {
+    use crate::arch::x86_64::idt::TrapFrame;
+    match t.stopped_frame() {
+        Some((addr, sched::FrameKind::Trap)) => {
+            // SAFETY: the thread is stopped, so its trap frame sits unchanged on its kernel stack.
+            let f = unsafe { &*(addr as *const TrapFrame) };
+            let gpr = [f.rax, f.rbx, f.rcx, f.rdx, f.rsi, f.rdi, f.rbp, f.rsp, f.r8, f.r9, f.r10, f.r11, f.r12, f.r13, f.r14, f.r15];
+            (sched::UserRegisters { gpr, rip: f.rip, rflags: f.rflags }, false)
+        }
+        Some((addr, sched::FrameKind::Syscall)) => {
+            // SAFETY: as above, for the system-call frame.
+            let f = unsafe { &*(addr as *const SyscallFrame) };
+            let gpr = [f.rax, f.rbx, f.rip, f.rdx, f.rsi, f.rdi, f.rbp, f.rsp, f.r8, f.r9, f.r10, f.rflags, f.r12, f.r13, f.r14, f.r15];
+            (sched::UserRegisters { gpr, rip: f.rip, rflags: f.rflags }, true)
+        }
+        None => (t.pending_start().lock().unwrap_or_default(), false),
+    }
+}
+
+/// `thread_get_state(thread, buf, len)` (GET_STATE, thread stopped): writes
+/// the version-1 state record (152 bytes): word 0 = version 1 | flags << 32
+/// (flag bit 0: stopped in a system call, so rcx/r11 hold rip/rflags), then
+/// rax rbx rcx rdx rsi rdi rbp rsp r8..r15, rip, rflags.
+fn thread_get_state(h: u64, buf: u64, len: u64) -> SysResult {
+    if len < THREAD_STATE_BYTES {
+        return Err(SysError::BadSize);
+    }
+    let t = stopped_thread(h, Rights::GET_STATE)?;
+    let (regs, in_syscall) = read_registers(&t);
+    let mut words = [0u64; 19];
+    words[0] = 1 | ((in_syscall as u64) << 32);
+    words[1..17].copy_from_slice(&regs.gpr);
+    words[17] = regs.rip;
+    words[18] = regs.rflags;
+    let mut bytes = [0u8; 152];
+    for (chunk, w) in bytes.chunks_exact_mut(8).zip(words) {
+        chunk.copy_from_slice(&w.to_le_bytes());
+    }
+    copy_to_user(buf, &bytes).map_err(|()| SysError::BadPointer)?;
+    Ok(THREAD_STATE_BYTES as i64)
+}
+
+/// `thread_set_state(thread, buf, len)` (SET_STATE, thread stopped):
+/// replaces the thread's registers with a version-1 record. rip and rsp
+/// must be user addresses; rflags is sanitized (IF on; IOPL, NT, AC off).
+fn thread_set_state(h: u64, buf: u64, len: u64) -> SysResult {
+    use crate::arch::x86_64::idt::TrapFrame;
+    if len < THREAD_STATE_BYTES {
+        return Err(SysError::BadSize);
+    }
+    let mut bytes = [0u8; 152];
+    copy_from_user(&mut bytes, buf).map_err(|()| SysError::BadPointer)?;
+    let mut w = [0u64; 19];
+    for (word, chunk) in w.iter_mut().zip(bytes.chunks_exact(8)) {
+        *word = u64::from_le_bytes(chunk.try_into().unwrap_or([0; 8]));
+    }
+    if w[0] as u32 != 1 {
+        return Err(SysError::InvalidArgument);
+    }
+    let mut gpr = [0u64; 16];
+    gpr.copy_from_slice(&w[1..17]);
+    let (rip, rflags) = (w[17], crate::arch::x86_64::context::sanitize_user_rflags(w[18]));
+    if rip >= crate::arch::paging::USER_TOP || gpr[7] > crate::arch::paging::USER_TOP {
+        return Err(SysError::BadPointer);
+    }
+    let t = stopped_thread(h, Rights::SET_STATE)?;
+    match t.stopped_frame() {
+        Some((addr, sched::FrameKind::Trap)) => {
+            // SAFETY: the thread is stopped; its trap frame is ours to rewrite.
+            let f = unsafe { &mut *(addr as *mut TrapFrame) };
+            (f.rax, f.rbx, f.rcx, f.rdx, f.rsi, f.rdi, f.rbp, f.rsp) = (gpr[0], gpr[1], gpr[2], gpr[3], gpr[4], gpr[5], gpr[6], gpr[7]);
+            (f.r8, f.r9, f.r10, f.r11, f.r12, f.r13, f.r14, f.r15) = (gpr[8], gpr[9], gpr[10], gpr[11], gpr[12], gpr[13], gpr[14], gpr[15]);
+            (f.rip, f.rflags) = (rip, rflags);
+        }
+        Some((addr, sched::FrameKind::Syscall)) => {
+            // SAFETY: as above; sysret will take rip and rflags from this frame.
+            let f = unsafe { &mut *(addr as *mut SyscallFrame) };
+            (f.rax, f.rbx, f.rdx, f.rsi, f.rdi, f.rbp, f.rsp) = (gpr[0], gpr[1], gpr[3], gpr[4], gpr[5], gpr[6], gpr[7]);
+            (f.r8, f.r9, f.r10, f.r12, f.r13, f.r14, f.r15) = (gpr[8], gpr[9], gpr[10], gpr[12], gpr[13], gpr[14], gpr[15]);
+            (f.rip, f.rflags) = (rip, rflags);
+        }
+        None => *t.pending_start().lock() = Some(sched::UserRegisters { gpr, rip, rflags }),
+    }
     Ok(0)
 }

@@ -62,15 +62,24 @@ pub struct UserException {
     pub address: u64,
 }
 
-/// Handles an exception of the current user thread. True: resume it.
-/// False: it must end (no keeper, the keeper said so, or it was killed).
-pub fn handle_user_exception(e: &UserException) -> bool {
-    let Some(space) = sched::current().space() else { return false };
+pub enum Outcome {
+    /// Return to the thread (the instruction runs again).
+    Resume,
+    /// The thread was asked to stop while its keeper worked: stop it at the
+    /// faulting instruction; resuming it raises the exception again.
+    Restart,
+    /// End the thread (no keeper, the keeper said so, or it was killed).
+    End,
+}
+
+/// Handles an exception of the current user thread.
+pub fn handle_user_exception(e: &UserException) -> Outcome {
+    let Some(space) = sched::current().space() else { return Outcome::End };
     let mut target = None;
     if e.vector == 14 {
         let access = memory::access_of(e.error_code);
         match memory::fault(&space, e.address, access) {
-            Ok(()) => return true,
+            Ok(()) => return Outcome::Resume,
             Err(Resolution::KeeperFault { keeper: Some(token), offset, .. }) => {
                 target = port_of(token).map(|p| (p, [KIND_PAGE_FAULT, offset & !0xfff, access.bits() as u64, e.address, 0, 0]));
             }
@@ -83,9 +92,13 @@ pub fn handle_user_exception(e: &UserException) -> bool {
     let target = target.or_else(|| {
         space.keeper().map(|p| (p, [KIND_EXCEPTION, e.vector, e.error_code, e.rip, e.address, e.rsp]))
     });
-    let Some((port, message)) = target else { return false };
+    let Some((port, message)) = target else { return Outcome::End };
     drop(space);
     // The thread waits in an ordinary IPC call (interrupts are off here, on
     // its own kernel stack), so its keeper can take all the time it needs.
-    matches!(ipc::call(&port, message), Ok(reply) if reply[0] == 0)
+    match ipc::call(&port, message) {
+        Ok(reply) if reply[0] == 0 => Outcome::Resume,
+        Err(_) if !sched::current().kill_requested() => Outcome::Restart,
+        _ => Outcome::End,
+    }
 }

@@ -237,6 +237,11 @@ impl Space {
         Ok(t)
     }
 
+    /// Counts a thread created elsewhere (stopped) as one of this space's.
+    pub fn adopt_thread(&self, t: Arc<Thread>) {
+        cpu::without_interrupts(|| self.threads.lock().push(t));
+    }
+
     pub fn children(&self) -> Vec<Arc<Space>> {
         cpu::without_interrupts(|| self.children.lock().clone())
     }

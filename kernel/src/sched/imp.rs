@@ -24,6 +24,26 @@ const READY: u8 = 0;
 const RUNNING: u8 = 1;
 const BLOCKED: u8 = 2;
 const EXITED: u8 = 3;
+/// Stopped for its parent (get_state/set_state); only `resume` restarts it.
+const STOPPED: u8 = 4;
+
+/// Where a stopped thread's user registers are on its kernel stack.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FrameKind {
+    /// An interrupt or exception frame (`idt::TrapFrame`): every register.
+    Trap,
+    /// A system-call frame (`syscall::SyscallFrame`): rcx and r11 are the
+    /// CPU's (rip and rflags), as the syscall ABI says.
+    Syscall,
+}
+
+/// User registers of a thread that has not run yet (created stopped).
+#[derive(Debug, Clone, Copy, Default)]
+pub struct UserRegisters {
+    pub gpr: [u64; 16],
+    pub rip: u64,
+    pub rflags: u64,
+}
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum SchedError {
@@ -64,6 +84,13 @@ pub struct Thread {
     space: Weak<Space>,
     /// IPC in progress (see crate::ipc).
     pub ipc: spin::Mutex<IpcSlot>,
+    stop_requested: AtomicBool,
+    /// While stopped: the address and kind of its user register frame.
+    stopped_frame: spin::Mutex<Option<(u64, FrameKind)>>,
+    /// A thread created stopped starts from these registers.
+    pending_start: spin::Mutex<Option<UserRegisters>>,
+    /// Threads waiting for this one to stop.
+    stop_waiters: WaitQueue,
 }
 
 /// A thread's IPC state: the message it carries or receives and its partner.
@@ -122,6 +149,10 @@ impl Thread {
             exit: spin::Mutex::new(ExitSlot { reason: None, joiners: Vec::new() }),
             space: Weak::new(),
             ipc: spin::Mutex::new(IpcSlot::default()),
+            stop_requested: AtomicBool::new(false),
+            stopped_frame: spin::Mutex::new(None),
+            pending_start: spin::Mutex::new(None),
+            stop_waiters: WaitQueue::new(),
         });
         if !matches!(t.body, Body::Adopted) {
             let rsp = context::prepare_stack(top, Arc::as_ptr(&t) as u64, 0);
@@ -154,6 +185,24 @@ impl Thread {
 
     pub fn kill_requested(&self) -> bool {
         self.kill_requested.load(Ordering::Acquire)
+    }
+
+    pub fn stop_requested(&self) -> bool {
+        self.stop_requested.load(Ordering::Acquire)
+    }
+
+    pub fn is_stopped(&self) -> bool {
+        self.state.load(Ordering::Acquire) == STOPPED
+    }
+
+    /// While stopped: where its user registers are (None: never ran yet).
+    pub fn stopped_frame(&self) -> Option<(u64, FrameKind)> {
+        *self.stopped_frame.lock()
+    }
+
+    /// The start registers of a thread created stopped that has not run.
+    pub fn pending_start(&self) -> &spin::Mutex<Option<UserRegisters>> {
+        &self.pending_start
     }
 
     /// The exit reason, once the thread has exited.
@@ -385,7 +434,14 @@ pub extern "C" fn thread_start(thread: u64, _: u64) -> ! {
             entry(arg);
             exit_current(UserExit::Exited(0))
         }
-        Body::User { rip, rsp, args } => context::enter_user(rip, rsp, args),
+        Body::User { .. } if me.kill_requested() => exit_current(UserExit::Killed),
+        Body::User { rip, rsp, args } => {
+            let pending = *me.pending_start.lock();
+            match pending {
+                Some(regs) => context::enter_user_with(&regs),
+                None => context::enter_user(rip, rsp, args),
+            }
+        }
         Body::Adopted => unreachable!("adopted threads never start"),
     }
 }
@@ -542,7 +598,7 @@ pub fn join(t: &Arc<Thread>) -> UserExit {
 /// it waits (with `interruptible`).
 pub fn join_unless_killed(t: &Arc<Thread>, interruptible: bool) -> Option<UserExit> {
     loop {
-        if interruptible && current().kill_requested() {
+        if interruptible && (current().kill_requested() || current().stop_requested()) {
             return None;
         }
         let was = cpu::interrupts_enabled();
@@ -653,6 +709,10 @@ pub fn sleep_ticks(ticks: u64) {
 pub fn kill(t: &Arc<Thread>) {
     t.kill_requested.store(true, Ordering::Release);
     wake(t);
+    // A stopped thread runs again only to exit.
+    if t.state.compare_exchange(STOPPED, READY, Ordering::AcqRel, Ordering::Acquire).is_ok() {
+        enqueue(t.clone());
+    }
     let cpu = t.cpu();
     if cpu != percpu::this_cpu_index() {
         smp::send_reschedule(cpu);
@@ -676,8 +736,83 @@ pub fn set_affinity(t: &Arc<Thread>, mask: u64) -> Result<(), SchedError> {
     Ok(())
 }
 
-/// Timer tick or reschedule IPI on this CPU. `from_user`: it interrupted ring 3.
-pub fn on_interrupt(from_user: bool, is_tick: bool) {
+/// Stops the current thread at a user-return boundary if its parent asked:
+/// its user registers stay in `frame` (on its kernel stack) for
+/// get_state/set_state until `resume`. Interrupts off.
+pub fn stop_point(frame: u64, kind: FrameKind) {
+    let me = current();
+    if !me.stop_requested() || me.kill_requested() {
+        return;
+    }
+    *me.stopped_frame.lock() = Some((frame, kind));
+    me.state.store(STOPPED, Ordering::Release);
+    me.stop_waiters.wake(usize::MAX);
+    drop(me);
+    schedule();
+    let me = current();
+    *me.stopped_frame.lock() = None;
+    if me.kill_requested() {
+        drop(me);
+        exit_current(UserExit::Killed);
+    }
+}
+
+/// Asks `t` to stop and waits until it has (or has exited). A thread
+/// blocked in a system call is woken; the call is exported as restartable.
+/// Returns false if the caller was killed while it waited.
+pub fn stop(t: &Arc<Thread>) -> bool {
+    t.stop_requested.store(true, Ordering::Release);
+    loop {
+        if t.is_stopped() || t.has_exited() {
+            return true;
+        }
+        if current().kill_requested() {
+            return false;
+        }
+        // Interrupt a blocking call, or make a running thread enter the kernel.
+        wake(t);
+        let cpu = t.cpu();
+        if cpu != percpu::this_cpu_index() {
+            smp::send_reschedule(cpu);
+        }
+        t.stop_waiters.wait_if(|| !t.is_stopped() && !t.has_exited());
+        if !t.is_stopped() && !t.has_exited() {
+            // Woken before it stopped (it was running): give it a tick to get there.
+            sleep_ticks(1);
+        }
+    }
+}
+
+/// Lets a stopped thread run again.
+pub fn resume(t: &Arc<Thread>) -> bool {
+    t.stop_requested.store(false, Ordering::Release);
+    if t.state.compare_exchange(STOPPED, READY, Ordering::AcqRel, Ordering::Acquire).is_ok() {
+        enqueue(t.clone());
+        true
+    } else {
+        false
+    }
+}
+
+/// Creates a user thread in `space` that does not run until `resume`; its
+/// registers start as `regs` (set them with set_state first).
+pub fn spawn_user_stopped(name: &'static str, space: Arc<Space>, regs: UserRegisters) -> Result<Arc<Thread>, SchedError> {
+    let affinity = all_cpus();
+    let mut t = Thread::new(name, Body::User { rip: 0, rsp: 0, args: (0, 0) }, space.page_table_root(), USER_PRIORITY, affinity)?;
+    t.cpu.store(least_loaded(affinity), Ordering::Relaxed);
+    if let Some(inner) = Arc::get_mut(&mut t) {
+        inner.space = Arc::downgrade(&space);
+    }
+    *t.pending_start.lock() = Some(regs);
+    t.stop_requested.store(true, Ordering::Release);
+    t.state.store(STOPPED, Ordering::Release);
+    Ok(t)
+}
+
+/// Timer tick or reschedule IPI on this CPU. `user_frame`: the interrupted
+/// user registers, when it interrupted ring 3.
+pub fn on_interrupt(user_frame: Option<u64>, is_tick: bool) {
+    let from_user = user_frame.is_some();
     let (cpu, s) = here();
     if READY_CPUS.load(Ordering::Acquire) & (1 << cpu) == 0 {
         return;
@@ -718,8 +853,14 @@ pub fn on_interrupt(from_user: bool, is_tick: bool) {
     }
     let preemptible = from_user || is_idle(s, &cur);
     let must_move = !cur.allowed_on(cpu);
+    let wants_stop = cur.stop_requested();
+    drop(cur);
     if preemptible && (s.need_resched.load(Ordering::Relaxed) || must_move) {
-        drop(cur);
         schedule();
+    }
+    if let Some(frame) = user_frame {
+        if wants_stop || current().stop_requested() {
+            stop_point(frame, FrameKind::Trap);
+        }
     }
 }

@@ -34,7 +34,7 @@ fn init_main() -> i32 {
         return stress::run();
     }
     println!("init: hello from the root program");
-    let checks: [(&str, Check); 18] = [
+    let checks: [(&str, Check); 19] = [
         ("data and bss", data_and_bss),
         ("null call", null_call),
         ("console write", console_write),
@@ -53,6 +53,7 @@ fn init_main() -> i32 {
         ("ipc errors", ipc_errors),
         ("nested mappings and revocation", nested_mappings),
         ("user-level pager and exception keeper", keepers),
+        ("checkpoint and restart of threads", checkpoint_restart),
     ];
     for (i, (name, check)) in checks.iter().enumerate() {
         if let Err(why) = check() {
@@ -698,6 +699,141 @@ fn keepers() -> Result<(), &'static str> {
         let _ = obj::close(h);
     }
     result
+}
+
+// count_to(target, mark): counts rbx up to `target` and exits with
+// rbx ^ r13, where r13 = `mark` is set once at the start. A thread rebuilt
+// from a saved state with another r13 proves it continued mid-loop.
+core::arch::global_asm!(
+    r#"
+    .section .text.count_to, "ax"
+    .global count_to
+count_to:
+    mov r13, rsi
+    xor ebx, ebx
+2:  inc rbx
+    cmp rbx, rdi
+    jb 2b
+    mov rdi, rbx
+    xor rdi, r13
+    mov eax, 2
+    syscall
+    ud2
+    .text
+"#
+);
+
+extern "C" {
+    fn count_to(target: u64) -> !;
+}
+
+static HOLD: AtomicU64 = AtomicU64::new(0);
+static SERVER_GOT: AtomicU64 = AtomicU64::new(0);
+
+/// Answers [x, ..] with [2x, ..]; while HOLD is set it keeps a request unanswered.
+extern "C" fn holding_server(_: u64) -> ! {
+    let ps = Handle(PORTSET.load(Ordering::Relaxed));
+    let mut reply = [0u64; 6];
+    loop {
+        let Ok((_, m)) = rt::ipc::reply_wait(ps, reply) else { rt::exit(1) };
+        SERVER_GOT.fetch_add(1, Ordering::Relaxed);
+        while HOLD.load(Ordering::Relaxed) != 0 {
+            obj::yield_now();
+        }
+        reply = [m[0] * 2, 0, 0, 0, 0, 0];
+    }
+}
+
+extern "C" fn calling_client(x: u64) -> ! {
+    let port = Handle(PORT.load(Ordering::Relaxed));
+    match rt::ipc::call(port, [x, 0, 0, 0, 0, 0]) {
+        Ok(r) => rt::exit(r[0]),
+        Err(_) => rt::exit(1),
+    }
+}
+
+/// Stops a computing thread and a thread blocked mid-IPC, exports their
+/// registers, rebuilds each as a new thread from that state alone, and
+/// checks the rebuilt threads finish exactly as undisturbed ones would.
+fn checkpoint_restart() -> Result<(), &'static str> {
+    use obj::ThreadState as S;
+    let me = obj::self_space();
+    // 1. A computing thread.
+    // Far more than it can count before it is stopped; the rebuilt thread
+    // is given a count close to the end so it finishes quickly.
+    const TARGET: u64 = 1 << 40;
+    const MARK_A: u64 = 0xaaaa;
+    const MARK_B: u64 = 0xbbbb;
+    let entry: extern "C" fn(u64) -> ! = unsafe { core::mem::transmute(count_to as unsafe extern "C" fn(u64) -> !) };
+    let t1 = obj::thread_create(me, entry, stack_top(0), TARGET).map_err(|_| "thread_create")?;
+    // rsi = mark: set it through the state before the thread gets far.
+    obj::thread_stop(t1).map_err(|_| "thread_stop (fresh thread)")?;
+    let mut s = obj::thread_get_state(t1).map_err(|_| "thread_get_state")?;
+    s.gpr[S::RSI] = MARK_A;
+    s.rip = count_to as *const () as u64;
+    s.gpr[S::RDI] = TARGET;
+    obj::thread_set_state(t1, &s).map_err(|_| "thread_set_state")?;
+    obj::thread_resume(t1).map_err(|_| "thread_resume")?;
+    for _ in 0..20 {
+        obj::yield_now();
+    }
+    obj::thread_stop(t1).map_err(|_| "thread_stop (computing)")?;
+    let mut saved = obj::thread_get_state(t1).map_err(|_| "thread_get_state (computing)")?;
+    let counted = saved.gpr[S::RBX];
+    let in_loop = (count_to as *const () as u64..count_to as *const () as u64 + 32).contains(&saved.rip);
+    if saved.gpr[S::R13] != MARK_A || !in_loop || counted >= TARGET {
+        println!("init: saved rip {:#x}, rbx {counted}, r13 {:#x}", saved.rip, saved.gpr[S::R13]);
+        return Err("the stopped computing thread's state is not mid-loop");
+    }
+    saved.gpr[S::R13] = MARK_B;
+    saved.gpr[S::RBX] = TARGET - 1000;
+    let t2 = obj::thread_create_stopped(me).map_err(|_| "thread_create_stopped")?;
+    obj::thread_set_state(t2, &saved).map_err(|_| "thread_set_state (rebuild)")?;
+    obj::thread_kill(t1).map_err(|_| "thread_kill")?;
+    if obj::thread_wait(t1, true) != Err(SysError::Dead) {
+        return Err("the original thread did not end");
+    }
+    obj::thread_resume(t2).map_err(|_| "thread_resume (rebuilt)")?;
+    if obj::thread_wait(t2, true) != Ok(TARGET ^ MARK_B) {
+        return Err("the rebuilt thread did not continue where the original stopped");
+    }
+    let _ = (obj::close(t1), obj::close(t2));
+
+    // 2. A thread blocked in an IPC call whose request the server holds.
+    let ps = rt::ipc::portset_create().map_err(|_| "portset_create")?;
+    let port = rt::ipc::port_create(ps, 7).map_err(|_| "port_create")?;
+    PORTSET.store(ps.0, Ordering::Relaxed);
+    PORT.store(port.0, Ordering::Relaxed);
+    HOLD.store(1, Ordering::Relaxed);
+    SERVER_GOT.store(0, Ordering::Relaxed);
+    let server = obj::thread_create(me, holding_server, stack_top(1), 0).map_err(|_| "server thread")?;
+    let c1 = obj::thread_create(me, calling_client, stack_top(2), 21).map_err(|_| "client thread")?;
+    while SERVER_GOT.load(Ordering::Relaxed) == 0 {
+        obj::yield_now();
+    }
+    obj::thread_stop(c1).map_err(|_| "thread_stop (client mid-IPC)")?;
+    let st = obj::thread_get_state(c1).map_err(|_| "thread_get_state (client)")?;
+    // SAFETY: rip points into this program's own text, readable here.
+    let insn = unsafe { core::ptr::read_volatile(st.rip as *const [u8; 2]) };
+    if st.version_flags != 1 | (1 << 32) || insn != [0x0f, 0x05] || st.gpr[S::RAX] != rt::nr::IPC_CALL || st.gpr[S::RDI] != port.0 || st.gpr[S::RSI] != 21 {
+        return Err("a client stopped mid-call is not exported as about to make the same call");
+    }
+    let c2 = obj::thread_create_stopped(me).map_err(|_| "thread_create_stopped")?;
+    obj::thread_set_state(c2, &st).map_err(|_| "thread_set_state (client)")?;
+    obj::thread_kill(c1).map_err(|_| "thread_kill")?;
+    let _ = obj::thread_wait(c1, true);
+    HOLD.store(0, Ordering::Relaxed);
+    obj::thread_resume(c2).map_err(|_| "thread_resume (client)")?;
+    let answer = obj::thread_wait(c2, true);
+    let _ = obj::thread_kill(server);
+    let _ = obj::thread_wait(server, true);
+    for h in [c1, c2, server, port, ps] {
+        let _ = obj::close(h);
+    }
+    if answer != Ok(42) {
+        return Err("the rebuilt client did not get its reply");
+    }
+    Ok(())
 }
 
 mod stress {

@@ -59,6 +59,11 @@ pub mod nr {
     pub const MAPPING_DESTROY: u64 = 41;
     pub const SPACE_SET_KEEPER: u64 = 42;
     pub const REGION_SET_KEEPER: u64 = 43;
+    pub const THREAD_STOP: u64 = 44;
+    pub const THREAD_RESUME: u64 = 45;
+    pub const THREAD_GET_STATE: u64 = 46;
+    pub const THREAD_SET_STATE: u64 = 47;
+    pub const THREAD_CREATE_STOPPED: u64 = 48;
 }
 
 /// Longest console write the kernel accepts in one call.

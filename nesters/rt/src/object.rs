@@ -161,3 +161,59 @@ pub fn space_set_keeper(space: Handle, port: Option<Handle>) -> Result<(), SysEr
     // SAFETY: no memory arguments.
     decode(unsafe { syscall2(nr::SPACE_SET_KEEPER, space.0, port.map_or(0, |p| p.0)) }).map(|_| ())
 }
+
+/// A thread's exported registers (state record version 1; kernel/ABI.md).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(C)]
+pub struct ThreadState {
+    /// 1 | flags << 32 (bit 0: stopped in a system call: rcx/r11 hold rip/rflags).
+    pub version_flags: u64,
+    /// rax rbx rcx rdx rsi rdi rbp rsp r8 r9 r10 r11 r12 r13 r14 r15
+    pub gpr: [u64; 16],
+    pub rip: u64,
+    pub rflags: u64,
+}
+
+impl ThreadState {
+    pub const RAX: usize = 0;
+    pub const RBX: usize = 1;
+    pub const RSI: usize = 4;
+    pub const RDI: usize = 5;
+    pub const RSP: usize = 7;
+    pub const R13: usize = 13;
+}
+
+/// Stops a thread (needs SET_STATE) and returns once it is stopped; a
+/// system call it was blocked in is exported as about to run again.
+pub fn thread_stop(h: Handle) -> Result<(), SysError> {
+    // SAFETY: no memory arguments.
+    decode(unsafe { syscall1(nr::THREAD_STOP, h.0) }).map(|_| ())
+}
+
+pub fn thread_resume(h: Handle) -> Result<(), SysError> {
+    // SAFETY: no memory arguments.
+    decode(unsafe { syscall1(nr::THREAD_RESUME, h.0) }).map(|_| ())
+}
+
+pub fn thread_get_state(h: Handle) -> Result<ThreadState, SysError> {
+    let mut s = ThreadState { version_flags: 0, gpr: [0; 16], rip: 0, rflags: 0 };
+    // SAFETY: the kernel writes exactly size_of::<ThreadState>() bytes into `s`.
+    decode(unsafe {
+        crate::syscall4(nr::THREAD_GET_STATE, h.0, &mut s as *mut ThreadState as u64, core::mem::size_of::<ThreadState>() as u64, 0)
+    })?;
+    Ok(s)
+}
+
+pub fn thread_set_state(h: Handle, s: &ThreadState) -> Result<(), SysError> {
+    // SAFETY: the kernel reads size_of::<ThreadState>() bytes from `s`.
+    decode(unsafe {
+        crate::syscall4(nr::THREAD_SET_STATE, h.0, s as *const ThreadState as u64, core::mem::size_of::<ThreadState>() as u64, 0)
+    })
+    .map(|_| ())
+}
+
+/// A thread in `space` that runs only after set_state and resume.
+pub fn thread_create_stopped(space: Handle) -> Result<Handle, SysError> {
+    // SAFETY: no memory arguments.
+    decode(unsafe { syscall1(nr::THREAD_CREATE_STOPPED, space.0) }).map(Handle)
+}

@@ -103,3 +103,42 @@ pub fn enter_user(rip: u64, rsp: u64, args: (u64, u64)) -> ! {
         )
     }
 }
+
+extern "C" {
+    fn isr_return();
+}
+
+/// Enters ring 3 with every general register, rip and rflags from `regs`
+/// (a thread created stopped and given its state by set_state): builds an
+/// interrupt frame at the top of the current kernel stack and leaves through
+/// the common interrupt return path.
+pub fn enter_user_with(regs: &crate::sched::UserRegisters) -> ! {
+    use super::idt::TrapFrame;
+    let g = regs.gpr;
+    // gpr order: rax rbx rcx rdx rsi rdi rbp rsp r8 .. r15
+    let frame = TrapFrame {
+        rax: g[0], rbx: g[1], rcx: g[2], rdx: g[3], rsi: g[4], rdi: g[5], rbp: g[6],
+        r8: g[8], r9: g[9], r10: g[10], r11: g[11], r12: g[12], r13: g[13], r14: g[14], r15: g[15],
+        vector: 0, error_code: 0,
+        rip: regs.rip, cs: 0x23, rflags: sanitize_user_rflags(regs.rflags), rsp: g[7], ss: 0x1b,
+    };
+    // Below everything live on this stack (this function's locals included):
+    // nothing returns here, and the next kernel entry starts from TSS.rsp0.
+    let at = (super::cpu::read_rsp() - 1024 - core::mem::size_of::<TrapFrame>() as u64) & !0xf;
+    // SAFETY: `at` lies in this thread's own kernel stack below the live
+    // frames (a thread stack has 16 KiB; thread_start uses little of it);
+    // isr_return pops exactly a TrapFrame, swaps to
+    // the user GS base (cs is a ring-3 selector) and irets to ring 3 with
+    // rights the caller validated (user rip/rsp, sanitized rflags).
+    unsafe {
+        core::ptr::write(at as *mut TrapFrame, frame);
+        core::arch::asm!("mov rsp, {at}", "jmp {ret}", at = in(reg) at, ret = sym isr_return, options(noreturn));
+    }
+}
+
+/// The flags user code may set: arithmetic flags, DF and TF; IF always on;
+/// IOPL, NT, RF, VM, AC and the rest cleared.
+pub fn sanitize_user_rflags(rflags: u64) -> u64 {
+    const USER_SETTABLE: u64 = 0x0cd5 | (1 << 8) | (1 << 10); // CF PF AF ZF SF TF DF OF
+    (rflags & USER_SETTABLE) | (1 << 9) | (1 << 1)
+}

@@ -83,6 +83,8 @@ isr_common:
     cld
     mov rdi, rsp
     call {dispatch}
+    .global isr_return
+isr_return:
     pop rax
     pop rbx
     pop rcx
@@ -170,6 +172,11 @@ pub const EXCEPTION_NAMES: [&str; 32] = [
     "hypervisor injection", "VMM communication", "security", "reserved (31)",
 ];
 
+/// The frame's address when it holds user registers (the interrupt came from ring 3).
+fn user_frame(frame: &mut TrapFrame) -> Option<u64> {
+    (frame.cs & 3 == 3).then_some(frame as *mut TrapFrame as u64)
+}
+
 extern "C" fn trap_dispatch(frame: &mut TrapFrame) {
     let vector = frame.vector as u8;
     match vector {
@@ -182,8 +189,12 @@ extern "C" fn trap_dispatch(frame: &mut TrapFrame) {
                 rsp: frame.rsp,
                 address: if frame.vector == 14 { super::cpu::read_cr2() } else { 0 },
             };
-            if !crate::object::keeper::handle_user_exception(&e) {
-                super::syscall::user_exception(frame)
+            match crate::object::keeper::handle_user_exception(&e) {
+                crate::object::keeper::Outcome::Resume => {}
+                // Stopped while its keeper handled it: export the thread as
+                // about to run the faulting instruction again.
+                crate::object::keeper::Outcome::Restart => crate::sched::stop_point(frame as *mut TrapFrame as u64, crate::sched::FrameKind::Trap),
+                crate::object::keeper::Outcome::End => super::syscall::user_exception(frame),
             }
         }
         0..=31 => crate::panic::fatal_exception(frame),
@@ -191,12 +202,12 @@ extern "C" fn trap_dispatch(frame: &mut TrapFrame) {
             percpu::this_cpu().ticks.fetch_add(1, Ordering::Relaxed);
             super::time::on_timer_interrupt();
             apic::eoi();
-            crate::sched::on_interrupt(frame.cs & 3 == 3, true);
+            crate::sched::on_interrupt(user_frame(frame), true);
         }
         VECTOR_IPI_RESCHEDULE => {
             percpu::this_cpu().ipis_received.fetch_add(1, Ordering::Relaxed);
             apic::eoi();
-            crate::sched::on_interrupt(frame.cs & 3 == 3, false);
+            crate::sched::on_interrupt(user_frame(frame), false);
         }
         VECTOR_IPI_TLB => {
             tlb::on_shootdown_ipi();

@@ -179,9 +179,24 @@ extern "C" fn syscall_dispatch(frame: &mut SyscallFrame) {
     if frame.rip >= USER_TOP {
         leave_user(UserExit::Fault { vector: 13, error_code: 0, rip: frame.rip, address: 0 });
     }
-    frame.rax = crate::syscall::dispatch(frame) as u64;
-    if crate::sched::current().kill_requested() {
+    let number = frame.rax;
+    let result = crate::syscall::dispatch(frame);
+    if result == crate::syscall::RESTART {
+        // Interrupted before it took effect (the thread is being stopped):
+        // export it as about to make the same call again.
+        frame.rip -= 2; // the `syscall` instruction
+        frame.rax = number;
+    } else {
+        frame.rax = result as u64;
+    }
+    let me = crate::sched::current();
+    if me.kill_requested() {
+        drop(me);
         leave_user(UserExit::Killed);
+    }
+    if me.stop_requested() {
+        drop(me);
+        crate::sched::stop_point(frame as *mut SyscallFrame as u64, crate::sched::FrameKind::Syscall);
     }
 }
 
