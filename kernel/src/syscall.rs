@@ -58,6 +58,7 @@ pub const SYS_THREAD_RESUME: u64 = 45;
 pub const SYS_THREAD_GET_STATE: u64 = 46;
 pub const SYS_THREAD_SET_STATE: u64 = 47;
 pub const SYS_THREAD_CREATE_STOPPED: u64 = 48;
+pub const SYS_HANDLE_TRANSFER: u64 = 49;
 
 /// Bytes of a thread state record (version 1): see kernel/ABI.md.
 pub const THREAD_STATE_BYTES: u64 = 19 * 8;
@@ -199,6 +200,7 @@ pub fn dispatch(frame: &mut SyscallFrame) -> i64 {
         SYS_THREAD_GET_STATE => thread_get_state(a0, a1, a2),
         SYS_THREAD_SET_STATE => thread_set_state(a0, a1, a2),
         SYS_THREAD_CREATE_STOPPED => thread_create_stopped(a0),
+        SYS_HANDLE_TRANSFER => handle_transfer(a0, a1, a2),
         SYS_READ_TSC => Ok((crate::arch::cpu::read_tsc() & (i64::MAX as u64)) as i64),
         _ => Err(SysError::NoSuchCall),
     };
@@ -728,4 +730,22 @@ fn thread_set_state(h: u64, buf: u64, len: u64) -> SysResult {
         None => *t.pending_start().lock() = Some(sched::UserRegisters { gpr, rip, rflags }),
     }
     Ok(0)
+}
+
+/// `handle_transfer(space, handle, rights)`: puts a handle to the same object
+/// into the table of `space` (CREATE right on it) with `rights` — a subset of
+/// the original's, which must include TRANSFER — and returns its value *in
+/// that space* (meaningless in the caller's). This is how a parent hands a
+/// child its capabilities: the child reaches nothing else.
+fn handle_transfer(space: u64, h: u64, rights: u64) -> SysResult {
+    let rights = u32::try_from(rights).ok().and_then(Rights::from_bits).ok_or(SysError::InvalidArgument)?;
+    let me = caller()?;
+    let target = me.lookup_space(Handle::from_raw(space), Rights::CREATE)?;
+    let handle = Handle::from_raw(h);
+    let have = crate::arch::cpu::without_interrupts(|| me.handles.lock().rights(handle))?;
+    if !have.contains(Rights::TRANSFER) || !have.contains(rights) {
+        return Err(SysError::MissingRights);
+    }
+    let object = me.lookup(handle, Rights::NONE)?;
+    Ok(target.insert(object, rights)?.raw() as i64)
 }

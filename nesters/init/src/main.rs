@@ -34,7 +34,7 @@ fn init_main() -> i32 {
         return stress::run();
     }
     println!("init: hello from the root program");
-    let checks: [(&str, Check); 19] = [
+    let checks: [(&str, Check); 20] = [
         ("data and bss", data_and_bss),
         ("null call", null_call),
         ("console write", console_write),
@@ -54,6 +54,7 @@ fn init_main() -> i32 {
         ("nested mappings and revocation", nested_mappings),
         ("user-level pager and exception keeper", keepers),
         ("checkpoint and restart of threads", checkpoint_restart),
+        ("border control", border_control),
     ];
     for (i, (name, check)) in checks.iter().enumerate() {
         if let Err(why) = check() {
@@ -834,6 +835,68 @@ fn checkpoint_restart() -> Result<(), &'static str> {
         return Err("the rebuilt client did not get its reply");
     }
     Ok(())
+}
+
+/// In a child space: calls the port `handle` (a value valid in the child's
+/// table) with [x] and exits with the reply, or 1000 + the error code.
+extern "C" fn child_caller(handle: u64) -> ! {
+    match rt::ipc::call(Handle(handle), [21, 0, 0, 0, 0, 0]) {
+        Ok(r) => rt::exit(r[0]),
+        Err(e) => rt::exit(1000 + (-e.code()) as u64),
+    }
+}
+
+/// In a child space: tries to receive on the port handle (must fail).
+extern "C" fn child_receiver(handle: u64) -> ! {
+    match rt::ipc::reply_wait(Handle(handle), [0; 6]) {
+        Ok(_) => rt::exit(0),
+        Err(e) => rt::exit(1000 + (-e.code()) as u64),
+    }
+}
+
+/// A child reaches the world only through handles its parent transferred:
+/// the parent's own handle values mean nothing in the child, a transferred
+/// send-only port works for calls and not for receiving, and rights only
+/// narrow on transfer.
+fn border_control() -> Result<(), &'static str> {
+    let me = obj::self_space();
+    let ps = rt::ipc::portset_create().map_err(|_| "portset_create")?;
+    let port = rt::ipc::port_create(ps, 7).map_err(|_| "port_create")?;
+    PORTSET.store(ps.0, Ordering::Relaxed);
+    HOLD.store(0, Ordering::Relaxed);
+    let server = obj::thread_create(me, holding_server, stack_top(1), 0).map_err(|_| "server thread")?;
+    let child = obj::space_create(me).map_err(|_| "space_create")?;
+    let stacks = rt::memory::ROOT_ANONYMOUS_BASE + 0x80000;
+    // SAFETY: pre-touch the probe stack (the root's demand-zero memory).
+    unsafe { core::ptr::write_volatile(stacks as *mut u64, 0) };
+    equip_probe_space(child, stacks)?;
+    let mut result = Ok(());
+    // The parent's handle value, used inside the child: not a capability there.
+    if probe(child, child_caller, port.0) != Ok(1000 + 4) {
+        result = Err("a parent's handle value worked inside the child");
+    }
+    let send_only = obj::transfer(child, port, rights::SEND).map_err(|_| "transfer")?;
+    if result.is_ok() && probe(child, child_caller, send_only.0) != Ok(42) {
+        result = Err("the child could not call through the port it was given");
+    }
+    // A send-only port handle: no RECEIVE right (checked before the type).
+    if result.is_ok() && probe(child, child_receiver, send_only.0) != Ok(1000 + 6) {
+        result = Err("receiving through a send-only handle was not refused");
+    }
+    let weak = obj::duplicate(port, rights::SEND | rights::DUPLICATE).map_err(|_| "duplicate")?;
+    if result.is_ok() && obj::transfer(child, weak, rights::SEND) != Err(SysError::MissingRights) {
+        result = Err("a handle without TRANSFER was transferred");
+    }
+    if result.is_ok() && obj::transfer(child, port, rights::ALL | (1 << 20)) != Err(SysError::InvalidArgument) {
+        result = Err("unknown right bits were transferred");
+    }
+    let _ = obj::thread_kill(server);
+    let _ = obj::thread_wait(server, true);
+    let _ = obj::space_destroy(child);
+    for h in [weak, server, port, ps] {
+        let _ = obj::close(h);
+    }
+    result
 }
 
 mod stress {

@@ -64,6 +64,7 @@ pub mod nr {
     pub const THREAD_GET_STATE: u64 = 46;
     pub const THREAD_SET_STATE: u64 = 47;
     pub const THREAD_CREATE_STOPPED: u64 = 48;
+    pub const HANDLE_TRANSFER: u64 = 49;
 }
 
 /// Longest console write the kernel accepts in one call.

@@ -217,3 +217,10 @@ pub fn thread_create_stopped(space: Handle) -> Result<Handle, SysError> {
     // SAFETY: no memory arguments.
     decode(unsafe { syscall1(nr::THREAD_CREATE_STOPPED, space.0) }).map(Handle)
 }
+
+/// Gives `space` (needs CREATE) a handle to `h`'s object with `rights` (a
+/// subset; `h` needs TRANSFER). Returns the handle's value in that space.
+pub fn transfer(space: Handle, h: Handle, rights: u32) -> Result<Handle, SysError> {
+    // SAFETY: no memory arguments.
+    decode(unsafe { crate::syscall4(nr::HANDLE_TRANSFER, space.0, h.0, rights as u64, 0) }).map(Handle)
+}
