@@ -59,6 +59,9 @@ pub const SYS_THREAD_GET_STATE: u64 = 46;
 pub const SYS_THREAD_SET_STATE: u64 = 47;
 pub const SYS_THREAD_CREATE_STOPPED: u64 = 48;
 pub const SYS_HANDLE_TRANSFER: u64 = 49;
+pub const SYS_HANDLE_IMPORT: u64 = 50;
+pub const SYS_HANDLE_TRANSFER_AT: u64 = 51;
+pub const SYS_MEMORY_OBJECT_STATE: u64 = 52;
 
 /// Bytes of a thread state record (version 1): see kernel/ABI.md.
 pub const THREAD_STATE_BYTES: u64 = 19 * 8;
@@ -201,6 +204,9 @@ pub fn dispatch(frame: &mut SyscallFrame) -> i64 {
         SYS_THREAD_SET_STATE => thread_set_state(a0, a1, a2),
         SYS_THREAD_CREATE_STOPPED => thread_create_stopped(a0),
         SYS_HANDLE_TRANSFER => handle_transfer(a0, a1, a2),
+        SYS_HANDLE_IMPORT => handle_import(a0, a1, a2),
+        SYS_HANDLE_TRANSFER_AT => handle_transfer_at(a0, a1, a2, a3),
+        SYS_MEMORY_OBJECT_STATE => memory_object_state(a0, a1, a2),
         SYS_READ_TSC => Ok((crate::arch::cpu::read_tsc() & (i64::MAX as u64)) as i64),
         _ => Err(SysError::NoSuchCall),
     };
@@ -748,4 +754,71 @@ fn handle_transfer(space: u64, h: u64, rights: u64) -> SysResult {
     }
     let object = me.lookup(handle, Rights::NONE)?;
     Ok(target.insert(object, rights)?.raw() as i64)
+}
+
+/// `handle_import(space, handle, rights)`: a handle in the caller's table to
+/// the object behind `handle` *in `space`'s table* (GET_STATE on the space;
+/// `rights` a subset of that handle's, plus TRANSFER so the importer can put
+/// it back into a rebuilt space). How a parent reaches the objects its child
+/// holds, to export or rebuild them: it controls the child completely, so it
+/// gains nothing it could not already use through the child.
+fn handle_import(space: u64, h: u64, rights: u64) -> SysResult {
+    let rights = u32::try_from(rights).ok().and_then(Rights::from_bits).ok_or(SysError::InvalidArgument)?;
+    let me = caller()?;
+    let source = me.lookup_space(Handle::from_raw(space), Rights::GET_STATE)?;
+    let handle = Handle::from_raw(h);
+    let have = crate::arch::cpu::without_interrupts(|| source.handles.lock().rights(handle))?;
+    if !have.contains(rights) {
+        return Err(SysError::MissingRights);
+    }
+    let object = source.lookup(handle, Rights::NONE)?;
+    Ok(me.insert(object, rights.union(Rights::TRANSFER))?.raw() as i64)
+}
+
+/// `handle_transfer_at(space, handle, rights, value)`: like handle_transfer
+/// but at exactly the handle value `value` in `space`'s table (SET_STATE on
+/// the space), so a rebuilt space's handle table matches the exported one.
+fn handle_transfer_at(space: u64, h: u64, rights: u64, value: u64) -> SysResult {
+    let rights = u32::try_from(rights).ok().and_then(Rights::from_bits).ok_or(SysError::InvalidArgument)?;
+    let me = caller()?;
+    let target = me.lookup_space(Handle::from_raw(space), Rights::SET_STATE.union(Rights::CREATE))?;
+    let handle = Handle::from_raw(h);
+    let have = crate::arch::cpu::without_interrupts(|| me.handles.lock().rights(handle))?;
+    if !have.contains(Rights::TRANSFER) || !have.contains(rights) {
+        return Err(SysError::MissingRights);
+    }
+    let object = me.lookup(handle, Rights::NONE)?;
+    if target.is_dead() {
+        return Err(SysError::Dead);
+    }
+    crate::arch::cpu::without_interrupts(|| target.handles.lock().insert_at(Handle::from_raw(value), object, rights))
+        .map_err(|e| if e == HandleError::Invalid { SysError::InvalidArgument } else { e.into() })?;
+    Ok(0)
+}
+
+/// `memory_object_state(handle, buf, len ≥ 40)` (GET_STATE): the state of a
+/// Region {kind 5, start, size, max rights, 0} or a Mapping {kind 6, va,
+/// offset, size, rights} as five u64 words.
+fn memory_object_state(h: u64, buf: u64, len: u64) -> SysResult {
+    if len < 40 {
+        return Err(SysError::BadSize);
+    }
+    let me = caller()?;
+    let words: [u64; 5] = match me.lookup(Handle::from_raw(h), Rights::GET_STATE)? {
+        Object::Region(r) => {
+            let i = crate::object::memory::add(|g| g.region_info(r))?;
+            [5, i.start, i.size, i.max.bits() as u64, 0]
+        }
+        Object::Mapping(m) => {
+            let i = crate::object::memory::add(|g| g.mapping_info(m))?;
+            [6, i.va, i.offset, i.size, i.rights.bits() as u64]
+        }
+        _ => return Err(SysError::WrongType),
+    };
+    let mut bytes = [0u8; 40];
+    for (chunk, w) in bytes.chunks_exact_mut(8).zip(words) {
+        chunk.copy_from_slice(&w.to_le_bytes());
+    }
+    copy_to_user(buf, &bytes).map_err(|()| SysError::BadPointer)?;
+    Ok(40)
 }

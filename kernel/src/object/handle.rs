@@ -133,6 +133,31 @@ impl<T> HandleTable<T> {
         Ok(Handle::new(index, slot.generation))
     }
 
+    /// Inserts at exactly the handle value `h` (to rebuild a table from its
+    /// exported state). Fails with `Invalid` if `h` is null or its slot holds
+    /// a live handle.
+    pub fn insert_at(&mut self, h: Handle, object: T, rights: Rights) -> Result<(), HandleError> {
+        let index = h.index().ok_or(HandleError::Invalid)?;
+        if self.live >= self.quota || index >= self.quota.max(1) * 16 {
+            return Err(HandleError::TableFull);
+        }
+        while self.slots.len() <= index {
+            self.slots.try_reserve(1).map_err(|_| HandleError::TableFull)?;
+            self.free.try_reserve(1).map_err(|_| HandleError::TableFull)?;
+            self.slots.push(Slot { generation: 1, entry: None });
+            self.free.push((self.slots.len() - 1) as u32);
+        }
+        if self.slots[index].entry.is_some() {
+            return Err(HandleError::Invalid);
+        }
+        self.free.retain(|&i| i as usize != index);
+        let slot = &mut self.slots[index];
+        slot.generation = h.generation();
+        slot.entry = Some((object, rights));
+        self.live += 1;
+        Ok(())
+    }
+
     fn slot(&self, h: Handle) -> Result<&(T, Rights), HandleError> {
         let slot = self.slots.get(h.index().ok_or(HandleError::Invalid)?).ok_or(HandleError::Invalid)?;
         if slot.generation != h.generation() {
@@ -220,6 +245,23 @@ mod tests {
         assert_eq!(t.duplicate(d, Rights::SEND), Err(HandleError::MissingRights), "no DUPLICATE right");
         assert_eq!(t.duplicate(h, Rights::ALL), Err(HandleError::MissingRights), "cannot widen");
         assert_eq!(Rights::from_bits(1 << 30), None);
+    }
+
+    #[test]
+    fn insert_at_recreates_exact_values() {
+        let mut t = HandleTable::new(8);
+        let a = t.insert("a", Rights::ALL).unwrap();
+        let b = t.insert("b", Rights::SEND).unwrap();
+        let mut rebuilt = HandleTable::new(8);
+        rebuilt.insert_at(b, "b", Rights::SEND).unwrap();
+        rebuilt.insert_at(a, "a", Rights::ALL).unwrap();
+        assert_eq!(rebuilt.get(a, Rights::NONE), Ok(&"a"));
+        assert_eq!(rebuilt.get(b, Rights::SEND), Ok(&"b"));
+        assert_eq!(rebuilt.insert_at(a, "x", Rights::ALL), Err(HandleError::Invalid), "slot taken");
+        assert_eq!(rebuilt.insert_at(Handle::NULL, "x", Rights::ALL), Err(HandleError::Invalid));
+        let c = rebuilt.insert("c", Rights::ALL).unwrap();
+        assert!(c != a && c != b, "fresh inserts avoid rebuilt slots");
+        assert_eq!(rebuilt.len(), 3);
     }
 
     #[test]

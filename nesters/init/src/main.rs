@@ -34,7 +34,7 @@ fn init_main() -> i32 {
         return stress::run();
     }
     println!("init: hello from the root program");
-    let checks: [(&str, Check); 20] = [
+    let checks: [(&str, Check); 21] = [
         ("data and bss", data_and_bss),
         ("null call", null_call),
         ("console write", console_write),
@@ -55,6 +55,7 @@ fn init_main() -> i32 {
         ("user-level pager and exception keeper", keepers),
         ("checkpoint and restart of threads", checkpoint_restart),
         ("border control", border_control),
+        ("state encapsulation: freeze, export, destroy, rebuild, resume", state_encapsulation),
     ];
     for (i, (name, check)) in checks.iter().enumerate() {
         if let Err(why) = check() {
@@ -897,6 +898,252 @@ fn border_control() -> Result<(), &'static str> {
         let _ = obj::close(h);
     }
     result
+}
+
+mod encapsulation {
+    //! A child workload with three threads — one computing, one blocked
+    //! mid-IPC on a server of the parent, one in a page fault the parent's
+    //! pager serves — run once undisturbed and once frozen, exported (every
+    //! thread's registers, the child's handle table, its mappings), destroyed
+    //! and rebuilt from that state alone, then resumed. The threads' outputs
+    //! must be identical.
+    use super::*;
+    use rt::memory as m;
+
+    const COUNT: u64 = 30_000_000;
+    const MARK: u64 = 0x5eed;
+    const CODE_STACKS: u64 = 0x7000_0000;
+    const STACK_PAGES: u64 = 12;
+    const CHILD_HOLE: u64 = 0x6000_0000;
+    const PAGE: u64 = 5 * 4096;
+
+    /// The parent's side: the server and pager threads, and the regions the
+    /// child's memory comes from.
+    struct Parent {
+        ps: Handle,
+        port: Handle,
+        server: Handle,
+        pager_ps: Handle,
+        pager_port: Handle,
+        pager: Handle,
+        regions: [Handle; 3], // text, stacks, hole
+    }
+
+    static PAGER_HOLD: AtomicU64 = AtomicU64::new(0);
+    static PAGER_SEEN: AtomicU64 = AtomicU64::new(0);
+    static PAGER_PS: AtomicU64 = AtomicU64::new(0);
+    /// The region behind the page the pager supplied (destroying it takes the page back).
+    static SUPPLIED: AtomicU64 = AtomicU64::new(0);
+
+    fn take_back_supplied_page() {
+        let r = SUPPLIED.swap(0, Ordering::Relaxed);
+        if r != 0 {
+            let _ = m::region_destroy(Handle(r));
+        }
+    }
+    const HOLE2: u64 = 0x30_0000_0000;
+    const BACKING2: u64 = rt::memory::ROOT_ANONYMOUS_BASE + 0x20_0000;
+
+    /// A pager that holds each fault while PAGER_HOLD is set, then maps a
+    /// page holding a value derived from its offset.
+    extern "C" fn holding_pager(_: u64) -> ! {
+        let ps = Handle(PAGER_PS.load(Ordering::Relaxed));
+        let mut reply = [0u64; 6];
+        loop {
+            let Ok((_, msg)) = rt::ipc::reply_wait(ps, reply) else { rt::exit(1) };
+            PAGER_SEEN.fetch_add(1, Ordering::Relaxed);
+            while PAGER_HOLD.load(Ordering::Relaxed) != 0 {
+                obj::yield_now();
+            }
+            let offset = msg[1];
+            let me = obj::self_space();
+            // A second fault on an already supplied page just retries.
+            let backing = BACKING2 + offset;
+            // SAFETY: the pager's own demand-zero memory.
+            unsafe { core::ptr::write_volatile(backing as *mut u64, 0x0dd5_0000 + offset) };
+            if let Ok(r) = m::region_create(me, backing, 4096, m::READ | m::WRITE) {
+                if m::mapping_create(r, me, HOLE2 + offset, 0, 4096, m::READ | m::WRITE).is_ok() {
+                    SUPPLIED.store(r.0, Ordering::Relaxed);
+                } else {
+                    // Already supplied (a fault from a thread that is gone): just retry.
+                    let _ = m::region_destroy(r);
+                }
+            }
+            reply = [0; 6];
+        }
+    }
+
+    fn parent_setup() -> Result<Parent, &'static str> {
+        let me = obj::self_space();
+        let ps = rt::ipc::portset_create().map_err(|_| "portset")?;
+        let port = rt::ipc::port_create(ps, 7).map_err(|_| "port")?;
+        PORTSET.store(ps.0, Ordering::Relaxed);
+        let server = obj::thread_create(me, holding_server, stack_top(1), 0).map_err(|_| "server")?;
+        let pager_ps = rt::ipc::portset_create().map_err(|_| "portset")?;
+        let pager_port = rt::ipc::port_create(pager_ps, 9).map_err(|_| "port")?;
+        PAGER_PS.store(pager_ps.0, Ordering::Relaxed);
+        let pager = obj::thread_create(me, holding_pager, stack_top(3), 0).map_err(|_| "pager")?;
+        let (start, end) = m::readonly_image();
+        let text = m::region_create(me, start, end - start, m::READ | m::EXECUTE).map_err(|_| "text region")?;
+        let stacks_at = m::ROOT_ANONYMOUS_BASE + 0x30_0000;
+        for page in 0..STACK_PAGES {
+            // SAFETY: pre-touch the stacks in the root's demand-zero memory.
+            unsafe { core::ptr::write_volatile((stacks_at + page * 4096) as *mut u64, 0) };
+        }
+        let stacks = m::region_create(me, stacks_at, STACK_PAGES * 4096, m::READ | m::WRITE).map_err(|_| "stack region")?;
+        let hole = m::region_create(me, HOLE2, 16 * 4096, m::READ).map_err(|_| "hole region")?;
+        m::region_set_keeper(hole, Some(pager_port)).map_err(|_| "set keeper")?;
+        Ok(Parent { ps, port, server, pager_ps, pager_port, pager, regions: [text, stacks, hole] })
+    }
+
+    fn parent_teardown(p: Parent) {
+        for t in [p.server, p.pager] {
+            let _ = obj::thread_kill(t);
+            let _ = obj::thread_wait(t, true);
+        }
+        for r in p.regions {
+            let _ = m::region_destroy(r);
+        }
+        for h in [p.server, p.pager, p.port, p.ps, p.pager_port, p.pager_ps] {
+            let _ = obj::close(h);
+        }
+    }
+
+    /// Builds the child: its memory (mappings of the parent's regions) and
+    /// its one capability, a send-only handle to the parent's server.
+    fn child_build(p: &Parent) -> Result<(Handle, Handle), &'static str> {
+        let me = obj::self_space();
+        let child = obj::space_create(me).map_err(|_| "space_create")?;
+        let (start, end) = m::readonly_image();
+        m::mapping_create(p.regions[0], child, start, 0, end - start, m::READ | m::EXECUTE).map_err(|_| "text mapping")?;
+        m::mapping_create(p.regions[1], child, CODE_STACKS, 0, STACK_PAGES * 4096, m::READ | m::WRITE).map_err(|_| "stack mapping")?;
+        m::mapping_create(p.regions[2], child, CHILD_HOLE, 0, 16 * 4096, m::READ).map_err(|_| "hole mapping")?;
+        let server_in_child = obj::transfer(child, p.port, rights::SEND).map_err(|_| "transfer")?;
+        Ok((child, server_in_child))
+    }
+
+    fn stack(i: u64) -> u64 {
+        CODE_STACKS + (i + 1) * 4 * 4096
+    }
+
+    /// Starts the workload's threads: compute, IPC client, faulting reader.
+    fn child_start(child: Handle, server_in_child: Handle) -> Result<[Handle; 3], &'static str> {
+        let entry: extern "C" fn(u64) -> ! =
+            // SAFETY: count_to has the C ABI and never returns, like the type says.
+            unsafe { core::mem::transmute(count_to as unsafe extern "C" fn(u64) -> !) };
+        let compute = obj::thread_create_stopped(child).map_err(|_| "compute thread")?;
+        let mut s = obj::thread_get_state(compute).map_err(|_| "get_state")?;
+        s.rip = entry as *const () as u64;
+        s.gpr[obj::ThreadState::RDI] = COUNT;
+        s.gpr[obj::ThreadState::RSI] = MARK;
+        s.gpr[obj::ThreadState::RSP] = stack(0);
+        obj::thread_set_state(compute, &s).map_err(|_| "set_state")?;
+        obj::thread_resume(compute).map_err(|_| "resume")?;
+        let client = obj::thread_create(child, calling_client_in_child, stack(1), server_in_child.0).map_err(|_| "client thread")?;
+        let reader = obj::thread_create(child, probe_read, stack(2), CHILD_HOLE + PAGE).map_err(|_| "reader thread")?;
+        Ok([compute, client, reader])
+    }
+
+    fn outputs(threads: [Handle; 3]) -> [Result<u64, SysError>; 3] {
+        threads.map(|t| obj::thread_wait(t, true))
+    }
+
+    pub fn run() -> Result<(), &'static str> {
+        let p = parent_setup()?;
+        // Undisturbed run.
+        HOLD.store(0, Ordering::Relaxed);
+        PAGER_HOLD.store(0, Ordering::Relaxed);
+        let (child, cap) = child_build(&p)?;
+        let threads = child_start(child, cap)?;
+        let undisturbed = outputs(threads);
+        obj::space_destroy(child).map_err(|_| "space_destroy")?;
+        for t in threads {
+            let _ = obj::close(t);
+        }
+        // The same workload, frozen mid-flight with a request and a fault held.
+        HOLD.store(1, Ordering::Relaxed);
+        PAGER_HOLD.store(1, Ordering::Relaxed);
+        SERVER_GOT.store(0, Ordering::Relaxed);
+        PAGER_SEEN.store(0, Ordering::Relaxed);
+        // The pager supplied the page in the first run: take it back so the
+        // reader faults again.
+        take_back_supplied_page();
+        let (child, cap) = child_build(&p)?;
+        let threads = child_start(child, cap)?;
+        while SERVER_GOT.load(Ordering::Relaxed) == 0 || PAGER_SEEN.load(Ordering::Relaxed) == 0 {
+            obj::yield_now();
+        }
+        // Freeze: stop every thread of the child.
+        for t in threads {
+            obj::thread_stop(t).map_err(|_| "thread_stop")?;
+        }
+        // Export: every thread's registers, the child's handle table, its mappings.
+        let mut states = [None; 3];
+        for (i, t) in threads.iter().enumerate() {
+            states[i] = Some(obj::thread_get_state(*t).map_err(|_| "thread_get_state")?);
+        }
+        let mut records = [Record::default(); 8];
+        let n = obj::space_enumerate(child, &mut records).map_err(|_| "space_enumerate")?;
+        if n != 1 || records[0].object_type != types::PORT {
+            return Err("the child's handle table is not what it was given");
+        }
+        let mut imported = [Handle(0); 8];
+        for (i, r) in records.iter().take(n).enumerate() {
+            imported[i] = obj::import(child, Handle(r.handle), r.rights).map_err(|_| "handle_import")?;
+        }
+        // Destroy the whole child (its threads die; its memory is the parent's).
+        obj::space_destroy(child).map_err(|_| "space_destroy")?;
+        for t in threads {
+            let _ = obj::thread_wait(t, true);
+            let _ = obj::close(t);
+        }
+        // Rebuild from the exported state alone.
+        let me = obj::self_space();
+        let rebuilt = obj::space_create(me).map_err(|_| "space_create (rebuild)")?;
+        let (start, end) = m::readonly_image();
+        m::mapping_create(p.regions[0], rebuilt, start, 0, end - start, m::READ | m::EXECUTE).map_err(|_| "remap text")?;
+        m::mapping_create(p.regions[1], rebuilt, CODE_STACKS, 0, STACK_PAGES * 4096, m::READ | m::WRITE).map_err(|_| "remap stacks")?;
+        m::mapping_create(p.regions[2], rebuilt, CHILD_HOLE, 0, 16 * 4096, m::READ).map_err(|_| "remap hole")?;
+        for (i, r) in records.iter().take(n).enumerate() {
+            obj::transfer_at(rebuilt, imported[i], r.rights, Handle(r.handle)).map_err(|_| "handle_transfer_at")?;
+        }
+        let mut new_threads = [Handle(0); 3];
+        for (i, s) in states.iter().enumerate() {
+            let t = obj::thread_create_stopped(rebuilt).map_err(|_| "thread_create_stopped")?;
+            obj::thread_set_state(t, s.as_ref().ok_or("no state")?).map_err(|_| "thread_set_state")?;
+            new_threads[i] = t;
+        }
+        // Resume and let the parent's services go on.
+        for t in new_threads {
+            obj::thread_resume(t).map_err(|_| "thread_resume")?;
+        }
+        HOLD.store(0, Ordering::Relaxed);
+        PAGER_HOLD.store(0, Ordering::Relaxed);
+        let disturbed = outputs(new_threads);
+        obj::space_destroy(rebuilt).map_err(|_| "space_destroy (rebuilt)")?;
+        for h in new_threads.iter().chain(imported.iter().take(n)) {
+            let _ = obj::close(*h);
+        }
+        take_back_supplied_page();
+        parent_teardown(p);
+        if undisturbed != disturbed || undisturbed[0] != Ok(COUNT ^ MARK) || undisturbed[1] != Ok(42) {
+            println!("init: undisturbed {undisturbed:?}, rebuilt {disturbed:?}");
+            return Err("the rebuilt child's output differs from the undisturbed run");
+        }
+        Ok(())
+    }
+}
+
+fn state_encapsulation() -> Result<(), &'static str> {
+    encapsulation::run()
+}
+
+/// In a child: calls the port whose handle value (in the child's table) is `handle`.
+extern "C" fn calling_client_in_child(handle: u64) -> ! {
+    match rt::ipc::call(Handle(handle), [21, 0, 0, 0, 0, 0]) {
+        Ok(r) => rt::exit(r[0]),
+        Err(e) => rt::exit(1000 + (-e.code()) as u64),
+    }
 }
 
 mod stress {

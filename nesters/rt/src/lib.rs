@@ -65,6 +65,9 @@ pub mod nr {
     pub const THREAD_SET_STATE: u64 = 47;
     pub const THREAD_CREATE_STOPPED: u64 = 48;
     pub const HANDLE_TRANSFER: u64 = 49;
+    pub const HANDLE_IMPORT: u64 = 50;
+    pub const HANDLE_TRANSFER_AT: u64 = 51;
+    pub const MEMORY_OBJECT_STATE: u64 = 52;
 }
 
 /// Longest console write the kernel accepts in one call.

@@ -31,6 +31,12 @@ pub mod rights {
 pub mod types {
     pub const SPACE: u32 = 1;
     pub const THREAD: u32 = 2;
+    pub const PORT: u32 = 3;
+    pub const PORTSET: u32 = 4;
+    pub const REGION: u32 = 5;
+    pub const MAPPING: u32 = 6;
+    pub const MUTEX: u32 = 7;
+    pub const COND: u32 = 8;
 }
 
 static SELF_SPACE: AtomicU64 = AtomicU64::new(0);
@@ -223,4 +229,26 @@ pub fn thread_create_stopped(space: Handle) -> Result<Handle, SysError> {
 pub fn transfer(space: Handle, h: Handle, rights: u32) -> Result<Handle, SysError> {
     // SAFETY: no memory arguments.
     decode(unsafe { crate::syscall4(nr::HANDLE_TRANSFER, space.0, h.0, rights as u64, 0) }).map(Handle)
+}
+
+/// A handle in this program's table to the object behind `h` in `space`'s
+/// table (needs GET_STATE on `space`).
+pub fn import(space: Handle, h: Handle, rights: u32) -> Result<Handle, SysError> {
+    // SAFETY: no memory arguments.
+    decode(unsafe { crate::syscall4(nr::HANDLE_IMPORT, space.0, h.0, rights as u64, 0) }).map(Handle)
+}
+
+/// `transfer`, at exactly the handle value `value` in `space`'s table.
+pub fn transfer_at(space: Handle, h: Handle, rights: u32, value: Handle) -> Result<(), SysError> {
+    // SAFETY: no memory arguments.
+    decode(unsafe { crate::syscall4(nr::HANDLE_TRANSFER_AT, space.0, h.0, rights as u64, value.0) }).map(|_| ())
+}
+
+/// The state of a region `[5, start, size, max, 0]` or mapping
+/// `[6, va, offset, size, rights]`.
+pub fn memory_object_state(h: Handle) -> Result<[u64; 5], SysError> {
+    let mut w = [0u64; 5];
+    // SAFETY: the kernel writes 40 bytes into `w`.
+    decode(unsafe { crate::syscall4(nr::MEMORY_OBJECT_STATE, h.0, w.as_mut_ptr() as u64, 40, 0) })?;
+    Ok(w)
 }
