@@ -34,11 +34,23 @@ pub fn spin_limit() -> u32 {
     SPIN_LIMIT.load(Ordering::Relaxed)
 }
 
+/// A one-way message as it waits in a portset's queue: (alias, words).
+type OnewayMessage = (u64, [u64; 6]);
+/// One-way messages a portset holds before senders see it full.
+/// (Small enough that a portset is built on a kernel stack before it moves
+/// to the heap; in-place construction would allow bigger queues.)
+pub const ONEWAY_CAPACITY: usize = 32;
+
 /// Where clients queue and servers wait.
 pub struct Portset {
     inner: spin::Mutex<PortsetInner>,
     /// Clients queued in `inner.clients`, readable without the lock by spinning servers.
     pending: AtomicUsize,
+    /// One-way messages: a lock-free queue (fastpath::PortQueue) any CPU
+    /// pushes to; the receiver is woken only if it announced it sleeps.
+    oneway: fastpath::PortQueue<OnewayMessage, ONEWAY_CAPACITY>,
+    doorbell: fastpath::Doorbell,
+    oneway_receiver: spin::Mutex<Option<Arc<Thread>>>,
 }
 
 struct PortsetInner {
@@ -70,6 +82,9 @@ impl Portset {
         Portset {
             inner: spin::Mutex::new(PortsetInner { servers: VecDeque::new(), clients: VecDeque::new() }),
             pending: AtomicUsize::new(0),
+            oneway: fastpath::PortQueue::new(),
+            doorbell: fastpath::Doorbell::new(),
+            oneway_receiver: spin::Mutex::new(None),
         }
     }
 
@@ -299,4 +314,59 @@ fn finish_wait(me: &Arc<Thread>, portset: &Portset, handoff: Option<Arc<Thread>>
     let received = (slot.alias, slot.message);
     drop(slot);
     Ok(received)
+}
+
+/// One-way send (at most once): queues `message` on the port's portset
+/// without waiting. Returns false (nothing queued) when the queue is full.
+/// Wakes the receiver only if it announced it sleeps.
+pub fn send(port: &Port, message: [u64; 6]) -> bool {
+    let ps = &port.portset;
+    if ps.oneway.try_push((port.alias, message)).is_err() {
+        return false;
+    }
+    if ps.doorbell.notify().0 {
+        let receiver = cpu::without_interrupts(|| ps.oneway_receiver.lock().take());
+        if let Some(r) = receiver {
+            sched::wake(&r);
+        }
+    }
+    true
+}
+
+/// Receives the next one-way message on `portset`: polls, spins briefly,
+/// then sleeps until a sender rings. Interrupts off.
+pub fn receive(portset: &Portset) -> Result<(u64, [u64; 6]), IpcError> {
+    let me = sched::current();
+    loop {
+        if let Some(m) = portset.oneway.try_pop() {
+            return Ok(m);
+        }
+        for _ in 0..spin_limit() {
+            if !portset.oneway.is_empty() {
+                break;
+            }
+            cpu::pause();
+        }
+        if let Some(m) = portset.oneway.try_pop() {
+            return Ok(m);
+        }
+        if me.kill_requested() || me.stop_requested() {
+            return Err(IpcError::Interrupted);
+        }
+        // Blocked and registered before announcing: a ring between the
+        // commit and the switch finds us blocked and wakes us.
+        sched::mark_current_blocked();
+        *portset.oneway_receiver.lock() = Some(me.clone());
+        let ticket = portset.doorbell.prepare_to_sleep();
+        match ticket.commit_or_cancel(!portset.oneway.is_empty()) {
+            fastpath::doorbell::SleepDecision::Sleep => sched::schedule(),
+            _ => {
+                portset.oneway_receiver.lock().take();
+                let _ = sched::wake(&me);
+                sched::schedule();
+            }
+        }
+        portset.oneway_receiver.lock().take();
+        let _ = portset.doorbell.woken();
+    }
 }

@@ -62,6 +62,8 @@ pub const SYS_HANDLE_TRANSFER: u64 = 49;
 pub const SYS_HANDLE_IMPORT: u64 = 50;
 pub const SYS_HANDLE_TRANSFER_AT: u64 = 51;
 pub const SYS_MEMORY_OBJECT_STATE: u64 = 52;
+pub const SYS_IPC_SEND: u64 = 53;
+pub const SYS_IPC_RECEIVE: u64 = 54;
 
 /// Bytes of a thread state record (version 1): see kernel/ABI.md.
 pub const THREAD_STATE_BYTES: u64 = 19 * 8;
@@ -205,6 +207,8 @@ pub fn dispatch(frame: &mut SyscallFrame) -> i64 {
         SYS_THREAD_CREATE_STOPPED => thread_create_stopped(a0),
         SYS_HANDLE_TRANSFER => handle_transfer(a0, a1, a2),
         SYS_HANDLE_IMPORT => handle_import(a0, a1, a2),
+        SYS_IPC_SEND => ipc_send(frame),
+        SYS_IPC_RECEIVE => ipc_receive(frame),
         SYS_HANDLE_TRANSFER_AT => handle_transfer_at(a0, a1, a2, a3),
         SYS_MEMORY_OBJECT_STATE => memory_object_state(a0, a1, a2),
         SYS_READ_TSC => Ok((crate::arch::cpu::read_tsc() & (i64::MAX as u64)) as i64),
@@ -235,18 +239,20 @@ fn caller() -> Result<alloc::sync::Arc<Space>, SysError> {
 }
 
 /// `system_info(buf, len)`: writes {u64 managed frames, u64 free frames,
-/// u64 online CPUs} (24 bytes; `len` must be at least that).
+/// u64 online CPUs, u64 TSC Hz} (32 bytes; at least the first 24 are needed).
 fn system_info(buf: u64, len: u64) -> SysResult {
     if len < 24 {
         return Err(SysError::BadSize);
     }
     let s = frame::stats();
-    let mut out = [0u8; 24];
+    let mut out = [0u8; 32];
     out[..8].copy_from_slice(&s.managed.to_le_bytes());
     out[8..16].copy_from_slice(&s.free.to_le_bytes());
-    out[16..].copy_from_slice(&(smp::online_count() as u64).to_le_bytes());
-    copy_to_user(buf, &out).map_err(|()| SysError::BadPointer)?;
-    Ok(24)
+    out[16..24].copy_from_slice(&(smp::online_count() as u64).to_le_bytes());
+    out[24..].copy_from_slice(&crate::arch::time::tsc_hz().to_le_bytes());
+    let n = len.min(32) as usize;
+    copy_to_user(buf, &out[..n]).map_err(|()| SysError::BadPointer)?;
+    Ok(n as i64)
 }
 
 fn handle_close(h: u64) -> SysResult {
@@ -821,4 +827,24 @@ fn memory_object_state(h: u64, buf: u64, len: u64) -> SysResult {
     }
     copy_to_user(buf, &bytes).map_err(|()| SysError::BadPointer)?;
     Ok(40)
+}
+
+/// `ipc_send(port)` with the message in the six message registers (SEND
+/// right): one-way, at most once, never blocks; `WouldBlock` if the
+/// portset's queue is full (nothing was sent).
+fn ipc_send(frame: &mut SyscallFrame) -> SysResult {
+    let me = caller()?;
+    let port = me.lookup_port(Handle::from_raw(frame.rdi), Rights::SEND)?;
+    if crate::ipc::send(&port, message_of(frame)) { Ok(0) } else { Err(SysError::WouldBlock) }
+}
+
+/// `ipc_receive(portset)` (RECEIVE right): the next one-way message: returns
+/// its port's alias with the message in the six message registers.
+fn ipc_receive(frame: &mut SyscallFrame) -> SysResult {
+    let me = caller()?;
+    let ps = me.lookup_portset(Handle::from_raw(frame.rdi), Rights::RECEIVE)?;
+    drop(me);
+    let Ok((alias, message)) = crate::ipc::receive(&ps) else { return interrupted() };
+    set_message(frame, message);
+    Ok((alias & (i64::MAX as u64)) as i64)
 }

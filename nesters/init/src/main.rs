@@ -34,7 +34,7 @@ fn init_main() -> i32 {
         return stress::run();
     }
     println!("init: hello from the root program");
-    let checks: [(&str, Check); 21] = [
+    let checks: [(&str, Check); 22] = [
         ("data and bss", data_and_bss),
         ("null call", null_call),
         ("console write", console_write),
@@ -56,6 +56,7 @@ fn init_main() -> i32 {
         ("checkpoint and restart of threads", checkpoint_restart),
         ("border control", border_control),
         ("state encapsulation: freeze, export, destroy, rebuild, resume", state_encapsulation),
+        ("one-way ipc across cpus", oneway_ipc),
     ];
     for (i, (name, check)) in checks.iter().enumerate() {
         if let Err(why) = check() {
@@ -1146,6 +1147,74 @@ extern "C" fn calling_client_in_child(handle: u64) -> ! {
     }
 }
 
+static ONEWAY_PS: AtomicU64 = AtomicU64::new(0);
+static ONEWAY_PORT: AtomicU64 = AtomicU64::new(0);
+static ONEWAY_COUNT: AtomicU64 = AtomicU64::new(0);
+static ONEWAY_SUM: AtomicU64 = AtomicU64::new(0);
+static ONEWAY_DISORDER: AtomicU64 = AtomicU64::new(0);
+
+/// Sends `n` one-way messages numbered 0..n, retrying while the queue is full.
+extern "C" fn oneway_sender(n: u64) -> ! {
+    let port = Handle(ONEWAY_PORT.load(Ordering::Relaxed));
+    for i in 0..n {
+        while rt::ipc::send(port, [i, i * 3, 0, 0, 0, 0]) == Err(SysError::WouldBlock) {
+            core::hint::spin_loop();
+        }
+    }
+    rt::exit(0)
+}
+
+/// Receives `n` messages, checking sequence order and the payload.
+extern "C" fn oneway_receiver(n: u64) -> ! {
+    let ps = Handle(ONEWAY_PS.load(Ordering::Relaxed));
+    for expected in 0..n {
+        match rt::ipc::receive(ps) {
+            Ok((_, m)) => {
+                if m[0] != expected || m[1] != expected * 3 {
+                    ONEWAY_DISORDER.fetch_add(1, Ordering::Relaxed);
+                }
+                ONEWAY_SUM.fetch_add(m[0], Ordering::Relaxed);
+                ONEWAY_COUNT.fetch_add(1, Ordering::Relaxed);
+            }
+            Err(_) => rt::exit(1),
+        }
+    }
+    rt::exit(0)
+}
+
+/// 20,000 one-way messages from one CPU to a receiver on another (the same
+/// CPU with one CPU), through the lock-free queue, sleeping and waking.
+fn oneway_ipc() -> Result<(), &'static str> {
+    const N: u64 = 20_000;
+    let me = obj::self_space();
+    let cpus = obj::system_info().map_err(|_| "system_info")?.cpus;
+    let ps = rt::ipc::portset_create().map_err(|_| "portset")?;
+    let port = rt::ipc::port_create(ps, 3).map_err(|_| "port")?;
+    ONEWAY_PS.store(ps.0, Ordering::Relaxed);
+    ONEWAY_PORT.store(port.0, Ordering::Relaxed);
+    for a in [&ONEWAY_COUNT, &ONEWAY_SUM, &ONEWAY_DISORDER] {
+        a.store(0, Ordering::Relaxed);
+    }
+    let receiver = obj::thread_create(me, oneway_receiver, stack_top(0), N).map_err(|_| "receiver")?;
+    obj::thread_set_affinity(receiver, 1 << (cpus - 1)).map_err(|_| "affinity")?;
+    let sender = obj::thread_create(me, oneway_sender, stack_top(1), N).map_err(|_| "sender")?;
+    obj::thread_set_affinity(sender, 1).map_err(|_| "affinity")?;
+    let ok = obj::thread_wait(sender, true) == Ok(0) && obj::thread_wait(receiver, true) == Ok(0);
+    for h in [sender, receiver, port, ps] {
+        let _ = obj::close(h);
+    }
+    if !ok || ONEWAY_COUNT.load(Ordering::Relaxed) != N || ONEWAY_SUM.load(Ordering::Relaxed) != N * (N - 1) / 2 {
+        return Err("one-way messages were lost or duplicated");
+    }
+    if ONEWAY_DISORDER.load(Ordering::Relaxed) != 0 {
+        return Err("one-way messages from one sender arrived out of order");
+    }
+    if rt::ipc::send(Handle(0x55_0000_0003), [0; 6]) != Err(SysError::BadHandle) {
+        return Err("a forged port handle was accepted for a send");
+    }
+    Ok(())
+}
+
 mod stress {
     //! `test=ipc_stress`: a client on every CPU calls a server on every CPU
     //! (every pair, same-CPU and cross-CPU), at least a million sequence-
@@ -1315,9 +1384,90 @@ mod bench {
         Ok(())
     }
 
+    const ONEWAY_MESSAGES: u64 = 20_000;
+    const MAX_PAIRS: usize = 4;
+    static PAIR_PORTSETS: [AtomicU64; MAX_PAIRS] = [const { AtomicU64::new(0) }; MAX_PAIRS];
+    static PAIR_PORTS: [AtomicU64; MAX_PAIRS] = [const { AtomicU64::new(0) }; MAX_PAIRS];
+    static PAIR_CYCLES: [AtomicU64; MAX_PAIRS] = [const { AtomicU64::new(0) }; MAX_PAIRS];
+
+    extern "C" fn pair_sender(pair: u64) -> ! {
+        let port = Handle(PAIR_PORTS[pair as usize].load(Ordering::Relaxed));
+        for i in 0..ONEWAY_MESSAGES {
+            while rt::ipc::send(port, [i, 0, 0, 0, 0, 0]) == Err(SysError::WouldBlock) {
+                core::hint::spin_loop();
+            }
+        }
+        rt::exit(0)
+    }
+
+    /// Receives the pair's messages; pair 0 records each inter-arrival time.
+    extern "C" fn pair_receiver(pair: u64) -> ! {
+        let ps = Handle(PAIR_PORTSETS[pair as usize].load(Ordering::Relaxed));
+        let s = samples();
+        let Ok(_) = rt::ipc::receive(ps) else { rt::exit(1) };
+        let start = tsc();
+        let mut last = start;
+        for i in 1..ONEWAY_MESSAGES as usize {
+            if rt::ipc::receive(ps).is_err() {
+                rt::exit(1);
+            }
+            let now = tsc();
+            if pair == 0 {
+                s[i - 1] = now - last;
+            }
+            last = now;
+        }
+        PAIR_CYCLES[pair as usize].store(last - start, Ordering::Relaxed);
+        rt::exit(0)
+    }
+
+    /// `pairs` sender/receiver pairs on distinct CPUs streaming one-way messages.
+    fn oneway_bench(cpus: u64, tsc_hz: u64, pairs: usize) -> Result<(), &'static str> {
+        let me = obj::self_space();
+        let mut threads = [Handle(0); 2 * MAX_PAIRS];
+        let mut objects = [Handle(0); 2 * MAX_PAIRS];
+        for p in 0..pairs {
+            let ps = rt::ipc::portset_create().map_err(|_| "portset")?;
+            let port = rt::ipc::port_create(ps, p as u64).map_err(|_| "port")?;
+            PAIR_PORTSETS[p].store(ps.0, Ordering::Relaxed);
+            PAIR_PORTS[p].store(port.0, Ordering::Relaxed);
+            objects[2 * p] = ps;
+            objects[2 * p + 1] = port;
+        }
+        for p in 0..pairs {
+            let (send_cpu, recv_cpu) = if cpus >= 2 { (2 * p as u64, 2 * p as u64 + 1) } else { (0, 0) };
+            let stacks = rt::memory::ROOT_ANONYMOUS_BASE + 0x40_0000 + p as u64 * 0x4_0000;
+            let r = obj::thread_create(me, pair_receiver, stacks + 0x1_0000, p as u64).map_err(|_| "receiver")?;
+            obj::thread_set_affinity(r, 1 << recv_cpu).map_err(|_| "affinity")?;
+            let s = obj::thread_create(me, pair_sender, stacks + 0x3_0000, p as u64).map_err(|_| "sender")?;
+            obj::thread_set_affinity(s, 1 << send_cpu).map_err(|_| "affinity")?;
+            threads[2 * p] = r;
+            threads[2 * p + 1] = s;
+        }
+        for t in threads.iter().take(2 * pairs) {
+            if obj::thread_wait(*t, true) != Ok(0) {
+                return Err("a one-way benchmark thread failed");
+            }
+        }
+        for h in threads.iter().chain(objects.iter()).take(4 * pairs) {
+            let _ = obj::close(*h);
+        }
+        let slowest = (0..pairs).map(|p| PAIR_CYCLES[p].load(Ordering::Relaxed)).max().unwrap_or(1).max(1);
+        let msgs_per_sec = (pairs as u64 * (ONEWAY_MESSAGES - 1)) as u128 * tsc_hz as u128 / slowest as u128;
+        let n = ONEWAY_MESSAGES as usize - 1;
+        let s = &mut samples()[..n];
+        s.sort_unstable();
+        println!(
+            "{{\"bench\":\"ipc_oneway_throughput\",\"cpus\":{cpus},\"pairs\":{pairs},\"iterations\":{n},\"median_cycles\":{},\"p99_cycles\":{},\"msgs_per_sec\":{msgs_per_sec}}}",
+            s[n / 2],
+            s[n * 99 / 100]
+        );
+        Ok(())
+    }
+
     pub fn run() -> i32 {
-        let cpus = match obj::system_info() {
-            Ok(i) => i.cpus,
+        let (cpus, tsc_hz) = match obj::system_info() {
+            Ok(i) => (i.cpus, i.tsc_hz),
             Err(_) => return 1,
         };
         let s = samples();
@@ -1334,6 +1484,12 @@ mod bench {
         if let Err(e) = ipc_bench(same_cpu, cpus, 0, 0, N) {
             println!("bench: {e}");
             return 2;
+        }
+        for pairs in 1..=((cpus / 2).max(1) as usize).min(MAX_PAIRS) {
+            if let Err(e) = oneway_bench(cpus, tsc_hz, pairs) {
+                println!("bench: {e}");
+                return 4;
+            }
         }
         if cpus >= 2 {
             let cross = if obj::start_flags() & 8 != 0 { "ipc_rt_cross_cpu_blocking" } else { "ipc_rt_cross_cpu_polled" };

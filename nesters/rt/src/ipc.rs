@@ -44,6 +44,22 @@ fn ipc_raw(n: u64, h: Handle, m: &mut Message) -> i64 {
     ret
 }
 
+/// One-way send, at most once: never blocks; `WouldBlock` when the
+/// portset's queue is full (nothing was sent).
+#[inline]
+pub fn send(port: Handle, message: Message) -> Result<(), SysError> {
+    let mut m = message;
+    decode(ipc_raw(nr::IPC_SEND, port, &mut m)).map(|_| ())
+}
+
+/// Receives the next one-way message on `portset`: (alias, message).
+#[inline]
+pub fn receive(portset: Handle) -> Result<(u64, Message), SysError> {
+    let mut m = [0; 6];
+    let alias = decode(ipc_raw(nr::IPC_RECEIVE, portset, &mut m))?;
+    Ok((alias, m))
+}
+
 /// Sends `request` through `port` and returns the server's reply.
 #[inline]
 pub fn call(port: Handle, request: Message) -> Result<Message, SysError> {

@@ -68,6 +68,8 @@ pub mod nr {
     pub const HANDLE_IMPORT: u64 = 50;
     pub const HANDLE_TRANSFER_AT: u64 = 51;
     pub const MEMORY_OBJECT_STATE: u64 = 52;
+    pub const IPC_SEND: u64 = 53;
+    pub const IPC_RECEIVE: u64 = 54;
 }
 
 /// Longest console write the kernel accepts in one call.

@@ -151,13 +151,15 @@ pub struct SystemInfo {
     pub managed_frames: u64,
     pub free_frames: u64,
     pub cpus: u64,
+    /// The time-stamp counter's frequency.
+    pub tsc_hz: u64,
 }
 
 pub fn system_info() -> Result<SystemInfo, SysError> {
-    let mut raw = [0u64; 3];
-    // SAFETY: the kernel writes 24 bytes into `raw`.
-    decode(unsafe { syscall2(nr::SYSTEM_INFO, raw.as_mut_ptr() as u64, 24) })?;
-    Ok(SystemInfo { managed_frames: raw[0], free_frames: raw[1], cpus: raw[2] })
+    let mut raw = [0u64; 4];
+    // SAFETY: the kernel writes at most 32 bytes into `raw`.
+    decode(unsafe { syscall2(nr::SYSTEM_INFO, raw.as_mut_ptr() as u64, 32) })?;
+    Ok(SystemInfo { managed_frames: raw[0], free_frames: raw[1], cpus: raw[2], tsc_hz: raw[3] })
 }
 
 /// Sends the exceptions of `space`'s threads to `port` (`None` clears it).

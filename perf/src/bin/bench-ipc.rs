@@ -104,16 +104,22 @@ fn run(args: &Args) -> Result<()> {
         eprintln!("bench-ipc: booting with fastpath={} {}", if run.fastpath { "on" } else { "off" }, if run.icount { "under -icount" } else { "(TSC cycles)" });
         for v in boot(&root, &kernel, &init, args, &run)? {
             let name = v["bench"].as_str().context("benchmark line without a name")?.to_string();
-            // null_syscall appears in both boots; keep the fast-path boot's.
-            if !run.fastpath && name == "null_syscall" {
+            // These appear in both boots; keep the fast-path boot's.
+            if !run.fastpath && (name == "null_syscall" || name == "ipc_oneway_throughput") {
                 continue;
             }
-            let entry = merged.entry(name.clone()).or_insert_with(|| json!({"bench": name}));
+            let key = match v.get("pairs") {
+                Some(p) => format!("{name}/{p}"),
+                None => name.clone(),
+            };
+            let entry = merged.entry(key).or_insert_with(|| json!({"bench": name}));
             if run.icount {
                 entry["instructions_per_op"] = v["median_cycles"].clone();
             } else {
-                for key in ["cpus", "iterations", "median_cycles", "p99_cycles"] {
-                    entry[key] = v[key].clone();
+                for key in ["cpus", "iterations", "median_cycles", "p99_cycles", "pairs", "msgs_per_sec"] {
+                    if !v[key].is_null() {
+                        entry[key] = v[key].clone();
+                    }
                 }
             }
         }
@@ -122,17 +128,22 @@ fn run(args: &Args) -> Result<()> {
         println!("{v}");
     }
     eprintln!();
-    eprintln!("{:<28} {:>6} {:>10} {:>14} {:>12} {:>14}", "bench", "cpus", "iterations", "median cycles", "p99 cycles", "instructions");
+    eprintln!(
+        "{:<28} {:>6} {:>10} {:>14} {:>12} {:>14} {:>14}",
+        "bench", "cpus", "iterations", "median cycles", "p99 cycles", "instructions", "msgs/s (pairs)"
+    );
     let cell = |v: &Value| if v.is_null() { "-".to_string() } else { v.to_string() };
     for v in merged.values() {
+        let rate = if v["msgs_per_sec"].is_null() { String::new() } else { format!("{} ({})", v["msgs_per_sec"], v["pairs"]) };
         eprintln!(
-            "{:<28} {:>6} {:>10} {:>14} {:>12} {:>14}",
+            "{:<28} {:>6} {:>10} {:>14} {:>12} {:>14} {:>14}",
             v["bench"].as_str().unwrap_or("?"),
             cell(&v["cpus"]),
             cell(&v["iterations"]),
             cell(&v["median_cycles"]),
             cell(&v["p99_cycles"]),
-            cell(&v["instructions_per_op"])
+            cell(&v["instructions_per_op"]),
+            rate
         );
     }
     let get = |b: &str, k: &str| merged.get(b).and_then(|v| v[k].as_f64());
