@@ -18,6 +18,8 @@ pub struct Scenario {
     pub expected_exit: i32,
     /// Wall-clock limit under TCG (scaled by `--timeout-scale`).
     pub timeout: Duration,
+    /// More kernel command-line words (e.g. `fastpath=off`).
+    pub extra: &'static str,
 }
 
 impl Scenario {
@@ -30,12 +32,14 @@ impl Scenario {
             expect: Expect::Tests,
             expected_exit: EXIT_SUCCESS,
             timeout: Duration::from_secs(timeout_s),
+            extra: "",
         }
     }
 
     /// The kernel command line for this scenario.
     pub fn cmdline(&self, log_level: &str) -> String {
-        format!("exit=qemu test={} log={log_level}", self.test)
+        let line = format!("exit=qemu test={} log={log_level}", self.test);
+        if self.extra.is_empty() { line } else { format!("{line} {}", self.extra) }
     }
 }
 
@@ -50,6 +54,13 @@ pub fn matrix() -> Vec<Scenario> {
         Scenario::tests(Mode::UefiIso, 2, 240),
         Scenario::tests(Mode::PxeBios, 2, 240),
         Scenario::tests(Mode::PxeUefi, 2, 300),
+        // The IPC general path alone (no direct hand-off, no spinning): the
+        // same tests, init's IPC checks included, must give the same results.
+        Scenario {
+            name: "slowpath-direct-2cpu".into(),
+            extra: "fastpath=off ipc_spin=0",
+            ..Scenario::tests(Mode::Direct, 2, 120)
+        },
         Scenario {
             name: "ipc-stress-direct-2cpu".into(),
             test: "ipc_stress".into(),
@@ -66,6 +77,7 @@ pub fn matrix() -> Vec<Scenario> {
             },
             expected_exit: EXIT_FAILURE,
             timeout: Duration::from_secs(120),
+            extra: "",
         },
         Scenario {
             name: "stack-overflow-direct-2cpu".into(),
@@ -78,6 +90,7 @@ pub fn matrix() -> Vec<Scenario> {
             },
             expected_exit: EXIT_FAILURE,
             timeout: Duration::from_secs(120),
+            extra: "",
         },
     ]
 }
