@@ -12,6 +12,8 @@ use core::sync::atomic::{AtomicU64, Ordering};
 use matryoshka_rt::object::{self as obj, rights, types, Handle, Record};
 use matryoshka_rt::{self as rt, println, SysError};
 
+extern crate alloc;
+
 #[cfg(target_os = "none")]
 rt::entry!(init_main);
 
@@ -26,7 +28,12 @@ static BSS_WORD: AtomicU64 = AtomicU64::new(0);
 /// One self-check: `Err` says what went wrong.
 type Check = fn() -> Result<(), &'static str>;
 
+/// init's heap: 256 MiB of its demand-zero memory, above what the checks use.
+const HEAP_BASE: u64 = rt::memory::ROOT_ANONYMOUS_BASE + (512 << 20);
+
 fn init_main() -> i32 {
+    // SAFETY: this range of the root's demand-zero memory is used for nothing else.
+    unsafe { rt::heap::init(HEAP_BASE, 256 << 20) };
     if obj::start_flags() & 1 != 0 {
         return bench::run();
     }
@@ -34,7 +41,7 @@ fn init_main() -> i32 {
         return stress::run();
     }
     println!("init: hello from the root program");
-    let checks: [(&str, Check); 22] = [
+    let checks: [(&str, Check); 23] = [
         ("data and bss", data_and_bss),
         ("null call", null_call),
         ("console write", console_write),
@@ -57,6 +64,7 @@ fn init_main() -> i32 {
         ("border control", border_control),
         ("state encapsulation: freeze, export, destroy, rebuild, resume", state_encapsulation),
         ("one-way ipc across cpus", oneway_ipc),
+        ("heap", heap),
     ];
     for (i, (name, check)) in checks.iter().enumerate() {
         if let Err(why) = check() {
@@ -1211,6 +1219,32 @@ fn oneway_ipc() -> Result<(), &'static str> {
     }
     if rt::ipc::send(Handle(0x55_0000_0003), [0; 6]) != Err(SysError::BadHandle) {
         return Err("a forged port handle was accepted for a send");
+    }
+    Ok(())
+}
+
+/// Collections on the runtime's heap, backed by demand-zero pages.
+fn heap() -> Result<(), &'static str> {
+    use alloc::collections::BTreeMap;
+    use alloc::vec::Vec;
+    let before = rt::heap::free_bytes();
+    let mut v: Vec<u64> = Vec::new();
+    v.try_reserve(1 << 20).map_err(|_| "could not reserve 8 MiB")?;
+    v.extend((0..1u64 << 20).map(|i| i.wrapping_mul(0x9e37_79b9)));
+    let mut m = BTreeMap::new();
+    for i in 0..5000u64 {
+        m.insert(i, alloc::format!("{i}"));
+    }
+    if v[123_456] != 123_456u64.wrapping_mul(0x9e37_79b9) || m.get(&4321).map(|s| s.as_str()) != Some("4321") {
+        return Err("heap data corrupted");
+    }
+    drop((v, m));
+    if rt::heap::free_bytes() != before {
+        return Err("heap memory not returned");
+    }
+    let mut huge: Vec<u8> = Vec::new();
+    if huge.try_reserve(1 << 30).is_ok() {
+        return Err("a 1 GiB reservation on a 256 MiB heap succeeded");
     }
     Ok(())
 }
