@@ -88,6 +88,11 @@ impl Portset {
         }
     }
 
+    /// One-way messages waiting (a hint: senders and receivers run concurrently).
+    pub fn queued_oneway(&self) -> usize {
+        self.oneway.len_hint()
+    }
+
     fn pop_client(&self, inner: &mut PortsetInner) -> Option<Arc<Thread>> {
         let c = inner.clients.pop_front()?;
         self.pending.fetch_sub(1, Ordering::Release);

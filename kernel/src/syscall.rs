@@ -64,6 +64,7 @@ pub const SYS_HANDLE_TRANSFER_AT: u64 = 51;
 pub const SYS_MEMORY_OBJECT_STATE: u64 = 52;
 pub const SYS_IPC_SEND: u64 = 53;
 pub const SYS_IPC_RECEIVE: u64 = 54;
+pub const SYS_OBJECT_GET_STATE: u64 = 55;
 
 /// Bytes of a thread state record (version 1): see kernel/ABI.md.
 pub const THREAD_STATE_BYTES: u64 = 19 * 8;
@@ -208,6 +209,7 @@ pub fn dispatch(frame: &mut SyscallFrame) -> i64 {
         SYS_HANDLE_TRANSFER => handle_transfer(a0, a1, a2),
         SYS_HANDLE_IMPORT => handle_import(a0, a1, a2),
         SYS_IPC_SEND => ipc_send(frame),
+        SYS_OBJECT_GET_STATE => object_get_state(a0, a1, a2),
         SYS_IPC_RECEIVE => ipc_receive(frame),
         SYS_HANDLE_TRANSFER_AT => handle_transfer_at(a0, a1, a2, a3),
         SYS_MEMORY_OBJECT_STATE => memory_object_state(a0, a1, a2),
@@ -847,4 +849,71 @@ fn ipc_receive(frame: &mut SyscallFrame) -> SysResult {
     let Ok((alias, message)) = crate::ipc::receive(&ps) else { return interrupted() };
     set_message(frame, message);
     Ok((alias & (i64::MAX as u64)) as i64)
+}
+
+/// The handle value under which `me` holds `object` (by identity), or 0:
+/// how exported state names links to other objects (reference relativity).
+fn handle_in(me: &Space, object: &Object) -> u64 {
+    use alloc::sync::Arc;
+    crate::arch::cpu::without_interrupts(|| {
+        let table = me.handles.lock();
+        let found = table.iter().find(|(_, o, _)| match (o, object) {
+            (Object::Space(a), Object::Space(b)) => Arc::ptr_eq(a, b),
+            (Object::Thread(a), Object::Thread(b)) => Arc::ptr_eq(a, b),
+            (Object::Port(a), Object::Port(b)) => Arc::ptr_eq(a, b),
+            (Object::Portset(a), Object::Portset(b)) => Arc::ptr_eq(a, b),
+            (Object::Mutex(a), Object::Mutex(b)) | (Object::Cond(a), Object::Cond(b)) => Arc::ptr_eq(a, b),
+            (Object::Region(a), Object::Region(b)) => a == b,
+            (Object::Mapping(a), Object::Mapping(b)) => a == b,
+            _ => false,
+        });
+        found.map_or(0, |(h, _, _)| h.raw())
+    })
+}
+
+/// `object_get_state(handle, buf, len ≥ 48)` (GET_STATE): a version-1
+/// record of six u64 words, `[type, ...]`, for any object type; links to
+/// other objects are given as the caller's handles to them (0 when the
+/// caller holds none). Threads have their own register record
+/// (`thread_get_state`); here a thread reports `[2, stopped, exited, cpu, 0, 0]`.
+///
+/// * Space `[1, keeper port, live handles, children, 0, 0]`
+/// * Port `[3, alias, portset, 0, 0, 0]`
+/// * Portset `[4, queued one-way messages, 0, 0, 0, 0]`
+/// * Region `[5, start, size, max rights, space, 0]`
+/// * Mapping `[6, va, offset, size, rights, region]`
+/// * Mutex / Cond `[7 / 8, 0, 0, 0, 0, 0]` (waiters are threads, exported with them)
+fn object_get_state(h: u64, buf: u64, len: u64) -> SysResult {
+    if len < 48 {
+        return Err(SysError::BadSize);
+    }
+    let me = caller()?;
+    let object = me.lookup(Handle::from_raw(h), Rights::GET_STATE)?;
+    let words: [u64; 6] = match &object {
+        Object::Space(s) => {
+            let keeper = s.keeper().map_or(0, |p| handle_in(&me, &Object::Port(p)));
+            let live = crate::arch::cpu::without_interrupts(|| s.handles.lock().len()) as u64;
+            [1, keeper, live, s.children().len() as u64, 0, 0]
+        }
+        Object::Thread(t) => [2, t.is_stopped() as u64, t.has_exited() as u64, t.cpu() as u64, 0, 0],
+        Object::Port(p) => [3, p.alias, handle_in(&me, &Object::Portset(p.portset.clone())), 0, 0, 0],
+        Object::Portset(ps) => [4, ps.queued_oneway() as u64, 0, 0, 0, 0],
+        Object::Region(r) => {
+            let i = crate::object::memory::add(|g| g.region_info(*r))?;
+            let owner = crate::object::memory::space_of(i.space).map_or(0, |s| handle_in(&me, &Object::Space(s)));
+            [5, i.start, i.size, i.max.bits() as u64, owner, 0]
+        }
+        Object::Mapping(m) => {
+            let i = crate::object::memory::add(|g| g.mapping_info(*m))?;
+            [6, i.va, i.offset, i.size, i.rights.bits() as u64, handle_in(&me, &Object::Region(i.region))]
+        }
+        Object::Mutex(_) => [7, 0, 0, 0, 0, 0],
+        Object::Cond(_) => [8, 0, 0, 0, 0, 0],
+    };
+    let mut bytes = [0u8; 48];
+    for (chunk, w) in bytes.chunks_exact_mut(8).zip(words) {
+        chunk.copy_from_slice(&w.to_le_bytes());
+    }
+    copy_to_user(buf, &bytes).map_err(|()| SysError::BadPointer)?;
+    Ok(48)
 }

@@ -35,6 +35,11 @@ fn with_vm<R>(f: impl FnOnce(&mut Vm) -> R) -> R {
     })
 }
 
+/// The kernel space object behind an engine id, if it still exists.
+pub fn space_of(id: SpaceId) -> Option<Arc<Space>> {
+    with_vm(|vm| vm.spaces.get(&id).and_then(Weak::upgrade))
+}
+
 /// Registers a new space with the engine.
 pub fn register(space: Weak<Space>) -> SpaceId {
     with_vm(|vm| {

@@ -41,7 +41,7 @@ fn init_main() -> i32 {
         return stress::run();
     }
     println!("init: hello from the root program");
-    let checks: [(&str, Check); 23] = [
+    let checks: [(&str, Check); 24] = [
         ("data and bss", data_and_bss),
         ("null call", null_call),
         ("console write", console_write),
@@ -65,6 +65,7 @@ fn init_main() -> i32 {
         ("state encapsulation: freeze, export, destroy, rebuild, resume", state_encapsulation),
         ("one-way ipc across cpus", oneway_ipc),
         ("heap", heap),
+        ("object state export", object_state),
     ];
     for (i, (name, check)) in checks.iter().enumerate() {
         if let Err(why) = check() {
@@ -1247,6 +1248,49 @@ fn heap() -> Result<(), &'static str> {
         return Err("a 1 GiB reservation on a 256 MiB heap succeeded");
     }
     Ok(())
+}
+
+/// Every object type exports its state, with links named by this
+/// program's own handles (reference relativity).
+fn object_state() -> Result<(), &'static str> {
+    use rt::memory as m;
+    let me = obj::self_space();
+    let ps = rt::ipc::portset_create().map_err(|_| "portset")?;
+    let port = rt::ipc::port_create(ps, 0xa1).map_err(|_| "port")?;
+    let child = obj::space_create(me).map_err(|_| "space")?;
+    obj::space_set_keeper(child, Some(port)).map_err(|_| "keeper")?;
+    let region = m::region_create(me, m::ROOT_ANONYMOUS_BASE, 4096, m::READ).map_err(|_| "region")?;
+    let mapping = m::mapping_create(region, child, 0x1000_0000, 0, 4096, m::READ).map_err(|_| "mapping")?;
+    let mutex = rt::sync::Mutex::new(0u32).map_err(|_| "mutex")?;
+    let mut result = Ok(());
+    let checks: [(Handle, [u64; 6], &str); 5] = [
+        (port, [3, 0xa1, ps.0, 0, 0, 0], "port: alias and portset"),
+        (child, [1, port.0, 0, 0, 0, 0], "space: keeper, handles, children"),
+        (region, [5, m::ROOT_ANONYMOUS_BASE, 4096, m::READ, me.0, 0], "region: range, rights, space"),
+        (mapping, [6, 0x1000_0000, 0, 4096, m::READ, region.0], "mapping: placement, rights, region"),
+        (ps, [4, 0, 0, 0, 0, 0], "portset"),
+    ];
+    for (h, want, what) in checks {
+        match obj::object_get_state(h) {
+            Ok(got) if got == want => {}
+            Ok(got) => {
+                println!("init: {what}: exported {got:x?}, expected {want:x?}");
+                result = Err("an object's exported state is wrong");
+            }
+            Err(_) => result = Err("object_get_state failed"),
+        }
+    }
+    drop(mutex);
+    if obj::object_get_state(Handle(0x77_0000_0001)) != Err(SysError::BadHandle) {
+        result = Err("object_get_state accepted a forged handle");
+    }
+    let _ = m::mapping_destroy(mapping);
+    let _ = m::region_destroy(region);
+    let _ = obj::space_destroy(child);
+    for h in [port, ps] {
+        let _ = obj::close(h);
+    }
+    result
 }
 
 mod stress {

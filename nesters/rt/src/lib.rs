@@ -71,6 +71,7 @@ pub mod nr {
     pub const MEMORY_OBJECT_STATE: u64 = 52;
     pub const IPC_SEND: u64 = 53;
     pub const IPC_RECEIVE: u64 = 54;
+    pub const OBJECT_GET_STATE: u64 = 55;
 }
 
 /// Longest console write the kernel accepts in one call.

@@ -254,3 +254,12 @@ pub fn memory_object_state(h: Handle) -> Result<[u64; 5], SysError> {
     decode(unsafe { crate::syscall4(nr::MEMORY_OBJECT_STATE, h.0, w.as_mut_ptr() as u64, 40, 0) })?;
     Ok(w)
 }
+
+/// Any object's exported state, `[type, ...]` (kernel/ABI.md); links to
+/// other objects are this program's handles to them (0 if it has none).
+pub fn object_get_state(h: Handle) -> Result<[u64; 6], SysError> {
+    let mut w = [0u64; 6];
+    // SAFETY: the kernel writes 48 bytes into `w`.
+    decode(unsafe { crate::syscall4(nr::OBJECT_GET_STATE, h.0, w.as_mut_ptr() as u64, 48, 0) })?;
+    Ok(w)
+}
