@@ -206,6 +206,54 @@ mod bare {
         Ok(())
     }
 
+    /// Where the root program finds the boot modules: a table page, then
+    /// each module's bytes (read-only, page-aligned), copied into memory the
+    /// root owns so it can lend them to its children as regions.
+    pub const MODULES_BASE: u64 = 0x8_0000_0000;
+    /// Room for the table and all modules.
+    pub const MODULES_MAX_BYTES: u64 = 256 << 20;
+
+    /// Copies the boot modules into the root's module area. Table layout
+    /// (u64 words): count, then per module {va, size, name[56 bytes]}.
+    fn populate_modules(space: &Arc<Space>) -> Result<(), LoadError> {
+        let modules = crate::boot_modules();
+        let mut table = [0u8; PAGE_SIZE as usize];
+        table[..8].copy_from_slice(&(modules.len().min(MAX_MODULES_LISTED) as u64).to_le_bytes());
+        let mut next = MODULES_BASE + PAGE_SIZE;
+        for (i, m) in modules.iter().take(MAX_MODULES_LISTED).enumerate() {
+            let size = m.end.saturating_sub(m.start);
+            let pages = size.div_ceil(PAGE_SIZE).max(1);
+            if next + pages * PAGE_SIZE > MODULES_BASE + MODULES_MAX_BYTES {
+                break;
+            }
+            // SAFETY: boot modules stay in RAM the frame allocator never hands out.
+            let bytes = unsafe { core::slice::from_raw_parts(paging::phys_to_virt(m.start) as *const u8, size as usize) };
+            memory::add(|g| g.grant_anonymous(space.vm_id(), next, pages * PAGE_SIZE, VmRights::READ))
+                .map_err(|_| LoadError::OutOfMemory)?;
+            for p in 0..pages {
+                let lo = (p * PAGE_SIZE) as usize;
+                let hi = ((p + 1) * PAGE_SIZE).min(size) as usize;
+                map_filled(space, next + p * PAGE_SIZE, false, false, |dst| {
+                    if lo < hi {
+                        dst[..hi - lo].copy_from_slice(&bytes[lo..hi]);
+                    }
+                })?;
+            }
+            let entry = 8 + i * 72;
+            table[entry..entry + 8].copy_from_slice(&next.to_le_bytes());
+            table[entry + 8..entry + 16].copy_from_slice(&size.to_le_bytes());
+            let name = m.name.as_str().as_bytes();
+            let n = name.len().min(55);
+            table[entry + 16..entry + 16 + n].copy_from_slice(&name[..n]);
+            next += pages * PAGE_SIZE;
+        }
+        memory::add(|g| g.grant_anonymous(space.vm_id(), MODULES_BASE, PAGE_SIZE, VmRights::READ)).map_err(|_| LoadError::OutOfMemory)?;
+        map_filled(space, MODULES_BASE, false, false, |dst| dst.copy_from_slice(&table))
+    }
+
+    /// Modules the table page can describe.
+    const MAX_MODULES_LISTED: usize = 56;
+
     /// Gives the space the image, the stack and its demand-zero memory, all
     /// as anonymous memory grants in the composition engine, so the program
     /// can export any of it to its children as regions.
@@ -235,7 +283,7 @@ mod bare {
         }
         memory::add(|g| g.grant_anonymous(id, ROOT_ANONYMOUS_BASE, ROOT_ANONYMOUS_SIZE, VmRights::RW))
             .map_err(|_| LoadError::OutOfMemory)?;
-        Ok(())
+        populate_modules(space)
     }
 
     /// Loads `data` as the root program: a root space holding a handle to

@@ -55,6 +55,12 @@ pub fn boot_init_module() -> Option<bootinfo::BootModule> {
     boot::boot_info().init_module().copied()
 }
 
+/// Every boot module, for the root program's module area.
+#[cfg(target_os = "none")]
+pub fn boot_modules() -> &'static [bootinfo::BootModule] {
+    boot::boot_info().modules()
+}
+
 #[cfg(target_os = "none")]
 mod boot {
     use core::sync::atomic::Ordering;

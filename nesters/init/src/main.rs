@@ -41,7 +41,7 @@ fn init_main() -> i32 {
         return stress::run();
     }
     println!("init: hello from the root program");
-    let checks: [(&str, Check); 24] = [
+    let checks: [(&str, Check); 25] = [
         ("data and bss", data_and_bss),
         ("null call", null_call),
         ("console write", console_write),
@@ -66,6 +66,7 @@ fn init_main() -> i32 {
         ("one-way ipc across cpus", oneway_ipc),
         ("heap", heap),
         ("object state export", object_state),
+        ("boot modules", boot_modules),
     ];
     for (i, (name, check)) in checks.iter().enumerate() {
         if let Err(why) = check() {
@@ -1291,6 +1292,27 @@ fn object_state() -> Result<(), &'static str> {
         let _ = obj::close(h);
     }
     result
+}
+
+/// The kernel hands the root its boot modules: this program's own image is one.
+fn boot_modules() -> Result<(), &'static str> {
+    let (start, _) = rt::memory::readonly_image();
+    let mut found = false;
+    for m in rt::boot::modules() {
+        let b = m.bytes();
+        if b.len() < 64 || &b[..4] != b"\x7fELF" {
+            continue;
+        }
+        // Our entry point (e_entry) must be inside our own text.
+        let entry = u64::from_le_bytes(b[24..32].try_into().unwrap_or([0; 8]));
+        if entry >= start && (m.name().is_empty() || m.name() == "init") {
+            found = true;
+        }
+    }
+    if !found {
+        return Err("the root program's own image is not among its boot modules");
+    }
+    Ok(())
 }
 
 mod stress {

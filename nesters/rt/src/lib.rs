@@ -16,6 +16,7 @@
 
 #![no_std]
 
+pub mod boot;
 pub mod heap;
 pub mod object;
 pub mod sync;
