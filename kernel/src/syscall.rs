@@ -65,6 +65,8 @@ pub const SYS_MEMORY_OBJECT_STATE: u64 = 52;
 pub const SYS_IPC_SEND: u64 = 53;
 pub const SYS_IPC_RECEIVE: u64 = 54;
 pub const SYS_OBJECT_GET_STATE: u64 = 55;
+pub const SYS_REFERENCE_CREATE: u64 = 56;
+pub const SYS_REFERENCE_COMPARE: u64 = 57;
 
 /// Bytes of a thread state record (version 1): see kernel/ABI.md.
 pub const THREAD_STATE_BYTES: u64 = 19 * 8;
@@ -210,6 +212,8 @@ pub fn dispatch(frame: &mut SyscallFrame) -> i64 {
         SYS_HANDLE_IMPORT => handle_import(a0, a1, a2),
         SYS_IPC_SEND => ipc_send(frame),
         SYS_OBJECT_GET_STATE => object_get_state(a0, a1, a2),
+        SYS_REFERENCE_CREATE => reference_create(a0),
+        SYS_REFERENCE_COMPARE => reference_compare(a0, a1),
         SYS_IPC_RECEIVE => ipc_receive(frame),
         SYS_HANDLE_TRANSFER_AT => handle_transfer_at(a0, a1, a2, a3),
         SYS_MEMORY_OBJECT_STATE => memory_object_state(a0, a1, a2),
@@ -854,19 +858,10 @@ fn ipc_receive(frame: &mut SyscallFrame) -> SysResult {
 /// The handle value under which `me` holds `object` (by identity), or 0:
 /// how exported state names links to other objects (reference relativity).
 fn handle_in(me: &Space, object: &Object) -> u64 {
-    use alloc::sync::Arc;
     crate::arch::cpu::without_interrupts(|| {
         let table = me.handles.lock();
-        let found = table.iter().find(|(_, o, _)| match (o, object) {
-            (Object::Space(a), Object::Space(b)) => Arc::ptr_eq(a, b),
-            (Object::Thread(a), Object::Thread(b)) => Arc::ptr_eq(a, b),
-            (Object::Port(a), Object::Port(b)) => Arc::ptr_eq(a, b),
-            (Object::Portset(a), Object::Portset(b)) => Arc::ptr_eq(a, b),
-            (Object::Mutex(a), Object::Mutex(b)) | (Object::Cond(a), Object::Cond(b)) => Arc::ptr_eq(a, b),
-            (Object::Region(a), Object::Region(b)) => a == b,
-            (Object::Mapping(a), Object::Mapping(b)) => a == b,
-            _ => false,
-        });
+        // A direct handle, not a reference, names the link.
+        let found = table.iter().find(|(_, o, _)| !matches!(o, Object::Reference(_)) && o.same(object));
         found.map_or(0, |(h, _, _)| h.raw())
     })
 }
@@ -909,6 +904,7 @@ fn object_get_state(h: u64, buf: u64, len: u64) -> SysResult {
         }
         Object::Mutex(_) => [7, 0, 0, 0, 0, 0],
         Object::Cond(_) => [8, 0, 0, 0, 0, 0],
+        Object::Reference(r) => [9, r.target().object_type() as u64, 0, 0, 0, 0],
     };
     let mut bytes = [0u8; 48];
     for (chunk, w) in bytes.chunks_exact_mut(8).zip(words) {
@@ -916,4 +912,24 @@ fn object_get_state(h: u64, buf: u64, len: u64) -> SysResult {
     }
     copy_to_user(buf, &bytes).map_err(|()| SysError::BadPointer)?;
     Ok(48)
+}
+
+/// `reference_create(handle)`: a Reference naming the handle's object (no
+/// right needed: a reference grants nothing); the new handle has GET_STATE,
+/// DUPLICATE and TRANSFER only.
+fn reference_create(h: u64) -> SysResult {
+    let me = caller()?;
+    let object = me.lookup(Handle::from_raw(h), Rights::NONE)?;
+    let target = object.target().clone();
+    let rights = Rights::GET_STATE.union(Rights::DUPLICATE).union(Rights::TRANSFER);
+    Ok(me.insert(Object::Reference(alloc::sync::Arc::new(target)), rights)?.raw() as i64)
+}
+
+/// `reference_compare(a, b)`: 1 if the two handles (references or not) name
+/// the same object, else 0.
+fn reference_compare(a: u64, b: u64) -> SysResult {
+    let me = caller()?;
+    let x = me.lookup(Handle::from_raw(a), Rights::NONE)?;
+    let y = me.lookup(Handle::from_raw(b), Rights::NONE)?;
+    Ok(x.same(&y) as i64)
 }

@@ -32,6 +32,7 @@ pub enum ObjectType {
     Mapping = 6,
     Mutex = 7,
     Cond = 8,
+    Reference = 9,
 }
 
 #[derive(Clone)]
@@ -49,6 +50,9 @@ pub enum Object {
     Region(super::vm::RegionId),
     /// A region imported into a space.
     Mapping(super::vm::MappingId),
+    /// Names another object without giving access to it: it can only be
+    /// compared, inspected for its type, and passed on (Fluke's Reference).
+    Reference(Arc<Object>),
 }
 
 impl Object {
@@ -62,6 +66,29 @@ impl Object {
             Object::Portset(_) => ObjectType::Portset,
             Object::Region(_) => ObjectType::Region,
             Object::Mapping(_) => ObjectType::Mapping,
+            Object::Reference(_) => ObjectType::Reference,
+        }
+    }
+
+    /// The object itself, looking through references.
+    pub fn target(&self) -> &Object {
+        match self {
+            Object::Reference(inner) => inner.target(),
+            other => other,
+        }
+    }
+
+    /// Whether two objects are the same one (references compare as their targets).
+    pub fn same(&self, other: &Object) -> bool {
+        match (self.target(), other.target()) {
+            (Object::Space(a), Object::Space(b)) => Arc::ptr_eq(a, b),
+            (Object::Thread(a), Object::Thread(b)) => Arc::ptr_eq(a, b),
+            (Object::Port(a), Object::Port(b)) => Arc::ptr_eq(a, b),
+            (Object::Portset(a), Object::Portset(b)) => Arc::ptr_eq(a, b),
+            (Object::Mutex(a), Object::Mutex(b)) | (Object::Cond(a), Object::Cond(b)) => Arc::ptr_eq(a, b),
+            (Object::Region(a), Object::Region(b)) => a == b,
+            (Object::Mapping(a), Object::Mapping(b)) => a == b,
+            _ => false,
         }
     }
 }

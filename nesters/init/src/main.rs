@@ -41,7 +41,7 @@ fn init_main() -> i32 {
         return stress::run();
     }
     println!("init: hello from the root program");
-    let checks: [(&str, Check); 25] = [
+    let checks: [(&str, Check); 26] = [
         ("data and bss", data_and_bss),
         ("null call", null_call),
         ("console write", console_write),
@@ -67,6 +67,7 @@ fn init_main() -> i32 {
         ("heap", heap),
         ("object state export", object_state),
         ("boot modules", boot_modules),
+        ("references", references),
     ];
     for (i, (name, check)) in checks.iter().enumerate() {
         if let Err(why) = check() {
@@ -1313,6 +1314,28 @@ fn boot_modules() -> Result<(), &'static str> {
         return Err("the root program's own image is not among its boot modules");
     }
     Ok(())
+}
+
+/// References name objects without access: compare, type, transfer only.
+fn references() -> Result<(), &'static str> {
+    let ps = rt::ipc::portset_create().map_err(|_| "portset")?;
+    let port = rt::ipc::port_create(ps, 5).map_err(|_| "port")?;
+    let r = obj::reference_create(port).map_err(|_| "reference_create")?;
+    let r2 = obj::reference_create(r).map_err(|_| "reference of a reference")?;
+    let mut result = Ok(());
+    if obj::reference_compare(r, port) != Ok(true) || obj::reference_compare(r2, port) != Ok(true) {
+        result = Err("a reference does not compare equal to its object");
+    } else if obj::reference_compare(r, ps) != Ok(false) {
+        result = Err("a reference compares equal to another object");
+    } else if obj::info(r).map(|(t, _)| t) != Ok(types::REFERENCE) || obj::object_get_state(r) != Ok([9, types::PORT as u64, 0, 0, 0, 0]) {
+        result = Err("a reference does not report its type and its target's");
+    } else if rt::ipc::send(r, [0; 6]) != Err(SysError::MissingRights) && rt::ipc::send(r, [0; 6]) != Err(SysError::WrongType) {
+        result = Err("a reference gave access to the port");
+    }
+    for h in [r2, r, port, ps] {
+        let _ = obj::close(h);
+    }
+    result
 }
 
 mod stress {

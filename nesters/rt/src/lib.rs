@@ -73,6 +73,8 @@ pub mod nr {
     pub const IPC_SEND: u64 = 53;
     pub const IPC_RECEIVE: u64 = 54;
     pub const OBJECT_GET_STATE: u64 = 55;
+    pub const REFERENCE_CREATE: u64 = 56;
+    pub const REFERENCE_COMPARE: u64 = 57;
 }
 
 /// Longest console write the kernel accepts in one call.

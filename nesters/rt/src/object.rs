@@ -37,6 +37,7 @@ pub mod types {
     pub const MAPPING: u32 = 6;
     pub const MUTEX: u32 = 7;
     pub const COND: u32 = 8;
+    pub const REFERENCE: u32 = 9;
 }
 
 static SELF_SPACE: AtomicU64 = AtomicU64::new(0);
@@ -262,4 +263,17 @@ pub fn object_get_state(h: Handle) -> Result<[u64; 6], SysError> {
     // SAFETY: the kernel writes 48 bytes into `w`.
     decode(unsafe { crate::syscall4(nr::OBJECT_GET_STATE, h.0, w.as_mut_ptr() as u64, 48, 0) })?;
     Ok(w)
+}
+
+/// A Reference to `h`'s object: it names the object without granting any
+/// access (compare it, ask its type, pass it on).
+pub fn reference_create(h: Handle) -> Result<Handle, SysError> {
+    // SAFETY: no memory arguments.
+    decode(unsafe { syscall1(nr::REFERENCE_CREATE, h.0) }).map(Handle)
+}
+
+/// Whether two handles (references or not) name the same object.
+pub fn reference_compare(a: Handle, b: Handle) -> Result<bool, SysError> {
+    // SAFETY: no memory arguments.
+    decode(unsafe { syscall2(nr::REFERENCE_COMPARE, a.0, b.0) }).map(|v| v == 1)
 }
