@@ -67,6 +67,8 @@ pub const SYS_IPC_RECEIVE: u64 = 54;
 pub const SYS_OBJECT_GET_STATE: u64 = 55;
 pub const SYS_REFERENCE_CREATE: u64 = 56;
 pub const SYS_REFERENCE_COMPARE: u64 = 57;
+pub const SYS_THREAD_SET_SCHEDULER: u64 = 58;
+pub const SYS_THREAD_SET_PRIORITY: u64 = 59;
 
 /// Bytes of a thread state record (version 1): see kernel/ABI.md.
 pub const THREAD_STATE_BYTES: u64 = 19 * 8;
@@ -213,6 +215,8 @@ pub fn dispatch(frame: &mut SyscallFrame) -> i64 {
         SYS_IPC_SEND => ipc_send(frame),
         SYS_OBJECT_GET_STATE => object_get_state(a0, a1, a2),
         SYS_REFERENCE_CREATE => reference_create(a0),
+        SYS_THREAD_SET_SCHEDULER => thread_set_scheduler(a0, a1),
+        SYS_THREAD_SET_PRIORITY => thread_set_priority(a0, a1),
         SYS_REFERENCE_COMPARE => reference_compare(a0, a1),
         SYS_IPC_RECEIVE => ipc_receive(frame),
         SYS_HANDLE_TRANSFER_AT => handle_transfer_at(a0, a1, a2, a3),
@@ -932,4 +936,28 @@ fn reference_compare(a: u64, b: u64) -> SysResult {
     let x = me.lookup(Handle::from_raw(a), Rights::NONE)?;
     let y = me.lookup(Handle::from_raw(b), Rights::NONE)?;
     Ok(x.same(&y) as i64)
+}
+
+/// `thread_set_scheduler(thread, port)` (SET_STATE; port SEND, 0 clears):
+/// each time the thread uses up a time slice, the port receives the one-way
+/// message `[4, cpu, tick, 0, 0, 0]` (the port's alias tells a user-level
+/// scheduler which thread it is).
+fn thread_set_scheduler(h: u64, port: u64) -> SysResult {
+    let me = caller()?;
+    let t = me.lookup_thread(Handle::from_raw(h), Rights::SET_STATE)?;
+    let port = optional_port(&me, port)?;
+    t.set_scheduler(port);
+    Ok(0)
+}
+
+/// `thread_set_priority(thread, priority)` (SET_STATE): 0..=63, higher runs
+/// first; user threads start at 16.
+fn thread_set_priority(h: u64, priority: u64) -> SysResult {
+    if priority > crate::sched::runqueue::MAX_PRIORITY as u64 {
+        return Err(SysError::InvalidArgument);
+    }
+    let me = caller()?;
+    let t = me.lookup_thread(Handle::from_raw(h), Rights::SET_STATE)?;
+    t.set_priority(priority as u8);
+    Ok(0)
 }

@@ -28,6 +28,8 @@ use crate::sched;
 pub const KIND_PAGE_FAULT: u64 = 1;
 pub const KIND_EXCEPTION: u64 = 2;
 pub const KIND_PROTECTION: u64 = 3;
+/// A thread used up a time slice (one-way, to its scheduler port): `[4, cpu, tick, 0, 0, 0]`.
+pub const KIND_CPU_TIME: u64 = 4;
 
 struct Registry {
     next: u64,

@@ -91,6 +91,8 @@ pub struct Thread {
     pending_start: spin::Mutex<Option<UserRegisters>>,
     /// Threads waiting for this one to stop.
     stop_waiters: WaitQueue,
+    /// Where the thread's CPU-time events go (its scheduler port).
+    scheduler: spin::Mutex<Option<Arc<crate::ipc::Port>>>,
 }
 
 /// A thread's IPC state: the message it carries or receives and its partner.
@@ -153,6 +155,7 @@ impl Thread {
             stopped_frame: spin::Mutex::new(None),
             pending_start: spin::Mutex::new(None),
             stop_waiters: WaitQueue::new(),
+            scheduler: spin::Mutex::new(None),
         });
         if !matches!(t.body, Body::Adopted) {
             let rsp = context::prepare_stack(top, Arc::as_ptr(&t) as u64, 0);
@@ -185,6 +188,16 @@ impl Thread {
 
     pub fn kill_requested(&self) -> bool {
         self.kill_requested.load(Ordering::Acquire)
+    }
+
+    pub fn set_scheduler(&self, port: Option<Arc<crate::ipc::Port>>) {
+        cpu::without_interrupts(|| *self.scheduler.lock() = port);
+    }
+
+    /// Changes the thread's priority (0..=63; user threads default to 16);
+    /// it takes effect the next time the thread is queued.
+    pub fn set_priority(&self, priority: u8) {
+        self.priority.store(priority.min(super::runqueue::MAX_PRIORITY), Ordering::Release);
     }
 
     pub fn stop_requested(&self) -> bool {
@@ -854,6 +867,15 @@ pub fn on_interrupt(user_frame: Option<u64>, is_tick: bool) {
     let preemptible = from_user || is_idle(s, &cur);
     let must_move = !cur.allowed_on(cpu);
     let wants_stop = cur.stop_requested();
+    let slice_over = is_tick && from_user && s.need_resched.load(Ordering::Relaxed);
+    if slice_over {
+        // CPU time is an event like any other: tell the thread's scheduler
+        // port (one-way, never blocking) that it used up a time slice.
+        let port = cur.scheduler.lock().clone();
+        if let Some(port) = port {
+            let _ = crate::ipc::send(&port, [crate::object::keeper::KIND_CPU_TIME, cpu as u64, percpu::cpu(cpu).ticks.load(Ordering::Relaxed), 0, 0, 0]);
+        }
+    }
     drop(cur);
     if preemptible && (s.need_resched.load(Ordering::Relaxed) || must_move) {
         schedule();

@@ -41,7 +41,7 @@ fn init_main() -> i32 {
         return stress::run();
     }
     println!("init: hello from the root program");
-    let checks: [(&str, Check); 26] = [
+    let checks: [(&str, Check); 27] = [
         ("data and bss", data_and_bss),
         ("null call", null_call),
         ("console write", console_write),
@@ -68,6 +68,7 @@ fn init_main() -> i32 {
         ("object state export", object_state),
         ("boot modules", boot_modules),
         ("references", references),
+        ("cpu time as ipc to a scheduler port", scheduler_port),
     ];
     for (i, (name, check)) in checks.iter().enumerate() {
         if let Err(why) = check() {
@@ -1333,6 +1334,39 @@ fn references() -> Result<(), &'static str> {
         result = Err("a reference gave access to the port");
     }
     for h in [r2, r, port, ps] {
+        let _ = obj::close(h);
+    }
+    result
+}
+
+/// A spinning thread's used-up time slices arrive as one-way messages on
+/// the scheduler port its parent gave it.
+fn scheduler_port() -> Result<(), &'static str> {
+    let me = obj::self_space();
+    let ps = rt::ipc::portset_create().map_err(|_| "portset")?;
+    let port = rt::ipc::port_create(ps, 0x5c).map_err(|_| "port")?;
+    let t = obj::thread_create(me, spinner, stack_top(0), 0).map_err(|_| "thread")?;
+    obj::thread_set_scheduler(t, Some(port)).map_err(|_| "thread_set_scheduler")?;
+    let mut result = Ok(());
+    for _ in 0..3 {
+        match rt::ipc::receive(ps) {
+            Ok((0x5c, m)) if m[0] == rt::memory::keeper::CPU_TIME => {}
+            _ => {
+                result = Err("no CPU-time event from the scheduler port");
+                break;
+            }
+        }
+    }
+    if result.is_ok() && obj::thread_set_priority(t, 64) != Err(SysError::InvalidArgument) {
+        result = Err("priority 64 was accepted");
+    }
+    if result.is_ok() && obj::thread_set_priority(t, 20).is_err() {
+        result = Err("thread_set_priority failed");
+    }
+    let _ = obj::thread_set_scheduler(t, None);
+    let _ = obj::thread_kill(t);
+    let _ = obj::thread_wait(t, true);
+    for h in [t, port, ps] {
         let _ = obj::close(h);
     }
     result

@@ -75,6 +75,8 @@ pub mod nr {
     pub const OBJECT_GET_STATE: u64 = 55;
     pub const REFERENCE_CREATE: u64 = 56;
     pub const REFERENCE_COMPARE: u64 = 57;
+    pub const THREAD_SET_SCHEDULER: u64 = 58;
+    pub const THREAD_SET_PRIORITY: u64 = 59;
 }
 
 /// Longest console write the kernel accepts in one call.

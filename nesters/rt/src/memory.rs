@@ -80,4 +80,6 @@ pub mod keeper {
     pub const PAGE_FAULT: u64 = 1;
     pub const EXCEPTION: u64 = 2;
     pub const PROTECTION: u64 = 3;
+    /// A thread used up a time slice (to its scheduler port, one-way).
+    pub const CPU_TIME: u64 = 4;
 }

@@ -277,3 +277,16 @@ pub fn reference_compare(a: Handle, b: Handle) -> Result<bool, SysError> {
     // SAFETY: no memory arguments.
     decode(unsafe { syscall2(nr::REFERENCE_COMPARE, a.0, b.0) }).map(|v| v == 1)
 }
+
+/// Sends the thread's CPU-time events (`[4, cpu, tick, 0, 0, 0]`, one per
+/// used-up time slice) to `port` as one-way messages; `None` stops them.
+pub fn thread_set_scheduler(h: Handle, port: Option<Handle>) -> Result<(), SysError> {
+    // SAFETY: no memory arguments.
+    decode(unsafe { syscall2(nr::THREAD_SET_SCHEDULER, h.0, port.map_or(0, |p| p.0)) }).map(|_| ())
+}
+
+/// Sets a thread's priority (0..=63, higher first; user threads start at 16).
+pub fn thread_set_priority(h: Handle, priority: u8) -> Result<(), SysError> {
+    // SAFETY: no memory arguments.
+    decode(unsafe { syscall2(nr::THREAD_SET_PRIORITY, h.0, priority as u64) }).map(|_| ())
+}
