@@ -155,7 +155,7 @@ pub const RESTART: i64 = -512;
 /// Interrupted blocking calls restart if the thread is being stopped and
 /// end with `Dead` if it is being killed.
 fn interrupted() -> SysResult {
-    if sched::current().stop_requested() && !sched::current().kill_requested() {
+    if sched::me().stop_requested() && !sched::me().kill_requested() {
         Ok(RESTART)
     } else {
         Err(SysError::Dead)
@@ -245,7 +245,7 @@ fn console_write(ptr: u64, len: u64) -> SysResult {
 
 /// The caller's space. User threads always have one while they run.
 fn caller() -> Result<alloc::sync::Arc<Space>, SysError> {
-    sched::current().space().ok_or(SysError::Dead)
+    sched::me().space().ok_or(SysError::Dead)
 }
 
 /// `system_info(buf, len)`: writes {u64 managed frames, u64 free frames,

@@ -291,6 +291,20 @@ fn here() -> (usize, &'static CpuSched) {
     (cpu, &CPUS[cpu])
 }
 
+/// The running thread, borrowed: no reference count, no interrupt toggling
+/// (the hot paths' accessor). Interrupts must be off.
+pub fn me() -> &'static Thread {
+    debug_assert!(!cpu::interrupts_enabled());
+    let (_, s) = here();
+    // SAFETY: interrupts are off, so `current` does not change under us, and
+    // the thread whose stack we run on stays alive while it runs: its kernel
+    // stack is freed only after its last reference is gone, which cannot
+    // happen while it is current (the scheduler holds one) — and a thread
+    // that blocks holds on through whatever queue it waits in, or exits and
+    // never returns here.
+    unsafe { &*Arc::as_ptr((*s.current.get()).as_ref().expect("scheduler not started on this CPU")) }
+}
+
 /// The running thread. Panics before `init_this_cpu`.
 pub fn current() -> Arc<Thread> {
     cpu::without_interrupts(|| {
@@ -565,7 +579,7 @@ pub fn block_and_handoff(next: &Arc<Thread>) {
 /// Marks the current thread blocked (it must then call `schedule` or
 /// `block_and_handoff`, with interrupts off, and re-check why it woke).
 pub fn mark_current_blocked() {
-    current().state.store(BLOCKED, Ordering::Release);
+    me().state.store(BLOCKED, Ordering::Release);
 }
 
 /// Makes a BLOCKED thread runnable again; returns false if it was not blocked.

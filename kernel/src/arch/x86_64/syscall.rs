@@ -189,13 +189,11 @@ extern "C" fn syscall_dispatch(frame: &mut SyscallFrame) {
     } else {
         frame.rax = result as u64;
     }
-    let me = crate::sched::current();
+    let me = crate::sched::me();
     if me.kill_requested() {
-        drop(me);
         leave_user(UserExit::Killed);
     }
     if me.stop_requested() {
-        drop(me);
         crate::sched::stop_point(frame as *mut SyscallFrame as u64, crate::sched::FrameKind::Syscall);
     }
 }
