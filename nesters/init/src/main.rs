@@ -41,7 +41,7 @@ fn init_main() -> i32 {
         return stress::run();
     }
     println!("init: hello from the root program");
-    let checks: [(&str, Check); 27] = [
+    let checks: [(&str, Check); 28] = [
         ("data and bss", data_and_bss),
         ("null call", null_call),
         ("console write", console_write),
@@ -69,11 +69,20 @@ fn init_main() -> i32 {
         ("boot modules", boot_modules),
         ("references", references),
         ("cpu time as ipc to a scheduler port", scheduler_port),
+        ("hostile arguments", hostile_arguments),
     ];
+    let tsc_hz = obj::system_info().map(|i| i.tsc_hz).unwrap_or(0).max(1);
     for (i, (name, check)) in checks.iter().enumerate() {
+        // SAFETY: rdtsc is allowed in ring 3.
+        let t0 = unsafe { core::arch::x86_64::_rdtsc() };
         if let Err(why) = check() {
             println!("init: check {} ({name}) failed: {why}", i + 1);
             return i as i32 + 1;
+        }
+        // SAFETY: as above.
+        let ms = (unsafe { core::arch::x86_64::_rdtsc() } - t0) * 1000 / tsc_hz;
+        if ms >= 500 {
+            println!("init: check {} ({name}) took {ms} ms", i + 1);
         }
     }
     println!("init: all checks passed");
@@ -1169,8 +1178,9 @@ static ONEWAY_DISORDER: AtomicU64 = AtomicU64::new(0);
 extern "C" fn oneway_sender(n: u64) -> ! {
     let port = Handle(ONEWAY_PORT.load(Ordering::Relaxed));
     for i in 0..n {
+        // Full: let the receiver run (it may share this CPU).
         while rt::ipc::send(port, [i, i * 3, 0, 0, 0, 0]) == Err(SysError::WouldBlock) {
-            core::hint::spin_loop();
+            obj::yield_now();
         }
     }
     rt::exit(0)
@@ -1372,6 +1382,65 @@ fn scheduler_port() -> Result<(), &'static str> {
     result
 }
 
+/// Arguments a buggy or malicious program might pass: every one is an
+/// error code, none a kernel fault or hang.
+fn hostile_arguments() -> Result<(), &'static str> {
+    use rt::memory as m;
+    let me = obj::self_space();
+    let (text, _) = m::readonly_image();
+    let mut failures = 0;
+    let mut expect = |what: &str, got: Result<u64, SysError>, want: SysError| {
+        if got != Err(want) {
+            println!("init: hostile {what}: got {got:?}, wanted {want:?}");
+            failures += 1;
+        }
+    };
+    // SAFETY (all raw calls below): the kernel validates every argument;
+    // these calls only ever fail.
+    unsafe {
+        expect("system_info into read-only text", rt::decode(rt::syscall2(rt::nr::SYSTEM_INFO, text, 32)), SysError::BadPointer);
+        expect("system_info into the kernel", rt::decode(rt::syscall2(rt::nr::SYSTEM_INFO, KERNEL_ADDRESS, 32)), SysError::BadPointer);
+        expect("space_enumerate beyond the quota", rt::decode(rt::syscall4(rt::nr::SPACE_ENUMERATE, me.0, text, 1 << 20, 0)), SysError::BadSize);
+        expect("thread at a kernel address", rt::decode(rt::syscall4(rt::nr::THREAD_CREATE, me.0, KERNEL_ADDRESS, 0x7000_0000, 0)), SysError::BadPointer);
+        expect("thread with a kernel stack", rt::decode(rt::syscall4(rt::nr::THREAD_CREATE, me.0, text, KERNEL_ADDRESS, 0)), SysError::BadPointer);
+        expect("mutex_wait on a kernel address", rt::decode(rt::syscall4(rt::nr::MUTEX_WAIT, 0, KERNEL_ADDRESS, 0, 0)), SysError::BadHandle);
+        expect("region of zero bytes", rt::decode(rt::syscall4(rt::nr::REGION_CREATE, me.0, m::ROOT_ANONYMOUS_BASE, 0, 1)), SysError::BadSize);
+        expect("region in the kernel half", rt::decode(rt::syscall4(rt::nr::REGION_CREATE, me.0, KERNEL_ADDRESS, 4096, 1)), SysError::BadPointer);
+        expect("region with unknown rights", rt::decode(rt::syscall4(rt::nr::REGION_CREATE, me.0, m::ROOT_ANONYMOUS_BASE, 4096, 8)), SysError::InvalidArgument);
+        expect("thread_get_state into the kernel", rt::decode(rt::syscall4(rt::nr::THREAD_GET_STATE, 0, KERNEL_ADDRESS, 152, 0)), SysError::BadHandle);
+        expect("handle_transfer_at to value 0", rt::decode(rt::syscall4(rt::nr::HANDLE_TRANSFER_AT, me.0, me.0, 0, 0)), SysError::InvalidArgument);
+        expect("priority out of range", rt::decode(rt::syscall2(rt::nr::THREAD_SET_PRIORITY, 0, 1000)), SysError::InvalidArgument);
+    }
+    let mutex_queue = unsafe { rt::decode(rt::syscall0(rt::nr::MUTEX_CREATE)) }.map_err(|_| "mutex_create")?;
+    // SAFETY: as above.
+    unsafe {
+        expect("mutex_wait unaligned", rt::decode(rt::syscall4(rt::nr::MUTEX_WAIT, mutex_queue, m::ROOT_ANONYMOUS_BASE + 1, 0, 0)), SysError::BadPointer);
+        expect("mutex_wait on the kernel", rt::decode(rt::syscall4(rt::nr::MUTEX_WAIT, mutex_queue, KERNEL_ADDRESS, 0, 0)), SysError::BadPointer);
+    }
+    // A thread made to jump into the kernel through set_state: refused.
+    let t = obj::thread_create_stopped(me).map_err(|_| "thread_create_stopped")?;
+    let mut s = obj::thread_get_state(t).map_err(|_| "thread_get_state")?;
+    s.rip = KERNEL_ADDRESS;
+    if obj::thread_set_state(t, &s) != Err(SysError::BadPointer) {
+        failures += 1;
+        println!("init: hostile set_state with a kernel rip was accepted");
+    }
+    s.rip = text;
+    s.version_flags = 2;
+    if obj::thread_set_state(t, &s) != Err(SysError::InvalidArgument) {
+        failures += 1;
+        println!("init: hostile set_state with an unknown version was accepted");
+    }
+    let _ = obj::thread_kill(t);
+    let _ = obj::thread_wait(t, true);
+    let _ = obj::close(t);
+    let _ = obj::close(Handle(mutex_queue));
+    if failures != 0 {
+        return Err("a hostile argument was not refused as documented");
+    }
+    Ok(())
+}
+
 mod stress {
     //! `test=ipc_stress`: a client on every CPU calls a server on every CPU
     //! (every pair, same-CPU and cross-CPU), at least a million sequence-
@@ -1551,7 +1620,7 @@ mod bench {
         let port = Handle(PAIR_PORTS[pair as usize].load(Ordering::Relaxed));
         for i in 0..ONEWAY_MESSAGES {
             while rt::ipc::send(port, [i, 0, 0, 0, 0, 0]) == Err(SysError::WouldBlock) {
-                core::hint::spin_loop();
+                obj::yield_now();
             }
         }
         rt::exit(0)
