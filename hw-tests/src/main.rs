@@ -53,30 +53,11 @@ struct Cli {
 }
 
 fn main() -> ExitCode {
-    let cli = match Cli::try_parse() {
+    let cli = match matryoshka_boot::cli::parse::<Cli>("hw-tests") {
         Ok(c) => c,
-        Err(e) => {
-            use clap::error::ErrorKind;
-            if matches!(e.kind(), ErrorKind::DisplayHelp | ErrorKind::DisplayVersion) {
-                let _ = e.print();
-                return ExitCode::SUCCESS;
-            }
-            let text = e.render().to_string();
-            let first = text.lines().next().unwrap_or("invalid arguments");
-            eprintln!(
-                "hw-tests: {} (try `hw-tests --help`)",
-                first.strip_prefix("error: ").unwrap_or(first)
-            );
-            return ExitCode::from(2);
-        }
+        Err(code) => return code,
     };
-    match run(cli) {
-        Ok(code) => code,
-        Err(e) => {
-            eprintln!("hw-tests: {}", format!("{e:#}").replace('\n', " "));
-            ExitCode::FAILURE
-        }
-    }
+    run(cli).unwrap_or_else(|e| matryoshka_boot::cli::fail("hw-tests", &e))
 }
 
 fn run(cli: Cli) -> Result<ExitCode> {

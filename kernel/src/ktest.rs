@@ -543,17 +543,25 @@ const USER_STACK_VA: u64 = 0x7fff_0000;
 
 /// Builds a one-page program plus a one-page stack in a new address space,
 /// runs it in ring 3, and tears the space down again.
-fn run_user_program(start: *const u8, end: *const u8) -> Result<UserExit, String> {
+/// A new address space with the one-page program `[start, end)` (one of the
+/// kernel's test blobs) mapped executable at `code_va`, and a zeroed
+/// writable page at `data_va`. Returns the root and the data frame.
+pub(crate) fn user_test_space(start: *const u8, end: *const u8, code_va: u64, data_va: u64) -> Result<(u64, u64), String> {
     let len = end as usize - start as usize;
     check!(len <= FRAME_SIZE as usize, "user program of {len} bytes does not fit a page");
     let root = paging::new_user_root().map_err(|e| format!("address space: {e:?}"))?;
     let code = frame::alloc_zeroed().map_err(|e| format!("{e:?}"))?;
-    let stack = frame::alloc_zeroed().map_err(|e| format!("{e:?}"))?;
+    let data = frame::alloc_zeroed().map_err(|e| format!("{e:?}"))?;
     // SAFETY: `code` is a fresh frame owned here; the source is the kernel's
     // read-only copy of the program, `len` bytes long.
     unsafe { core::ptr::copy_nonoverlapping(start, paging::phys_to_virt(code) as *mut u8, len) };
-    paging::map_user_page(root, USER_CODE_VA, code, false, true).map_err(|e| format!("{e:?}"))?;
-    paging::map_user_page(root, USER_STACK_VA, stack, true, false).map_err(|e| format!("{e:?}"))?;
+    paging::map_user_page(root, code_va, code, false, true).map_err(|e| format!("{e:?}"))?;
+    paging::map_user_page(root, data_va, data, true, false).map_err(|e| format!("{e:?}"))?;
+    Ok((root, data))
+}
+
+fn run_user_program(start: *const u8, end: *const u8) -> Result<UserExit, String> {
+    let (root, _stack) = user_test_space(start, end, USER_CODE_VA, USER_STACK_VA)?;
     let exit = syscall::run_user(root, USER_CODE_VA, USER_STACK_VA + FRAME_SIZE);
     paging::destroy_user_root(root);
     Ok(exit)

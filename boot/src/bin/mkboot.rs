@@ -20,6 +20,19 @@ struct Cli {
     cmd: Cmd,
 }
 
+/// What goes into a boot image (ISO or PXE tree).
+#[derive(clap::Args)]
+struct ImageArgs {
+    #[arg(long, default_value = "build/kernel.elf")]
+    kernel: PathBuf,
+    /// Root user program, loaded as the boot module `init`
+    #[arg(long, default_value = "build/init.elf")]
+    init: PathBuf,
+    /// Kernel command line
+    #[arg(long, default_value = "log=info")]
+    cmdline: String,
+}
+
 #[derive(Subcommand)]
 enum Cmd {
     /// Build the kernel (cargo, release, x86_64-unknown-none) and embed its symbols into build/kernel.elf; build the root program into build/init.elf
@@ -44,27 +57,15 @@ enum Cmd {
     },
     /// Build a hybrid BIOS+UEFI GRUB ISO (bootable from CD or, written with dd, from USB)
     Iso {
-        #[arg(long, default_value = "build/kernel.elf")]
-        kernel: PathBuf,
-        /// Root user program, loaded as the boot module `init`
-        #[arg(long, default_value = "build/init.elf")]
-        init: PathBuf,
-        /// Kernel command line
-        #[arg(long, default_value = "log=info")]
-        cmdline: String,
+        #[command(flatten)]
+        image: ImageArgs,
         #[arg(long, default_value = "build/matryoshka.iso")]
         out: PathBuf,
     },
     /// Build a TFTP root for PXE boot (GRUB for BIOS and UEFI, grub.cfg, kernel)
     Pxe {
-        #[arg(long, default_value = "build/kernel.elf")]
-        kernel: PathBuf,
-        /// Root user program, loaded as the boot module `init`
-        #[arg(long, default_value = "build/init.elf")]
-        init: PathBuf,
-        /// Kernel command line
-        #[arg(long, default_value = "log=info")]
-        cmdline: String,
+        #[command(flatten)]
+        image: ImageArgs,
         #[arg(long, default_value = "build/pxe")]
         out: PathBuf,
     },
@@ -127,32 +128,11 @@ struct QemuArgs {
 }
 
 fn main() -> ExitCode {
-    let cli = match Cli::try_parse() {
+    let cli = match matryoshka_boot::cli::parse::<Cli>("mkboot") {
         Ok(c) => c,
-        Err(e) => {
-            use clap::error::ErrorKind;
-            if matches!(e.kind(), ErrorKind::DisplayHelp | ErrorKind::DisplayVersion) {
-                let _ = e.print();
-                return ExitCode::SUCCESS;
-            }
-            if e.kind() == ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand {
-                eprintln!("mkboot: missing subcommand (try `mkboot --help`)");
-                return ExitCode::from(2);
-            }
-            let text = e.render().to_string();
-            let first = text.lines().next().unwrap_or("invalid arguments");
-            let first = first.strip_prefix("error: ").unwrap_or(first);
-            eprintln!("mkboot: {first} (try `mkboot --help`)");
-            return ExitCode::from(2);
-        }
+        Err(code) => return code,
     };
-    match run(cli) {
-        Ok(code) => code,
-        Err(e) => {
-            eprintln!("mkboot: {}", format!("{e:#}").replace('\n', " "));
-            ExitCode::FAILURE
-        }
-    }
+    run(cli).unwrap_or_else(|e| matryoshka_boot::cli::fail("mkboot", &e))
 }
 
 /// Relative paths given on the command line are relative to the current
@@ -210,24 +190,14 @@ fn run(cli: Cli) -> Result<ExitCode> {
                 }
             }
         }
-        Cmd::Iso {
-            kernel,
-            init,
-            cmdline,
-            out,
-        } => {
-            let (kernel, init, out) = (resolve(&kernel)?, resolve(&init)?, resolve(&out)?);
-            image::build_iso(&kernel, Some(&init), &cmdline, &out)?;
+        Cmd::Iso { image: i, out } => {
+            let (kernel, init, out) = (resolve(&i.kernel)?, resolve(&i.init)?, resolve(&out)?);
+            image::build_iso(&kernel, Some(&init), &i.cmdline, &out)?;
             println!("{}", out.display());
         }
-        Cmd::Pxe {
-            kernel,
-            init,
-            cmdline,
-            out,
-        } => {
-            let (kernel, init, out) = (resolve(&kernel)?, resolve(&init)?, resolve(&out)?);
-            let t = image::build_pxe(&kernel, Some(&init), &cmdline, &out)?;
+        Cmd::Pxe { image: i, out } => {
+            let (kernel, init, out) = (resolve(&i.kernel)?, resolve(&i.init)?, resolve(&out)?);
+            let t = image::build_pxe(&kernel, Some(&init), &i.cmdline, &out)?;
             println!("{}", t.root.display());
             println!("BIOS boot file: {}", t.bios_bootfile);
             println!("UEFI boot file: {}", t.efi_bootfile);

@@ -1234,6 +1234,13 @@ mod tests {
     /// A at 0x40000 (RW) -> R1 over A (RW, keeper 101) -> B at 0x80000 ->
     /// R2 over B (R, keeper 102) -> C at 0x100000 -> R3 over C (R) -> D at
     /// 0x200000. E imports the same root memory through another region.
+    /// The ranges of A..D that depend on the root-level region of `nest()`.
+    fn nest_ranges([a, b, c, d]: [SpaceId; 4]) -> Vec<Invalidation> {
+        [(a, 0x40000, 8 * P), (b, 0x80000, 4 * P), (c, 0x100000, 3 * P), (d, 0x200000, 3 * P)]
+            .map(|(space, start, size)| Invalidation { space, start, size })
+            .to_vec()
+    }
+
     fn nest() -> Nest {
         let mut g = VmGraph::new();
         let root = g.add_space();
@@ -1443,28 +1450,7 @@ mod tests {
             // Exactly the dependent ranges, coalesced, nothing of root or E.
             assert_eq!(
                 inv,
-                vec![
-                    Invalidation {
-                        space: a,
-                        start: 0x40000,
-                        size: 8 * P
-                    },
-                    Invalidation {
-                        space: b,
-                        start: 0x80000,
-                        size: 4 * P
-                    },
-                    Invalidation {
-                        space: c,
-                        start: 0x100000,
-                        size: 3 * P
-                    },
-                    Invalidation {
-                        space: d,
-                        start: 0x200000,
-                        size: 3 * P
-                    },
-                ]
+                nest_ranges([a, b, c, d])
             );
             assert!(matches!(
                 n.g.resolve(n.e, 0, Rights::WRITE),
@@ -1522,28 +1508,7 @@ mod tests {
         let inv = n.g.destroy_space(a).unwrap();
         assert_eq!(
             inv,
-            vec![
-                Invalidation {
-                    space: a,
-                    start: 0x40000,
-                    size: 8 * P
-                },
-                Invalidation {
-                    space: b,
-                    start: 0x80000,
-                    size: 4 * P
-                },
-                Invalidation {
-                    space: c,
-                    start: 0x100000,
-                    size: 3 * P
-                },
-                Invalidation {
-                    space: d,
-                    start: 0x200000,
-                    size: 3 * P
-                },
-            ]
+            nest_ranges([a, b, c, d])
         );
         assert!(!n.g.space_exists(a));
         assert_eq!(n.g.region_info(n.regions[1]), Err(VmError::NoSuchRegion));

@@ -105,16 +105,12 @@ struct CounterSpace {
 
 impl CounterSpace {
     fn new() -> Result<Self, String> {
-        let root = paging::new_user_root().map_err(|e| format!("{e:?}"))?;
-        let code = frame::alloc_zeroed().map_err(|e| format!("{e:?}"))?;
-        let data = frame::alloc_zeroed().map_err(|e| format!("{e:?}"))?;
-        let start = core::ptr::addr_of!(user_counter_start);
-        let len = core::ptr::addr_of!(user_counter_end) as usize - start as usize;
-        // SAFETY: `code` is a fresh frame owned here; the source is the
-        // kernel's read-only copy of the program.
-        unsafe { core::ptr::copy_nonoverlapping(start, paging::phys_to_virt(code) as *mut u8, len) };
-        paging::map_user_page(root, CODE_VA, code, false, true).map_err(|e| format!("{e:?}"))?;
-        paging::map_user_page(root, DATA_VA, data, true, false).map_err(|e| format!("{e:?}"))?;
+        let (root, data) = crate::ktest::user_test_space(
+            core::ptr::addr_of!(user_counter_start),
+            core::ptr::addr_of!(user_counter_end),
+            CODE_VA,
+            DATA_VA,
+        )?;
         Ok(CounterSpace { root, data, threads: Vec::new() })
     }
 

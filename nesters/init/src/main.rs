@@ -930,6 +930,7 @@ mod encapsulation {
     //! and rebuilt from that state alone, then resumed. The threads' outputs
     //! must be identical.
     use super::*;
+    use matryoshka_rt::println;
     use rt::memory as m;
 
     const COUNT: u64 = 30_000_000;
@@ -1447,6 +1448,7 @@ mod stress {
     //! checked round trips in all; any lost, duplicated, reordered or
     //! misrouted message fails the run.
     use super::*;
+    use matryoshka_rt::println;
 
     const TOTAL: u64 = 1_000_000;
     const MAX_CPUS: usize = 8;
@@ -1545,6 +1547,7 @@ mod stress {
 mod bench {
     //! `test=bench`: IPC and system-call microbenchmarks, one JSON object per line.
     use super::*;
+    use matryoshka_rt::println;
 
     const N: usize = 20_000;
     struct Samples(core::cell::UnsafeCell<[u64; N]>);

@@ -77,13 +77,13 @@ fn boot(root: &std::path::Path, kernel: &PathBuf, init: &PathBuf, args: &Args, r
 }
 
 fn main() -> ExitCode {
-    let args = Args::parse();
+    let args = match matryoshka_boot::cli::parse::<Args>("bench-ipc") {
+        Ok(a) => a,
+        Err(code) => return code,
+    };
     match run(&args) {
         Ok(()) => ExitCode::SUCCESS,
-        Err(e) => {
-            eprintln!("bench-ipc: {e:#}");
-            ExitCode::FAILURE
-        }
+        Err(e) => matryoshka_boot::cli::fail("bench-ipc", &e),
     }
 }
 

@@ -29,19 +29,7 @@ fn quantile(sorted: &[f64], q: f64) -> f64 {
 }
 
 fn json_str(s: &str) -> String {
-    let mut out = String::from("\"");
-    for c in s.chars() {
-        match c {
-            '"' => out.push_str("\\\""),
-            '\\' => out.push_str("\\\\"),
-            c if (c as u32) < 0x20 => {
-                let _ = write!(out, "\\u{:04x}", c as u32);
-            }
-            c => out.push(c),
-        }
-    }
-    out.push('"');
-    out
+    serde_json::Value::from(s).to_string()
 }
 
 fn json_map<V: std::fmt::Display>(m: &BTreeMap<&str, V>) -> String {
@@ -125,31 +113,26 @@ fn ns_per(d: Duration, n: u64) -> f64 {
     d.as_nanos() as f64 / n as f64
 }
 
-fn spsc_transfer<Q: BenchQueue>(q: &Q, rounds: usize, per_round: u64, mode: Mode, note: &str) {
-    // Warm-up round, not counted.
-    transfer_spsc(q, per_round, &perf::NoProbe);
-    let probe = Probe::new(mode);
-    let samples = (0..rounds).map(|_| ns_per(transfer_spsc(q, per_round, &probe), per_round)).collect();
-    Report {
-        bench: "queue_spsc_transfer",
-        queue: Q::NAME,
-        samples,
-        unit: "ns_per_message",
-        operations: rounds as u64 * per_round,
-        mode,
-        note,
-        probe: &probe,
-        extra: format!("\"producers\":1,\"consumers\":1,\"messages_per_iteration\":{per_round},"),
+/// Producers -> consumers transfer through `q`, one report per queue.
+/// One producer and one consumer use the dedicated SPSC workload.
+fn transfer_report<Q: BenchQueue>(q: &Q, (producers, consumers): (usize, usize), rounds: usize, per_round: u64, mode: Mode, note: &str) {
+    let run = |probe: &dyn Fn() -> Duration| (0..rounds).map(|_| ns_per(probe(), per_round)).collect::<Vec<_>>();
+    let spsc = producers == 1 && consumers == 1;
+    if spsc {
+        transfer_spsc(q, per_round, &perf::NoProbe);
+    } else {
+        transfer(q, producers, consumers, per_round, &perf::NoProbe);
     }
-    .emit();
-}
-
-fn mpmc_transfer<Q: BenchQueue>(q: &Q, rounds: usize, per_round: u64, mode: Mode, note: &str) {
-    transfer(q, 2, 2, per_round, &perf::NoProbe);
     let probe = Probe::new(mode);
-    let samples = (0..rounds).map(|_| ns_per(transfer(q, 2, 2, per_round, &probe), per_round)).collect();
+    let samples = run(&|| {
+        if spsc {
+            transfer_spsc(q, per_round, &probe)
+        } else {
+            transfer(q, producers, consumers, per_round, &probe)
+        }
+    });
     Report {
-        bench: "queue_mpmc_2p2c_transfer",
+        bench: if spsc { "queue_spsc_transfer" } else { "queue_mpmc_2p2c_transfer" },
         queue: Q::NAME,
         samples,
         unit: "ns_per_message",
@@ -157,7 +140,7 @@ fn mpmc_transfer<Q: BenchQueue>(q: &Q, rounds: usize, per_round: u64, mode: Mode
         mode,
         note,
         probe: &probe,
-        extra: format!("\"producers\":2,\"consumers\":2,\"messages_per_iteration\":{per_round},"),
+        extra: format!("\"producers\":{producers},\"consumers\":{consumers},\"messages_per_iteration\":{per_round},"),
     }
     .emit();
 }
@@ -193,10 +176,10 @@ fn main() {
 
     let port: Box<PortQueue<u64, CAPACITY>> = Box::new(PortQueue::new());
     let array = ArrayQueue::new(CAPACITY);
-    spsc_transfer(&*port, rounds, per_round, mode, &note);
-    spsc_transfer(&array, rounds, per_round, mode, &note);
-    mpmc_transfer(&*port, rounds, per_round, mode, &note);
-    mpmc_transfer(&array, rounds, per_round, mode, &note);
+    transfer_report(&*port, (1, 1), rounds, per_round, mode, &note);
+    transfer_report(&array, (1, 1), rounds, per_round, mode, &note);
+    transfer_report(&*port, (2, 2), rounds, per_round, mode, &note);
+    transfer_report(&array, (2, 2), rounds, per_round, mode, &note);
 
     let (a, b): (Box<PortQueue<u64, CAPACITY>>, Box<PortQueue<u64, CAPACITY>>) =
         (Box::new(PortQueue::new()), Box::new(PortQueue::new()));
