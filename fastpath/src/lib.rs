@@ -13,9 +13,12 @@
 //!   spin-then-sleep handshake that tells a sender exactly when to send a
 //!   doorbell IPI, without ever losing a wakeup.
 //!
-//! The modules are self-contained; the per-CPU IPC fast path itself (issue 4)
-//! will be added beside them. Architecture-specific work (sending the IPI,
-//! halting) stays in the kernel.
+//! * [`ipc`]: the same-CPU fast path for `call` and `reply_wait`: the order
+//!   of its checks, its single claim and its commit, generic over the
+//!   kernel's mechanisms ([`ipc::Kernel`]) so the order is tested here.
+//!
+//! Architecture-specific work (the entry stub, sending the IPI, halting)
+//! stays in the kernel.
 //!
 //! # Testing
 //! * `cargo test -p fastpath`: unit, property (against `VecDeque`) and
@@ -29,6 +32,7 @@
 mod sync;
 
 pub mod doorbell;
+pub mod ipc;
 pub mod queue;
 
 pub use doorbell::{Doorbell, NeedsIpi, SleepDecision, SleepTicket};

@@ -80,7 +80,12 @@ impl Default for Portset {
 impl Portset {
     pub fn new() -> Portset {
         Portset {
-            inner: spin::Mutex::new(PortsetInner { servers: VecDeque::new(), clients: VecDeque::new() }),
+            // Room for servers up front: the fast path parks one only
+            // where that needs no allocation.
+            inner: spin::Mutex::new(PortsetInner {
+                servers: VecDeque::with_capacity(4),
+                clients: VecDeque::new(),
+            }),
             pending: AtomicUsize::new(0),
             oneway: fastpath::PortQueue::new(),
             doorbell: fastpath::Doorbell::new(),
@@ -102,6 +107,42 @@ impl Portset {
     fn push_client(&self, inner: &mut PortsetInner, c: Arc<Thread>) {
         inner.clients.push_back(c);
         self.pending.fetch_add(1, Ordering::Release);
+    }
+
+    /// The fast path's claim on a waiting server: takes the oldest one if
+    /// `claim` accepts it. Never waits for the lock (None if contended).
+    pub(crate) fn try_take_first_server(
+        &self,
+        claim: impl FnOnce(&Arc<Thread>) -> bool,
+    ) -> Option<Arc<Thread>> {
+        let mut inner = self.inner.try_lock()?;
+        if !claim(inner.servers.front()?) {
+            return None;
+        }
+        inner.servers.pop_front()
+    }
+
+    /// The fast path's parking of a server: when no client is queued and
+    /// the server list has room without allocating, `admit` may return a
+    /// thread to add as a waiting server. Never waits for the lock; false
+    /// if nothing was added.
+    pub(crate) fn try_add_server_if_idle(
+        &self,
+        admit: impl FnOnce() -> Option<Arc<Thread>>,
+    ) -> bool {
+        let Some(mut inner) = self.inner.try_lock() else {
+            return false;
+        };
+        if !inner.clients.is_empty() || inner.servers.len() == inner.servers.capacity() {
+            return false;
+        }
+        match admit() {
+            Some(server) => {
+                inner.servers.push_back(server);
+                true
+            }
+            None => false,
+        }
     }
 
     fn withdraw_client(&self, me: &Arc<Thread>) {
@@ -195,7 +236,11 @@ pub fn call(port: &Port, message: [u64; 6]) -> Result<[u64; 6], IpcError> {
                 wait_delivered(&me, Some(server))
             } else {
                 sched::wake(&server);
-                if spin_for_delivery(&me) { Ok(()) } else { wait_delivered(&me, None) }
+                if spin_for_delivery(&me) {
+                    Ok(())
+                } else {
+                    wait_delivered(&me, None)
+                }
             }
         }
         // Queued: a server spinning on another CPU may take it at once.
@@ -214,6 +259,28 @@ pub fn call(port: &Port, message: [u64; 6]) -> Result<[u64; 6], IpcError> {
     result?;
     let reply = me.ipc.lock().reply;
     Ok(reply)
+}
+
+/// A client the fast path parked, woken by anything but the fast path's
+/// reply: waits for its reply like `call`. Interrupts off.
+pub fn await_reply() -> Result<[u64; 6], IpcError> {
+    let me = sched::current();
+    wait_delivered(&me, None)?;
+    let reply = me.ipc.lock().reply;
+    Ok(reply)
+}
+
+/// A server the fast path parked, woken by anything but the fast path's
+/// call: waits for its request like `reply_wait`. Interrupts off.
+pub fn await_request() -> Result<(u64, [u64; 6]), IpcError> {
+    let me = sched::current();
+    let portset = me
+        .ipc
+        .lock()
+        .waiting_on
+        .clone()
+        .expect("a parked server waits on a portset");
+    finish_wait(&me, &portset, None)
 }
 
 /// Takes `client`'s queued request as the server's current one.
@@ -244,7 +311,9 @@ pub fn reply_wait(portset: &Portset, reply: [u64; 6]) -> Result<(u64, [u64; 6]),
     // A client blocked on this CPU gets the CPU back directly once we block;
     // one on another CPU is woken now (a no-op while it still spins).
     let (handoff_to, remote_client) = match client {
-        Some(c) if sched::direct_handoff_enabled() && c.cpu() == here && c.may_run_on(here) => (Some(c), None),
+        Some(c) if sched::direct_handoff_enabled() && c.cpu() == here && c.may_run_on(here) => {
+            (Some(c), None)
+        }
         other => (None, other),
     };
     if let Some(c) = remote_client {
@@ -309,7 +378,11 @@ pub fn reply_wait(portset: &Portset, reply: [u64; 6]) -> Result<(u64, [u64; 6]),
 }
 
 /// A server registered in `servers` waits for a client to deliver.
-fn finish_wait(me: &Arc<Thread>, portset: &Portset, handoff: Option<Arc<Thread>>) -> Result<(u64, [u64; 6]), IpcError> {
+fn finish_wait(
+    me: &Arc<Thread>,
+    portset: &Portset,
+    handoff: Option<Arc<Thread>>,
+) -> Result<(u64, [u64; 6]), IpcError> {
     let result = wait_delivered(me, handoff);
     if result.is_err() {
         cpu::without_interrupts(|| portset.inner.lock().servers.retain(|s| !Arc::ptr_eq(s, me)));

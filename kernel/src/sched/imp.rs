@@ -18,14 +18,28 @@ pub const KERNEL_PRIORITY: u8 = 32;
 pub const USER_PRIORITY: u8 = 16;
 const KERNEL_STACK_PAGES: u64 = 4;
 /// Timer ticks a user thread runs before others of its priority get a turn.
-const TIME_SLICE_TICKS: u32 = 2;
+pub(super) const TIME_SLICE_TICKS: u32 = 2;
 
 const READY: u8 = 0;
-const RUNNING: u8 = 1;
+pub(super) const RUNNING: u8 = 1;
 const BLOCKED: u8 = 2;
 const EXITED: u8 = 3;
 /// Stopped for its parent (get_state/set_state); only `resume` restarts it.
 const STOPPED: u8 = 4;
+/// Blocked in IPC by the fast path at its user frame: its kernel stack holds
+/// only its user registers, so the fast path may switch straight to them
+/// (`sched::fastipc`); anything else that wakes it runs the continuation
+/// that finishes the call the general way.
+pub(super) const PARKED: u8 = 5;
+
+/// In which IPC role a thread parked (`Thread::parked_as`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ParkedAs {
+    /// In `call`, waiting for the reply.
+    Client = 1,
+    /// In `reply_wait`, waiting for a request on `IpcSlot::waiting_on`.
+    Server = 2,
+}
 
 /// Where a stopped thread's user registers are on its kernel stack.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -55,19 +69,26 @@ pub enum SchedError {
 }
 
 enum Body {
-    Kernel { entry: fn(usize), arg: usize },
-    User { rip: u64, rsp: u64, args: (u64, u64) },
+    Kernel {
+        entry: fn(usize),
+        arg: usize,
+    },
+    User {
+        rip: u64,
+        rsp: u64,
+        args: (u64, u64),
+    },
     /// A CPU's boot context, adopted as a thread.
     Adopted,
 }
 
 pub struct Thread {
     pub name: &'static str,
-    state: AtomicU8,
-    on_cpu: AtomicBool,
-    context_rsp: UnsafeCell<u64>,
+    pub(super) state: AtomicU8,
+    pub(super) on_cpu: AtomicBool,
+    pub(super) context_rsp: UnsafeCell<u64>,
     stack: spin::Mutex<Option<stack::KernelStack>>,
-    stack_top: u64,
+    pub(super) stack_top: u64,
     priority: AtomicU8,
     affinity: AtomicU64,
     /// The CPU the thread runs on, or last ran or was queued on.
@@ -75,7 +96,7 @@ pub struct Thread {
     /// Every CPU the thread has been switched in on (bit per CPU).
     ran_on: AtomicU64,
     /// Address space root for user threads; 0 means the kernel's.
-    root: u64,
+    pub(super) root: u64,
     body: Body,
     kill_requested: AtomicBool,
     exit: spin::Mutex<ExitSlot>,
@@ -93,6 +114,9 @@ pub struct Thread {
     stop_waiters: WaitQueue,
     /// Where the thread's CPU-time events go (its scheduler port).
     scheduler: spin::Mutex<Option<Arc<crate::ipc::Port>>>,
+    /// The role it parked in (a `ParkedAs`), written by the thread itself
+    /// before it parks and read by its continuation.
+    pub(super) parked_as: AtomicU8,
 }
 
 /// A thread's IPC state: the message it carries or receives and its partner.
@@ -108,6 +132,10 @@ pub struct IpcSlot {
     pub partner: Option<Arc<Thread>>,
     /// Set by the partner once the awaited message is in this slot.
     pub delivered: bool,
+    /// The portset a server parked by the fast path waits on; kept after
+    /// it runs again, so a server that waits on the same portset each time
+    /// parks without touching a reference count.
+    pub waiting_on: Option<Arc<crate::ipc::Portset>>,
 }
 
 struct ExitSlot {
@@ -123,7 +151,13 @@ unsafe impl Sync for Thread {}
 unsafe impl Send for Thread {}
 
 impl Thread {
-    fn new(name: &'static str, body: Body, root: u64, priority: u8, affinity: u64) -> Result<Arc<Thread>, SchedError> {
+    fn new(
+        name: &'static str,
+        body: Body,
+        root: u64,
+        priority: u8,
+        affinity: u64,
+    ) -> Result<Arc<Thread>, SchedError> {
         let (stack, top) = match body {
             Body::Adopted => (None, percpu::this_cpu().stack_top.load(Ordering::Relaxed)),
             _ => {
@@ -148,7 +182,10 @@ impl Thread {
             root,
             body,
             kill_requested: AtomicBool::new(false),
-            exit: spin::Mutex::new(ExitSlot { reason: None, joiners: Vec::new() }),
+            exit: spin::Mutex::new(ExitSlot {
+                reason: None,
+                joiners: Vec::new(),
+            }),
             space: Weak::new(),
             ipc: spin::Mutex::new(IpcSlot::default()),
             stop_requested: AtomicBool::new(false),
@@ -156,6 +193,7 @@ impl Thread {
             pending_start: spin::Mutex::new(None),
             stop_waiters: WaitQueue::new(),
             scheduler: spin::Mutex::new(None),
+            parked_as: AtomicU8::new(0),
         });
         if !matches!(t.body, Body::Adopted) {
             let rsp = context::prepare_stack(top, Arc::as_ptr(&t) as u64, 0);
@@ -197,7 +235,10 @@ impl Thread {
     /// Changes the thread's priority (0..=63; user threads default to 16);
     /// it takes effect the next time the thread is queued.
     pub fn set_priority(&self, priority: u8) {
-        self.priority.store(priority.min(super::runqueue::MAX_PRIORITY), Ordering::Release);
+        self.priority.store(
+            priority.min(super::runqueue::MAX_PRIORITY),
+            Ordering::Release,
+        );
     }
 
     pub fn stop_requested(&self) -> bool {
@@ -231,7 +272,16 @@ impl Thread {
         self.state.load(Ordering::Acquire) == EXITED
     }
 
-    fn allowed_on(&self, cpu: usize) -> bool {
+    /// The role it last parked in by the IPC fast path.
+    pub fn parked_as(&self) -> ParkedAs {
+        if self.parked_as.load(Ordering::Acquire) == ParkedAs::Server as u8 {
+            ParkedAs::Server
+        } else {
+            ParkedAs::Client
+        }
+    }
+
+    pub(super) fn allowed_on(&self, cpu: usize) -> bool {
         self.affinity.load(Ordering::Acquire) & (1 << cpu) != 0
     }
 }
@@ -251,21 +301,30 @@ static DEAD_STACKS: spin::Mutex<Vec<stack::KernelStack>> = spin::Mutex::new(Vec:
 /// Frees the kernel stacks of threads that are gone. Interrupts must be on.
 pub fn reap() {
     loop {
-        let Some(s) = cpu::without_interrupts(|| DEAD_STACKS.lock().pop()) else { break };
+        let Some(s) = cpu::without_interrupts(|| DEAD_STACKS.lock().pop()) else {
+            break;
+        };
         stack::free(s);
     }
 }
 
-struct CpuSched {
+pub(super) struct CpuSched {
     queue: spin::Mutex<RunQueue<Arc<Thread>>>,
     /// Touched only by the owning CPU with interrupts off.
-    current: UnsafeCell<Option<Arc<Thread>>>,
+    pub(super) current: UnsafeCell<Option<Arc<Thread>>>,
     idle: UnsafeCell<Option<Arc<Thread>>>,
     /// The thread just switched away from, released by `finish_switch`.
     switched_from: UnsafeCell<Option<Arc<Thread>>>,
-    slice_left: AtomicU32,
+    pub(super) slice_left: AtomicU32,
     need_resched: AtomicBool,
     sleepers: spin::Mutex<Vec<(u64, Arc<Thread>)>>,
+    /// The thread a caller that just parked wants to run next (`leave_parked`).
+    pub(super) parked_handoff: UnsafeCell<Option<Arc<Thread>>>,
+    /// Direct switches the IPC fast path made on this CPU (written by it only).
+    pub(super) fast_switches: AtomicU64,
+    /// Where a switch away from a parked thread saves the stack pointer it
+    /// will never use (a parked thread resumes at its continuation).
+    discarded_context: UnsafeCell<u64>,
 }
 
 // SAFETY: the UnsafeCell fields are accessed only by the owning CPU with
@@ -281,18 +340,23 @@ static CPUS: [CpuSched; percpu::MAX_CPUS] = [const {
         slice_left: AtomicU32::new(TIME_SLICE_TICKS),
         need_resched: AtomicBool::new(false),
         sleepers: spin::Mutex::new(Vec::new()),
+        parked_handoff: UnsafeCell::new(None),
+        discarded_context: UnsafeCell::new(0),
+        fast_switches: AtomicU64::new(0),
     }
 }; percpu::MAX_CPUS];
 
 static READY_CPUS: AtomicU64 = AtomicU64::new(0);
 
-fn here() -> (usize, &'static CpuSched) {
+#[inline]
+pub(super) fn here() -> (usize, &'static CpuSched) {
     let cpu = percpu::this_cpu_index();
     (cpu, &CPUS[cpu])
 }
 
 /// The running thread, borrowed: no reference count, no interrupt toggling
 /// (the hot paths' accessor). Interrupts must be off.
+#[inline]
 pub fn me() -> &'static Thread {
     debug_assert!(!cpu::interrupts_enabled());
     let (_, s) = here();
@@ -302,7 +366,13 @@ pub fn me() -> &'static Thread {
     // happen while it is current (the scheduler holds one) — and a thread
     // that blocks holds on through whatever queue it waits in, or exits and
     // never returns here.
-    unsafe { &*Arc::as_ptr((*s.current.get()).as_ref().expect("scheduler not started on this CPU")) }
+    unsafe {
+        &*Arc::as_ptr(
+            (*s.current.get())
+                .as_ref()
+                .expect("scheduler not started on this CPU"),
+        )
+    }
 }
 
 /// The running thread. Panics before `init_this_cpu`.
@@ -318,12 +388,27 @@ pub fn current() -> Arc<Thread> {
 /// a kernel thread (with a separate idle thread); an AP's becomes its idle thread.
 pub fn init_this_cpu(is_boot_cpu: bool) -> Result<(), SchedError> {
     let (cpu, s) = here();
-    let me = Thread::new(if is_boot_cpu { "kmain" } else { "idle" }, Body::Adopted, 0, KERNEL_PRIORITY, 1 << cpu)?;
+    let me = Thread::new(
+        if is_boot_cpu { "kmain" } else { "idle" },
+        Body::Adopted,
+        0,
+        KERNEL_PRIORITY,
+        1 << cpu,
+    )?;
     me.state.store(RUNNING, Ordering::Relaxed);
     me.on_cpu.store(true, Ordering::Relaxed);
     me.ran_on.store(1 << cpu, Ordering::Relaxed);
     let idle = if is_boot_cpu {
-        let idle = Thread::new("idle", Body::Kernel { entry: |_| idle_loop(), arg: 0 }, 0, 0, 1 << cpu)?;
+        let idle = Thread::new(
+            "idle",
+            Body::Kernel {
+                entry: |_| idle_loop(),
+                arg: 0,
+            },
+            0,
+            0,
+            1 << cpu,
+        )?;
         idle.state.store(RUNNING, Ordering::Relaxed);
         idle
     } else {
@@ -363,7 +448,13 @@ fn enqueue(t: Arc<Thread>) {
     let ready = READY_CPUS.load(Ordering::Acquire);
     let allowed = t.affinity.load(Ordering::Acquire) & ready;
     let last = t.cpu.load(Ordering::Relaxed);
-    let target = if allowed & (1 << last) != 0 { last } else if allowed != 0 { allowed.trailing_zeros() as usize } else { last };
+    let target = if allowed & (1 << last) != 0 {
+        last
+    } else if allowed != 0 {
+        allowed.trailing_zeros() as usize
+    } else {
+        last
+    };
     t.cpu.store(target, Ordering::Release);
     let prio = t.priority();
     cpu::without_interrupts(|| CPUS[target].queue.lock().push(prio, t));
@@ -378,12 +469,24 @@ fn enqueue(t: Arc<Thread>) {
 /// Picks the next thread for this CPU and switches to it. Interrupts must be
 /// off. A still-running current thread is queued again (unless idle).
 pub fn schedule() {
+    schedule_saving(true)
+}
+
+/// `schedule`, where `save_context` false means the current thread is
+/// parked: its context is not saved, because it resumes at its
+/// continuation. Returns only if it picked the current thread again.
+fn schedule_saving(save_context: bool) {
     debug_assert!(!cpu::interrupts_enabled());
     let (cpu, s) = here();
     s.need_resched.store(false, Ordering::Relaxed);
     // SAFETY: owning CPU, interrupts off.
     let prev = unsafe { (*s.current.get()).clone() }.expect("scheduler not started on this CPU");
-    if !is_idle(s, &prev) && prev.state.compare_exchange(RUNNING, READY, Ordering::AcqRel, Ordering::Acquire).is_ok() {
+    if !is_idle(s, &prev)
+        && prev
+            .state
+            .compare_exchange(RUNNING, READY, Ordering::AcqRel, Ordering::Acquire)
+            .is_ok()
+    {
         enqueue(prev.clone());
     }
     let next = loop {
@@ -398,32 +501,74 @@ pub fn schedule() {
     s.need_resched.store(false, Ordering::Relaxed);
     s.slice_left.store(TIME_SLICE_TICKS, Ordering::Relaxed);
     if Arc::ptr_eq(&next, &prev) {
-        let _ = prev.state.compare_exchange(READY, RUNNING, Ordering::AcqRel, Ordering::Acquire);
+        let _ = prev
+            .state
+            .compare_exchange(READY, RUNNING, Ordering::AcqRel, Ordering::Acquire);
         return;
     }
-    switch_to(cpu, s, prev, next);
+    switch_to(cpu, s, prev, next, save_context);
 }
 
-/// Switches this CPU from `prev` (the current thread) to `next`.
-fn switch_to(cpu: usize, s: &'static CpuSched, prev: Arc<Thread>, next: Arc<Thread>) {
+/// The syscall entry stub's exit for a caller the IPC fast path parked
+/// without switching to its partner: gives the CPU to the thread the fast
+/// path left in `parked_handoff` (if it may run here) or to the scheduler's
+/// choice. Returns only if the scheduler picked the parked thread itself
+/// (woken meanwhile); the stub then runs its continuation. Interrupts off.
+pub extern "C" fn leave_parked() {
+    let (cpu, s) = here();
+    // SAFETY: owning CPU, interrupts off.
+    let handoff = unsafe { (*s.parked_handoff.get()).take() };
+    if let Some(next) = handoff {
+        if direct_handoff_enabled() && next.allowed_on(cpu) && unblock(&next) {
+            // SAFETY: owning CPU, interrupts off.
+            let prev =
+                unsafe { (*s.current.get()).clone() }.expect("scheduler not started on this CPU");
+            s.slice_left.store(TIME_SLICE_TICKS, Ordering::Relaxed);
+            switch_to(cpu, s, prev, next, false);
+            unreachable!("a parked thread resumes at its continuation");
+        }
+        wake(&next);
+    }
+    schedule_saving(false);
+}
+
+/// Switches this CPU from `prev` (the current thread) to `next`; with
+/// `save_context` false, `prev` is parked and its context is dropped.
+fn switch_to(
+    cpu: usize,
+    s: &'static CpuSched,
+    prev: Arc<Thread>,
+    next: Arc<Thread>,
+    save_context: bool,
+) {
     // The thread may still be leaving another CPU (woken or migrated there).
     while next.on_cpu.load(Ordering::Acquire) {
         cpu::pause();
     }
     next.on_cpu.store(true, Ordering::Relaxed);
-    let _ = next.state.compare_exchange(READY, RUNNING, Ordering::AcqRel, Ordering::Acquire);
+    let _ = next
+        .state
+        .compare_exchange(READY, RUNNING, Ordering::AcqRel, Ordering::Acquire);
     next.cpu.store(cpu, Ordering::Release);
     next.ran_on.fetch_or(1 << cpu, Ordering::AcqRel);
     if matches!(next.body, Body::User { .. }) {
         crate::arch::x86_64::syscall::set_kernel_entry_stack(next.stack_top);
     }
-    let want_root = if next.root != 0 { next.root } else { paging::kernel_root() };
+    let want_root = if next.root != 0 {
+        next.root
+    } else {
+        paging::kernel_root()
+    };
     if cpu::read_cr3() & 0x000f_ffff_ffff_f000 != want_root {
         // SAFETY: every address space shares the kernel half, where this code
         // and both threads' kernel stacks live.
         unsafe { cpu::write_cr3(want_root) };
     }
-    let save = prev.context_rsp.get();
+    let save = if save_context {
+        prev.context_rsp.get()
+    } else {
+        s.discarded_context.get()
+    };
     // SAFETY: next is off every other CPU (on_cpu was clear), so its saved
     // context is complete.
     let load = unsafe { *next.context_rsp.get() };
@@ -441,7 +586,7 @@ fn switch_to(cpu: usize, s: &'static CpuSched, prev: Arc<Thread>, next: Arc<Thre
 
 /// Runs first on the new thread's stack after every switch: the previous
 /// thread is now off this CPU.
-fn finish_switch() {
+pub fn finish_switch() {
     let (_, s) = here();
     // SAFETY: owning CPU, interrupts off.
     if let Some(prev) = unsafe { (*s.switched_from.get()).take() } {
@@ -487,12 +632,23 @@ fn all_cpus() -> u64 {
 }
 
 /// Starts a kernel thread on the CPUs in `affinity` (0 = any).
-pub fn spawn_kernel(name: &'static str, entry: fn(usize), arg: usize, affinity: u64) -> Result<Arc<Thread>, SchedError> {
+pub fn spawn_kernel(
+    name: &'static str,
+    entry: fn(usize),
+    arg: usize,
+    affinity: u64,
+) -> Result<Arc<Thread>, SchedError> {
     let affinity = if affinity == 0 { all_cpus() } else { affinity };
     if affinity & all_cpus() == 0 {
         return Err(SchedError::NoAllowedCpu);
     }
-    let t = Thread::new(name, Body::Kernel { entry, arg }, 0, KERNEL_PRIORITY, affinity)?;
+    let t = Thread::new(
+        name,
+        Body::Kernel { entry, arg },
+        0,
+        KERNEL_PRIORITY,
+        affinity,
+    )?;
     enqueue(t.clone());
     Ok(t)
 }
@@ -514,7 +670,13 @@ pub fn spawn_user(
     if affinity & all_cpus() == 0 {
         return Err(SchedError::NoAllowedCpu);
     }
-    let t = Thread::new(name, Body::User { rip, rsp, args }, root, priority, affinity)?;
+    let t = Thread::new(
+        name,
+        Body::User { rip, rsp, args },
+        root,
+        priority,
+        affinity,
+    )?;
     enqueue(t.clone());
     Ok(t)
 }
@@ -534,7 +696,13 @@ pub fn spawn_user_in(
     if affinity & all_cpus() == 0 {
         return Err(SchedError::NoAllowedCpu);
     }
-    let mut t = Thread::new(name, Body::User { rip, rsp, args }, space.page_table_root(), priority, affinity)?;
+    let mut t = Thread::new(
+        name,
+        Body::User { rip, rsp, args },
+        space.page_table_root(),
+        priority,
+        affinity,
+    )?;
     t.cpu.store(least_loaded(affinity), Ordering::Relaxed);
     // Nothing else holds the new thread yet.
     if let Some(inner) = Arc::get_mut(&mut t) {
@@ -562,14 +730,12 @@ pub fn direct_handoff_enabled() -> bool {
 /// hand-off is turned off. Interrupts must be off.
 pub fn block_and_handoff(next: &Arc<Thread>) {
     let (cpu, s) = here();
-    if direct_handoff_enabled()
-        && next.allowed_on(cpu)
-        && next.state.compare_exchange(BLOCKED, READY, Ordering::AcqRel, Ordering::Acquire).is_ok()
-    {
+    if direct_handoff_enabled() && next.allowed_on(cpu) && unblock(next) {
         // SAFETY: owning CPU, interrupts off.
-        let prev = unsafe { (*s.current.get()).clone() }.expect("scheduler not started on this CPU");
+        let prev =
+            unsafe { (*s.current.get()).clone() }.expect("scheduler not started on this CPU");
         s.slice_left.store(TIME_SLICE_TICKS, Ordering::Relaxed);
-        switch_to(cpu, s, prev, next.clone());
+        switch_to(cpu, s, prev, next.clone(), true);
     } else {
         wake(next);
         schedule();
@@ -582,9 +748,31 @@ pub fn mark_current_blocked() {
     me().state.store(BLOCKED, Ordering::Release);
 }
 
-/// Makes a BLOCKED thread runnable again; returns false if it was not blocked.
+/// Direct switches the IPC fast path has made, on all CPUs.
+pub fn fast_ipc_switches() -> u64 {
+    CPUS.iter()
+        .map(|s| s.fast_switches.load(Ordering::Relaxed))
+        .sum()
+}
+
+/// Whether a thread waits in this CPU's run queue (a hint: never waits for the lock).
+pub(super) fn has_ready_thread(s: &CpuSched) -> bool {
+    s.queue.try_lock().is_some_and(|q| !q.is_empty())
+}
+
+/// Moves a blocked or parked thread to READY; false if it was neither.
+fn unblock(t: &Thread) -> bool {
+    t.state
+        .compare_exchange(BLOCKED, READY, Ordering::AcqRel, Ordering::Acquire)
+        .is_ok()
+        || t.state
+            .compare_exchange(PARKED, READY, Ordering::AcqRel, Ordering::Acquire)
+            .is_ok()
+}
+
+/// Makes a blocked (or parked) thread runnable again; returns false if it was not blocked.
 pub fn wake(t: &Arc<Thread>) -> bool {
-    if t.state.compare_exchange(BLOCKED, READY, Ordering::AcqRel, Ordering::Acquire).is_ok() {
+    if unblock(t) {
         enqueue(t.clone());
         true
     } else {
@@ -654,7 +842,11 @@ pub fn join_unless_killed(t: &Arc<Thread>, interruptible: bool) -> Option<UserEx
     while t.on_cpu.load(Ordering::Acquire) {
         cpu::pause();
     }
-    let reason = t.exit.lock().reason.expect("exited thread without a reason");
+    let reason = t
+        .exit
+        .lock()
+        .reason
+        .expect("exited thread without a reason");
     Some(reason)
 }
 
@@ -671,7 +863,9 @@ impl Default for WaitQueue {
 
 impl WaitQueue {
     pub const fn new() -> Self {
-        WaitQueue { waiters: spin::Mutex::new(Vec::new()) }
+        WaitQueue {
+            waiters: spin::Mutex::new(Vec::new()),
+        }
     }
 
     /// Blocks the current thread if `still_wanted()` holds, evaluated under
@@ -737,7 +931,10 @@ pub fn kill(t: &Arc<Thread>) {
     t.kill_requested.store(true, Ordering::Release);
     wake(t);
     // A stopped thread runs again only to exit.
-    if t.state.compare_exchange(STOPPED, READY, Ordering::AcqRel, Ordering::Acquire).is_ok() {
+    if t.state
+        .compare_exchange(STOPPED, READY, Ordering::AcqRel, Ordering::Acquire)
+        .is_ok()
+    {
         enqueue(t.clone());
     }
     let cpu = t.cpu();
@@ -802,7 +999,8 @@ pub fn stop(t: &Arc<Thread>) -> bool {
         if cpu != percpu::this_cpu_index() {
             smp::send_reschedule(cpu);
         }
-        t.stop_waiters.wait_if(|| !t.is_stopped() && !t.has_exited());
+        t.stop_waiters
+            .wait_if(|| !t.is_stopped() && !t.has_exited());
         if !t.is_stopped() && !t.has_exited() {
             // Woken before it stopped (it was running): give it a tick to get there.
             sleep_ticks(1);
@@ -813,7 +1011,10 @@ pub fn stop(t: &Arc<Thread>) -> bool {
 /// Lets a stopped thread run again.
 pub fn resume(t: &Arc<Thread>) -> bool {
     t.stop_requested.store(false, Ordering::Release);
-    if t.state.compare_exchange(STOPPED, READY, Ordering::AcqRel, Ordering::Acquire).is_ok() {
+    if t.state
+        .compare_exchange(STOPPED, READY, Ordering::AcqRel, Ordering::Acquire)
+        .is_ok()
+    {
         enqueue(t.clone());
         true
     } else {
@@ -823,9 +1024,23 @@ pub fn resume(t: &Arc<Thread>) -> bool {
 
 /// Creates a user thread in `space` that does not run until `resume`; its
 /// registers start as `regs` (set them with set_state first).
-pub fn spawn_user_stopped(name: &'static str, space: Arc<Space>, regs: UserRegisters) -> Result<Arc<Thread>, SchedError> {
+pub fn spawn_user_stopped(
+    name: &'static str,
+    space: Arc<Space>,
+    regs: UserRegisters,
+) -> Result<Arc<Thread>, SchedError> {
     let affinity = all_cpus();
-    let mut t = Thread::new(name, Body::User { rip: 0, rsp: 0, args: (0, 0) }, space.page_table_root(), USER_PRIORITY, affinity)?;
+    let mut t = Thread::new(
+        name,
+        Body::User {
+            rip: 0,
+            rsp: 0,
+            args: (0, 0),
+        },
+        space.page_table_root(),
+        USER_PRIORITY,
+        affinity,
+    )?;
     t.cpu.store(least_loaded(affinity), Ordering::Relaxed);
     if let Some(inner) = Arc::get_mut(&mut t) {
         inner.space = Arc::downgrade(&space);
@@ -887,7 +1102,17 @@ pub fn on_interrupt(user_frame: Option<u64>, is_tick: bool) {
         // port (one-way, never blocking) that it used up a time slice.
         let port = cur.scheduler.lock().clone();
         if let Some(port) = port {
-            let _ = crate::ipc::send(&port, [crate::object::keeper::KIND_CPU_TIME, cpu as u64, percpu::cpu(cpu).ticks.load(Ordering::Relaxed), 0, 0, 0]);
+            let _ = crate::ipc::send(
+                &port,
+                [
+                    crate::object::keeper::KIND_CPU_TIME,
+                    cpu as u64,
+                    percpu::cpu(cpu).ticks.load(Ordering::Relaxed),
+                    0,
+                    0,
+                    0,
+                ],
+            );
         }
     }
     drop(cur);

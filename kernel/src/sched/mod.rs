@@ -10,11 +10,19 @@
 //! A thread that is switched out stays `on_cpu` until the CPU that ran it
 //! is off its stack, and no CPU switches to a thread that is still `on_cpu`
 //! elsewhere: that is what makes cross-CPU wake-ups and migration safe.
+//!
+//! `fastipc` is the kernel's half of the IPC fast path: a thread blocked
+//! there is *parked* at its user frame and can be switched to with a
+//! `sysret`, or woken like any other blocked thread.
 
 pub mod runqueue;
 
 #[cfg(target_os = "none")]
+mod fastipc;
+#[cfg(target_os = "none")]
 mod imp;
+#[cfg(target_os = "none")]
+pub use fastipc::fast_ipc;
 #[cfg(target_os = "none")]
 pub mod ktests;
 #[cfg(target_os = "none")]

@@ -68,6 +68,7 @@ impl PerCpu {
         }
     }
 
+    #[inline]
     pub fn index(&self) -> usize {
         self.index.load(Ordering::Relaxed) as usize
     }
@@ -93,6 +94,7 @@ pub fn install(index: usize, apic_id: u32) {
     GS_READY.store(true, Ordering::Release);
 }
 
+#[inline]
 pub fn this_cpu() -> &'static PerCpu {
     if !GS_READY.load(Ordering::Acquire) {
         return &CPUS[0];
@@ -100,7 +102,9 @@ pub fn this_cpu() -> &'static PerCpu {
     let addr: usize;
     // SAFETY: once GS_READY is set on the boot CPU, every CPU that runs kernel
     // code has installed its GS base (APs do so before touching anything else).
-    unsafe { core::arch::asm!("mov {}, gs:[0]", out(reg) addr, options(nostack, preserves_flags, readonly)) };
+    unsafe {
+        core::arch::asm!("mov {}, gs:[0]", out(reg) addr, options(nostack, preserves_flags, readonly))
+    };
     if addr == 0 {
         return &CPUS[0];
     }
@@ -108,6 +112,7 @@ pub fn this_cpu() -> &'static PerCpu {
     unsafe { &*(addr as *const PerCpu) }
 }
 
+#[inline]
 pub fn this_cpu_index() -> usize {
     this_cpu().index()
 }

@@ -1,8 +1,16 @@
 //! Ring 3: the `syscall` entry path, entering user mode, and leaving it again.
 //!
 //! Entry: `swapgs`, park the user stack pointer in the per-CPU block, switch
-//! to the per-CPU kernel entry stack, save every user register in a
-//! [`SyscallFrame`], call [`crate::syscall::dispatch`], restore, `sysretq`.
+//! to the running thread's kernel stack, save every user register in a
+//! [`SyscallFrame`] at its top, call [`crate::syscall::dispatch`], restore,
+//! `sysretq`.
+//!
+//! IPC `call` and `reply_wait` first try the fast path
+//! (`crate::sched::fast_ipc`, `fastpath::ipc`): when it is taken it returns
+//! the user frame of the thread to run next, and the stub leaves through that
+//! frame instead. A thread that parks there keeps only its frame on its
+//! kernel stack; below the frame the stub leaves room for the switch frame
+//! that resumes it in [`resume_parked`] if the general path wakes it.
 //! Interrupts and exceptions from ring 3 arrive on the same stack through
 //! TSS.rsp0 and `isr_common` (which swaps GS when it came from ring 3).
 //!
@@ -74,8 +82,13 @@ syscall_entry:
     push r14
     push r15
     xor ebp, ebp
+    lea rcx, [rax - {first_fast}]
+    cmp rcx, 1
+    jbe 2f
+1:
     mov rdi, rsp
     call {dispatch}
+syscall_exit:
     pop r15
     pop r14
     pop r13
@@ -94,14 +107,89 @@ syscall_entry:
     pop rsp
     swapgs
     sysretq
+2:
+    mov rdi, rsp
+    sub rsp, {parked_room}
+    call {fast_ipc}
+    cmp rax, 1
+    je 3f
+    add rsp, {parked_room}
+    test rax, rax
+    jz 1b
+    // Switch: leave through the next thread's frame, then let other CPUs
+    // have the parked caller (its stack is no longer in use).
+    mov rsp, rax
+    mov byte ptr [rdx], 0
+    jmp syscall_exit
+3:
+    // Parked, partner left to the scheduler: still below the room.
+    call {leave_parked}
+    // Picked again at once: finish the call the general way.
+    add rsp, {parked_room}
+    jmp ipc_parked_resume
     .size syscall_entry, . - syscall_entry
+
+    .global ipc_parked_resume
+    .type ipc_parked_resume, @function
+ipc_parked_resume:
+    mov rdi, rsp
+    call {resume}
+    jmp syscall_exit
+    .size ipc_parked_resume, . - ipc_parked_resume
 
     .text
 "#,
     user_rsp = const offset_of!(PerCpu, syscall_user_rsp),
     kernel_rsp = const offset_of!(PerCpu, syscall_kernel_rsp),
     dispatch = sym syscall_dispatch,
+    first_fast = const crate::syscall::SYS_IPC_CALL,
+    parked_room = const PARKED_ROOM,
+    fast_ipc = sym crate::sched::fast_ipc,
+    leave_parked = sym crate::sched::leave_parked,
+    resume = sym resume_parked,
 );
+
+// The fast path handles exactly these two calls, numbered side by side.
+const _: () = assert!(crate::syscall::SYS_IPC_REPLY_WAIT == crate::syscall::SYS_IPC_CALL + 1);
+
+/// Bytes the entry stub keeps free below the frame during the fast path:
+/// a parked thread's resume switch frame goes there.
+const PARKED_ROOM: u64 = 64;
+/// The switch frame `switch_context` pops: six callee-saved registers and
+/// the return address.
+const SWITCH_FRAME_WORDS: usize = 7;
+const _: () = assert!((SWITCH_FRAME_WORDS * 8) as u64 <= PARKED_ROOM && PARKED_ROOM % 16 == 0);
+
+/// Size of the user frame at the top of a thread's kernel stack.
+pub const FRAME_BYTES: u64 = core::mem::size_of::<SyscallFrame>() as u64;
+
+/// Gives a thread that parks at its user frame `frame` (the top of its
+/// kernel stack, in the room the entry stub keeps free) a switch frame that
+/// resumes it in [`resume_parked`]; returns the stack pointer to switch to.
+///
+/// # Safety
+/// `frame` is the user frame at the top of the calling thread's own kernel
+/// stack, entered through the fast-path branch of `syscall_entry` (so the
+/// room below it is unused).
+#[inline]
+pub unsafe fn prepare_parked_resume(frame: u64) -> u64 {
+    extern "C" {
+        fn ipc_parked_resume();
+    }
+    let rsp = frame - (SWITCH_FRAME_WORDS * 8) as u64;
+    let words = rsp as *mut u64;
+    // Only rbp (a clean end for backtraces) and the return address matter:
+    // the other callee-saved registers are dead in the continuation.
+    // SAFETY: [rsp, frame) lies in the room below the frame that the entry
+    // stub keeps free on the caller's own stack (the contract above).
+    unsafe {
+        words.add(SWITCH_FRAME_WORDS - 2).write(0);
+        words
+            .add(SWITCH_FRAME_WORDS - 1)
+            .write(ipc_parked_resume as unsafe extern "C" fn() as usize as u64);
+    }
+    rsp
+}
 
 extern "C" {
     fn syscall_entry();
@@ -111,14 +199,18 @@ extern "C" {
 pub fn init_this_cpu() -> Result<(), super::paging::MapError> {
     let entry_stack = stack::alloc(ENTRY_STACK_PAGES)?;
     let me = percpu::this_cpu();
-    me.syscall_kernel_rsp.store(entry_stack.top, Ordering::Relaxed);
+    me.syscall_kernel_rsp
+        .store(entry_stack.top, Ordering::Relaxed);
     gdt::set_ring0_stack(me, entry_stack.top);
     // SAFETY: STAR/LSTAR/FMASK configure `syscall` to enter at
     // `syscall_entry` with the kernel selectors and interrupts, direction,
     // trap and alignment-check flags cleared; EFER.SCE enables the instruction.
     unsafe {
         cpu::write_msr(MSR_STAR, ((KERNEL_CS as u64) << 32) | (0x10u64 << 48));
-        cpu::write_msr(MSR_LSTAR, syscall_entry as unsafe extern "C" fn() as usize as u64);
+        cpu::write_msr(
+            MSR_LSTAR,
+            syscall_entry as unsafe extern "C" fn() as usize as u64,
+        );
         cpu::write_msr(MSR_FMASK, (1 << 9) | (1 << 10) | (1 << 8) | (1 << 18));
         cpu::write_msr(cpu::MSR_EFER, cpu::read_msr(cpu::MSR_EFER) | 1);
     }
@@ -130,7 +222,12 @@ pub fn init_this_cpu() -> Result<(), super::paging::MapError> {
 pub enum UserExit {
     Exited(u64),
     /// A CPU exception in ring 3: vector, error code, rip and (page faults) address.
-    Fault { vector: u8, error_code: u64, rip: u64, address: u64 },
+    Fault {
+        vector: u8,
+        error_code: u64,
+        rip: u64,
+        address: u64,
+    },
     /// Ended by `sched::kill`.
     Killed,
     /// The thread could not be created.
@@ -138,6 +235,7 @@ pub enum UserExit {
 }
 
 /// Points the syscall entry stack and TSS.rsp0 at a thread's kernel stack.
+#[inline]
 pub fn set_kernel_entry_stack(top: u64) {
     let me = percpu::this_cpu();
     me.syscall_kernel_rsp.store(top, Ordering::Relaxed);
@@ -169,18 +267,47 @@ pub fn user_exception(frame: &TrapFrame) -> ! {
     if crate::sched::current().kill_requested() {
         leave_user(UserExit::Killed);
     }
-    let address = if frame.vector == 14 { cpu::read_cr2() } else { 0 };
-    leave_user(UserExit::Fault { vector: frame.vector as u8, error_code: frame.error_code, rip: frame.rip, address })
+    let address = if frame.vector == 14 {
+        cpu::read_cr2()
+    } else {
+        0
+    };
+    leave_user(UserExit::Fault {
+        vector: frame.vector as u8,
+        error_code: frame.error_code,
+        rip: frame.rip,
+        address,
+    })
 }
 
 extern "C" fn syscall_dispatch(frame: &mut SyscallFrame) {
     // sysret to a non-canonical rip would fault in ring 0 (on Intel): a
     // syscall at the very top of the user half is a fault instead.
     if frame.rip >= USER_TOP {
-        leave_user(UserExit::Fault { vector: 13, error_code: 0, rip: frame.rip, address: 0 });
+        leave_user(UserExit::Fault {
+            vector: 13,
+            error_code: 0,
+            rip: frame.rip,
+            address: 0,
+        });
     }
     let number = frame.rax;
     let result = crate::syscall::dispatch(frame);
+    complete(frame, number, result);
+}
+
+/// Where a thread parked by the IPC fast path continues when the general
+/// path switches to it: finishes its call the general way.
+extern "C" fn resume_parked(frame: &mut SyscallFrame) {
+    crate::sched::finish_switch();
+    let number = frame.rax;
+    let result = crate::syscall::finish_parked_ipc(frame);
+    complete(frame, number, result);
+}
+
+/// Puts a system call's result in the frame and honours a kill or stop
+/// before the return to user mode.
+fn complete(frame: &mut SyscallFrame, number: u64, result: i64) {
     if result == crate::syscall::RESTART {
         // Interrupted before it took effect (the thread is being stopped):
         // export it as about to make the same call again.
@@ -194,7 +321,10 @@ extern "C" fn syscall_dispatch(frame: &mut SyscallFrame) {
         leave_user(UserExit::Killed);
     }
     if me.stop_requested() {
-        crate::sched::stop_point(frame as *mut SyscallFrame as u64, crate::sched::FrameKind::Syscall);
+        crate::sched::stop_point(
+            frame as *mut SyscallFrame as u64,
+            crate::sched::FrameKind::Syscall,
+        );
     }
 }
 
@@ -212,7 +342,11 @@ fn check_user_range(addr: u64, len: u64, write: bool) -> Result<(), ()> {
         if !usable(super::paging::user_entry(root, page)) {
             // Not mapped yet (demand paging, a mapping's first touch): resolve it like a fault.
             let space = crate::sched::current().space().ok_or(())?;
-            let access = if write { crate::object::vm::Rights::WRITE } else { crate::object::vm::Rights::READ };
+            let access = if write {
+                crate::object::vm::Rights::WRITE
+            } else {
+                crate::object::vm::Rights::READ
+            };
             crate::object::memory::fault(&space, page, access).map_err(|_| ())?;
             if !usable(super::paging::user_entry(root, page)) {
                 return Err(());
@@ -248,7 +382,9 @@ pub fn copy_from_user(dst: &mut [u8], src: u64) -> Result<(), ()> {
     // user-accessible in the current address space; user memory of a running
     // space is only unmapped by kernel code on this path's own CPU or with
     // its threads stopped (space destruction), so it stays mapped for the copy.
-    with_user_access(|| unsafe { core::ptr::copy_nonoverlapping(src as *const u8, dst.as_mut_ptr(), dst.len()) });
+    with_user_access(|| unsafe {
+        core::ptr::copy_nonoverlapping(src as *const u8, dst.as_mut_ptr(), dst.len())
+    });
     Ok(())
 }
 
@@ -257,6 +393,8 @@ pub fn copy_from_user(dst: &mut [u8], src: u64) -> Result<(), ()> {
 pub fn copy_to_user(dst: u64, src: &[u8]) -> Result<(), ()> {
     check_user_range(dst, src.len() as u64, true)?;
     // SAFETY: as in copy_from_user, with the pages checked writable.
-    with_user_access(|| unsafe { core::ptr::copy_nonoverlapping(src.as_ptr(), dst as *mut u8, src.len()) });
+    with_user_access(|| unsafe {
+        core::ptr::copy_nonoverlapping(src.as_ptr(), dst as *mut u8, src.len())
+    });
     Ok(())
 }

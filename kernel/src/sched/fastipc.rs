@@ -1,0 +1,249 @@
+//! The kernel's mechanisms for the IPC fast path (`fastpath::ipc` fixes
+//! their order): handle lookups, claiming a parked partner, parking the
+//! caller at its user frame, and the direct switch.
+//!
+//! A *parked* thread (state `PARKED`) blocked in `call` or `reply_wait`
+//! through the fast path. Its kernel stack holds only its user registers
+//! (the [`SyscallFrame`] at the top) and, just below them, a switch frame
+//! that resumes it in `syscall::resume_parked`. So there are two ways back:
+//!
+//! * the fast path on its CPU claims it (CAS `PARKED` → `RUNNING`), writes
+//!   the message into its frame and `sysret`s from there;
+//! * anything else (the general path, a kill, a stop) wakes it like any
+//!   blocked thread (`PARKED` → `READY`); the scheduler switches to the
+//!   switch frame and the continuation finishes the call the general way.
+//!
+//! The CAS decides which of the two happens, exactly once. A thread is
+//! claimed only where it last ran and while no CPU is on its stack, so the
+//! fast path never waits for anything; it takes locks only with `try_lock`
+//! and falls back to the general path when one is held.
+
+extern crate alloc;
+
+use alloc::sync::Arc;
+use core::sync::atomic::Ordering;
+
+use fastpath::ipc::{Client, Kernel, Message};
+
+use super::imp::{
+    has_ready_thread, here, CpuSched, ParkedAs, Thread, PARKED, RUNNING, TIME_SLICE_TICKS,
+};
+use crate::arch::x86_64::paging::USER_TOP;
+use crate::arch::x86_64::syscall::{self as entry, SyscallFrame, FRAME_BYTES};
+use crate::arch::x86_64_exports::cpu;
+use crate::ipc::Portset;
+use crate::object::handle::{Handle, Rights};
+use crate::object::space::Object;
+use crate::syscall::{message_of, set_message, SYS_IPC_CALL};
+
+/// What the syscall entry stub does after a fast path. `frame` 0: not
+/// taken, run the general path. `frame` 1: the caller parked, call
+/// `leave_parked`. Otherwise: make `frame` the stack pointer, clear the byte
+/// at `prev_on_cpu` (the parked caller's `on_cpu`) and return to user mode
+/// through `frame`.
+#[repr(C)]
+pub struct FastSwitch {
+    pub frame: u64,
+    pub prev_on_cpu: u64,
+}
+
+const NOT_TAKEN: FastSwitch = FastSwitch {
+    frame: 0,
+    prev_on_cpu: 0,
+};
+const LEAVE_PARKED: FastSwitch = FastSwitch {
+    frame: 1,
+    prev_on_cpu: 0,
+};
+
+/// Called by the syscall entry stub for `ipc_call` and `ipc_reply_wait`,
+/// interrupts off, on the caller's kernel stack below its `frame`.
+pub extern "C" fn fast_ipc(frame: &SyscallFrame) -> FastSwitch {
+    let (cpu, sched) = here();
+    let k = ThisCpu {
+        cpu,
+        sched,
+        me: super::me(),
+        frame,
+    };
+    let message = message_of(frame);
+    let taken = if frame.rax == SYS_IPC_CALL {
+        fastpath::ipc::call(&k, frame.rdi, &message)
+    } else {
+        fastpath::ipc::reply_wait(&k, frame.rdi, &message)
+    };
+    taken.unwrap_or(NOT_TAKEN)
+}
+
+struct ThisCpu<'f> {
+    cpu: usize,
+    sched: &'static CpuSched,
+    me: &'static Thread,
+    frame: &'f SyscallFrame,
+}
+
+/// The user frame at the top of `t`'s kernel stack.
+fn frame_of(t: &Thread) -> u64 {
+    t.stack_top - FRAME_BYTES
+}
+
+impl ThisCpu<'_> {
+    /// Claims a parked thread for this CPU: it last ran here (so this CPU
+    /// is off its stack) and may run here.
+    fn claim(&self, t: &Thread) -> bool {
+        t.cpu() == self.cpu
+            && t.allowed_on(self.cpu)
+            && !t.on_cpu.load(Ordering::Acquire)
+            && t.state
+                .compare_exchange(PARKED, RUNNING, Ordering::AcqRel, Ordering::Acquire)
+                .is_ok()
+    }
+
+    /// Parks the caller at its user frame in `role`.
+    fn park_caller(&self, role: ParkedAs) {
+        // SAFETY: the caller entered through the fast-path branch of the
+        // entry stub, so its frame is at the top of its own kernel stack
+        // (checked in `caller_ready`) with the stub's free room below.
+        let resume_rsp = unsafe { entry::prepare_parked_resume(frame_of(self.me)) };
+        // SAFETY: only the thread itself writes its saved stack pointer while
+        // it runs; other CPUs read it after `on_cpu` clears (entry stub).
+        unsafe { *self.me.context_rsp.get() = resume_rsp };
+        self.me.parked_as.store(role as u8, Ordering::Release);
+        self.me.state.store(PARKED, Ordering::Release);
+    }
+
+    /// Takes the scheduler's reference to the caller, for a direct switch
+    /// (which installs the next thread before anything reads `current`).
+    fn take_current(&self) -> Arc<Thread> {
+        // SAFETY: owning CPU, interrupts off.
+        unsafe { (*self.sched.current.get()).take() }.expect("scheduler not started on this CPU")
+    }
+
+    fn clone_current(&self) -> Arc<Thread> {
+        // SAFETY: owning CPU, interrupts off.
+        unsafe { (*self.sched.current.get()).clone() }.expect("scheduler not started on this CPU")
+    }
+}
+
+impl Kernel for ThisCpu<'_> {
+    type Thread = Arc<Thread>;
+    type Portset = Arc<Portset>;
+    type Switch = FastSwitch;
+
+    fn caller_ready(&self) -> bool {
+        super::direct_handoff_enabled()
+            && !self.me.kill_requested()
+            && !self.me.stop_requested()
+            // sysret to a non-canonical rip would fault in ring 0: the
+            // general path turns that into a fault for the caller.
+            && self.frame.rip < USER_TOP
+            && core::ptr::eq(self.frame, frame_of(self.me) as *const SyscallFrame)
+    }
+
+    fn send_port(&self, handle: u64) -> Option<(Arc<Portset>, u64)> {
+        let space = self.me.space()?;
+        let table = space.handles.try_lock()?;
+        match table.get(Handle::from_raw(handle), Rights::SEND).ok()? {
+            Object::Port(port) => Some((port.portset.clone(), port.alias)),
+            _ => None,
+        }
+    }
+
+    fn receive_portset(&self, handle: u64) -> Option<Arc<Portset>> {
+        let space = self.me.space()?;
+        let table = space.handles.try_lock()?;
+        match table.get(Handle::from_raw(handle), Rights::RECEIVE).ok()? {
+            Object::Portset(portset) => Some(portset.clone()),
+            _ => None,
+        }
+    }
+
+    fn claim_waiting_server(&self, portset: &Arc<Portset>) -> Option<Arc<Thread>> {
+        portset.try_take_first_server(|server| self.claim(server))
+    }
+
+    fn park_caller_as_server(&self, portset: &Arc<Portset>) -> Option<Client<Arc<Thread>>> {
+        let mut slot = self.me.ipc.try_lock()?;
+        let mut client = None;
+        let parked = portset.try_add_server_if_idle(|| {
+            let taken = match slot.partner.as_deref() {
+                Some(c) if self.claim(c) => Client::Claimed(slot.partner.take()?),
+                // Blocked the general way, but it runs here next.
+                Some(c) if c.cpu() == self.cpu => Client::Blocked(slot.partner.take()),
+                None if has_ready_thread(self.sched) => Client::Blocked(None),
+                // A client on another CPU, or nothing else to run here: the
+                // general path spins for it (cross-CPU polling).
+                _ => return None,
+            };
+            slot.delivered = false;
+            if !slot
+                .waiting_on
+                .as_ref()
+                .is_some_and(|w| Arc::ptr_eq(w, portset))
+            {
+                slot.waiting_on = Some(portset.clone());
+            }
+            self.park_caller(ParkedAs::Server);
+            let me = if matches!(taken, Client::Claimed(_)) {
+                self.take_current()
+            } else {
+                self.clone_current()
+            };
+            client = Some(taken);
+            Some(me)
+        });
+        debug_assert_eq!(parked, client.is_some());
+        client
+    }
+
+    fn park_caller_as_client_of(&self, server: &Arc<Thread>) {
+        self.me.ipc.lock().delivered = false;
+        self.park_caller(ParkedAs::Client);
+        server.ipc.lock().partner = Some(self.take_current());
+    }
+
+    fn deliver(&self, to: &Arc<Thread>, result: u64, message: &Message) {
+        // SAFETY: `to` is claimed (RUNNING, owned by this CPU, which no
+        // longer runs on its stack): nothing else touches its user frame
+        // at the top of its kernel stack, which stays mapped while it lives.
+        let frame = unsafe { &mut *(frame_of(to) as *mut SyscallFrame) };
+        frame.rax = result;
+        set_message(frame, *message);
+    }
+
+    fn deliver_to_slot(&self, to: &Arc<Thread>, message: &Message) {
+        let mut slot = to.ipc.lock();
+        slot.reply = *message;
+        slot.delivered = true;
+    }
+
+    fn schedule(&self, next: Option<Arc<Thread>>) -> FastSwitch {
+        // SAFETY: owning CPU, interrupts off; `leave_parked` takes it next.
+        unsafe { *self.sched.parked_handoff.get() = next };
+        LEAVE_PARKED
+    }
+
+    fn switch_to(&self, next: Arc<Thread>) -> FastSwitch {
+        next.on_cpu.store(true, Ordering::Relaxed);
+        entry::set_kernel_entry_stack(next.stack_top);
+        if cpu::read_cr3() & 0x000f_ffff_ffff_f000 != next.root {
+            // SAFETY: every address space shares the kernel half, where this
+            // code and both kernel stacks live.
+            unsafe { cpu::write_cr3(next.root) };
+        }
+        self.sched
+            .slice_left
+            .store(TIME_SLICE_TICKS, Ordering::Relaxed);
+        // Only this CPU writes its count: no atomic read-modify-write.
+        let switches = &self.sched.fast_switches;
+        switches.store(switches.load(Ordering::Relaxed) + 1, Ordering::Relaxed);
+        let frame = frame_of(&next);
+        // SAFETY: owning CPU, interrupts off; `park_caller` took the
+        // caller's reference out just before.
+        unsafe { *self.sched.current.get() = Some(next) };
+        FastSwitch {
+            frame,
+            prev_on_cpu: self.me.on_cpu.as_ptr() as u64,
+        }
+    }
+}
