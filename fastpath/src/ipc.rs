@@ -165,40 +165,28 @@ mod tests {
             if !self.server_parked {
                 return None;
             }
-            self.log
-                .borrow_mut()
-                .push(format!("claim server on {portset}"));
+            self.log.borrow_mut().push(format!("claim server on {portset}"));
             Some("server")
         }
         fn park_caller_as_server(&self, portset: &u64) -> Option<Client<&'static str>> {
             if self.client_parked {
-                self.log
-                    .borrow_mut()
-                    .push(format!("park caller on {portset}, claim client"));
+                self.log.borrow_mut().push(format!("park caller on {portset}, claim client"));
                 Some(Client::Claimed("client"))
             } else if self.may_park_anyway {
-                self.log
-                    .borrow_mut()
-                    .push(format!("park caller on {portset}"));
+                self.log.borrow_mut().push(format!("park caller on {portset}"));
                 Some(Client::Blocked(Some("blocked client")))
             } else {
                 None
             }
         }
         fn park_caller_as_client_of(&self, server: &&'static str) {
-            self.log
-                .borrow_mut()
-                .push(format!("park caller as client of {server}"));
+            self.log.borrow_mut().push(format!("park caller as client of {server}"));
         }
         fn deliver(&self, to: &&'static str, result: u64, message: &Message) {
-            self.log
-                .borrow_mut()
-                .push(format!("deliver {result:#x} {message:?} to {to}"));
+            self.log.borrow_mut().push(format!("deliver {result:#x} {message:?} to {to}"));
         }
         fn deliver_to_slot(&self, to: &&'static str, message: &Message) {
-            self.log
-                .borrow_mut()
-                .push(format!("deliver {message:?} to the slot of {to}"));
+            self.log.borrow_mut().push(format!("deliver {message:?} to the slot of {to}"));
         }
         fn switch_to(&self, next: &'static str) -> &'static str {
             self.log.borrow_mut().push(format!("switch to {next}"));
@@ -211,14 +199,7 @@ mod tests {
     }
 
     fn all_ok() -> Mock {
-        Mock {
-            ready: true,
-            port_ok: true,
-            portset_ok: true,
-            server_parked: true,
-            client_parked: true,
-            ..Mock::default()
-        }
+        Mock { ready: true, port_ok: true, portset_ok: true, server_parked: true, client_parked: true, ..Mock::default() }
     }
 
     #[test]
@@ -241,31 +222,16 @@ mod tests {
     fn reply_wait_claims_then_delivers_then_switches() {
         let k = all_ok();
         assert_eq!(reply_wait(&k, 3, &[9; 6]), Some("client"));
-        assert_eq!(
-            *k.log.borrow(),
-            [
-                "park caller on 103, claim client",
-                "deliver 0x0 [9, 9, 9, 9, 9, 9] to client",
-                "switch to client"
-            ]
-        );
+        assert_eq!(*k.log.borrow(), ["park caller on 103, claim client", "deliver 0x0 [9, 9, 9, 9, 9, 9] to client", "switch to client"]);
     }
 
     #[test]
     fn reply_wait_to_a_blocked_client_goes_through_its_slot() {
-        let k = Mock {
-            client_parked: false,
-            may_park_anyway: true,
-            ..all_ok()
-        };
+        let k = Mock { client_parked: false, may_park_anyway: true, ..all_ok() };
         assert_eq!(reply_wait(&k, 3, &[8; 6]), Some("scheduler"));
         assert_eq!(
             *k.log.borrow(),
-            [
-                "park caller on 103",
-                "deliver [8, 8, 8, 8, 8, 8] to the slot of blocked client",
-                "schedule Some(\"blocked client\")"
-            ]
+            ["park caller on 103", "deliver [8, 8, 8, 8, 8, 8] to the slot of blocked client", "schedule Some(\"blocked client\")"]
         );
     }
 

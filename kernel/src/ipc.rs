@@ -82,10 +82,7 @@ impl Portset {
         Portset {
             // Room for servers up front: the fast path parks one only
             // where that needs no allocation.
-            inner: spin::Mutex::new(PortsetInner {
-                servers: VecDeque::with_capacity(4),
-                clients: VecDeque::new(),
-            }),
+            inner: spin::Mutex::new(PortsetInner { servers: VecDeque::with_capacity(4), clients: VecDeque::new() }),
             pending: AtomicUsize::new(0),
             oneway: fastpath::PortQueue::new(),
             doorbell: fastpath::Doorbell::new(),
@@ -111,10 +108,7 @@ impl Portset {
 
     /// The fast path's claim on a waiting server: takes the oldest one if
     /// `claim` accepts it. Never waits for the lock (None if contended).
-    pub(crate) fn try_take_first_server(
-        &self,
-        claim: impl FnOnce(&Arc<Thread>) -> bool,
-    ) -> Option<Arc<Thread>> {
+    pub(crate) fn try_take_first_server(&self, claim: impl FnOnce(&Arc<Thread>) -> bool) -> Option<Arc<Thread>> {
         let mut inner = self.inner.try_lock()?;
         if !claim(inner.servers.front()?) {
             return None;
@@ -126,10 +120,7 @@ impl Portset {
     /// the server list has room without allocating, `admit` may return a
     /// thread to add as a waiting server. Never waits for the lock; false
     /// if nothing was added.
-    pub(crate) fn try_add_server_if_idle(
-        &self,
-        admit: impl FnOnce() -> Option<Arc<Thread>>,
-    ) -> bool {
+    pub(crate) fn try_add_server_if_idle(&self, admit: impl FnOnce() -> Option<Arc<Thread>>) -> bool {
         let Some(mut inner) = self.inner.try_lock() else {
             return false;
         };
@@ -236,11 +227,7 @@ pub fn call(port: &Port, message: [u64; 6]) -> Result<[u64; 6], IpcError> {
                 wait_delivered(&me, Some(server))
             } else {
                 sched::wake(&server);
-                if spin_for_delivery(&me) {
-                    Ok(())
-                } else {
-                    wait_delivered(&me, None)
-                }
+                if spin_for_delivery(&me) { Ok(()) } else { wait_delivered(&me, None) }
             }
         }
         // Queued: a server spinning on another CPU may take it at once.
@@ -274,12 +261,7 @@ pub fn await_reply() -> Result<[u64; 6], IpcError> {
 /// call: waits for its request like `reply_wait`. Interrupts off.
 pub fn await_request() -> Result<(u64, [u64; 6]), IpcError> {
     let me = sched::current();
-    let portset = me
-        .ipc
-        .lock()
-        .waiting_on
-        .clone()
-        .expect("a parked server waits on a portset");
+    let portset = me.ipc.lock().waiting_on.clone().expect("a parked server waits on a portset");
     finish_wait(&me, &portset, None)
 }
 
@@ -311,9 +293,7 @@ pub fn reply_wait(portset: &Portset, reply: [u64; 6]) -> Result<(u64, [u64; 6]),
     // A client blocked on this CPU gets the CPU back directly once we block;
     // one on another CPU is woken now (a no-op while it still spins).
     let (handoff_to, remote_client) = match client {
-        Some(c) if sched::direct_handoff_enabled() && c.cpu() == here && c.may_run_on(here) => {
-            (Some(c), None)
-        }
+        Some(c) if sched::direct_handoff_enabled() && c.cpu() == here && c.may_run_on(here) => (Some(c), None),
         other => (None, other),
     };
     if let Some(c) = remote_client {
@@ -378,11 +358,7 @@ pub fn reply_wait(portset: &Portset, reply: [u64; 6]) -> Result<(u64, [u64; 6]),
 }
 
 /// A server registered in `servers` waits for a client to deliver.
-fn finish_wait(
-    me: &Arc<Thread>,
-    portset: &Portset,
-    handoff: Option<Arc<Thread>>,
-) -> Result<(u64, [u64; 6]), IpcError> {
+fn finish_wait(me: &Arc<Thread>, portset: &Portset, handoff: Option<Arc<Thread>>) -> Result<(u64, [u64; 6]), IpcError> {
     let result = wait_delivered(me, handoff);
     if result.is_err() {
         cpu::without_interrupts(|| portset.inner.lock().servers.retain(|s| !Arc::ptr_eq(s, me)));

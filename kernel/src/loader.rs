@@ -81,10 +81,7 @@ pub struct Segment {
 impl Segment {
     /// First page and end of the last page ([start, end), page-aligned).
     pub fn pages(&self) -> (u64, u64) {
-        (
-            self.vaddr & !(PAGE_SIZE - 1),
-            (self.vaddr + self.memsz).next_multiple_of(PAGE_SIZE),
-        )
+        (self.vaddr & !(PAGE_SIZE - 1), (self.vaddr + self.memsz).next_multiple_of(PAGE_SIZE))
     }
 }
 
@@ -115,37 +112,24 @@ pub fn parse(data: &[u8]) -> Result<Image, LoadError> {
     if h.e_type != ET_EXEC {
         return Err(LoadError::NotExecutable(h.e_type));
     }
-    let mut image = Image {
-        entry: h.e_entry,
-        segments: [Segment::default(); MAX_SEGMENTS],
-        count: 0,
-    };
+    let mut image = Image { entry: h.e_entry, segments: [Segment::default(); MAX_SEGMENTS], count: 0 };
     let mut total: u64 = 0;
     let table = file.segments().ok_or(LoadError::NoSegments)?;
     for (index, ph) in table.iter().enumerate() {
         if matches!(ph.p_type, PT_INTERP | PT_DYNAMIC | PT_TLS) {
-            return Err(LoadError::Unsupported {
-                index,
-                p_type: ph.p_type,
-            });
+            return Err(LoadError::Unsupported { index, p_type: ph.p_type });
         }
         if ph.p_type != PT_LOAD || ph.p_memsz == 0 {
             continue;
         }
-        let file_end = ph
-            .p_offset
-            .checked_add(ph.p_filesz)
-            .ok_or(LoadError::OutsideFile { index })?;
+        let file_end = ph.p_offset.checked_add(ph.p_filesz).ok_or(LoadError::OutsideFile { index })?;
         if file_end > data.len() as u64 {
             return Err(LoadError::OutsideFile { index });
         }
         if ph.p_filesz > ph.p_memsz || ph.p_memsz > MAX_IMAGE_BYTES {
             return Err(LoadError::BadSize { index });
         }
-        let end = ph
-            .p_vaddr
-            .checked_add(ph.p_memsz)
-            .ok_or(LoadError::OutsideUserArea { index })?;
+        let end = ph.p_vaddr.checked_add(ph.p_memsz).ok_or(LoadError::OutsideUserArea { index })?;
         if ph.p_vaddr < PAGE_SIZE || end > USER_STACK_GUARD {
             return Err(LoadError::OutsideUserArea { index });
         }
@@ -153,14 +137,7 @@ pub fn parse(data: &[u8]) -> Result<Image, LoadError> {
         if writable && executable {
             return Err(LoadError::WritableAndExecutable { index });
         }
-        let seg = Segment {
-            vaddr: ph.p_vaddr,
-            memsz: ph.p_memsz,
-            offset: ph.p_offset,
-            filesz: ph.p_filesz,
-            writable,
-            executable,
-        };
+        let seg = Segment { vaddr: ph.p_vaddr, memsz: ph.p_memsz, offset: ph.p_offset, filesz: ph.p_filesz, writable, executable };
         let (start, end) = seg.pages();
         total += end - start;
         if total > MAX_IMAGE_BYTES {
@@ -182,11 +159,7 @@ pub fn parse(data: &[u8]) -> Result<Image, LoadError> {
         return Err(LoadError::NoSegments);
     }
     let entry = image.entry;
-    if !image
-        .segments()
-        .iter()
-        .any(|s| s.executable && entry >= s.vaddr && entry - s.vaddr < s.filesz)
-    {
+    if !image.segments().iter().any(|s| s.executable && entry >= s.vaddr && entry - s.vaddr < s.filesz) {
         return Err(LoadError::BadEntry(entry));
     }
     Ok(image)
@@ -205,8 +178,8 @@ mod bare {
     use crate::object::memory;
     use crate::object::space::{Object, Space};
     use crate::object::vm::Rights as VmRights;
-    use crate::sched;
     use alloc::sync::Arc;
+    use crate::sched;
 
     const _: () = assert!(USER_TOP == paging::USER_TOP);
 
@@ -217,33 +190,15 @@ mod bare {
     pub const ROOT_ANONYMOUS_SIZE: u64 = 1 << 30;
 
     fn vm_rights(writable: bool, executable: bool) -> VmRights {
-        VmRights::READ
-            | if writable {
-                VmRights::WRITE
-            } else {
-                VmRights::NONE
-            }
-            | if executable {
-                VmRights::EXECUTE
-            } else {
-                VmRights::NONE
-            }
+        VmRights::READ | if writable { VmRights::WRITE } else { VmRights::NONE } | if executable { VmRights::EXECUTE } else { VmRights::NONE }
     }
 
     /// One page of the image or stack: a zeroed frame, filled, owned by the
     /// space as anonymous memory and mapped now.
-    fn map_filled(
-        space: &Arc<Space>,
-        va: u64,
-        writable: bool,
-        executable: bool,
-        fill: impl FnOnce(&mut [u8]),
-    ) -> Result<(), LoadError> {
+    fn map_filled(space: &Arc<Space>, va: u64, writable: bool, executable: bool, fill: impl FnOnce(&mut [u8])) -> Result<(), LoadError> {
         let pa = frame::alloc_zeroed().map_err(|_| LoadError::OutOfMemory)?;
         // SAFETY: `pa` is a fresh frame owned here, reachable through the physmap.
-        fill(unsafe {
-            core::slice::from_raw_parts_mut(paging::phys_to_virt(pa) as *mut u8, PAGE_SIZE as usize)
-        });
+        fill(unsafe { core::slice::from_raw_parts_mut(paging::phys_to_virt(pa) as *mut u8, PAGE_SIZE as usize) });
         if memory::install_anonymous(space, va, pa, writable, executable).is_err() {
             // The space owns the frame now and frees it when destroyed.
             return Err(LoadError::OutOfMemory);
@@ -272,16 +227,9 @@ mod bare {
                 break;
             }
             // SAFETY: boot modules stay in RAM the frame allocator never hands out.
-            let bytes = unsafe {
-                core::slice::from_raw_parts(
-                    paging::phys_to_virt(m.start) as *const u8,
-                    size as usize,
-                )
-            };
-            memory::add(|g| {
-                g.grant_anonymous(space.vm_id(), next, pages * PAGE_SIZE, VmRights::READ)
-            })
-            .map_err(|_| LoadError::OutOfMemory)?;
+            let bytes = unsafe { core::slice::from_raw_parts(paging::phys_to_virt(m.start) as *const u8, size as usize) };
+            memory::add(|g| g.grant_anonymous(space.vm_id(), next, pages * PAGE_SIZE, VmRights::READ))
+                .map_err(|_| LoadError::OutOfMemory)?;
             for p in 0..pages {
                 let lo = (p * PAGE_SIZE) as usize;
                 let hi = ((p + 1) * PAGE_SIZE).min(size) as usize;
@@ -299,11 +247,8 @@ mod bare {
             table[entry + 16..entry + 16 + n].copy_from_slice(&name[..n]);
             next += pages * PAGE_SIZE;
         }
-        memory::add(|g| g.grant_anonymous(space.vm_id(), MODULES_BASE, PAGE_SIZE, VmRights::READ))
-            .map_err(|_| LoadError::OutOfMemory)?;
-        map_filled(space, MODULES_BASE, false, false, |dst| {
-            dst.copy_from_slice(&table)
-        })
+        memory::add(|g| g.grant_anonymous(space.vm_id(), MODULES_BASE, PAGE_SIZE, VmRights::READ)).map_err(|_| LoadError::OutOfMemory)?;
+        map_filled(space, MODULES_BASE, false, false, |dst| dst.copy_from_slice(&table))
     }
 
     /// Modules the table page can describe.
@@ -316,10 +261,8 @@ mod bare {
         let id = space.vm_id();
         for s in image.segments() {
             let (start, end) = s.pages();
-            memory::add(|g| {
-                g.grant_anonymous(id, start, end - start, vm_rights(s.writable, s.executable))
-            })
-            .map_err(|_| LoadError::OutOfMemory)?;
+            memory::add(|g| g.grant_anonymous(id, start, end - start, vm_rights(s.writable, s.executable)))
+                .map_err(|_| LoadError::OutOfMemory)?;
             let file = &data[s.offset as usize..(s.offset + s.filesz) as usize];
             for page in (start..end).step_by(PAGE_SIZE as usize) {
                 map_filled(space, page, s.writable, s.executable, |dst| {
@@ -333,22 +276,13 @@ mod bare {
                 })?;
             }
         }
-        memory::add(|g| {
-            g.grant_anonymous(
-                id,
-                USER_STACK_BOTTOM,
-                USER_STACK_TOP - USER_STACK_BOTTOM,
-                VmRights::RW,
-            )
-        })
-        .map_err(|_| LoadError::OutOfMemory)?;
+        memory::add(|g| g.grant_anonymous(id, USER_STACK_BOTTOM, USER_STACK_TOP - USER_STACK_BOTTOM, VmRights::RW))
+            .map_err(|_| LoadError::OutOfMemory)?;
         for page in (USER_STACK_BOTTOM..USER_STACK_TOP).step_by(PAGE_SIZE as usize) {
             map_filled(space, page, true, false, |_| {})?;
         }
-        memory::add(|g| {
-            g.grant_anonymous(id, ROOT_ANONYMOUS_BASE, ROOT_ANONYMOUS_SIZE, VmRights::RW)
-        })
-        .map_err(|_| LoadError::OutOfMemory)?;
+        memory::add(|g| g.grant_anonymous(id, ROOT_ANONYMOUS_BASE, ROOT_ANONYMOUS_SIZE, VmRights::RW))
+            .map_err(|_| LoadError::OutOfMemory)?;
         populate_modules(space)
     }
 
@@ -363,27 +297,18 @@ mod bare {
     /// `run` with start flags for the program in rsi (bit 0: run benchmarks;
     /// bit 1: the IPC fast path is off, which the loader sets itself).
     pub fn run_with_flags(data: &[u8], flags: u64) -> Result<UserExit, LoadError> {
-        let flags = if sched::direct_handoff_enabled() {
-            flags
-        } else {
-            flags | 2
-        };
+        let flags = if sched::direct_handoff_enabled() { flags } else { flags | 2 };
         let image = parse(data)?;
         let space = Space::new(None).map_err(|_| LoadError::OutOfMemory)?;
         if let Err(e) = populate(&space, data, &image) {
             space.destroy();
             return Err(e);
         }
-        let own_rights =
-            Rights::from_bits(Rights::ALL.bits() & !Rights::DESTROY.bits()).unwrap_or(Rights::NONE);
+        let own_rights = Rights::from_bits(Rights::ALL.bits() & !Rights::DESTROY.bits()).unwrap_or(Rights::NONE);
         let started = space
             .insert(Object::Space(space.clone()), own_rights)
             .map_err(|_| LoadError::OutOfMemory)
-            .and_then(|me| {
-                space
-                    .spawn_thread(image.entry, USER_STACK_TOP - 8, (me.raw(), flags))
-                    .map_err(|_| LoadError::OutOfMemory)
-            });
+            .and_then(|me| space.spawn_thread(image.entry, USER_STACK_TOP - 8, (me.raw(), flags)).map_err(|_| LoadError::OutOfMemory));
         let exit = started.map(|main| {
             let exit = sched::join(&main);
             drop(main);
@@ -464,14 +389,7 @@ mod tests {
         let s = image.segments()[2];
         assert_eq!(
             s,
-            Segment {
-                vaddr: 0x40_3000,
-                memsz: 0x1008,
-                offset: 0x4000,
-                filesz: 0x50,
-                writable: true,
-                executable: false
-            }
+            Segment { vaddr: 0x40_3000, memsz: 0x1008, offset: 0x4000, filesz: 0x50, writable: true, executable: false }
         );
         assert_eq!(s.pages(), (0x40_3000, 0x40_5000));
         assert!(image.segments()[0].executable && !image.segments()[0].writable);
@@ -482,16 +400,8 @@ mod tests {
         assert_eq!(parse(b""), Err(LoadError::Malformed));
         assert_eq!(parse(b"#!/bin/sh\necho hello, world\n........................................................"), Err(LoadError::Malformed));
         let good = exec(&good_segments());
-        assert_eq!(
-            parse(&good[..40]),
-            Err(LoadError::Malformed),
-            "cut inside the header"
-        );
-        assert_eq!(
-            parse(&good[..100]),
-            Err(LoadError::Malformed),
-            "cut inside the program headers"
-        );
+        assert_eq!(parse(&good[..40]), Err(LoadError::Malformed), "cut inside the header");
+        assert_eq!(parse(&good[..100]), Err(LoadError::Malformed), "cut inside the program headers");
         let mut big_endian = good.clone();
         big_endian[5] = 2;
         assert_eq!(parse(&big_endian), Err(LoadError::Malformed));
@@ -502,143 +412,66 @@ mod tests {
         elf32[20] = 1; // version
         elf32[40] = 52; // e_ehsize
         assert_eq!(parse(&elf32), Err(LoadError::Not64Bit));
-        assert_eq!(
-            parse(&elf(ET_EXEC, 183, 0x40_0000, &good_segments(), 0x5000)),
-            Err(LoadError::WrongMachine(183))
-        );
-        assert_eq!(
-            parse(&elf(3, EM_X86_64, 0x40_0000, &good_segments(), 0x5000)),
-            Err(LoadError::NotExecutable(3))
-        );
-        assert_eq!(
-            parse(&elf(1, EM_X86_64, 0, &[], 0x100)),
-            Err(LoadError::NotExecutable(1))
-        );
+        assert_eq!(parse(&elf(ET_EXEC, 183, 0x40_0000, &good_segments(), 0x5000)), Err(LoadError::WrongMachine(183)));
+        assert_eq!(parse(&elf(3, EM_X86_64, 0x40_0000, &good_segments(), 0x5000)), Err(LoadError::NotExecutable(3)));
+        assert_eq!(parse(&elf(1, EM_X86_64, 0, &[], 0x100)), Err(LoadError::NotExecutable(1)));
     }
 
     #[test]
     fn refuses_what_needs_a_dynamic_linker_or_tls() {
         for t in [PT_INTERP, PT_DYNAMIC, PT_TLS] {
-            assert_eq!(
-                parse(&with(3, |p| p.0 = t)),
-                Err(LoadError::Unsupported {
-                    index: 3,
-                    p_type: t
-                })
-            );
+            assert_eq!(parse(&with(3, |p| p.0 = t)), Err(LoadError::Unsupported { index: 3, p_type: t }));
         }
     }
 
     #[test]
     fn refuses_segments_outside_the_file() {
-        assert_eq!(
-            parse(&with(1, |p| p.2 = 0x4f00)),
-            Err(LoadError::OutsideFile { index: 1 })
-        );
-        assert_eq!(
-            parse(&with(1, |p| p.2 = u64::MAX - 4)),
-            Err(LoadError::OutsideFile { index: 1 })
-        );
-        assert_eq!(
-            parse(&with(2, |p| p.4 = 0x1001)),
-            Err(LoadError::OutsideFile { index: 2 })
-        );
+        assert_eq!(parse(&with(1, |p| p.2 = 0x4f00)), Err(LoadError::OutsideFile { index: 1 }));
+        assert_eq!(parse(&with(1, |p| p.2 = u64::MAX - 4)), Err(LoadError::OutsideFile { index: 1 }));
+        assert_eq!(parse(&with(2, |p| p.4 = 0x1001)), Err(LoadError::OutsideFile { index: 2 }));
     }
 
     #[test]
     fn refuses_segments_outside_the_user_area() {
-        assert_eq!(
-            parse(&with(1, |p| p.3 = 0)),
-            Err(LoadError::OutsideUserArea { index: 1 }),
-            "null page"
-        );
-        assert_eq!(
-            parse(&with(1, |p| p.3 = 0xffff_ffff_8020_0000)),
-            Err(LoadError::OutsideUserArea { index: 1 })
-        );
-        assert_eq!(
-            parse(&with(1, |p| p.3 = USER_TOP - 0x1000)),
-            Err(LoadError::OutsideUserArea { index: 1 })
-        );
-        assert_eq!(
-            parse(&with(1, |p| p.3 = u64::MAX - 0x100)),
-            Err(LoadError::OutsideUserArea { index: 1 }),
-            "wraps"
-        );
-        assert_eq!(
-            parse(&with(2, |p| p.3 = USER_STACK_BOTTOM)),
-            Err(LoadError::OutsideUserArea { index: 2 }),
-            "stack"
-        );
-        assert_eq!(
-            parse(&with(2, |p| p.3 = USER_STACK_GUARD - 0x100)),
-            Err(LoadError::OutsideUserArea { index: 2 }),
-            "guard"
-        );
-        assert!(
-            parse(&with(2, |p| p.3 = USER_STACK_GUARD - 0x1008)).is_ok(),
-            "just below the guard page"
-        );
+        assert_eq!(parse(&with(1, |p| p.3 = 0)), Err(LoadError::OutsideUserArea { index: 1 }), "null page");
+        assert_eq!(parse(&with(1, |p| p.3 = 0xffff_ffff_8020_0000)), Err(LoadError::OutsideUserArea { index: 1 }));
+        assert_eq!(parse(&with(1, |p| p.3 = USER_TOP - 0x1000)), Err(LoadError::OutsideUserArea { index: 1 }));
+        assert_eq!(parse(&with(1, |p| p.3 = u64::MAX - 0x100)), Err(LoadError::OutsideUserArea { index: 1 }), "wraps");
+        assert_eq!(parse(&with(2, |p| p.3 = USER_STACK_BOTTOM)), Err(LoadError::OutsideUserArea { index: 2 }), "stack");
+        assert_eq!(parse(&with(2, |p| p.3 = USER_STACK_GUARD - 0x100)), Err(LoadError::OutsideUserArea { index: 2 }), "guard");
+        assert!(parse(&with(2, |p| p.3 = USER_STACK_GUARD - 0x1008)).is_ok(), "just below the guard page");
     }
 
     #[test]
     fn refuses_writable_code() {
-        assert_eq!(
-            parse(&with(0, |p| p.1 = 7)),
-            Err(LoadError::WritableAndExecutable { index: 0 })
-        );
-        assert_eq!(
-            parse(&with(2, |p| p.1 = 3)),
-            Err(LoadError::WritableAndExecutable { index: 2 })
-        );
+        assert_eq!(parse(&with(0, |p| p.1 = 7)), Err(LoadError::WritableAndExecutable { index: 0 }));
+        assert_eq!(parse(&with(2, |p| p.1 = 3)), Err(LoadError::WritableAndExecutable { index: 2 }));
     }
 
     #[test]
     fn refuses_bad_sizes() {
-        assert_eq!(
-            parse(&with(2, |p| p.5 = 0x40)),
-            Err(LoadError::BadSize { index: 2 }),
-            "filesz > memsz"
-        );
-        assert_eq!(
-            parse(&with(2, |p| p.5 = MAX_IMAGE_BYTES + 1)),
-            Err(LoadError::BadSize { index: 2 })
-        );
+        assert_eq!(parse(&with(2, |p| p.5 = 0x40)), Err(LoadError::BadSize { index: 2 }), "filesz > memsz");
+        assert_eq!(parse(&with(2, |p| p.5 = MAX_IMAGE_BYTES + 1)), Err(LoadError::BadSize { index: 2 }));
         let mut phs = good_segments();
         phs[1].5 = MAX_IMAGE_BYTES - 0x4000;
         phs[2].3 = 0x1000_0000;
         phs[2].5 = 0x2008;
-        assert_eq!(
-            parse(&exec(&phs)),
-            Err(LoadError::BadSize { index: 2 }),
-            "total too large"
-        );
-        let too_many: Vec<Ph> = (0..MAX_SEGMENTS as u64 + 1)
-            .map(|i| (PT_LOAD, RX, 0, 0x40_0000 + i * 0x1000, 0x10, 0x10))
-            .collect();
+        assert_eq!(parse(&exec(&phs)), Err(LoadError::BadSize { index: 2 }), "total too large");
+        let too_many: Vec<Ph> = (0..MAX_SEGMENTS as u64 + 1).map(|i| (PT_LOAD, RX, 0, 0x40_0000 + i * 0x1000, 0x10, 0x10)).collect();
         assert_eq!(parse(&exec(&too_many)), Err(LoadError::TooManySegments));
     }
 
     #[test]
     fn refuses_shared_pages() {
-        assert_eq!(
-            parse(&with(1, |p| p.3 = 0x40_1800)),
-            Err(LoadError::Overlap { index: 1 })
-        );
-        assert_eq!(
-            parse(&with(2, |p| p.3 = 0x40_1000)),
-            Err(LoadError::Overlap { index: 2 })
-        );
+        assert_eq!(parse(&with(1, |p| p.3 = 0x40_1800)), Err(LoadError::Overlap { index: 1 }));
+        assert_eq!(parse(&with(2, |p| p.3 = 0x40_1000)), Err(LoadError::Overlap { index: 2 }));
     }
 
     #[test]
     fn entry_must_be_in_code() {
         let phs = good_segments();
         for entry in [0, 0x40_2000, 0x40_3000, 0x40_18c5] {
-            assert_eq!(
-                parse(&elf(ET_EXEC, EM_X86_64, entry, &phs, 0x5000)),
-                Err(LoadError::BadEntry(entry))
-            );
+            assert_eq!(parse(&elf(ET_EXEC, EM_X86_64, entry, &phs, 0x5000)), Err(LoadError::BadEntry(entry)));
         }
         assert!(parse(&elf(ET_EXEC, EM_X86_64, 0x40_18c4, &phs, 0x5000)).is_ok());
     }
@@ -646,10 +479,6 @@ mod tests {
     #[test]
     fn needs_a_segment() {
         assert_eq!(parse(&exec(&[])), Err(LoadError::NoSegments));
-        assert_eq!(
-            parse(&exec(&[(PT_LOAD, RX, 0, 0x40_0000, 0, 0)])),
-            Err(LoadError::NoSegments),
-            "empty PT_LOAD only"
-        );
+        assert_eq!(parse(&exec(&[(PT_LOAD, RX, 0, 0x40_0000, 0, 0)])), Err(LoadError::NoSegments), "empty PT_LOAD only");
     }
 }

@@ -12,9 +12,7 @@ extern crate alloc;
 use alloc::vec::Vec;
 use core::sync::atomic::{AtomicU64, Ordering};
 
-use crate::arch::x86_64::syscall::{
-    copy_from_user, copy_to_user, leave_user, SyscallFrame, UserExit,
-};
+use crate::arch::x86_64::syscall::{copy_from_user, copy_to_user, leave_user, SyscallFrame, UserExit};
 use crate::arch::x86_64_exports::smp;
 use crate::console::print_line;
 use crate::mm::frame;
@@ -271,21 +269,15 @@ fn system_info(buf: u64, len: u64) -> SysResult {
 
 fn handle_close(h: u64) -> SysResult {
     let me = caller()?;
-    let closed =
-        crate::arch::cpu::without_interrupts(|| me.handles.lock().remove(Handle::from_raw(h)));
+    let closed = crate::arch::cpu::without_interrupts(|| me.handles.lock().remove(Handle::from_raw(h)));
     drop(closed?);
     Ok(0)
 }
 
 fn handle_duplicate(h: u64, rights: u64) -> SysResult {
-    let rights = u32::try_from(rights)
-        .ok()
-        .and_then(Rights::from_bits)
-        .ok_or(SysError::InvalidArgument)?;
+    let rights = u32::try_from(rights).ok().and_then(Rights::from_bits).ok_or(SysError::InvalidArgument)?;
     let me = caller()?;
-    let dup = crate::arch::cpu::without_interrupts(|| {
-        me.handles.lock().duplicate(Handle::from_raw(h), rights)
-    })?;
+    let dup = crate::arch::cpu::without_interrupts(|| me.handles.lock().duplicate(Handle::from_raw(h), rights))?;
     Ok(dup.raw() as i64)
 }
 
@@ -347,10 +339,7 @@ fn space_enumerate(h: u64, buf: u64, max: u64) -> SysResult {
     let (records, total) = crate::arch::cpu::without_interrupts(|| {
         let table = target.handles.lock();
         let mut records: Vec<u8> = Vec::new();
-        if records
-            .try_reserve((max.min(table.len() as u64) * ENUMERATE_RECORD) as usize)
-            .is_err()
-        {
+        if records.try_reserve((max.min(table.len() as u64) * ENUMERATE_RECORD) as usize).is_err() {
             return Err(SysError::NoMemory);
         }
         for (handle, object, rights) in table.iter().take(max as usize) {
@@ -416,11 +405,7 @@ fn thread_wait(h: u64, block: u64) -> SysResult {
 fn waitqueue_create(cond: bool) -> SysResult {
     let me = caller()?;
     let q = alloc::sync::Arc::new(sched::WaitQueue::new());
-    let object = if cond {
-        Object::Cond(q)
-    } else {
-        Object::Mutex(q)
-    };
+    let object = if cond { Object::Cond(q) } else { Object::Mutex(q) };
     Ok(me.insert(object, Rights::ALL)?.raw() as i64)
 }
 
@@ -449,11 +434,7 @@ fn waitqueue_wait(cond: bool, h: u64, addr: u64, expected: u64) -> SysResult {
     if fault {
         return Err(SysError::BadPointer);
     }
-    if blocked {
-        Ok(0)
-    } else {
-        Err(SysError::WouldBlock)
-    }
+    if blocked { Ok(0) } else { Err(SysError::WouldBlock) }
 }
 
 /// `mutex_wake(m, count)` / `cond_wake(c, count)`: wakes up to `count`
@@ -547,20 +528,13 @@ fn thread_set_affinity(h: u64, mask: u64) -> SysResult {
 }
 
 fn vm_rights(bits: u64) -> Result<crate::object::vm::Rights, SysError> {
-    u8::try_from(bits)
-        .ok()
-        .and_then(crate::object::vm::Rights::from_bits)
-        .ok_or(SysError::InvalidArgument)
+    u8::try_from(bits).ok().and_then(crate::object::vm::Rights::from_bits).ok_or(SysError::InvalidArgument)
 }
 
 /// Handle rights a region handle carries for memory rights `max`.
 fn region_handle_rights(max: crate::object::vm::Rights) -> Rights {
     use crate::object::vm::Rights as V;
-    let mut r = Rights::GET_STATE
-        .union(Rights::SET_STATE)
-        .union(Rights::DESTROY)
-        .union(Rights::DUPLICATE)
-        .union(Rights::TRANSFER);
+    let mut r = Rights::GET_STATE.union(Rights::SET_STATE).union(Rights::DESTROY).union(Rights::DUPLICATE).union(Rights::TRANSFER);
     if max.contains(V::READ) {
         r = r.union(Rights::MAP_READ);
     }
@@ -580,8 +554,7 @@ fn region_create(space: u64, start: u64, size: u64, max: u64) -> SysResult {
     let max = vm_rights(max)?;
     let me = caller()?;
     let target = me.lookup_space(Handle::from_raw(space), Rights::CREATE)?;
-    let id =
-        crate::object::memory::add(|g| g.create_region(target.vm_id(), start, size, max, None))?;
+    let id = crate::object::memory::add(|g| g.create_region(target.vm_id(), start, size, max, None))?;
     match me.insert(Object::Region(id), region_handle_rights(max)) {
         Ok(h) => Ok(h.raw() as i64),
         Err(e) => {
@@ -594,14 +567,7 @@ fn region_create(space: u64, start: u64, size: u64, max: u64) -> SysResult {
 /// `mapping_create(region, space, va, offset, size, rights)`: imports
 /// `[offset, offset+size)` of `region` into `space` (CREATE right) at `va`
 /// with memory `rights`, which the region handle's MAP_* rights must allow.
-fn mapping_create(
-    region: u64,
-    space: u64,
-    va: u64,
-    offset: u64,
-    size: u64,
-    rights: u64,
-) -> SysResult {
+fn mapping_create(region: u64, space: u64, va: u64, offset: u64, size: u64, rights: u64) -> SysResult {
     use crate::object::vm::Rights as V;
     let wanted = vm_rights(rights)?;
     let mut needed = Rights::NONE;
@@ -619,15 +585,8 @@ fn mapping_create(
         return Err(SysError::WrongType);
     };
     let target = me.lookup_space(Handle::from_raw(space), Rights::CREATE)?;
-    let id = crate::object::memory::add(|g| {
-        g.create_mapping(r, target.vm_id(), va, offset, size, wanted)
-    })?;
-    match me.insert(
-        Object::Mapping(id),
-        Rights::GET_STATE
-            .union(Rights::DESTROY)
-            .union(Rights::DUPLICATE),
-    ) {
+    let id = crate::object::memory::add(|g| g.create_mapping(r, target.vm_id(), va, offset, size, wanted))?;
+    match me.insert(Object::Mapping(id), Rights::GET_STATE.union(Rights::DESTROY).union(Rights::DUPLICATE)) {
         Ok(h) => Ok(h.raw() as i64),
         Err(e) => {
             let _ = crate::object::memory::change(|g| g.destroy_mapping(id));
@@ -665,10 +624,7 @@ fn region_or_mapping_destroy(h: u64, region: bool) -> SysResult {
 }
 
 /// The port behind `h` (SEND right), or none for handle 0.
-fn optional_port(
-    me: &Space,
-    h: u64,
-) -> Result<Option<alloc::sync::Arc<crate::ipc::Port>>, SysError> {
+fn optional_port(me: &Space, h: u64) -> Result<Option<alloc::sync::Arc<crate::ipc::Port>>, SysError> {
     if h == 0 {
         return Ok(None);
     }
@@ -713,22 +669,14 @@ fn thread_stop(h: u64) -> SysResult {
     if !stopped {
         return Err(SysError::Dead);
     }
-    if t.has_exited() {
-        Err(SysError::Dead)
-    } else {
-        Ok(0)
-    }
+    if t.has_exited() { Err(SysError::Dead) } else { Ok(0) }
 }
 
 /// `thread_resume(thread)` (SET_STATE): lets a stopped thread run again.
 fn thread_resume(h: u64) -> SysResult {
     let me = caller()?;
     let t = me.lookup_thread(Handle::from_raw(h), Rights::SET_STATE)?;
-    if sched::resume(&t) {
-        Ok(0)
-    } else {
-        Err(SysError::InvalidArgument)
-    }
+    if sched::resume(&t) { Ok(0) } else { Err(SysError::InvalidArgument) }
 }
 
 /// `thread_create_stopped(space)` (CREATE): a thread that runs only after
@@ -736,14 +684,7 @@ fn thread_resume(h: u64) -> SysResult {
 fn thread_create_stopped(space: u64) -> SysResult {
     let me = caller()?;
     let target = me.lookup_space(Handle::from_raw(space), Rights::CREATE)?;
-    let t = sched::spawn_user_stopped(
-        "user",
-        target.clone(),
-        sched::UserRegisters {
-            rflags: 0x202,
-            ..Default::default()
-        },
-    )?;
+    let t = sched::spawn_user_stopped("user", target.clone(), sched::UserRegisters { rflags: 0x202, ..Default::default() })?;
     target.adopt_thread(t.clone());
     Ok(me.insert(Object::Thread(t), Rights::ALL)?.raw() as i64)
 }
@@ -767,34 +708,14 @@ fn read_registers(t: &sched::Thread) -> (sched::UserRegisters, bool) {
         Some((addr, sched::FrameKind::Trap)) => {
             // SAFETY: the thread is stopped, so its trap frame sits unchanged on its kernel stack.
             let f = unsafe { &*(addr as *const TrapFrame) };
-            let gpr = [
-                f.rax, f.rbx, f.rcx, f.rdx, f.rsi, f.rdi, f.rbp, f.rsp, f.r8, f.r9, f.r10, f.r11,
-                f.r12, f.r13, f.r14, f.r15,
-            ];
-            (
-                sched::UserRegisters {
-                    gpr,
-                    rip: f.rip,
-                    rflags: f.rflags,
-                },
-                false,
-            )
+            let gpr = [f.rax, f.rbx, f.rcx, f.rdx, f.rsi, f.rdi, f.rbp, f.rsp, f.r8, f.r9, f.r10, f.r11, f.r12, f.r13, f.r14, f.r15];
+            (sched::UserRegisters { gpr, rip: f.rip, rflags: f.rflags }, false)
         }
         Some((addr, sched::FrameKind::Syscall)) => {
             // SAFETY: as above, for the system-call frame.
             let f = unsafe { &*(addr as *const SyscallFrame) };
-            let gpr = [
-                f.rax, f.rbx, f.rip, f.rdx, f.rsi, f.rdi, f.rbp, f.rsp, f.r8, f.r9, f.r10,
-                f.rflags, f.r12, f.r13, f.r14, f.r15,
-            ];
-            (
-                sched::UserRegisters {
-                    gpr,
-                    rip: f.rip,
-                    rflags: f.rflags,
-                },
-                true,
-            )
+            let gpr = [f.rax, f.rbx, f.rip, f.rdx, f.rsi, f.rdi, f.rbp, f.rsp, f.r8, f.r9, f.r10, f.rflags, f.r12, f.r13, f.r14, f.r15];
+            (sched::UserRegisters { gpr, rip: f.rip, rflags: f.rflags }, true)
         }
         None => (t.pending_start().lock().unwrap_or_default(), false),
     }
@@ -842,10 +763,7 @@ fn thread_set_state(h: u64, buf: u64, len: u64) -> SysResult {
     }
     let mut gpr = [0u64; 16];
     gpr.copy_from_slice(&w[1..17]);
-    let (rip, rflags) = (
-        w[17],
-        crate::arch::x86_64::context::sanitize_user_rflags(w[18]),
-    );
+    let (rip, rflags) = (w[17], crate::arch::x86_64::context::sanitize_user_rflags(w[18]));
     if rip >= crate::arch::paging::USER_TOP || gpr[7] > crate::arch::paging::USER_TOP {
         return Err(SysError::BadPointer);
     }
@@ -854,21 +772,15 @@ fn thread_set_state(h: u64, buf: u64, len: u64) -> SysResult {
         Some((addr, sched::FrameKind::Trap)) => {
             // SAFETY: the thread is stopped; its trap frame is ours to rewrite.
             let f = unsafe { &mut *(addr as *mut TrapFrame) };
-            (f.rax, f.rbx, f.rcx, f.rdx, f.rsi, f.rdi, f.rbp, f.rsp) = (
-                gpr[0], gpr[1], gpr[2], gpr[3], gpr[4], gpr[5], gpr[6], gpr[7],
-            );
-            (f.r8, f.r9, f.r10, f.r11, f.r12, f.r13, f.r14, f.r15) = (
-                gpr[8], gpr[9], gpr[10], gpr[11], gpr[12], gpr[13], gpr[14], gpr[15],
-            );
+            (f.rax, f.rbx, f.rcx, f.rdx, f.rsi, f.rdi, f.rbp, f.rsp) = (gpr[0], gpr[1], gpr[2], gpr[3], gpr[4], gpr[5], gpr[6], gpr[7]);
+            (f.r8, f.r9, f.r10, f.r11, f.r12, f.r13, f.r14, f.r15) = (gpr[8], gpr[9], gpr[10], gpr[11], gpr[12], gpr[13], gpr[14], gpr[15]);
             (f.rip, f.rflags) = (rip, rflags);
         }
         Some((addr, sched::FrameKind::Syscall)) => {
             // SAFETY: as above; sysret will take rip and rflags from this frame.
             let f = unsafe { &mut *(addr as *mut SyscallFrame) };
-            (f.rax, f.rbx, f.rdx, f.rsi, f.rdi, f.rbp, f.rsp) =
-                (gpr[0], gpr[1], gpr[3], gpr[4], gpr[5], gpr[6], gpr[7]);
-            (f.r8, f.r9, f.r10, f.r12, f.r13, f.r14, f.r15) =
-                (gpr[8], gpr[9], gpr[10], gpr[12], gpr[13], gpr[14], gpr[15]);
+            (f.rax, f.rbx, f.rdx, f.rsi, f.rdi, f.rbp, f.rsp) = (gpr[0], gpr[1], gpr[3], gpr[4], gpr[5], gpr[6], gpr[7]);
+            (f.r8, f.r9, f.r10, f.r12, f.r13, f.r14, f.r15) = (gpr[8], gpr[9], gpr[10], gpr[12], gpr[13], gpr[14], gpr[15]);
             (f.rip, f.rflags) = (rip, rflags);
         }
         None => *t.pending_start().lock() = Some(sched::UserRegisters { gpr, rip, rflags }),
@@ -882,10 +794,7 @@ fn thread_set_state(h: u64, buf: u64, len: u64) -> SysResult {
 /// that space* (meaningless in the caller's). This is how a parent hands a
 /// child its capabilities: the child reaches nothing else.
 fn handle_transfer(space: u64, h: u64, rights: u64) -> SysResult {
-    let rights = u32::try_from(rights)
-        .ok()
-        .and_then(Rights::from_bits)
-        .ok_or(SysError::InvalidArgument)?;
+    let rights = u32::try_from(rights).ok().and_then(Rights::from_bits).ok_or(SysError::InvalidArgument)?;
     let me = caller()?;
     let target = me.lookup_space(Handle::from_raw(space), Rights::CREATE)?;
     let handle = Handle::from_raw(h);
@@ -904,10 +813,7 @@ fn handle_transfer(space: u64, h: u64, rights: u64) -> SysResult {
 /// holds, to export or rebuild them: it controls the child completely, so it
 /// gains nothing it could not already use through the child.
 fn handle_import(space: u64, h: u64, rights: u64) -> SysResult {
-    let rights = u32::try_from(rights)
-        .ok()
-        .and_then(Rights::from_bits)
-        .ok_or(SysError::InvalidArgument)?;
+    let rights = u32::try_from(rights).ok().and_then(Rights::from_bits).ok_or(SysError::InvalidArgument)?;
     let me = caller()?;
     let source = me.lookup_space(Handle::from_raw(space), Rights::GET_STATE)?;
     let handle = Handle::from_raw(h);
@@ -923,15 +829,9 @@ fn handle_import(space: u64, h: u64, rights: u64) -> SysResult {
 /// but at exactly the handle value `value` in `space`'s table (SET_STATE on
 /// the space), so a rebuilt space's handle table matches the exported one.
 fn handle_transfer_at(space: u64, h: u64, rights: u64, value: u64) -> SysResult {
-    let rights = u32::try_from(rights)
-        .ok()
-        .and_then(Rights::from_bits)
-        .ok_or(SysError::InvalidArgument)?;
+    let rights = u32::try_from(rights).ok().and_then(Rights::from_bits).ok_or(SysError::InvalidArgument)?;
     let me = caller()?;
-    let target = me.lookup_space(
-        Handle::from_raw(space),
-        Rights::SET_STATE.union(Rights::CREATE),
-    )?;
+    let target = me.lookup_space(Handle::from_raw(space), Rights::SET_STATE.union(Rights::CREATE))?;
     let handle = Handle::from_raw(h);
     let have = crate::arch::cpu::without_interrupts(|| me.handles.lock().rights(handle))?;
     if !have.contains(Rights::TRANSFER) || !have.contains(rights) {
@@ -941,19 +841,8 @@ fn handle_transfer_at(space: u64, h: u64, rights: u64, value: u64) -> SysResult 
     if target.is_dead() {
         return Err(SysError::Dead);
     }
-    crate::arch::cpu::without_interrupts(|| {
-        target
-            .handles
-            .lock()
-            .insert_at(Handle::from_raw(value), object, rights)
-    })
-    .map_err(|e| {
-        if e == HandleError::Invalid {
-            SysError::InvalidArgument
-        } else {
-            e.into()
-        }
-    })?;
+    crate::arch::cpu::without_interrupts(|| target.handles.lock().insert_at(Handle::from_raw(value), object, rights))
+        .map_err(|e| if e == HandleError::Invalid { SysError::InvalidArgument } else { e.into() })?;
     Ok(0)
 }
 
@@ -990,11 +879,7 @@ fn memory_object_state(h: u64, buf: u64, len: u64) -> SysResult {
 fn ipc_send(frame: &mut SyscallFrame) -> SysResult {
     let me = caller()?;
     let port = me.lookup_port(Handle::from_raw(frame.rdi), Rights::SEND)?;
-    if crate::ipc::send(&port, message_of(frame)) {
-        Ok(0)
-    } else {
-        Err(SysError::WouldBlock)
-    }
+    if crate::ipc::send(&port, message_of(frame)) { Ok(0) } else { Err(SysError::WouldBlock) }
 }
 
 /// `ipc_receive(portset)` (RECEIVE right): the next one-way message: returns
@@ -1016,9 +901,7 @@ fn handle_in(me: &Space, object: &Object) -> u64 {
     crate::arch::cpu::without_interrupts(|| {
         let table = me.handles.lock();
         // A direct handle, not a reference, names the link.
-        let found = table
-            .iter()
-            .find(|(_, o, _)| !matches!(o, Object::Reference(_)) && o.same(object));
+        let found = table.iter().find(|(_, o, _)| !matches!(o, Object::Reference(_)) && o.same(object));
         found.map_or(0, |(h, _, _)| h.raw())
     })
 }
@@ -1047,39 +930,17 @@ fn object_get_state(h: u64, buf: u64, len: u64) -> SysResult {
             let live = crate::arch::cpu::without_interrupts(|| s.handles.lock().len()) as u64;
             [1, keeper, live, s.children().len() as u64, 0, 0]
         }
-        Object::Thread(t) => [
-            2,
-            t.is_stopped() as u64,
-            t.has_exited() as u64,
-            t.cpu() as u64,
-            0,
-            0,
-        ],
-        Object::Port(p) => [
-            3,
-            p.alias,
-            handle_in(&me, &Object::Portset(p.portset.clone())),
-            0,
-            0,
-            0,
-        ],
+        Object::Thread(t) => [2, t.is_stopped() as u64, t.has_exited() as u64, t.cpu() as u64, 0, 0],
+        Object::Port(p) => [3, p.alias, handle_in(&me, &Object::Portset(p.portset.clone())), 0, 0, 0],
         Object::Portset(ps) => [4, ps.queued_oneway() as u64, 0, 0, 0, 0],
         Object::Region(r) => {
             let i = crate::object::memory::add(|g| g.region_info(*r))?;
-            let owner = crate::object::memory::space_of(i.space)
-                .map_or(0, |s| handle_in(&me, &Object::Space(s)));
+            let owner = crate::object::memory::space_of(i.space).map_or(0, |s| handle_in(&me, &Object::Space(s)));
             [5, i.start, i.size, i.max.bits() as u64, owner, 0]
         }
         Object::Mapping(m) => {
             let i = crate::object::memory::add(|g| g.mapping_info(*m))?;
-            [
-                6,
-                i.va,
-                i.offset,
-                i.size,
-                i.rights.bits() as u64,
-                handle_in(&me, &Object::Region(i.region)),
-            ]
+            [6, i.va, i.offset, i.size, i.rights.bits() as u64, handle_in(&me, &Object::Region(i.region))]
         }
         Object::Mutex(_) => [7, 0, 0, 0, 0, 0],
         Object::Cond(_) => [8, 0, 0, 0, 0, 0],
@@ -1100,12 +961,8 @@ fn reference_create(h: u64) -> SysResult {
     let me = caller()?;
     let object = me.lookup(Handle::from_raw(h), Rights::NONE)?;
     let target = object.target().clone();
-    let rights = Rights::GET_STATE
-        .union(Rights::DUPLICATE)
-        .union(Rights::TRANSFER);
-    Ok(me
-        .insert(Object::Reference(alloc::sync::Arc::new(target)), rights)?
-        .raw() as i64)
+    let rights = Rights::GET_STATE.union(Rights::DUPLICATE).union(Rights::TRANSFER);
+    Ok(me.insert(Object::Reference(alloc::sync::Arc::new(target)), rights)?.raw() as i64)
 }
 
 /// `reference_compare(a, b)`: 1 if the two handles (references or not) name

@@ -25,9 +25,7 @@ use core::sync::atomic::Ordering;
 
 use fastpath::ipc::{Client, Kernel, Message};
 
-use super::imp::{
-    has_ready_thread, here, CpuSched, ParkedAs, Thread, PARKED, RUNNING, TIME_SLICE_TICKS,
-};
+use super::imp::{has_ready_thread, here, CpuSched, ParkedAs, Thread, PARKED, RUNNING, TIME_SLICE_TICKS};
 use crate::arch::x86_64::paging::USER_TOP;
 use crate::arch::x86_64::syscall::{self as entry, SyscallFrame, FRAME_BYTES};
 use crate::arch::x86_64_exports::cpu;
@@ -47,25 +45,14 @@ pub struct FastSwitch {
     pub prev_on_cpu: u64,
 }
 
-const NOT_TAKEN: FastSwitch = FastSwitch {
-    frame: 0,
-    prev_on_cpu: 0,
-};
-const LEAVE_PARKED: FastSwitch = FastSwitch {
-    frame: 1,
-    prev_on_cpu: 0,
-};
+const NOT_TAKEN: FastSwitch = FastSwitch { frame: 0, prev_on_cpu: 0 };
+const LEAVE_PARKED: FastSwitch = FastSwitch { frame: 1, prev_on_cpu: 0 };
 
 /// Called by the syscall entry stub for `ipc_call` and `ipc_reply_wait`,
 /// interrupts off, on the caller's kernel stack below its `frame`.
 pub extern "C" fn fast_ipc(frame: &SyscallFrame) -> FastSwitch {
     let (cpu, sched) = here();
-    let k = ThisCpu {
-        cpu,
-        sched,
-        me: super::me(),
-        frame,
-    };
+    let k = ThisCpu { cpu, sched, me: super::me(), frame };
     let message = message_of(frame);
     let taken = if frame.rax == SYS_IPC_CALL {
         fastpath::ipc::call(&k, frame.rdi, &message)
@@ -94,9 +81,7 @@ impl ThisCpu<'_> {
         t.cpu() == self.cpu
             && t.allowed_on(self.cpu)
             && !t.on_cpu.load(Ordering::Acquire)
-            && t.state
-                .compare_exchange(PARKED, RUNNING, Ordering::AcqRel, Ordering::Acquire)
-                .is_ok()
+            && t.state.compare_exchange(PARKED, RUNNING, Ordering::AcqRel, Ordering::Acquire).is_ok()
     }
 
     /// Parks the caller at its user frame in `role`.
@@ -176,19 +161,11 @@ impl Kernel for ThisCpu<'_> {
                 _ => return None,
             };
             slot.delivered = false;
-            if !slot
-                .waiting_on
-                .as_ref()
-                .is_some_and(|w| Arc::ptr_eq(w, portset))
-            {
+            if !slot.waiting_on.as_ref().is_some_and(|w| Arc::ptr_eq(w, portset)) {
                 slot.waiting_on = Some(portset.clone());
             }
             self.park_caller(ParkedAs::Server);
-            let me = if matches!(taken, Client::Claimed(_)) {
-                self.take_current()
-            } else {
-                self.clone_current()
-            };
+            let me = if matches!(taken, Client::Claimed(_)) { self.take_current() } else { self.clone_current() };
             client = Some(taken);
             Some(me)
         });
@@ -231,9 +208,7 @@ impl Kernel for ThisCpu<'_> {
             // code and both kernel stacks live.
             unsafe { cpu::write_cr3(next.root) };
         }
-        self.sched
-            .slice_left
-            .store(TIME_SLICE_TICKS, Ordering::Relaxed);
+        self.sched.slice_left.store(TIME_SLICE_TICKS, Ordering::Relaxed);
         // Only this CPU writes its count: no atomic read-modify-write.
         let switches = &self.sched.fast_switches;
         switches.store(switches.load(Ordering::Relaxed) + 1, Ordering::Relaxed);
@@ -241,9 +216,6 @@ impl Kernel for ThisCpu<'_> {
         // SAFETY: owning CPU, interrupts off; `park_caller` took the
         // caller's reference out just before.
         unsafe { *self.sched.current.get() = Some(next) };
-        FastSwitch {
-            frame,
-            prev_on_cpu: self.me.on_cpu.as_ptr() as u64,
-        }
+        FastSwitch { frame, prev_on_cpu: self.me.on_cpu.as_ptr() as u64 }
     }
 }

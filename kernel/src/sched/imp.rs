@@ -69,15 +69,8 @@ pub enum SchedError {
 }
 
 enum Body {
-    Kernel {
-        entry: fn(usize),
-        arg: usize,
-    },
-    User {
-        rip: u64,
-        rsp: u64,
-        args: (u64, u64),
-    },
+    Kernel { entry: fn(usize), arg: usize },
+    User { rip: u64, rsp: u64, args: (u64, u64) },
     /// A CPU's boot context, adopted as a thread.
     Adopted,
 }
@@ -151,13 +144,7 @@ unsafe impl Sync for Thread {}
 unsafe impl Send for Thread {}
 
 impl Thread {
-    fn new(
-        name: &'static str,
-        body: Body,
-        root: u64,
-        priority: u8,
-        affinity: u64,
-    ) -> Result<Arc<Thread>, SchedError> {
+    fn new(name: &'static str, body: Body, root: u64, priority: u8, affinity: u64) -> Result<Arc<Thread>, SchedError> {
         let (stack, top) = match body {
             Body::Adopted => (None, percpu::this_cpu().stack_top.load(Ordering::Relaxed)),
             _ => {
@@ -182,10 +169,7 @@ impl Thread {
             root,
             body,
             kill_requested: AtomicBool::new(false),
-            exit: spin::Mutex::new(ExitSlot {
-                reason: None,
-                joiners: Vec::new(),
-            }),
+            exit: spin::Mutex::new(ExitSlot { reason: None, joiners: Vec::new() }),
             space: Weak::new(),
             ipc: spin::Mutex::new(IpcSlot::default()),
             stop_requested: AtomicBool::new(false),
@@ -235,10 +219,7 @@ impl Thread {
     /// Changes the thread's priority (0..=63; user threads default to 16);
     /// it takes effect the next time the thread is queued.
     pub fn set_priority(&self, priority: u8) {
-        self.priority.store(
-            priority.min(super::runqueue::MAX_PRIORITY),
-            Ordering::Release,
-        );
+        self.priority.store(priority.min(super::runqueue::MAX_PRIORITY), Ordering::Release);
     }
 
     pub fn stop_requested(&self) -> bool {
@@ -366,13 +347,7 @@ pub fn me() -> &'static Thread {
     // happen while it is current (the scheduler holds one) — and a thread
     // that blocks holds on through whatever queue it waits in, or exits and
     // never returns here.
-    unsafe {
-        &*Arc::as_ptr(
-            (*s.current.get())
-                .as_ref()
-                .expect("scheduler not started on this CPU"),
-        )
-    }
+    unsafe { &*Arc::as_ptr((*s.current.get()).as_ref().expect("scheduler not started on this CPU")) }
 }
 
 /// The running thread. Panics before `init_this_cpu`.
@@ -388,27 +363,12 @@ pub fn current() -> Arc<Thread> {
 /// a kernel thread (with a separate idle thread); an AP's becomes its idle thread.
 pub fn init_this_cpu(is_boot_cpu: bool) -> Result<(), SchedError> {
     let (cpu, s) = here();
-    let me = Thread::new(
-        if is_boot_cpu { "kmain" } else { "idle" },
-        Body::Adopted,
-        0,
-        KERNEL_PRIORITY,
-        1 << cpu,
-    )?;
+    let me = Thread::new(if is_boot_cpu { "kmain" } else { "idle" }, Body::Adopted, 0, KERNEL_PRIORITY, 1 << cpu)?;
     me.state.store(RUNNING, Ordering::Relaxed);
     me.on_cpu.store(true, Ordering::Relaxed);
     me.ran_on.store(1 << cpu, Ordering::Relaxed);
     let idle = if is_boot_cpu {
-        let idle = Thread::new(
-            "idle",
-            Body::Kernel {
-                entry: |_| idle_loop(),
-                arg: 0,
-            },
-            0,
-            0,
-            1 << cpu,
-        )?;
+        let idle = Thread::new("idle", Body::Kernel { entry: |_| idle_loop(), arg: 0 }, 0, 0, 1 << cpu)?;
         idle.state.store(RUNNING, Ordering::Relaxed);
         idle
     } else {
@@ -448,13 +408,7 @@ fn enqueue(t: Arc<Thread>) {
     let ready = READY_CPUS.load(Ordering::Acquire);
     let allowed = t.affinity.load(Ordering::Acquire) & ready;
     let last = t.cpu.load(Ordering::Relaxed);
-    let target = if allowed & (1 << last) != 0 {
-        last
-    } else if allowed != 0 {
-        allowed.trailing_zeros() as usize
-    } else {
-        last
-    };
+    let target = if allowed & (1 << last) != 0 { last } else if allowed != 0 { allowed.trailing_zeros() as usize } else { last };
     t.cpu.store(target, Ordering::Release);
     let prio = t.priority();
     cpu::without_interrupts(|| CPUS[target].queue.lock().push(prio, t));
@@ -481,12 +435,7 @@ fn schedule_saving(save_context: bool) {
     s.need_resched.store(false, Ordering::Relaxed);
     // SAFETY: owning CPU, interrupts off.
     let prev = unsafe { (*s.current.get()).clone() }.expect("scheduler not started on this CPU");
-    if !is_idle(s, &prev)
-        && prev
-            .state
-            .compare_exchange(RUNNING, READY, Ordering::AcqRel, Ordering::Acquire)
-            .is_ok()
-    {
+    if !is_idle(s, &prev) && prev.state.compare_exchange(RUNNING, READY, Ordering::AcqRel, Ordering::Acquire).is_ok() {
         enqueue(prev.clone());
     }
     let next = loop {
@@ -501,9 +450,7 @@ fn schedule_saving(save_context: bool) {
     s.need_resched.store(false, Ordering::Relaxed);
     s.slice_left.store(TIME_SLICE_TICKS, Ordering::Relaxed);
     if Arc::ptr_eq(&next, &prev) {
-        let _ = prev
-            .state
-            .compare_exchange(READY, RUNNING, Ordering::AcqRel, Ordering::Acquire);
+        let _ = prev.state.compare_exchange(READY, RUNNING, Ordering::AcqRel, Ordering::Acquire);
         return;
     }
     switch_to(cpu, s, prev, next, save_context);
@@ -521,8 +468,7 @@ pub extern "C" fn leave_parked() {
     if let Some(next) = handoff {
         if direct_handoff_enabled() && next.allowed_on(cpu) && unblock(&next) {
             // SAFETY: owning CPU, interrupts off.
-            let prev =
-                unsafe { (*s.current.get()).clone() }.expect("scheduler not started on this CPU");
+            let prev = unsafe { (*s.current.get()).clone() }.expect("scheduler not started on this CPU");
             s.slice_left.store(TIME_SLICE_TICKS, Ordering::Relaxed);
             switch_to(cpu, s, prev, next, false);
             unreachable!("a parked thread resumes at its continuation");
@@ -534,41 +480,25 @@ pub extern "C" fn leave_parked() {
 
 /// Switches this CPU from `prev` (the current thread) to `next`; with
 /// `save_context` false, `prev` is parked and its context is dropped.
-fn switch_to(
-    cpu: usize,
-    s: &'static CpuSched,
-    prev: Arc<Thread>,
-    next: Arc<Thread>,
-    save_context: bool,
-) {
+fn switch_to(cpu: usize, s: &'static CpuSched, prev: Arc<Thread>, next: Arc<Thread>, save_context: bool) {
     // The thread may still be leaving another CPU (woken or migrated there).
     while next.on_cpu.load(Ordering::Acquire) {
         cpu::pause();
     }
     next.on_cpu.store(true, Ordering::Relaxed);
-    let _ = next
-        .state
-        .compare_exchange(READY, RUNNING, Ordering::AcqRel, Ordering::Acquire);
+    let _ = next.state.compare_exchange(READY, RUNNING, Ordering::AcqRel, Ordering::Acquire);
     next.cpu.store(cpu, Ordering::Release);
     next.ran_on.fetch_or(1 << cpu, Ordering::AcqRel);
     if matches!(next.body, Body::User { .. }) {
         crate::arch::x86_64::syscall::set_kernel_entry_stack(next.stack_top);
     }
-    let want_root = if next.root != 0 {
-        next.root
-    } else {
-        paging::kernel_root()
-    };
+    let want_root = if next.root != 0 { next.root } else { paging::kernel_root() };
     if cpu::read_cr3() & 0x000f_ffff_ffff_f000 != want_root {
         // SAFETY: every address space shares the kernel half, where this code
         // and both threads' kernel stacks live.
         unsafe { cpu::write_cr3(want_root) };
     }
-    let save = if save_context {
-        prev.context_rsp.get()
-    } else {
-        s.discarded_context.get()
-    };
+    let save = if save_context { prev.context_rsp.get() } else { s.discarded_context.get() };
     // SAFETY: next is off every other CPU (on_cpu was clear), so its saved
     // context is complete.
     let load = unsafe { *next.context_rsp.get() };
@@ -632,23 +562,12 @@ fn all_cpus() -> u64 {
 }
 
 /// Starts a kernel thread on the CPUs in `affinity` (0 = any).
-pub fn spawn_kernel(
-    name: &'static str,
-    entry: fn(usize),
-    arg: usize,
-    affinity: u64,
-) -> Result<Arc<Thread>, SchedError> {
+pub fn spawn_kernel(name: &'static str, entry: fn(usize), arg: usize, affinity: u64) -> Result<Arc<Thread>, SchedError> {
     let affinity = if affinity == 0 { all_cpus() } else { affinity };
     if affinity & all_cpus() == 0 {
         return Err(SchedError::NoAllowedCpu);
     }
-    let t = Thread::new(
-        name,
-        Body::Kernel { entry, arg },
-        0,
-        KERNEL_PRIORITY,
-        affinity,
-    )?;
+    let t = Thread::new(name, Body::Kernel { entry, arg }, 0, KERNEL_PRIORITY, affinity)?;
     enqueue(t.clone());
     Ok(t)
 }
@@ -670,13 +589,7 @@ pub fn spawn_user(
     if affinity & all_cpus() == 0 {
         return Err(SchedError::NoAllowedCpu);
     }
-    let t = Thread::new(
-        name,
-        Body::User { rip, rsp, args },
-        root,
-        priority,
-        affinity,
-    )?;
+    let t = Thread::new(name, Body::User { rip, rsp, args }, root, priority, affinity)?;
     enqueue(t.clone());
     Ok(t)
 }
@@ -696,13 +609,7 @@ pub fn spawn_user_in(
     if affinity & all_cpus() == 0 {
         return Err(SchedError::NoAllowedCpu);
     }
-    let mut t = Thread::new(
-        name,
-        Body::User { rip, rsp, args },
-        space.page_table_root(),
-        priority,
-        affinity,
-    )?;
+    let mut t = Thread::new(name, Body::User { rip, rsp, args }, space.page_table_root(), priority, affinity)?;
     t.cpu.store(least_loaded(affinity), Ordering::Relaxed);
     // Nothing else holds the new thread yet.
     if let Some(inner) = Arc::get_mut(&mut t) {
@@ -732,8 +639,7 @@ pub fn block_and_handoff(next: &Arc<Thread>) {
     let (cpu, s) = here();
     if direct_handoff_enabled() && next.allowed_on(cpu) && unblock(next) {
         // SAFETY: owning CPU, interrupts off.
-        let prev =
-            unsafe { (*s.current.get()).clone() }.expect("scheduler not started on this CPU");
+        let prev = unsafe { (*s.current.get()).clone() }.expect("scheduler not started on this CPU");
         s.slice_left.store(TIME_SLICE_TICKS, Ordering::Relaxed);
         switch_to(cpu, s, prev, next.clone(), true);
     } else {
@@ -750,9 +656,7 @@ pub fn mark_current_blocked() {
 
 /// Direct switches the IPC fast path has made, on all CPUs.
 pub fn fast_ipc_switches() -> u64 {
-    CPUS.iter()
-        .map(|s| s.fast_switches.load(Ordering::Relaxed))
-        .sum()
+    CPUS.iter().map(|s| s.fast_switches.load(Ordering::Relaxed)).sum()
 }
 
 /// Whether a thread waits in this CPU's run queue (a hint: never waits for the lock).
@@ -762,12 +666,8 @@ pub(super) fn has_ready_thread(s: &CpuSched) -> bool {
 
 /// Moves a blocked or parked thread to READY; false if it was neither.
 fn unblock(t: &Thread) -> bool {
-    t.state
-        .compare_exchange(BLOCKED, READY, Ordering::AcqRel, Ordering::Acquire)
-        .is_ok()
-        || t.state
-            .compare_exchange(PARKED, READY, Ordering::AcqRel, Ordering::Acquire)
-            .is_ok()
+    t.state.compare_exchange(BLOCKED, READY, Ordering::AcqRel, Ordering::Acquire).is_ok()
+        || t.state.compare_exchange(PARKED, READY, Ordering::AcqRel, Ordering::Acquire).is_ok()
 }
 
 /// Makes a blocked (or parked) thread runnable again; returns false if it was not blocked.
@@ -842,11 +742,7 @@ pub fn join_unless_killed(t: &Arc<Thread>, interruptible: bool) -> Option<UserEx
     while t.on_cpu.load(Ordering::Acquire) {
         cpu::pause();
     }
-    let reason = t
-        .exit
-        .lock()
-        .reason
-        .expect("exited thread without a reason");
+    let reason = t.exit.lock().reason.expect("exited thread without a reason");
     Some(reason)
 }
 
@@ -863,9 +759,7 @@ impl Default for WaitQueue {
 
 impl WaitQueue {
     pub const fn new() -> Self {
-        WaitQueue {
-            waiters: spin::Mutex::new(Vec::new()),
-        }
+        WaitQueue { waiters: spin::Mutex::new(Vec::new()) }
     }
 
     /// Blocks the current thread if `still_wanted()` holds, evaluated under
@@ -931,10 +825,7 @@ pub fn kill(t: &Arc<Thread>) {
     t.kill_requested.store(true, Ordering::Release);
     wake(t);
     // A stopped thread runs again only to exit.
-    if t.state
-        .compare_exchange(STOPPED, READY, Ordering::AcqRel, Ordering::Acquire)
-        .is_ok()
-    {
+    if t.state.compare_exchange(STOPPED, READY, Ordering::AcqRel, Ordering::Acquire).is_ok() {
         enqueue(t.clone());
     }
     let cpu = t.cpu();
@@ -999,8 +890,7 @@ pub fn stop(t: &Arc<Thread>) -> bool {
         if cpu != percpu::this_cpu_index() {
             smp::send_reschedule(cpu);
         }
-        t.stop_waiters
-            .wait_if(|| !t.is_stopped() && !t.has_exited());
+        t.stop_waiters.wait_if(|| !t.is_stopped() && !t.has_exited());
         if !t.is_stopped() && !t.has_exited() {
             // Woken before it stopped (it was running): give it a tick to get there.
             sleep_ticks(1);
@@ -1011,10 +901,7 @@ pub fn stop(t: &Arc<Thread>) -> bool {
 /// Lets a stopped thread run again.
 pub fn resume(t: &Arc<Thread>) -> bool {
     t.stop_requested.store(false, Ordering::Release);
-    if t.state
-        .compare_exchange(STOPPED, READY, Ordering::AcqRel, Ordering::Acquire)
-        .is_ok()
-    {
+    if t.state.compare_exchange(STOPPED, READY, Ordering::AcqRel, Ordering::Acquire).is_ok() {
         enqueue(t.clone());
         true
     } else {
@@ -1024,23 +911,9 @@ pub fn resume(t: &Arc<Thread>) -> bool {
 
 /// Creates a user thread in `space` that does not run until `resume`; its
 /// registers start as `regs` (set them with set_state first).
-pub fn spawn_user_stopped(
-    name: &'static str,
-    space: Arc<Space>,
-    regs: UserRegisters,
-) -> Result<Arc<Thread>, SchedError> {
+pub fn spawn_user_stopped(name: &'static str, space: Arc<Space>, regs: UserRegisters) -> Result<Arc<Thread>, SchedError> {
     let affinity = all_cpus();
-    let mut t = Thread::new(
-        name,
-        Body::User {
-            rip: 0,
-            rsp: 0,
-            args: (0, 0),
-        },
-        space.page_table_root(),
-        USER_PRIORITY,
-        affinity,
-    )?;
+    let mut t = Thread::new(name, Body::User { rip: 0, rsp: 0, args: (0, 0) }, space.page_table_root(), USER_PRIORITY, affinity)?;
     t.cpu.store(least_loaded(affinity), Ordering::Relaxed);
     if let Some(inner) = Arc::get_mut(&mut t) {
         inner.space = Arc::downgrade(&space);
@@ -1102,17 +975,7 @@ pub fn on_interrupt(user_frame: Option<u64>, is_tick: bool) {
         // port (one-way, never blocking) that it used up a time slice.
         let port = cur.scheduler.lock().clone();
         if let Some(port) = port {
-            let _ = crate::ipc::send(
-                &port,
-                [
-                    crate::object::keeper::KIND_CPU_TIME,
-                    cpu as u64,
-                    percpu::cpu(cpu).ticks.load(Ordering::Relaxed),
-                    0,
-                    0,
-                    0,
-                ],
-            );
+            let _ = crate::ipc::send(&port, [crate::object::keeper::KIND_CPU_TIME, cpu as u64, percpu::cpu(cpu).ticks.load(Ordering::Relaxed), 0, 0, 0]);
         }
     }
     drop(cur);

@@ -62,10 +62,7 @@ fn init_main() -> i32 {
         ("user-level pager and exception keeper", keepers),
         ("checkpoint and restart of threads", checkpoint_restart),
         ("border control", border_control),
-        (
-            "state encapsulation: freeze, export, destroy, rebuild, resume",
-            state_encapsulation,
-        ),
+        ("state encapsulation: freeze, export, destroy, rebuild, resume", state_encapsulation),
         ("one-way ipc across cpus", oneway_ipc),
         ("heap", heap),
         ("object state export", object_state),
@@ -101,9 +98,7 @@ fn data_and_bss() -> Result<(), &'static str> {
     }
     DATA_WORD.fetch_add(1, Ordering::Relaxed);
     BSS_WORD.fetch_add(1, Ordering::Relaxed);
-    if DATA_WORD.load(Ordering::Relaxed) != 0x5eed_0000_0000_0002
-        || BSS_WORD.load(Ordering::Relaxed) != 1
-    {
+    if DATA_WORD.load(Ordering::Relaxed) != 0x5eed_0000_0000_0002 || BSS_WORD.load(Ordering::Relaxed) != 1 {
         return Err("writes to .data/.bss did not stick");
     }
     Ok(())
@@ -148,9 +143,7 @@ fn unknown_call() -> Result<(), &'static str> {
 }
 
 fn free_frames() -> Result<u64, &'static str> {
-    obj::system_info()
-        .map(|i| i.free_frames)
-        .map_err(|_| "system_info failed")
+    obj::system_info().map(|i| i.free_frames).map_err(|_| "system_info failed")
 }
 
 fn own_space_handle() -> Result<(), &'static str> {
@@ -169,15 +162,10 @@ fn space_tree() -> Result<(), &'static str> {
     let child = obj::space_create(obj::self_space()).map_err(|_| "space_create(self) failed")?;
     let grandchild = obj::space_create(child).map_err(|_| "space_create(child) failed")?;
     let mut records = [Record::default(); 16];
-    let n = obj::space_enumerate(obj::self_space(), &mut records)
-        .map_err(|_| "enumerate(self) failed")?;
+    let n = obj::space_enumerate(obj::self_space(), &mut records).map_err(|_| "enumerate(self) failed")?;
     let listed = &records[..n.min(16)];
-    if !listed
-        .iter()
-        .any(|r| r.handle == child.0 && r.object_type == types::SPACE && r.rights == rights::ALL)
-        || !listed
-            .iter()
-            .any(|r| r.handle == grandchild.0 && r.object_type == types::SPACE)
+    if !listed.iter().any(|r| r.handle == child.0 && r.object_type == types::SPACE && r.rights == rights::ALL)
+        || !listed.iter().any(|r| r.handle == grandchild.0 && r.object_type == types::SPACE)
     {
         return Err("enumerate(self) does not list the new spaces with their types and rights");
     }
@@ -202,9 +190,7 @@ fn space_tree() -> Result<(), &'static str> {
 
 fn handle_errors() -> Result<(), &'static str> {
     let me = obj::self_space();
-    if obj::close(Handle(0)) != Err(SysError::BadHandle)
-        || obj::info(Handle(0xdead_beef_0000_0001)) != Err(SysError::BadHandle)
-    {
+    if obj::close(Handle(0)) != Err(SysError::BadHandle) || obj::info(Handle(0xdead_beef_0000_0001)) != Err(SysError::BadHandle) {
         return Err("forged handles are not refused with BadHandle");
     }
     if obj::duplicate(me, rights::ALL) != Err(SysError::MissingRights) {
@@ -267,8 +253,7 @@ fn threads() -> Result<(), &'static str> {
     let me = obj::self_space();
     let mut handles = [Handle(0); WORKERS];
     for (i, h) in handles.iter_mut().enumerate() {
-        *h = obj::thread_create(me, worker, stack_top(i), i as u64 + 1)
-            .map_err(|_| "thread_create failed")?;
+        *h = obj::thread_create(me, worker, stack_top(i), i as u64 + 1).map_err(|_| "thread_create failed")?;
     }
     for (i, h) in handles.iter().enumerate() {
         if obj::thread_wait(*h, true) != Ok((i as u64 + 1) * 10) {
@@ -279,8 +264,7 @@ fn threads() -> Result<(), &'static str> {
     if SUM.load(Ordering::Relaxed) != (1..=WORKERS as u64).sum::<u64>() {
         return Err("the workers' sum is wrong");
     }
-    let spin = obj::thread_create(me, spinner, stack_top(0), 0)
-        .map_err(|_| "thread_create(spinner) failed")?;
+    let spin = obj::thread_create(me, spinner, stack_top(0), 0).map_err(|_| "thread_create(spinner) failed")?;
     if obj::thread_wait(spin, false) != Err(SysError::WouldBlock) {
         return Err("a running thread did not report WouldBlock");
     }
@@ -296,8 +280,7 @@ fn faulting_child_thread() -> Result<(), &'static str> {
     let before = free_frames()?;
     let child = obj::space_create(obj::self_space()).map_err(|_| "space_create failed")?;
     // Nothing is mapped in the new space: the thread faults on its first instruction.
-    let t = obj::thread_create_raw(child, 0x40_0000, 0x7fff_0000, 0)
-        .map_err(|_| "thread_create in the child failed")?;
+    let t = obj::thread_create_raw(child, 0x40_0000, 0x7fff_0000, 0).map_err(|_| "thread_create in the child failed")?;
     if obj::thread_wait(t, true) != Err(SysError::Dead) {
         return Err("a thread faulting in an empty space was not reported Dead to its parent");
     }
@@ -319,10 +302,7 @@ struct Shared {
 struct SharedCell(core::cell::UnsafeCell<Shared>);
 // SAFETY: written only by the main thread before it starts the workers.
 unsafe impl Sync for SharedCell {}
-static SHARED: SharedCell = SharedCell(core::cell::UnsafeCell::new(Shared {
-    mutex: None,
-    cond: None,
-}));
+static SHARED: SharedCell = SharedCell(core::cell::UnsafeCell::new(Shared { mutex: None, cond: None }));
 
 fn shared() -> &'static Shared {
     // SAFETY: see SharedCell.
@@ -347,8 +327,7 @@ extern "C" fn contender(_: u64) -> ! {
 fn run_workers(entry: extern "C" fn(u64) -> !, n: usize) -> Result<(), &'static str> {
     let mut handles = [Handle(0); WORKERS];
     for (i, h) in handles.iter_mut().enumerate().take(n) {
-        *h = obj::thread_create(obj::self_space(), entry, stack_top(i), i as u64)
-            .map_err(|_| "thread_create failed")?;
+        *h = obj::thread_create(obj::self_space(), entry, stack_top(i), i as u64).map_err(|_| "thread_create failed")?;
     }
     for h in handles.iter().take(n) {
         if obj::thread_wait(*h, true) != Ok(0) {
@@ -361,16 +340,11 @@ fn run_workers(entry: extern "C" fn(u64) -> !, n: usize) -> Result<(), &'static 
 
 fn mutex_contention() -> Result<(), &'static str> {
     // SAFETY: no worker runs yet (see SharedCell).
-    unsafe {
-        (*SHARED.0.get()).mutex = Some(rt::sync::Mutex::new(0).map_err(|_| "mutex_create failed")?)
-    };
+    unsafe { (*SHARED.0.get()).mutex = Some(rt::sync::Mutex::new(0).map_err(|_| "mutex_create failed")?) };
     run_workers(contender, WORKERS)?;
     let total = *shared().mutex.as_ref().ok_or("no mutex")?.lock();
     if total != ROUNDS * WORKERS as u64 {
-        println!(
-            "init: counter {total}, expected {}",
-            ROUNDS * WORKERS as u64
-        );
+        println!("init: counter {total}, expected {}", ROUNDS * WORKERS as u64);
         return Err("updates under the mutex were lost");
     }
     Ok(())
@@ -381,10 +355,7 @@ static TAKEN: AtomicU64 = AtomicU64::new(0);
 /// Consumers wait on the condition until an item is available.
 extern "C" fn consumer(_: u64) -> ! {
     let s = shared();
-    let (m, c) = (
-        s.mutex.as_ref().expect("mutex"),
-        s.cond.as_ref().expect("cond"),
-    );
+    let (m, c) = (s.mutex.as_ref().expect("mutex"), s.cond.as_ref().expect("cond"));
     for _ in 0..ROUNDS / 10 {
         let mut g = m.lock();
         while *g == 0 {
@@ -405,21 +376,13 @@ fn condition_variable() -> Result<(), &'static str> {
     let consumers = WORKERS - 1;
     let mut handles = [Handle(0); WORKERS];
     for (i, h) in handles.iter_mut().enumerate().take(consumers) {
-        *h = obj::thread_create(obj::self_space(), consumer, stack_top(i), 0)
-            .map_err(|_| "thread_create failed")?;
+        *h = obj::thread_create(obj::self_space(), consumer, stack_top(i), 0).map_err(|_| "thread_create failed")?;
     }
     let s = shared();
-    let (m, c) = (
-        s.mutex.as_ref().ok_or("mutex")?,
-        s.cond.as_ref().ok_or("cond")?,
-    );
+    let (m, c) = (s.mutex.as_ref().ok_or("mutex")?, s.cond.as_ref().ok_or("cond")?);
     for i in 0..(ROUNDS / 10) * consumers as u64 {
         *m.lock() += 1;
-        if i % 3 == 0 {
-            c.notify_all()
-        } else {
-            c.notify_one()
-        }
+        if i % 3 == 0 { c.notify_all() } else { c.notify_one() }
         if i % 16 == 0 {
             obj::yield_now();
         }
@@ -446,16 +409,7 @@ extern "C" fn echo_server(_: u64) -> ! {
     let mut reply = [0u64; 6];
     loop {
         match rt::ipc::reply_wait(ps, reply) {
-            Ok((alias, m)) => {
-                reply = [
-                    m[0].wrapping_add(1),
-                    m[1] ^ alias,
-                    m[2],
-                    m[3],
-                    m[4],
-                    m[5].wrapping_mul(2),
-                ]
-            }
+            Ok((alias, m)) => reply = [m[0].wrapping_add(1), m[1] ^ alias, m[2], m[3], m[4], m[5].wrapping_mul(2)],
             Err(_) => rt::exit(1),
         }
     }
@@ -473,15 +427,7 @@ extern "C" fn echo_client(rounds: u64) -> ! {
         x ^= x << 17;
         let m = [i, x, x.rotate_left(7), !x, x.wrapping_mul(3), x >> 3];
         match rt::ipc::call(port, m) {
-            Ok(r)
-                if r == [
-                    m[0] + 1,
-                    m[1] ^ ALIAS,
-                    m[2],
-                    m[3],
-                    m[4],
-                    m[5].wrapping_mul(2),
-                ] => {}
+            Ok(r) if r == [m[0] + 1, m[1] ^ ALIAS, m[2], m[3], m[4], m[5].wrapping_mul(2)] => {}
             _ => {
                 IPC_FAILURES.fetch_add(1, Ordering::Relaxed);
             }
@@ -497,11 +443,9 @@ fn ipc_pair(server_cpu: u64, client_cpu: u64, rounds: u64) -> Result<(), &'stati
     PORTSET.store(ps.0, Ordering::Relaxed);
     PORT.store(port.0, Ordering::Relaxed);
     IPC_FAILURES.store(0, Ordering::Relaxed);
-    let server =
-        obj::thread_create(me, echo_server, stack_top(0), 0).map_err(|_| "thread_create failed")?;
+    let server = obj::thread_create(me, echo_server, stack_top(0), 0).map_err(|_| "thread_create failed")?;
     obj::thread_set_affinity(server, 1 << server_cpu).map_err(|_| "thread_set_affinity failed")?;
-    let client = obj::thread_create(me, echo_client, stack_top(1), rounds)
-        .map_err(|_| "thread_create failed")?;
+    let client = obj::thread_create(me, echo_client, stack_top(1), rounds).map_err(|_| "thread_create failed")?;
     obj::thread_set_affinity(client, 1 << client_cpu).map_err(|_| "thread_set_affinity failed")?;
     let done = obj::thread_wait(client, true);
     obj::thread_kill(server).map_err(|_| "thread_kill failed")?;
@@ -513,19 +457,14 @@ fn ipc_pair(server_cpu: u64, client_cpu: u64, rounds: u64) -> Result<(), &'stati
         return Err("the IPC client did not finish");
     }
     if IPC_FAILURES.load(Ordering::Relaxed) != 0 {
-        println!(
-            "init: {} of {rounds} replies were wrong",
-            IPC_FAILURES.load(Ordering::Relaxed)
-        );
+        println!("init: {} of {rounds} replies were wrong", IPC_FAILURES.load(Ordering::Relaxed));
         return Err("IPC replies did not match their requests");
     }
     Ok(())
 }
 
 fn fast_ipc_switches() -> Result<u64, &'static str> {
-    Ok(obj::system_info()
-        .map_err(|_| "system_info failed")?
-        .fast_ipc_switches)
+    Ok(obj::system_info().map_err(|_| "system_info failed")?.fast_ipc_switches)
 }
 
 /// Same CPU: the round trips take the fast path both ways once the pair
@@ -555,16 +494,12 @@ fn ipc_cross_cpu() -> Result<(), &'static str> {
 fn ipc_errors() -> Result<(), &'static str> {
     let ps = rt::ipc::portset_create().map_err(|_| "portset_create failed")?;
     let port = rt::ipc::port_create(ps, 1).map_err(|_| "port_create failed")?;
-    if rt::ipc::call(ps, [0; 6]) != Err(SysError::WrongType)
-        || rt::ipc::reply_wait(port, [0; 6]).err() != Some(SysError::WrongType)
-    {
+    if rt::ipc::call(ps, [0; 6]) != Err(SysError::WrongType) || rt::ipc::reply_wait(port, [0; 6]).err() != Some(SysError::WrongType) {
         return Err("IPC on the wrong object type was not refused");
     }
     let send_only = obj::duplicate(port, rights::SEND).map_err(|_| "duplicate failed")?;
     let no_receive = obj::duplicate(ps, rights::GET_STATE).map_err(|_| "duplicate failed")?;
-    if rt::ipc::port_create(no_receive, 2) != Err(SysError::MissingRights)
-        || rt::ipc::reply_wait(no_receive, [0; 6]).err() != Some(SysError::MissingRights)
-    {
+    if rt::ipc::port_create(no_receive, 2) != Err(SysError::MissingRights) || rt::ipc::reply_wait(no_receive, [0; 6]).err() != Some(SysError::MissingRights) {
         return Err("receiving without RECEIVE was allowed");
     }
     if rt::ipc::call(Handle(0x1234_0000_0009), [0; 6]) != Err(SysError::BadHandle) {
@@ -597,21 +532,10 @@ const PROBE_STACK_VA: u64 = 0x7000_0000;
 fn equip_probe_space(space: Handle, stack_at: u64) -> Result<(), &'static str> {
     use rt::memory as m;
     let (start, end) = m::readonly_image();
-    let text = m::region_create(obj::self_space(), start, end - start, m::READ | m::EXECUTE)
-        .map_err(|_| "text region failed")?;
-    m::mapping_create(text, space, start, 0, end - start, m::READ | m::EXECUTE)
-        .map_err(|_| "text mapping failed")?;
-    let stack = m::region_create(obj::self_space(), stack_at, 4 * 4096, m::READ | m::WRITE)
-        .map_err(|_| "stack region failed")?;
-    m::mapping_create(
-        stack,
-        space,
-        PROBE_STACK_VA,
-        0,
-        4 * 4096,
-        m::READ | m::WRITE,
-    )
-    .map_err(|_| "stack mapping failed")?;
+    let text = m::region_create(obj::self_space(), start, end - start, m::READ | m::EXECUTE).map_err(|_| "text region failed")?;
+    m::mapping_create(text, space, start, 0, end - start, m::READ | m::EXECUTE).map_err(|_| "text mapping failed")?;
+    let stack = m::region_create(obj::self_space(), stack_at, 4 * 4096, m::READ | m::WRITE).map_err(|_| "stack region failed")?;
+    m::mapping_create(stack, space, PROBE_STACK_VA, 0, 4 * 4096, m::READ | m::WRITE).map_err(|_| "stack mapping failed")?;
     Ok(())
 }
 
@@ -661,12 +585,7 @@ fn nested_mappings_once() -> Result<(), &'static str> {
     let c = obj::space_create(b).map_err(|_| "space C")?;
     let d = obj::space_create(c).map_err(|_| "space D")?;
     let e = obj::space_create(me).map_err(|_| "space E")?;
-    let (va_a, va_b, va_c, va_d) = (
-        0x2000_0000u64,
-        0x3000_0000u64,
-        0x4000_0000u64,
-        0x5000_0000u64,
-    );
+    let (va_a, va_b, va_c, va_d) = (0x2000_0000u64, 0x3000_0000u64, 0x4000_0000u64, 0x5000_0000u64);
     let r0 = m::region_create(me, data, 4096, m::READ | m::WRITE).map_err(|_| "region R0")?;
     m::mapping_create(r0, a, va_a, 0, 4096, m::READ | m::WRITE).map_err(|_| "A maps R0")?;
     let r1 = m::region_create(a, va_a, 4096, m::READ | m::WRITE).map_err(|_| "region R1 in A")?;
@@ -744,9 +663,7 @@ extern "C" fn pager(_: u64) -> ! {
     let ps = Handle(PAGER_PORTSET.load(Ordering::Relaxed));
     let mut reply = [0u64; 6];
     loop {
-        let Ok((alias, msg)) = rt::ipc::reply_wait(ps, reply) else {
-            rt::exit(1)
-        };
+        let Ok((alias, msg)) = rt::ipc::reply_wait(ps, reply) else { rt::exit(1) };
         reply = [1, 0, 0, 0, 0, 0];
         if alias == PAGER_ALIAS && msg[0] == m::keeper::PAGE_FAULT {
             let offset = msg[1];
@@ -776,18 +693,15 @@ fn keepers() -> Result<(), &'static str> {
     let pager_port = rt::ipc::port_create(ps, PAGER_ALIAS).map_err(|_| "port_create")?;
     let exception_port = rt::ipc::port_create(ps, EXCEPTION_ALIAS).map_err(|_| "port_create")?;
     PAGER_PORTSET.store(ps.0, Ordering::Relaxed);
-    let pager_thread =
-        obj::thread_create(me, pager, stack_top(2), 0).map_err(|_| "pager thread")?;
+    let pager_thread = obj::thread_create(me, pager, stack_top(2), 0).map_err(|_| "pager thread")?;
 
     // The hole: a range of this space with nothing behind it, exported with the pager as keeper.
-    let hole =
-        m::region_create(me, HOLE, 16 * 4096, m::READ | m::WRITE).map_err(|_| "hole region")?;
+    let hole = m::region_create(me, HOLE, 16 * 4096, m::READ | m::WRITE).map_err(|_| "hole region")?;
     m::region_set_keeper(hole, Some(pager_port)).map_err(|_| "region_set_keeper")?;
     let child = obj::space_create(me).map_err(|_| "space_create")?;
     obj::space_set_keeper(child, Some(exception_port)).map_err(|_| "space_set_keeper")?;
     let child_va = 0x6000_0000;
-    m::mapping_create(hole, child, child_va, 0, 16 * 4096, m::READ)
-        .map_err(|_| "child maps the hole")?;
+    m::mapping_create(hole, child, child_va, 0, 16 * 4096, m::READ).map_err(|_| "child maps the hole")?;
     // SAFETY: pre-touch the probe stack pages (the root's demand-zero memory).
     let stacks = m::ROOT_ANONYMOUS_BASE + 0x40000;
     unsafe { core::ptr::write_volatile(stacks as *mut u64, 0) };
@@ -799,9 +713,7 @@ fn keepers() -> Result<(), &'static str> {
         result = Err("the child did not read the page its parent's pager supplied");
     } else if PAGE_FAULTS.load(Ordering::Relaxed) != 1 {
         result = Err("the pager did not see exactly one fault");
-    } else if probe(child, probe_read, child_va + page) != Ok(0xfeed_0000 + page)
-        || PAGE_FAULTS.load(Ordering::Relaxed) != 1
-    {
+    } else if probe(child, probe_read, child_va + page) != Ok(0xfeed_0000 + page) || PAGE_FAULTS.load(Ordering::Relaxed) != 1 {
         result = Err("a second touch of a supplied page went to the pager again");
     } else if probe(child, probe_ud2, 0) != Err(SysError::Dead) {
         result = Err("the exception keeper did not end the thread it was asked to");
@@ -809,10 +721,7 @@ fn keepers() -> Result<(), &'static str> {
         // The faulting rip is the ud2 itself, after at most a short prologue.
         let entry = probe_ud2 as *const () as u64;
         let rip = LAST_EXCEPTION[1].load(Ordering::Relaxed);
-        if EXCEPTIONS.load(Ordering::Relaxed) != 1
-            || LAST_EXCEPTION[0].load(Ordering::Relaxed) != 6
-            || !(entry..entry + 16).contains(&rip)
-        {
+        if EXCEPTIONS.load(Ordering::Relaxed) != 1 || LAST_EXCEPTION[0].load(Ordering::Relaxed) != 6 || !(entry..entry + 16).contains(&rip) {
             println!(
                 "init: keeper saw {} exceptions, last vector {} at {rip:#x} (probe at {entry:#x})",
                 EXCEPTIONS.load(Ordering::Relaxed),
@@ -869,9 +778,7 @@ extern "C" fn holding_server(_: u64) -> ! {
     let ps = Handle(PORTSET.load(Ordering::Relaxed));
     let mut reply = [0u64; 6];
     loop {
-        let Ok((_, m)) = rt::ipc::reply_wait(ps, reply) else {
-            rt::exit(1)
-        };
+        let Ok((_, m)) = rt::ipc::reply_wait(ps, reply) else { rt::exit(1) };
         SERVER_GOT.fetch_add(1, Ordering::Relaxed);
         while HOLD.load(Ordering::Relaxed) != 0 {
             obj::yield_now();
@@ -900,8 +807,7 @@ fn checkpoint_restart() -> Result<(), &'static str> {
     const TARGET: u64 = 1 << 40;
     const MARK_A: u64 = 0xaaaa;
     const MARK_B: u64 = 0xbbbb;
-    let entry: extern "C" fn(u64) -> ! =
-        unsafe { core::mem::transmute(count_to as unsafe extern "C" fn(u64) -> !) };
+    let entry: extern "C" fn(u64) -> ! = unsafe { core::mem::transmute(count_to as unsafe extern "C" fn(u64) -> !) };
     let t1 = obj::thread_create(me, entry, stack_top(0), TARGET).map_err(|_| "thread_create")?;
     // rsi = mark: set it through the state before the thread gets far.
     obj::thread_stop(t1).map_err(|_| "thread_stop (fresh thread)")?;
@@ -917,14 +823,9 @@ fn checkpoint_restart() -> Result<(), &'static str> {
     obj::thread_stop(t1).map_err(|_| "thread_stop (computing)")?;
     let mut saved = obj::thread_get_state(t1).map_err(|_| "thread_get_state (computing)")?;
     let counted = saved.gpr[S::RBX];
-    let in_loop =
-        (count_to as *const () as u64..count_to as *const () as u64 + 32).contains(&saved.rip);
+    let in_loop = (count_to as *const () as u64..count_to as *const () as u64 + 32).contains(&saved.rip);
     if saved.gpr[S::R13] != MARK_A || !in_loop || counted >= TARGET {
-        println!(
-            "init: saved rip {:#x}, rbx {counted}, r13 {:#x}",
-            saved.rip,
-            saved.gpr[S::R13]
-        );
+        println!("init: saved rip {:#x}, rbx {counted}, r13 {:#x}", saved.rip, saved.gpr[S::R13]);
         return Err("the stopped computing thread's state is not mid-loop");
     }
     saved.gpr[S::R13] = MARK_B;
@@ -948,10 +849,8 @@ fn checkpoint_restart() -> Result<(), &'static str> {
     PORT.store(port.0, Ordering::Relaxed);
     HOLD.store(1, Ordering::Relaxed);
     SERVER_GOT.store(0, Ordering::Relaxed);
-    let server =
-        obj::thread_create(me, holding_server, stack_top(1), 0).map_err(|_| "server thread")?;
-    let c1 =
-        obj::thread_create(me, calling_client, stack_top(2), 21).map_err(|_| "client thread")?;
+    let server = obj::thread_create(me, holding_server, stack_top(1), 0).map_err(|_| "server thread")?;
+    let c1 = obj::thread_create(me, calling_client, stack_top(2), 21).map_err(|_| "client thread")?;
     while SERVER_GOT.load(Ordering::Relaxed) == 0 {
         obj::yield_now();
     }
@@ -959,12 +858,7 @@ fn checkpoint_restart() -> Result<(), &'static str> {
     let st = obj::thread_get_state(c1).map_err(|_| "thread_get_state (client)")?;
     // SAFETY: rip points into this program's own text, readable here.
     let insn = unsafe { core::ptr::read_volatile(st.rip as *const [u8; 2]) };
-    if st.version_flags != 1 | (1 << 32)
-        || insn != [0x0f, 0x05]
-        || st.gpr[S::RAX] != rt::nr::IPC_CALL
-        || st.gpr[S::RDI] != port.0
-        || st.gpr[S::RSI] != 21
-    {
+    if st.version_flags != 1 | (1 << 32) || insn != [0x0f, 0x05] || st.gpr[S::RAX] != rt::nr::IPC_CALL || st.gpr[S::RDI] != port.0 || st.gpr[S::RSI] != 21 {
         return Err("a client stopped mid-call is not exported as about to make the same call");
     }
     let c2 = obj::thread_create_stopped(me).map_err(|_| "thread_create_stopped")?;
@@ -1012,8 +906,7 @@ fn border_control() -> Result<(), &'static str> {
     let port = rt::ipc::port_create(ps, 7).map_err(|_| "port_create")?;
     PORTSET.store(ps.0, Ordering::Relaxed);
     HOLD.store(0, Ordering::Relaxed);
-    let server =
-        obj::thread_create(me, holding_server, stack_top(1), 0).map_err(|_| "server thread")?;
+    let server = obj::thread_create(me, holding_server, stack_top(1), 0).map_err(|_| "server thread")?;
     let child = obj::space_create(me).map_err(|_| "space_create")?;
     let stacks = rt::memory::ROOT_ANONYMOUS_BASE + 0x80000;
     // SAFETY: pre-touch the probe stack (the root's demand-zero memory).
@@ -1036,9 +929,7 @@ fn border_control() -> Result<(), &'static str> {
     if result.is_ok() && obj::transfer(child, weak, rights::SEND) != Err(SysError::MissingRights) {
         result = Err("a handle without TRANSFER was transferred");
     }
-    if result.is_ok()
-        && obj::transfer(child, port, rights::ALL | (1 << 20)) != Err(SysError::InvalidArgument)
-    {
+    if result.is_ok() && obj::transfer(child, port, rights::ALL | (1 << 20)) != Err(SysError::InvalidArgument) {
         result = Err("unknown right bits were transferred");
     }
     let _ = obj::thread_kill(server);
@@ -1101,9 +992,7 @@ mod encapsulation {
         let ps = Handle(PAGER_PS.load(Ordering::Relaxed));
         let mut reply = [0u64; 6];
         loop {
-            let Ok((_, msg)) = rt::ipc::reply_wait(ps, reply) else {
-                rt::exit(1)
-            };
+            let Ok((_, msg)) = rt::ipc::reply_wait(ps, reply) else { rt::exit(1) };
             PAGER_SEEN.fetch_add(1, Ordering::Relaxed);
             while PAGER_HOLD.load(Ordering::Relaxed) != 0 {
                 obj::yield_now();
@@ -1131,33 +1020,22 @@ mod encapsulation {
         let ps = rt::ipc::portset_create().map_err(|_| "portset")?;
         let port = rt::ipc::port_create(ps, 7).map_err(|_| "port")?;
         PORTSET.store(ps.0, Ordering::Relaxed);
-        let server =
-            obj::thread_create(me, holding_server, stack_top(1), 0).map_err(|_| "server")?;
+        let server = obj::thread_create(me, holding_server, stack_top(1), 0).map_err(|_| "server")?;
         let pager_ps = rt::ipc::portset_create().map_err(|_| "portset")?;
         let pager_port = rt::ipc::port_create(pager_ps, 9).map_err(|_| "port")?;
         PAGER_PS.store(pager_ps.0, Ordering::Relaxed);
         let pager = obj::thread_create(me, holding_pager, stack_top(3), 0).map_err(|_| "pager")?;
         let (start, end) = m::readonly_image();
-        let text = m::region_create(me, start, end - start, m::READ | m::EXECUTE)
-            .map_err(|_| "text region")?;
+        let text = m::region_create(me, start, end - start, m::READ | m::EXECUTE).map_err(|_| "text region")?;
         let stacks_at = m::ROOT_ANONYMOUS_BASE + 0x30_0000;
         for page in 0..STACK_PAGES {
             // SAFETY: pre-touch the stacks in the root's demand-zero memory.
             unsafe { core::ptr::write_volatile((stacks_at + page * 4096) as *mut u64, 0) };
         }
-        let stacks = m::region_create(me, stacks_at, STACK_PAGES * 4096, m::READ | m::WRITE)
-            .map_err(|_| "stack region")?;
+        let stacks = m::region_create(me, stacks_at, STACK_PAGES * 4096, m::READ | m::WRITE).map_err(|_| "stack region")?;
         let hole = m::region_create(me, HOLE2, 16 * 4096, m::READ).map_err(|_| "hole region")?;
         m::region_set_keeper(hole, Some(pager_port)).map_err(|_| "set keeper")?;
-        Ok(Parent {
-            ps,
-            port,
-            server,
-            pager_ps,
-            pager_port,
-            pager,
-            regions: [text, stacks, hole],
-        })
+        Ok(Parent { ps, port, server, pager_ps, pager_port, pager, regions: [text, stacks, hole] })
     }
 
     fn parent_teardown(p: Parent) {
@@ -1179,26 +1057,9 @@ mod encapsulation {
         let me = obj::self_space();
         let child = obj::space_create(me).map_err(|_| "space_create")?;
         let (start, end) = m::readonly_image();
-        m::mapping_create(
-            p.regions[0],
-            child,
-            start,
-            0,
-            end - start,
-            m::READ | m::EXECUTE,
-        )
-        .map_err(|_| "text mapping")?;
-        m::mapping_create(
-            p.regions[1],
-            child,
-            CODE_STACKS,
-            0,
-            STACK_PAGES * 4096,
-            m::READ | m::WRITE,
-        )
-        .map_err(|_| "stack mapping")?;
-        m::mapping_create(p.regions[2], child, CHILD_HOLE, 0, 16 * 4096, m::READ)
-            .map_err(|_| "hole mapping")?;
+        m::mapping_create(p.regions[0], child, start, 0, end - start, m::READ | m::EXECUTE).map_err(|_| "text mapping")?;
+        m::mapping_create(p.regions[1], child, CODE_STACKS, 0, STACK_PAGES * 4096, m::READ | m::WRITE).map_err(|_| "stack mapping")?;
+        m::mapping_create(p.regions[2], child, CHILD_HOLE, 0, 16 * 4096, m::READ).map_err(|_| "hole mapping")?;
         let server_in_child = obj::transfer(child, p.port, rights::SEND).map_err(|_| "transfer")?;
         Ok((child, server_in_child))
     }
@@ -1220,11 +1081,8 @@ mod encapsulation {
         s.gpr[obj::ThreadState::RSP] = stack(0);
         obj::thread_set_state(compute, &s).map_err(|_| "set_state")?;
         obj::thread_resume(compute).map_err(|_| "resume")?;
-        let client =
-            obj::thread_create(child, calling_client_in_child, stack(1), server_in_child.0)
-                .map_err(|_| "client thread")?;
-        let reader = obj::thread_create(child, probe_read, stack(2), CHILD_HOLE + PAGE)
-            .map_err(|_| "reader thread")?;
+        let client = obj::thread_create(child, calling_client_in_child, stack(1), server_in_child.0).map_err(|_| "client thread")?;
+        let reader = obj::thread_create(child, probe_read, stack(2), CHILD_HOLE + PAGE).map_err(|_| "reader thread")?;
         Ok([compute, client, reader])
     }
 
@@ -1273,8 +1131,7 @@ mod encapsulation {
         }
         let mut imported = [Handle(0); 8];
         for (i, r) in records.iter().take(n).enumerate() {
-            imported[i] =
-                obj::import(child, Handle(r.handle), r.rights).map_err(|_| "handle_import")?;
+            imported[i] = obj::import(child, Handle(r.handle), r.rights).map_err(|_| "handle_import")?;
         }
         // Destroy the whole child (its threads die; its memory is the parent's).
         obj::space_destroy(child).map_err(|_| "space_destroy")?;
@@ -1286,35 +1143,16 @@ mod encapsulation {
         let me = obj::self_space();
         let rebuilt = obj::space_create(me).map_err(|_| "space_create (rebuild)")?;
         let (start, end) = m::readonly_image();
-        m::mapping_create(
-            p.regions[0],
-            rebuilt,
-            start,
-            0,
-            end - start,
-            m::READ | m::EXECUTE,
-        )
-        .map_err(|_| "remap text")?;
-        m::mapping_create(
-            p.regions[1],
-            rebuilt,
-            CODE_STACKS,
-            0,
-            STACK_PAGES * 4096,
-            m::READ | m::WRITE,
-        )
-        .map_err(|_| "remap stacks")?;
-        m::mapping_create(p.regions[2], rebuilt, CHILD_HOLE, 0, 16 * 4096, m::READ)
-            .map_err(|_| "remap hole")?;
+        m::mapping_create(p.regions[0], rebuilt, start, 0, end - start, m::READ | m::EXECUTE).map_err(|_| "remap text")?;
+        m::mapping_create(p.regions[1], rebuilt, CODE_STACKS, 0, STACK_PAGES * 4096, m::READ | m::WRITE).map_err(|_| "remap stacks")?;
+        m::mapping_create(p.regions[2], rebuilt, CHILD_HOLE, 0, 16 * 4096, m::READ).map_err(|_| "remap hole")?;
         for (i, r) in records.iter().take(n).enumerate() {
-            obj::transfer_at(rebuilt, imported[i], r.rights, Handle(r.handle))
-                .map_err(|_| "handle_transfer_at")?;
+            obj::transfer_at(rebuilt, imported[i], r.rights, Handle(r.handle)).map_err(|_| "handle_transfer_at")?;
         }
         let mut new_threads = [Handle(0); 3];
         for (i, s) in states.iter().enumerate() {
             let t = obj::thread_create_stopped(rebuilt).map_err(|_| "thread_create_stopped")?;
-            obj::thread_set_state(t, s.as_ref().ok_or("no state")?)
-                .map_err(|_| "thread_set_state")?;
+            obj::thread_set_state(t, s.as_ref().ok_or("no state")?).map_err(|_| "thread_set_state")?;
             new_threads[i] = t;
         }
         // Resume and let the parent's services go on.
@@ -1330,10 +1168,7 @@ mod encapsulation {
         }
         take_back_supplied_page();
         parent_teardown(p);
-        if undisturbed != disturbed
-            || undisturbed[0] != Ok(COUNT ^ MARK)
-            || undisturbed[1] != Ok(42)
-        {
+        if undisturbed != disturbed || undisturbed[0] != Ok(COUNT ^ MARK) || undisturbed[1] != Ok(42) {
             println!("init: undisturbed {undisturbed:?}, rebuilt {disturbed:?}");
             return Err("the rebuilt child's output differs from the undisturbed run");
         }
@@ -1402,8 +1237,7 @@ fn oneway_ipc() -> Result<(), &'static str> {
     for a in [&ONEWAY_COUNT, &ONEWAY_SUM, &ONEWAY_DISORDER] {
         a.store(0, Ordering::Relaxed);
     }
-    let receiver =
-        obj::thread_create(me, oneway_receiver, stack_top(0), N).map_err(|_| "receiver")?;
+    let receiver = obj::thread_create(me, oneway_receiver, stack_top(0), N).map_err(|_| "receiver")?;
     obj::thread_set_affinity(receiver, 1 << (cpus - 1)).map_err(|_| "affinity")?;
     let sender = obj::thread_create(me, oneway_sender, stack_top(1), N).map_err(|_| "sender")?;
     obj::thread_set_affinity(sender, 1).map_err(|_| "affinity")?;
@@ -1411,10 +1245,7 @@ fn oneway_ipc() -> Result<(), &'static str> {
     for h in [sender, receiver, port, ps] {
         let _ = obj::close(h);
     }
-    if !ok
-        || ONEWAY_COUNT.load(Ordering::Relaxed) != N
-        || ONEWAY_SUM.load(Ordering::Relaxed) != N * (N - 1) / 2
-    {
+    if !ok || ONEWAY_COUNT.load(Ordering::Relaxed) != N || ONEWAY_SUM.load(Ordering::Relaxed) != N * (N - 1) / 2 {
         return Err("one-way messages were lost or duplicated");
     }
     if ONEWAY_DISORDER.load(Ordering::Relaxed) != 0 {
@@ -1432,16 +1263,13 @@ fn heap() -> Result<(), &'static str> {
     use alloc::vec::Vec;
     let before = rt::heap::free_bytes();
     let mut v: Vec<u64> = Vec::new();
-    v.try_reserve(1 << 20)
-        .map_err(|_| "could not reserve 8 MiB")?;
+    v.try_reserve(1 << 20).map_err(|_| "could not reserve 8 MiB")?;
     v.extend((0..1u64 << 20).map(|i| i.wrapping_mul(0x9e37_79b9)));
     let mut m = BTreeMap::new();
     for i in 0..5000u64 {
         m.insert(i, alloc::format!("{i}"));
     }
-    if v[123_456] != 123_456u64.wrapping_mul(0x9e37_79b9)
-        || m.get(&4321).map(|s| s.as_str()) != Some("4321")
-    {
+    if v[123_456] != 123_456u64.wrapping_mul(0x9e37_79b9) || m.get(&4321).map(|s| s.as_str()) != Some("4321") {
         return Err("heap data corrupted");
     }
     drop((v, m));
@@ -1464,29 +1292,15 @@ fn object_state() -> Result<(), &'static str> {
     let port = rt::ipc::port_create(ps, 0xa1).map_err(|_| "port")?;
     let child = obj::space_create(me).map_err(|_| "space")?;
     obj::space_set_keeper(child, Some(port)).map_err(|_| "keeper")?;
-    let region =
-        m::region_create(me, m::ROOT_ANONYMOUS_BASE, 4096, m::READ).map_err(|_| "region")?;
-    let mapping =
-        m::mapping_create(region, child, 0x1000_0000, 0, 4096, m::READ).map_err(|_| "mapping")?;
+    let region = m::region_create(me, m::ROOT_ANONYMOUS_BASE, 4096, m::READ).map_err(|_| "region")?;
+    let mapping = m::mapping_create(region, child, 0x1000_0000, 0, 4096, m::READ).map_err(|_| "mapping")?;
     let mutex = rt::sync::Mutex::new(0u32).map_err(|_| "mutex")?;
     let mut result = Ok(());
     let checks: [(Handle, [u64; 6], &str); 5] = [
         (port, [3, 0xa1, ps.0, 0, 0, 0], "port: alias and portset"),
-        (
-            child,
-            [1, port.0, 0, 0, 0, 0],
-            "space: keeper, handles, children",
-        ),
-        (
-            region,
-            [5, m::ROOT_ANONYMOUS_BASE, 4096, m::READ, me.0, 0],
-            "region: range, rights, space",
-        ),
-        (
-            mapping,
-            [6, 0x1000_0000, 0, 4096, m::READ, region.0],
-            "mapping: placement, rights, region",
-        ),
+        (child, [1, port.0, 0, 0, 0, 0], "space: keeper, handles, children"),
+        (region, [5, m::ROOT_ANONYMOUS_BASE, 4096, m::READ, me.0, 0], "region: range, rights, space"),
+        (mapping, [6, 0x1000_0000, 0, 4096, m::READ, region.0], "mapping: placement, rights, region"),
         (ps, [4, 0, 0, 0, 0, 0], "portset"),
     ];
     for (h, want, what) in checks {
@@ -1544,13 +1358,9 @@ fn references() -> Result<(), &'static str> {
         result = Err("a reference does not compare equal to its object");
     } else if obj::reference_compare(r, ps) != Ok(false) {
         result = Err("a reference compares equal to another object");
-    } else if obj::info(r).map(|(t, _)| t) != Ok(types::REFERENCE)
-        || obj::object_get_state(r) != Ok([9, types::PORT as u64, 0, 0, 0, 0])
-    {
+    } else if obj::info(r).map(|(t, _)| t) != Ok(types::REFERENCE) || obj::object_get_state(r) != Ok([9, types::PORT as u64, 0, 0, 0, 0]) {
         result = Err("a reference does not report its type and its target's");
-    } else if rt::ipc::send(r, [0; 6]) != Err(SysError::MissingRights)
-        && rt::ipc::send(r, [0; 6]) != Err(SysError::WrongType)
-    {
+    } else if rt::ipc::send(r, [0; 6]) != Err(SysError::MissingRights) && rt::ipc::send(r, [0; 6]) != Err(SysError::WrongType) {
         result = Err("a reference gave access to the port");
     }
     for h in [r2, r, port, ps] {
@@ -1608,135 +1418,24 @@ fn hostile_arguments() -> Result<(), &'static str> {
     // SAFETY (all raw calls below): the kernel validates every argument;
     // these calls only ever fail.
     unsafe {
-        expect(
-            "system_info into read-only text",
-            rt::decode(rt::syscall2(rt::nr::SYSTEM_INFO, text, 32)),
-            SysError::BadPointer,
-        );
-        expect(
-            "system_info into the kernel",
-            rt::decode(rt::syscall2(rt::nr::SYSTEM_INFO, KERNEL_ADDRESS, 32)),
-            SysError::BadPointer,
-        );
-        expect(
-            "space_enumerate beyond the quota",
-            rt::decode(rt::syscall4(
-                rt::nr::SPACE_ENUMERATE,
-                me.0,
-                text,
-                1 << 20,
-                0,
-            )),
-            SysError::BadSize,
-        );
-        expect(
-            "thread at a kernel address",
-            rt::decode(rt::syscall4(
-                rt::nr::THREAD_CREATE,
-                me.0,
-                KERNEL_ADDRESS,
-                0x7000_0000,
-                0,
-            )),
-            SysError::BadPointer,
-        );
-        expect(
-            "thread with a kernel stack",
-            rt::decode(rt::syscall4(
-                rt::nr::THREAD_CREATE,
-                me.0,
-                text,
-                KERNEL_ADDRESS,
-                0,
-            )),
-            SysError::BadPointer,
-        );
-        expect(
-            "mutex_wait on a kernel address",
-            rt::decode(rt::syscall4(rt::nr::MUTEX_WAIT, 0, KERNEL_ADDRESS, 0, 0)),
-            SysError::BadHandle,
-        );
-        expect(
-            "region of zero bytes",
-            rt::decode(rt::syscall4(
-                rt::nr::REGION_CREATE,
-                me.0,
-                m::ROOT_ANONYMOUS_BASE,
-                0,
-                1,
-            )),
-            SysError::BadSize,
-        );
-        expect(
-            "region in the kernel half",
-            rt::decode(rt::syscall4(
-                rt::nr::REGION_CREATE,
-                me.0,
-                KERNEL_ADDRESS,
-                4096,
-                1,
-            )),
-            SysError::BadPointer,
-        );
-        expect(
-            "region with unknown rights",
-            rt::decode(rt::syscall4(
-                rt::nr::REGION_CREATE,
-                me.0,
-                m::ROOT_ANONYMOUS_BASE,
-                4096,
-                8,
-            )),
-            SysError::InvalidArgument,
-        );
-        expect(
-            "thread_get_state into the kernel",
-            rt::decode(rt::syscall4(
-                rt::nr::THREAD_GET_STATE,
-                0,
-                KERNEL_ADDRESS,
-                152,
-                0,
-            )),
-            SysError::BadHandle,
-        );
-        expect(
-            "handle_transfer_at to value 0",
-            rt::decode(rt::syscall4(rt::nr::HANDLE_TRANSFER_AT, me.0, me.0, 0, 0)),
-            SysError::InvalidArgument,
-        );
-        expect(
-            "priority out of range",
-            rt::decode(rt::syscall2(rt::nr::THREAD_SET_PRIORITY, 0, 1000)),
-            SysError::InvalidArgument,
-        );
+        expect("system_info into read-only text", rt::decode(rt::syscall2(rt::nr::SYSTEM_INFO, text, 32)), SysError::BadPointer);
+        expect("system_info into the kernel", rt::decode(rt::syscall2(rt::nr::SYSTEM_INFO, KERNEL_ADDRESS, 32)), SysError::BadPointer);
+        expect("space_enumerate beyond the quota", rt::decode(rt::syscall4(rt::nr::SPACE_ENUMERATE, me.0, text, 1 << 20, 0)), SysError::BadSize);
+        expect("thread at a kernel address", rt::decode(rt::syscall4(rt::nr::THREAD_CREATE, me.0, KERNEL_ADDRESS, 0x7000_0000, 0)), SysError::BadPointer);
+        expect("thread with a kernel stack", rt::decode(rt::syscall4(rt::nr::THREAD_CREATE, me.0, text, KERNEL_ADDRESS, 0)), SysError::BadPointer);
+        expect("mutex_wait on a kernel address", rt::decode(rt::syscall4(rt::nr::MUTEX_WAIT, 0, KERNEL_ADDRESS, 0, 0)), SysError::BadHandle);
+        expect("region of zero bytes", rt::decode(rt::syscall4(rt::nr::REGION_CREATE, me.0, m::ROOT_ANONYMOUS_BASE, 0, 1)), SysError::BadSize);
+        expect("region in the kernel half", rt::decode(rt::syscall4(rt::nr::REGION_CREATE, me.0, KERNEL_ADDRESS, 4096, 1)), SysError::BadPointer);
+        expect("region with unknown rights", rt::decode(rt::syscall4(rt::nr::REGION_CREATE, me.0, m::ROOT_ANONYMOUS_BASE, 4096, 8)), SysError::InvalidArgument);
+        expect("thread_get_state into the kernel", rt::decode(rt::syscall4(rt::nr::THREAD_GET_STATE, 0, KERNEL_ADDRESS, 152, 0)), SysError::BadHandle);
+        expect("handle_transfer_at to value 0", rt::decode(rt::syscall4(rt::nr::HANDLE_TRANSFER_AT, me.0, me.0, 0, 0)), SysError::InvalidArgument);
+        expect("priority out of range", rt::decode(rt::syscall2(rt::nr::THREAD_SET_PRIORITY, 0, 1000)), SysError::InvalidArgument);
     }
-    let mutex_queue =
-        unsafe { rt::decode(rt::syscall0(rt::nr::MUTEX_CREATE)) }.map_err(|_| "mutex_create")?;
+    let mutex_queue = unsafe { rt::decode(rt::syscall0(rt::nr::MUTEX_CREATE)) }.map_err(|_| "mutex_create")?;
     // SAFETY: as above.
     unsafe {
-        expect(
-            "mutex_wait unaligned",
-            rt::decode(rt::syscall4(
-                rt::nr::MUTEX_WAIT,
-                mutex_queue,
-                m::ROOT_ANONYMOUS_BASE + 1,
-                0,
-                0,
-            )),
-            SysError::BadPointer,
-        );
-        expect(
-            "mutex_wait on the kernel",
-            rt::decode(rt::syscall4(
-                rt::nr::MUTEX_WAIT,
-                mutex_queue,
-                KERNEL_ADDRESS,
-                0,
-                0,
-            )),
-            SysError::BadPointer,
-        );
+        expect("mutex_wait unaligned", rt::decode(rt::syscall4(rt::nr::MUTEX_WAIT, mutex_queue, m::ROOT_ANONYMOUS_BASE + 1, 0, 0)), SysError::BadPointer);
+        expect("mutex_wait on the kernel", rt::decode(rt::syscall4(rt::nr::MUTEX_WAIT, mutex_queue, KERNEL_ADDRESS, 0, 0)), SysError::BadPointer);
     }
     // A thread made to jump into the kernel through set_state: refused.
     let t = obj::thread_create_stopped(me).map_err(|_| "thread_create_stopped")?;
@@ -1920,23 +1619,15 @@ mod bench {
         rt::exit(0)
     }
 
-    fn ipc_bench(
-        name: &str,
-        cpus: u64,
-        server_cpu: u64,
-        client_cpu: u64,
-        rounds: usize,
-    ) -> Result<(), &'static str> {
+    fn ipc_bench(name: &str, cpus: u64, server_cpu: u64, client_cpu: u64, rounds: usize) -> Result<(), &'static str> {
         let me = obj::self_space();
         let ps = rt::ipc::portset_create().map_err(|_| "portset_create failed")?;
         let port = rt::ipc::port_create(ps, ALIAS).map_err(|_| "port_create failed")?;
         PORTSET.store(ps.0, Ordering::Relaxed);
         PORT.store(port.0, Ordering::Relaxed);
-        let server = obj::thread_create(me, echo_server, stack_top(0), 0)
-            .map_err(|_| "thread_create failed")?;
+        let server = obj::thread_create(me, echo_server, stack_top(0), 0).map_err(|_| "thread_create failed")?;
         obj::thread_set_affinity(server, 1 << server_cpu).map_err(|_| "affinity failed")?;
-        let client = obj::thread_create(me, timed_client, stack_top(1), rounds as u64)
-            .map_err(|_| "thread_create failed")?;
+        let client = obj::thread_create(me, timed_client, stack_top(1), rounds as u64).map_err(|_| "thread_create failed")?;
         obj::thread_set_affinity(client, 1 << client_cpu).map_err(|_| "affinity failed")?;
         let done = obj::thread_wait(client, true);
         let _ = obj::thread_kill(server);
@@ -1970,9 +1661,7 @@ mod bench {
     extern "C" fn pair_receiver(pair: u64) -> ! {
         let ps = Handle(PAIR_PORTSETS[pair as usize].load(Ordering::Relaxed));
         let s = samples();
-        let Ok(_) = rt::ipc::receive(ps) else {
-            rt::exit(1)
-        };
+        let Ok(_) = rt::ipc::receive(ps) else { rt::exit(1) };
         let start = tsc();
         let mut last = start;
         for i in 1..ONEWAY_MESSAGES as usize {
@@ -2003,17 +1692,11 @@ mod bench {
             objects[2 * p + 1] = port;
         }
         for p in 0..pairs {
-            let (send_cpu, recv_cpu) = if cpus >= 2 {
-                (2 * p as u64, 2 * p as u64 + 1)
-            } else {
-                (0, 0)
-            };
+            let (send_cpu, recv_cpu) = if cpus >= 2 { (2 * p as u64, 2 * p as u64 + 1) } else { (0, 0) };
             let stacks = rt::memory::ROOT_ANONYMOUS_BASE + 0x40_0000 + p as u64 * 0x4_0000;
-            let r = obj::thread_create(me, pair_receiver, stacks + 0x1_0000, p as u64)
-                .map_err(|_| "receiver")?;
+            let r = obj::thread_create(me, pair_receiver, stacks + 0x1_0000, p as u64).map_err(|_| "receiver")?;
             obj::thread_set_affinity(r, 1 << recv_cpu).map_err(|_| "affinity")?;
-            let s = obj::thread_create(me, pair_sender, stacks + 0x3_0000, p as u64)
-                .map_err(|_| "sender")?;
+            let s = obj::thread_create(me, pair_sender, stacks + 0x3_0000, p as u64).map_err(|_| "sender")?;
             obj::thread_set_affinity(s, 1 << send_cpu).map_err(|_| "affinity")?;
             threads[2 * p] = r;
             threads[2 * p + 1] = s;
@@ -2026,13 +1709,8 @@ mod bench {
         for h in threads.iter().chain(objects.iter()).take(4 * pairs) {
             let _ = obj::close(*h);
         }
-        let slowest = (0..pairs)
-            .map(|p| PAIR_CYCLES[p].load(Ordering::Relaxed))
-            .max()
-            .unwrap_or(1)
-            .max(1);
-        let msgs_per_sec =
-            (pairs as u64 * (ONEWAY_MESSAGES - 1)) as u128 * tsc_hz as u128 / slowest as u128;
+        let slowest = (0..pairs).map(|p| PAIR_CYCLES[p].load(Ordering::Relaxed)).max().unwrap_or(1).max(1);
+        let msgs_per_sec = (pairs as u64 * (ONEWAY_MESSAGES - 1)) as u128 * tsc_hz as u128 / slowest as u128;
         let n = ONEWAY_MESSAGES as usize - 1;
         let s = &mut samples()[..n];
         s.sort_unstable();
@@ -2059,11 +1737,7 @@ mod bench {
             *slot = tsc() - t0;
         }
         report("null_syscall", cpus, N);
-        let same_cpu = if obj::start_flags() & 2 != 0 {
-            "ipc_rt_slowpath"
-        } else {
-            "ipc_rt_fastpath"
-        };
+        let same_cpu = if obj::start_flags() & 2 != 0 { "ipc_rt_slowpath" } else { "ipc_rt_fastpath" };
         if let Err(e) = ipc_bench(same_cpu, cpus, 0, 0, N) {
             println!("bench: {e}");
             return 2;
@@ -2075,11 +1749,7 @@ mod bench {
             }
         }
         if cpus >= 2 {
-            let cross = if obj::start_flags() & 8 != 0 {
-                "ipc_rt_cross_cpu_blocking"
-            } else {
-                "ipc_rt_cross_cpu_polled"
-            };
+            let cross = if obj::start_flags() & 8 != 0 { "ipc_rt_cross_cpu_blocking" } else { "ipc_rt_cross_cpu_polled" };
             if let Err(e) = ipc_bench(cross, cpus, 1, 0, N / 4) {
                 println!("bench: {e}");
                 return 3;

@@ -112,36 +112,18 @@ pub struct Record {
 /// how many handles it holds in all.
 pub fn space_enumerate(space: Handle, out: &mut [Record]) -> Result<usize, SysError> {
     // SAFETY: the kernel writes at most out.len() 16-byte records into `out`.
-    decode(unsafe {
-        syscall4(
-            nr::SPACE_ENUMERATE,
-            space.0,
-            out.as_mut_ptr() as u64,
-            out.len() as u64,
-            0,
-        )
-    })
-    .map(|n| n as usize)
+    decode(unsafe { syscall4(nr::SPACE_ENUMERATE, space.0, out.as_mut_ptr() as u64, out.len() as u64, 0) })
+        .map(|n| n as usize)
 }
 
 /// Starts a thread in `space` (needs CREATE) at `entry` with `arg` in rdi
 /// on the stack ending at `stack_top`.
-pub fn thread_create(
-    space: Handle,
-    entry: extern "C" fn(u64) -> !,
-    stack_top: u64,
-    arg: u64,
-) -> Result<Handle, SysError> {
+pub fn thread_create(space: Handle, entry: extern "C" fn(u64) -> !, stack_top: u64, arg: u64) -> Result<Handle, SysError> {
     thread_create_raw(space, entry as usize as u64, stack_top, arg)
 }
 
 /// `thread_create` with an arbitrary entry address (for other spaces).
-pub fn thread_create_raw(
-    space: Handle,
-    rip: u64,
-    stack_top: u64,
-    arg: u64,
-) -> Result<Handle, SysError> {
+pub fn thread_create_raw(space: Handle, rip: u64, stack_top: u64, arg: u64) -> Result<Handle, SysError> {
     // SAFETY: the new thread runs code the caller chose; the kernel checks the addresses are user addresses.
     decode(unsafe { syscall4(nr::THREAD_CREATE, space.0, rip, stack_top, arg) }).map(Handle)
 }
@@ -180,13 +162,7 @@ pub fn system_info() -> Result<SystemInfo, SysError> {
     let mut raw = [0u64; 5];
     // SAFETY: the kernel writes at most 40 bytes into `raw`.
     decode(unsafe { syscall2(nr::SYSTEM_INFO, raw.as_mut_ptr() as u64, 40) })?;
-    Ok(SystemInfo {
-        managed_frames: raw[0],
-        free_frames: raw[1],
-        cpus: raw[2],
-        tsc_hz: raw[3],
-        fast_ipc_switches: raw[4],
-    })
+    Ok(SystemInfo { managed_frames: raw[0], free_frames: raw[1], cpus: raw[2], tsc_hz: raw[3], fast_ipc_switches: raw[4] })
 }
 
 /// Sends the exceptions of `space`'s threads to `port` (`None` clears it).
@@ -231,21 +207,10 @@ pub fn thread_resume(h: Handle) -> Result<(), SysError> {
 }
 
 pub fn thread_get_state(h: Handle) -> Result<ThreadState, SysError> {
-    let mut s = ThreadState {
-        version_flags: 0,
-        gpr: [0; 16],
-        rip: 0,
-        rflags: 0,
-    };
+    let mut s = ThreadState { version_flags: 0, gpr: [0; 16], rip: 0, rflags: 0 };
     // SAFETY: the kernel writes exactly size_of::<ThreadState>() bytes into `s`.
     decode(unsafe {
-        crate::syscall4(
-            nr::THREAD_GET_STATE,
-            h.0,
-            &mut s as *mut ThreadState as u64,
-            core::mem::size_of::<ThreadState>() as u64,
-            0,
-        )
+        crate::syscall4(nr::THREAD_GET_STATE, h.0, &mut s as *mut ThreadState as u64, core::mem::size_of::<ThreadState>() as u64, 0)
     })?;
     Ok(s)
 }
@@ -253,13 +218,7 @@ pub fn thread_get_state(h: Handle) -> Result<ThreadState, SysError> {
 pub fn thread_set_state(h: Handle, s: &ThreadState) -> Result<(), SysError> {
     // SAFETY: the kernel reads size_of::<ThreadState>() bytes from `s`.
     decode(unsafe {
-        crate::syscall4(
-            nr::THREAD_SET_STATE,
-            h.0,
-            s as *const ThreadState as u64,
-            core::mem::size_of::<ThreadState>() as u64,
-            0,
-        )
+        crate::syscall4(nr::THREAD_SET_STATE, h.0, s as *const ThreadState as u64, core::mem::size_of::<ThreadState>() as u64, 0)
     })
     .map(|_| ())
 }
@@ -274,23 +233,20 @@ pub fn thread_create_stopped(space: Handle) -> Result<Handle, SysError> {
 /// subset; `h` needs TRANSFER). Returns the handle's value in that space.
 pub fn transfer(space: Handle, h: Handle, rights: u32) -> Result<Handle, SysError> {
     // SAFETY: no memory arguments.
-    decode(unsafe { crate::syscall4(nr::HANDLE_TRANSFER, space.0, h.0, rights as u64, 0) })
-        .map(Handle)
+    decode(unsafe { crate::syscall4(nr::HANDLE_TRANSFER, space.0, h.0, rights as u64, 0) }).map(Handle)
 }
 
 /// A handle in this program's table to the object behind `h` in `space`'s
 /// table (needs GET_STATE on `space`).
 pub fn import(space: Handle, h: Handle, rights: u32) -> Result<Handle, SysError> {
     // SAFETY: no memory arguments.
-    decode(unsafe { crate::syscall4(nr::HANDLE_IMPORT, space.0, h.0, rights as u64, 0) })
-        .map(Handle)
+    decode(unsafe { crate::syscall4(nr::HANDLE_IMPORT, space.0, h.0, rights as u64, 0) }).map(Handle)
 }
 
 /// `transfer`, at exactly the handle value `value` in `space`'s table.
 pub fn transfer_at(space: Handle, h: Handle, rights: u32, value: Handle) -> Result<(), SysError> {
     // SAFETY: no memory arguments.
-    decode(unsafe { crate::syscall4(nr::HANDLE_TRANSFER_AT, space.0, h.0, rights as u64, value.0) })
-        .map(|_| ())
+    decode(unsafe { crate::syscall4(nr::HANDLE_TRANSFER_AT, space.0, h.0, rights as u64, value.0) }).map(|_| ())
 }
 
 /// The state of a region `[5, start, size, max, 0]` or mapping

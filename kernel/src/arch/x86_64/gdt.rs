@@ -75,10 +75,8 @@ pub fn load(percpu: &'static PerCpu, ist_tops: [u64; 3]) {
     tss.ist[(IST_DOUBLE_FAULT - 1) as usize] = ist_tops[0];
     tss.ist[(IST_NMI - 1) as usize] = ist_tops[1];
     tss.ist[(IST_MACHINE_CHECK - 1) as usize] = ist_tops[2];
-    let (tss_low, tss_high) = tss_descriptor(
-        tss as *const Tss as u64,
-        core::mem::size_of::<Tss>() as u32 - 1,
-    );
+    let (tss_low, tss_high) =
+        tss_descriptor(tss as *const Tss as u64, core::mem::size_of::<Tss>() as u32 - 1);
     gdt.0 = [
         0,
         0x00af_9a00_0000_ffff, // kernel code, 64-bit
@@ -93,10 +91,7 @@ pub fn load(percpu: &'static PerCpu, ist_tops: [u64; 3]) {
         limit: u16,
         base: u64,
     }
-    let ptr = Pointer {
-        limit: core::mem::size_of::<Gdt>() as u16 - 1,
-        base: gdt as *const Gdt as u64,
-    };
+    let ptr = Pointer { limit: core::mem::size_of::<Gdt>() as u16 - 1, base: gdt as *const Gdt as u64 };
     // SAFETY: the GDT lives in a static PerCpu; the selectors reloaded below
     // index its kernel code/data entries, and the TSS entry is well formed.
     unsafe {

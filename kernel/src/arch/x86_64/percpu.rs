@@ -102,9 +102,7 @@ pub fn this_cpu() -> &'static PerCpu {
     let addr: usize;
     // SAFETY: once GS_READY is set on the boot CPU, every CPU that runs kernel
     // code has installed its GS base (APs do so before touching anything else).
-    unsafe {
-        core::arch::asm!("mov {}, gs:[0]", out(reg) addr, options(nostack, preserves_flags, readonly))
-    };
+    unsafe { core::arch::asm!("mov {}, gs:[0]", out(reg) addr, options(nostack, preserves_flags, readonly)) };
     if addr == 0 {
         return &CPUS[0];
     }

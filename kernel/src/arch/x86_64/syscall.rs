@@ -184,9 +184,7 @@ pub unsafe fn prepare_parked_resume(frame: u64) -> u64 {
     // stub keeps free on the caller's own stack (the contract above).
     unsafe {
         words.add(SWITCH_FRAME_WORDS - 2).write(0);
-        words
-            .add(SWITCH_FRAME_WORDS - 1)
-            .write(ipc_parked_resume as unsafe extern "C" fn() as usize as u64);
+        words.add(SWITCH_FRAME_WORDS - 1).write(ipc_parked_resume as unsafe extern "C" fn() as usize as u64);
     }
     rsp
 }
@@ -199,18 +197,14 @@ extern "C" {
 pub fn init_this_cpu() -> Result<(), super::paging::MapError> {
     let entry_stack = stack::alloc(ENTRY_STACK_PAGES)?;
     let me = percpu::this_cpu();
-    me.syscall_kernel_rsp
-        .store(entry_stack.top, Ordering::Relaxed);
+    me.syscall_kernel_rsp.store(entry_stack.top, Ordering::Relaxed);
     gdt::set_ring0_stack(me, entry_stack.top);
     // SAFETY: STAR/LSTAR/FMASK configure `syscall` to enter at
     // `syscall_entry` with the kernel selectors and interrupts, direction,
     // trap and alignment-check flags cleared; EFER.SCE enables the instruction.
     unsafe {
         cpu::write_msr(MSR_STAR, ((KERNEL_CS as u64) << 32) | (0x10u64 << 48));
-        cpu::write_msr(
-            MSR_LSTAR,
-            syscall_entry as unsafe extern "C" fn() as usize as u64,
-        );
+        cpu::write_msr(MSR_LSTAR, syscall_entry as unsafe extern "C" fn() as usize as u64);
         cpu::write_msr(MSR_FMASK, (1 << 9) | (1 << 10) | (1 << 8) | (1 << 18));
         cpu::write_msr(cpu::MSR_EFER, cpu::read_msr(cpu::MSR_EFER) | 1);
     }
@@ -222,12 +216,7 @@ pub fn init_this_cpu() -> Result<(), super::paging::MapError> {
 pub enum UserExit {
     Exited(u64),
     /// A CPU exception in ring 3: vector, error code, rip and (page faults) address.
-    Fault {
-        vector: u8,
-        error_code: u64,
-        rip: u64,
-        address: u64,
-    },
+    Fault { vector: u8, error_code: u64, rip: u64, address: u64 },
     /// Ended by `sched::kill`.
     Killed,
     /// The thread could not be created.
@@ -267,29 +256,15 @@ pub fn user_exception(frame: &TrapFrame) -> ! {
     if crate::sched::current().kill_requested() {
         leave_user(UserExit::Killed);
     }
-    let address = if frame.vector == 14 {
-        cpu::read_cr2()
-    } else {
-        0
-    };
-    leave_user(UserExit::Fault {
-        vector: frame.vector as u8,
-        error_code: frame.error_code,
-        rip: frame.rip,
-        address,
-    })
+    let address = if frame.vector == 14 { cpu::read_cr2() } else { 0 };
+    leave_user(UserExit::Fault { vector: frame.vector as u8, error_code: frame.error_code, rip: frame.rip, address })
 }
 
 extern "C" fn syscall_dispatch(frame: &mut SyscallFrame) {
     // sysret to a non-canonical rip would fault in ring 0 (on Intel): a
     // syscall at the very top of the user half is a fault instead.
     if frame.rip >= USER_TOP {
-        leave_user(UserExit::Fault {
-            vector: 13,
-            error_code: 0,
-            rip: frame.rip,
-            address: 0,
-        });
+        leave_user(UserExit::Fault { vector: 13, error_code: 0, rip: frame.rip, address: 0 });
     }
     let number = frame.rax;
     let result = crate::syscall::dispatch(frame);
@@ -321,10 +296,7 @@ fn complete(frame: &mut SyscallFrame, number: u64, result: i64) {
         leave_user(UserExit::Killed);
     }
     if me.stop_requested() {
-        crate::sched::stop_point(
-            frame as *mut SyscallFrame as u64,
-            crate::sched::FrameKind::Syscall,
-        );
+        crate::sched::stop_point(frame as *mut SyscallFrame as u64, crate::sched::FrameKind::Syscall);
     }
 }
 
@@ -342,11 +314,7 @@ fn check_user_range(addr: u64, len: u64, write: bool) -> Result<(), ()> {
         if !usable(super::paging::user_entry(root, page)) {
             // Not mapped yet (demand paging, a mapping's first touch): resolve it like a fault.
             let space = crate::sched::current().space().ok_or(())?;
-            let access = if write {
-                crate::object::vm::Rights::WRITE
-            } else {
-                crate::object::vm::Rights::READ
-            };
+            let access = if write { crate::object::vm::Rights::WRITE } else { crate::object::vm::Rights::READ };
             crate::object::memory::fault(&space, page, access).map_err(|_| ())?;
             if !usable(super::paging::user_entry(root, page)) {
                 return Err(());
@@ -382,9 +350,7 @@ pub fn copy_from_user(dst: &mut [u8], src: u64) -> Result<(), ()> {
     // user-accessible in the current address space; user memory of a running
     // space is only unmapped by kernel code on this path's own CPU or with
     // its threads stopped (space destruction), so it stays mapped for the copy.
-    with_user_access(|| unsafe {
-        core::ptr::copy_nonoverlapping(src as *const u8, dst.as_mut_ptr(), dst.len())
-    });
+    with_user_access(|| unsafe { core::ptr::copy_nonoverlapping(src as *const u8, dst.as_mut_ptr(), dst.len()) });
     Ok(())
 }
 
@@ -393,8 +359,6 @@ pub fn copy_from_user(dst: &mut [u8], src: u64) -> Result<(), ()> {
 pub fn copy_to_user(dst: u64, src: &[u8]) -> Result<(), ()> {
     check_user_range(dst, src.len() as u64, true)?;
     // SAFETY: as in copy_from_user, with the pages checked writable.
-    with_user_access(|| unsafe {
-        core::ptr::copy_nonoverlapping(src.as_ptr(), dst as *mut u8, src.len())
-    });
+    with_user_access(|| unsafe { core::ptr::copy_nonoverlapping(src.as_ptr(), dst as *mut u8, src.len()) });
     Ok(())
 }
