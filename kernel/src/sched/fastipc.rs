@@ -25,7 +25,7 @@ use core::sync::atomic::Ordering;
 
 use fastpath::ipc::{Client, Kernel, Message};
 
-use super::imp::{has_ready_thread, here, CpuSched, ParkedAs, Thread, PARKED, RUNNING, TIME_SLICE_TICKS};
+use super::imp::{has_ready_thread, here, running_on, CpuSched, ParkedAs, Thread, PARKED, RUNNING, TIME_SLICE_TICKS};
 use crate::arch::x86_64::paging::USER_TOP;
 use crate::arch::x86_64::syscall::{self as entry, SyscallFrame, FRAME_BYTES};
 use crate::arch::x86_64_exports::cpu;
@@ -52,7 +52,7 @@ const LEAVE_PARKED: FastSwitch = FastSwitch { frame: 1, prev_on_cpu: 0 };
 /// interrupts off, on the caller's kernel stack below its `frame`.
 pub extern "C" fn fast_ipc(frame: &SyscallFrame) -> FastSwitch {
     let (cpu, sched) = here();
-    let k = ThisCpu { cpu, sched, me: super::me(), frame };
+    let k = ThisCpu { cpu, sched, me: running_on(sched), frame };
     let message = message_of(frame);
     let taken = if frame.rax == SYS_IPC_CALL {
         fastpath::ipc::call(&k, frame.rdi, &message)

@@ -339,8 +339,13 @@ pub(super) fn here() -> (usize, &'static CpuSched) {
 /// (the hot paths' accessor). Interrupts must be off.
 #[inline]
 pub fn me() -> &'static Thread {
+    running_on(here().1)
+}
+
+/// `me()` for a caller that already has this CPU's scheduler state.
+#[inline]
+pub(super) fn running_on(s: &'static CpuSched) -> &'static Thread {
     debug_assert!(!cpu::interrupts_enabled());
-    let (_, s) = here();
     // SAFETY: interrupts are off, so `current` does not change under us, and
     // the thread whose stack we run on stays alive while it runs: its kernel
     // stack is freed only after its last reference is gone, which cannot
