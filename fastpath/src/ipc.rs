@@ -130,6 +130,8 @@ mod tests {
     extern crate std;
     use super::*;
     use core::cell::RefCell;
+    use std::format;
+    use std::string::{String, ToString};
     use std::vec::Vec;
 
     /// Which preconditions hold, and a log of every state change.
@@ -144,8 +146,6 @@ mod tests {
         may_park_anyway: bool,
         log: RefCell<Vec<String>>,
     }
-    use std::format;
-    use std::string::{String, ToString};
 
     impl Kernel for Mock {
         type Thread = &'static str;

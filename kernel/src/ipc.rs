@@ -121,9 +121,7 @@ impl Portset {
     /// thread to add as a waiting server. Never waits for the lock; false
     /// if nothing was added.
     pub(crate) fn try_add_server_if_idle(&self, admit: impl FnOnce() -> Option<Arc<Thread>>) -> bool {
-        let Some(mut inner) = self.inner.try_lock() else {
-            return false;
-        };
+        let Some(mut inner) = self.inner.try_lock() else { return false };
         if !inner.clients.is_empty() || inner.servers.len() == inner.servers.capacity() {
             return false;
         }

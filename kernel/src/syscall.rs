@@ -475,9 +475,13 @@ fn ipc_call(frame: &mut SyscallFrame) -> SysResult {
     let me = caller()?;
     let port = me.lookup_port(Handle::from_raw(frame.rdi), Rights::SEND)?;
     drop(me);
-    let Ok(reply) = crate::ipc::call(&port, message_of(frame)) else {
-        return interrupted();
-    };
+    let reply = crate::ipc::call(&port, message_of(frame));
+    reply_received(frame, reply)
+}
+
+/// The end of `ipc_call`: the reply in the message registers.
+fn reply_received(frame: &mut SyscallFrame, reply: Result<[u64; 6], crate::ipc::IpcError>) -> SysResult {
+    let Ok(reply) = reply else { return interrupted() };
     set_message(frame, reply);
     Ok(0)
 }
@@ -489,9 +493,14 @@ fn ipc_reply_wait(frame: &mut SyscallFrame) -> SysResult {
     let me = caller()?;
     let ps = me.lookup_portset(Handle::from_raw(frame.rdi), Rights::RECEIVE)?;
     drop(me);
-    let Ok((alias, request)) = crate::ipc::reply_wait(&ps, message_of(frame)) else {
-        return interrupted();
-    };
+    let request = crate::ipc::reply_wait(&ps, message_of(frame));
+    request_received(frame, request)
+}
+
+/// The end of `ipc_reply_wait`: the request in the message registers, the
+/// alias as the result.
+fn request_received(frame: &mut SyscallFrame, request: Result<(u64, [u64; 6]), crate::ipc::IpcError>) -> SysResult {
+    let Ok((alias, request)) = request else { return interrupted() };
     set_message(frame, request);
     Ok((alias & fastpath::ipc::ALIAS_RESULT_MASK) as i64)
 }
@@ -500,20 +509,8 @@ fn ipc_reply_wait(frame: &mut SyscallFrame) -> SysResult {
 /// parked and the general path woke: its result, as `dispatch` returns it.
 pub fn finish_parked_ipc(frame: &mut SyscallFrame) -> i64 {
     let result = match sched::me().parked_as() {
-        sched::ParkedAs::Client => match crate::ipc::await_reply() {
-            Ok(reply) => {
-                set_message(frame, reply);
-                Ok(0)
-            }
-            Err(_) => interrupted(),
-        },
-        sched::ParkedAs::Server => match crate::ipc::await_request() {
-            Ok((alias, request)) => {
-                set_message(frame, request);
-                Ok((alias & fastpath::ipc::ALIAS_RESULT_MASK) as i64)
-            }
-            Err(_) => interrupted(),
-        },
+        sched::ParkedAs::Client => reply_received(frame, crate::ipc::await_reply()),
+        sched::ParkedAs::Server => request_received(frame, crate::ipc::await_request()),
     };
     result.unwrap_or_else(|e| e as i64)
 }
@@ -581,9 +578,7 @@ fn mapping_create(region: u64, space: u64, va: u64, offset: u64, size: u64, righ
         needed = needed.union(Rights::MAP_EXECUTE);
     }
     let me = caller()?;
-    let Object::Region(r) = me.lookup(Handle::from_raw(region), needed)? else {
-        return Err(SysError::WrongType);
-    };
+    let Object::Region(r) = me.lookup(Handle::from_raw(region), needed)? else { return Err(SysError::WrongType) };
     let target = me.lookup_space(Handle::from_raw(space), Rights::CREATE)?;
     let id = crate::object::memory::add(|g| g.create_mapping(r, target.vm_id(), va, offset, size, wanted))?;
     match me.insert(Object::Mapping(id), Rights::GET_STATE.union(Rights::DESTROY).union(Rights::DUPLICATE)) {
@@ -601,9 +596,7 @@ fn mapping_create(region: u64, space: u64, va: u64, offset: u64, size: u64, righ
 fn region_protect(region: u64, max: u64) -> SysResult {
     let max = vm_rights(max)?;
     let me = caller()?;
-    let Object::Region(r) = me.lookup(Handle::from_raw(region), Rights::SET_STATE)? else {
-        return Err(SysError::WrongType);
-    };
+    let Object::Region(r) = me.lookup(Handle::from_raw(region), Rights::SET_STATE)? else { return Err(SysError::WrongType) };
     crate::object::memory::change(|g| g.protect_region(r, max))?;
     Ok(0)
 }
@@ -645,9 +638,7 @@ fn space_set_keeper(space: u64, port: u64) -> SysResult {
 /// receives faults in the region's unbacked pages (SET_STATE on the region).
 fn region_set_keeper(region: u64, port: u64) -> SysResult {
     let me = caller()?;
-    let Object::Region(r) = me.lookup(Handle::from_raw(region), Rights::SET_STATE)? else {
-        return Err(SysError::WrongType);
-    };
+    let Object::Region(r) = me.lookup(Handle::from_raw(region), Rights::SET_STATE)? else { return Err(SysError::WrongType) };
     let token = optional_port(&me, port)?.map(|p| crate::object::keeper::token_for(&p));
     crate::object::memory::add(|g| g.set_region_keeper(r, token))?;
     Ok(0)
@@ -888,9 +879,7 @@ fn ipc_receive(frame: &mut SyscallFrame) -> SysResult {
     let me = caller()?;
     let ps = me.lookup_portset(Handle::from_raw(frame.rdi), Rights::RECEIVE)?;
     drop(me);
-    let Ok((alias, message)) = crate::ipc::receive(&ps) else {
-        return interrupted();
-    };
+    let Ok((alias, message)) = crate::ipc::receive(&ps) else { return interrupted() };
     set_message(frame, message);
     Ok((alias & (i64::MAX as u64)) as i64)
 }

@@ -15,8 +15,11 @@
 //!
 //! The CAS decides which of the two happens, exactly once. A thread is
 //! claimed only where it last ran and while no CPU is on its stack, so the
-//! fast path never waits for anything; it takes locks only with `try_lock`
-//! and falls back to the general path when one is held.
+//! fast path never waits for a thread. Before its commit it only tries
+//! locks (the handle table, the portset, the caller's IPC slot) and falls
+//! back to the general path when one is held; after it, it takes the IPC
+//! slots of the caller and the claimed partner, which no one holds for more
+//! than a few instructions.
 
 extern crate alloc;
 
@@ -104,6 +107,14 @@ impl ThisCpu<'_> {
         unsafe { (*self.sched.current.get()).take() }.expect("scheduler not started on this CPU")
     }
 
+    /// Reads the object behind a handle of the caller's with `needed`
+    /// rights, if the handle table is free right now.
+    fn lookup<R>(&self, handle: u64, needed: Rights, read: impl FnOnce(&Object) -> Option<R>) -> Option<R> {
+        let space = self.me.space()?;
+        let table = space.handles.try_lock()?;
+        read(table.get(Handle::from_raw(handle), needed).ok()?)
+    }
+
     fn clone_current(&self) -> Arc<Thread> {
         // SAFETY: owning CPU, interrupts off.
         unsafe { (*self.sched.current.get()).clone() }.expect("scheduler not started on this CPU")
@@ -126,21 +137,17 @@ impl Kernel for ThisCpu<'_> {
     }
 
     fn send_port(&self, handle: u64) -> Option<(Arc<Portset>, u64)> {
-        let space = self.me.space()?;
-        let table = space.handles.try_lock()?;
-        match table.get(Handle::from_raw(handle), Rights::SEND).ok()? {
+        self.lookup(handle, Rights::SEND, |object| match object {
             Object::Port(port) => Some((port.portset.clone(), port.alias)),
             _ => None,
-        }
+        })
     }
 
     fn receive_portset(&self, handle: u64) -> Option<Arc<Portset>> {
-        let space = self.me.space()?;
-        let table = space.handles.try_lock()?;
-        match table.get(Handle::from_raw(handle), Rights::RECEIVE).ok()? {
+        self.lookup(handle, Rights::RECEIVE, |object| match object {
             Object::Portset(portset) => Some(portset.clone()),
             _ => None,
-        }
+        })
     }
 
     fn claim_waiting_server(&self, portset: &Arc<Portset>) -> Option<Arc<Thread>> {

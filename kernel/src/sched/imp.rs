@@ -282,9 +282,7 @@ static DEAD_STACKS: spin::Mutex<Vec<stack::KernelStack>> = spin::Mutex::new(Vec:
 /// Frees the kernel stacks of threads that are gone. Interrupts must be on.
 pub fn reap() {
     loop {
-        let Some(s) = cpu::without_interrupts(|| DEAD_STACKS.lock().pop()) else {
-            break;
-        };
+        let Some(s) = cpu::without_interrupts(|| DEAD_STACKS.lock().pop()) else { break };
         stack::free(s);
     }
 }
@@ -469,18 +467,10 @@ fn schedule_saving(save_context: bool) {
 pub extern "C" fn leave_parked() {
     let (cpu, s) = here();
     // SAFETY: owning CPU, interrupts off.
-    let handoff = unsafe { (*s.parked_handoff.get()).take() };
-    if let Some(next) = handoff {
-        if direct_handoff_enabled() && next.allowed_on(cpu) && unblock(&next) {
-            // SAFETY: owning CPU, interrupts off.
-            let prev = unsafe { (*s.current.get()).clone() }.expect("scheduler not started on this CPU");
-            s.slice_left.store(TIME_SLICE_TICKS, Ordering::Relaxed);
-            switch_to(cpu, s, prev, next, false);
-            unreachable!("a parked thread resumes at its continuation");
-        }
-        wake(&next);
+    match unsafe { (*s.parked_handoff.get()).take() } {
+        Some(next) => hand_off(cpu, s, next, false),
+        None => schedule_saving(false),
     }
-    schedule_saving(false);
 }
 
 /// Switches this CPU from `prev` (the current thread) to `next`; with
@@ -642,14 +632,22 @@ pub fn direct_handoff_enabled() -> bool {
 /// hand-off is turned off. Interrupts must be off.
 pub fn block_and_handoff(next: &Arc<Thread>) {
     let (cpu, s) = here();
-    if direct_handoff_enabled() && next.allowed_on(cpu) && unblock(next) {
+    hand_off(cpu, s, next.clone(), true);
+}
+
+/// `block_and_handoff`, also for a parked caller (`save_context` false).
+/// Takes `next` by value: a parked caller's frame is abandoned, so nothing
+/// may stay on it that owns a reference.
+fn hand_off(cpu: usize, s: &'static CpuSched, next: Arc<Thread>, save_context: bool) {
+    if direct_handoff_enabled() && next.allowed_on(cpu) && unblock(&next) {
         // SAFETY: owning CPU, interrupts off.
         let prev = unsafe { (*s.current.get()).clone() }.expect("scheduler not started on this CPU");
         s.slice_left.store(TIME_SLICE_TICKS, Ordering::Relaxed);
-        switch_to(cpu, s, prev, next.clone(), true);
+        switch_to(cpu, s, prev, next, save_context);
     } else {
-        wake(next);
-        schedule();
+        wake(&next);
+        drop(next);
+        schedule_saving(save_context);
     }
 }
 

@@ -1519,17 +1519,11 @@ mod stress {
         let stack = |n: u64| rt::memory::ROOT_ANONYMOUS_BASE + (n + 1) * STACK_SPACING;
         let mut servers = [Handle(0); MAX_CPUS];
         for cpu in 0..cpus {
-            let Ok(ps) = rt::ipc::portset_create() else {
-                return 2;
-            };
-            let Ok(port) = rt::ipc::port_create(ps, 0x100 + cpu as u64) else {
-                return 2;
-            };
+            let Ok(ps) = rt::ipc::portset_create() else { return 2 };
+            let Ok(port) = rt::ipc::port_create(ps, 0x100 + cpu as u64) else { return 2 };
             PORTSETS[cpu].store(ps.0, Ordering::Relaxed);
             PORTS[cpu].store(port.0, Ordering::Relaxed);
-            let Ok(t) = obj::thread_create(me, server, stack(cpu as u64), cpu as u64) else {
-                return 3;
-            };
+            let Ok(t) = obj::thread_create(me, server, stack(cpu as u64), cpu as u64) else { return 3 };
             if obj::thread_set_affinity(t, 1 << cpu).is_err() {
                 return 3;
             }
@@ -1540,9 +1534,7 @@ mod stress {
             for target in 0..cpus {
                 let id = (cpu * MAX_CPUS + target) as u64;
                 let n = (MAX_CPUS + cpu * MAX_CPUS + target) as u64;
-                let Ok(t) = obj::thread_create(me, client, stack(n), id) else {
-                    return 4;
-                };
+                let Ok(t) = obj::thread_create(me, client, stack(n), id) else { return 4 };
                 if obj::thread_set_affinity(t, 1 << cpu).is_err() {
                     return 4;
                 }
