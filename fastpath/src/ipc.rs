@@ -91,6 +91,7 @@ pub trait Kernel {
 
 /// `call(port)`: hands `request` to a server parked on the port's portset
 /// and switches to it; the caller waits parked for the reply.
+#[inline(always)]
 pub fn call<K: Kernel>(k: &K, port_handle: u64, request: &Message) -> Option<K::Switch> {
     if !k.caller_ready() {
         return None;
@@ -105,6 +106,7 @@ pub fn call<K: Kernel>(k: &K, port_handle: u64, request: &Message) -> Option<K::
 
 /// `reply_wait(portset)`: hands `reply` to the caller's parked client and
 /// switches to it; the caller waits parked on the portset for the next request.
+#[inline(always)]
 pub fn reply_wait<K: Kernel>(k: &K, portset_handle: u64, reply: &Message) -> Option<K::Switch> {
     if !k.caller_ready() {
         return None;

@@ -108,6 +108,7 @@ impl Portset {
 
     /// The fast path's claim on a waiting server: takes the oldest one if
     /// `claim` accepts it. Never waits for the lock (None if contended).
+    #[inline(always)]
     pub(crate) fn try_take_first_server(&self, claim: impl FnOnce(&Arc<Thread>) -> bool) -> Option<Arc<Thread>> {
         let mut inner = self.inner.try_lock()?;
         if !claim(inner.servers.front()?) {
@@ -120,6 +121,7 @@ impl Portset {
     /// the server list has room without allocating, `admit` may return a
     /// thread to add as a waiting server. Never waits for the lock; false
     /// if nothing was added.
+    #[inline(always)]
     pub(crate) fn try_add_server_if_idle(&self, admit: impl FnOnce() -> Option<Arc<Thread>>) -> bool {
         let Some(mut inner) = self.inner.try_lock() else { return false };
         if !inner.clients.is_empty() || inner.servers.len() == inner.servers.capacity() {
@@ -147,7 +149,7 @@ impl Portset {
 }
 
 fn delivered(me: &Arc<Thread>) -> bool {
-    me.ipc.lock().delivered
+    me.delivered.load(Ordering::Acquire)
 }
 
 /// Spins up to the spin limit for the partner's delivery; true if it came.
@@ -199,7 +201,7 @@ pub fn call(port: &Port, message: [u64; 6]) -> Result<[u64; 6], IpcError> {
         let mut slot = me.ipc.lock();
         slot.message = message;
         slot.alias = port.alias;
-        slot.delivered = false;
+        me.delivered.store(false, Ordering::Relaxed);
     }
     let ps = &port.portset;
     let server = cpu::without_interrupts(|| {
@@ -218,7 +220,7 @@ pub fn call(port: &Port, message: [u64; 6]) -> Result<[u64; 6], IpcError> {
                 s.message = message;
                 s.alias = port.alias;
                 s.partner = Some(me.clone());
-                s.delivered = true;
+                server.delivered.store(true, Ordering::Release);
             }
             if sched::direct_handoff_enabled() && server.may_run_on(here) {
                 sched::mark_current_blocked();
@@ -284,9 +286,9 @@ pub fn reply_wait(portset: &Portset, reply: [u64; 6]) -> Result<(u64, [u64; 6]),
     if let Some(c) = &client {
         let mut slot = c.ipc.lock();
         slot.reply = reply;
-        slot.delivered = true;
+        c.delivered.store(true, Ordering::Release);
     }
-    me.ipc.lock().delivered = false;
+    me.delivered.store(false, Ordering::Relaxed);
     let here = crate::arch::percpu::this_cpu_index();
     // A client blocked on this CPU gets the CPU back directly once we block;
     // one on another CPU is woken now (a no-op while it still spins).

@@ -462,11 +462,11 @@ fn port_create(portset: u64, alias: u64) -> SysResult {
 }
 
 pub(crate) fn message_of(f: &SyscallFrame) -> [u64; 6] {
-    [f.rsi, f.rdx, f.r10, f.r8, f.r9, f.r12]
+    *f.message()
 }
 
 pub(crate) fn set_message(f: &mut SyscallFrame, m: [u64; 6]) {
-    (f.rsi, f.rdx, f.r10, f.r8, f.r9, f.r12) = (m[0], m[1], m[2], m[3], m[4], m[5]);
+    *f.message_mut() = m;
 }
 
 /// `ipc_call(port)` with the request in rsi, rdx, r10, r8, r9, r12 (SEND

@@ -28,14 +28,14 @@ use core::sync::atomic::Ordering;
 
 use fastpath::ipc::{Client, Kernel, Message};
 
-use super::imp::{has_ready_thread, here, running_on, CpuSched, ParkedAs, Thread, PARKED, RUNNING, TIME_SLICE_TICKS};
+use super::imp::{has_ready_thread, here_scheduling, running_on, CpuSched, ParkedAs, Thread, PARKED, RUNNING, TIME_SLICE_TICKS};
 use crate::arch::x86_64::paging::USER_TOP;
 use crate::arch::x86_64::syscall::{self as entry, SyscallFrame, FRAME_BYTES};
 use crate::arch::x86_64_exports::cpu;
 use crate::ipc::Portset;
-use crate::object::handle::{Handle, Rights};
-use crate::object::space::Object;
-use crate::syscall::{message_of, set_message, SYS_IPC_CALL};
+use crate::object::handle::{Handle, HandleTable, Rights};
+use crate::object::space::{Object, Space};
+use crate::syscall::SYS_IPC_CALL;
 
 /// What the syscall entry stub does after a fast path. `frame` 0: not
 /// taken, run the general path. `frame` 1: the caller parked, call
@@ -54,15 +54,40 @@ const LEAVE_PARKED: FastSwitch = FastSwitch { frame: 1, prev_on_cpu: 0 };
 /// Called by the syscall entry stub for `ipc_call` and `ipc_reply_wait`,
 /// interrupts off, on the caller's kernel stack below its `frame`.
 pub extern "C" fn fast_ipc(frame: &SyscallFrame) -> FastSwitch {
-    let (cpu, sched) = here();
+    let (cpu, sched) = here_scheduling();
     let k = ThisCpu { cpu, sched, me: running_on(sched), frame };
-    let message = message_of(frame);
     let taken = if frame.rax == SYS_IPC_CALL {
-        fastpath::ipc::call(&k, frame.rdi, &message)
+        fastpath::ipc::call(&k, frame.rdi, frame.message())
     } else {
-        fastpath::ipc::reply_wait(&k, frame.rdi, &message)
+        fastpath::ipc::reply_wait(&k, frame.rdi, frame.message())
     };
     taken.unwrap_or(NOT_TAKEN)
+}
+
+/// An object of the caller's handle table, borrowed while the fast path
+/// keeps the table locked: the table's own reference keeps it alive, so the
+/// fast path touches no reference count.
+pub struct Held<T: 'static> {
+    _table: spin::MutexGuard<'static, HandleTable<Object>>,
+    object: *const T,
+}
+
+impl<T> Held<T> {
+    #[inline(always)]
+    fn map<U>(self, part: impl FnOnce(&T) -> &U) -> Held<U> {
+        let object: *const U = part(&self);
+        Held { _table: self._table, object }
+    }
+}
+
+impl<T> core::ops::Deref for Held<T> {
+    type Target = T;
+    #[inline(always)]
+    fn deref(&self) -> &T {
+        // SAFETY: `object` lives in (or is kept alive by) an entry of the
+        // table, which cannot change while `_table` holds its lock.
+        unsafe { &*self.object }
+    }
 }
 
 struct ThisCpu<'f> {
@@ -73,6 +98,7 @@ struct ThisCpu<'f> {
 }
 
 /// The user frame at the top of `t`'s kernel stack.
+#[inline(always)]
 fn frame_of(t: &Thread) -> u64 {
     t.stack_top - FRAME_BYTES
 }
@@ -80,6 +106,7 @@ fn frame_of(t: &Thread) -> u64 {
 impl ThisCpu<'_> {
     /// Claims a parked thread for this CPU: it last ran here (so this CPU
     /// is off its stack) and may run here.
+    #[inline(always)]
     fn claim(&self, t: &Thread) -> bool {
         t.cpu() == self.cpu
             && t.allowed_on(self.cpu)
@@ -88,6 +115,7 @@ impl ThisCpu<'_> {
     }
 
     /// Parks the caller at its user frame in `role`.
+    #[inline(always)]
     fn park_caller(&self, role: ParkedAs) {
         // SAFETY: the caller entered through the fast-path branch of the
         // entry stub, so its frame is at the top of its own kernel stack
@@ -102,19 +130,26 @@ impl ThisCpu<'_> {
 
     /// Takes the scheduler's reference to the caller, for a direct switch
     /// (which installs the next thread before anything reads `current`).
+    #[inline(always)]
     fn take_current(&self) -> Arc<Thread> {
         // SAFETY: owning CPU, interrupts off.
         unsafe { (*self.sched.current.get()).take() }.expect("scheduler not started on this CPU")
     }
 
-    /// Reads the object behind a handle of the caller's with `needed`
-    /// rights, if the handle table is free right now.
-    fn lookup<R>(&self, handle: u64, needed: Rights, read: impl FnOnce(&Object) -> Option<R>) -> Option<R> {
-        let space = self.me.space()?;
+    /// The part `pick` chooses of the object behind a handle of the
+    /// caller's with `needed` rights, if the handle table is free right now.
+    #[inline(always)]
+    fn lookup<T>(&self, handle: u64, needed: Rights, pick: impl FnOnce(&Object) -> Option<&T>) -> Option<Held<T>> {
+        // SAFETY: the caller runs on this CPU with interrupts off, and no
+        // other CPU can run it (and so let it exit and its space die) until
+        // the entry stub clears its `on_cpu`, after every `Held` is gone.
+        let space: &'static Space = unsafe { self.me.running_space() }?;
         let table = space.handles.try_lock()?;
-        read(table.get(Handle::from_raw(handle), needed).ok()?)
+        let object: *const T = pick(table.get(Handle::from_raw(handle), needed).ok()?)?;
+        Some(Held { _table: table, object })
     }
 
+    #[inline(always)]
     fn clone_current(&self) -> Arc<Thread> {
         // SAFETY: owning CPU, interrupts off.
         unsafe { (*self.sched.current.get()).clone() }.expect("scheduler not started on this CPU")
@@ -123,9 +158,10 @@ impl ThisCpu<'_> {
 
 impl Kernel for ThisCpu<'_> {
     type Thread = Arc<Thread>;
-    type Portset = Arc<Portset>;
+    type Portset = Held<Arc<Portset>>;
     type Switch = FastSwitch;
 
+    #[inline(always)]
     fn caller_ready(&self) -> bool {
         super::direct_handoff_enabled()
             && !self.me.kill_requested()
@@ -136,25 +172,31 @@ impl Kernel for ThisCpu<'_> {
             && core::ptr::eq(self.frame, frame_of(self.me) as *const SyscallFrame)
     }
 
-    fn send_port(&self, handle: u64) -> Option<(Arc<Portset>, u64)> {
-        self.lookup(handle, Rights::SEND, |object| match object {
-            Object::Port(port) => Some((port.portset.clone(), port.alias)),
+    #[inline(always)]
+    fn send_port(&self, handle: u64) -> Option<(Held<Arc<Portset>>, u64)> {
+        let port = self.lookup(handle, Rights::SEND, |object| match object {
+            Object::Port(port) => Some(&**port),
             _ => None,
-        })
+        })?;
+        let alias = port.alias;
+        Some((port.map(|p| &p.portset), alias))
     }
 
-    fn receive_portset(&self, handle: u64) -> Option<Arc<Portset>> {
+    #[inline(always)]
+    fn receive_portset(&self, handle: u64) -> Option<Held<Arc<Portset>>> {
         self.lookup(handle, Rights::RECEIVE, |object| match object {
-            Object::Portset(portset) => Some(portset.clone()),
+            Object::Portset(portset) => Some(portset),
             _ => None,
         })
     }
 
-    fn claim_waiting_server(&self, portset: &Arc<Portset>) -> Option<Arc<Thread>> {
+    #[inline(always)]
+    fn claim_waiting_server(&self, portset: &Held<Arc<Portset>>) -> Option<Arc<Thread>> {
         portset.try_take_first_server(|server| self.claim(server))
     }
 
-    fn park_caller_as_server(&self, portset: &Arc<Portset>) -> Option<Client<Arc<Thread>>> {
+    #[inline(always)]
+    fn park_caller_as_server(&self, portset: &Held<Arc<Portset>>) -> Option<Client<Arc<Thread>>> {
         let mut slot = self.me.ipc.try_lock()?;
         let mut client = None;
         let parked = portset.try_add_server_if_idle(|| {
@@ -167,9 +209,9 @@ impl Kernel for ThisCpu<'_> {
                 // general path spins for it (cross-CPU polling).
                 _ => return None,
             };
-            slot.delivered = false;
+            self.me.delivered.store(false, Ordering::Relaxed);
             if !slot.waiting_on.as_ref().is_some_and(|w| Arc::ptr_eq(w, portset)) {
-                slot.waiting_on = Some(portset.clone());
+                slot.waiting_on = Some(Arc::clone(portset));
             }
             self.park_caller(ParkedAs::Server);
             let me = if matches!(taken, Client::Claimed(_)) { self.take_current() } else { self.clone_current() };
@@ -180,33 +222,37 @@ impl Kernel for ThisCpu<'_> {
         client
     }
 
+    #[inline(always)]
     fn park_caller_as_client_of(&self, server: &Arc<Thread>) {
-        self.me.ipc.lock().delivered = false;
+        self.me.delivered.store(false, Ordering::Relaxed);
         self.park_caller(ParkedAs::Client);
         server.ipc.lock().partner = Some(self.take_current());
     }
 
+    #[inline(always)]
     fn deliver(&self, to: &Arc<Thread>, result: u64, message: &Message) {
         // SAFETY: `to` is claimed (RUNNING, owned by this CPU, which no
         // longer runs on its stack): nothing else touches its user frame
         // at the top of its kernel stack, which stays mapped while it lives.
         let frame = unsafe { &mut *(frame_of(to) as *mut SyscallFrame) };
         frame.rax = result;
-        set_message(frame, *message);
+        *frame.message_mut() = *message;
     }
 
+    #[inline(always)]
     fn deliver_to_slot(&self, to: &Arc<Thread>, message: &Message) {
-        let mut slot = to.ipc.lock();
-        slot.reply = *message;
-        slot.delivered = true;
+        to.ipc.lock().reply = *message;
+        to.delivered.store(true, Ordering::Release);
     }
 
+    #[inline(always)]
     fn schedule(&self, next: Option<Arc<Thread>>) -> FastSwitch {
         // SAFETY: owning CPU, interrupts off; `leave_parked` takes it next.
         unsafe { *self.sched.parked_handoff.get() = next };
         LEAVE_PARKED
     }
 
+    #[inline(always)]
     fn switch_to(&self, next: Arc<Thread>) -> FastSwitch {
         next.on_cpu.store(true, Ordering::Relaxed);
         entry::set_kernel_entry_stack(next.stack_top);

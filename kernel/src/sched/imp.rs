@@ -98,6 +98,9 @@ pub struct Thread {
     space: Weak<Space>,
     /// IPC in progress (see crate::ipc).
     pub ipc: spin::Mutex<IpcSlot>,
+    /// Set (Release) by the IPC partner once the awaited message is in
+    /// `ipc`; outside the slot's lock so waiters poll it without locking.
+    pub delivered: AtomicBool,
     stop_requested: AtomicBool,
     /// While stopped: the address and kind of its user register frame.
     stopped_frame: spin::Mutex<Option<(u64, FrameKind)>>,
@@ -123,8 +126,6 @@ pub struct IpcSlot {
     pub alias: u64,
     /// Server: the client to reply to. Client: none.
     pub partner: Option<Arc<Thread>>,
-    /// Set by the partner once the awaited message is in this slot.
-    pub delivered: bool,
     /// The portset a server parked by the fast path waits on; kept after
     /// it runs again, so a server that waits on the same portset each time
     /// parks without touching a reference count.
@@ -172,6 +173,7 @@ impl Thread {
             exit: spin::Mutex::new(ExitSlot { reason: None, joiners: Vec::new() }),
             space: Weak::new(),
             ipc: spin::Mutex::new(IpcSlot::default()),
+            delivered: AtomicBool::new(false),
             stop_requested: AtomicBool::new(false),
             stopped_frame: spin::Mutex::new(None),
             pending_start: spin::Mutex::new(None),
@@ -206,6 +208,22 @@ impl Thread {
 
     pub fn space(&self) -> Option<Arc<Space>> {
         self.space.upgrade()
+    }
+
+    /// The space of the thread running on this CPU, borrowed without
+    /// touching its reference counts (the IPC fast path's accessor).
+    ///
+    /// # Safety
+    /// `self` is the current thread of this CPU and interrupts are off, and
+    /// the reference is dropped before it blocks: a space outlives the
+    /// running of its threads (`Space::destroy` joins them before it lets
+    /// go of the space, and until then its parent's child list holds it).
+    pub(super) unsafe fn running_space(&self) -> Option<&Space> {
+        if self.space.strong_count() == 0 {
+            return None;
+        }
+        // SAFETY: alive (above and the contract); `Weak` keeps the allocation.
+        Some(unsafe { &*self.space.as_ptr() })
     }
 
     pub fn kill_requested(&self) -> bool {
@@ -330,6 +348,14 @@ static READY_CPUS: AtomicU64 = AtomicU64::new(0);
 #[inline]
 pub(super) fn here() -> (usize, &'static CpuSched) {
     let cpu = percpu::this_cpu_index();
+    (cpu, &CPUS[cpu])
+}
+
+/// `here` on a path that starts from a system call (see
+/// `percpu::this_cpu_scheduling`).
+#[inline(always)]
+pub(super) fn here_scheduling() -> (usize, &'static CpuSched) {
+    let cpu = percpu::this_cpu_scheduling().index();
     (cpu, &CPUS[cpu])
 }
 

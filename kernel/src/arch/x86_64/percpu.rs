@@ -110,6 +110,21 @@ pub fn this_cpu() -> &'static PerCpu {
     unsafe { &*(addr as *const PerCpu) }
 }
 
+/// `this_cpu` for code that runs only once this CPU schedules threads
+/// (system-call entry, thread switches): its GS base is installed by then,
+/// so this skips `this_cpu`'s early-boot checks.
+#[inline(always)]
+pub fn this_cpu_scheduling() -> &'static PerCpu {
+    debug_assert!(GS_READY.load(Ordering::Relaxed));
+    let addr: usize;
+    // SAFETY: as in `this_cpu`; a CPU installs its GS base before it starts
+    // its scheduler.
+    unsafe { core::arch::asm!("mov {}, gs:[0]", out(reg) addr, options(nostack, preserves_flags, readonly)) };
+    debug_assert!(addr != 0);
+    // SAFETY: gs:0 holds the address of a static PerCpu (see `install`).
+    unsafe { &*(addr as *const PerCpu) }
+}
+
 #[inline]
 pub fn this_cpu_index() -> usize {
     this_cpu().index()

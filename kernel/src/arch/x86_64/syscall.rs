@@ -38,14 +38,16 @@ pub struct SyscallFrame {
     pub r15: u64,
     pub r14: u64,
     pub r13: u64,
-    pub r12: u64,
     pub rbp: u64,
     pub rbx: u64,
-    pub r9: u64,
-    pub r8: u64,
-    pub r10: u64,
-    pub rdx: u64,
+    // The six IPC message registers, adjacent and in message order, so the
+    // fast path copies a message frame to frame (`SyscallFrame::message`).
     pub rsi: u64,
+    pub rdx: u64,
+    pub r10: u64,
+    pub r8: u64,
+    pub r9: u64,
+    pub r12: u64,
     pub rdi: u64,
     /// Syscall number on entry, result on return.
     pub rax: u64,
@@ -70,14 +72,14 @@ syscall_entry:
     push rcx
     push rax
     push rdi
-    push rsi
-    push rdx
-    push r10
-    push r8
+    push r12
     push r9
+    push r8
+    push r10
+    push rdx
+    push rsi
     push rbx
     push rbp
-    push r12
     push r13
     push r14
     push r15
@@ -92,14 +94,14 @@ syscall_exit:
     pop r15
     pop r14
     pop r13
-    pop r12
     pop rbp
     pop rbx
-    pop r9
-    pop r8
-    pop r10
-    pop rdx
     pop rsi
+    pop rdx
+    pop r10
+    pop r8
+    pop r9
+    pop r12
     pop rdi
     pop rax
     pop rcx
@@ -162,6 +164,32 @@ const _: () = assert!((SWITCH_FRAME_WORDS * 8) as u64 <= PARKED_ROOM && PARKED_R
 
 /// Size of the user frame at the top of a thread's kernel stack.
 pub const FRAME_BYTES: u64 = core::mem::size_of::<SyscallFrame>() as u64;
+
+const MESSAGE_OFFSET: usize = offset_of!(SyscallFrame, rsi);
+const _: () = assert!(
+    offset_of!(SyscallFrame, rdx) == MESSAGE_OFFSET + 8
+        && offset_of!(SyscallFrame, r10) == MESSAGE_OFFSET + 16
+        && offset_of!(SyscallFrame, r8) == MESSAGE_OFFSET + 24
+        && offset_of!(SyscallFrame, r9) == MESSAGE_OFFSET + 32
+        && offset_of!(SyscallFrame, r12) == MESSAGE_OFFSET + 40
+);
+
+impl SyscallFrame {
+    /// The IPC message registers (rsi, rdx, r10, r8, r9, r12) as one array.
+    #[inline(always)]
+    pub fn message(&self) -> &[u64; 6] {
+        // SAFETY: the six fields are adjacent u64s in this order (asserted
+        // above) inside the repr(C) struct, and the pointer derives from
+        // the whole struct.
+        unsafe { &*((self as *const Self as *const u8).add(MESSAGE_OFFSET) as *const [u64; 6]) }
+    }
+
+    #[inline(always)]
+    pub fn message_mut(&mut self) -> &mut [u64; 6] {
+        // SAFETY: as in `message`, with exclusive access to the struct.
+        unsafe { &mut *((self as *mut Self as *mut u8).add(MESSAGE_OFFSET) as *mut [u64; 6]) }
+    }
+}
 
 /// Gives a thread that parks at its user frame `frame` (the top of its
 /// kernel stack, in the room the entry stub keeps free) a switch frame that
@@ -226,7 +254,7 @@ pub enum UserExit {
 /// Points the syscall entry stack and TSS.rsp0 at a thread's kernel stack.
 #[inline]
 pub fn set_kernel_entry_stack(top: u64) {
-    let me = percpu::this_cpu();
+    let me = percpu::this_cpu_scheduling();
     me.syscall_kernel_rsp.store(top, Ordering::Relaxed);
     gdt::set_ring0_stack(me, top);
 }
