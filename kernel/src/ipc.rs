@@ -60,6 +60,35 @@ struct PortsetInner {
     clients: VecDeque<Arc<Thread>>,
 }
 
+/// The servers waiting on a portset, locked (see `Portset::try_servers`).
+pub(crate) struct Servers<'a>(spin::MutexGuard<'a, PortsetInner>);
+
+impl Servers<'_> {
+    /// The oldest waiting server.
+    #[inline(always)]
+    pub(crate) fn first(&self) -> Option<&Arc<Thread>> {
+        self.0.servers.front()
+    }
+
+    #[inline(always)]
+    pub(crate) fn take_first(&mut self) -> Option<Arc<Thread>> {
+        self.0.servers.pop_front()
+    }
+
+    /// Whether no client is queued and one more server fits without allocating.
+    #[inline(always)]
+    pub(crate) fn idle_with_room(&self) -> bool {
+        self.0.clients.is_empty() && self.0.servers.len() < self.0.servers.capacity()
+    }
+
+    /// Adds a waiting server; only after `idle_with_room`.
+    #[inline(always)]
+    pub(crate) fn push(&mut self, server: Arc<Thread>) {
+        debug_assert!(self.idle_with_room());
+        self.0.servers.push_back(server);
+    }
+}
+
 pub struct Port {
     pub portset: Arc<Portset>,
     pub alias: u64,
@@ -106,34 +135,11 @@ impl Portset {
         self.pending.fetch_add(1, Ordering::Release);
     }
 
-    /// The fast path's claim on a waiting server: takes the oldest one if
-    /// `claim` accepts it. Never waits for the lock (None if contended).
+    /// The fast path's access to the waiting servers, if the lock is free
+    /// right now (it never waits for it).
     #[inline(always)]
-    pub(crate) fn try_take_first_server(&self, claim: impl FnOnce(&Arc<Thread>) -> bool) -> Option<Arc<Thread>> {
-        let mut inner = self.inner.try_lock()?;
-        if !claim(inner.servers.front()?) {
-            return None;
-        }
-        inner.servers.pop_front()
-    }
-
-    /// The fast path's parking of a server: when no client is queued and
-    /// the server list has room without allocating, `admit` may return a
-    /// thread to add as a waiting server. Never waits for the lock; false
-    /// if nothing was added.
-    #[inline(always)]
-    pub(crate) fn try_add_server_if_idle(&self, admit: impl FnOnce() -> Option<Arc<Thread>>) -> bool {
-        let Some(mut inner) = self.inner.try_lock() else { return false };
-        if !inner.clients.is_empty() || inner.servers.len() == inner.servers.capacity() {
-            return false;
-        }
-        match admit() {
-            Some(server) => {
-                inner.servers.push_back(server);
-                true
-            }
-            None => false,
-        }
+    pub(crate) fn try_servers(&self) -> Option<Servers<'_>> {
+        self.inner.try_lock().map(Servers)
     }
 
     fn withdraw_client(&self, me: &Arc<Thread>) {

@@ -158,6 +158,7 @@ impl<T> HandleTable<T> {
         Ok(())
     }
 
+    #[inline]
     fn slot(&self, h: Handle) -> Result<&(T, Rights), HandleError> {
         let slot = self.slots.get(h.index().ok_or(HandleError::Invalid)?).ok_or(HandleError::Invalid)?;
         if slot.generation != h.generation() {
@@ -167,6 +168,7 @@ impl<T> HandleTable<T> {
     }
 
     /// The object behind `h`, if `h` carries at least `needed`.
+    #[inline]
     pub fn get(&self, h: Handle, needed: Rights) -> Result<&T, HandleError> {
         let (object, rights) = self.slot(h)?;
         if !rights.contains(needed) {

@@ -192,34 +192,36 @@ impl Kernel for ThisCpu<'_> {
 
     #[inline(always)]
     fn claim_waiting_server(&self, portset: &Held<Arc<Portset>>) -> Option<Arc<Thread>> {
-        portset.try_take_first_server(|server| self.claim(server))
+        let mut servers = portset.try_servers()?;
+        if !self.claim(servers.first()?) {
+            return None;
+        }
+        servers.take_first()
     }
 
     #[inline(always)]
     fn park_caller_as_server(&self, portset: &Held<Arc<Portset>>) -> Option<Client<Arc<Thread>>> {
         let mut slot = self.me.ipc.try_lock()?;
-        let mut client = None;
-        let parked = portset.try_add_server_if_idle(|| {
-            let taken = match slot.partner.as_deref() {
-                Some(c) if self.claim(c) => Client::Claimed(slot.partner.take()?),
-                // Blocked the general way, but it runs here next.
-                Some(c) if c.cpu() == self.cpu => Client::Blocked(slot.partner.take()),
-                None if has_ready_thread(self.sched) => Client::Blocked(None),
-                // A client on another CPU, or nothing else to run here: the
-                // general path spins for it (cross-CPU polling).
-                _ => return None,
-            };
-            self.me.delivered.store(false, Ordering::Relaxed);
-            if !slot.waiting_on.as_ref().is_some_and(|w| Arc::ptr_eq(w, portset)) {
-                slot.waiting_on = Some(Arc::clone(portset));
-            }
-            self.park_caller(ParkedAs::Server);
-            let me = if matches!(taken, Client::Claimed(_)) { self.take_current() } else { self.clone_current() };
-            client = Some(taken);
-            Some(me)
-        });
-        debug_assert_eq!(parked, client.is_some());
-        client
+        let mut servers = portset.try_servers()?;
+        if !servers.idle_with_room() {
+            return None;
+        }
+        let client = match slot.partner.as_deref() {
+            Some(c) if self.claim(c) => Client::Claimed(slot.partner.take()?),
+            // Blocked the general way, but it runs here next.
+            Some(c) if c.cpu() == self.cpu => Client::Blocked(slot.partner.take()),
+            None if has_ready_thread(self.sched) => Client::Blocked(None),
+            // A client on another CPU, or nothing else to run here: the
+            // general path spins for it (cross-CPU polling).
+            _ => return None,
+        };
+        self.me.delivered.store(false, Ordering::Relaxed);
+        if !slot.waiting_on.as_ref().is_some_and(|w| Arc::ptr_eq(w, portset)) {
+            slot.waiting_on = Some(Arc::clone(portset));
+        }
+        self.park_caller(ParkedAs::Server);
+        servers.push(if matches!(client, Client::Claimed(_)) { self.take_current() } else { self.clone_current() });
+        Some(client)
     }
 
     #[inline(always)]
