@@ -13,7 +13,7 @@ use alloc::vec::Vec;
 use core::sync::atomic::{AtomicU64, Ordering};
 
 use crate::arch::x86_64::syscall::{copy_from_user, copy_to_user, leave_user, SyscallFrame, UserExit};
-use crate::arch::x86_64_exports::smp;
+use crate::arch::x86_64_exports::{fpu, smp};
 use crate::console::print_line;
 use crate::mm::frame;
 use crate::object::handle::{Handle, HandleError, Rights};
@@ -72,6 +72,8 @@ pub const SYS_THREAD_SET_PRIORITY: u64 = 59;
 
 /// Bytes of a thread state record (version 1): see kernel/ABI.md.
 pub const THREAD_STATE_BYTES: u64 = 19 * 8;
+/// Version 2 appends the x87/SSE state (an FXSAVE image).
+pub const THREAD_STATE_V2_BYTES: u64 = THREAD_STATE_BYTES + fpu::AREA_BYTES as u64;
 
 /// Longest console write accepted in one call.
 pub const CONSOLE_WRITE_MAX: u64 = 256;
@@ -256,13 +258,14 @@ fn system_info(buf: u64, len: u64) -> SysResult {
         return Err(SysError::BadSize);
     }
     let s = frame::stats();
-    let mut out = [0u8; 40];
+    let mut out = [0u8; 48];
     out[..8].copy_from_slice(&s.managed.to_le_bytes());
     out[8..16].copy_from_slice(&s.free.to_le_bytes());
     out[16..24].copy_from_slice(&(smp::online_count() as u64).to_le_bytes());
     out[24..32].copy_from_slice(&crate::arch::time::tsc_hz().to_le_bytes());
-    out[32..].copy_from_slice(&sched::fast_ipc_switches().to_le_bytes());
-    let n = len.min(40) as usize;
+    out[32..40].copy_from_slice(&sched::fast_ipc_switches().to_le_bytes());
+    out[40..].copy_from_slice(&sched::fpu_loads().to_le_bytes());
+    let n = len.min(48) as usize;
     copy_to_user(buf, &out[..n]).map_err(|()| SysError::BadPointer)?;
     Ok(n as i64)
 }
@@ -722,8 +725,9 @@ fn thread_get_state(h: u64, buf: u64, len: u64) -> SysResult {
     }
     let t = stopped_thread(h, Rights::GET_STATE)?;
     let (regs, in_syscall) = read_registers(&t);
+    let version = if len >= THREAD_STATE_V2_BYTES { 2 } else { 1 };
     let mut words = [0u64; 19];
-    words[0] = 1 | ((in_syscall as u64) << 32);
+    words[0] = version | ((in_syscall as u64) << 32);
     words[1..17].copy_from_slice(&regs.gpr);
     words[17] = regs.rip;
     words[18] = regs.rflags;
@@ -732,7 +736,12 @@ fn thread_get_state(h: u64, buf: u64, len: u64) -> SysResult {
         chunk.copy_from_slice(&w.to_le_bytes());
     }
     copy_to_user(buf, &bytes).map_err(|()| SysError::BadPointer)?;
-    Ok(THREAD_STATE_BYTES as i64)
+    if version == 1 {
+        return Ok(THREAD_STATE_BYTES as i64);
+    }
+    let area = t.saved_fpu().ok_or(SysError::WouldBlock)?;
+    copy_to_user(buf + THREAD_STATE_BYTES, &area.0).map_err(|()| SysError::BadPointer)?;
+    Ok(THREAD_STATE_V2_BYTES as i64)
 }
 
 /// `thread_set_state(thread, buf, len)` (SET_STATE, thread stopped):
@@ -749,9 +758,20 @@ fn thread_set_state(h: u64, buf: u64, len: u64) -> SysResult {
     for (word, chunk) in w.iter_mut().zip(bytes.chunks_exact(8)) {
         *word = u64::from_le_bytes(chunk.try_into().unwrap_or([0; 8]));
     }
-    if w[0] as u32 != 1 {
-        return Err(SysError::InvalidArgument);
-    }
+    let fpu_state = match w[0] as u32 {
+        1 => None,
+        2 if len >= THREAD_STATE_V2_BYTES => {
+            let mut area = fpu::FpuArea([0; fpu::AREA_BYTES]);
+            copy_from_user(&mut area.0, buf + THREAD_STATE_BYTES).map_err(|()| SysError::BadPointer)?;
+            // An MXCSR with bits this CPU lacks would fault on the load.
+            if !area.loadable() {
+                return Err(SysError::InvalidArgument);
+            }
+            Some(area)
+        }
+        2 => return Err(SysError::BadSize),
+        _ => return Err(SysError::InvalidArgument),
+    };
     let mut gpr = [0u64; 16];
     gpr.copy_from_slice(&w[1..17]);
     let (rip, rflags) = (w[17], crate::arch::x86_64::context::sanitize_user_rflags(w[18]));
@@ -759,6 +779,11 @@ fn thread_set_state(h: u64, buf: u64, len: u64) -> SysResult {
         return Err(SysError::BadPointer);
     }
     let t = stopped_thread(h, Rights::SET_STATE)?;
+    if let Some(area) = &fpu_state {
+        if !t.set_saved_fpu(area) {
+            return Err(SysError::WouldBlock);
+        }
+    }
     match t.stopped_frame() {
         Some((addr, sched::FrameKind::Trap)) => {
             // SAFETY: the thread is stopped; its trap frame is ours to rewrite.

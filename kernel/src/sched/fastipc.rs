@@ -258,6 +258,8 @@ impl Kernel for ThisCpu<'_> {
     fn switch_to(&self, next: Arc<Thread>) -> FastSwitch {
         next.on_cpu.store(true, Ordering::Relaxed);
         entry::set_kernel_entry_stack(next.stack_top);
+        // Lazy FPU: at most CR0.TS changes here, the registers stay.
+        super::lazyfpu::on_switch(self.sched, &next);
         if cpu::read_cr3() & 0x000f_ffff_ffff_f000 != next.root {
             // SAFETY: every address space shares the kernel half, where this
             // code and both kernel stacks live.

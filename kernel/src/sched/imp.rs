@@ -9,6 +9,7 @@ use alloc::vec::Vec;
 use core::cell::UnsafeCell;
 use core::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicU8, AtomicUsize, Ordering};
 
+use super::lazyfpu;
 use super::runqueue::RunQueue;
 use crate::arch::x86_64::context;
 use crate::arch::x86_64::syscall::UserExit;
@@ -113,6 +114,10 @@ pub struct Thread {
     /// The role it parked in (a `ParkedAs`), written by the thread itself
     /// before it parks and read by its continuation.
     pub(super) parked_as: AtomicU8,
+    /// Its x87/SSE state while no CPU holds it (see `sched::fpu`).
+    pub(super) fpu: spin::Mutex<fpu::FpuArea>,
+    /// 0, or 1 + the CPU whose registers hold its x87/SSE state.
+    pub(super) fpu_cpu: AtomicUsize,
 }
 
 /// A thread's IPC state: the message it carries or receives and its partner.
@@ -180,6 +185,8 @@ impl Thread {
             stop_waiters: WaitQueue::new(),
             scheduler: spin::Mutex::new(None),
             parked_as: AtomicU8::new(0),
+            fpu: spin::Mutex::new(fpu::FpuArea::INITIAL),
+            fpu_cpu: AtomicUsize::new(0),
         });
         if !matches!(t.body, Body::Adopted) {
             let rsp = context::prepare_stack(top, Arc::as_ptr(&t) as u64, 0);
@@ -322,6 +329,12 @@ pub(super) struct CpuSched {
     /// Where a switch away from a parked thread saves the stack pointer it
     /// will never use (a parked thread resumes at its continuation).
     discarded_context: UnsafeCell<u64>,
+    /// The thread whose x87/SSE state this CPU's registers hold.
+    pub(super) fpu_owner: UnsafeCell<Option<Arc<Thread>>>,
+    /// Whether CR0.TS is clear (the owner runs).
+    pub(super) fpu_enabled: UnsafeCell<bool>,
+    /// x87/SSE state loads on this CPU (written by it only).
+    pub(super) fpu_loads: AtomicU64,
 }
 
 // SAFETY: the UnsafeCell fields are accessed only by the owning CPU with
@@ -340,6 +353,9 @@ static CPUS: [CpuSched; percpu::MAX_CPUS] = [const {
         parked_handoff: UnsafeCell::new(None),
         discarded_context: UnsafeCell::new(0),
         fast_switches: AtomicU64::new(0),
+        fpu_owner: UnsafeCell::new(None),
+        fpu_enabled: UnsafeCell::new(false),
+        fpu_loads: AtomicU64::new(0),
     }
 }; percpu::MAX_CPUS];
 
@@ -437,7 +453,18 @@ fn enqueue(t: Arc<Thread>) {
     let ready = READY_CPUS.load(Ordering::Acquire);
     let allowed = t.affinity.load(Ordering::Acquire) & ready;
     let last = t.cpu.load(Ordering::Relaxed);
-    let target = if allowed & (1 << last) != 0 { last } else if allowed != 0 { allowed.trailing_zeros() as usize } else { last };
+    let mut target = if allowed & (1 << last) != 0 { last } else if allowed != 0 { allowed.trailing_zeros() as usize } else { last };
+    // A thread runs only where its x87/SSE state is live: that CPU saves
+    // the state before the thread may move (it pops it, sees it may not
+    // run there, and comes back here).
+    if let Some(live) = lazyfpu::live_on(&t).filter(|&c| c != target) {
+        let me = percpu::this_cpu_index();
+        if live == me {
+            cpu::without_interrupts(|| lazyfpu::release(&CPUS[me], &t));
+        } else {
+            target = live;
+        }
+    }
     t.cpu.store(target, Ordering::Release);
     let prio = t.priority();
     cpu::without_interrupts(|| CPUS[target].queue.lock().push(prio, t));
@@ -513,6 +540,7 @@ fn switch_to(cpu: usize, s: &'static CpuSched, prev: Arc<Thread>, next: Arc<Thre
     if matches!(next.body, Body::User { .. }) {
         crate::arch::x86_64::syscall::set_kernel_entry_stack(next.stack_top);
     }
+    lazyfpu::on_switch(s, &next);
     let want_root = if next.root != 0 { next.root } else { paging::kernel_root() };
     if cpu::read_cr3() & 0x000f_ffff_ffff_f000 != want_root {
         // SAFETY: every address space shares the kernel half, where this code
@@ -665,7 +693,7 @@ pub fn block_and_handoff(next: &Arc<Thread>) {
 /// Takes `next` by value: a parked caller's frame is abandoned, so nothing
 /// may stay on it that owns a reference.
 fn hand_off(cpu: usize, s: &'static CpuSched, next: Arc<Thread>, save_context: bool) {
-    if direct_handoff_enabled() && next.allowed_on(cpu) && unblock(&next) {
+    if direct_handoff_enabled() && next.allowed_on(cpu) && lazyfpu::runnable_here(&next, cpu) && unblock(&next) {
         // SAFETY: owning CPU, interrupts off.
         let prev = unsafe { (*s.current.get()).clone() }.expect("scheduler not started on this CPU");
         s.slice_left.store(TIME_SLICE_TICKS, Ordering::Relaxed);
@@ -686,6 +714,11 @@ pub fn mark_current_blocked() {
 /// Direct switches the IPC fast path has made, on all CPUs.
 pub fn fast_ipc_switches() -> u64 {
     CPUS.iter().map(|s| s.fast_switches.load(Ordering::Relaxed)).sum()
+}
+
+/// Loads of user x87/SSE state (lazy switches), on all CPUs.
+pub fn fpu_loads() -> u64 {
+    CPUS.iter().map(|s| s.fpu_loads.load(Ordering::Relaxed)).sum()
 }
 
 /// Whether a thread waits in this CPU's run queue (a hint: never waits for the lock).
@@ -717,6 +750,7 @@ pub fn yield_now() {
 /// Ends the current thread with `reason`, waking whoever joins it.
 pub fn exit_current(reason: UserExit) -> ! {
     cpu::disable_interrupts();
+    lazyfpu::forget_current();
     let me = current();
     let joiners = {
         let mut slot = me.exit.lock();
@@ -889,6 +923,7 @@ pub fn stop_point(frame: u64, kind: FrameKind) {
         return;
     }
     *me.stopped_frame.lock() = Some((frame, kind));
+    lazyfpu::flush_current();
     me.state.store(STOPPED, Ordering::Release);
     me.stop_waiters.wake(usize::MAX);
     drop(me);

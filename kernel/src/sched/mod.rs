@@ -11,6 +11,9 @@
 //! is off its stack, and no CPU switches to a thread that is still `on_cpu`
 //! elsewhere: that is what makes cross-CPU wake-ups and migration safe.
 //!
+//! `lazyfpu` switches user x87/SSE state only when a thread first uses it
+//! after a switch (a per-CPU owner and CR0.TS).
+//!
 //! `fastipc` is the kernel's half of the IPC fast path: a thread blocked
 //! there is *parked* at its user frame and can be switched to with a
 //! `sysret`, or woken like any other blocked thread.
@@ -21,6 +24,10 @@ pub mod runqueue;
 mod fastipc;
 #[cfg(target_os = "none")]
 mod imp;
+#[cfg(target_os = "none")]
+mod lazyfpu;
+#[cfg(target_os = "none")]
+pub use lazyfpu::on_first_use as fpu_first_use;
 #[cfg(target_os = "none")]
 pub use fastipc::fast_ipc;
 #[cfg(target_os = "none")]

@@ -12,6 +12,8 @@ use core::sync::atomic::{AtomicU64, Ordering};
 use matryoshka_rt::object::{self as obj, rights, types, Handle, Record};
 use matryoshka_rt::{self as rt, println, SysError};
 
+mod fpu;
+
 extern crate alloc;
 
 #[cfg(target_os = "none")]
@@ -41,7 +43,7 @@ fn init_main() -> i32 {
         return stress::run();
     }
     println!("init: hello from the root program");
-    let checks: [(&str, Check); 28] = [
+    let checks: [(&str, Check); 29] = [
         ("data and bss", data_and_bss),
         ("null call", null_call),
         ("console write", console_write),
@@ -70,6 +72,7 @@ fn init_main() -> i32 {
         ("references", references),
         ("cpu time as ipc to a scheduler port", scheduler_port),
         ("hostile arguments", hostile_arguments),
+        ("x87/SSE state: lazy switching, migration, get/set_state, none on IPC", fpu::check),
     ];
     let tsc_hz = obj::system_info().map(|i| i.tsc_hz).unwrap_or(0).max(1);
     for (i, (name, check)) in checks.iter().enumerate() {
@@ -437,6 +440,11 @@ extern "C" fn echo_client(rounds: u64) -> ! {
 }
 
 fn ipc_pair(server_cpu: u64, client_cpu: u64, rounds: u64) -> Result<(), &'static str> {
+    run_pair_with(echo_client, server_cpu, client_cpu, rounds)
+}
+
+/// Runs `client(rounds)` against the echo server, each pinned to a CPU.
+fn run_pair_with(client: extern "C" fn(u64) -> !, server_cpu: u64, client_cpu: u64, rounds: u64) -> Result<(), &'static str> {
     let me = obj::self_space();
     let ps = rt::ipc::portset_create().map_err(|_| "portset_create failed")?;
     let port = rt::ipc::port_create(ps, ALIAS).map_err(|_| "port_create failed")?;
@@ -445,7 +453,7 @@ fn ipc_pair(server_cpu: u64, client_cpu: u64, rounds: u64) -> Result<(), &'stati
     IPC_FAILURES.store(0, Ordering::Relaxed);
     let server = obj::thread_create(me, echo_server, stack_top(0), 0).map_err(|_| "thread_create failed")?;
     obj::thread_set_affinity(server, 1 << server_cpu).map_err(|_| "thread_set_affinity failed")?;
-    let client = obj::thread_create(me, echo_client, stack_top(1), rounds).map_err(|_| "thread_create failed")?;
+    let client = obj::thread_create(me, client, stack_top(1), rounds).map_err(|_| "thread_create failed")?;
     obj::thread_set_affinity(client, 1 << client_cpu).map_err(|_| "thread_set_affinity failed")?;
     let done = obj::thread_wait(client, true);
     obj::thread_kill(server).map_err(|_| "thread_kill failed")?;
@@ -858,7 +866,7 @@ fn checkpoint_restart() -> Result<(), &'static str> {
     let st = obj::thread_get_state(c1).map_err(|_| "thread_get_state (client)")?;
     // SAFETY: rip points into this program's own text, readable here.
     let insn = unsafe { core::ptr::read_volatile(st.rip as *const [u8; 2]) };
-    if st.version_flags != 1 | (1 << 32) || insn != [0x0f, 0x05] || st.gpr[S::RAX] != rt::nr::IPC_CALL || st.gpr[S::RDI] != port.0 || st.gpr[S::RSI] != 21 {
+    if st.version_flags != S::VERSION | (1 << 32) || insn != [0x0f, 0x05] || st.gpr[S::RAX] != rt::nr::IPC_CALL || st.gpr[S::RDI] != port.0 || st.gpr[S::RSI] != 21 {
         return Err("a client stopped mid-call is not exported as about to make the same call");
     }
     let c2 = obj::thread_create_stopped(me).map_err(|_| "thread_create_stopped")?;
@@ -1446,7 +1454,7 @@ fn hostile_arguments() -> Result<(), &'static str> {
         println!("init: hostile set_state with a kernel rip was accepted");
     }
     s.rip = text;
-    s.version_flags = 2;
+    s.version_flags = 3;
     if obj::thread_set_state(t, &s) != Err(SysError::InvalidArgument) {
         failures += 1;
         println!("init: hostile set_state with an unknown version was accepted");

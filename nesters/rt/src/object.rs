@@ -156,13 +156,15 @@ pub struct SystemInfo {
     pub tsc_hz: u64,
     /// Direct switches the IPC fast path has made so far, on all CPUs.
     pub fast_ipc_switches: u64,
+    /// Loads of user x87/SSE state so far (lazy FPU switches), on all CPUs.
+    pub fpu_loads: u64,
 }
 
 pub fn system_info() -> Result<SystemInfo, SysError> {
-    let mut raw = [0u64; 5];
-    // SAFETY: the kernel writes at most 40 bytes into `raw`.
-    decode(unsafe { syscall2(nr::SYSTEM_INFO, raw.as_mut_ptr() as u64, 40) })?;
-    Ok(SystemInfo { managed_frames: raw[0], free_frames: raw[1], cpus: raw[2], tsc_hz: raw[3], fast_ipc_switches: raw[4] })
+    let mut raw = [0u64; 6];
+    // SAFETY: the kernel writes at most 48 bytes into `raw`.
+    decode(unsafe { syscall2(nr::SYSTEM_INFO, raw.as_mut_ptr() as u64, 48) })?;
+    Ok(SystemInfo { managed_frames: raw[0], free_frames: raw[1], cpus: raw[2], tsc_hz: raw[3], fast_ipc_switches: raw[4], fpu_loads: raw[5] })
 }
 
 /// Sends the exceptions of `space`'s threads to `port` (`None` clears it).
@@ -173,16 +175,18 @@ pub fn space_set_keeper(space: Handle, port: Option<Handle>) -> Result<(), SysEr
     decode(unsafe { syscall2(nr::SPACE_SET_KEEPER, space.0, port.map_or(0, |p| p.0)) }).map(|_| ())
 }
 
-/// A thread's exported registers (state record version 1; kernel/ABI.md).
+/// A thread's exported registers (state record version 2; kernel/ABI.md).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 #[repr(C)]
 pub struct ThreadState {
-    /// 1 | flags << 32 (bit 0: stopped in a system call: rcx/r11 hold rip/rflags).
+    /// 2 | flags << 32 (bit 0: stopped in a system call: rcx/r11 hold rip/rflags).
     pub version_flags: u64,
     /// rax rbx rcx rdx rsi rdi rbp rsp r8 r9 r10 r11 r12 r13 r14 r15
     pub gpr: [u64; 16],
     pub rip: u64,
     pub rflags: u64,
+    /// x87/SSE state, an FXSAVE image: MXCSR at byte 24, XMM0–15 from byte 160.
+    pub fpu: [u8; 512],
 }
 
 impl ThreadState {
@@ -192,6 +196,28 @@ impl ThreadState {
     pub const RDI: usize = 5;
     pub const RSP: usize = 7;
     pub const R13: usize = 13;
+    pub const VERSION: u64 = 2;
+
+    /// XMM register `i`, low quadword first.
+    pub fn xmm(&self, i: usize) -> [u64; 2] {
+        let at = 160 + 16 * i;
+        let word = |o: usize| u64::from_le_bytes(self.fpu[o..o + 8].try_into().unwrap_or([0; 8]));
+        [word(at), word(at + 8)]
+    }
+
+    pub fn set_xmm(&mut self, i: usize, value: [u64; 2]) {
+        let at = 160 + 16 * i;
+        self.fpu[at..at + 8].copy_from_slice(&value[0].to_le_bytes());
+        self.fpu[at + 8..at + 16].copy_from_slice(&value[1].to_le_bytes());
+    }
+
+    pub fn mxcsr(&self) -> u32 {
+        u32::from_le_bytes(self.fpu[24..28].try_into().unwrap_or([0; 4]))
+    }
+
+    pub fn set_mxcsr(&mut self, value: u32) {
+        self.fpu[24..28].copy_from_slice(&value.to_le_bytes());
+    }
 }
 
 /// Stops a thread (needs SET_STATE) and returns once it is stopped; a
@@ -207,7 +233,7 @@ pub fn thread_resume(h: Handle) -> Result<(), SysError> {
 }
 
 pub fn thread_get_state(h: Handle) -> Result<ThreadState, SysError> {
-    let mut s = ThreadState { version_flags: 0, gpr: [0; 16], rip: 0, rflags: 0 };
+    let mut s = ThreadState { version_flags: 0, gpr: [0; 16], rip: 0, rflags: 0, fpu: [0; 512] };
     // SAFETY: the kernel writes exactly size_of::<ThreadState>() bytes into `s`.
     decode(unsafe {
         crate::syscall4(nr::THREAD_GET_STATE, h.0, &mut s as *mut ThreadState as u64, core::mem::size_of::<ThreadState>() as u64, 0)

@@ -1,6 +1,6 @@
 //! Switching between kernel threads: callee-saved registers and the stack
-//! pointer, nothing else (the kernel never touches FPU/SSE state; user FPU
-//! state arrives with lazy switching in the IPC work).
+//! pointer, nothing else (the kernel never uses x87/SSE; user x87/SSE state
+//! is switched lazily, on first use, by `sched::lazyfpu` with `fpu`).
 
 core::arch::global_asm!(
     r#"

@@ -150,6 +150,14 @@ pub fn read_cr0() -> u64 {
     v
 }
 
+/// # Safety
+/// The caller keeps PE, PG and WP set and changes only bits whose effect it
+/// has accounted for (the FPU control bits).
+pub unsafe fn write_cr0(value: u64) {
+    // SAFETY: forwarded to the caller's contract.
+    unsafe { core::arch::asm!("mov cr0, {}", in(reg) value, options(nostack)) };
+}
+
 pub fn read_cr4() -> u64 {
     let v: u64;
     // SAFETY: no side effects.

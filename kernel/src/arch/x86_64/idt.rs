@@ -181,6 +181,9 @@ extern "C" fn trap_dispatch(frame: &mut TrapFrame) {
     let vector = frame.vector as u8;
     match vector {
         2 => crate::panic::on_nmi(frame),
+        // Device not available: a user thread's first x87/SSE instruction
+        // since it was switched in (the kernel never uses them).
+        7 if frame.cs & 3 == 3 => crate::sched::fpu_first_use(),
         0..=31 if frame.cs & 3 == 3 => {
             let e = crate::object::keeper::UserException {
                 vector: frame.vector,

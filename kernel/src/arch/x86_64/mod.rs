@@ -7,6 +7,7 @@ pub mod boot;
 pub mod bootinfo;
 pub mod context;
 pub mod cpu;
+pub mod fpu;
 pub mod gdt;
 pub mod idt;
 pub mod paging;
@@ -62,6 +63,7 @@ pub fn init_this_cpu(index: usize) {
     // SAFETY: each bit is set only when CPUID reports the feature; the kernel
     // never executes or (outside future audited copy routines) touches user pages.
     unsafe { cpu::write_cr4(cr4) };
+    fpu::init_this_cpu();
     if f.nx {
         // SAFETY: EFER.NXE is supported (CPUID) and page tables already use NX.
         unsafe { cpu::write_msr(cpu::MSR_EFER, cpu::read_msr(cpu::MSR_EFER) | (1 << 11)) };
@@ -76,5 +78,5 @@ pub fn features() -> cpu::Features {
 
 /// The arch modules the rest of the kernel uses, in one import.
 pub mod exports {
-    pub use super::{apic, bootinfo, cpu, idt, paging, percpu, smp, stack, time, tlb};
+    pub use super::{apic, bootinfo, cpu, fpu, idt, paging, percpu, smp, stack, time, tlb};
 }
