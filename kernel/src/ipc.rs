@@ -3,7 +3,9 @@
 //!
 //! Clients call a *port*; server threads wait on the *portset* the port
 //! belongs to and learn from the port's *alias* which port a request came
-//! through.
+//! through. A request or reply may carry a [`Payload`] as well — bytes and a
+//! capability, staged in the kernel by the sender and copied out by the
+//! receiver in its own address space (`ipc_call_buf`, `ipc_reply_wait_buf`).
 //!
 //! * Same CPU: when a server already waits and may run on the caller's CPU,
 //!   the client hands its CPU straight to it (`sched::block_and_handoff`: no
@@ -33,6 +35,16 @@ pub fn set_spin_limit(iterations: u32) {
 pub fn spin_limit() -> u32 {
     SPIN_LIMIT.load(Ordering::Relaxed)
 }
+
+/// What travels with a message besides its registers: bytes and at most one
+/// object (with the rights the receiver's new handle gets).
+pub struct Payload {
+    pub bytes: alloc::vec::Vec<u8>,
+    pub object: Option<(crate::object::space::Object, crate::object::handle::Rights)>,
+}
+
+/// A payload, if any, in flight.
+pub type Carried = Option<alloc::boxed::Box<Payload>>;
 
 /// A one-way message as it waits in a portset's queue: (alias, words).
 type OnewayMessage = (u64, [u64; 6]);
@@ -98,6 +110,8 @@ pub struct Port {
 pub enum IpcError {
     /// The caller was killed while it waited.
     Interrupted,
+    /// The server that took the request exited without replying.
+    ServerGone,
 }
 
 impl Default for Portset {
@@ -200,15 +214,20 @@ fn wait_delivered(me: &Arc<Thread>, handoff: Option<Arc<Thread>>) -> Result<(), 
     }
 }
 
-/// Sends `message` through `port` and waits for the reply. Interrupts off.
-pub fn call(port: &Port, message: [u64; 6]) -> Result<[u64; 6], IpcError> {
+/// Sends `message` (and `payload`) through `port` and waits for the reply
+/// and the payload that came with it. Interrupts off.
+pub fn call(port: &Port, message: [u64; 6], payload: Carried) -> Result<([u64; 6], Carried), IpcError> {
     let me = sched::current();
-    {
+    let stale = {
         let mut slot = me.ipc.lock();
         slot.message = message;
         slot.alias = port.alias;
+        slot.request_payload = payload;
+        slot.server_gone = false;
         me.delivered.store(false, Ordering::Relaxed);
-    }
+        slot.reply_payload.take()
+    };
+    drop(stale);
     let ps = &port.portset;
     let server = cpu::without_interrupts(|| {
         let mut inner = ps.inner.lock();
@@ -221,8 +240,10 @@ pub fn call(port: &Port, message: [u64; 6]) -> Result<[u64; 6], IpcError> {
     let here = crate::arch::percpu::this_cpu_index();
     let result = match server {
         Some(server) => {
+            let payload = me.ipc.lock().request_payload.take();
             {
                 let mut s = server.ipc.lock();
+                s.request_payload = payload;
                 s.message = message;
                 s.alias = port.alias;
                 s.partner = Some(me.clone());
@@ -250,8 +271,20 @@ pub fn call(port: &Port, message: [u64; 6]) -> Result<[u64; 6], IpcError> {
         ps.withdraw_client(&me);
     }
     result?;
-    let reply = me.ipc.lock().reply;
-    Ok(reply)
+    let mut slot = me.ipc.lock();
+    if core::mem::take(&mut slot.server_gone) {
+        return Err(IpcError::ServerGone);
+    }
+    Ok((slot.reply, slot.reply_payload.take()))
+}
+
+/// An exiting thread that took a request and has not replied: its client
+/// fails with `ServerGone` instead of waiting forever. Interrupts off.
+pub fn abandon_client(me: &Thread) {
+    let Some(client) = me.ipc.lock().partner.take() else { return };
+    client.ipc.lock().server_gone = true;
+    client.delivered.store(true, Ordering::Release);
+    sched::wake(&client);
 }
 
 /// A client the fast path parked, woken by anything but the fast path's
@@ -259,7 +292,15 @@ pub fn call(port: &Port, message: [u64; 6]) -> Result<[u64; 6], IpcError> {
 pub fn await_reply() -> Result<[u64; 6], IpcError> {
     let me = sched::current();
     wait_delivered(&me, None)?;
-    let reply = me.ipc.lock().reply;
+    let mut slot = me.ipc.lock();
+    if core::mem::take(&mut slot.server_gone) {
+        return Err(IpcError::ServerGone);
+    }
+    // A plain call: a payload sent along is not received.
+    let discarded = slot.reply_payload.take();
+    let reply = slot.reply;
+    drop(slot);
+    drop(discarded);
     Ok(reply)
 }
 
@@ -268,30 +309,37 @@ pub fn await_reply() -> Result<[u64; 6], IpcError> {
 pub fn await_request() -> Result<(u64, [u64; 6]), IpcError> {
     let me = sched::current();
     let portset = me.ipc.lock().waiting_on.clone().expect("a parked server waits on a portset");
-    finish_wait(&me, &portset, None)
+    // A plain reply_wait: a payload sent along is not received.
+    finish_wait(&me, &portset, None).map(|(alias, message, _)| (alias, message))
 }
 
 /// Takes `client`'s queued request as the server's current one.
-fn accept(me: &Arc<Thread>, client: Arc<Thread>) -> (u64, [u64; 6]) {
-    let (message, alias) = {
-        let c = client.ipc.lock();
-        (c.message, c.alias)
+fn accept(me: &Arc<Thread>, client: Arc<Thread>) -> (u64, [u64; 6], Carried) {
+    let (message, alias, payload) = {
+        let mut c = client.ipc.lock();
+        (c.message, c.alias, c.request_payload.take())
     };
     let mut slot = me.ipc.lock();
     slot.message = message;
     slot.alias = alias;
     slot.partner = Some(client);
-    (alias, message)
+    (alias, message, payload)
 }
 
-/// Replies to the server's current client (if any), then waits for the next
-/// request on `portset`. Returns (alias, message). Interrupts off.
-pub fn reply_wait(portset: &Portset, reply: [u64; 6]) -> Result<(u64, [u64; 6]), IpcError> {
+/// Replies (with `payload`) to the server's current client (if any), then
+/// waits for the next request on `portset`. Returns (alias, message, the
+/// request's payload). Interrupts off.
+pub fn reply_wait(portset: &Portset, reply: [u64; 6], payload: Carried) -> Result<(u64, [u64; 6], Carried), IpcError> {
     let me = sched::current();
-    let client = me.ipc.lock().partner.take();
+    let (client, stale) = {
+        let mut slot = me.ipc.lock();
+        (slot.partner.take(), slot.request_payload.take())
+    };
+    drop(stale);
     if let Some(c) = &client {
         let mut slot = c.ipc.lock();
         slot.reply = reply;
+        slot.reply_payload = payload;
         c.delivered.store(true, Ordering::Release);
     }
     me.delivered.store(false, Ordering::Relaxed);
@@ -364,16 +412,14 @@ pub fn reply_wait(portset: &Portset, reply: [u64; 6]) -> Result<(u64, [u64; 6]),
 }
 
 /// A server registered in `servers` waits for a client to deliver.
-fn finish_wait(me: &Arc<Thread>, portset: &Portset, handoff: Option<Arc<Thread>>) -> Result<(u64, [u64; 6]), IpcError> {
+fn finish_wait(me: &Arc<Thread>, portset: &Portset, handoff: Option<Arc<Thread>>) -> Result<(u64, [u64; 6], Carried), IpcError> {
     let result = wait_delivered(me, handoff);
     if result.is_err() {
         cpu::without_interrupts(|| portset.inner.lock().servers.retain(|s| !Arc::ptr_eq(s, me)));
     }
     result?;
-    let slot = me.ipc.lock();
-    let received = (slot.alias, slot.message);
-    drop(slot);
-    Ok(received)
+    let mut slot = me.ipc.lock();
+    Ok((slot.alias, slot.message, slot.request_payload.take()))
 }
 
 /// One-way send (at most once): queues `message` on the port's portset

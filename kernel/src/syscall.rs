@@ -69,6 +69,8 @@ pub const SYS_REFERENCE_CREATE: u64 = 56;
 pub const SYS_REFERENCE_COMPARE: u64 = 57;
 pub const SYS_THREAD_SET_SCHEDULER: u64 = 58;
 pub const SYS_THREAD_SET_PRIORITY: u64 = 59;
+pub const SYS_IPC_CALL_BUF: u64 = 60;
+pub const SYS_IPC_REPLY_WAIT_BUF: u64 = 61;
 
 /// Bytes of a thread state record (version 1): see kernel/ABI.md.
 pub const THREAD_STATE_BYTES: u64 = 19 * 8;
@@ -221,6 +223,8 @@ pub fn dispatch(frame: &mut SyscallFrame) -> i64 {
         SYS_THREAD_SET_PRIORITY => thread_set_priority(a0, a1),
         SYS_REFERENCE_COMPARE => reference_compare(a0, a1),
         SYS_IPC_RECEIVE => ipc_receive(frame),
+        SYS_IPC_CALL_BUF => ipc_call_buf(frame),
+        SYS_IPC_REPLY_WAIT_BUF => ipc_reply_wait_buf(frame),
         SYS_HANDLE_TRANSFER_AT => handle_transfer_at(a0, a1, a2, a3),
         SYS_MEMORY_OBJECT_STATE => memory_object_state(a0, a1, a2),
         SYS_READ_TSC => Ok((crate::arch::cpu::read_tsc() & (i64::MAX as u64)) as i64),
@@ -478,15 +482,30 @@ fn ipc_call(frame: &mut SyscallFrame) -> SysResult {
     let me = caller()?;
     let port = me.lookup_port(Handle::from_raw(frame.rdi), Rights::SEND)?;
     drop(me);
-    let reply = crate::ipc::call(&port, message_of(frame));
+    // A plain call: a payload sent with the reply is not received.
+    let reply = crate::ipc::call(&port, message_of(frame), None).map(|(reply, _)| reply);
     reply_received(frame, reply)
 }
 
 /// The end of `ipc_call`: the reply in the message registers.
 fn reply_received(frame: &mut SyscallFrame, reply: Result<[u64; 6], crate::ipc::IpcError>) -> SysResult {
-    let Ok(reply) = reply else { return interrupted() };
+    let reply = match call_result(reply) {
+        Ok(reply) => reply,
+        Err(ret) => return ret,
+    };
     set_message(frame, reply);
     Ok(0)
+}
+
+/// A blocking IPC's outcome, or (Err) what the system call returns instead:
+/// an interrupted call restarts (or fails, if killed); a server that exited
+/// without replying fails the call with Dead.
+fn call_result<T>(result: Result<T, crate::ipc::IpcError>) -> Result<T, SysResult> {
+    match result {
+        Ok(v) => Ok(v),
+        Err(crate::ipc::IpcError::ServerGone) => Err(Err(SysError::Dead)),
+        Err(crate::ipc::IpcError::Interrupted) => Err(interrupted()),
+    }
 }
 
 /// `ipc_reply_wait(portset)` with the reply to the current client (if any)
@@ -496,8 +515,115 @@ fn ipc_reply_wait(frame: &mut SyscallFrame) -> SysResult {
     let me = caller()?;
     let ps = me.lookup_portset(Handle::from_raw(frame.rdi), Rights::RECEIVE)?;
     drop(me);
-    let request = crate::ipc::reply_wait(&ps, message_of(frame));
+    let request = crate::ipc::reply_wait(&ps, message_of(frame), None).map(|(alias, request, _)| (alias, request));
     request_received(frame, request)
+}
+
+/// What r13 points at in `ipc_call_buf` and `ipc_reply_wait_buf`: eight
+/// u64 words {send ptr, send len, send handle, receive ptr, receive
+/// capacity, out: received len, out: received handle, 0}.
+struct BufferDescriptor {
+    at: u64,
+    send_ptr: u64,
+    send_len: u64,
+    send_handle: u64,
+    recv_ptr: u64,
+    recv_capacity: u64,
+}
+
+/// Longest byte payload of one message.
+pub const IPC_BUFFER_MAX: u64 = 64 * 1024;
+
+impl BufferDescriptor {
+    fn read(at: u64) -> Result<BufferDescriptor, SysError> {
+        let mut raw = [0u8; 64];
+        copy_from_user(&mut raw, at).map_err(|()| SysError::BadPointer)?;
+        let w = |i: usize| u64::from_le_bytes(raw[i * 8..i * 8 + 8].try_into().unwrap_or([0; 8]));
+        if w(7) != 0 {
+            return Err(SysError::InvalidArgument);
+        }
+        let d = BufferDescriptor { at, send_ptr: w(0), send_len: w(1), send_handle: w(2), recv_ptr: w(3), recv_capacity: w(4) };
+        if d.send_len > IPC_BUFFER_MAX || d.recv_capacity > IPC_BUFFER_MAX {
+            return Err(SysError::BadSize);
+        }
+        if d.recv_ptr.checked_add(d.recv_capacity).is_none_or(|end| end > crate::arch::paging::USER_TOP) {
+            return Err(SysError::BadPointer);
+        }
+        Ok(d)
+    }
+
+    /// Copies the bytes and looks up the handle to send (it needs TRANSFER;
+    /// the receiver's handle gets the same rights).
+    fn stage(&self, me: &Space) -> Result<crate::ipc::Carried, SysError> {
+        if self.send_len == 0 && self.send_handle == 0 {
+            return Ok(None);
+        }
+        let mut bytes = alloc::vec::Vec::new();
+        bytes.try_reserve_exact(self.send_len as usize).map_err(|_| SysError::NoMemory)?;
+        bytes.resize(self.send_len as usize, 0);
+        copy_from_user(&mut bytes, self.send_ptr).map_err(|()| SysError::BadPointer)?;
+        let object = match self.send_handle {
+            0 => None,
+            h => {
+                let handle = Handle::from_raw(h);
+                let rights = crate::arch::cpu::without_interrupts(|| me.handles.lock().rights(handle))?;
+                if !rights.contains(Rights::TRANSFER) {
+                    return Err(SysError::MissingRights);
+                }
+                Some((me.lookup(handle, Rights::NONE)?, rights))
+            }
+        };
+        Ok(Some(alloc::boxed::Box::new(crate::ipc::Payload { bytes, object })))
+    }
+
+    /// Copies a received payload out (at most the receive capacity; the
+    /// received-length word tells the whole length) and installs its handle.
+    fn deliver(&self, me: &Space, payload: crate::ipc::Carried) -> Result<(), SysError> {
+        let (len, handle) = match payload {
+            None => (0, 0),
+            Some(p) => {
+                let n = p.bytes.len().min(self.recv_capacity as usize);
+                copy_to_user(self.recv_ptr, &p.bytes[..n]).map_err(|()| SysError::BadPointer)?;
+                // A full table drops the object: the handle word reads 0.
+                let handle = p.object.and_then(|(object, rights)| me.insert(object, rights).ok()).map_or(0, Handle::raw);
+                (p.bytes.len() as u64, handle)
+            }
+        };
+        let mut out = [0u8; 16];
+        out[..8].copy_from_slice(&len.to_le_bytes());
+        out[8..].copy_from_slice(&handle.to_le_bytes());
+        copy_to_user(self.at + 40, &out).map_err(|()| SysError::BadPointer)
+    }
+}
+
+/// `ipc_call` with a payload: r13 points at a [`BufferDescriptor`]; the
+/// request carries its send part, the reply's payload lands in its receive
+/// part. General path only.
+fn ipc_call_buf(frame: &mut SyscallFrame) -> SysResult {
+    let d = BufferDescriptor::read(frame.r13)?;
+    let me = caller()?;
+    let port = me.lookup_port(Handle::from_raw(frame.rdi), Rights::SEND)?;
+    let payload = d.stage(&me)?;
+    let (reply, reply_payload) = match call_result(crate::ipc::call(&port, message_of(frame), payload)) {
+        Ok(received) => received,
+        Err(ret) => return ret,
+    };
+    set_message(frame, reply);
+    d.deliver(&me, reply_payload)?;
+    Ok(0)
+}
+
+/// `ipc_reply_wait` with a payload: the reply carries the descriptor's send
+/// part, the next request's payload lands in its receive part.
+fn ipc_reply_wait_buf(frame: &mut SyscallFrame) -> SysResult {
+    let d = BufferDescriptor::read(frame.r13)?;
+    let me = caller()?;
+    let ps = me.lookup_portset(Handle::from_raw(frame.rdi), Rights::RECEIVE)?;
+    let payload = d.stage(&me)?;
+    let Ok((alias, request, request_payload)) = crate::ipc::reply_wait(&ps, message_of(frame), payload) else { return interrupted() };
+    set_message(frame, request);
+    d.deliver(&me, request_payload)?;
+    Ok((alias & fastpath::ipc::ALIAS_RESULT_MASK) as i64)
 }
 
 /// The end of `ipc_reply_wait`: the request in the message registers, the

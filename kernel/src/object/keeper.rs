@@ -98,8 +98,10 @@ pub fn handle_user_exception(e: &UserException) -> Outcome {
     drop(space);
     // The thread waits in an ordinary IPC call (interrupts are off here, on
     // its own kernel stack), so its keeper can take all the time it needs.
-    match ipc::call(&port, message) {
+    match ipc::call(&port, message, None).map(|(reply, _)| reply) {
         Ok(reply) if reply[0] == 0 => Outcome::Resume,
+        // The keeper thread exited without replying: the fault stands.
+        Err(ipc::IpcError::ServerGone) => Outcome::End,
         Err(_) if !sched::current().kill_requested() => Outcome::Restart,
         _ => Outcome::End,
     }

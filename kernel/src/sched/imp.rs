@@ -131,6 +131,13 @@ pub struct IpcSlot {
     pub alias: u64,
     /// Server: the client to reply to. Client: none.
     pub partner: Option<Arc<Thread>>,
+    /// Client: the payload staged with its request until a server takes
+    /// it. Server: the payload of the request it received.
+    pub request_payload: crate::ipc::Carried,
+    /// Client: the payload that came with its reply.
+    pub reply_payload: crate::ipc::Carried,
+    /// Client: set (with `delivered`) when its server exited instead of replying.
+    pub server_gone: bool,
     /// The portset a server parked by the fast path waits on; kept after
     /// it runs again, so a server that waits on the same portset each time
     /// parks without touching a reference count.
@@ -752,6 +759,7 @@ pub fn exit_current(reason: UserExit) -> ! {
     cpu::disable_interrupts();
     lazyfpu::forget_current();
     let me = current();
+    crate::ipc::abandon_client(&me);
     let joiners = {
         let mut slot = me.exit.lock();
         slot.reason = Some(reason);

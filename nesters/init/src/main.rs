@@ -13,6 +13,7 @@ use matryoshka_rt::object::{self as obj, rights, types, Handle, Record};
 use matryoshka_rt::{self as rt, println, SysError};
 
 mod fpu;
+mod payload;
 
 extern crate alloc;
 
@@ -43,7 +44,7 @@ fn init_main() -> i32 {
         return stress::run();
     }
     println!("init: hello from the root program");
-    let checks: [(&str, Check); 29] = [
+    let checks: [(&str, Check); 30] = [
         ("data and bss", data_and_bss),
         ("null call", null_call),
         ("console write", console_write),
@@ -73,6 +74,7 @@ fn init_main() -> i32 {
         ("cpu time as ipc to a scheduler port", scheduler_port),
         ("hostile arguments", hostile_arguments),
         ("x87/SSE state: lazy switching, migration, get/set_state, none on IPC", fpu::check),
+        ("ipc payloads: bytes and capabilities both ways", payload::check),
     ];
     let tsc_hz = obj::system_info().map(|i| i.tsc_hz).unwrap_or(0).max(1);
     for (i, (name, check)) in checks.iter().enumerate() {

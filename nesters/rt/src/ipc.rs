@@ -76,3 +76,89 @@ pub fn reply_wait(portset: Handle, reply: Message) -> Result<(u64, Message), Sys
     let alias = decode(ipc_raw(nr::IPC_REPLY_WAIT, portset, &mut m))?;
     Ok((alias, m))
 }
+
+/// The descriptor r13 points at in `ipc_call_buf` / `ipc_reply_wait_buf`
+/// (kernel/ABI.md).
+#[repr(C)]
+#[derive(Default)]
+struct Descriptor {
+    send_ptr: u64,
+    send_len: u64,
+    send_handle: u64,
+    recv_ptr: u64,
+    recv_capacity: u64,
+    received_len: u64,
+    received_handle: u64,
+    reserved: u64,
+}
+
+/// What came with a message besides its registers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Received {
+    /// The length the sender sent; the bytes beyond the receive buffer's
+    /// length were cut.
+    pub len: usize,
+    /// The capability it passed, now a handle in this program's table.
+    pub handle: Option<Handle>,
+}
+
+/// The bytes (at most 64 KiB) and capability (a handle with the TRANSFER
+/// right; the receiver's handle gets the same rights) to send, and where to
+/// receive the other side's.
+pub struct Payload<'a> {
+    pub send: &'a [u8],
+    pub handle: Option<Handle>,
+    pub recv: &'a mut [u8],
+}
+
+#[inline(always)]
+fn ipc_payload_raw(n: u64, h: Handle, m: &mut Message, p: &mut Payload) -> Result<(i64, Received), SysError> {
+    let mut d = Descriptor {
+        send_ptr: p.send.as_ptr() as u64,
+        send_len: p.send.len() as u64,
+        send_handle: p.handle.map_or(0, |h| h.0),
+        recv_ptr: p.recv.as_mut_ptr() as u64,
+        recv_capacity: p.recv.len() as u64,
+        ..Descriptor::default()
+    };
+    let ret: i64;
+    // SAFETY: as `ipc_raw`; the kernel reads `p.send` and writes at most
+    // `p.recv.len()` bytes of `p.recv` (both borrowed for this call) and
+    // the two result words of `d`.
+    unsafe {
+        asm!(
+            "syscall",
+            inlateout("rax") n as i64 => ret,
+            in("rdi") h.0,
+            inlateout("rsi") m[0],
+            inlateout("rdx") m[1],
+            inlateout("r10") m[2],
+            inlateout("r8") m[3],
+            inlateout("r9") m[4],
+            inlateout("r12") m[5],
+            in("r13") &mut d as *mut Descriptor as u64,
+            lateout("rcx") _,
+            lateout("r11") _,
+            options(nostack)
+        );
+    }
+    let value = decode(ret)? as i64;
+    Ok((value, Received { len: d.received_len as usize, handle: (d.received_handle != 0).then_some(Handle(d.received_handle)) }))
+}
+
+/// `call` that also sends bytes and a capability, and receives the reply's
+/// (the general path, not the register-only fast path).
+pub fn call_payload(port: Handle, request: Message, payload: &mut Payload) -> Result<(Message, Received), SysError> {
+    let mut m = request;
+    let (_, received) = ipc_payload_raw(nr::IPC_CALL_BUF, port, &mut m, payload)?;
+    Ok((m, received))
+}
+
+/// `reply_wait` whose reply carries `payload`'s bytes and capability, and
+/// whose next request's payload lands in `payload.recv`: (alias, request,
+/// what came with it).
+pub fn reply_wait_payload(portset: Handle, reply: Message, payload: &mut Payload) -> Result<(u64, Message, Received), SysError> {
+    let mut m = reply;
+    let (alias, received) = ipc_payload_raw(nr::IPC_REPLY_WAIT_BUF, portset, &mut m, payload)?;
+    Ok((alias as u64, m, received))
+}

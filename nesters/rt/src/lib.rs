@@ -77,6 +77,8 @@ pub mod nr {
     pub const REFERENCE_COMPARE: u64 = 57;
     pub const THREAD_SET_SCHEDULER: u64 = 58;
     pub const THREAD_SET_PRIORITY: u64 = 59;
+    pub const IPC_CALL_BUF: u64 = 60;
+    pub const IPC_REPLY_WAIT_BUF: u64 = 61;
 }
 
 /// Longest console write the kernel accepts in one call.

@@ -331,6 +331,10 @@ fn complete(frame: &mut SyscallFrame, number: u64, result: i64) {
 /// Checks that `[addr, addr + len)` is mapped user memory in the current
 /// address space (writable too, if `write`).
 fn check_user_range(addr: u64, len: u64, write: bool) -> Result<(), ()> {
+    if len == 0 {
+        // Nothing is touched (an empty Rust slice's pointer may be dangling).
+        return Ok(());
+    }
     let end = addr.checked_add(len).ok_or(())?;
     if end > USER_TOP {
         return Err(());
