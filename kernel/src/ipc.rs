@@ -63,6 +63,8 @@ pub struct Portset {
     oneway: fastpath::PortQueue<OnewayMessage, ONEWAY_CAPACITY>,
     doorbell: fastpath::Doorbell,
     oneway_receiver: spin::Mutex<Option<Arc<Thread>>>,
+    /// Threads connecting and accepting (reliable IPC, `crate::reliable`).
+    pub(crate) rendezvous: spin::Mutex<crate::reliable::Rendezvous>,
 }
 
 struct PortsetInner {
@@ -130,6 +132,7 @@ impl Portset {
             oneway: fastpath::PortQueue::new(),
             doorbell: fastpath::Doorbell::new(),
             oneway_receiver: spin::Mutex::new(None),
+            rendezvous: spin::Mutex::new(crate::reliable::Rendezvous::default()),
         }
     }
 
@@ -209,6 +212,28 @@ fn wait_delivered(me: &Arc<Thread>, handoff: Option<Arc<Thread>>) -> Result<(), 
             let _ = sched::wake(me);
             sched::schedule();
             return Ok(());
+        }
+        sched::schedule();
+    }
+}
+
+/// Waits until a partner sets the caller's `delivered` (spinning first if
+/// it may be running on another CPU), or fails if the caller is stopped or
+/// killed.
+pub(crate) fn wait_for_partner(me: &Arc<Thread>, partner_remote: bool) -> Result<(), IpcError> {
+    if partner_remote && spin_for_delivery(me) {
+        return Ok(());
+    }
+    wait_delivered(me, None)
+}
+
+/// Waits for a delivery a partner has already committed to (it is on its
+/// way), ignoring stop and kill requests.
+pub(crate) fn wait_for_partner_uninterruptibly(me: &Arc<Thread>) {
+    while !delivered(me) {
+        sched::mark_current_blocked();
+        if delivered(me) {
+            let _ = sched::wake(me);
         }
         sched::schedule();
     }

@@ -32,6 +32,8 @@ mod panic;
 mod syscall;
 #[cfg(target_os = "none")]
 mod ipc;
+#[cfg(target_os = "none")]
+mod reliable;
 pub mod sched;
 
 #[cfg(not(target_os = "none"))]

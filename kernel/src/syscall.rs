@@ -71,6 +71,14 @@ pub const SYS_THREAD_SET_SCHEDULER: u64 = 58;
 pub const SYS_THREAD_SET_PRIORITY: u64 = 59;
 pub const SYS_IPC_CALL_BUF: u64 = 60;
 pub const SYS_IPC_REPLY_WAIT_BUF: u64 = 61;
+pub const SYS_CONN_CONNECT: u64 = 62;
+pub const SYS_CONN_ACCEPT: u64 = 63;
+pub const SYS_CONN_SEND: u64 = 64;
+pub const SYS_CONN_RECEIVE: u64 = 65;
+pub const SYS_CONN_SEND_OVER_RECEIVE: u64 = 66;
+pub const SYS_CONN_DISCONNECT: u64 = 67;
+pub const SYS_THREAD_GET_CONNECTION: u64 = 68;
+pub const SYS_THREAD_SET_CONNECTION: u64 = 69;
 
 /// Bytes of a thread state record (version 1): see kernel/ABI.md.
 pub const THREAD_STATE_BYTES: u64 = 19 * 8;
@@ -155,6 +163,9 @@ impl From<SchedError> for SysError {
 /// Internal result of a blocking call interrupted by a stop request: the
 /// entry path rewinds the thread to make the call again (never seen by users).
 pub const RESTART: i64 = -512;
+/// Like RESTART, but the call restarts as the one the handler put in rax
+/// (a combined call whose first part took effect).
+pub const RESTART_AS_SET: i64 = -513;
 
 /// Interrupted blocking calls restart if the thread is being stopped and
 /// end with `Dead` if it is being killed.
@@ -225,6 +236,14 @@ pub fn dispatch(frame: &mut SyscallFrame) -> i64 {
         SYS_IPC_RECEIVE => ipc_receive(frame),
         SYS_IPC_CALL_BUF => ipc_call_buf(frame),
         SYS_IPC_REPLY_WAIT_BUF => ipc_reply_wait_buf(frame),
+        SYS_CONN_CONNECT => conn_connect(frame),
+        SYS_CONN_ACCEPT => conn_accept(frame),
+        SYS_CONN_SEND => conn_send(frame),
+        SYS_CONN_RECEIVE => conn_receive(frame),
+        SYS_CONN_SEND_OVER_RECEIVE => conn_send_over_receive(frame),
+        SYS_CONN_DISCONNECT => conn_disconnect(a0),
+        SYS_THREAD_GET_CONNECTION => thread_get_connection(a0, a1, a2),
+        SYS_THREAD_SET_CONNECTION => thread_set_connection(a0, a1, a2, a3),
         SYS_HANDLE_TRANSFER_AT => handle_transfer_at(a0, a1, a2, a3),
         SYS_MEMORY_OBJECT_STATE => memory_object_state(a0, a1, a2),
         SYS_READ_TSC => Ok((crate::arch::cpu::read_tsc() & (i64::MAX as u64)) as i64),
@@ -632,6 +651,174 @@ fn request_received(frame: &mut SyscallFrame, request: Result<(u64, [u64; 6]), c
     let Ok((alias, request)) = request else { return interrupted() };
     set_message(frame, request);
     Ok((alias & fastpath::ipc::ALIAS_RESULT_MASK) as i64)
+}
+
+/// A reliable-IPC outcome as the caller sees it (Err: what the call returns).
+fn conn_result<T>(result: Result<T, crate::reliable::ConnError>) -> Result<T, SysResult> {
+    use crate::reliable::ConnError;
+    match result {
+        Ok(v) => Ok(v),
+        Err(ConnError::WrongState) => Err(Err(SysError::InvalidArgument)),
+        Err(ConnError::Gone) => Err(Err(SysError::Dead)),
+        Err(ConnError::Interrupted) => Err(interrupted()),
+    }
+}
+
+fn connection_side(side: u64) -> Result<usize, SysError> {
+    match side {
+        0 => Ok(crate::reliable::CLIENT_SIDE),
+        1 => Ok(crate::reliable::SERVER_SIDE),
+        _ => Err(SysError::InvalidArgument),
+    }
+}
+
+/// `conn_connect(port)` with the first message in the message registers:
+/// waits for a server accepting on the port's portset; the caller's client
+/// side (0) is then connected and the caller sends.
+fn conn_connect(frame: &mut SyscallFrame) -> SysResult {
+    let me = caller()?;
+    let port = me.lookup_port(Handle::from_raw(frame.rdi), Rights::SEND)?;
+    drop(me);
+    match conn_result(crate::reliable::connect(&port, message_of(frame))) {
+        Ok(()) => Ok(0),
+        Err(ret) => ret,
+    }
+}
+
+/// `conn_accept(portset)`: waits for a connecting client; returns the port's
+/// alias with the first message in the message registers. The caller's
+/// server side (1) is then connected and the caller receives.
+fn conn_accept(frame: &mut SyscallFrame) -> SysResult {
+    let me = caller()?;
+    let ps = me.lookup_portset(Handle::from_raw(frame.rdi), Rights::RECEIVE)?;
+    drop(me);
+    let (alias, first) = match conn_result(crate::reliable::accept(&ps)) {
+        Ok(accepted) => accepted,
+        Err(ret) => return ret,
+    };
+    set_message(frame, first);
+    Ok((alias & fastpath::ipc::ALIAS_RESULT_MASK) as i64)
+}
+
+/// `conn_send(side, flags in r13)`: hands the message registers to the
+/// receiver exactly once (waiting until it takes them); flag 1 (OVER)
+/// makes the receiver the sender after this message.
+fn conn_send(frame: &mut SyscallFrame) -> SysResult {
+    let side = connection_side(frame.rdi)?;
+    if frame.r13 & !crate::reliable::OVER != 0 {
+        return Err(SysError::InvalidArgument);
+    }
+    match conn_result(crate::reliable::send(side, message_of(frame), frame.r13)) {
+        Ok(()) => Ok(0),
+        Err(ret) => ret,
+    }
+}
+
+/// The result code of a receive: 0 data, 1 data and the turn to send,
+/// 2 the other end disconnected.
+fn received_code(r: crate::reliable::Received) -> i64 {
+    match r {
+        crate::reliable::Received::Data => 0,
+        crate::reliable::Received::Over => 1,
+        crate::reliable::Received::Disconnected => 2,
+    }
+}
+
+/// `conn_receive(side)`: the next message in the message registers.
+fn conn_receive(frame: &mut SyscallFrame) -> SysResult {
+    let side = connection_side(frame.rdi)?;
+    let (what, message) = match conn_result(crate::reliable::receive(side)) {
+        Ok(received) => received,
+        Err(ret) => return ret,
+    };
+    set_message(frame, message);
+    Ok(received_code(what))
+}
+
+/// `conn_send_over_receive(side)`: sends the message with OVER, then
+/// receives the first message of the other direction. Stopped after the send
+/// took effect, the call is exported as the plain `conn_receive` that
+/// remains (Fluke's atomic API).
+fn conn_send_over_receive(frame: &mut SyscallFrame) -> SysResult {
+    let side = connection_side(frame.rdi)?;
+    if let Err(ret) = conn_result(crate::reliable::send(side, message_of(frame), crate::reliable::OVER)) {
+        return ret;
+    }
+    match crate::reliable::receive(side) {
+        Err(crate::reliable::ConnError::Interrupted) if sched::me().stop_requested() && !sched::me().kill_requested() => {
+            frame.rax = SYS_CONN_RECEIVE;
+            Ok(RESTART_AS_SET)
+        }
+        other => {
+            let (what, message) = match conn_result(other) {
+                Ok(received) => received,
+                Err(ret) => return ret,
+            };
+            set_message(frame, message);
+            Ok(received_code(what))
+        }
+    }
+}
+
+fn conn_disconnect(side: u64) -> SysResult {
+    let side = connection_side(side)?;
+    match conn_result(crate::reliable::disconnect(side)) {
+        Ok(()) => Ok(0),
+        Err(ret) => ret,
+    }
+}
+
+/// `thread_get_connection(thread, side, buf)` (GET_STATE, thread stopped):
+/// writes {u64 a Reference handle to the thread at the other end, or 0;
+/// u64 flags: 1 linked, 2 this end sends, 4 closed} and returns 16.
+fn thread_get_connection(h: u64, side: u64, buf: u64) -> SysResult {
+    let side = connection_side(side)?;
+    let t = stopped_thread(h, Rights::GET_STATE)?;
+    let (peer, flags) = match crate::reliable::get_link(&t, side) {
+        None => (0, 0),
+        Some((peer, sending, closed)) => {
+            let me = caller()?;
+            let peer = match peer {
+                Some(p) => {
+                    let named = alloc::sync::Arc::new(Object::Thread(p));
+                    me.insert(Object::Reference(named), Rights::GET_STATE.union(Rights::DUPLICATE).union(Rights::TRANSFER))?.raw()
+                }
+                None => 0,
+            };
+            (peer, 1 | (sending as u64) << 1 | (closed as u64) << 2)
+        }
+    };
+    let mut out = [0u8; 16];
+    out[..8].copy_from_slice(&peer.to_le_bytes());
+    out[8..].copy_from_slice(&flags.to_le_bytes());
+    copy_to_user(buf, &out).map_err(|()| SysError::BadPointer)?;
+    Ok(16)
+}
+
+/// `thread_set_connection(thread, side, peer, flags)` (SET_STATE, thread
+/// stopped): links `side` to the thread `peer` names (a Thread handle or a
+/// Reference to one; 0 clears the side), flag 2: this end sends. The two
+/// ends of a rebuilt connection are set one after the other.
+fn thread_set_connection(h: u64, side: u64, peer: u64, flags: u64) -> SysResult {
+    let side = connection_side(side)?;
+    if flags & !2 != 0 {
+        return Err(SysError::InvalidArgument);
+    }
+    let t = stopped_thread(h, Rights::SET_STATE)?;
+    let me = caller()?;
+    let peer = match peer {
+        0 => None,
+        p => match me.lookup(Handle::from_raw(p), Rights::NONE)? {
+            Object::Thread(t) => Some(t),
+            Object::Reference(r) => match &*r {
+                Object::Thread(t) => Some(t.clone()),
+                _ => return Err(SysError::WrongType),
+            },
+            _ => return Err(SysError::WrongType),
+        },
+    };
+    crate::reliable::set_link(&t, side, peer.as_ref(), flags & 2 != 0).map_err(|_| SysError::InvalidArgument)?;
+    Ok(0)
 }
 
 /// Finishes the `ipc_call` or `ipc_reply_wait` of a thread the fast path

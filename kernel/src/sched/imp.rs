@@ -138,6 +138,8 @@ pub struct IpcSlot {
     pub reply_payload: crate::ipc::Carried,
     /// Client: set (with `delivered`) when its server exited instead of replying.
     pub server_gone: bool,
+    /// Reliable connections (see crate::reliable).
+    pub links: crate::reliable::Links,
     /// The portset a server parked by the fast path waits on; kept after
     /// it runs again, so a server that waits on the same portset each time
     /// parks without touching a reference count.
@@ -760,6 +762,7 @@ pub fn exit_current(reason: UserExit) -> ! {
     lazyfpu::forget_current();
     let me = current();
     crate::ipc::abandon_client(&me);
+    crate::reliable::on_exit(&me);
     let joiners = {
         let mut slot = me.exit.lock();
         slot.reason = Some(reason);

@@ -162,3 +162,119 @@ pub fn reply_wait_payload(portset: Handle, reply: Message, payload: &mut Payload
     let (alias, received) = ipc_payload_raw(nr::IPC_REPLY_WAIT_BUF, portset, &mut m, payload)?;
     Ok((alias as u64, m, received))
 }
+
+/// Reliable IPC: half-duplex connections (kernel/ABI.md). A thread's side 0
+/// is the connection it made as a client, side 1 the one it accepted.
+pub mod conn {
+    use super::{ipc_raw, Message};
+    use crate::object::Handle;
+    use crate::{decode, nr, SysError};
+
+    pub const CLIENT: u64 = 0;
+    pub const SERVER: u64 = 1;
+    const OVER: u64 = 1;
+
+    /// What a receive brought.
+    #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+    pub enum Received {
+        Data(Message),
+        /// The other end's last message this way: the caller sends next.
+        Over(Message),
+        /// The other end disconnected.
+        Disconnected,
+    }
+
+    fn received(code: u64, m: Message) -> Received {
+        match code {
+            0 => Received::Data(m),
+            1 => Received::Over(m),
+            _ => Received::Disconnected,
+        }
+    }
+
+    /// `ipc_raw` with `flags` in r13.
+    #[inline(always)]
+    fn raw_with_flags(n: u64, h: u64, m: &mut Message, flags: u64) -> i64 {
+        let ret: i64;
+        // SAFETY: as `ipc_raw`; r13 is an input only.
+        unsafe {
+            core::arch::asm!(
+                "syscall",
+                inlateout("rax") n as i64 => ret,
+                in("rdi") h,
+                inlateout("rsi") m[0],
+                inlateout("rdx") m[1],
+                inlateout("r10") m[2],
+                inlateout("r8") m[3],
+                inlateout("r9") m[4],
+                inlateout("r12") m[5],
+                in("r13") flags,
+                lateout("rcx") _,
+                lateout("r11") _,
+                options(nostack)
+            );
+        }
+        ret
+    }
+
+    /// Connects through `port` with a first message; the caller sends next.
+    pub fn connect(port: Handle, first: Message) -> Result<(), SysError> {
+        let mut m = first;
+        decode(ipc_raw(nr::CONN_CONNECT, port, &mut m)).map(|_| ())
+    }
+
+    /// Accepts a connection on `portset`: (alias, first message); the caller receives next.
+    pub fn accept(portset: Handle) -> Result<(u64, Message), SysError> {
+        let mut m = [0; 6];
+        let alias = decode(ipc_raw(nr::CONN_ACCEPT, portset, &mut m))?;
+        Ok((alias, m))
+    }
+
+    /// Hands `m` to the other end exactly once (waits until it takes it).
+    pub fn send(side: u64, m: Message) -> Result<(), SysError> {
+        let mut m = m;
+        decode(raw_with_flags(nr::CONN_SEND, side, &mut m, 0)).map(|_| ())
+    }
+
+    /// `send`, after which the other end sends.
+    pub fn send_over(side: u64, m: Message) -> Result<(), SysError> {
+        let mut m = m;
+        decode(raw_with_flags(nr::CONN_SEND, side, &mut m, OVER)).map(|_| ())
+    }
+
+    pub fn receive(side: u64) -> Result<Received, SysError> {
+        let mut m = [0; 6];
+        let code = decode(ipc_raw(nr::CONN_RECEIVE, Handle(side), &mut m))?;
+        Ok(received(code, m))
+    }
+
+    /// `send_over` then `receive`, in one call.
+    pub fn send_over_receive(side: u64, m: Message) -> Result<Received, SysError> {
+        let mut m = m;
+        let code = decode(ipc_raw(nr::CONN_SEND_OVER_RECEIVE, Handle(side), &mut m))?;
+        Ok(received(code, m))
+    }
+
+    pub fn disconnect(side: u64) -> Result<(), SysError> {
+        // SAFETY: no memory arguments.
+        decode(unsafe { crate::syscall1(nr::CONN_DISCONNECT, side) }).map(|_| ())
+    }
+
+    /// A stopped thread's connection on `side`: a Reference handle to the
+    /// thread at the other end (if any) and the flags (1 linked, 2 this end
+    /// sends, 4 closed).
+    pub fn get_link(thread: Handle, side: u64) -> Result<(Option<Handle>, u64), SysError> {
+        let mut out = [0u64; 2];
+        // SAFETY: the kernel writes 16 bytes into `out`.
+        decode(unsafe { crate::syscall4(nr::THREAD_GET_CONNECTION, thread.0, side, out.as_mut_ptr() as u64, 0) })?;
+        Ok(((out[0] != 0).then_some(Handle(out[0])), out[1]))
+    }
+
+    /// Links a stopped thread's `side` to the thread `peer` names (a thread
+    /// handle or a Reference to one; None clears it); `sending`: this end sends.
+    pub fn set_link(thread: Handle, side: u64, peer: Option<Handle>, sending: bool) -> Result<(), SysError> {
+        // SAFETY: no memory arguments.
+        decode(unsafe { crate::syscall4(nr::THREAD_SET_CONNECTION, thread.0, side, peer.map_or(0, |p| p.0), (sending as u64) << 1) })
+            .map(|_| ())
+    }
+}

@@ -79,6 +79,14 @@ pub mod nr {
     pub const THREAD_SET_PRIORITY: u64 = 59;
     pub const IPC_CALL_BUF: u64 = 60;
     pub const IPC_REPLY_WAIT_BUF: u64 = 61;
+    pub const CONN_CONNECT: u64 = 62;
+    pub const CONN_ACCEPT: u64 = 63;
+    pub const CONN_SEND: u64 = 64;
+    pub const CONN_RECEIVE: u64 = 65;
+    pub const CONN_SEND_OVER_RECEIVE: u64 = 66;
+    pub const CONN_DISCONNECT: u64 = 67;
+    pub const THREAD_GET_CONNECTION: u64 = 68;
+    pub const THREAD_SET_CONNECTION: u64 = 69;
 }
 
 /// Longest console write the kernel accepts in one call.

@@ -316,6 +316,10 @@ fn complete(frame: &mut SyscallFrame, number: u64, result: i64) {
         // export it as about to make the same call again.
         frame.rip -= 2; // the `syscall` instruction
         frame.rax = number;
+    } else if result == crate::syscall::RESTART_AS_SET {
+        // Its first part took effect: export it as about to make the call
+        // that remains, which the handler put in rax.
+        frame.rip -= 2;
     } else {
         frame.rax = result as u64;
     }
