@@ -217,6 +217,60 @@ fn freeze_and_rebuild() -> Result<(), &'static str> {
     Ok(())
 }
 
+static TURN_HOLD: AtomicU64 = AtomicU64::new(0);
+
+/// Takes the client's turn, then waits for TURN_HOLD to clear before it
+/// answers, so the client sits in the receive half of send_over_receive.
+extern "C" fn slow_turn_server(_: u64) -> ! {
+    let ps = Handle(super::PORTSET.load(Ordering::Relaxed));
+    let Ok(_) = conn::accept(ps) else { rt::exit(1) };
+    let Ok(Received::Over(m)) = conn::receive(conn::SERVER) else { rt::exit(2) };
+    TURN_HOLD.store(2, Ordering::Release);
+    while TURN_HOLD.load(Ordering::Acquire) != 0 {
+        obj::yield_now();
+    }
+    let _ = conn::send_over(conn::SERVER, [m[0] + 1; 6]);
+    let _ = conn::receive(conn::SERVER);
+    rt::exit(0)
+}
+
+extern "C" fn turn_client(_: u64) -> ! {
+    let port = Handle(super::PORT.load(Ordering::Relaxed));
+    if conn::connect(port, [0; 6]).is_err() {
+        rt::exit(1);
+    }
+    let answer = conn::send_over_receive(conn::CLIENT, [41; 6]);
+    let _ = conn::disconnect(conn::CLIENT);
+    rt::exit(if answer == Ok(Received::Over([42; 6])) { 0 } else { 3 })
+}
+
+/// A client stopped in the receive half of send_over_receive is exported
+/// as the plain receive that remains (its send took effect).
+fn combined_call_restarts_as_receive() -> Result<(), &'static str> {
+    let me = obj::self_space();
+    TURN_HOLD.store(1, Ordering::Release);
+    let server = obj::thread_create(me, slow_turn_server, super::stack_top(0), 0).map_err(|_| "thread_create")?;
+    let client = obj::thread_create(me, turn_client, super::stack_top(1), 0).map_err(|_| "thread_create")?;
+    while TURN_HOLD.load(Ordering::Acquire) != 2 {
+        obj::yield_now();
+    }
+    obj::thread_stop(client).map_err(|_| "thread_stop")?;
+    let st = obj::thread_get_state(client).map_err(|_| "thread_get_state")?;
+    obj::thread_resume(client).map_err(|_| "thread_resume")?;
+    TURN_HOLD.store(0, Ordering::Release);
+    let (c, s) = (obj::thread_wait(client, true), obj::thread_wait(server, true));
+    let _ = (obj::close(client), obj::close(server));
+    // SAFETY: rip points into this program's own text.
+    let insn = unsafe { core::ptr::read_volatile(st.rip as *const [u8; 2]) };
+    if st.gpr[ThreadState::RAX] != rt::nr::CONN_RECEIVE || insn != [0x0f, 0x05] || st.gpr[ThreadState::RDI] != conn::CLIENT {
+        return Err("send_over_receive stopped after its send was not exported as conn_receive");
+    }
+    if c != Ok(0) || s != Ok(0) {
+        return Err("the conversation did not finish after the restarted receive");
+    }
+    Ok(())
+}
+
 pub fn check() -> Result<(), &'static str> {
     let cpus = obj::system_info().map_err(|_| "system_info")?.cpus;
     let ps = ipc::portset_create().map_err(|_| "portset_create")?;
@@ -245,6 +299,7 @@ pub fn check() -> Result<(), &'static str> {
         if lost != Err(SysError::Dead) || conn::send(conn::CLIENT, [3; 6]) != Err(SysError::InvalidArgument) {
             return Err("a send to a receiver that disconnected did not fail with Dead");
         }
+        combined_call_restarts_as_receive()?;
         freeze_and_rebuild()
     })();
     let _ = (obj::close(port), obj::close(ps));
