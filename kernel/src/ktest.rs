@@ -37,6 +37,7 @@ const CASES: &[(&str, fn() -> CaseResult)] = &[
     ("percpu", percpu_data),
     ("ipi_all_cpus", ipi_all_cpus),
     ("remote_call", remote_call),
+    ("caches_on_every_cpu", caches_on_every_cpu),
     ("tlb_shootdown", tlb_shootdown),
     ("timer_ticks", timer_ticks),
     ("symbols", symbols),
@@ -310,6 +311,26 @@ fn remote_call() -> CaseResult {
     }
     let expected: u64 = (0..50u64).flat_map(|r| (0..n as u64).map(move |i| r * 100 + i)).sum();
     check!(CALL_SUM.load(Ordering::Relaxed) == expected, "remote calls lost or repeated");
+    Ok(())
+}
+
+static CACHE_OFF_CPUS: AtomicU64 = AtomicU64::new(0);
+
+fn note_cache_state(cpu: usize) {
+    // CR0.CD (bit 30) or CR0.NW (bit 29): this CPU runs with caching off.
+    if cpu::read_cr0() & (3 << 29) != 0 {
+        CACHE_OFF_CPUS.fetch_or(1 << cpu, Ordering::Relaxed);
+    }
+}
+
+/// Every CPU runs with caching on (an AP leaves INIT with it off).
+fn caches_on_every_cpu() -> CaseResult {
+    CACHE_OFF_CPUS.store(0, Ordering::Relaxed);
+    for i in 0..smp::online_count() {
+        smp::run_on(i, note_cache_state, i);
+    }
+    let off = CACHE_OFF_CPUS.load(Ordering::Relaxed);
+    check!(off == 0, "CPUs {off:#x} run with CR0.CD/NW set (caching off)");
     Ok(())
 }
 

@@ -137,6 +137,8 @@ _start32:
     wrmsr
 
     mov eax, cr0
+    // Caching on (CD and NW clear), whatever the loader left.
+    and eax, 0x9fffffff
     or eax, 0x80010001
     mov cr0, eax
 

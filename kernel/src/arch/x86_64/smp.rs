@@ -114,6 +114,8 @@ ap_trampoline_start:
     orl (0x8000 + ap_tramp_efer - ap_trampoline_start), %eax
     wrmsr
     movl %cr0, %eax
+    // An AP leaves INIT with caching off (CD and NW set): turn it on.
+    andl $0x9fffffff, %eax
     orl $0x80010001, %eax
     movl %eax, %cr0
     ljmpl $0x08, $(0x8000 + ap_tramp_long - ap_trampoline_start)
