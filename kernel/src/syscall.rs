@@ -79,6 +79,8 @@ pub const SYS_CONN_SEND_OVER_RECEIVE: u64 = 66;
 pub const SYS_CONN_DISCONNECT: u64 = 67;
 pub const SYS_THREAD_GET_CONNECTION: u64 = 68;
 pub const SYS_THREAD_SET_CONNECTION: u64 = 69;
+pub const SYS_THREAD_SET_DONATION_ONLY: u64 = 70;
+pub const SYS_THREAD_DONATE: u64 = 71;
 
 /// Bytes of a thread state record (version 1): see kernel/ABI.md.
 pub const THREAD_STATE_BYTES: u64 = 19 * 8;
@@ -244,6 +246,8 @@ pub fn dispatch(frame: &mut SyscallFrame) -> i64 {
         SYS_CONN_DISCONNECT => conn_disconnect(a0),
         SYS_THREAD_GET_CONNECTION => thread_get_connection(a0, a1, a2),
         SYS_THREAD_SET_CONNECTION => thread_set_connection(a0, a1, a2, a3),
+        SYS_THREAD_SET_DONATION_ONLY => thread_set_donation_only(a0, a1),
+        SYS_THREAD_DONATE => thread_donate(a0),
         SYS_HANDLE_TRANSFER_AT => handle_transfer_at(a0, a1, a2, a3),
         SYS_MEMORY_OBJECT_STATE => memory_object_state(a0, a1, a2),
         SYS_READ_TSC => Ok((crate::arch::cpu::read_tsc() & (i64::MAX as u64)) as i64),
@@ -1311,6 +1315,36 @@ fn thread_set_scheduler(h: u64, port: u64) -> SysResult {
     let port = optional_port(&me, port)?;
     t.set_scheduler(port);
     Ok(0)
+}
+
+/// `thread_set_donation_only(thread, on)` (SET_STATE): with 1 the thread
+/// runs only on time a scheduler donates with `thread_donate`, and each
+/// time it becomes runnable on its own its scheduler port gets the one-way
+/// message `[5, cpu, tick, 0, 0, 0]`; 0 returns it to the run queues.
+fn thread_set_donation_only(h: u64, on: u64) -> SysResult {
+    if on > 1 {
+        return Err(SysError::InvalidArgument);
+    }
+    let me = caller()?;
+    let t = me.lookup_thread(Handle::from_raw(h), Rights::SET_STATE)?;
+    sched::set_donation_only(&t, on == 1);
+    Ok(0)
+}
+
+/// `thread_donate(thread)` (SET_STATE): runs the runnable donation-only
+/// thread on the caller's CPU and time until it blocks (0), uses up its
+/// slice or yields (1: still runnable), exits (2) or stops (3).
+fn thread_donate(h: u64) -> SysResult {
+    let me = caller()?;
+    let t = me.lookup_thread(Handle::from_raw(h), Rights::SET_STATE)?;
+    drop(me);
+    match sched::donate(&t) {
+        Ok(end) => Ok(end as i64),
+        Err(sched::DonateError::Invalid) => Err(SysError::InvalidArgument),
+        Err(sched::DonateError::NotRunnable) => Err(SysError::WouldBlock),
+        Err(sched::DonateError::Exited) => Err(SysError::Dead),
+        Err(sched::DonateError::Interrupted) => interrupted(),
+    }
 }
 
 /// `thread_set_priority(thread, priority)` (SET_STATE): 0..=63, higher runs

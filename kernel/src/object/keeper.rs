@@ -30,6 +30,8 @@ pub const KIND_EXCEPTION: u64 = 2;
 pub const KIND_PROTECTION: u64 = 3;
 /// A thread used up a time slice (one-way, to its scheduler port): `[4, cpu, tick, 0, 0, 0]`.
 pub const KIND_CPU_TIME: u64 = 4;
+/// A donation-only thread became runnable (`thread_set_donation_only`).
+pub const KIND_RUNNABLE: u64 = 5;
 
 struct Registry {
     next: u64,

@@ -166,6 +166,8 @@ impl Kernel for ThisCpu<'_> {
         super::direct_handoff_enabled()
             && !self.me.kill_requested()
             && !self.me.stop_requested()
+            // Donated time goes back to its donor when the caller blocks.
+            && !self.me.on_donation.load(Ordering::Relaxed)
             // sysret to a non-canonical rip would fault in ring 0: the
             // general path turns that into a fault for the caller.
             && self.frame.rip < USER_TOP

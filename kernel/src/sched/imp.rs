@@ -118,6 +118,17 @@ pub struct Thread {
     pub(super) fpu: spin::Mutex<fpu::FpuArea>,
     /// 0, or 1 + the CPU whose registers hold its x87/SSE state.
     pub(super) fpu_cpu: AtomicUsize,
+    /// Runs only on time another thread donates (`donate`); becoming
+    /// runnable on its own is announced on its scheduler port instead.
+    donation_only: AtomicBool,
+    /// The thread whose CPU it runs on now, waiting in `donate`.
+    donor: spin::Mutex<Option<Arc<Thread>>>,
+    /// `donor` is set (the IPC fast path leaves such threads alone).
+    pub(super) on_donation: AtomicBool,
+    /// How the donation this thread made ended (a `DonationEnd`), or PENDING.
+    donation_end: AtomicU8,
+    /// Runnable, donation-only and in no run queue: waiting for a donor.
+    awaiting_donor: AtomicBool,
 }
 
 /// A thread's IPC state: the message it carries or receives and its partner.
@@ -196,6 +207,11 @@ impl Thread {
             parked_as: AtomicU8::new(0),
             fpu: spin::Mutex::new(fpu::FpuArea::INITIAL),
             fpu_cpu: AtomicUsize::new(0),
+            donation_only: AtomicBool::new(false),
+            donor: spin::Mutex::new(None),
+            on_donation: AtomicBool::new(false),
+            donation_end: AtomicU8::new(DONATION_PENDING),
+            awaiting_donor: AtomicBool::new(false),
         });
         if !matches!(t.body, Body::Adopted) {
             let rsp = context::prepare_stack(top, Arc::as_ptr(&t) as u64, 0);
@@ -459,6 +475,24 @@ fn is_idle(s: &CpuSched, t: &Arc<Thread>) -> bool {
 /// Puts a READY thread on the queue of a CPU it may run on, preferring the
 /// one it last used, and pokes that CPU.
 fn enqueue(t: Arc<Thread>) {
+    if t.donation_only.load(Ordering::Acquire) {
+        // It runs only when its scheduler donates time: tell it instead.
+        t.awaiting_donor.store(true, Ordering::Release);
+        announce_runnable(&t);
+        return;
+    }
+    enqueue_on_a_cpu(t);
+}
+
+/// A donation-only thread that must run for the kernel's sake (to stop or
+/// to exit) goes to a run queue after all.
+fn release_from_donor_wait(t: &Arc<Thread>) {
+    if t.awaiting_donor.swap(false, Ordering::AcqRel) {
+        enqueue_on_a_cpu(t.clone());
+    }
+}
+
+fn enqueue_on_a_cpu(t: Arc<Thread>) {
     let ready = READY_CPUS.load(Ordering::Acquire);
     let allowed = t.affinity.load(Ordering::Acquire) & ready;
     let last = t.cpu.load(Ordering::Relaxed);
@@ -500,8 +534,30 @@ fn schedule_saving(save_context: bool) {
     s.need_resched.store(false, Ordering::Relaxed);
     // SAFETY: owning CPU, interrupts off.
     let prev = unsafe { (*s.current.get()).clone() }.expect("scheduler not started on this CPU");
-    if !is_idle(s, &prev) && prev.state.compare_exchange(RUNNING, READY, Ordering::AcqRel, Ordering::Acquire).is_ok() {
+    let donor = take_donor(&prev);
+    let still_runnable = !is_idle(s, &prev) && prev.state.compare_exchange(RUNNING, READY, Ordering::AcqRel, Ordering::Acquire).is_ok();
+    if still_runnable && donor.is_none() {
         enqueue(prev.clone());
+    } else if still_runnable {
+        // Back to waiting for a donor; the donor learns it from `donate`.
+        prev.awaiting_donor.store(true, Ordering::Release);
+    }
+    if let Some(donor) = donor {
+        // The donated time ends here: the donor learns how, and gets its
+        // CPU back directly when it can run here.
+        let end = match prev.state.load(Ordering::Acquire) {
+            READY => DonationEnd::Runnable,
+            EXITED => DonationEnd::Exited,
+            STOPPED => DonationEnd::Stopped,
+            _ => DonationEnd::Blocked,
+        };
+        donor.donation_end.store(end as u8, Ordering::Release);
+        if donor.allowed_on(cpu) && lazyfpu::runnable_here(&donor, cpu) && unblock(&donor) {
+            s.slice_left.store(TIME_SLICE_TICKS, Ordering::Relaxed);
+            switch_to(cpu, s, prev, donor, save_context);
+            return;
+        }
+        wake(&donor);
     }
     let next = loop {
         let popped = s.queue.lock().pop();
@@ -702,7 +758,8 @@ pub fn block_and_handoff(next: &Arc<Thread>) {
 /// Takes `next` by value: a parked caller's frame is abandoned, so nothing
 /// may stay on it that owns a reference.
 fn hand_off(cpu: usize, s: &'static CpuSched, next: Arc<Thread>, save_context: bool) {
-    if direct_handoff_enabled() && next.allowed_on(cpu) && lazyfpu::runnable_here(&next, cpu) && unblock(&next) {
+    let on_donation = running_on(s).on_donation.load(Ordering::Acquire);
+    if direct_handoff_enabled() && !on_donation && next.allowed_on(cpu) && lazyfpu::runnable_here(&next, cpu) && unblock(&next) {
         // SAFETY: owning CPU, interrupts off.
         let prev = unsafe { (*s.current.get()).clone() }.expect("scheduler not started on this CPU");
         s.slice_left.store(TIME_SLICE_TICKS, Ordering::Relaxed);
@@ -898,6 +955,7 @@ pub fn sleep_ticks(ticks: u64) {
 pub fn kill(t: &Arc<Thread>) {
     t.kill_requested.store(true, Ordering::Release);
     wake(t);
+    release_from_donor_wait(t);
     // A stopped thread runs again only to exit.
     if t.state.compare_exchange(STOPPED, READY, Ordering::AcqRel, Ordering::Acquire).is_ok() {
         enqueue(t.clone());
@@ -961,6 +1019,7 @@ pub fn stop(t: &Arc<Thread>) -> bool {
         }
         // Interrupt a blocking call, or make a running thread enter the kernel.
         wake(t);
+        release_from_donor_wait(t);
         let cpu = t.cpu();
         if cpu != percpu::this_cpu_index() {
             smp::send_reschedule(cpu);
@@ -1045,9 +1104,10 @@ pub fn on_interrupt(user_frame: Option<u64>, is_tick: bool) {
     let must_move = !cur.allowed_on(cpu);
     let wants_stop = cur.stop_requested();
     let slice_over = is_tick && from_user && s.need_resched.load(Ordering::Relaxed);
-    if slice_over {
+    if slice_over && !cur.on_donation.load(Ordering::Acquire) {
         // CPU time is an event like any other: tell the thread's scheduler
-        // port (one-way, never blocking) that it used up a time slice.
+        // port (one-way, never blocking) that it used up a time slice. (A
+        // donor learns it from `donate` instead.)
         let port = cur.scheduler.lock().clone();
         if let Some(port) = port {
             let _ = crate::ipc::send(&port, [crate::object::keeper::KIND_CPU_TIME, cpu as u64, percpu::cpu(cpu).ticks.load(Ordering::Relaxed), 0, 0, 0]);
@@ -1062,4 +1122,105 @@ pub fn on_interrupt(user_frame: Option<u64>, is_tick: bool) {
             stop_point(frame, FrameKind::Trap);
         }
     }
+}
+
+/// How a donation ended, as `donate` reports it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(u8)]
+pub enum DonationEnd {
+    /// The thread blocked (it is announced again when it becomes runnable).
+    Blocked = 0,
+    /// Its time slice ran out, or it yielded: still runnable.
+    Runnable = 1,
+    Exited = 2,
+    Stopped = 3,
+}
+
+const DONATION_PENDING: u8 = u8::MAX;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DonateError {
+    /// Not a donation-only thread, the caller itself, or not able to run on this CPU.
+    Invalid,
+    /// Not runnable now (running, blocked, stopped, or another donor has it).
+    NotRunnable,
+    Exited,
+    /// The caller was stopped or killed while the thread ran.
+    Interrupted,
+}
+
+/// Makes `t` run only on donated time (or, with `on` false, again on the
+/// kernel's run queues); takes effect the next time it becomes runnable.
+pub fn set_donation_only(t: &Arc<Thread>, on: bool) {
+    t.donation_only.store(on, Ordering::Release);
+    if !on {
+        release_from_donor_wait(t);
+    }
+}
+
+/// A donation-only thread became runnable on its own: one-way message
+/// `[5, cpu, tick, 0, 0, 0]` to its scheduler port.
+fn announce_runnable(t: &Thread) {
+    let port = cpu::without_interrupts(|| t.scheduler.lock().clone());
+    if let Some(port) = port {
+        let cpu = percpu::this_cpu_index();
+        let _ = crate::ipc::send(&port, [crate::object::keeper::KIND_RUNNABLE, cpu as u64, percpu::cpu(cpu).ticks.load(Ordering::Relaxed), 0, 0, 0]);
+    }
+}
+
+/// The donor `t` runs for, if any; the donation is over once taken.
+fn take_donor(t: &Thread) -> Option<Arc<Thread>> {
+    if !t.on_donation.load(Ordering::Acquire) {
+        return None;
+    }
+    let donor = t.donor.lock().take();
+    t.on_donation.store(false, Ordering::Release);
+    donor
+}
+
+/// Gives the caller's CPU to the runnable donation-only thread `t` until
+/// it blocks, exits, stops, yields or uses up a time slice (Fluke's CPU
+/// donation: a user-level scheduler runs its threads on its own time).
+/// Interrupts off.
+pub fn donate(t: &Arc<Thread>) -> Result<DonationEnd, DonateError> {
+    let (cpu, s) = here();
+    let me = current();
+    if Arc::ptr_eq(&me, t) || !t.donation_only.load(Ordering::Acquire) || !t.allowed_on(cpu) || !lazyfpu::runnable_here(t, cpu) {
+        return Err(DonateError::Invalid);
+    }
+    {
+        let mut donor = t.donor.lock();
+        if t.state.load(Ordering::Acquire) == EXITED {
+            return Err(DonateError::Exited);
+        }
+        // The claim: it leaves the "waiting for a donor" set exactly once.
+        if donor.is_some() || !t.awaiting_donor.swap(false, Ordering::AcqRel) {
+            return Err(DonateError::NotRunnable);
+        }
+        debug_assert_eq!(t.state.load(Ordering::Acquire), READY);
+        *donor = Some(me.clone());
+        t.on_donation.store(true, Ordering::Release);
+    }
+    me.donation_end.store(DONATION_PENDING, Ordering::Relaxed);
+    me.state.store(BLOCKED, Ordering::Release);
+    s.slice_left.store(TIME_SLICE_TICKS, Ordering::Relaxed);
+    switch_to(cpu, s, me.clone(), t.clone(), true);
+    // Back: the donation ended, or something else woke the caller.
+    let end = me.donation_end.load(Ordering::Acquire);
+    if end == DONATION_PENDING {
+        // Woken by a kill or stop while `t` runs on: withdraw the donation
+        // (unless it is ending right now, in which case `t` took it).
+        let mut donor = t.donor.lock();
+        if donor.as_ref().is_some_and(|d| Arc::ptr_eq(d, &me)) {
+            *donor = None;
+            t.on_donation.store(false, Ordering::Release);
+        }
+        return Err(DonateError::Interrupted);
+    }
+    Ok(match end {
+        0 => DonationEnd::Blocked,
+        1 => DonationEnd::Runnable,
+        2 => DonationEnd::Exited,
+        _ => DonationEnd::Stopped,
+    })
 }

@@ -13,6 +13,7 @@ use matryoshka_rt::object::{self as obj, rights, types, Handle, Record};
 use matryoshka_rt::{self as rt, println, SysError};
 
 mod connection;
+mod donation;
 mod fpu;
 mod payload;
 
@@ -45,7 +46,7 @@ fn init_main() -> i32 {
         return stress::run();
     }
     println!("init: hello from the root program");
-    let checks: [(&str, Check); 31] = [
+    let checks: [(&str, Check); 32] = [
         ("data and bss", data_and_bss),
         ("null call", null_call),
         ("console write", console_write),
@@ -77,6 +78,7 @@ fn init_main() -> i32 {
         ("x87/SSE state: lazy switching, migration, get/set_state, none on IPC", fpu::check),
         ("ipc payloads: bytes and capabilities both ways", payload::check),
         ("reliable ipc: connections, exactly once, rebuilt mid-stream", connection::check),
+        ("cpu donation to a user-level scheduler's threads", donation::check),
     ];
     let tsc_hz = obj::system_info().map(|i| i.tsc_hz).unwrap_or(0).max(1);
     for (i, (name, check)) in checks.iter().enumerate() {

@@ -87,6 +87,8 @@ pub mod nr {
     pub const CONN_DISCONNECT: u64 = 67;
     pub const THREAD_GET_CONNECTION: u64 = 68;
     pub const THREAD_SET_CONNECTION: u64 = 69;
+    pub const THREAD_SET_DONATION_ONLY: u64 = 70;
+    pub const THREAD_DONATE: u64 = 71;
 }
 
 /// Longest console write the kernel accepts in one call.

@@ -318,3 +318,38 @@ pub fn thread_set_priority(h: Handle, priority: u8) -> Result<(), SysError> {
     // SAFETY: no memory arguments.
     decode(unsafe { syscall2(nr::THREAD_SET_PRIORITY, h.0, priority as u64) }).map(|_| ())
 }
+
+/// The one-way message a donation-only thread's scheduler port gets when
+/// it becomes runnable: `[KIND_RUNNABLE, cpu, tick, 0, 0, 0]`.
+pub const KIND_RUNNABLE: u64 = 5;
+
+/// With `on`, the thread runs only on time donated with `thread_donate`;
+/// its scheduler port hears (KIND_RUNNABLE) whenever it becomes runnable.
+pub fn thread_set_donation_only(h: Handle, on: bool) -> Result<(), SysError> {
+    // SAFETY: no memory arguments.
+    decode(unsafe { syscall2(nr::THREAD_SET_DONATION_ONLY, h.0, on as u64) }).map(|_| ())
+}
+
+/// How a donation ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DonationEnd {
+    /// The thread blocked; it is announced again when it becomes runnable.
+    Blocked,
+    /// It used up its time slice or yielded: still runnable.
+    Runnable,
+    Exited,
+    Stopped,
+}
+
+/// Runs the runnable donation-only thread `h` on this thread's CPU and time
+/// until it blocks, yields, uses up a slice, exits or stops.
+pub fn thread_donate(h: Handle) -> Result<DonationEnd, SysError> {
+    // SAFETY: no memory arguments.
+    let code = decode(unsafe { syscall1(nr::THREAD_DONATE, h.0) })?;
+    Ok(match code {
+        0 => DonationEnd::Blocked,
+        1 => DonationEnd::Runnable,
+        2 => DonationEnd::Exited,
+        _ => DonationEnd::Stopped,
+    })
+}
