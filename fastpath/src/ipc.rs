@@ -6,8 +6,9 @@
 //! the order, which is the whole correctness argument:
 //!
 //! 1. **Checks that change nothing.** The fast path is on and the caller has
-//!    no kill or stop pending; the handle names a port (SEND right) or a
-//!    portset (RECEIVE right) in the caller's space.
+//!    no kill or stop pending and runs on its own time (not donated); the
+//!    handle names a port (SEND right) or a portset (RECEIVE right) in the
+//!    caller's space.
 //! 2. **One claim, which either changes nothing or commits.** The partner
 //!    must be *parked*: blocked by an earlier fast path at its user frame, so
 //!    its kernel stack holds nothing but its user registers and the switch
@@ -58,7 +59,8 @@ pub trait Kernel {
     /// What the syscall entry stub needs to leave through the new thread.
     type Switch;
 
-    /// The fast path is on and the caller has no kill or stop pending.
+    /// The fast path is on, the caller has no kill or stop pending and does
+    /// not run on donated CPU time.
     fn caller_ready(&self) -> bool;
     /// The portset and alias behind a port handle with the SEND right.
     fn send_port(&self, handle: u64) -> Option<(Self::Portset, u64)>;

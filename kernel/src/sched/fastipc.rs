@@ -164,10 +164,9 @@ impl Kernel for ThisCpu<'_> {
     #[inline(always)]
     fn caller_ready(&self) -> bool {
         super::direct_handoff_enabled()
-            && !self.me.kill_requested()
-            && !self.me.stop_requested()
-            // Donated time goes back to its donor when the caller blocks.
-            && !self.me.on_donation.load(Ordering::Relaxed)
+            // No kill or stop pending, and not on donated time (which goes
+            // back to its donor when the caller blocks): one load.
+            && self.me.attention.load(Ordering::Acquire) == 0
             // sysret to a non-canonical rip would fault in ring 0: the
             // general path turns that into a fault for the caller.
             && self.frame.rip < USER_TOP

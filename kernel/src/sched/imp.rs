@@ -33,6 +33,11 @@ const STOPPED: u8 = 4;
 /// that finishes the call the general way.
 pub(super) const PARKED: u8 = 5;
 
+/// `Thread::attention` bits.
+const ATTENTION_KILL: u8 = 1;
+const ATTENTION_STOP: u8 = 2;
+const ATTENTION_DONATION: u8 = 4;
+
 /// In which IPC role a thread parked (`Thread::parked_as`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ParkedAs {
@@ -92,7 +97,10 @@ pub struct Thread {
     /// Address space root for user threads; 0 means the kernel's.
     pub(super) root: u64,
     body: Body,
-    kill_requested: AtomicBool,
+    /// What the thread must attend to at its next kernel entry or exit
+    /// (ATTENTION_KILL, _STOP), and whether it runs on donated time
+    /// (_DONATION): one byte, so the IPC fast path checks all at once.
+    pub(super) attention: AtomicU8,
     exit: spin::Mutex<ExitSlot>,
     /// The space a user thread belongs to (none for kernel threads and the
     /// bare user threads of kernel tests).
@@ -102,7 +110,6 @@ pub struct Thread {
     /// Set (Release) by the IPC partner once the awaited message is in
     /// `ipc`; outside the slot's lock so waiters poll it without locking.
     pub delivered: AtomicBool,
-    stop_requested: AtomicBool,
     /// While stopped: the address and kind of its user register frame.
     stopped_frame: spin::Mutex<Option<(u64, FrameKind)>>,
     /// A thread created stopped starts from these registers.
@@ -123,8 +130,6 @@ pub struct Thread {
     donation_only: AtomicBool,
     /// The thread whose CPU it runs on now, waiting in `donate`.
     donor: spin::Mutex<Option<Arc<Thread>>>,
-    /// `donor` is set (the IPC fast path leaves such threads alone).
-    pub(super) on_donation: AtomicBool,
     /// How the donation this thread made ended (a `DonationEnd`), or PENDING.
     donation_end: AtomicU8,
     /// Runnable, donation-only and in no run queue: waiting for a donor.
@@ -194,12 +199,11 @@ impl Thread {
             ran_on: AtomicU64::new(0),
             root,
             body,
-            kill_requested: AtomicBool::new(false),
+            attention: AtomicU8::new(0),
             exit: spin::Mutex::new(ExitSlot { reason: None, joiners: Vec::new() }),
             space: Weak::new(),
             ipc: spin::Mutex::new(IpcSlot::default()),
             delivered: AtomicBool::new(false),
-            stop_requested: AtomicBool::new(false),
             stopped_frame: spin::Mutex::new(None),
             pending_start: spin::Mutex::new(None),
             stop_waiters: WaitQueue::new(),
@@ -209,7 +213,6 @@ impl Thread {
             fpu_cpu: AtomicUsize::new(0),
             donation_only: AtomicBool::new(false),
             donor: spin::Mutex::new(None),
-            on_donation: AtomicBool::new(false),
             donation_end: AtomicU8::new(DONATION_PENDING),
             awaiting_donor: AtomicBool::new(false),
         });
@@ -259,7 +262,12 @@ impl Thread {
     }
 
     pub fn kill_requested(&self) -> bool {
-        self.kill_requested.load(Ordering::Acquire)
+        self.attention.load(Ordering::Acquire) & ATTENTION_KILL != 0
+    }
+
+    /// Whether it runs on a donor's time now (`donor` is set).
+    pub(super) fn on_donation(&self) -> bool {
+        self.attention.load(Ordering::Acquire) & ATTENTION_DONATION != 0
     }
 
     pub fn set_scheduler(&self, port: Option<Arc<crate::ipc::Port>>) {
@@ -273,7 +281,7 @@ impl Thread {
     }
 
     pub fn stop_requested(&self) -> bool {
-        self.stop_requested.load(Ordering::Acquire)
+        self.attention.load(Ordering::Acquire) & ATTENTION_STOP != 0
     }
 
     pub fn is_stopped(&self) -> bool {
@@ -758,7 +766,7 @@ pub fn block_and_handoff(next: &Arc<Thread>) {
 /// Takes `next` by value: a parked caller's frame is abandoned, so nothing
 /// may stay on it that owns a reference.
 fn hand_off(cpu: usize, s: &'static CpuSched, next: Arc<Thread>, save_context: bool) {
-    let on_donation = running_on(s).on_donation.load(Ordering::Acquire);
+    let on_donation = running_on(s).on_donation();
     if direct_handoff_enabled() && !on_donation && next.allowed_on(cpu) && lazyfpu::runnable_here(&next, cpu) && unblock(&next) {
         // SAFETY: owning CPU, interrupts off.
         let prev = unsafe { (*s.current.get()).clone() }.expect("scheduler not started on this CPU");
@@ -953,7 +961,7 @@ pub fn sleep_ticks(ticks: u64) {
 /// blocked in a system call is woken (every blocking call tolerates
 /// spurious wake-ups and checks for a kill on its way out).
 pub fn kill(t: &Arc<Thread>) {
-    t.kill_requested.store(true, Ordering::Release);
+    t.attention.fetch_or(ATTENTION_KILL, Ordering::AcqRel);
     wake(t);
     release_from_donor_wait(t);
     // A stopped thread runs again only to exit.
@@ -1009,7 +1017,7 @@ pub fn stop_point(frame: u64, kind: FrameKind) {
 /// blocked in a system call is woken; the call is exported as restartable.
 /// Returns false if the caller was killed while it waited.
 pub fn stop(t: &Arc<Thread>) -> bool {
-    t.stop_requested.store(true, Ordering::Release);
+    t.attention.fetch_or(ATTENTION_STOP, Ordering::AcqRel);
     loop {
         if t.is_stopped() || t.has_exited() {
             return true;
@@ -1034,7 +1042,7 @@ pub fn stop(t: &Arc<Thread>) -> bool {
 
 /// Lets a stopped thread run again.
 pub fn resume(t: &Arc<Thread>) -> bool {
-    t.stop_requested.store(false, Ordering::Release);
+    t.attention.fetch_and(!ATTENTION_STOP, Ordering::AcqRel);
     if t.state.compare_exchange(STOPPED, READY, Ordering::AcqRel, Ordering::Acquire).is_ok() {
         enqueue(t.clone());
         true
@@ -1053,7 +1061,7 @@ pub fn spawn_user_stopped(name: &'static str, space: Arc<Space>, regs: UserRegis
         inner.space = Arc::downgrade(&space);
     }
     *t.pending_start.lock() = Some(regs);
-    t.stop_requested.store(true, Ordering::Release);
+    t.attention.fetch_or(ATTENTION_STOP, Ordering::AcqRel);
     t.state.store(STOPPED, Ordering::Release);
     Ok(t)
 }
@@ -1096,7 +1104,7 @@ pub fn on_interrupt(user_frame: Option<u64>, is_tick: bool) {
     // SAFETY: owning CPU, interrupts off (interrupt context).
     let cur = unsafe { (*s.current.get()).clone() };
     let Some(cur) = cur else { return };
-    if from_user && cur.kill_requested.load(Ordering::Acquire) {
+    if from_user && cur.kill_requested() {
         drop(cur);
         exit_current(UserExit::Killed);
     }
@@ -1104,7 +1112,7 @@ pub fn on_interrupt(user_frame: Option<u64>, is_tick: bool) {
     let must_move = !cur.allowed_on(cpu);
     let wants_stop = cur.stop_requested();
     let slice_over = is_tick && from_user && s.need_resched.load(Ordering::Relaxed);
-    if slice_over && !cur.on_donation.load(Ordering::Acquire) {
+    if slice_over && !cur.on_donation() {
         // CPU time is an event like any other: tell the thread's scheduler
         // port (one-way, never blocking) that it used up a time slice. (A
         // donor learns it from `donate` instead.)
@@ -1170,11 +1178,11 @@ fn announce_runnable(t: &Thread) {
 
 /// The donor `t` runs for, if any; the donation is over once taken.
 fn take_donor(t: &Thread) -> Option<Arc<Thread>> {
-    if !t.on_donation.load(Ordering::Acquire) {
+    if !t.on_donation() {
         return None;
     }
     let donor = t.donor.lock().take();
-    t.on_donation.store(false, Ordering::Release);
+    t.attention.fetch_and(!ATTENTION_DONATION, Ordering::AcqRel);
     donor
 }
 
@@ -1199,7 +1207,7 @@ pub fn donate(t: &Arc<Thread>) -> Result<DonationEnd, DonateError> {
         }
         debug_assert_eq!(t.state.load(Ordering::Acquire), READY);
         *donor = Some(me.clone());
-        t.on_donation.store(true, Ordering::Release);
+        t.attention.fetch_or(ATTENTION_DONATION, Ordering::AcqRel);
     }
     me.donation_end.store(DONATION_PENDING, Ordering::Relaxed);
     me.state.store(BLOCKED, Ordering::Release);
@@ -1213,7 +1221,7 @@ pub fn donate(t: &Arc<Thread>) -> Result<DonationEnd, DonateError> {
         let mut donor = t.donor.lock();
         if donor.as_ref().is_some_and(|d| Arc::ptr_eq(d, &me)) {
             *donor = None;
-            t.on_donation.store(false, Ordering::Release);
+            t.attention.fetch_and(!ATTENTION_DONATION, Ordering::AcqRel);
         }
         return Err(DonateError::Interrupted);
     }
