@@ -17,6 +17,9 @@
 //!   of its checks, its single claim and its commit, generic over the
 //!   kernel's mechanisms ([`ipc::Kernel`]) so the order is tested here.
 //!
+//! * [`servers`]: [`ServerQueue`](servers::ServerQueue), a portset's
+//!   waiting servers, FIFO, with the lone waiting server kept inline.
+//!
 //! Architecture-specific work (the entry stub, sending the IPI, halting)
 //! stays in the kernel.
 //!
@@ -34,6 +37,7 @@ mod sync;
 pub mod doorbell;
 pub mod ipc;
 pub mod queue;
+pub mod servers;
 
 pub use doorbell::{Doorbell, NeedsIpi, SleepDecision, SleepTicket};
 pub use queue::PortQueue;

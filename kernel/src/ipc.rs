@@ -69,7 +69,7 @@ pub struct Portset {
 
 struct PortsetInner {
     /// Servers blocked in reply-and-wait, oldest first.
-    servers: VecDeque<Arc<Thread>>,
+    servers: fastpath::servers::ServerQueue<Arc<Thread>>,
     /// Clients whose request no server has taken yet (request in their slot).
     clients: VecDeque<Arc<Thread>>,
 }
@@ -92,7 +92,7 @@ impl Servers<'_> {
     /// Whether no client is queued and one more server fits without allocating.
     #[inline(always)]
     pub(crate) fn idle_with_room(&self) -> bool {
-        self.0.clients.is_empty() && self.0.servers.len() < self.0.servers.capacity()
+        self.0.clients.is_empty() && self.0.servers.has_room()
     }
 
     /// Adds a waiting server; only after `idle_with_room`.
@@ -125,9 +125,12 @@ impl Default for Portset {
 impl Portset {
     pub fn new() -> Portset {
         Portset {
-            // Room for servers up front: the fast path parks one only
-            // where that needs no allocation.
-            inner: spin::Mutex::new(PortsetInner { servers: VecDeque::with_capacity(4), clients: VecDeque::new() }),
+            inner: spin::Mutex::new(PortsetInner {
+                // Room up front: the fast path adds a server only where
+                // that needs no allocation.
+                servers: fastpath::servers::ServerQueue::with_capacity(4),
+                clients: VecDeque::new(),
+            }),
             pending: AtomicUsize::new(0),
             oneway: fastpath::PortQueue::new(),
             doorbell: fastpath::Doorbell::new(),
