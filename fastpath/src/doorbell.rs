@@ -62,7 +62,10 @@
 //! semantics. After any wake (the doorbell or another interrupt), call
 //! [`Doorbell::woken`] and poll the queue again.
 //!
-//! A doorbell has one waiter (the receiving CPU) and any number of notifiers.
+//! A doorbell has one waiter at a time and any number of notifiers. The
+//! kernel lets several threads receive on one portset by letting one sleep
+//! here while the others stand by: a waiter hands the doorbell on only after
+//! its own `woken`, so announcements never overlap.
 //! Spurious doorbell IPIs can happen (a ring that races a cancel) and must be
 //! harmless to the receiver.
 

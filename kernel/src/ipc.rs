@@ -65,6 +65,9 @@ pub struct Portset {
     oneway_receiver: spin::Mutex<Option<Arc<Thread>>>,
     /// Threads connecting and accepting (reliable IPC, `crate::reliable`).
     pub(crate) rendezvous: spin::Mutex<crate::reliable::Rendezvous>,
+    /// One-way receivers waiting while another sleeps on the doorbell.
+    standby: sched::WaitQueue,
+    standby_count: AtomicUsize,
 }
 
 struct PortsetInner {
@@ -136,6 +139,8 @@ impl Portset {
             doorbell: fastpath::Doorbell::new(),
             oneway_receiver: spin::Mutex::new(None),
             rendezvous: spin::Mutex::new(crate::reliable::Rendezvous::default()),
+            standby: sched::WaitQueue::new(),
+            standby_count: AtomicUsize::new(0),
         }
     }
 
@@ -153,6 +158,17 @@ impl Portset {
     fn push_client(&self, inner: &mut PortsetInner, c: Arc<Thread>) {
         inner.clients.push_back(c);
         self.pending.fetch_add(1, Ordering::Release);
+    }
+
+    /// A one-way receiver leaves with a message: if others stand by and no
+    /// one sleeps on the doorbell, one of them takes over (or takes the
+    /// next message), so queued messages never wait for a receiver that
+    /// is asleep elsewhere.
+    #[inline]
+    fn hand_over_doorbell(&self) {
+        if self.standby_count.load(Ordering::Acquire) != 0 && self.oneway_receiver.lock().is_none() {
+            self.standby.wake(1);
+        }
     }
 
     /// The fast path's access to the waiting servers, if the lock is free
@@ -459,7 +475,9 @@ pub fn send(port: &Port, message: [u64; 6]) -> bool {
         return false;
     }
     if ps.doorbell.notify().0 {
-        let receiver = cpu::without_interrupts(|| ps.oneway_receiver.lock().take());
+        // The sleeper stays registered until it is awake again (it gives
+        // the doorbell up itself), so no other receiver announces in between.
+        let receiver = cpu::without_interrupts(|| ps.oneway_receiver.lock().clone());
         if let Some(r) = receiver {
             sched::wake(&r);
         }
@@ -473,6 +491,7 @@ pub fn receive(portset: &Portset) -> Result<(u64, [u64; 6]), IpcError> {
     let me = sched::current();
     loop {
         if let Some(m) = portset.oneway.try_pop() {
+            portset.hand_over_doorbell();
             return Ok(m);
         }
         for _ in 0..spin_limit() {
@@ -482,25 +501,46 @@ pub fn receive(portset: &Portset) -> Result<(u64, [u64; 6]), IpcError> {
             cpu::pause();
         }
         if let Some(m) = portset.oneway.try_pop() {
+            portset.hand_over_doorbell();
             return Ok(m);
         }
         if me.kill_requested() || me.stop_requested() {
+            portset.hand_over_doorbell();
             return Err(IpcError::Interrupted);
         }
-        // Blocked and registered before announcing: a ring between the
-        // commit and the switch finds us blocked and wakes us.
-        sched::mark_current_blocked();
-        *portset.oneway_receiver.lock() = Some(me.clone());
+        // One receiver at a time sleeps on the doorbell; the others stand
+        // by until it leaves (it then wakes one), so no sleeper is displaced.
+        let someone_else_sleeps = || portset.oneway_receiver.lock().as_ref().is_some_and(|t| !Arc::ptr_eq(t, &me));
+        {
+            let mut sleeper = portset.oneway_receiver.lock();
+            if sleeper.as_ref().is_some_and(|t| !Arc::ptr_eq(t, &me)) {
+                drop(sleeper);
+                portset.standby_count.fetch_add(1, Ordering::AcqRel);
+                portset.standby.wait_if(|| someone_else_sleeps() && portset.oneway.is_empty());
+                portset.standby_count.fetch_sub(1, Ordering::AcqRel);
+                continue;
+            }
+            // Blocked and registered before announcing: a ring between the
+            // commit and the switch finds us blocked and wakes us.
+            sched::mark_current_blocked();
+            *sleeper = Some(me.clone());
+        }
         let ticket = portset.doorbell.prepare_to_sleep();
         match ticket.commit_or_cancel(!portset.oneway.is_empty()) {
             fastpath::doorbell::SleepDecision::Sleep => sched::schedule(),
             _ => {
-                portset.oneway_receiver.lock().take();
                 let _ = sched::wake(&me);
                 sched::schedule();
             }
         }
-        portset.oneway_receiver.lock().take();
+        // Awake before giving up the doorbell: a receiver that takes it over
+        // next announces its sleep after this, never before.
         let _ = portset.doorbell.woken();
+        {
+            let mut sleeper = portset.oneway_receiver.lock();
+            if sleeper.as_ref().is_some_and(|t| Arc::ptr_eq(t, &me)) {
+                *sleeper = None;
+            }
+        }
     }
 }

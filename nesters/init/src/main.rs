@@ -1268,6 +1268,68 @@ fn oneway_ipc() -> Result<(), &'static str> {
     if rt::ipc::send(Handle(0x55_0000_0003), [0; 6]) != Err(SysError::BadHandle) {
         return Err("a forged port handle was accepted for a send");
     }
+    oneway_many_receivers(cpus)
+}
+
+static MANY_SUM: AtomicU64 = AtomicU64::new(0);
+
+/// Receives until the stop message; exits with how many it got.
+extern "C" fn many_receiver(_: u64) -> ! {
+    let ps = Handle(ONEWAY_PS.load(Ordering::Relaxed));
+    let mut got = 0;
+    loop {
+        match rt::ipc::receive(ps) {
+            Ok((_, m)) if m[0] == u64::MAX => rt::exit(got),
+            Ok((_, m)) => {
+                MANY_SUM.fetch_add(m[0], Ordering::Relaxed);
+                got += 1;
+            }
+            Err(_) => rt::exit(u64::MAX),
+        }
+    }
+}
+
+/// Sends `n` numbered messages, then one stop message per receiver.
+extern "C" fn many_sender(n: u64) -> ! {
+    let port = Handle(ONEWAY_PORT.load(Ordering::Relaxed));
+    for i in (0..n).chain([u64::MAX; 3]) {
+        while rt::ipc::send(port, [i, 0, 0, 0, 0, 0]) == Err(SysError::WouldBlock) {
+            obj::yield_now();
+        }
+    }
+    rt::exit(0)
+}
+
+/// Three receivers share one portset: every message reaches exactly one of
+/// them, and none sleeps through messages meant for it.
+fn oneway_many_receivers(cpus: u64) -> Result<(), &'static str> {
+    const N: u64 = 6000;
+    let me = obj::self_space();
+    let ps = rt::ipc::portset_create().map_err(|_| "portset")?;
+    let port = rt::ipc::port_create(ps, 4).map_err(|_| "port")?;
+    ONEWAY_PS.store(ps.0, Ordering::Relaxed);
+    ONEWAY_PORT.store(port.0, Ordering::Relaxed);
+    MANY_SUM.store(0, Ordering::Relaxed);
+    let mut receivers = [Handle(0); 3];
+    for (i, r) in receivers.iter_mut().enumerate() {
+        *r = obj::thread_create(me, many_receiver, stack_top([0, 2, 3][i]), 0).map_err(|_| "receiver")?;
+        obj::thread_set_affinity(*r, 1 << (i as u64 % cpus)).map_err(|_| "affinity")?;
+    }
+    let sender = obj::thread_create(me, many_sender, stack_top(1), N).map_err(|_| "sender")?;
+    let sent = obj::thread_wait(sender, true);
+    let mut total = 0;
+    for r in receivers {
+        match obj::thread_wait(r, true) {
+            Ok(got) if got != u64::MAX => total += got,
+            _ => return Err("a receiver sharing a portset failed"),
+        }
+    }
+    for h in receivers.into_iter().chain([sender, port, ps]) {
+        let _ = obj::close(h);
+    }
+    if sent != Ok(0) || total != N || MANY_SUM.load(Ordering::Relaxed) != N * (N - 1) / 2 {
+        return Err("receivers sharing a portset lost or duplicated one-way messages");
+    }
     Ok(())
 }
 
