@@ -26,31 +26,31 @@ use core::sync::atomic::Ordering;
 use super::imp::{here, running_on, CpuSched, Thread};
 use crate::arch::x86_64_exports::fpu::{self, FpuArea};
 
-fn owner(s: &CpuSched) -> &mut Option<Arc<Thread>> {
+/// Makes `new` this CPU's FPU owner; returns the previous one.
+fn replace_owner(s: &CpuSched, new: Option<Arc<Thread>>) -> Option<Arc<Thread>> {
     // SAFETY: only the owning CPU touches its FPU owner, with interrupts
-    // off (every caller's contract), so no other reference exists.
-    unsafe { &mut *s.fpu_owner.get() }
+    // off (every caller's contract), and no reference into the cell
+    // outlives this call.
+    unsafe { core::mem::replace(&mut *s.fpu_owner.get(), new) }
 }
 
 fn owns(s: &CpuSched, t: &Thread) -> bool {
-    owner(s).as_deref().is_some_and(|o| core::ptr::eq(o, t))
+    // SAFETY: as in `replace_owner`; a shared look that ends here.
+    unsafe { (*s.fpu_owner.get()).as_deref().is_some_and(|o| core::ptr::eq(o, t)) }
 }
 
-/// Whether the CPU's registers are usable (CR0.TS clear), as last set.
-fn enabled(s: &CpuSched) -> &mut bool {
-    // SAFETY: as in `owner`.
-    unsafe { &mut *s.fpu_enabled.get() }
-}
-
+/// Sets or clears CR0.TS, remembering the state so that a switch that
+/// changes nothing costs no control-register write.
 fn set_enabled(s: &CpuSched, on: bool) {
-    let e = enabled(s);
-    if *e != on {
+    // SAFETY: as in `replace_owner`.
+    let enabled = unsafe { &mut *s.fpu_enabled.get() };
+    if *enabled != on {
         if on {
             fpu::enable();
         } else {
             fpu::disable();
         }
-        *e = on;
+        *enabled = on;
     }
 }
 
@@ -69,7 +69,7 @@ pub fn on_first_use() {
     if owns(s, me) {
         return;
     }
-    if let Some(previous) = owner(s).take() {
+    if let Some(previous) = replace_owner(s, None) {
         // SAFETY: TS is clear and the registers hold `previous`'s state.
         unsafe { fpu::save(&mut previous.fpu.lock()) };
         previous.fpu_cpu.store(0, Ordering::Release);
@@ -81,7 +81,8 @@ pub fn on_first_use() {
     unsafe { fpu::restore(&me.fpu.lock()) };
     me.fpu_cpu.store(cpu + 1, Ordering::Release);
     // SAFETY: owning CPU, interrupts off.
-    *owner(s) = unsafe { (*s.current.get()).clone() };
+    let previous = replace_owner(s, unsafe { (*s.current.get()).clone() });
+    debug_assert!(previous.is_none());
     s.fpu_loads.store(s.fpu_loads.load(Ordering::Relaxed) + 1, Ordering::Relaxed);
 }
 
@@ -95,7 +96,7 @@ pub(super) fn release(s: &CpuSched, t: &Thread) {
     // SAFETY: TS is clear and the registers hold `t`'s state.
     unsafe { fpu::save(&mut t.fpu.lock()) };
     t.fpu_cpu.store(0, Ordering::Release);
-    *owner(s) = None;
+    drop(replace_owner(s, None));
     set_enabled(s, false);
 }
 
@@ -123,7 +124,7 @@ pub(super) fn forget_current() {
     let me = running_on(s);
     if owns(s, me) {
         me.fpu_cpu.store(0, Ordering::Release);
-        *owner(s) = None;
+        drop(replace_owner(s, None));
         set_enabled(s, false);
     }
 }
