@@ -47,7 +47,7 @@ pub struct Payload {
 pub type Carried = Option<alloc::boxed::Box<Payload>>;
 
 /// A one-way message as it waits in a portset's queue: (alias, words).
-type OnewayMessage = (u64, [u64; 6]);
+pub type OnewayMessage = (u64, [u64; 6]);
 /// One-way messages a portset holds before senders see it full.
 /// (Small enough that a portset is built on a kernel stack before it moves
 /// to the heap; in-place construction would allow bigger queues.)
@@ -470,8 +470,12 @@ fn finish_wait(me: &Arc<Thread>, portset: &Portset, handoff: Option<Arc<Thread>>
 /// without waiting. Returns false (nothing queued) when the queue is full.
 /// Wakes the receiver only if it announced it sleeps.
 pub fn send(port: &Port, message: [u64; 6]) -> bool {
-    let ps = &port.portset;
-    if ps.oneway.try_push((port.alias, message)).is_err() {
+    queue_oneway(&port.portset, (port.alias, message))
+}
+
+/// Queues one message on `ps` and rings a sleeping receiver; false if full.
+fn queue_oneway(ps: &Portset, message: OnewayMessage) -> bool {
+    if ps.oneway.try_push(message).is_err() {
         return false;
     }
     if ps.doorbell.notify().0 {
@@ -483,6 +487,18 @@ pub fn send(port: &Port, message: [u64; 6]) -> bool {
         }
     }
     true
+}
+
+/// Takes up to `max` queued one-way messages, oldest first, as (alias,
+/// words): a portset's queue is kernel-held state a parent exports.
+pub fn take_queued(portset: &Portset, max: usize) -> alloc::vec::Vec<OnewayMessage> {
+    core::iter::from_fn(|| portset.oneway.try_pop()).take(max).collect()
+}
+
+/// Queues `messages` in order, as if they had been sent (to rebuild a
+/// portset from exported state); returns how many fit.
+pub fn put_queued(portset: &Portset, messages: &[OnewayMessage]) -> usize {
+    messages.iter().take_while(|m| queue_oneway(portset, **m)).count()
 }
 
 /// Receives the next one-way message on `portset`: polls, spins briefly,

@@ -81,6 +81,8 @@ pub const SYS_THREAD_GET_CONNECTION: u64 = 68;
 pub const SYS_THREAD_SET_CONNECTION: u64 = 69;
 pub const SYS_THREAD_SET_DONATION_ONLY: u64 = 70;
 pub const SYS_THREAD_DONATE: u64 = 71;
+pub const SYS_PORTSET_TAKE_MESSAGES: u64 = 72;
+pub const SYS_PORTSET_PUT_MESSAGES: u64 = 73;
 
 /// Bytes of a thread state record (version 1): see kernel/ABI.md.
 pub const THREAD_STATE_BYTES: u64 = 19 * 8;
@@ -248,6 +250,8 @@ pub fn dispatch(frame: &mut SyscallFrame) -> i64 {
         SYS_THREAD_SET_CONNECTION => thread_set_connection(a0, a1, a2, a3),
         SYS_THREAD_SET_DONATION_ONLY => thread_set_donation_only(a0, a1),
         SYS_THREAD_DONATE => thread_donate(a0),
+        SYS_PORTSET_TAKE_MESSAGES => portset_take_messages(a0, a1, a2),
+        SYS_PORTSET_PUT_MESSAGES => portset_put_messages(a0, a1, a2),
         SYS_HANDLE_TRANSFER_AT => handle_transfer_at(a0, a1, a2, a3),
         SYS_MEMORY_OBJECT_STATE => memory_object_state(a0, a1, a2),
         SYS_READ_TSC => Ok((crate::arch::cpu::read_tsc() & (i64::MAX as u64)) as i64),
@@ -1213,6 +1217,58 @@ fn ipc_send(frame: &mut SyscallFrame) -> SysResult {
     let me = caller()?;
     let port = me.lookup_port(Handle::from_raw(frame.rdi), Rights::SEND)?;
     if crate::ipc::send(&port, message_of(frame)) { Ok(0) } else { Err(SysError::WouldBlock) }
+}
+
+/// Bytes of one exported one-way message: {u64 alias, six u64 words}.
+const QUEUED_MESSAGE_BYTES: usize = 56;
+
+/// `portset_take_messages(portset, buf, max)` (RECEIVE and GET_STATE):
+/// takes up to `max` queued one-way messages, oldest first, and writes
+/// them as {alias, six words} records; returns how many. A parent exports
+/// a frozen child's portset this way (the queue is kernel-held state).
+fn portset_take_messages(h: u64, buf: u64, max: u64) -> SysResult {
+    if max > crate::ipc::ONEWAY_CAPACITY as u64 {
+        return Err(SysError::BadSize);
+    }
+    let me = caller()?;
+    let ps = me.lookup_portset(Handle::from_raw(h), Rights::RECEIVE.union(Rights::GET_STATE))?;
+    // Check the whole buffer first: nothing is taken that cannot be written.
+    let mut out = alloc::vec![0u8; max as usize * QUEUED_MESSAGE_BYTES];
+    copy_to_user(buf, &out).map_err(|()| SysError::BadPointer)?;
+    let taken = crate::ipc::take_queued(&ps, max as usize);
+    for ((alias, words), record) in taken.iter().zip(out.chunks_exact_mut(QUEUED_MESSAGE_BYTES)) {
+        record[..8].copy_from_slice(&alias.to_le_bytes());
+        for (w, bytes) in words.iter().zip(record[8..].chunks_exact_mut(8)) {
+            bytes.copy_from_slice(&w.to_le_bytes());
+        }
+    }
+    copy_to_user(buf, &out[..taken.len() * QUEUED_MESSAGE_BYTES]).map_err(|()| SysError::BadPointer)?;
+    Ok(taken.len() as i64)
+}
+
+/// `portset_put_messages(portset, buf, n)` (SET_STATE): queues `n`
+/// {alias, six words} records in order as if sent (rebuilding a portset
+/// from exported state); returns how many fit in the queue.
+fn portset_put_messages(h: u64, buf: u64, n: u64) -> SysResult {
+    if n > crate::ipc::ONEWAY_CAPACITY as u64 {
+        return Err(SysError::BadSize);
+    }
+    let me = caller()?;
+    let ps = me.lookup_portset(Handle::from_raw(h), Rights::SET_STATE)?;
+    let mut raw = alloc::vec![0u8; n as usize * QUEUED_MESSAGE_BYTES];
+    copy_from_user(&mut raw, buf).map_err(|()| SysError::BadPointer)?;
+    let word = |b: &[u8]| u64::from_le_bytes(b.try_into().unwrap_or([0; 8]));
+    let messages: alloc::vec::Vec<crate::ipc::OnewayMessage> = raw
+        .chunks_exact(QUEUED_MESSAGE_BYTES)
+        .map(|r| {
+            let mut words = [0u64; 6];
+            for (w, b) in words.iter_mut().zip(r[8..].chunks_exact(8)) {
+                *w = word(b);
+            }
+            (word(&r[..8]), words)
+        })
+        .collect();
+    Ok(crate::ipc::put_queued(&ps, &messages) as i64)
 }
 
 /// `ipc_receive(portset)` (RECEIVE right): the next one-way message: returns

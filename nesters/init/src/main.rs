@@ -1268,7 +1268,56 @@ fn oneway_ipc() -> Result<(), &'static str> {
     if rt::ipc::send(Handle(0x55_0000_0003), [0; 6]) != Err(SysError::BadHandle) {
         return Err("a forged port handle was accepted for a send");
     }
-    oneway_many_receivers(cpus)
+    oneway_many_receivers(cpus)?;
+    oneway_queue_export()
+}
+
+/// A portset's queued one-way messages are exported (taken) and rebuilt
+/// (put) in order, with their aliases.
+fn oneway_queue_export() -> Result<(), &'static str> {
+    use rt::ipc::Queued;
+    let ps = rt::ipc::portset_create().map_err(|_| "portset")?;
+    let port = rt::ipc::port_create(ps, 9).map_err(|_| "port")?;
+    let rebuilt = rt::ipc::portset_create().map_err(|_| "portset")?;
+    let result = (|| {
+        let sent: [[u64; 6]; 5] = core::array::from_fn(|i| [i as u64, 10, 20, 30, 40, !(i as u64)]);
+        for m in sent {
+            rt::ipc::send(port, m).map_err(|_| "send")?;
+        }
+        // A bad buffer takes nothing.
+        // SAFETY: never dereferenced here; the kernel must refuse it.
+        let bad = unsafe { core::slice::from_raw_parts_mut(KERNEL_ADDRESS as *mut Queued, 4) };
+        if rt::ipc::take_queued(ps, bad) != Err(SysError::BadPointer) {
+            return Err("take_queued wrote to kernel memory");
+        }
+        let mut out = [Queued::default(); 32];
+        let n = rt::ipc::take_queued(ps, &mut out).map_err(|_| "take_queued")?;
+        if n != 5 || out[..5].iter().zip(sent).any(|(q, m)| q.alias != 9 || q.message != m) {
+            return Err("take_queued did not return the queued messages in order with their alias");
+        }
+        if rt::ipc::put_queued(rebuilt, &out[..5]) != Ok(5) {
+            return Err("put_queued did not queue the exported messages");
+        }
+        for m in sent {
+            if rt::ipc::receive(rebuilt) != Ok((9, m)) {
+                return Err("a rebuilt portset did not deliver the exported messages in order");
+            }
+        }
+        let receive_only = obj::duplicate(ps, rights::RECEIVE).map_err(|_| "duplicate")?;
+        let refused = rt::ipc::take_queued(receive_only, &mut out) == Err(SysError::MissingRights)
+            && rt::ipc::take_queued(port, &mut out) == Err(SysError::WrongType)
+            && rt::ipc::take_queued(ps, &mut [Queued::default(); 33]) == Err(SysError::BadSize)
+            && rt::ipc::put_queued(receive_only, &out[..1]) == Err(SysError::MissingRights);
+        let _ = obj::close(receive_only);
+        if !refused {
+            return Err("take_queued/put_queued misuse was not refused as documented");
+        }
+        Ok(())
+    })();
+    for h in [port, ps, rebuilt] {
+        let _ = obj::close(h);
+    }
+    result
 }
 
 static MANY_SUM: AtomicU64 = AtomicU64::new(0);

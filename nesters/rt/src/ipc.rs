@@ -77,6 +77,31 @@ pub fn reply_wait(portset: Handle, reply: Message) -> Result<(u64, Message), Sys
     Ok((alias, m))
 }
 
+/// A queued one-way message as a portset's state exports it.
+#[repr(C)]
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct Queued {
+    pub alias: u64,
+    pub message: Message,
+}
+
+/// Takes up to `into.len()` (at most 32) queued one-way messages from
+/// `portset`, oldest first (needs RECEIVE and GET_STATE): a parent exports
+/// a frozen child's portset this way. Returns how many.
+pub fn take_queued(portset: Handle, into: &mut [Queued]) -> Result<usize, SysError> {
+    // SAFETY: the kernel writes at most `into.len()` records into `into`.
+    decode(unsafe { crate::syscall4(nr::PORTSET_TAKE_MESSAGES, portset.0, into.as_mut_ptr() as u64, into.len() as u64, 0) })
+        .map(|n| n as usize)
+}
+
+/// Queues `messages` on `portset` in order, as if sent (needs SET_STATE);
+/// returns how many fit.
+pub fn put_queued(portset: Handle, messages: &[Queued]) -> Result<usize, SysError> {
+    // SAFETY: the kernel only reads `messages`.
+    decode(unsafe { crate::syscall4(nr::PORTSET_PUT_MESSAGES, portset.0, messages.as_ptr() as u64, messages.len() as u64, 0) })
+        .map(|n| n as usize)
+}
+
 /// The descriptor r13 points at in `ipc_call_buf` / `ipc_reply_wait_buf`
 /// (kernel/ABI.md).
 #[repr(C)]

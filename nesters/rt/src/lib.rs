@@ -89,6 +89,8 @@ pub mod nr {
     pub const THREAD_SET_CONNECTION: u64 = 69;
     pub const THREAD_SET_DONATION_ONLY: u64 = 70;
     pub const THREAD_DONATE: u64 = 71;
+    pub const PORTSET_TAKE_MESSAGES: u64 = 72;
+    pub const PORTSET_PUT_MESSAGES: u64 = 73;
 }
 
 /// Longest console write the kernel accepts in one call.
