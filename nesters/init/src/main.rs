@@ -1083,7 +1083,9 @@ mod encapsulation {
     }
 
     /// Starts the workload's threads: compute, IPC client, faulting reader.
-    fn child_start(child: Handle, server_in_child: Handle) -> Result<[Handle; 3], &'static str> {
+    /// With `hold_compute`, the computing thread is left stopped (the caller
+    /// resumes it), so a slow host cannot let it finish before the freeze.
+    fn child_start(child: Handle, server_in_child: Handle, hold_compute: bool) -> Result<[Handle; 3], &'static str> {
         let entry: extern "C" fn(u64) -> ! =
             // SAFETY: count_to has the C ABI and never returns, like the type says.
             unsafe { core::mem::transmute(count_to as unsafe extern "C" fn(u64) -> !) };
@@ -1094,7 +1096,9 @@ mod encapsulation {
         s.gpr[obj::ThreadState::RSI] = MARK;
         s.gpr[obj::ThreadState::RSP] = stack(0);
         obj::thread_set_state(compute, &s).map_err(|_| "set_state")?;
-        obj::thread_resume(compute).map_err(|_| "resume")?;
+        if !hold_compute {
+            obj::thread_resume(compute).map_err(|_| "resume")?;
+        }
         let client = obj::thread_create(child, calling_client_in_child, stack(1), server_in_child.0).map_err(|_| "client thread")?;
         let reader = obj::thread_create(child, probe_read, stack(2), CHILD_HOLE + PAGE).map_err(|_| "reader thread")?;
         Ok([compute, client, reader])
@@ -1110,7 +1114,7 @@ mod encapsulation {
         HOLD.store(0, Ordering::Relaxed);
         PAGER_HOLD.store(0, Ordering::Relaxed);
         let (child, cap) = child_build(&p)?;
-        let threads = child_start(child, cap)?;
+        let threads = child_start(child, cap, false)?;
         let undisturbed = outputs(threads);
         obj::space_destroy(child).map_err(|_| "space_destroy")?;
         for t in threads {
@@ -1125,10 +1129,13 @@ mod encapsulation {
         // reader faults again.
         take_back_supplied_page();
         let (child, cap) = child_build(&p)?;
-        let threads = child_start(child, cap)?;
+        let threads = child_start(child, cap, true)?;
         while SERVER_GOT.load(Ordering::Relaxed) == 0 || PAGER_SEEN.load(Ordering::Relaxed) == 0 {
             obj::yield_now();
         }
+        // The other two are held: let the computation get under way.
+        obj::thread_resume(threads[0]).map_err(|_| "resume")?;
+        obj::yield_now();
         // Freeze: stop every thread of the child.
         for t in threads {
             obj::thread_stop(t).map_err(|_| "thread_stop")?;
