@@ -77,6 +77,37 @@ pub fn reply_wait(portset: Handle, reply: Message) -> Result<(u64, Message), Sys
     Ok((alias, m))
 }
 
+/// `ipc_raw` with a sixth input, r13 (flags, or a pointer), for the calls
+/// that take one.
+///
+/// # Safety
+/// If call `n` takes a pointer in r13, it points at memory the kernel may
+/// read and write as that call documents, valid for the whole call.
+#[inline(always)]
+pub(crate) unsafe fn ipc_raw_r13(n: u64, h: u64, m: &mut Message, r13: u64) -> i64 {
+    let ret: i64;
+    // SAFETY: the call reads and writes only the listed registers and, by
+    // the caller's contract, the memory r13 points at.
+    unsafe {
+        asm!(
+            "syscall",
+            inlateout("rax") n as i64 => ret,
+            in("rdi") h,
+            inlateout("rsi") m[0],
+            inlateout("rdx") m[1],
+            inlateout("r10") m[2],
+            inlateout("r8") m[3],
+            inlateout("r9") m[4],
+            inlateout("r12") m[5],
+            in("r13") r13,
+            lateout("rcx") _,
+            lateout("r11") _,
+            options(nostack)
+        );
+    }
+    ret
+}
+
 /// A queued one-way message as a portset's state exports it.
 #[repr(C)]
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
@@ -146,27 +177,10 @@ fn ipc_payload_raw(n: u64, h: Handle, m: &mut Message, p: &mut Payload) -> Resul
         recv_capacity: p.recv.len() as u64,
         ..Descriptor::default()
     };
-    let ret: i64;
-    // SAFETY: as `ipc_raw`; the kernel reads `p.send` and writes at most
-    // `p.recv.len()` bytes of `p.recv` (both borrowed for this call) and
-    // the two result words of `d`.
-    unsafe {
-        asm!(
-            "syscall",
-            inlateout("rax") n as i64 => ret,
-            in("rdi") h.0,
-            inlateout("rsi") m[0],
-            inlateout("rdx") m[1],
-            inlateout("r10") m[2],
-            inlateout("r8") m[3],
-            inlateout("r9") m[4],
-            inlateout("r12") m[5],
-            in("r13") &mut d as *mut Descriptor as u64,
-            lateout("rcx") _,
-            lateout("r11") _,
-            options(nostack)
-        );
-    }
+    // SAFETY: the kernel reads `p.send` and writes at most `p.recv.len()`
+    // bytes of `p.recv` (both borrowed for this call) and the two result
+    // words of `d`, which lives until the call returns.
+    let ret = unsafe { ipc_raw_r13(n, h.0, m, &mut d as *mut Descriptor as u64) };
     let value = decode(ret)? as i64;
     Ok((value, Received { len: d.received_len as usize, handle: (d.received_handle != 0).then_some(Handle(d.received_handle)) }))
 }
@@ -191,7 +205,7 @@ pub fn reply_wait_payload(portset: Handle, reply: Message, payload: &mut Payload
 /// Reliable IPC: half-duplex connections (kernel/ABI.md). A thread's side 0
 /// is the connection it made as a client, side 1 the one it accepted.
 pub mod conn {
-    use super::{ipc_raw, Message};
+    use super::{ipc_raw, ipc_raw_r13, Message};
     use crate::object::Handle;
     use crate::{decode, nr, SysError};
 
@@ -217,31 +231,6 @@ pub mod conn {
         }
     }
 
-    /// `ipc_raw` with `flags` in r13.
-    #[inline(always)]
-    fn raw_with_flags(n: u64, h: u64, m: &mut Message, flags: u64) -> i64 {
-        let ret: i64;
-        // SAFETY: as `ipc_raw`; r13 is an input only.
-        unsafe {
-            core::arch::asm!(
-                "syscall",
-                inlateout("rax") n as i64 => ret,
-                in("rdi") h,
-                inlateout("rsi") m[0],
-                inlateout("rdx") m[1],
-                inlateout("r10") m[2],
-                inlateout("r8") m[3],
-                inlateout("r9") m[4],
-                inlateout("r12") m[5],
-                in("r13") flags,
-                lateout("rcx") _,
-                lateout("r11") _,
-                options(nostack)
-            );
-        }
-        ret
-    }
-
     /// Connects through `port` with a first message; the caller sends next.
     pub fn connect(port: Handle, first: Message) -> Result<(), SysError> {
         let mut m = first;
@@ -258,13 +247,15 @@ pub mod conn {
     /// Hands `m` to the other end exactly once (waits until it takes it).
     pub fn send(side: u64, m: Message) -> Result<(), SysError> {
         let mut m = m;
-        decode(raw_with_flags(nr::CONN_SEND, side, &mut m, 0)).map(|_| ())
+        // SAFETY: conn_send's r13 holds flags, not a pointer.
+        decode(unsafe { ipc_raw_r13(nr::CONN_SEND, side, &mut m, 0) }).map(|_| ())
     }
 
     /// `send`, after which the other end sends.
     pub fn send_over(side: u64, m: Message) -> Result<(), SysError> {
         let mut m = m;
-        decode(raw_with_flags(nr::CONN_SEND, side, &mut m, OVER)).map(|_| ())
+        // SAFETY: conn_send's r13 holds flags, not a pointer.
+        decode(unsafe { ipc_raw_r13(nr::CONN_SEND, side, &mut m, OVER) }).map(|_| ())
     }
 
     pub fn receive(side: u64) -> Result<Received, SysError> {
