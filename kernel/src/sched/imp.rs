@@ -543,6 +543,11 @@ fn schedule_saving(save_context: bool) {
     // SAFETY: owning CPU, interrupts off.
     let prev = unsafe { (*s.current.get()).clone() }.expect("scheduler not started on this CPU");
     let donor = take_donor(&prev);
+    if prev.donation_only.load(Ordering::Acquire) {
+        // Its scheduler may donate from any CPU next: its x87/SSE state
+        // must not stay behind in this CPU's registers.
+        lazyfpu::release(s, &prev);
+    }
     let still_runnable = !is_idle(s, &prev) && prev.state.compare_exchange(RUNNING, READY, Ordering::AcqRel, Ordering::Acquire).is_ok();
     if still_runnable && donor.is_none() {
         enqueue(prev.clone());
@@ -1193,8 +1198,13 @@ fn take_donor(t: &Thread) -> Option<Arc<Thread>> {
 pub fn donate(t: &Arc<Thread>) -> Result<DonationEnd, DonateError> {
     let (cpu, s) = here();
     let me = current();
-    if Arc::ptr_eq(&me, t) || !t.donation_only.load(Ordering::Acquire) || !t.allowed_on(cpu) || !lazyfpu::runnable_here(t, cpu) {
+    if Arc::ptr_eq(&me, t) || !t.donation_only.load(Ordering::Acquire) || !t.allowed_on(cpu) {
         return Err(DonateError::Invalid);
+    }
+    if !lazyfpu::runnable_here(t, cpu) {
+        // Its x87/SSE state is still in another CPU's registers (it parked
+        // there through the IPC fast path): only that CPU can run it now.
+        return Err(DonateError::NotRunnable);
     }
     {
         let mut donor = t.donor.lock();
