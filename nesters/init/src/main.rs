@@ -1560,6 +1560,12 @@ fn hostile_arguments() -> Result<(), &'static str> {
         expect("thread_get_state into the kernel", rt::decode(rt::syscall4(rt::nr::THREAD_GET_STATE, 0, KERNEL_ADDRESS, 152, 0)), SysError::BadHandle);
         expect("handle_transfer_at to value 0", rt::decode(rt::syscall4(rt::nr::HANDLE_TRANSFER_AT, me.0, me.0, 0, 0)), SysError::InvalidArgument);
         expect("priority out of range", rt::decode(rt::syscall2(rt::nr::THREAD_SET_PRIORITY, 0, 1000)), SysError::InvalidArgument);
+        expect("donation to a forged thread", rt::decode(rt::syscall1(rt::nr::THREAD_DONATE, 0x77_0000_0001)), SysError::BadHandle);
+        expect("donation to a space", rt::decode(rt::syscall1(rt::nr::THREAD_DONATE, me.0)), SysError::WrongType);
+        expect("donation-only flag 7", rt::decode(rt::syscall2(rt::nr::THREAD_SET_DONATION_ONLY, me.0, 7)), SysError::InvalidArgument);
+        expect("connection side 5", rt::decode(rt::syscall4(rt::nr::THREAD_GET_CONNECTION, me.0, 5, text, 0)), SysError::InvalidArgument);
+        expect("32+ queued messages", rt::decode(rt::syscall4(rt::nr::PORTSET_TAKE_MESSAGES, me.0, text, 1000, 0)), SysError::BadSize);
+        expect("queued messages of a space", rt::decode(rt::syscall4(rt::nr::PORTSET_TAKE_MESSAGES, me.0, text, 1, 0)), SysError::WrongType);
     }
     let mutex_queue = unsafe { rt::decode(rt::syscall0(rt::nr::MUTEX_CREATE)) }.map_err(|_| "mutex_create")?;
     // SAFETY: as above.
@@ -1569,6 +1575,13 @@ fn hostile_arguments() -> Result<(), &'static str> {
     }
     // A thread made to jump into the kernel through set_state: refused.
     let t = obj::thread_create_stopped(me).map_err(|_| "thread_create_stopped")?;
+    // SAFETY: as above.
+    unsafe {
+        expect("connection state into the kernel", rt::decode(rt::syscall4(rt::nr::THREAD_GET_CONNECTION, t.0, 0, KERNEL_ADDRESS, 0)), SysError::BadPointer);
+        expect("connection state into read-only text", rt::decode(rt::syscall4(rt::nr::THREAD_GET_CONNECTION, t.0, 0, text, 0)), SysError::BadPointer);
+        expect("a connection to a space", rt::decode(rt::syscall4(rt::nr::THREAD_SET_CONNECTION, t.0, 0, me.0, 0)), SysError::WrongType);
+        expect("connection flags 1", rt::decode(rt::syscall4(rt::nr::THREAD_SET_CONNECTION, t.0, 0, 0, 1)), SysError::InvalidArgument);
+    }
     let mut s = obj::thread_get_state(t).map_err(|_| "thread_get_state")?;
     s.rip = KERNEL_ADDRESS;
     if obj::thread_set_state(t, &s) != Err(SysError::BadPointer) {
