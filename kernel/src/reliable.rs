@@ -23,7 +23,7 @@ use alloc::collections::VecDeque;
 use alloc::sync::{Arc, Weak};
 use core::sync::atomic::Ordering;
 
-use crate::ipc::{self, Port, Portset};
+use crate::ipc::{self, Carried, Port, Portset};
 use crate::sched::{self, Thread};
 
 pub const CLIENT_SIDE: usize = 0;
@@ -73,7 +73,7 @@ struct ConnState {
     sender: usize,
     /// The sender is blocked with this message (and its flags) until the
     /// receiver takes it.
-    pending: Option<([u64; 6], u64)>,
+    pending: Option<([u64; 6], u64, Carried)>,
     /// The receiver is blocked waiting for a message.
     receiving: bool,
     closed: bool,
@@ -88,7 +88,7 @@ pub struct Links {
     /// first message's alias and words (acceptor).
     offer: Option<Arc<Connection>>,
     /// What a blocked receiver was handed.
-    inbox: Option<(Received, [u64; 6])>,
+    inbox: Option<(Received, [u64; 6], Carried)>,
     /// The first message a connector waits to hand over.
     first: [u64; 6],
     alias: u64,
@@ -212,9 +212,10 @@ fn side_of(me: &Thread, side: usize) -> Result<Arc<Connection>, ConnError> {
     links(me).links.sides.get(side).cloned().flatten().ok_or(ConnError::WrongState)
 }
 
-/// `send(side, message, flags)`: hands `message` to the receiver, waiting
-/// until it takes it. With OVER the caller receives next.
-pub fn send(side: usize, message: [u64; 6], flags: u64) -> Result<(), ConnError> {
+/// `send(side, message, flags, payload)`: hands `message` (and the
+/// payload) to the receiver, waiting until it takes it. With OVER the
+/// caller receives next.
+pub fn send(side: usize, message: [u64; 6], flags: u64, payload: Carried) -> Result<(), ConnError> {
     let me = sched::current();
     let conn = side_of(&me, side)?;
     me.delivered.store(false, Ordering::Relaxed);
@@ -236,11 +237,11 @@ pub fn send(side: usize, message: [u64; 6], flags: u64) -> Result<(), ConnError>
             c.receiving = false;
             let receiver = c.ends[1 - side].upgrade();
             if let Some(r) = &receiver {
-                links(r).links.inbox = Some((if flags & OVER != 0 { Received::Over } else { Received::Data }, message));
+                links(r).links.inbox = Some((if flags & OVER != 0 { Received::Over } else { Received::Data }, message, payload));
             }
             (Some(receiver), remote)
         } else {
-            c.pending = Some((message, flags));
+            c.pending = Some((message, flags, payload));
             (None, remote)
         }
     };
@@ -257,12 +258,13 @@ pub fn send(side: usize, message: [u64; 6], flags: u64) -> Result<(), ConnError>
         Ok(()) => {}
         Err(_) => {
             let mut c = conn.state.lock();
-            if c.pending.is_some() {
+            if let Some(untaken) = c.pending.take() {
                 // Not taken: the call never happened.
-                c.pending = None;
                 if flags & OVER != 0 {
                     c.sender = side;
                 }
+                drop(c);
+                drop(untaken);
                 return Err(ConnError::Interrupted);
             }
             drop(c);
@@ -270,33 +272,34 @@ pub fn send(side: usize, message: [u64; 6], flags: u64) -> Result<(), ConnError>
             ipc::wait_for_partner_uninterruptibly(&me);
         }
     }
-    if links(&me).links.inbox.take().is_some_and(|(r, _)| r == Received::Disconnected) {
+    if links(&me).links.inbox.take().is_some_and(|(r, _, _)| r == Received::Disconnected) {
         forget(&me, side);
         return Err(ConnError::Gone);
     }
     Ok(())
 }
 
-/// `receive(side)`: the next message from the sender, or `Disconnected`.
-pub fn receive(side: usize) -> Result<(Received, [u64; 6]), ConnError> {
+/// `receive(side)`: the next message (and its payload) from the sender, or
+/// `Disconnected`.
+pub fn receive(side: usize) -> Result<(Received, [u64; 6], Carried), ConnError> {
     let me = sched::current();
     let conn = side_of(&me, side)?;
     me.delivered.store(false, Ordering::Relaxed);
     let (taken, remote) = {
         let mut c = conn.state.lock();
         let remote = peer_remote(&c, side);
-        if let Some((message, flags)) = c.pending.take() {
+        if let Some((message, flags, payload)) = c.pending.take() {
             let sender = c.ends[1 - side].upgrade();
             drop(c);
             if let Some(s) = sender {
                 s.delivered.store(true, Ordering::Release);
                 sched::wake(&s);
             }
-            (Some((if flags & OVER != 0 { Received::Over } else { Received::Data }, message)), remote)
+            (Some((if flags & OVER != 0 { Received::Over } else { Received::Data }, message, payload)), remote)
         } else if c.closed {
             drop(c);
             forget(&me, side);
-            return Ok((Received::Disconnected, [0; 6]));
+            return Ok((Received::Disconnected, [0; 6], None));
         } else if c.sender == side {
             return Err(ConnError::WrongState);
         } else {
@@ -319,7 +322,7 @@ pub fn receive(side: usize) -> Result<(Received, [u64; 6]), ConnError> {
             ipc::wait_for_partner_uninterruptibly(&me);
         }
     }
-    let received = links(&me).links.inbox.take().unwrap_or((Received::Disconnected, [0; 6]));
+    let received = links(&me).links.inbox.take().unwrap_or((Received::Disconnected, [0; 6], None));
     if received.0 == Received::Disconnected {
         forget(&me, side);
     }
@@ -337,18 +340,21 @@ pub fn disconnect(side: usize) -> Result<(), ConnError> {
 
 /// Closes `conn` from end `side` and wakes the other end if it waits.
 fn close(conn: &Connection, side: usize) {
-    let waiting = {
+    let (waiting, lost) = {
         let mut c = conn.state.lock();
         if c.closed {
             return;
         }
         c.closed = true;
         let waiting = c.receiving || c.pending.is_some();
-        (c.receiving, c.pending) = (false, None);
-        if waiting { c.ends[1 - side].upgrade() } else { None }
+        c.receiving = false;
+        let lost = c.pending.take();
+        (if waiting { c.ends[1 - side].upgrade() } else { None }, lost)
     };
+    // A message the receiver never took is lost with the connection.
+    drop(lost);
     if let Some(peer) = waiting {
-        links(&peer).links.inbox = Some((Received::Disconnected, [0; 6]));
+        links(&peer).links.inbox = Some((Received::Disconnected, [0; 6], None));
         peer.delivered.store(true, Ordering::Release);
         sched::wake(&peer);
     }

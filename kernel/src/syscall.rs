@@ -83,6 +83,8 @@ pub const SYS_THREAD_SET_DONATION_ONLY: u64 = 70;
 pub const SYS_THREAD_DONATE: u64 = 71;
 pub const SYS_PORTSET_TAKE_MESSAGES: u64 = 72;
 pub const SYS_PORTSET_PUT_MESSAGES: u64 = 73;
+pub const SYS_CONN_SEND_BUF: u64 = 74;
+pub const SYS_CONN_RECEIVE_BUF: u64 = 75;
 
 /// Bytes of a thread state record (version 1): see kernel/ABI.md.
 pub const THREAD_STATE_BYTES: u64 = 19 * 8;
@@ -252,6 +254,8 @@ pub fn dispatch(frame: &mut SyscallFrame) -> i64 {
         SYS_THREAD_DONATE => thread_donate(a0),
         SYS_PORTSET_TAKE_MESSAGES => portset_take_messages(a0, a1, a2),
         SYS_PORTSET_PUT_MESSAGES => portset_put_messages(a0, a1, a2),
+        SYS_CONN_SEND_BUF => conn_send_buf(frame),
+        SYS_CONN_RECEIVE_BUF => conn_receive_buf(frame),
         SYS_HANDLE_TRANSFER_AT => handle_transfer_at(a0, a1, a2, a3),
         SYS_MEMORY_OBJECT_STATE => memory_object_state(a0, a1, a2),
         SYS_READ_TSC => Ok((crate::arch::cpu::read_tsc() & (i64::MAX as u64)) as i64),
@@ -551,6 +555,8 @@ fn ipc_reply_wait(frame: &mut SyscallFrame) -> SysResult {
 /// capacity, out: received len, out: received handle, 0}.
 struct BufferDescriptor {
     at: u64,
+    /// The reserved word, where a call gives it a meaning (conn_send_buf).
+    flags: u64,
     send_ptr: u64,
     send_len: u64,
     send_handle: u64,
@@ -563,13 +569,18 @@ pub const IPC_BUFFER_MAX: u64 = 64 * 1024;
 
 impl BufferDescriptor {
     fn read(at: u64) -> Result<BufferDescriptor, SysError> {
+        Self::read_with_flags(at, 0)
+    }
+
+    /// `read`, where the reserved word may hold the flags in `allowed`.
+    fn read_with_flags(at: u64, allowed: u64) -> Result<BufferDescriptor, SysError> {
         let mut raw = [0u8; 64];
         copy_from_user(&mut raw, at).map_err(|()| SysError::BadPointer)?;
         let w = |i: usize| u64::from_le_bytes(raw[i * 8..i * 8 + 8].try_into().unwrap_or([0; 8]));
-        if w(7) != 0 {
+        if w(7) & !allowed != 0 {
             return Err(SysError::InvalidArgument);
         }
-        let d = BufferDescriptor { at, send_ptr: w(0), send_len: w(1), send_handle: w(2), recv_ptr: w(3), recv_capacity: w(4) };
+        let d = BufferDescriptor { at, flags: w(7), send_ptr: w(0), send_len: w(1), send_handle: w(2), recv_ptr: w(3), recv_capacity: w(4) };
         if d.send_len > IPC_BUFFER_MAX || d.recv_capacity > IPC_BUFFER_MAX {
             return Err(SysError::BadSize);
         }
@@ -716,7 +727,7 @@ fn conn_send(frame: &mut SyscallFrame) -> SysResult {
     if frame.r13 & !crate::reliable::OVER != 0 {
         return Err(SysError::InvalidArgument);
     }
-    match conn_result(crate::reliable::send(side, message_of(frame), frame.r13)) {
+    match conn_result(crate::reliable::send(side, message_of(frame), frame.r13, None)) {
         Ok(()) => Ok(0),
         Err(ret) => ret,
     }
@@ -735,7 +746,8 @@ fn received_code(r: crate::reliable::Received) -> i64 {
 /// `conn_receive(side)`: the next message in the message registers.
 fn conn_receive(frame: &mut SyscallFrame) -> SysResult {
     let side = connection_side(frame.rdi)?;
-    let (what, message) = match conn_result(crate::reliable::receive(side)) {
+    // A plain receive: a payload that came along is dropped.
+    let (what, message, _) = match conn_result(crate::reliable::receive(side)) {
         Ok(received) => received,
         Err(ret) => return ret,
     };
@@ -749,7 +761,7 @@ fn conn_receive(frame: &mut SyscallFrame) -> SysResult {
 /// remains (Fluke's atomic API).
 fn conn_send_over_receive(frame: &mut SyscallFrame) -> SysResult {
     let side = connection_side(frame.rdi)?;
-    if let Err(ret) = conn_result(crate::reliable::send(side, message_of(frame), crate::reliable::OVER)) {
+    if let Err(ret) = conn_result(crate::reliable::send(side, message_of(frame), crate::reliable::OVER, None)) {
         return ret;
     }
     match crate::reliable::receive(side) {
@@ -758,7 +770,7 @@ fn conn_send_over_receive(frame: &mut SyscallFrame) -> SysResult {
             Ok(RESTART_AS_SET)
         }
         other => {
-            let (what, message) = match conn_result(other) {
+            let (what, message, _) = match conn_result(other) {
                 Ok(received) => received,
                 Err(ret) => return ret,
             };
@@ -766,6 +778,39 @@ fn conn_send_over_receive(frame: &mut SyscallFrame) -> SysResult {
             Ok(received_code(what))
         }
     }
+}
+
+/// `conn_send_buf(side)` with r13 → a payload descriptor whose reserved
+/// word holds the flags (1 = OVER): `conn_send` that also carries the
+/// descriptor's bytes and capability, received whole by `conn_receive_buf`.
+fn conn_send_buf(frame: &mut SyscallFrame) -> SysResult {
+    let side = connection_side(frame.rdi)?;
+    let d = BufferDescriptor::read_with_flags(frame.r13, crate::reliable::OVER)?;
+    let me = caller()?;
+    let payload = d.stage(&me)?;
+    match conn_result(crate::reliable::send(side, message_of(frame), d.flags, payload)) {
+        Ok(()) => Ok(0),
+        Err(ret) => ret,
+    }
+}
+
+/// `conn_receive_buf(side)` with r13 → a payload descriptor (its send part
+/// empty): `conn_receive` that also delivers the message's payload into the
+/// descriptor's receive part.
+fn conn_receive_buf(frame: &mut SyscallFrame) -> SysResult {
+    let side = connection_side(frame.rdi)?;
+    let d = BufferDescriptor::read(frame.r13)?;
+    if d.send_len != 0 || d.send_handle != 0 {
+        return Err(SysError::InvalidArgument);
+    }
+    let me = caller()?;
+    let (what, message, payload) = match conn_result(crate::reliable::receive(side)) {
+        Ok(received) => received,
+        Err(ret) => return ret,
+    };
+    set_message(frame, message);
+    d.deliver(&me, payload)?;
+    Ok(received_code(what))
 }
 
 fn conn_disconnect(side: u64) -> SysResult {

@@ -217,6 +217,79 @@ fn freeze_and_rebuild() -> Result<(), &'static str> {
     Ok(())
 }
 
+/// Payload lengths of the client's three messages (the last turns the
+/// direction over).
+const PAYLOAD_LENS: [usize; 3] = [10, 4096 + 7, 64 * 1024];
+
+fn payload_byte(i: usize, len: usize) -> u8 {
+    (i * 31 + len) as u8
+}
+
+/// Receives three payload messages (the second with a portset handle), then
+/// sends the last one's first 1000 bytes back reversed, and expects the
+/// client to hang up. Exits 0 if everything arrived whole.
+extern "C" fn payload_server(_: u64) -> ! {
+    extern crate alloc;
+    let ps = Handle(super::PORTSET.load(Ordering::Relaxed));
+    let Ok(_) = conn::accept(ps) else { rt::exit(1) };
+    let mut buf = alloc::vec![0u8; 64 * 1024];
+    for (k, &len) in PAYLOAD_LENS.iter().enumerate() {
+        let Ok((what, got)) = conn::receive_payload(conn::SERVER, &mut buf) else { rt::exit(2) };
+        let whole = got.len == len && buf[..len].iter().enumerate().all(|(i, &b)| b == payload_byte(i, len));
+        let kind_ok = match (k, what) {
+            (2, Received::Over(m)) | (0 | 1, Received::Data(m)) => m[0] == k as u64,
+            _ => false,
+        };
+        let handle_ok = match (k, got.handle) {
+            (1, Some(h)) => obj::info(h).map(|(t, _)| t) == Ok(matryoshka_rt::object::types::PORTSET) && obj::close(h).is_ok(),
+            (_, None) => true,
+            _ => false,
+        };
+        if !(whole && kind_ok && handle_ok) {
+            rt::exit(3 + k as u64);
+        }
+    }
+    let back: alloc::vec::Vec<u8> = buf[..1000].iter().rev().copied().collect();
+    let mut p = ipc::Payload { send: &back, handle: None, recv: &mut [] };
+    if conn::send_payload(conn::SERVER, [7; 6], &mut p, true).is_err() {
+        rt::exit(10);
+    }
+    match conn::receive(conn::SERVER) {
+        Ok(Received::Disconnected) => rt::exit(0),
+        _ => rt::exit(11),
+    }
+}
+
+/// Bytes and a capability travel on a connection too.
+fn payload_stream() -> Result<(), &'static str> {
+    extern crate alloc;
+    let me = obj::self_space();
+    let server = obj::thread_create(me, payload_server, super::stack_top(0), 0).map_err(|_| "thread_create")?;
+    let port = Handle(super::PORT.load(Ordering::Relaxed));
+    conn::connect(port, [0; 6]).map_err(|_| "connect")?;
+    let gift = ipc::portset_create().map_err(|_| "portset_create")?;
+    for (k, &len) in PAYLOAD_LENS.iter().enumerate() {
+        let bytes: alloc::vec::Vec<u8> = (0..len).map(|i| payload_byte(i, len)).collect();
+        let mut p = ipc::Payload { send: &bytes, handle: (k == 1).then_some(gift), recv: &mut [] };
+        conn::send_payload(conn::CLIENT, [k as u64; 6], &mut p, k == 2).map_err(|_| "send_payload")?;
+    }
+    let mut back = [0u8; 1000];
+    let reply = conn::receive_payload(conn::CLIENT, &mut back);
+    let _ = conn::disconnect(conn::CLIENT);
+    let exited = obj::thread_wait(server, true);
+    let _ = (obj::close(server), obj::close(gift));
+    let expect_back = |i: usize| payload_byte(999 - i, 64 * 1024);
+    match reply {
+        Ok((Received::Over([7, 7, 7, 7, 7, 7]), got)) if got.len == 1000 && back.iter().enumerate().all(|(i, &b)| b == expect_back(i)) => {}
+        _ => return Err("a payload sent back over the connection did not arrive whole"),
+    }
+    if exited != Ok(0) {
+        rt::println!("init: payload server exit {exited:?}");
+        return Err("payloads sent over a connection did not arrive whole, or without their capability");
+    }
+    Ok(())
+}
+
 static TURN_HOLD: AtomicU64 = AtomicU64::new(0);
 
 /// Takes the client's turn, then waits for TURN_HOLD to clear before it
@@ -300,6 +373,7 @@ pub fn check() -> Result<(), &'static str> {
             return Err("a send to a receiver that disconnected did not fail with Dead");
         }
         combined_call_restarts_as_receive()?;
+        payload_stream()?;
         freeze_and_rebuild()
     })();
     let _ = (obj::close(port), obj::close(ps));

@@ -168,13 +168,14 @@ pub struct Payload<'a> {
 }
 
 #[inline(always)]
-fn ipc_payload_raw(n: u64, h: Handle, m: &mut Message, p: &mut Payload) -> Result<(i64, Received), SysError> {
+fn ipc_payload_raw(n: u64, h: Handle, m: &mut Message, p: &mut Payload, flags: u64) -> Result<(i64, Received), SysError> {
     let mut d = Descriptor {
         send_ptr: p.send.as_ptr() as u64,
         send_len: p.send.len() as u64,
         send_handle: p.handle.map_or(0, |h| h.0),
         recv_ptr: p.recv.as_mut_ptr() as u64,
         recv_capacity: p.recv.len() as u64,
+        reserved: flags,
         ..Descriptor::default()
     };
     // SAFETY: the kernel reads `p.send` and writes at most `p.recv.len()`
@@ -189,7 +190,7 @@ fn ipc_payload_raw(n: u64, h: Handle, m: &mut Message, p: &mut Payload) -> Resul
 /// (the general path, not the register-only fast path).
 pub fn call_payload(port: Handle, request: Message, payload: &mut Payload) -> Result<(Message, Received), SysError> {
     let mut m = request;
-    let (_, received) = ipc_payload_raw(nr::IPC_CALL_BUF, port, &mut m, payload)?;
+    let (_, received) = ipc_payload_raw(nr::IPC_CALL_BUF, port, &mut m, payload, 0)?;
     Ok((m, received))
 }
 
@@ -198,14 +199,14 @@ pub fn call_payload(port: Handle, request: Message, payload: &mut Payload) -> Re
 /// what came with it).
 pub fn reply_wait_payload(portset: Handle, reply: Message, payload: &mut Payload) -> Result<(u64, Message, Received), SysError> {
     let mut m = reply;
-    let (alias, received) = ipc_payload_raw(nr::IPC_REPLY_WAIT_BUF, portset, &mut m, payload)?;
+    let (alias, received) = ipc_payload_raw(nr::IPC_REPLY_WAIT_BUF, portset, &mut m, payload, 0)?;
     Ok((alias as u64, m, received))
 }
 
 /// Reliable IPC: half-duplex connections (kernel/ABI.md). A thread's side 0
 /// is the connection it made as a client, side 1 the one it accepted.
 pub mod conn {
-    use super::{ipc_raw, ipc_raw_r13, Message};
+    use super::{ipc_payload_raw, ipc_raw, ipc_raw_r13, Message, Payload};
     use crate::object::Handle;
     use crate::{decode, nr, SysError};
 
@@ -269,6 +270,23 @@ pub mod conn {
         let mut m = m;
         let code = decode(ipc_raw(nr::CONN_SEND_OVER_RECEIVE, Handle(side), &mut m))?;
         Ok(received(code, m))
+    }
+
+    /// `send` (`send_over` with `over`) that also carries `payload.send` and
+    /// `payload.handle`; the receiver gets them with `receive_payload`
+    /// (`payload.recv` is not used).
+    pub fn send_payload(side: u64, m: Message, payload: &mut Payload, over: bool) -> Result<(), SysError> {
+        let mut m = m;
+        ipc_payload_raw(nr::CONN_SEND_BUF, Handle(side), &mut m, payload, if over { OVER } else { 0 }).map(|_| ())
+    }
+
+    /// `receive` that also takes the message's payload into `recv` (cut to
+    /// its length; the second value tells the whole length and the handle).
+    pub fn receive_payload(side: u64, recv: &mut [u8]) -> Result<(Received, super::Received), SysError> {
+        let mut m = [0; 6];
+        let mut p = Payload { send: &[], handle: None, recv };
+        let (code, got) = ipc_payload_raw(nr::CONN_RECEIVE_BUF, Handle(side), &mut m, &mut p, 0)?;
+        Ok((received(code as u64, m), got))
     }
 
     pub fn disconnect(side: u64) -> Result<(), SysError> {

@@ -91,6 +91,8 @@ pub mod nr {
     pub const THREAD_DONATE: u64 = 71;
     pub const PORTSET_TAKE_MESSAGES: u64 = 72;
     pub const PORTSET_PUT_MESSAGES: u64 = 73;
+    pub const CONN_SEND_BUF: u64 = 74;
+    pub const CONN_RECEIVE_BUF: u64 = 75;
 }
 
 /// Longest console write the kernel accepts in one call.
