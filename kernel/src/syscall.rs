@@ -746,8 +746,13 @@ fn received_code(r: crate::reliable::Received) -> i64 {
 /// `conn_receive(side)`: the next message in the message registers.
 fn conn_receive(frame: &mut SyscallFrame) -> SysResult {
     let side = connection_side(frame.rdi)?;
-    // A plain receive: a payload that came along is dropped.
-    let (what, message, _) = match conn_result(crate::reliable::receive(side)) {
+    received_into(frame, crate::reliable::receive(side))
+}
+
+/// The end of a plain receive: the message in the message registers, the
+/// result code; a payload that came along is dropped.
+fn received_into(frame: &mut SyscallFrame, received: Result<(crate::reliable::Received, [u64; 6], crate::ipc::Carried), crate::reliable::ConnError>) -> SysResult {
+    let (what, message, _) = match conn_result(received) {
         Ok(received) => received,
         Err(ret) => return ret,
     };
@@ -765,18 +770,12 @@ fn conn_send_over_receive(frame: &mut SyscallFrame) -> SysResult {
         return ret;
     }
     match crate::reliable::receive(side) {
-        Err(crate::reliable::ConnError::Interrupted) if sched::me().stop_requested() && !sched::me().kill_requested() => {
+        // Restarts as the receive alone (or fails, if killed).
+        Err(crate::reliable::ConnError::Interrupted) => interrupted().map(|_| {
             frame.rax = SYS_CONN_RECEIVE;
-            Ok(RESTART_AS_SET)
-        }
-        other => {
-            let (what, message, _) = match conn_result(other) {
-                Ok(received) => received,
-                Err(ret) => return ret,
-            };
-            set_message(frame, message);
-            Ok(received_code(what))
-        }
+            RESTART_AS_SET
+        }),
+        other => received_into(frame, other),
     }
 }
 

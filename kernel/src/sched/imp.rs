@@ -121,7 +121,7 @@ pub struct Thread {
     /// The role it parked in (a `ParkedAs`), written by the thread itself
     /// before it parks and read by its continuation.
     pub(super) parked_as: AtomicU8,
-    /// Its x87/SSE state while no CPU holds it (see `sched::fpu`).
+    /// Its x87/SSE state while no CPU holds it (see `lazyfpu`).
     pub(super) fpu: spin::Mutex<fpu::FpuArea>,
     /// 0, or 1 + the CPU whose registers hold its x87/SSE state.
     pub(super) fpu_cpu: AtomicUsize,
