@@ -17,8 +17,11 @@
 //!    port's portset; `reply_wait` parks the caller on the portset, which it
 //!    may do only when no client is queued there and the portset has room
 //!    without allocating, and in the same step claims the caller's client.
-//! 3. **Work that cannot fail.** Write the message into the partner's user
-//!    frame, park the caller (call), make the partner the running thread.
+//! 3. **Work that cannot fail.** Park the caller (call), make the partner
+//!    the running thread and complete its system call: the result goes in
+//!    its user frame, and the message never touches memory on the way, since
+//!    the switch carries the caller's message registers straight into the
+//!    partner's.
 //!
 //! `reply_wait` parks the caller even when its client is not parked (it
 //! blocked the general way, or it is the first request) as long as the
@@ -77,37 +80,36 @@ pub trait Kernel {
     fn park_caller_as_server(&self, portset: &Self::Portset) -> Option<Client<Self::Thread>>;
     /// Parks the caller as the client `server` will reply to.
     fn park_caller_as_client_of(&self, server: &Self::Thread);
-    /// Completes a claimed thread's system call in its user frame: `result`
-    /// in the result register, `message` in the message registers.
-    fn deliver(&self, to: &Self::Thread, result: u64, message: &Message);
     /// Puts `message` in the IPC slot of a thread that blocked the general
     /// way and marks it delivered.
     fn deliver_to_slot(&self, to: &Self::Thread, message: &Message);
-    /// Makes `next` this CPU's running thread (its address space, kernel
-    /// entry stack and time slice); the caller is already parked.
-    fn switch_to(&self, next: Self::Thread) -> Self::Switch;
+    /// Makes the claimed `next` this CPU's running thread (its address
+    /// space, kernel entry stack and time slice) and completes its system
+    /// call: `result` in its result register and the caller's message
+    /// registers in its own. The caller is already parked.
+    fn switch_to(&self, next: Self::Thread, result: u64) -> Self::Switch;
     /// The caller is parked: wakes `next`, if any, and lets the scheduler
     /// give the CPU to it (directly, when it may run here) or to another.
     fn schedule(&self, next: Option<Self::Thread>) -> Self::Switch;
 }
 
-/// `call(port)`: hands `request` to a server parked on the port's portset
-/// and switches to it; the caller waits parked for the reply.
+/// `call(port)`: hands the caller's request (its message registers) to a
+/// server parked on the port's portset and switches to it; the caller waits
+/// parked for the reply.
 #[inline(always)]
-pub fn call<K: Kernel>(k: &K, port_handle: u64, request: &Message) -> Option<K::Switch> {
+pub fn call<K: Kernel>(k: &K, port_handle: u64) -> Option<K::Switch> {
     if !k.caller_ready() {
         return None;
     }
     let (portset, alias) = k.send_port(port_handle)?;
     let server = k.claim_waiting_server(&portset)?;
     // Committed: nothing below can fail.
-    k.deliver(&server, alias & ALIAS_RESULT_MASK, request);
     k.park_caller_as_client_of(&server);
-    Some(k.switch_to(server))
+    Some(k.switch_to(server, alias & ALIAS_RESULT_MASK))
 }
 
-/// `reply_wait(portset)`: hands `reply` to the caller's parked client and
-/// switches to it; the caller waits parked on the portset for the next request.
+/// `reply_wait(portset)`: hands `reply` (the caller's message registers) to
+/// the caller's client and switches to it; the caller waits parked on the portset for the next request.
 #[inline(always)]
 pub fn reply_wait<K: Kernel>(k: &K, portset_handle: u64, reply: &Message) -> Option<K::Switch> {
     if !k.caller_ready() {
@@ -116,10 +118,7 @@ pub fn reply_wait<K: Kernel>(k: &K, portset_handle: u64, reply: &Message) -> Opt
     let portset = k.receive_portset(portset_handle)?;
     // Committed once this returns: nothing below can fail.
     match k.park_caller_as_server(&portset)? {
-        Client::Claimed(client) => {
-            k.deliver(&client, 0, reply);
-            Some(k.switch_to(client))
-        }
+        Client::Claimed(client) => Some(k.switch_to(client, 0)),
         Client::Blocked(client) => {
             if let Some(c) = &client {
                 k.deliver_to_slot(c, reply);
@@ -186,14 +185,11 @@ mod tests {
         fn park_caller_as_client_of(&self, server: &&'static str) {
             self.log.borrow_mut().push(format!("park caller as client of {server}"));
         }
-        fn deliver(&self, to: &&'static str, result: u64, message: &Message) {
-            self.log.borrow_mut().push(format!("deliver {result:#x} {message:?} to {to}"));
-        }
         fn deliver_to_slot(&self, to: &&'static str, message: &Message) {
             self.log.borrow_mut().push(format!("deliver {message:?} to the slot of {to}"));
         }
-        fn switch_to(&self, next: &'static str) -> &'static str {
-            self.log.borrow_mut().push(format!("switch to {next}"));
+        fn switch_to(&self, next: &'static str, result: u64) -> &'static str {
+            self.log.borrow_mut().push(format!("switch to {next} with {result:#x} and the caller's message"));
             next
         }
         fn schedule(&self, next: Option<&'static str>) -> &'static str {
@@ -207,26 +203,25 @@ mod tests {
     }
 
     #[test]
-    fn call_delivers_then_parks_then_switches() {
+    fn call_claims_then_parks_then_switches() {
         let k = all_ok();
-        assert_eq!(call(&k, 7, &[1, 2, 3, 4, 5, 6]), Some("server"));
+        assert_eq!(call(&k, 7), Some("server"));
         let log = k.log.borrow();
         assert_eq!(
             *log,
             [
                 "claim server on 107".to_string(),
-                format!("deliver {:#x} [1, 2, 3, 4, 5, 6] to server", i64::MAX),
                 "park caller as client of server".to_string(),
-                "switch to server".to_string(),
+                format!("switch to server with {:#x} and the caller's message", i64::MAX),
             ]
         );
     }
 
     #[test]
-    fn reply_wait_claims_then_delivers_then_switches() {
+    fn reply_wait_claims_then_switches() {
         let k = all_ok();
         assert_eq!(reply_wait(&k, 3, &[9; 6]), Some("client"));
-        assert_eq!(*k.log.borrow(), ["park caller on 103, claim client", "deliver 0x0 [9, 9, 9, 9, 9, 9] to client", "switch to client"]);
+        assert_eq!(*k.log.borrow(), ["park caller on 103, claim client", "switch to client with 0x0 and the caller's message"]);
     }
 
     #[test]
@@ -246,7 +241,7 @@ mod tests {
         fn fallback_changes_nothing(ready: bool, port_ok: bool, portset_ok: bool, server_parked: bool, client_parked: bool, may_park_anyway: bool, handle: u64, m: [u64; 6]) {
             let handle = handle >> 1;
             let k = Mock { ready, port_ok, portset_ok, server_parked, client_parked, may_park_anyway, ..Mock::default() };
-            let taken = call(&k, handle, &m).is_some();
+            let taken = call(&k, handle).is_some();
             proptest::prop_assert_eq!(taken, ready && port_ok && server_parked);
             proptest::prop_assert_eq!(k.log.borrow().is_empty(), !taken);
 

@@ -39,9 +39,11 @@ use crate::syscall::SYS_IPC_CALL;
 
 /// What the syscall entry stub does after a fast path. `frame` 0: not
 /// taken, run the general path. `frame` 1: the caller parked, call
-/// `leave_parked`. Otherwise: make `frame` the stack pointer, clear the byte
-/// at `prev_on_cpu` (the parked caller's `on_cpu`) and return to user mode
-/// through `frame`.
+/// `leave_parked`. Otherwise: load the message registers from the caller's
+/// frame, make `frame` the stack pointer, clear the byte at `prev_on_cpu`
+/// (the parked caller's `on_cpu`: from then on another CPU may take the
+/// caller and its frame) and return to user mode through `frame` with every
+/// other register from it.
 #[repr(C)]
 pub struct FastSwitch {
     pub frame: u64,
@@ -57,7 +59,7 @@ pub extern "C" fn fast_ipc(frame: &SyscallFrame) -> FastSwitch {
     let (cpu, sched) = here_scheduling();
     let k = ThisCpu { cpu, sched, me: running_on(sched), frame };
     let taken = if frame.rax == SYS_IPC_CALL {
-        fastpath::ipc::call(&k, frame.rdi, frame.message())
+        fastpath::ipc::call(&k, frame.rdi)
     } else {
         fastpath::ipc::reply_wait(&k, frame.rdi, frame.message())
     };
@@ -233,16 +235,6 @@ impl Kernel for ThisCpu<'_> {
     }
 
     #[inline(always)]
-    fn deliver(&self, to: &Arc<Thread>, result: u64, message: &Message) {
-        // SAFETY: `to` is claimed (RUNNING, owned by this CPU, which no
-        // longer runs on its stack): nothing else touches its user frame
-        // at the top of its kernel stack, which stays mapped while it lives.
-        let frame = unsafe { &mut *(frame_of(to) as *mut SyscallFrame) };
-        frame.rax = result;
-        *frame.message_mut() = *message;
-    }
-
-    #[inline(always)]
     fn deliver_to_slot(&self, to: &Arc<Thread>, message: &Message) {
         to.ipc.lock().reply = *message;
         to.delivered.store(true, Ordering::Release);
@@ -256,12 +248,20 @@ impl Kernel for ThisCpu<'_> {
     }
 
     #[inline(always)]
-    fn switch_to(&self, next: Arc<Thread>) -> FastSwitch {
+    fn switch_to(&self, next: Arc<Thread>, result: u64) -> FastSwitch {
+        let frame = frame_of(&next);
+        // SAFETY: `next` is claimed (RUNNING, owned by this CPU, which no
+        // longer runs on its stack): nothing else touches its user frame at
+        // the top of its kernel stack, which stays mapped while it lives.
+        // The entry stub fills in the message registers on the way out.
+        unsafe { (*(frame as *mut SyscallFrame)).rax = result };
         next.on_cpu.store(true, Ordering::Relaxed);
         entry::set_kernel_entry_stack(next.stack_top);
         // Lazy FPU: at most CR0.TS changes here, the registers stay.
         super::lazyfpu::on_switch(self.sched, &next);
-        if cpu::read_cr3() & 0x000f_ffff_ffff_f000 != next.root {
+        // CR3 holds the caller's root (it entered from its own space): no
+        // need to read it back.
+        if next.root != self.me.root {
             // SAFETY: every address space shares the kernel half, where this
             // code and both kernel stacks live.
             unsafe { cpu::write_cr3(next.root) };
@@ -270,10 +270,14 @@ impl Kernel for ThisCpu<'_> {
         // Only this CPU writes its count: no atomic read-modify-write.
         let switches = &self.sched.fast_switches;
         switches.store(switches.load(Ordering::Relaxed) + 1, Ordering::Relaxed);
-        let frame = frame_of(&next);
-        // SAFETY: owning CPU, interrupts off; `park_caller` took the
-        // caller's reference out just before.
-        unsafe { *self.sched.current.get() = Some(next) };
+        let current = self.sched.current.get();
+        // SAFETY: owning CPU, interrupts off; `park_caller_as_*` took the
+        // caller's reference out just before, so the slot is empty and
+        // there is nothing to drop.
+        unsafe {
+            debug_assert!((*current).is_none());
+            current.write(Some(next));
+        }
         FastSwitch { frame, prev_on_cpu: self.me.on_cpu.as_ptr() as u64 }
     }
 }

@@ -404,8 +404,11 @@ pub(super) fn here() -> (usize, &'static CpuSched) {
 /// `percpu::this_cpu_scheduling`).
 #[inline(always)]
 pub(super) fn here_scheduling() -> (usize, &'static CpuSched) {
-    let cpu = percpu::this_cpu_scheduling().index();
-    (cpu, &CPUS[cpu])
+    let (cpu, state) = percpu::this_cpu_index_and_scheduler();
+    debug_assert!(core::ptr::eq(state as *const CpuSched, &CPUS[cpu]));
+    // SAFETY: `init_this_cpu` stored `&CPUS[cpu]` (a static) there before
+    // this CPU scheduled anything.
+    (cpu, unsafe { &*(state as *const CpuSched) })
 }
 
 /// The running thread, borrowed: no reference count, no interrupt toggling
@@ -441,6 +444,7 @@ pub fn current() -> Arc<Thread> {
 /// a kernel thread (with a separate idle thread); an AP's becomes its idle thread.
 pub fn init_this_cpu(is_boot_cpu: bool) -> Result<(), SchedError> {
     let (cpu, s) = here();
+    percpu::this_cpu().scheduler_state.store(s as *const CpuSched as usize, Ordering::Relaxed);
     let me = Thread::new(if is_boot_cpu { "kmain" } else { "idle" }, Body::Adopted, 0, KERNEL_PRIORITY, 1 << cpu)?;
     me.state.store(RUNNING, Ordering::Relaxed);
     me.on_cpu.store(true, Ordering::Relaxed);

@@ -38,6 +38,9 @@ pub struct PerCpu {
     pub stack_top: AtomicU64,
     pub call_request: spin::Mutex<Option<RemoteCall>>,
     pub calls_done: AtomicU64,
+    /// The scheduler's state for this CPU (opaque here; set by the
+    /// scheduler), so a system call reaches it with one `gs:` load.
+    pub scheduler_state: AtomicUsize,
     /// This CPU's GDT and TSS; written only by this CPU while it starts.
     pub(super) gdt: UnsafeCell<Gdt>,
     pub(super) tss: UnsafeCell<Tss>,
@@ -63,6 +66,7 @@ impl PerCpu {
             stack_top: AtomicU64::new(0),
             call_request: spin::Mutex::new(None),
             calls_done: AtomicU64::new(0),
+            scheduler_state: AtomicUsize::new(0),
             gdt: UnsafeCell::new(Gdt::new()),
             tss: UnsafeCell::new(Tss::new()),
         }
@@ -123,6 +127,29 @@ pub fn this_cpu_scheduling() -> &'static PerCpu {
     debug_assert!(addr != 0);
     // SAFETY: gs:0 holds the address of a static PerCpu (see `install`).
     unsafe { &*(addr as *const PerCpu) }
+}
+
+/// This CPU's index and `scheduler_state`, read straight through `gs:`
+/// (the IPC fast path's accessor); the same preconditions as
+/// `this_cpu_scheduling`.
+#[inline(always)]
+pub fn this_cpu_index_and_scheduler() -> (usize, usize) {
+    debug_assert!(GS_READY.load(Ordering::Relaxed));
+    let (index, state): (u32, usize);
+    // SAFETY: as in `this_cpu_scheduling`: the GS base points at this CPU's
+    // PerCpu, so these are plain loads of two of its fields.
+    unsafe {
+        core::arch::asm!(
+            "mov {index:e}, gs:[{index_at}]",
+            "mov {state}, gs:[{state_at}]",
+            index = out(reg) index,
+            state = out(reg) state,
+            index_at = const core::mem::offset_of!(PerCpu, index),
+            state_at = const core::mem::offset_of!(PerCpu, scheduler_state),
+            options(nostack, preserves_flags, readonly)
+        )
+    };
+    (index as usize, state)
 }
 
 #[inline]

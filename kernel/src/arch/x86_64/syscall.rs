@@ -40,8 +40,9 @@ pub struct SyscallFrame {
     pub r13: u64,
     pub rbp: u64,
     pub rbx: u64,
-    // The six IPC message registers, adjacent and in message order, so the
-    // fast path copies a message frame to frame (`SyscallFrame::message`).
+    // The six IPC message registers, adjacent and in message order: the
+    // general path reads them as one array (`SyscallFrame::message`) and the
+    // fast path's exit loads them from the caller's frame in one run.
     pub rsi: u64,
     pub rdx: u64,
     pub r10: u64,
@@ -118,11 +119,32 @@ syscall_exit:
     add rsp, {parked_room}
     test rax, rax
     jz 1b
-    // Switch: leave through the next thread's frame, then let other CPUs
-    // have the parked caller (its stack is no longer in use).
+    // Switch. The message goes from the caller's frame (at rsp) straight
+    // into the message registers; then leave through the next thread's
+    // frame, past its message slots, and let other CPUs have the parked
+    // caller (its stack and frame are no longer in use).
+    mov rcx, rdx
+    mov rsi, [rsp + {message}]
+    mov rdx, [rsp + {message} + 8]
+    mov r10, [rsp + {message} + 16]
+    mov r8, [rsp + {message} + 24]
+    mov r9, [rsp + {message} + 32]
+    mov r12, [rsp + {message} + 40]
     mov rsp, rax
-    mov byte ptr [rdx], 0
-    jmp syscall_exit
+    mov byte ptr [rcx], 0
+    pop r15
+    pop r14
+    pop r13
+    pop rbp
+    pop rbx
+    add rsp, 48
+    pop rdi
+    pop rax
+    pop rcx
+    pop r11
+    pop rsp
+    swapgs
+    sysretq
 3:
     // Parked, partner left to the scheduler: still below the room.
     call {leave_parked}
@@ -146,6 +168,7 @@ ipc_parked_resume:
     dispatch = sym syscall_dispatch,
     first_fast = const crate::syscall::SYS_IPC_CALL,
     parked_room = const PARKED_ROOM,
+    message = const MESSAGE_OFFSET,
     fast_ipc = sym crate::sched::fast_ipc,
     leave_parked = sym crate::sched::leave_parked,
     resume = sym resume_parked,
@@ -166,6 +189,21 @@ const _: () = assert!((SWITCH_FRAME_WORDS * 8) as u64 <= PARKED_ROOM && PARKED_R
 pub const FRAME_BYTES: u64 = core::mem::size_of::<SyscallFrame>() as u64;
 
 const MESSAGE_OFFSET: usize = offset_of!(SyscallFrame, rsi);
+// The entry stub's fast-path exit pops five registers, skips the message
+// (six words) and pops the rest: the frame must keep this order.
+const _: () = assert!(
+    offset_of!(SyscallFrame, r15) == 0
+        && offset_of!(SyscallFrame, r14) == 8
+        && offset_of!(SyscallFrame, r13) == 16
+        && offset_of!(SyscallFrame, rbp) == 24
+        && offset_of!(SyscallFrame, rbx) == 32
+        && MESSAGE_OFFSET == 40
+        && offset_of!(SyscallFrame, rdi) == 88
+        && offset_of!(SyscallFrame, rax) == 96
+        && offset_of!(SyscallFrame, rip) == 104
+        && offset_of!(SyscallFrame, rflags) == 112
+        && offset_of!(SyscallFrame, rsp) == 120
+);
 const _: () = assert!(
     offset_of!(SyscallFrame, rdx) == MESSAGE_OFFSET + 8
         && offset_of!(SyscallFrame, r10) == MESSAGE_OFFSET + 16
