@@ -11,6 +11,13 @@ extern crate alloc;
 
 use alloc::collections::VecDeque;
 
+/// Where [`ServerQueue::push_back_at`] puts a server.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Place {
+    Inline,
+    Ring,
+}
+
 pub struct ServerQueue<T> {
     first: Option<T>,
     rest: VecDeque<T>,
@@ -41,10 +48,30 @@ impl<T> ServerQueue<T> {
         }
     }
 
-    /// Whether one more server fits without allocating.
+    /// Where one more server would go without allocating, if anywhere.
+    /// Deciding this before a commit point and pushing after it with
+    /// [`ServerQueue::push_back_at`] keeps the commit from allocating.
     #[inline(always)]
-    pub fn has_room(&self) -> bool {
-        self.first.is_none() || self.rest.len() < self.rest.capacity()
+    pub fn place_without_allocating(&self) -> Option<Place> {
+        if self.first.is_none() && self.rest.is_empty() {
+            Some(Place::Inline)
+        } else if self.rest.len() < self.rest.capacity() {
+            Some(Place::Ring)
+        } else {
+            None
+        }
+    }
+
+    /// `push_back` to the place `place_without_allocating` chose; the queue
+    /// must not have changed since.
+    #[inline(always)]
+    pub fn push_back_at(&mut self, place: Place, server: T) {
+        debug_assert_eq!(self.place_without_allocating(), Some(place));
+        match place {
+            // The slot is empty (the place says so): nothing to drop.
+            Place::Inline => core::mem::forget(self.first.replace(server)),
+            Place::Ring => self.rest.push_back(server),
+        }
     }
 
     pub fn len(&self) -> usize {
@@ -76,13 +103,14 @@ mod tests {
     #[derive(Debug, Clone)]
     enum Op {
         Push,
+        PushPlaced,
         Pop,
         Retain(u8),
     }
 
     fn op() -> impl proptest::strategy::Strategy<Value = Op> {
         use proptest::prelude::*;
-        prop_oneof![Just(Op::Push), Just(Op::Pop), any::<u8>().prop_map(Op::Retain)]
+        prop_oneof![Just(Op::Push), Just(Op::PushPlaced), Just(Op::Pop), any::<u8>().prop_map(Op::Retain)]
     }
 
     proptest::proptest! {
@@ -99,6 +127,22 @@ mod tests {
                         q.push_back(next);
                         model.push_back(next);
                         next += 1;
+                    }
+                    Op::PushPlaced => {
+                        let capacity = q.rest.capacity();
+                        match q.place_without_allocating() {
+                            Some(place) => {
+                                q.push_back_at(place, next);
+                                proptest::prop_assert_eq!(q.rest.capacity(), capacity, "allocated");
+                                model.push_back(next);
+                                next += 1;
+                            }
+                            // Only when a push would have to grow the ring.
+                            None => proptest::prop_assert!(q.first.is_some() || !q.rest.is_empty()),
+                        }
+                        if q.place_without_allocating().is_none() {
+                            proptest::prop_assert_eq!(q.rest.len(), q.rest.capacity());
+                        }
                     }
                     Op::Pop => proptest::prop_assert_eq!(q.pop_front(), model.pop_front()),
                     Op::Retain(m) => {
@@ -118,10 +162,24 @@ mod tests {
     #[test]
     fn one_server_needs_no_room_in_the_ring() {
         let mut q = ServerQueue::with_capacity(0);
-        assert!(q.has_room());
+        assert_eq!(q.place_without_allocating(), Some(Place::Inline));
         q.push_back(1);
-        assert!(!q.has_room(), "a second server would allocate");
+        assert_eq!(q.place_without_allocating(), None, "a second server would allocate");
         assert_eq!(q.pop_front(), Some(1));
-        assert!(q.has_room());
+        assert_eq!(q.place_without_allocating(), Some(Place::Inline));
+    }
+
+    #[test]
+    fn a_full_ring_behind_an_empty_slot_has_no_room() {
+        let mut q = ServerQueue::with_capacity(1);
+        q.push_back(1);
+        q.push_back(2);
+        while q.rest.len() < q.rest.capacity() {
+            q.push_back(3);
+        }
+        assert_eq!(q.pop_front(), Some(1));
+        // The slot is free, but FIFO order sends the next server to the
+        // full ring, which would grow.
+        assert_eq!(q.place_without_allocating(), None);
     }
 }

@@ -21,6 +21,7 @@ extern crate alloc;
 use alloc::collections::VecDeque;
 use alloc::sync::Arc;
 use core::sync::atomic::{AtomicU32, AtomicUsize, Ordering};
+use fastpath::servers::Place;
 
 use crate::arch::cpu;
 use crate::sched::{self, Thread};
@@ -92,17 +93,21 @@ impl Servers<'_> {
         self.0.servers.pop_front()
     }
 
-    /// Whether no client is queued and one more server fits without allocating.
+    /// If no client is queued, where one more waiting server goes without
+    /// allocating (if anywhere).
     #[inline(always)]
-    pub(crate) fn idle_with_room(&self) -> bool {
-        self.0.clients.is_empty() && self.0.servers.has_room()
+    pub(crate) fn room_for_server(&self) -> Option<Place> {
+        if !self.0.clients.is_empty() {
+            return None;
+        }
+        self.0.servers.place_without_allocating()
     }
 
-    /// Adds a waiting server; only after `idle_with_room`.
+    /// Adds a waiting server where `room_for_server` said, which holds as
+    /// long as this guard did not change the queue since.
     #[inline(always)]
-    pub(crate) fn push(&mut self, server: Arc<Thread>) {
-        debug_assert!(self.idle_with_room());
-        self.0.servers.push_back(server);
+    pub(crate) fn push(&mut self, place: Place, server: Arc<Thread>) {
+        self.0.servers.push_back_at(place, server);
     }
 }
 

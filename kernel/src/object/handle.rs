@@ -177,6 +177,22 @@ impl<T> HandleTable<T> {
         Ok(object)
     }
 
+    /// `get` for the IPC fast path: the part `pick` chooses of the object
+    /// behind `h`, if `h` carries `needed`; `None` for every failure. One
+    /// bounds check covers the null handle too (its index wraps past any
+    /// table: `insert` keeps tables below `u32::MAX` slots), and the entry's
+    /// presence and the kind `pick` wants are tested together.
+    #[inline(always)]
+    pub fn pick<U>(&self, h: Handle, needed: Rights, pick: impl FnOnce(&T) -> Option<&U>) -> Option<&U> {
+        let slot = self.slots.get((h.0 as u32).wrapping_sub(1) as usize)?;
+        if slot.generation != h.generation() {
+            return None;
+        }
+        let (object, rights) = slot.entry.as_ref()?;
+        let part = pick(object)?;
+        rights.contains(needed).then_some(part)
+    }
+
     pub fn rights(&self, h: Handle) -> Result<Rights, HandleError> {
         self.slot(h).map(|(_, r)| *r)
     }
@@ -267,6 +283,27 @@ mod tests {
     }
 
     #[test]
+    fn pick_agrees_with_get() {
+        let mut t = HandleTable::new(8);
+        let port = t.insert(5u32, Rights::SEND).unwrap();
+        let other = t.insert(6u32, Rights::ALL).unwrap();
+        fn odd(v: &u32) -> Option<&u32> {
+            (v % 2 == 1).then_some(v)
+        }
+        assert_eq!(t.pick(port, Rights::SEND, odd), Some(&5));
+        assert_eq!(t.pick(port, Rights::RECEIVE, odd), None, "missing right");
+        assert_eq!(t.pick(other, Rights::SEND, odd), None, "wrong kind");
+        assert_eq!(t.pick(Handle::NULL, Rights::NONE, |v| Some(v)), None);
+        assert_eq!(t.pick(Handle::from_raw(u64::MAX), Rights::NONE, |v| Some(v)), None);
+        assert_eq!(t.pick(Handle::from_raw(0xffff_ffff), Rights::NONE, |v| Some(v)), None, "index past the table");
+        t.remove(port).unwrap();
+        assert_eq!(t.pick(port, Rights::NONE, |v| Some(v)), None, "closed");
+        let reused = t.insert(7u32, Rights::ALL).unwrap();
+        assert_eq!(t.pick(port, Rights::NONE, |v| Some(v)), None, "stale generation");
+        assert_eq!(t.pick(reused, Rights::NONE, |v| Some(v)), Some(&7));
+    }
+
+    #[test]
     fn quota_is_an_error() {
         let mut t = HandleTable::new(2);
         t.insert(1, Rights::NONE).unwrap();
@@ -303,6 +340,7 @@ mod tests {
                     _ if !issued.is_empty() => {
                         let h = issued[pick % issued.len()];
                         prop_assert_eq!(t.get(h, Rights::NONE).ok().copied(), model.get(&h).copied());
+                        prop_assert_eq!(t.pick(h, Rights::NONE, |v| Some(v)).copied(), model.get(&h).copied());
                     }
                     _ => {}
                 }

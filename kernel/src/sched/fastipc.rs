@@ -28,14 +28,13 @@ use core::sync::atomic::Ordering;
 
 use fastpath::ipc::{Client, Kernel, Message};
 
-use super::imp::{has_ready_thread, here_scheduling, running_on, CpuSched, ParkedAs, Thread, PARKED, RUNNING, TIME_SLICE_TICKS};
+use super::imp::{has_ready_thread, here_scheduling, running_on_unchecked, CpuSched, ParkedAs, Thread, PARKED, RUNNING, TIME_SLICE_TICKS};
 use crate::arch::x86_64::paging::USER_TOP;
 use crate::arch::x86_64::syscall::{self as entry, SyscallFrame, FRAME_BYTES};
 use crate::arch::x86_64_exports::cpu;
 use crate::ipc::Portset;
 use crate::object::handle::{Handle, HandleTable, Rights};
 use crate::object::space::{Object, Space};
-use crate::syscall::SYS_IPC_CALL;
 
 /// What the syscall entry stub does after a fast path. `frame` 0: not
 /// taken, run the general path. `frame` 1: the caller parked, call
@@ -53,17 +52,15 @@ pub struct FastSwitch {
 const NOT_TAKEN: FastSwitch = FastSwitch { frame: 0, prev_on_cpu: 0 };
 const LEAVE_PARKED: FastSwitch = FastSwitch { frame: 1, prev_on_cpu: 0 };
 
-/// Called by the syscall entry stub for `ipc_call` and `ipc_reply_wait`,
-/// interrupts off, on the caller's kernel stack below its `frame`.
-pub extern "C" fn fast_ipc(frame: &SyscallFrame) -> FastSwitch {
-    let (cpu, sched) = here_scheduling();
-    let k = ThisCpu { cpu, sched, me: running_on(sched), frame };
-    let taken = if frame.rax == SYS_IPC_CALL {
-        fastpath::ipc::call(&k, frame.rdi)
-    } else {
-        fastpath::ipc::reply_wait(&k, frame.rdi, frame.message())
-    };
-    taken.unwrap_or(NOT_TAKEN)
+/// Called by the syscall entry stub for `ipc_call`, interrupts off, on the
+/// caller's kernel stack below its `frame`.
+pub extern "C" fn fast_call(frame: &SyscallFrame) -> FastSwitch {
+    fastpath::ipc::call(&ThisCpu::new(frame), frame.rdi).unwrap_or(NOT_TAKEN)
+}
+
+/// `fast_call` for `ipc_reply_wait`.
+pub extern "C" fn fast_reply_wait(frame: &SyscallFrame) -> FastSwitch {
+    fastpath::ipc::reply_wait(&ThisCpu::new(frame), frame.rdi, frame.message()).unwrap_or(NOT_TAKEN)
 }
 
 /// An object of the caller's handle table, borrowed while the fast path
@@ -105,7 +102,16 @@ fn frame_of(t: &Thread) -> u64 {
     t.stack_top - FRAME_BYTES
 }
 
-impl ThisCpu<'_> {
+impl<'f> ThisCpu<'f> {
+    #[inline(always)]
+    fn new(frame: &'f SyscallFrame) -> Self {
+        let (cpu, sched) = here_scheduling();
+        // SAFETY: a system call comes from a user thread, which is this
+        // CPU's current thread while it runs.
+        let me = unsafe { running_on_unchecked(sched) };
+        ThisCpu { cpu, sched, me, frame }
+    }
+
     /// Claims a parked thread for this CPU: it last ran here (so this CPU
     /// is off its stack) and may run here.
     #[inline(always)]
@@ -134,8 +140,9 @@ impl ThisCpu<'_> {
     /// (which installs the next thread before anything reads `current`).
     #[inline(always)]
     fn take_current(&self) -> Arc<Thread> {
-        // SAFETY: owning CPU, interrupts off.
-        unsafe { (*self.sched.current.get()).take() }.expect("scheduler not started on this CPU")
+        // SAFETY: owning CPU, interrupts off; `current` holds the caller
+        // (`me` was read from it) until this takes it.
+        unsafe { (*self.sched.current.get()).take().unwrap_unchecked() }
     }
 
     /// The part `pick` chooses of the object behind a handle of the
@@ -147,14 +154,14 @@ impl ThisCpu<'_> {
         // the entry stub clears its `on_cpu`, after every `Held` is gone.
         let space: &'static Space = unsafe { self.me.running_space() }?;
         let table = space.handles.try_lock()?;
-        let object: *const T = pick(table.get(Handle::from_raw(handle), needed).ok()?)?;
+        let object: *const T = table.pick(Handle::from_raw(handle), needed, pick)?;
         Some(Held { _table: table, object })
     }
 
     #[inline(always)]
     fn clone_current(&self) -> Arc<Thread> {
-        // SAFETY: owning CPU, interrupts off.
-        unsafe { (*self.sched.current.get()).clone() }.expect("scheduler not started on this CPU")
+        // SAFETY: owning CPU, interrupts off; `current` holds the caller.
+        unsafe { (*self.sched.current.get()).clone().unwrap_unchecked() }
     }
 }
 
@@ -165,14 +172,14 @@ impl Kernel for ThisCpu<'_> {
 
     #[inline(always)]
     fn caller_ready(&self) -> bool {
-        super::direct_handoff_enabled()
-            // No kill or stop pending, and not on donated time (which goes
-            // back to its donor when the caller blocks): one load.
-            && self.me.attention.load(Ordering::Acquire) == 0
+        // The fast path is on for this thread, no kill or stop is pending,
+        // and it does not run on donated time (which goes back to its donor
+        // when the caller blocks): one load.
+        self.me.attention.load(Ordering::Acquire) == 0
             // sysret to a non-canonical rip would fault in ring 0: the
             // general path turns that into a fault for the caller.
             && self.frame.rip < USER_TOP
-            && core::ptr::eq(self.frame, frame_of(self.me) as *const SyscallFrame)
+            && self.frame as *const SyscallFrame as u64 + FRAME_BYTES == self.me.stack_top
     }
 
     #[inline(always)]
@@ -206,24 +213,28 @@ impl Kernel for ThisCpu<'_> {
     fn park_caller_as_server(&self, portset: &Held<Arc<Portset>>) -> Option<Client<Arc<Thread>>> {
         let mut slot = self.me.ipc.try_lock()?;
         let mut servers = portset.try_servers()?;
-        if !servers.idle_with_room() {
-            return None;
-        }
-        let client = match slot.partner.as_deref() {
-            Some(c) if self.claim(c) => Client::Claimed(slot.partner.take()?),
+        let place = servers.room_for_server()?;
+        // The portset keeps the caller's reference from `current`, which a
+        // direct switch then refills, or a copy of it if the scheduler runs.
+        let (client, me) = match slot.partner.take() {
+            Some(c) if self.claim(&c) => (Client::Claimed(c), self.take_current()),
             // Blocked the general way, but it runs here next.
-            Some(c) if c.cpu() == self.cpu => Client::Blocked(slot.partner.take()),
-            None if has_ready_thread(self.sched) => Client::Blocked(None),
+            Some(c) if c.cpu() == self.cpu => (Client::Blocked(Some(c)), self.clone_current()),
+            None if has_ready_thread(self.sched) => (Client::Blocked(None), self.clone_current()),
             // A client on another CPU, or nothing else to run here: the
             // general path spins for it (cross-CPU polling).
-            _ => return None,
+            unchanged => {
+                slot.partner = unchanged;
+                return None;
+            }
         };
         self.me.delivered.store(false, Ordering::Relaxed);
-        if !slot.waiting_on.as_ref().is_some_and(|w| Arc::ptr_eq(w, portset)) {
+        let waiting_on = slot.waiting_on.as_ref().map_or(core::ptr::null(), Arc::as_ptr);
+        if waiting_on != Arc::as_ptr(portset) {
             slot.waiting_on = Some(Arc::clone(portset));
         }
         self.park_caller(ParkedAs::Server);
-        servers.push(if matches!(client, Client::Claimed(_)) { self.take_current() } else { self.clone_current() });
+        servers.push(place, me);
         Some(client)
     }
 

@@ -37,6 +37,9 @@ pub(super) const PARKED: u8 = 5;
 const ATTENTION_KILL: u8 = 1;
 const ATTENTION_STOP: u8 = 2;
 const ATTENTION_DONATION: u8 = 4;
+/// Set for good in every thread created with the fast path off
+/// (`fastpath=off`), so the fast path's one check of `attention` covers it.
+const ATTENTION_GENERAL_PATH_ONLY: u8 = 8;
 
 /// In which IPC role a thread parked (`Thread::parked_as`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -98,8 +101,9 @@ pub struct Thread {
     pub(super) root: u64,
     body: Body,
     /// What the thread must attend to at its next kernel entry or exit
-    /// (ATTENTION_KILL, _STOP), and whether it runs on donated time
-    /// (_DONATION): one byte, so the IPC fast path checks all at once.
+    /// (ATTENTION_KILL, _STOP), whether it runs on donated time
+    /// (_DONATION), and whether the fast path is off (_GENERAL_PATH_ONLY):
+    /// one byte, so the IPC fast path checks all at once.
     pub(super) attention: AtomicU8,
     exit: spin::Mutex<ExitSlot>,
     /// The space a user thread belongs to (none for kernel threads and the
@@ -199,7 +203,7 @@ impl Thread {
             ran_on: AtomicU64::new(0),
             root,
             body,
-            attention: AtomicU8::new(0),
+            attention: AtomicU8::new(if direct_handoff_enabled() { 0 } else { ATTENTION_GENERAL_PATH_ONLY }),
             exit: spin::Mutex::new(ExitSlot { reason: None, joiners: Vec::new() }),
             space: Weak::new(),
             ipc: spin::Mutex::new(IpcSlot::default()),
@@ -401,7 +405,7 @@ pub(super) fn here() -> (usize, &'static CpuSched) {
 }
 
 /// `here` on a path that starts from a system call (see
-/// `percpu::this_cpu_scheduling`).
+/// `percpu::this_cpu_index_and_scheduler`).
 #[inline(always)]
 pub(super) fn here_scheduling() -> (usize, &'static CpuSched) {
     let (cpu, state) = percpu::this_cpu_index_and_scheduler();
@@ -409,6 +413,18 @@ pub(super) fn here_scheduling() -> (usize, &'static CpuSched) {
     // SAFETY: `init_this_cpu` stored `&CPUS[cpu]` (a static) there before
     // this CPU scheduled anything.
     (cpu, unsafe { &*(state as *const CpuSched) })
+}
+
+/// `running_on` without the check that `s` has a current thread.
+///
+/// # Safety
+/// As `running_on`, and `s` has a current thread (it does once the CPU
+/// schedules: a system call, for one, comes from the current thread).
+#[inline(always)]
+pub(super) unsafe fn running_on_unchecked(s: &'static CpuSched) -> &'static Thread {
+    debug_assert!(!cpu::interrupts_enabled());
+    // SAFETY: as in `running_on`; `current` is set (the contract).
+    unsafe { &*Arc::as_ptr((*s.current.get()).as_ref().unwrap_unchecked()) }
 }
 
 /// The running thread, borrowed: no reference count, no interrupt toggling
@@ -753,7 +769,8 @@ pub fn spawn_user_in(
 static DIRECT_HANDOFF: AtomicBool = AtomicBool::new(true);
 
 /// Turns the IPC direct hand-off off (`fastpath=off` on the command line),
-/// so every IPC wake-up goes through the run queue.
+/// so every IPC wake-up goes through the run queue. Only at boot, before
+/// the first thread: threads carry the setting in `attention`.
 pub fn set_direct_handoff(enabled: bool) {
     DIRECT_HANDOFF.store(enabled, Ordering::Relaxed);
 }

@@ -29,7 +29,7 @@ mod lazyfpu;
 #[cfg(target_os = "none")]
 pub use lazyfpu::on_first_use as fpu_first_use;
 #[cfg(target_os = "none")]
-pub use fastipc::fast_ipc;
+pub use fastipc::{fast_call, fast_reply_wait};
 #[cfg(target_os = "none")]
 pub mod ktests;
 #[cfg(target_os = "none")]

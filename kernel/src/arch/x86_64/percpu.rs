@@ -114,30 +114,17 @@ pub fn this_cpu() -> &'static PerCpu {
     unsafe { &*(addr as *const PerCpu) }
 }
 
-/// `this_cpu` for code that runs only once this CPU schedules threads
-/// (system-call entry, thread switches): its GS base is installed by then,
-/// so this skips `this_cpu`'s early-boot checks.
-#[inline(always)]
-pub fn this_cpu_scheduling() -> &'static PerCpu {
-    debug_assert!(GS_READY.load(Ordering::Relaxed));
-    let addr: usize;
-    // SAFETY: as in `this_cpu`; a CPU installs its GS base before it starts
-    // its scheduler.
-    unsafe { core::arch::asm!("mov {}, gs:[0]", out(reg) addr, options(nostack, preserves_flags, readonly)) };
-    debug_assert!(addr != 0);
-    // SAFETY: gs:0 holds the address of a static PerCpu (see `install`).
-    unsafe { &*(addr as *const PerCpu) }
-}
-
 /// This CPU's index and `scheduler_state`, read straight through `gs:`
-/// (the IPC fast path's accessor); the same preconditions as
-/// `this_cpu_scheduling`.
+/// (the IPC fast path's accessor). Only for code that runs once this CPU
+/// schedules threads (system-call entry, thread switches): its GS base is
+/// installed by then, so this skips `this_cpu`'s early-boot checks.
 #[inline(always)]
 pub fn this_cpu_index_and_scheduler() -> (usize, usize) {
     debug_assert!(GS_READY.load(Ordering::Relaxed));
     let (index, state): (u32, usize);
-    // SAFETY: as in `this_cpu_scheduling`: the GS base points at this CPU's
-    // PerCpu, so these are plain loads of two of its fields.
+    // SAFETY: a CPU installs its GS base before it starts its scheduler, so
+    // it points at this CPU's PerCpu and these are plain loads of two of its
+    // fields.
     unsafe {
         core::arch::asm!(
             "mov {index:e}, gs:[{index_at}]",

@@ -6,7 +6,7 @@
 //! `sysretq`.
 //!
 //! IPC `call` and `reply_wait` first try the fast path
-//! (`crate::sched::fast_ipc`, `fastpath::ipc`): when it is taken it returns
+//! (`crate::sched::fast_call` / `fast_reply_wait`, `fastpath::ipc`): when it is taken it returns
 //! the user frame of the thread to run next, and the stub leaves through that
 //! frame instead. A thread that parks there keeps only its frame on its
 //! kernel stack; below the frame the stub leaves room for the switch frame
@@ -87,7 +87,8 @@ syscall_entry:
     xor ebp, ebp
     lea rcx, [rax - {first_fast}]
     cmp rcx, 1
-    jbe 2f
+    jb 4f
+    je 2f
 1:
     mov rdi, rsp
     call {dispatch}
@@ -113,7 +114,8 @@ syscall_exit:
 2:
     mov rdi, rsp
     sub rsp, {parked_room}
-    call {fast_ipc}
+    call {fast_reply_wait}
+5:
     cmp rax, 1
     je 3f
     add rsp, {parked_room}
@@ -151,6 +153,11 @@ syscall_exit:
     // Picked again at once: finish the call the general way.
     add rsp, {parked_room}
     jmp ipc_parked_resume
+4:
+    mov rdi, rsp
+    sub rsp, {parked_room}
+    call {fast_call}
+    jmp 5b
     .size syscall_entry, . - syscall_entry
 
     .global ipc_parked_resume
@@ -169,7 +176,8 @@ ipc_parked_resume:
     first_fast = const crate::syscall::SYS_IPC_CALL,
     parked_room = const PARKED_ROOM,
     message = const MESSAGE_OFFSET,
-    fast_ipc = sym crate::sched::fast_ipc,
+    fast_call = sym crate::sched::fast_call,
+    fast_reply_wait = sym crate::sched::fast_reply_wait,
     leave_parked = sym crate::sched::leave_parked,
     resume = sym resume_parked,
 );
@@ -292,9 +300,21 @@ pub enum UserExit {
 /// Points the syscall entry stack and TSS.rsp0 at a thread's kernel stack.
 #[inline]
 pub fn set_kernel_entry_stack(top: u64) {
-    let me = percpu::this_cpu_scheduling();
-    me.syscall_kernel_rsp.store(top, Ordering::Relaxed);
-    gdt::set_ring0_stack(me, top);
+    // SAFETY: the GS base points at this CPU's PerCpu (this runs only once
+    // the CPU schedules threads); these are the two stores of
+    // `syscall_kernel_rsp.store` and `gdt::set_ring0_stack`, written through
+    // `gs:` to skip loading the PerCpu address. The CPU reads rsp0 only on
+    // an interrupt from ring 3, which cannot come while it runs this.
+    unsafe {
+        core::arch::asm!(
+            "mov gs:[{entry_rsp}], {top}",
+            "mov gs:[{rsp0}], {top}",
+            top = in(reg) top,
+            entry_rsp = const offset_of!(PerCpu, syscall_kernel_rsp),
+            rsp0 = const offset_of!(PerCpu, tss) + offset_of!(gdt::Tss, rsp),
+            options(nostack, preserves_flags)
+        )
+    };
 }
 
 /// Runs user code in the address space `root` from `rip` with stack `rsp`
