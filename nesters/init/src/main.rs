@@ -1729,26 +1729,112 @@ mod bench {
         unsafe { core::arch::x86_64::_rdtsc() }
     }
 
-    fn report(name: &str, cpus: u64, n: usize) {
-        let s = &mut samples()[..n];
+    fn median_and_p99(s: &mut [u64]) -> (u64, u64) {
         s.sort_unstable();
-        let median = s[n / 2];
-        let p99 = s[(n * 99 / 100).min(n - 1)];
+        (s[s.len() / 2], s[(s.len() * 99 / 100).min(s.len() - 1)])
+    }
+
+    fn report(name: &str, cpus: u64, n: usize) {
+        let (median, p99) = median_and_p99(&mut samples()[..n]);
         println!("{{\"bench\":\"{name}\",\"cpus\":{cpus},\"iterations\":{n},\"median_cycles\":{median},\"p99_cycles\":{p99}}}");
+    }
+
+    /// Per-leg samples of the round-trip benchmarks: from the client's TSC
+    /// stamp before its `call` to the server's after its `reply_wait`
+    /// returns (the call leg), and from the server's stamp before its next
+    /// `reply_wait` to the client's after `call` returns (the reply leg).
+    static LEGS: [Samples; 2] = [const { Samples(core::cell::UnsafeCell::new([0; N])) }; 2];
+    /// The server's stamps for the current round.
+    static ARRIVED: AtomicU64 = AtomicU64::new(0);
+    static DEPARTING: AtomicU64 = AtomicU64::new(0);
+
+    fn legs() -> (&'static mut [u64; N], &'static mut [u64; N]) {
+        // SAFETY: as `samples`: one benchmark client writes them, then the
+        // main thread reads them.
+        unsafe { (&mut *LEGS[0].0.get(), &mut *LEGS[1].0.get()) }
+    }
+
+    /// IPC system call `nr` with the TSC read just before `syscall` (stored
+    /// at `before`, from inside the timed window, so that another thread
+    /// can read it while this one waits) and just after it returns.
+    /// Returns the call's result and the second stamp. With `SYSCALL`
+    /// false the window holds a `nop` instead: what the timing itself
+    /// costs, to take off each leg.
+    #[inline(always)]
+    fn timed_ipc<const SYSCALL: bool>(nr: u64, h: Handle, m: &mut rt::ipc::Message, before: *mut u64) -> (i64, u64) {
+        let (ret, lo, hi): (i64, u64, u64);
+        // SAFETY: the call reads and writes only the listed registers
+        // (the fast-path IPC calls leave r13 alone); `before` points at a
+        // live u64 that only this thread writes.
+        unsafe {
+            core::arch::asm!(
+                "rdtsc",
+                "shl rdx, 32",
+                "or rax, rdx",
+                "mov qword ptr [{before}], rax",
+                "mov rdx, {m1}",
+                "mov rax, {nr}",
+                ".if {syscall}",
+                "syscall",
+                ".else",
+                "nop",
+                ".endif",
+                "mov {m1}, rdx",
+                "mov {ret}, rax",
+                "rdtsc",
+                syscall = const SYSCALL as u8,
+                before = in(reg) before,
+                nr = in(reg) nr,
+                m1 = inout(reg) m[1],
+                ret = out(reg) ret,
+                in("rdi") h.0,
+                inout("rsi") m[0],
+                inout("r10") m[2],
+                inout("r8") m[3],
+                inout("r9") m[4],
+                inout("r12") m[5],
+                out("rax") lo,
+                out("rdx") hi,
+                out("rcx") _,
+                out("r11") _,
+                options(nostack)
+            );
+        }
+        (ret, (hi << 32) | (lo & 0xffff_ffff))
+    }
+
+    /// The benchmarks' echo server, stamping each request's arrival and
+    /// each reply's departure.
+    extern "C" fn timed_server(_: u64) -> ! {
+        let ps = Handle(PORTSET.load(Ordering::Relaxed));
+        let mut m = [0u64; 6];
+        loop {
+            let (ret, after) = timed_ipc::<true>(rt::nr::IPC_REPLY_WAIT, ps, &mut m, DEPARTING.as_ptr());
+            if ret < 0 {
+                rt::exit(1);
+            }
+            ARRIVED.store(after, Ordering::Relaxed);
+        }
     }
 
     extern "C" fn timed_client(rounds: u64) -> ! {
         let port = Handle(PORT.load(Ordering::Relaxed));
         let s = samples();
+        let (call_legs, reply_legs) = legs();
         let mut m = [1u64, 2, 3, 4, 5, 6];
-        // Warm up, then time each round trip.
+        let mut start = 0u64;
+        // Warm up, then time each round trip and its two legs.
         for _ in 0..100 {
-            m = rt::ipc::call(port, m).unwrap_or(m);
+            timed_ipc::<true>(rt::nr::IPC_CALL, port, &mut m, &mut start);
         }
-        for slot in s.iter_mut().take(rounds as usize) {
-            let t0 = tsc();
-            m = rt::ipc::call(port, m).unwrap_or(m);
-            *slot = tsc() - t0;
+        for i in 0..rounds as usize {
+            let (ret, end) = timed_ipc::<true>(rt::nr::IPC_CALL, port, &mut m, &mut start);
+            if ret < 0 {
+                rt::exit(1);
+            }
+            s[i] = end - start;
+            call_legs[i] = ARRIVED.load(Ordering::Relaxed).wrapping_sub(start);
+            reply_legs[i] = end.wrapping_sub(DEPARTING.load(Ordering::Relaxed));
         }
         ITERATIONS.store(rounds, Ordering::Relaxed);
         rt::exit(0)
@@ -1760,7 +1846,7 @@ mod bench {
         let port = rt::ipc::port_create(ps, ALIAS).map_err(|_| "port_create failed")?;
         PORTSET.store(ps.0, Ordering::Relaxed);
         PORT.store(port.0, Ordering::Relaxed);
-        let server = obj::thread_create(me, echo_server, stack_top(0), 0).map_err(|_| "thread_create failed")?;
+        let server = obj::thread_create(me, timed_server, stack_top(0), 0).map_err(|_| "thread_create failed")?;
         obj::thread_set_affinity(server, 1 << server_cpu).map_err(|_| "affinity failed")?;
         let client = obj::thread_create(me, timed_client, stack_top(1), rounds as u64).map_err(|_| "thread_create failed")?;
         obj::thread_set_affinity(client, 1 << client_cpu).map_err(|_| "affinity failed")?;
@@ -1771,7 +1857,31 @@ mod bench {
             let _ = obj::close(h);
         }
         done.map_err(|_| "the benchmark client failed")?;
-        report(name, cpus, rounds);
+        if server_cpu != client_cpu {
+            report(name, cpus, rounds);
+            return Ok(());
+        }
+        // Same CPU: add the legs' medians less what the timing adds, which
+        // leaves (under -icount) the kernel's own instructions per leg,
+        // from `syscall` to `sysret`.
+        let (median, p99) = median_and_p99(&mut samples()[..rounds]);
+        let (call_legs, reply_legs) = legs();
+        let call_leg = median_and_p99(&mut call_legs[..rounds]).0;
+        let reply_leg = median_and_p99(&mut reply_legs[..rounds]).0;
+        let timing = {
+            let s = &mut samples()[..rounds];
+            let mut m = [0u64; 6];
+            let mut start = 0u64;
+            for slot in s.iter_mut() {
+                *slot = timed_ipc::<false>(0, Handle(0), &mut m, &mut start).1 - start;
+            }
+            median_and_p99(s).0
+        };
+        println!(
+            "{{\"bench\":\"{name}\",\"cpus\":{cpus},\"iterations\":{rounds},\"median_cycles\":{median},\"p99_cycles\":{p99},\"call_leg_median_cycles\":{},\"reply_leg_median_cycles\":{}}}",
+            call_leg.saturating_sub(timing),
+            reply_leg.saturating_sub(timing)
+        );
         Ok(())
     }
 

@@ -7,7 +7,10 @@
 //! counts retired instructions — deterministic from run to run, so the
 //! `instructions_per_op` column is what a regression dashboard should watch.
 //! Prints one JSON object per benchmark on stdout, then a table and the
-//! fast/slow ratio on stderr.
+//! fast/slow ratio on stderr. The same-CPU round trips also carry their two
+//! legs (`call_leg_*`, `reply_leg_*`: one thread's TSC stamp just before
+//! its `syscall` to the other's just after, less what the stamping costs),
+//! in cycles and, from the `-icount` boots, in instructions.
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -115,8 +118,13 @@ fn run(args: &Args) -> Result<()> {
             let entry = merged.entry(key).or_insert_with(|| json!({"bench": name}));
             if run.icount {
                 entry["instructions_per_op"] = v["median_cycles"].clone();
+                for leg in ["call_leg", "reply_leg"] {
+                    if !v[format!("{leg}_median_cycles")].is_null() {
+                        entry[format!("{leg}_instructions")] = v[format!("{leg}_median_cycles")].clone();
+                    }
+                }
             } else {
-                for key in ["cpus", "iterations", "median_cycles", "p99_cycles", "pairs", "msgs_per_sec"] {
+                for key in ["cpus", "iterations", "median_cycles", "p99_cycles", "pairs", "msgs_per_sec", "call_leg_median_cycles", "reply_leg_median_cycles"] {
                     if !v[key].is_null() {
                         entry[key] = v[key].clone();
                     }
@@ -152,6 +160,11 @@ fn run(args: &Args) -> Result<()> {
     }
     if let (Some(f), Some(s)) = (get("ipc_rt_fastpath", "median_cycles"), get("ipc_rt_slowpath", "median_cycles")) {
         eprintln!("same-CPU round trip, slow path / fast path: {:.2}x in median TSC cycles (noisy under TCG)", s / f);
+    }
+    for bench in ["ipc_rt_fastpath", "ipc_rt_slowpath"] {
+        if let (Some(call), Some(reply)) = (get(bench, "call_leg_instructions"), get(bench, "reply_leg_instructions")) {
+            eprintln!("{bench}, syscall to sysret: call leg {call} instructions, reply_wait leg {reply}");
+        }
     }
     Ok(())
 }
