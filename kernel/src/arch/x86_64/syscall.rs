@@ -104,13 +104,9 @@ syscall_exit:
     pop r8
     pop r9
     pop r12
-    pop rdi
-    pop rax
-    pop rcx
-    pop r11
-    pop rsp
-    swapgs
-    sysretq
+    // The general path pays one jump so that the fast path, below, does
+    // not: the rest of the way out is shared.
+    jmp 6f
 2:
     mov rdi, rsp
     sub rsp, {parked_room}
@@ -140,6 +136,7 @@ syscall_exit:
     pop rbp
     pop rbx
     add rsp, 48
+6:
     pop rdi
     pop rax
     pop rcx
