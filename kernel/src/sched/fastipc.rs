@@ -8,7 +8,8 @@
 //! that resumes it in `syscall::resume_parked`. So there are two ways back:
 //!
 //! * the fast path on its CPU claims it (CAS `PARKED` → `RUNNING`), writes
-//!   the message into its frame and `sysret`s from there;
+//!   the result into its frame and `sysret`s from there, the message
+//!   carried over in registers by the entry stub;
 //! * anything else (the general path, a kill, a stop) wakes it like any
 //!   blocked thread (`PARKED` → `READY`); the scheduler switches to the
 //!   switch frame and the continuation finishes the call the general way.
