@@ -807,8 +807,16 @@ fn hand_off(cpu: usize, s: &'static CpuSched, next: Arc<Thread>, save_context: b
 
 /// Marks the current thread blocked (it must then call `schedule` or
 /// `block_and_handoff`, with interrupts off, and re-check why it woke).
+///
+/// The fence orders this store before the caller's re-check of its wake-up
+/// condition (`delivered`, ...), as `unblock`'s fence orders a waker's
+/// setting of the condition before its look at `state`. Without the pair,
+/// a store buffer lets both sides read the old value (x86 reorders a store
+/// with a later load): the waiter sees no delivery and the waker sees a
+/// running thread, and the waiter sleeps with its reply in hand.
 pub fn mark_current_blocked() {
     me().state.store(BLOCKED, Ordering::Release);
+    core::sync::atomic::fence(Ordering::SeqCst);
 }
 
 /// Direct switches the IPC fast path has made, on all CPUs.
@@ -828,6 +836,10 @@ pub(super) fn has_ready_thread(s: &CpuSched) -> bool {
 
 /// Moves a blocked or parked thread to READY; false if it was neither.
 fn unblock(t: &Thread) -> bool {
+    // Pairs with the fence in `mark_current_blocked`: whatever the waker
+    // set before this (the wake-up condition) is seen by a waiter that
+    // blocks after this reads its state.
+    core::sync::atomic::fence(Ordering::SeqCst);
     t.state.compare_exchange(BLOCKED, READY, Ordering::AcqRel, Ordering::Acquire).is_ok()
         || t.state.compare_exchange(PARKED, READY, Ordering::AcqRel, Ordering::Acquire).is_ok()
 }
