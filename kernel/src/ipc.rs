@@ -37,6 +37,13 @@ pub fn spin_limit() -> u32 {
     SPIN_LIMIT.load(Ordering::Relaxed)
 }
 
+/// How long a waiter spins now: not at all while another thread is ready
+/// on its CPU, since the partner may be that very thread (it cannot run
+/// until the waiter blocks) and spinning only delays whatever runs next.
+fn spin_budget() -> u32 {
+    if sched::others_ready_here() { 0 } else { spin_limit() }
+}
+
 /// What travels with a message besides its registers: bytes and at most one
 /// object (with the rights the receiver's new handle gets).
 pub struct Payload {
@@ -201,7 +208,7 @@ fn delivered(me: &Arc<Thread>) -> bool {
 
 /// Spins up to the spin limit for the partner's delivery; true if it came.
 fn spin_for_delivery(me: &Arc<Thread>) -> bool {
-    for _ in 0..spin_limit() {
+    for _ in 0..spin_budget() {
         if delivered(me) {
             return true;
         }
@@ -432,7 +439,7 @@ pub fn reply_wait(portset: &Portset, reply: [u64; 6], payload: Carried) -> Resul
             Ok(()) => finish_wait(&me, portset, Some(c)),
         };
     }
-    for _ in 0..spin_limit() {
+    for _ in 0..spin_budget() {
         if portset.pending.load(Ordering::Acquire) > 0 {
             let next = cpu::without_interrupts(|| {
                 let mut inner = portset.inner.lock();
@@ -515,7 +522,7 @@ pub fn receive(portset: &Portset) -> Result<(u64, [u64; 6]), IpcError> {
             portset.hand_over_doorbell();
             return Ok(m);
         }
-        for _ in 0..spin_limit() {
+        for _ in 0..spin_budget() {
             if !portset.oneway.is_empty() {
                 break;
             }

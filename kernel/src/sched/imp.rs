@@ -829,6 +829,11 @@ pub fn fpu_loads() -> u64 {
     CPUS.iter().map(|s| s.fpu_loads.load(Ordering::Relaxed)).sum()
 }
 
+/// Whether a thread waits in this CPU's run queue (a hint, as below).
+pub fn others_ready_here() -> bool {
+    has_ready_thread(here().1)
+}
+
 /// Whether a thread waits in this CPU's run queue (a hint: never waits for the lock).
 pub(super) fn has_ready_thread(s: &CpuSched) -> bool {
     s.queue.try_lock().is_some_and(|q| !q.is_empty())
