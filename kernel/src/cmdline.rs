@@ -2,7 +2,9 @@
 //!
 //! Known keys: `log=error|warn|info|debug|trace`,
 //! `test=all|panic|stack_overflow|bench|<case>,<case>`, `fastpath=on|off`, `ipc_spin=N`,
-//! `exit=qemu`. Unknown words are kept and reported, never fatal.
+//! `exit=qemu`. Unknown words are kept and reported, never fatal. Everything
+//! after a lone `--` is the root program's argument string (`boot_args`),
+//! which the kernel does not interpret.
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum LogLevel {
@@ -38,6 +40,8 @@ pub struct KernelArgs<'a> {
     pub ipc_spin: Option<u32>,
     /// The first word the parser did not understand, for a warning.
     pub first_unknown: Option<&'a str>,
+    /// What follows a lone `--`: the root program's arguments (trimmed).
+    pub user_args: &'a str,
 }
 
 impl<'a> KernelArgs<'a> {
@@ -50,7 +54,10 @@ impl<'a> KernelArgs<'a> {
             fastpath: true,
             ipc_spin: None,
             first_unknown: None,
+            user_args: "",
         };
+        let (line, user_args) = split_user_args(line);
+        args.user_args = user_args;
         for word in line.split_ascii_whitespace() {
             let (key, value) = word.split_once('=').unwrap_or((word, ""));
             let understood = match key {
@@ -106,8 +113,35 @@ impl<'a> KernelArgs<'a> {
     }
 }
 
+/// Splits `line` at the first word that is exactly `--`: (kernel words, user arguments).
+fn split_user_args(line: &str) -> (&str, &str) {
+    let mut offset = 0;
+    for word in line.split_ascii_whitespace() {
+        // Words are subslices of `line`: their offset is pointer arithmetic.
+        let start = word.as_ptr() as usize - line.as_ptr() as usize;
+        if word == "--" {
+            return (&line[..start], line[start + 2..].trim());
+        }
+        offset = start + word.len();
+    }
+    (&line[..offset], "")
+}
+
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn user_args_follow_a_lone_double_dash() {
+        let a = KernelArgs::parse("log=warn -- --seed 7 --calls 100");
+        assert_eq!(a.log_level, LogLevel::Warn);
+        assert_eq!(a.user_args, "--seed 7 --calls 100");
+        assert_eq!(a.first_unknown, None, "user arguments are not kernel words");
+        let b = KernelArgs::parse("exit=qemu --x -- a -- b");
+        assert_eq!(b.first_unknown, Some("--x"));
+        assert_eq!(b.user_args, "a -- b");
+        assert_eq!(KernelArgs::parse("log=info").user_args, "");
+        assert_eq!(KernelArgs::parse("--").user_args, "");
+    }
+
     use super::*;
 
     #[test]

@@ -57,6 +57,12 @@ pub fn boot_init_module() -> Option<bootinfo::BootModule> {
     boot::boot_info().init_module().copied()
 }
 
+/// The parsed kernel command line.
+#[cfg(target_os = "none")]
+pub fn kernel_args() -> cmdline::KernelArgs<'static> {
+    boot::args()
+}
+
 /// Every boot module, for the root program's module area.
 #[cfg(target_os = "none")]
 pub fn boot_modules() -> &'static [bootinfo::BootModule] {

@@ -85,6 +85,7 @@ pub const SYS_PORTSET_TAKE_MESSAGES: u64 = 72;
 pub const SYS_PORTSET_PUT_MESSAGES: u64 = 73;
 pub const SYS_CONN_SEND_BUF: u64 = 74;
 pub const SYS_CONN_RECEIVE_BUF: u64 = 75;
+pub const SYS_BOOT_ARGS: u64 = 76;
 
 /// Bytes of a thread state record (version 1): see kernel/ABI.md.
 pub const THREAD_STATE_BYTES: u64 = 19 * 8;
@@ -258,6 +259,7 @@ pub fn dispatch(frame: &mut SyscallFrame) -> i64 {
         SYS_CONN_RECEIVE_BUF => conn_receive_buf(frame),
         SYS_HANDLE_TRANSFER_AT => handle_transfer_at(a0, a1, a2, a3),
         SYS_MEMORY_OBJECT_STATE => memory_object_state(a0, a1, a2),
+        SYS_BOOT_ARGS => boot_args(a0, a1),
         SYS_READ_TSC => Ok((crate::arch::cpu::read_tsc() & (i64::MAX as u64)) as i64),
         _ => Err(SysError::NoSuchCall),
     };
@@ -278,6 +280,21 @@ fn console_write(ptr: u64, len: u64) -> SysResult {
     print_line(format_args!("user: {}", text.trim_end_matches('\n')));
     CONSOLE_WRITES.fetch_add(1, Ordering::Relaxed);
     Ok(len as i64)
+}
+
+/// `boot_args(buf, len)`: copies up to `len` bytes of the root program's
+/// argument string (the kernel command line after a lone `--`) to `buf`;
+/// returns the string's full length. Only the root space may ask: a child
+/// learns only what its parent tells it (border control).
+fn boot_args(buf: u64, len: u64) -> SysResult {
+    let me = caller()?;
+    if !me.is_root() {
+        return Err(SysError::MissingRights);
+    }
+    let args = crate::kernel_args().user_args.as_bytes();
+    let n = (len.min(args.len() as u64)) as usize;
+    copy_to_user(buf, &args[..n]).map_err(|()| SysError::BadPointer)?;
+    Ok(args.len() as i64)
 }
 
 /// The caller's space. User threads always have one while they run.

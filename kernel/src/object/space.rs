@@ -190,6 +190,11 @@ impl Space {
         cpu::without_interrupts(|| *self.keeper.lock() = port);
     }
 
+    /// True for a space without a parent (the root program's).
+    pub fn is_root(&self) -> bool {
+        self.depth == 0
+    }
+
     pub fn is_dead(&self) -> bool {
         self.dead.load(Ordering::Acquire)
     }

@@ -93,6 +93,7 @@ pub mod nr {
     pub const PORTSET_PUT_MESSAGES: u64 = 73;
     pub const CONN_SEND_BUF: u64 = 74;
     pub const CONN_RECEIVE_BUF: u64 = 75;
+    pub const BOOT_ARGS: u64 = 76;
 }
 
 /// Longest console write the kernel accepts in one call.
@@ -245,6 +246,16 @@ pub fn console_write(bytes: &[u8]) -> Result<usize, SysError> {
 pub fn console_write_raw(ptr: u64, len: u64) -> Result<u64, SysError> {
     // SAFETY: the kernel only reads [ptr, ptr+len) after validating it.
     decode(unsafe { syscall2(nr::CONSOLE_WRITE, ptr, len) })
+}
+
+/// The root program's argument string (the kernel command line after a
+/// lone `--`), copied into `buf`; returns the part that fit. Only the root
+/// space may ask (`MissingRights` otherwise).
+pub fn boot_args(buf: &mut [u8]) -> Result<&str, SysError> {
+    // SAFETY: the kernel writes at most buf.len() bytes to buf after validating it.
+    let total = decode(unsafe { syscall2(nr::BOOT_ARGS, buf.as_mut_ptr() as u64, buf.len() as u64) })? as usize;
+    let got = &buf[..total.min(buf.len())];
+    core::str::from_utf8(got).map_err(|_| SysError::InvalidArgument)
 }
 
 /// Ends the program with `code`.
