@@ -42,6 +42,8 @@ pub struct KernelArgs<'a> {
     pub first_unknown: Option<&'a str>,
     /// What follows a lone `--`: the root program's arguments (trimmed).
     pub user_args: &'a str,
+    /// `watchdog=SECONDS`: print a hang report when no CPU made progress that long.
+    pub watchdog_seconds: Option<u64>,
 }
 
 impl<'a> KernelArgs<'a> {
@@ -55,6 +57,7 @@ impl<'a> KernelArgs<'a> {
             ipc_spin: None,
             first_unknown: None,
             user_args: "",
+            watchdog_seconds: None,
         };
         let (line, user_args) = split_user_args(line);
         args.user_args = user_args;
@@ -85,6 +88,10 @@ impl<'a> KernelArgs<'a> {
                 "ipc_spin" => {
                     args.ipc_spin = value.parse().ok();
                     args.ipc_spin.is_some()
+                }
+                "watchdog" => {
+                    args.watchdog_seconds = value.parse().ok().filter(|&s| s > 0);
+                    args.watchdog_seconds.is_some()
                 }
                 "fastpath" => {
                     args.fastpath = value != "off";

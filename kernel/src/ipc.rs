@@ -151,7 +151,7 @@ impl Portset {
             doorbell: fastpath::Doorbell::new(),
             oneway_receiver: spin::Mutex::new(None),
             rendezvous: spin::Mutex::new(crate::reliable::Rendezvous::default()),
-            standby: sched::WaitQueue::new(),
+            standby: sched::WaitQueue::new(sched::WaitReason::Standby),
             standby_count: AtomicUsize::new(0),
         }
     }

@@ -14,6 +14,8 @@ extern crate alloc;
 
 pub mod bootinfo;
 pub mod cmdline;
+#[cfg(target_os = "none")]
+pub mod hang;
 pub mod mm;
 pub mod object;
 pub mod symbols;
@@ -136,6 +138,9 @@ mod boot {
         console::set_level(args.log_level);
         panic::EXIT_QEMU_ON_PANIC.store(args.exit_qemu, Ordering::Relaxed);
         crate::sched::set_direct_handoff(args.fastpath);
+        if let Some(seconds) = args.watchdog_seconds {
+            crate::hang::set_watchdog_seconds(seconds);
+        }
         if let Some(n) = args.ipc_spin {
             crate::ipc::set_spin_limit(n);
         }

@@ -5,6 +5,8 @@
 //! the command line says `exit=qemu`, ends QEMU with the failure code.
 //! A CPU that fails while another report is under way just stops.
 
+extern crate alloc;
+
 use core::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 
 use crate::arch::idt::{TrapFrame, EXCEPTION_NAMES};
@@ -69,6 +71,39 @@ fn print_frame(n: usize, addr: u64, is_return_address: bool, symbols: &Option<Sy
         Some((name, off)) => print_line(format_args!("  #{n} {addr:#018x} {name}+{:#x}", off + (addr - probe))),
         None => print_line(format_args!("  #{n} {addr:#018x} ?")),
     }
+}
+
+/// `name+offset` of `addr` (a return address is looked up as its call).
+pub fn describe_address(symbols: &Option<SymbolTable<'static>>, addr: u64, is_return_address: bool) -> alloc::string::String {
+    let probe = if is_return_address { addr.saturating_sub(1) } else { addr };
+    match symbols.as_ref().and_then(|t| t.lookup(probe)) {
+        Some((name, off)) => alloc::format!("{name}+{:#x}", off + (addr - probe)),
+        None => "?".into(),
+    }
+}
+
+/// The return addresses of the frame-pointer chain from `rbp`, as many as
+/// fit in `out`; returns how many it wrote. Reads only mapped kernel stack
+/// words, so it is safe on any CPU's stack, even one that moves meanwhile.
+pub fn collect_return_addresses(mut rbp: u64, out: &mut [u64]) -> usize {
+    let mut n = 0;
+    while n < out.len() {
+        if rbp == 0 || rbp % 8 != 0 || rbp < paging::PHYSMAP_BASE || !paging::is_mapped(rbp) || !paging::is_mapped(rbp + 8) {
+            break;
+        }
+        // SAFETY: both words were just checked to be mapped kernel memory.
+        let (next, ret) = unsafe { (*(rbp as *const u64), *((rbp + 8) as *const u64)) };
+        if ret < paging::KERNEL_VMA_OFFSET {
+            break;
+        }
+        out[n] = ret;
+        n += 1;
+        if next <= rbp {
+            break;
+        }
+        rbp = next;
+    }
+    n
 }
 
 /// Walks the frame-pointer chain from `rbp`, printing symbolized return addresses.
@@ -183,6 +218,9 @@ pub fn on_nmi(frame: &TrapFrame) {
     if PANIC_OWNER.load(Ordering::Acquire) != NO_OWNER {
         CPUS_STOPPED.fetch_add(1, Ordering::AcqRel);
         cpu::halt_forever();
+    }
+    if crate::hang::on_nmi(frame) {
+        return;
     }
     log::warn!("unexpected NMI at {:#x}", frame.rip);
 }

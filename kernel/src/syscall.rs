@@ -86,6 +86,7 @@ pub const SYS_PORTSET_PUT_MESSAGES: u64 = 73;
 pub const SYS_CONN_SEND_BUF: u64 = 74;
 pub const SYS_CONN_RECEIVE_BUF: u64 = 75;
 pub const SYS_BOOT_ARGS: u64 = 76;
+pub const SYS_HANG_REPORT: u64 = 77;
 
 /// Bytes of a thread state record (version 1): see kernel/ABI.md.
 pub const THREAD_STATE_BYTES: u64 = 19 * 8;
@@ -260,6 +261,7 @@ pub fn dispatch(frame: &mut SyscallFrame) -> i64 {
         SYS_HANDLE_TRANSFER_AT => handle_transfer_at(a0, a1, a2, a3),
         SYS_MEMORY_OBJECT_STATE => memory_object_state(a0, a1, a2),
         SYS_BOOT_ARGS => boot_args(a0, a1),
+        SYS_HANG_REPORT => hang_report(),
         SYS_READ_TSC => Ok((crate::arch::cpu::read_tsc() & (i64::MAX as u64)) as i64),
         _ => Err(SysError::NoSuchCall),
     };
@@ -297,27 +299,40 @@ fn boot_args(buf: u64, len: u64) -> SysResult {
     Ok(args.len() as i64)
 }
 
+/// `hang_report()`: prints what every CPU and thread is doing (the report
+/// the kernel watchdog prints), for a user-level watchdog that saw no
+/// progress. Root space only; WouldBlock while another report runs.
+fn hang_report() -> SysResult {
+    if !caller()?.is_root() {
+        return Err(SysError::MissingRights);
+    }
+    if crate::hang::report("asked for by the root program", 0) { Ok(0) } else { Err(SysError::WouldBlock) }
+}
+
 /// The caller's space. User threads always have one while they run.
 fn caller() -> Result<alloc::sync::Arc<Space>, SysError> {
     sched::me().space().ok_or(SysError::Dead)
 }
 
 /// `system_info(buf, len)`: writes {u64 managed frames, u64 free frames,
-/// u64 online CPUs, u64 TSC Hz, u64 IPC fast-path switches} (40 bytes; at
-/// least the first 24 are needed).
+/// u64 online CPUs, u64 TSC Hz, u64 IPC fast-path switches, u64 x87/SSE
+/// loads, u64 kernel heap bytes in use, u64 kernel threads not yet freed}
+/// (64 bytes; at least the first 24 are needed).
 fn system_info(buf: u64, len: u64) -> SysResult {
     if len < 24 {
         return Err(SysError::BadSize);
     }
     let s = frame::stats();
-    let mut out = [0u8; 48];
+    let mut out = [0u8; 64];
     out[..8].copy_from_slice(&s.managed.to_le_bytes());
     out[8..16].copy_from_slice(&s.free.to_le_bytes());
     out[16..24].copy_from_slice(&(smp::online_count() as u64).to_le_bytes());
     out[24..32].copy_from_slice(&crate::arch::time::tsc_hz().to_le_bytes());
     out[32..40].copy_from_slice(&sched::fast_ipc_switches().to_le_bytes());
-    out[40..].copy_from_slice(&sched::fpu_loads().to_le_bytes());
-    let n = len.min(48) as usize;
+    out[40..48].copy_from_slice(&sched::fpu_loads().to_le_bytes());
+    out[48..56].copy_from_slice(&(crate::mm::heap::used_bytes() as u64).to_le_bytes());
+    out[56..].copy_from_slice(&sched::live_threads().to_le_bytes());
+    let n = len.min(64) as usize;
     copy_to_user(buf, &out[..n]).map_err(|()| SysError::BadPointer)?;
     Ok(n as i64)
 }
@@ -459,7 +474,7 @@ fn thread_wait(h: u64, block: u64) -> SysResult {
 /// `mutex_create()` / `cond_create()`: a new wait object in the caller's space.
 fn waitqueue_create(cond: bool) -> SysResult {
     let me = caller()?;
-    let q = alloc::sync::Arc::new(sched::WaitQueue::new());
+    let q = alloc::sync::Arc::new(sched::WaitQueue::new(if cond { sched::WaitReason::Cond } else { sched::WaitReason::Mutex }));
     let object = if cond { Object::Cond(q) } else { Object::Mutex(q) };
     Ok(me.insert(object, Rights::ALL)?.raw() as i64)
 }

@@ -53,6 +53,11 @@ pub fn mapped_bytes() -> u64 {
     HEAP.mapped.load(Ordering::Relaxed)
 }
 
+/// Bytes of the heap handed out and not yet freed.
+pub fn used_bytes() -> usize {
+    without_interrupts(|| HEAP.heap.lock().used())
+}
+
 pub fn free_bytes() -> usize {
     without_interrupts(|| HEAP.heap.lock().free())
 }

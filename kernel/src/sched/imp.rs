@@ -41,6 +41,35 @@ const ATTENTION_DONATION: u8 = 4;
 /// (`fastpath=off`), so the fast path's one check of `attention` covers it.
 const ATTENTION_GENERAL_PATH_ONLY: u8 = 8;
 
+/// Why a BLOCKED thread waits (`Thread::wait`), for the hang report.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(u8)]
+pub enum WaitReason {
+    None = 0,
+    /// IPC: a call's reply, a server's next request, a one-way message, a connection.
+    Ipc = 1,
+    /// A mutex or condition variable.
+    Mutex = 2,
+    Cond = 3,
+    /// Another thread's exit (`thread_wait`, a space's destruction).
+    Join = 4,
+    /// Another thread's stop (`thread_stop`).
+    Stop = 5,
+    /// A deadline (`sleep_ticks`).
+    Sleep = 6,
+    /// Its donation to another thread (`thread_donate`).
+    Donating = 7,
+    /// A turn to receive on a portset another receiver sleeps on.
+    Standby = 8,
+}
+
+impl WaitReason {
+    fn from_u8(v: u8) -> WaitReason {
+        use WaitReason::*;
+        [None, Ipc, Mutex, Cond, Join, Stop, Sleep, Donating, Standby].get(v as usize).copied().unwrap_or(None)
+    }
+}
+
 /// In which IPC role a thread parked (`Thread::parked_as`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ParkedAs {
@@ -138,6 +167,10 @@ pub struct Thread {
     donation_end: AtomicU8,
     /// Runnable, donation-only and in no run queue: waiting for a donor.
     awaiting_donor: AtomicBool,
+    /// Why it waits while BLOCKED (a `WaitReason`), for the hang report.
+    wait: AtomicU8,
+    /// Counted in LIVE_USER_THREADS until it exits (or is freed unstarted).
+    counted_as_live_user: AtomicBool,
 }
 
 /// A thread's IPC state: the message it carries or receives and its partner.
@@ -180,6 +213,12 @@ unsafe impl Send for Thread {}
 
 impl Thread {
     fn new(name: &'static str, body: Body, root: u64, priority: u8, affinity: u64) -> Result<Arc<Thread>, SchedError> {
+        Thread::new_in(name, body, root, priority, affinity, Weak::new())
+    }
+
+    /// `new` for a thread of `space` (set before the thread is shared: the
+    /// registry's weak reference would stop a later `Arc::get_mut`).
+    fn new_in(name: &'static str, body: Body, root: u64, priority: u8, affinity: u64, space: Weak<Space>) -> Result<Arc<Thread>, SchedError> {
         let (stack, top) = match body {
             Body::Adopted => (None, percpu::this_cpu().stack_top.load(Ordering::Relaxed)),
             _ => {
@@ -205,12 +244,12 @@ impl Thread {
             body,
             attention: AtomicU8::new(if direct_handoff_enabled() { 0 } else { ATTENTION_GENERAL_PATH_ONLY }),
             exit: spin::Mutex::new(ExitSlot { reason: None, joiners: Vec::new() }),
-            space: Weak::new(),
+            space,
             ipc: spin::Mutex::new(IpcSlot::default()),
             delivered: AtomicBool::new(false),
             stopped_frame: spin::Mutex::new(None),
             pending_start: spin::Mutex::new(None),
-            stop_waiters: WaitQueue::new(),
+            stop_waiters: WaitQueue::new(WaitReason::Stop),
             scheduler: spin::Mutex::new(None),
             parked_as: AtomicU8::new(0),
             fpu: spin::Mutex::new(fpu::FpuArea::INITIAL),
@@ -219,7 +258,14 @@ impl Thread {
             donor: spin::Mutex::new(None),
             donation_end: AtomicU8::new(DONATION_PENDING),
             awaiting_donor: AtomicBool::new(false),
+            wait: AtomicU8::new(WaitReason::None as u8),
+            counted_as_live_user: AtomicBool::new(false),
         });
+        registry_add(&t)?;
+        if matches!(t.body, Body::User { .. }) {
+            LIVE_USER_THREADS.fetch_add(1, Ordering::Relaxed);
+            t.counted_as_live_user.store(true, Ordering::Relaxed);
+        }
         if !matches!(t.body, Body::Adopted) {
             let rsp = context::prepare_stack(top, Arc::as_ptr(&t) as u64, 0);
             // SAFETY: nobody runs or switches to the thread yet.
@@ -331,6 +377,10 @@ impl Thread {
 
 impl Drop for Thread {
     fn drop(&mut self) {
+        LIVE_THREADS.fetch_sub(1, Ordering::Relaxed);
+        if self.counted_as_live_user.swap(false, Ordering::Relaxed) {
+            LIVE_USER_THREADS.fetch_sub(1, Ordering::Relaxed);
+        }
         if let Some(s) = self.stack.get_mut().take() {
             // Freeing needs a TLB shootdown (interrupts on); drops can happen
             // with interrupts off, so the stack waits for `reap`.
@@ -340,6 +390,115 @@ impl Drop for Thread {
 }
 
 static DEAD_STACKS: spin::Mutex<Vec<stack::KernelStack>> = spin::Mutex::new(Vec::new());
+
+/// Every thread, weakly: what the hang report lists. Dead entries are
+/// pruned when the list would otherwise grow.
+static REGISTRY: spin::Mutex<Vec<Weak<Thread>>> = spin::Mutex::new(Vec::new());
+/// Threads whose memory is not freed yet.
+static LIVE_THREADS: AtomicU64 = AtomicU64::new(0);
+
+fn registry_add(t: &Arc<Thread>) -> Result<(), SchedError> {
+    // Counted here even when the registry has no room: the failed thread's
+    // drop takes it off again.
+    LIVE_THREADS.fetch_add(1, Ordering::Relaxed);
+    cpu::without_interrupts(|| {
+        let mut r = REGISTRY.lock();
+        if r.len() == r.capacity() {
+            r.retain(|w| w.strong_count() > 0);
+        }
+        r.try_reserve(1).map_err(|_| SchedError::OutOfMemory)?;
+        r.push(Arc::downgrade(t));
+        Ok(())
+    })
+}
+
+/// User threads that have not exited (the hang watchdog counts only while
+/// there are some).
+static LIVE_USER_THREADS: AtomicU64 = AtomicU64::new(0);
+
+pub fn live_user_threads() -> u64 {
+    LIVE_USER_THREADS.load(Ordering::Relaxed)
+}
+
+/// The address of this CPU's current thread (0 before it schedules), for
+/// the hang report's NMI handler.
+pub fn current_thread_address() -> u64 {
+    let (_, s) = here();
+    // SAFETY: owning CPU, with interrupts off (an NMI handler, or a caller
+    // that masked them); `current` is one pointer-sized word, and only its
+    // address is taken, nothing is dereferenced.
+    unsafe { (*s.current.get()).as_ref().map_or(0, |t| Arc::as_ptr(t) as u64) }
+}
+
+/// Threads not yet freed (exited ones included until their last handle goes).
+pub fn live_threads() -> u64 {
+    LIVE_THREADS.load(Ordering::Relaxed)
+}
+
+/// What the hang report prints of one thread.
+pub struct ThreadSnapshot {
+    pub name: &'static str,
+    pub address: u64,
+    pub state: &'static str,
+    pub wait: WaitReason,
+    pub cpu: usize,
+    pub on_cpu: bool,
+    pub attention: u8,
+    pub space: Option<u64>,
+}
+
+/// Calls `f` with a snapshot of every live thread. The registry is copied
+/// first (no lock is held while `f` prints); interrupts must be off.
+pub fn for_each_thread(mut f: impl FnMut(&ThreadSnapshot)) {
+    let threads: Vec<Arc<Thread>> = {
+        let r = REGISTRY.lock();
+        let mut v = Vec::new();
+        if v.try_reserve(r.len()).is_err() {
+            return;
+        }
+        v.extend(r.iter().filter_map(Weak::upgrade));
+        v
+    };
+    for t in &threads {
+        let state = match t.state.load(Ordering::Acquire) {
+            READY => "ready",
+            RUNNING => "running",
+            BLOCKED => "blocked",
+            EXITED => "exited",
+            STOPPED => "stopped",
+            PARKED => "parked",
+            _ => "?",
+        };
+        f(&ThreadSnapshot {
+            name: t.name,
+            address: Arc::as_ptr(t) as u64,
+            state,
+            wait: WaitReason::from_u8(t.wait.load(Ordering::Relaxed)),
+            cpu: t.cpu(),
+            on_cpu: t.on_cpu.load(Ordering::Acquire),
+            attention: t.attention.load(Ordering::Acquire),
+            space: t.space.upgrade().map(|s| s.vm_id().raw() as u64),
+        });
+    }
+}
+
+/// One CPU's scheduler, for the hang report: the current thread's name and
+/// address, and how many threads its run queue holds. Interrupts off.
+pub fn cpu_snapshot(cpu: usize) -> (Option<(&'static str, u64)>, usize) {
+    let queued = CPUS[cpu].queue.try_lock().map_or(usize::MAX, |q| q.len());
+    let current = if cpu == percpu::this_cpu_index() {
+        // SAFETY: owning CPU, interrupts off.
+        unsafe { (*CPUS[cpu].current.get()).as_ref().map(|t| (t.name, Arc::as_ptr(t) as u64)) }
+    } else {
+        None
+    };
+    (current, queued)
+}
+
+/// Records why the current thread is about to block.
+fn set_wait(t: &Thread, reason: WaitReason) {
+    t.wait.store(reason as u8, Ordering::Relaxed);
+}
 
 /// Frees the kernel stacks of threads that are gone. Interrupts must be on.
 pub fn reap() {
@@ -506,6 +665,17 @@ fn enqueue(t: Arc<Thread>) {
     if t.donation_only.load(Ordering::Acquire) {
         // It runs only when its scheduler donates time: tell it instead.
         t.awaiting_donor.store(true, Ordering::Release);
+        // A thread being killed or stopped must run for the kernel's sake,
+        // donor or not. `kill` and `stop` set the attention bit, then
+        // release the thread from the donor wait; checking the bit only
+        // after publishing the wait (both sides fenced) means one of the
+        // two always sees the other, so the thread cannot be left waiting
+        // for a donor that never comes.
+        core::sync::atomic::fence(Ordering::SeqCst);
+        if t.attention.load(Ordering::Acquire) & (ATTENTION_KILL | ATTENTION_STOP) != 0 {
+            release_from_donor_wait(&t);
+            return;
+        }
         announce_runnable(&t);
         return;
     }
@@ -515,6 +685,8 @@ fn enqueue(t: Arc<Thread>) {
 /// A donation-only thread that must run for the kernel's sake (to stop or
 /// to exit) goes to a run queue after all.
 fn release_from_donor_wait(t: &Arc<Thread>) {
+    // Pairs with the fence in `enqueue`.
+    core::sync::atomic::fence(Ordering::SeqCst);
     if t.awaiting_donor.swap(false, Ordering::AcqRel) {
         enqueue_on_a_cpu(t.clone());
     }
@@ -756,12 +928,8 @@ pub fn spawn_user_in(
     if affinity & all_cpus() == 0 {
         return Err(SchedError::NoAllowedCpu);
     }
-    let mut t = Thread::new(name, Body::User { rip, rsp, args }, space.page_table_root(), priority, affinity)?;
+    let t = Thread::new_in(name, Body::User { rip, rsp, args }, space.page_table_root(), priority, affinity, Arc::downgrade(&space))?;
     t.cpu.store(least_loaded(affinity), Ordering::Relaxed);
-    // Nothing else holds the new thread yet.
-    if let Some(inner) = Arc::get_mut(&mut t) {
-        inner.space = Arc::downgrade(&space);
-    }
     enqueue(t.clone());
     Ok(t)
 }
@@ -815,6 +983,7 @@ fn hand_off(cpu: usize, s: &'static CpuSched, next: Arc<Thread>, save_context: b
 /// with a later load): the waiter sees no delivery and the waker sees a
 /// running thread, and the waiter sleeps with its reply in hand.
 pub fn mark_current_blocked() {
+    set_wait(me(), WaitReason::Ipc);
     me().state.store(BLOCKED, Ordering::Release);
     core::sync::atomic::fence(Ordering::SeqCst);
 }
@@ -871,6 +1040,9 @@ pub fn exit_current(reason: UserExit) -> ! {
     let me = current();
     crate::ipc::abandon_client(&me);
     crate::reliable::on_exit(&me);
+    if me.counted_as_live_user.swap(false, Ordering::Relaxed) {
+        LIVE_USER_THREADS.fetch_sub(1, Ordering::Relaxed);
+    }
     let joiners = {
         let mut slot = me.exit.lock();
         slot.reason = Some(reason);
@@ -881,6 +1053,8 @@ pub fn exit_current(reason: UserExit) -> ! {
         wake(j);
     }
     drop(joiners);
+    // Whoever waits for it to stop waits for "stopped or exited".
+    me.stop_waiters.wake(usize::MAX);
     drop(me);
     schedule();
     unreachable!("an exited thread was scheduled again");
@@ -906,6 +1080,7 @@ pub fn join_unless_killed(t: &Arc<Thread>, interruptible: bool) -> Option<UserEx
                 true
             } else {
                 let me = current();
+                set_wait(&me, WaitReason::Join);
                 me.state.store(BLOCKED, Ordering::Release);
                 slot.joiners.push(me);
                 false
@@ -931,17 +1106,13 @@ pub fn join_unless_killed(t: &Arc<Thread>, interruptible: bool) -> Option<UserEx
 /// A queue of threads blocked in the kernel, woken by another thread.
 pub struct WaitQueue {
     waiters: spin::Mutex<Vec<Arc<Thread>>>,
-}
-
-impl Default for WaitQueue {
-    fn default() -> Self {
-        Self::new()
-    }
+    /// What its waiters wait for (the hang report says).
+    reason: WaitReason,
 }
 
 impl WaitQueue {
-    pub const fn new() -> Self {
-        WaitQueue { waiters: spin::Mutex::new(Vec::new()) }
+    pub const fn new(reason: WaitReason) -> Self {
+        WaitQueue { waiters: spin::Mutex::new(Vec::new()), reason }
     }
 
     /// Blocks the current thread if `still_wanted()` holds, evaluated under
@@ -955,6 +1126,7 @@ impl WaitQueue {
             let mut w = self.waiters.lock();
             if still_wanted() {
                 let me = current();
+                set_wait(&me, self.reason);
                 me.state.store(BLOCKED, Ordering::Release);
                 w.push(me);
                 true
@@ -978,8 +1150,12 @@ impl WaitQueue {
     pub fn wake(&self, count: usize) -> usize {
         let woken: Vec<Arc<Thread>> = cpu::without_interrupts(|| {
             let mut w = self.waiters.lock();
-            let n = count.min(w.len());
-            w.drain(..n).collect()
+            if count >= w.len() {
+                // Everyone: hand the whole list over, allocating nothing
+                // (the exit path wakes its stop waiters this way).
+                return core::mem::take(&mut *w);
+            }
+            w.drain(..count).collect()
         });
         for t in &woken {
             wake(t);
@@ -994,6 +1170,7 @@ pub fn sleep_ticks(ticks: u64) {
         let (cpu, s) = here();
         let me = current();
         let deadline = percpu::cpu(cpu).ticks.load(Ordering::Relaxed) + ticks.max(1);
+        set_wait(&me, WaitReason::Sleep);
         me.state.store(BLOCKED, Ordering::Release);
         s.sleepers.lock().push((deadline, me));
         schedule();
@@ -1098,11 +1275,8 @@ pub fn resume(t: &Arc<Thread>) -> bool {
 /// registers start as `regs` (set them with set_state first).
 pub fn spawn_user_stopped(name: &'static str, space: Arc<Space>, regs: UserRegisters) -> Result<Arc<Thread>, SchedError> {
     let affinity = all_cpus();
-    let mut t = Thread::new(name, Body::User { rip: 0, rsp: 0, args: (0, 0) }, space.page_table_root(), USER_PRIORITY, affinity)?;
+    let t = Thread::new_in(name, Body::User { rip: 0, rsp: 0, args: (0, 0) }, space.page_table_root(), USER_PRIORITY, affinity, Arc::downgrade(&space))?;
     t.cpu.store(least_loaded(affinity), Ordering::Relaxed);
-    if let Some(inner) = Arc::get_mut(&mut t) {
-        inner.space = Arc::downgrade(&space);
-    }
     *t.pending_start.lock() = Some(regs);
     t.attention.fetch_or(ATTENTION_STOP, Ordering::AcqRel);
     t.state.store(STOPPED, Ordering::Release);
@@ -1258,6 +1432,7 @@ pub fn donate(t: &Arc<Thread>) -> Result<DonationEnd, DonateError> {
         t.attention.fetch_or(ATTENTION_DONATION, Ordering::AcqRel);
     }
     me.donation_end.store(DONATION_PENDING, Ordering::Relaxed);
+    set_wait(&me, WaitReason::Donating);
     me.state.store(BLOCKED, Ordering::Release);
     s.slice_left.store(TIME_SLICE_TICKS, Ordering::Relaxed);
     switch_to(cpu, s, me.clone(), t.clone(), true);

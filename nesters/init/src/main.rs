@@ -16,6 +16,7 @@ mod connection;
 mod donation;
 mod fpu;
 mod payload;
+mod regressions;
 
 extern crate alloc;
 
@@ -46,7 +47,7 @@ fn init_main() -> i32 {
         return stress::run();
     }
     println!("init: hello from the root program");
-    let checks: [(&str, Check); 32] = [
+    let checks: [(&str, Check); 33] = [
         ("data and bss", data_and_bss),
         ("null call", null_call),
         ("console write", console_write),
@@ -79,6 +80,7 @@ fn init_main() -> i32 {
         ("ipc payloads: bytes and capabilities both ways", payload::check),
         ("reliable ipc: connections, exactly once, rebuilt mid-stream", connection::check),
         ("cpu donation to a user-level scheduler's threads", donation::check),
+        ("regressions: copies vs revocation, stop vs exit, destroy vs donation", regressions::check),
     ];
     let tsc_hz = obj::system_info().map(|i| i.tsc_hz).unwrap_or(0).max(1);
     for (i, (name, check)) in checks.iter().enumerate() {

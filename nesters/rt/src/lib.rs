@@ -94,6 +94,7 @@ pub mod nr {
     pub const CONN_SEND_BUF: u64 = 74;
     pub const CONN_RECEIVE_BUF: u64 = 75;
     pub const BOOT_ARGS: u64 = 76;
+    pub const HANG_REPORT: u64 = 77;
 }
 
 /// Longest console write the kernel accepts in one call.
@@ -256,6 +257,13 @@ pub fn boot_args(buf: &mut [u8]) -> Result<&str, SysError> {
     let total = decode(unsafe { syscall2(nr::BOOT_ARGS, buf.as_mut_ptr() as u64, buf.len() as u64) })? as usize;
     let got = &buf[..total.min(buf.len())];
     core::str::from_utf8(got).map_err(|_| SysError::InvalidArgument)
+}
+
+/// Asks the kernel to print its hang report (every CPU's and thread's
+/// state); for a root program's watchdog.
+pub fn hang_report() -> Result<u64, SysError> {
+    // SAFETY: HANG_REPORT only prints.
+    decode(unsafe { syscall0(nr::HANG_REPORT) })
 }
 
 /// Ends the program with `code`.

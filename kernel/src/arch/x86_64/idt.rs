@@ -200,11 +200,15 @@ extern "C" fn trap_dispatch(frame: &mut TrapFrame) {
                 crate::object::keeper::Outcome::End => super::syscall::user_exception(frame),
             }
         }
+        // A user copy hit a page another CPU revoked after the check: the
+        // copy reports failure instead (see `usercopy`).
+        14 if let Some(recover) = super::usercopy::recovery_for(frame.rip) => frame.rip = recover,
         0..=31 => crate::panic::fatal_exception(frame),
         VECTOR_TIMER => {
             percpu::this_cpu().ticks.fetch_add(1, Ordering::Relaxed);
             super::time::on_timer_interrupt();
             apic::eoi();
+            crate::hang::on_tick(frame.cs & 3 == 3);
             crate::sched::on_interrupt(user_frame(frame), true);
         }
         VECTOR_IPI_RESCHEDULE => {

@@ -351,6 +351,7 @@ extern "C" fn syscall_dispatch(frame: &mut SyscallFrame) {
     }
     let number = frame.rax;
     let result = crate::syscall::dispatch(frame);
+    crate::hang::progress();
     complete(frame, number, result);
 }
 
@@ -433,23 +434,36 @@ fn with_user_access<R>(f: impl FnOnce() -> R) -> R {
     }
 }
 
+/// How often a copy that faulted is checked and tried again: a page a
+/// keeper or the demand-zero path supplies again is copied on the next try;
+/// a page revoked for good fails the check.
+const COPY_ATTEMPTS: usize = 3;
+
 /// Copies `dst.len()` bytes from user address `src` in the current address
-/// space. Fails (nothing copied) unless every byte is mapped user-readable.
+/// space. Fails unless every byte is mapped user-readable, also when another
+/// CPU revokes the memory during the copy (then `dst` may be partly written).
 pub fn copy_from_user(dst: &mut [u8], src: u64) -> Result<(), ()> {
-    check_user_range(src, dst.len() as u64, false)?;
-    // SAFETY: every page of the range was just checked to be present and
-    // user-accessible in the current address space; user memory of a running
-    // space is only unmapped by kernel code on this path's own CPU or with
-    // its threads stopped (space destruction), so it stays mapped for the copy.
-    with_user_access(|| unsafe { core::ptr::copy_nonoverlapping(src as *const u8, dst.as_mut_ptr(), dst.len()) });
-    Ok(())
+    for _ in 0..COPY_ATTEMPTS {
+        check_user_range(src, dst.len() as u64, false)?;
+        // SAFETY: `dst` is kernel memory valid for its length; the user range
+        // lies below USER_TOP (just checked), and a fault on it is recovered.
+        if with_user_access(|| unsafe { super::usercopy::copy_recovering(dst.as_mut_ptr(), src as *const u8, dst.len()) }) {
+            return Ok(());
+        }
+    }
+    Err(())
 }
 
 /// Copies `src` to user address `dst` in the current address space. Fails
-/// (nothing copied) unless every byte is mapped user-writable.
+/// unless every byte is mapped user-writable, also when another CPU revokes
+/// the memory during the copy (then part of it may be written).
 pub fn copy_to_user(dst: u64, src: &[u8]) -> Result<(), ()> {
-    check_user_range(dst, src.len() as u64, true)?;
-    // SAFETY: as in copy_from_user, with the pages checked writable.
-    with_user_access(|| unsafe { core::ptr::copy_nonoverlapping(src.as_ptr(), dst as *mut u8, src.len()) });
-    Ok(())
+    for _ in 0..COPY_ATTEMPTS {
+        check_user_range(dst, src.len() as u64, true)?;
+        // SAFETY: as in copy_from_user, with the roles swapped.
+        if with_user_access(|| unsafe { super::usercopy::copy_recovering(dst as *mut u8, src.as_ptr(), src.len()) }) {
+            return Ok(());
+        }
+    }
+    Err(())
 }
