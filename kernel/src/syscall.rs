@@ -87,6 +87,7 @@ pub const SYS_CONN_SEND_BUF: u64 = 74;
 pub const SYS_CONN_RECEIVE_BUF: u64 = 75;
 pub const SYS_BOOT_ARGS: u64 = 76;
 pub const SYS_HANG_REPORT: u64 = 77;
+pub const SYS_SPACE_SET_QUOTA: u64 = 78;
 
 /// Bytes of a thread state record (version 1): see kernel/ABI.md.
 pub const THREAD_STATE_BYTES: u64 = 19 * 8;
@@ -262,6 +263,7 @@ pub fn dispatch(frame: &mut SyscallFrame) -> i64 {
         SYS_MEMORY_OBJECT_STATE => memory_object_state(a0, a1, a2),
         SYS_BOOT_ARGS => boot_args(a0, a1),
         SYS_HANG_REPORT => hang_report(),
+        SYS_SPACE_SET_QUOTA => space_set_quota(a0, a1),
         SYS_READ_TSC => Ok((crate::arch::cpu::read_tsc() & (i64::MAX as u64)) as i64),
         _ => Err(SysError::NoSuchCall),
     };
@@ -339,15 +341,14 @@ fn system_info(buf: u64, len: u64) -> SysResult {
 
 fn handle_close(h: u64) -> SysResult {
     let me = caller()?;
-    let closed = crate::arch::cpu::without_interrupts(|| me.handles.lock().remove(Handle::from_raw(h)));
-    drop(closed?);
+    drop(me.remove(Handle::from_raw(h))?);
     Ok(0)
 }
 
 fn handle_duplicate(h: u64, rights: u64) -> SysResult {
     let rights = u32::try_from(rights).ok().and_then(Rights::from_bits).ok_or(SysError::InvalidArgument)?;
     let me = caller()?;
-    let dup = crate::arch::cpu::without_interrupts(|| me.handles.lock().duplicate(Handle::from_raw(h), rights))?;
+    let dup = me.duplicate(Handle::from_raw(h), rights)?;
     Ok(dup.raw() as i64)
 }
 
@@ -388,11 +389,26 @@ fn space_destroy(h: u64) -> SysResult {
     if target.is_ancestor_of(&me) {
         return Err(SpaceError::WouldDestroyCaller.into());
     }
-    crate::arch::cpu::without_interrupts(|| me.handles.lock().remove(handle))?;
+    me.remove(handle)?;
     // Joining the subtree's threads blocks; let interrupts in meanwhile.
     crate::arch::cpu::enable_interrupts();
     target.destroy();
     crate::arch::cpu::disable_interrupts();
+    Ok(0)
+}
+
+/// `space_set_quota(space, bytes)` (SET_STATE): limits the kernel memory
+/// the space's whole subtree may take (threads, spaces, handles, regions,
+/// mappings; costs in ABI.md). A space may not change its own limit or an
+/// ancestor's: a parent bounds its children, never itself. A limit below
+/// what is in use takes nothing back; new objects fail until enough is freed.
+fn space_set_quota(h: u64, bytes: u64) -> SysResult {
+    let me = caller()?;
+    let target = me.lookup_space(Handle::from_raw(h), Rights::SET_STATE)?;
+    if target.is_ancestor_of(&me) {
+        return Err(SysError::InvalidArgument);
+    }
+    target.quota.set_limit(bytes);
     Ok(0)
 }
 
@@ -951,7 +967,8 @@ fn region_create(space: u64, start: u64, size: u64, max: u64) -> SysResult {
     let max = vm_rights(max)?;
     let me = caller()?;
     let target = me.lookup_space(Handle::from_raw(space), Rights::CREATE)?;
-    let id = crate::object::memory::add(|g| g.create_region(target.vm_id(), start, size, max, None))?;
+    charge_vm_node(&target)?;
+    let id = crate::object::memory::add(|g| g.create_region(target.vm_id(), start, size, max, None)).inspect_err(|_| target.uncharge_vm_node())?;
     match me.insert(Object::Region(id), region_handle_rights(max)) {
         Ok(h) => Ok(h.raw() as i64),
         Err(e) => {
@@ -980,7 +997,8 @@ fn mapping_create(region: u64, space: u64, va: u64, offset: u64, size: u64, righ
     let me = caller()?;
     let Object::Region(r) = me.lookup(Handle::from_raw(region), needed)? else { return Err(SysError::WrongType) };
     let target = me.lookup_space(Handle::from_raw(space), Rights::CREATE)?;
-    let id = crate::object::memory::add(|g| g.create_mapping(r, target.vm_id(), va, offset, size, wanted))?;
+    charge_vm_node(&target)?;
+    let id = crate::object::memory::add(|g| g.create_mapping(r, target.vm_id(), va, offset, size, wanted)).inspect_err(|_| target.uncharge_vm_node())?;
     match me.insert(Object::Mapping(id), Rights::GET_STATE.union(Rights::DESTROY).union(Rights::DUPLICATE)) {
         Ok(h) => Ok(h.raw() as i64),
         Err(e) => {
@@ -988,6 +1006,13 @@ fn mapping_create(region: u64, space: u64, va: u64, offset: u64, size: u64, righ
             Err(e.into())
         }
     }
+}
+
+/// Charges one more region or mapping to `space`'s quota, after settling
+/// the charge for those that are gone.
+fn charge_vm_node(space: &Space) -> Result<(), SysError> {
+    crate::object::memory::add(|g| Ok(space.settle_vm_nodes(g.node_count(space.vm_id()))))?;
+    Ok(space.charge_vm_node()?)
 }
 
 /// `region_protect(region, max)`: changes the region's maximum rights
@@ -1012,7 +1037,7 @@ fn region_or_mapping_destroy(h: u64, region: bool) -> SysResult {
         (Object::Mapping(m), false) => crate::object::memory::change(|g| g.destroy_mapping(m))?,
         _ => return Err(SysError::WrongType),
     }
-    crate::arch::cpu::without_interrupts(|| me.handles.lock().remove(handle))?;
+    me.remove(handle)?;
     Ok(0)
 }
 
@@ -1075,9 +1100,14 @@ fn thread_resume(h: u64) -> SysResult {
 fn thread_create_stopped(space: u64) -> SysResult {
     let me = caller()?;
     let target = me.lookup_space(Handle::from_raw(space), Rights::CREATE)?;
-    let t = sched::spawn_user_stopped("user", target.clone(), sched::UserRegisters { rflags: 0x202, ..Default::default() })?;
-    target.adopt_thread(t.clone());
-    Ok(me.insert(Object::Thread(t), Rights::ALL)?.raw() as i64)
+    let t = target.spawn_stopped_thread(sched::UserRegisters { rflags: 0x202, ..Default::default() })?;
+    match me.insert(Object::Thread(t.clone()), Rights::ALL) {
+        Ok(h) => Ok(h.raw() as i64),
+        Err(e) => {
+            sched::kill(&t);
+            Err(e.into())
+        }
+    }
 }
 
 fn stopped_thread(h: u64, right: Rights) -> Result<alloc::sync::Arc<sched::Thread>, SysError> {
@@ -1254,8 +1284,10 @@ fn handle_transfer_at(space: u64, h: u64, rights: u64, value: u64) -> SysResult 
     if target.is_dead() {
         return Err(SysError::Dead);
     }
-    crate::arch::cpu::without_interrupts(|| target.handles.lock().insert_at(Handle::from_raw(value), object, rights))
-        .map_err(|e| if e == HandleError::Invalid { SysError::InvalidArgument } else { e.into() })?;
+    target.insert_at(Handle::from_raw(value), object, rights).map_err(|e| match e {
+        SpaceError::Handle(HandleError::Invalid) => SysError::InvalidArgument,
+        e => e.into(),
+    })?;
     Ok(0)
 }
 
@@ -1375,7 +1407,7 @@ fn handle_in(me: &Space, object: &Object) -> u64 {
 /// caller holds none). Threads have their own register record
 /// (`thread_get_state`); here a thread reports `[2, stopped, exited, cpu, 0, 0]`.
 ///
-/// * Space `[1, keeper port, live handles, children, 0, 0]`
+/// * Space `[1, keeper port, live handles, children, quota limit, quota used]`
 /// * Port `[3, alias, portset, 0, 0, 0]`
 /// * Portset `[4, queued one-way messages, 0, 0, 0, 0]`
 /// * Region `[5, start, size, max rights, space, 0]`
@@ -1391,7 +1423,7 @@ fn object_get_state(h: u64, buf: u64, len: u64) -> SysResult {
         Object::Space(s) => {
             let keeper = s.keeper().map_or(0, |p| handle_in(&me, &Object::Port(p)));
             let live = crate::arch::cpu::without_interrupts(|| s.handles.lock().len()) as u64;
-            [1, keeper, live, s.children().len() as u64, 0, 0]
+            [1, keeper, live, s.children().len() as u64, s.quota.limit(), s.quota.used()]
         }
         Object::Thread(t) => [2, t.is_stopped() as u64, t.has_exited() as u64, t.cpu() as u64, 0, 0],
         Object::Port(p) => [3, p.alias, handle_in(&me, &Object::Portset(p.portset.clone())), 0, 0, 0],

@@ -282,6 +282,38 @@ mod global {
         Ok(pa)
     }
 
+    /// Frames handed out and not freed, on all CPUs.
+    fn frames_in_use() -> u64 {
+        let allocated: u64 = ALLOCATED_BY_CPU.iter().map(|c| c.load(Ordering::Relaxed)).sum();
+        let freed: u64 = FREED_BY_CPU.iter().map(|c| c.load(Ordering::Relaxed)).sum();
+        allocated.saturating_sub(freed)
+    }
+
+    /// Frames only the kernel may take: user memory (demand-zero pages)
+    /// stops short of them, so the kernel's own allocations — its heap,
+    /// thread stacks, the structures of every object a quota allowed —
+    /// find memory even when user programs have taken all they could.
+    pub fn kernel_reserve_frames() -> u64 {
+        (MANAGED_FRAMES.load(Ordering::Relaxed) / 4).max(2048)
+    }
+
+    /// The root space's kernel-memory quota: half the reserve (the other
+    /// half covers what is not charged: the heap's own overhead, page
+    /// tables, the records of user memory).
+    pub fn user_object_budget() -> u64 {
+        kernel_reserve_frames() / 2 * FRAME_SIZE
+    }
+
+    /// A zeroed frame for user memory: fails (OutOfMemory) rather than dip
+    /// into the kernel's reserve.
+    pub fn alloc_user_zeroed() -> Result<u64, FrameError> {
+        let managed = MANAGED_FRAMES.load(Ordering::Relaxed);
+        if managed.saturating_sub(frames_in_use()) <= kernel_reserve_frames() {
+            return Err(FrameError::OutOfMemory);
+        }
+        alloc_zeroed()
+    }
+
     /// A zeroed frame whose address is below `limit` (for structures that
     /// 32-bit or real-mode code must reach).
     pub fn alloc_zeroed_below(limit: u64) -> Result<u64, FrameError> {

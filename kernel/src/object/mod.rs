@@ -4,6 +4,7 @@
 //! table is its host-tested foundation.
 
 pub mod handle;
+pub mod quota;
 pub mod vm;
 #[cfg(target_os = "none")]
 pub mod keeper;

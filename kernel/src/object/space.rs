@@ -9,9 +9,10 @@ extern crate alloc;
 
 use alloc::sync::{Arc, Weak};
 use alloc::vec::Vec;
-use core::sync::atomic::{AtomicBool, Ordering};
+use core::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
 use super::handle::{Handle, HandleError, HandleTable, Rights};
+use super::quota::{Charge, Quota};
 use crate::arch::x86_64_exports::*;
 use crate::sched::{self, Thread};
 
@@ -112,6 +113,16 @@ impl From<HandleError> for SpaceError {
     }
 }
 
+/// Kernel memory charged to a space's quota per object (what each pins, by
+/// estimate; see `quota`): a thread's kernel stack (4 pages and a guard
+/// page), control block and run-queue share; a space's top-level page table
+/// and bookkeeping; a handle-table entry with a small object behind it
+/// (port, portset, mutex, cond, reference); a region or mapping node.
+pub const THREAD_COST: u64 = 5 * 4096 + 4096;
+pub const SPACE_COST: u64 = 2 * 4096;
+pub const HANDLE_COST: u64 = 256;
+pub const VM_NODE_COST: u64 = 256;
+
 pub struct Space {
     root: u64,
     vm_id: super::vm::SpaceId,
@@ -125,6 +136,14 @@ pub struct Space {
     dead: AtomicBool,
     /// Where this space's exceptions go (see `keeper`).
     keeper: spin::Mutex<Option<Arc<crate::ipc::Port>>>,
+    /// What this space's subtree may take of kernel memory, and has taken.
+    pub quota: Arc<Quota>,
+    /// The space's own cost, charged to its parent's quota; returned when
+    /// it is destroyed.
+    own_charge: spin::Mutex<Option<Charge>>,
+    /// Regions and mappings of this space charged to its quota (settled
+    /// against the memory engine's count, see `settle_vm_nodes`).
+    vm_nodes_charged: AtomicU64,
 }
 
 impl Space {
@@ -137,6 +156,10 @@ impl Space {
         if parent.is_some_and(|p| p.is_dead()) {
             return Err(SpaceError::Dead);
         }
+        let (quota, own_charge) = match parent {
+            Some(p) => (Quota::child(&p.quota), Some(Charge::new(&p.quota, SPACE_COST).map_err(|_| SpaceError::OutOfMemory)?)),
+            None => (Quota::root(crate::mm::frame::user_object_budget()), None),
+        };
         let root = paging::new_user_root().map_err(|_| SpaceError::OutOfMemory)?;
         let space = Arc::new_cyclic(|weak| Space {
             root,
@@ -149,6 +172,9 @@ impl Space {
             depth,
             dead: AtomicBool::new(false),
             keeper: spin::Mutex::new(None),
+            quota,
+            own_charge: spin::Mutex::new(own_charge),
+            vm_nodes_charged: AtomicU64::new(0),
         });
         if let Some(p) = parent {
             cpu::without_interrupts(|| p.children.lock().push(space.clone()));
@@ -171,7 +197,7 @@ impl Space {
             if let Some(&pa) = store.get(&page_va) {
                 return Ok(pa);
             }
-            let pa = crate::mm::frame::alloc_zeroed()?;
+            let pa = crate::mm::frame::alloc_user_zeroed()?;
             store.insert(page_va, pa);
             Ok(pa)
         })
@@ -211,11 +237,68 @@ impl Space {
         false
     }
 
+    /// Adds a handle (charged to the quota; NoMemory when it is used up).
     pub fn insert(&self, object: Object, rights: Rights) -> Result<Handle, SpaceError> {
+        self.with_handle_charge(|| cpu::without_interrupts(|| self.handles.lock().insert(object, rights)))
+    }
+
+    /// Adds a handle with the given value (rebuilding a table).
+    pub fn insert_at(&self, h: Handle, object: Object, rights: Rights) -> Result<(), SpaceError> {
+        self.with_handle_charge(|| cpu::without_interrupts(|| self.handles.lock().insert_at(h, object, rights)))
+    }
+
+    /// A second handle to the same object with `rights` (a subset).
+    pub fn duplicate(&self, h: Handle, rights: Rights) -> Result<Handle, SpaceError> {
+        self.with_handle_charge(|| cpu::without_interrupts(|| self.handles.lock().duplicate(h, rights)))
+    }
+
+    /// Closes a handle, returning its object (dropped by the caller, with
+    /// interrupts as it likes) and its charge.
+    pub fn remove(&self, h: Handle) -> Result<Object, SpaceError> {
+        let (object, _rights) = cpu::without_interrupts(|| self.handles.lock().remove(h))?;
+        self.quota.uncharge(HANDLE_COST);
+        Ok(object)
+    }
+
+    fn with_handle_charge<R>(&self, add: impl FnOnce() -> Result<R, HandleError>) -> Result<R, SpaceError> {
         if self.is_dead() {
             return Err(SpaceError::Dead);
         }
-        Ok(cpu::without_interrupts(|| self.handles.lock().insert(object, rights))?)
+        self.quota.charge(HANDLE_COST).map_err(|_| SpaceError::OutOfMemory)?;
+        add().map_err(|e| {
+            self.quota.uncharge(HANDLE_COST);
+            SpaceError::from(e)
+        })
+    }
+
+    /// Brings the charge for this space's regions and mappings down to what
+    /// the memory engine holds (`count`): nodes go away by other spaces'
+    /// actions too (a region's destruction takes its mappings along), so
+    /// the charge is settled whenever the space creates one, and fully at
+    /// its destruction. Over-charging in between errs on the safe side.
+    pub fn settle_vm_nodes(&self, count: u64) {
+        let mut charged = self.vm_nodes_charged.load(Ordering::Acquire);
+        while charged > count {
+            match self.vm_nodes_charged.compare_exchange(charged, count, Ordering::AcqRel, Ordering::Acquire) {
+                Ok(_) => {
+                    self.quota.uncharge((charged - count) * VM_NODE_COST);
+                    return;
+                }
+                Err(now) => charged = now,
+            }
+        }
+    }
+
+    /// Charges one more region or mapping of this space.
+    pub fn charge_vm_node(&self) -> Result<(), SpaceError> {
+        self.quota.charge(VM_NODE_COST).map_err(|_| SpaceError::OutOfMemory)?;
+        self.vm_nodes_charged.fetch_add(1, Ordering::AcqRel);
+        Ok(())
+    }
+
+    /// Returns one region or mapping charge (its creation failed).
+    pub fn uncharge_vm_node(&self) {
+        self.settle_vm_nodes(self.vm_nodes_charged.load(Ordering::Acquire).saturating_sub(1));
     }
 
     pub fn lookup(&self, h: Handle, needed: Rights) -> Result<Object, SpaceError> {
@@ -264,14 +347,38 @@ impl Space {
         if self.is_dead() {
             return Err(sched::SchedError::NoAllowedCpu);
         }
-        let t = sched::spawn_user_in("user", self.clone(), (rip, rsp, args), sched::USER_PRIORITY, 0)?;
-        cpu::without_interrupts(|| self.threads.lock().push(t.clone()));
+        let charge = self.thread_charge()?;
+        let t = sched::spawn_user_in("user", self.clone(), (rip, rsp, args), sched::USER_PRIORITY, 0, charge)?;
+        self.add_thread(t.clone());
         Ok(t)
     }
 
-    /// Counts a thread created elsewhere (stopped) as one of this space's.
-    pub fn adopt_thread(&self, t: Arc<Thread>) {
-        cpu::without_interrupts(|| self.threads.lock().push(t));
+    /// A stopped thread of this space, starting from `regs` once resumed.
+    pub fn spawn_stopped_thread(self: &Arc<Space>, regs: sched::UserRegisters) -> Result<Arc<Thread>, sched::SchedError> {
+        if self.is_dead() {
+            return Err(sched::SchedError::NoAllowedCpu);
+        }
+        let charge = self.thread_charge()?;
+        let t = sched::spawn_user_stopped("user", self.clone(), regs, charge)?;
+        self.add_thread(t.clone());
+        Ok(t)
+    }
+
+    fn thread_charge(&self) -> Result<Charge, sched::SchedError> {
+        Charge::new(&self.quota, THREAD_COST).map_err(|_| sched::SchedError::OutOfMemory)
+    }
+
+    /// Lists a new thread (for kills and joins at destruction). Exited
+    /// threads are dropped from the list whenever it would grow, so a space
+    /// that runs many short-lived threads does not keep them all.
+    fn add_thread(&self, t: Arc<Thread>) {
+        cpu::without_interrupts(|| {
+            let mut threads = self.threads.lock();
+            if threads.len() == threads.capacity() {
+                threads.retain(|t| !t.has_exited());
+            }
+            threads.push(t);
+        });
     }
 
     pub fn children(&self) -> Vec<Arc<Space>> {
@@ -287,15 +394,20 @@ impl Space {
         for s in &subtree {
             s.dead.store(true, Ordering::Release);
         }
-        let threads: Vec<Arc<Thread>> =
-            subtree.iter().flat_map(|s| cpu::without_interrupts(|| core::mem::take(&mut *s.threads.lock()))).collect();
-        for t in &threads {
-            sched::kill(t);
+        // Kill everything first, so the joins below overlap; nothing here
+        // allocates (the lists are taken whole, the run queues are intrusive).
+        for s in &subtree {
+            cpu::without_interrupts(|| s.threads.lock().iter().for_each(sched::kill));
         }
-        for t in &threads {
-            sched::join(t);
+        for s in &subtree {
+            let threads = cpu::without_interrupts(|| core::mem::take(&mut *s.threads.lock()));
+            for t in &threads {
+                // Again: a thread created while the space was being marked
+                // dead missed the first round.
+                sched::kill(t);
+                sched::join(t);
+            }
         }
-        drop(threads);
         sched::reap();
         // Revoke everything other spaces map from the subtree first, then
         // free: children first, so no handle table keeps a parent alive.
@@ -304,7 +416,10 @@ impl Space {
         }
         for s in subtree.iter().rev() {
             let table = cpu::without_interrupts(|| core::mem::replace(&mut *s.handles.lock(), HandleTable::new(0)));
+            s.quota.uncharge(table.len() as u64 * HANDLE_COST);
             drop(table);
+            s.settle_vm_nodes(0);
+            drop(cpu::without_interrupts(|| s.own_charge.lock().take()));
             cpu::without_interrupts(|| s.children.lock().clear());
             s.set_keeper(None);
             paging::destroy_user_root_with(s.root, false);

@@ -694,6 +694,15 @@ impl VmGraph {
         Ok(())
     }
 
+    /// How many regions of `s` and mappings into `s` exist (what the space
+    /// is charged for; anonymous grants are the kernel's and not counted).
+    pub fn node_count(&self, s: SpaceId) -> u64 {
+        self.spaces.get(&s).map_or(0, |space| {
+            let mappings = space.entries.values().filter(|e| matches!(e.backing, Backing::Mapping(_))).count();
+            (space.regions.len() + mappings) as u64
+        })
+    }
+
     pub fn destroy_mapping(&mut self, m: MappingId) -> Result<Vec<Invalidation>, VmError> {
         let mapping = *self.mappings.get(&m).ok_or(VmError::NoSuchMapping)?;
         let inv = self.invalidations_for(&[(mapping.space, mapping.va, mapping.va + mapping.size)]);

@@ -10,7 +10,7 @@ use core::cell::UnsafeCell;
 use core::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicU8, AtomicUsize, Ordering};
 
 use super::lazyfpu;
-use super::runqueue::RunQueue;
+use super::runqueue::{Queueable, RunLink, RunQueue};
 use crate::arch::x86_64::context;
 use crate::arch::x86_64::syscall::UserExit;
 use crate::arch::x86_64_exports::*;
@@ -171,6 +171,21 @@ pub struct Thread {
     wait: AtomicU8,
     /// Counted in LIVE_USER_THREADS until it exits (or is freed unstarted).
     counted_as_live_user: AtomicBool,
+    /// Its place in a run queue (the queue allocates nothing).
+    run_link: RunLink<Thread>,
+    /// Its index in REGISTRY.
+    registry_index: AtomicUsize,
+    /// Its space's number in the memory engine, for reports (which must not
+    /// take a reference to the space: dropping it could free threads).
+    space_number: Option<u32>,
+    /// The kernel memory it pins, charged to its space's quota until it is freed.
+    quota_charge: spin::Mutex<Option<crate::object::quota::Charge>>,
+}
+
+impl Queueable for Thread {
+    fn run_link(&self) -> &RunLink<Thread> {
+        &self.run_link
+    }
 }
 
 /// A thread's IPC state: the message it carries or receives and its partner.
@@ -227,6 +242,7 @@ impl Thread {
                 (Some(s), top)
             }
         };
+        let space_number = space.upgrade().map(|s| s.vm_id().raw());
         // Arc::try_new is not stable yet; the heap grows on demand and a
         // failure here would be the heap's window (1 GiB) running out.
         let t = Arc::new(Thread {
@@ -260,6 +276,10 @@ impl Thread {
             awaiting_donor: AtomicBool::new(false),
             wait: AtomicU8::new(WaitReason::None as u8),
             counted_as_live_user: AtomicBool::new(false),
+            run_link: RunLink::new(),
+            registry_index: AtomicUsize::new(NOT_REGISTERED),
+            space_number,
+            quota_charge: spin::Mutex::new(None),
         });
         registry_add(&t)?;
         if matches!(t.body, Body::User { .. }) {
@@ -377,6 +397,7 @@ impl Thread {
 
 impl Drop for Thread {
     fn drop(&mut self) {
+        registry_remove(self);
         LIVE_THREADS.fetch_sub(1, Ordering::Relaxed);
         if self.counted_as_live_user.swap(false, Ordering::Relaxed) {
             LIVE_USER_THREADS.fetch_sub(1, Ordering::Relaxed);
@@ -391,9 +412,11 @@ impl Drop for Thread {
 
 static DEAD_STACKS: spin::Mutex<Vec<stack::KernelStack>> = spin::Mutex::new(Vec::new());
 
-/// Every thread, weakly: what the hang report lists. Dead entries are
-/// pruned when the list would otherwise grow.
-static REGISTRY: spin::Mutex<Vec<Weak<Thread>>> = spin::Mutex::new(Vec::new());
+/// Every thread not yet freed, by address: what the hang report lists. A
+/// thread takes itself out (under this lock) first thing when it is freed,
+/// so an address found here under the lock names a live thread.
+static REGISTRY: spin::Mutex<Vec<usize>> = spin::Mutex::new(Vec::new());
+const NOT_REGISTERED: usize = usize::MAX;
 /// Threads whose memory is not freed yet.
 static LIVE_THREADS: AtomicU64 = AtomicU64::new(0);
 
@@ -403,12 +426,28 @@ fn registry_add(t: &Arc<Thread>) -> Result<(), SchedError> {
     LIVE_THREADS.fetch_add(1, Ordering::Relaxed);
     cpu::without_interrupts(|| {
         let mut r = REGISTRY.lock();
-        if r.len() == r.capacity() {
-            r.retain(|w| w.strong_count() > 0);
-        }
         r.try_reserve(1).map_err(|_| SchedError::OutOfMemory)?;
-        r.push(Arc::downgrade(t));
+        t.registry_index.store(r.len(), Ordering::Relaxed);
+        r.push(Arc::as_ptr(t) as usize);
         Ok(())
+    })
+}
+
+/// Takes a freed thread out of the registry (swapping the last entry into
+/// its place). Allocates nothing.
+fn registry_remove(t: &Thread) {
+    cpu::without_interrupts(|| {
+        let mut r = REGISTRY.lock();
+        let index = t.registry_index.load(Ordering::Relaxed);
+        if index >= r.len() || r[index] != t as *const Thread as usize {
+            return; // never registered
+        }
+        r.swap_remove(index);
+        if let Some(&moved) = r.get(index) {
+            // SAFETY: every address in the registry names a live thread
+            // while the lock is held (a thread leaves it before it is freed).
+            unsafe { (*(moved as *const Thread)).registry_index.store(index, Ordering::Relaxed) };
+        }
     })
 }
 
@@ -447,19 +486,15 @@ pub struct ThreadSnapshot {
     pub space: Option<u64>,
 }
 
-/// Calls `f` with a snapshot of every live thread. The registry is copied
-/// first (no lock is held while `f` prints); interrupts must be off.
+/// Calls `f` with a snapshot of every live thread, holding the registry's
+/// lock (threads being freed meanwhile wait); interrupts must be off, and
+/// `f` must not free a thread.
 pub fn for_each_thread(mut f: impl FnMut(&ThreadSnapshot)) {
-    let threads: Vec<Arc<Thread>> = {
-        let r = REGISTRY.lock();
-        let mut v = Vec::new();
-        if v.try_reserve(r.len()).is_err() {
-            return;
-        }
-        v.extend(r.iter().filter_map(Weak::upgrade));
-        v
-    };
-    for t in &threads {
+    let r = REGISTRY.lock();
+    for &address in r.iter() {
+        // SAFETY: a registered address names a live thread while the lock
+        // is held (see REGISTRY).
+        let t = unsafe { &*(address as *const Thread) };
         let state = match t.state.load(Ordering::Acquire) {
             READY => "ready",
             RUNNING => "running",
@@ -471,13 +506,13 @@ pub fn for_each_thread(mut f: impl FnMut(&ThreadSnapshot)) {
         };
         f(&ThreadSnapshot {
             name: t.name,
-            address: Arc::as_ptr(t) as u64,
+            address: address as u64,
             state,
             wait: WaitReason::from_u8(t.wait.load(Ordering::Relaxed)),
             cpu: t.cpu(),
             on_cpu: t.on_cpu.load(Ordering::Acquire),
             attention: t.attention.load(Ordering::Acquire),
-            space: t.space.upgrade().map(|s| s.vm_id().raw() as u64),
+            space: t.space_number.map(u64::from),
         });
     }
 }
@@ -509,7 +544,7 @@ pub fn reap() {
 }
 
 pub(super) struct CpuSched {
-    queue: spin::Mutex<RunQueue<Arc<Thread>>>,
+    queue: spin::Mutex<RunQueue<Thread>>,
     /// Touched only by the owning CPU with interrupts off.
     pub(super) current: UnsafeCell<Option<Arc<Thread>>>,
     idle: UnsafeCell<Option<Arc<Thread>>>,
@@ -920,6 +955,7 @@ pub fn spawn_user_in(
     (rip, rsp, args): (u64, u64, (u64, u64)),
     priority: u8,
     affinity: u64,
+    charge: crate::object::quota::Charge,
 ) -> Result<Arc<Thread>, SchedError> {
     if rip >= paging::USER_TOP || rsp > paging::USER_TOP {
         return Err(SchedError::BadUserAddress);
@@ -929,6 +965,7 @@ pub fn spawn_user_in(
         return Err(SchedError::NoAllowedCpu);
     }
     let t = Thread::new_in(name, Body::User { rip, rsp, args }, space.page_table_root(), priority, affinity, Arc::downgrade(&space))?;
+    *t.quota_charge.lock() = Some(charge);
     t.cpu.store(least_loaded(affinity), Ordering::Relaxed);
     enqueue(t.clone());
     Ok(t)
@@ -1273,9 +1310,15 @@ pub fn resume(t: &Arc<Thread>) -> bool {
 
 /// Creates a user thread in `space` that does not run until `resume`; its
 /// registers start as `regs` (set them with set_state first).
-pub fn spawn_user_stopped(name: &'static str, space: Arc<Space>, regs: UserRegisters) -> Result<Arc<Thread>, SchedError> {
+pub fn spawn_user_stopped(
+    name: &'static str,
+    space: Arc<Space>,
+    regs: UserRegisters,
+    charge: crate::object::quota::Charge,
+) -> Result<Arc<Thread>, SchedError> {
     let affinity = all_cpus();
     let t = Thread::new_in(name, Body::User { rip: 0, rsp: 0, args: (0, 0) }, space.page_table_root(), USER_PRIORITY, affinity, Arc::downgrade(&space))?;
+    *t.quota_charge.lock() = Some(charge);
     t.cpu.store(least_loaded(affinity), Ordering::Relaxed);
     *t.pending_start.lock() = Some(regs);
     t.attention.fetch_or(ATTENTION_STOP, Ordering::AcqRel);

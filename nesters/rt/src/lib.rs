@@ -95,6 +95,7 @@ pub mod nr {
     pub const CONN_RECEIVE_BUF: u64 = 75;
     pub const BOOT_ARGS: u64 = 76;
     pub const HANG_REPORT: u64 = 77;
+    pub const SPACE_SET_QUOTA: u64 = 78;
 }
 
 /// Longest console write the kernel accepts in one call.

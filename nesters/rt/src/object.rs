@@ -94,6 +94,13 @@ pub fn space_create(parent: Handle) -> Result<Handle, SysError> {
 }
 
 /// Destroys a space and its whole subtree (needs DESTROY); closes `h`.
+/// Limits the kernel memory `space`'s subtree may take to `bytes`
+/// (kernel/ABI.md, Kernel-memory quotas); not the caller's own or an ancestor's.
+pub fn space_set_quota(space: Handle, bytes: u64) -> Result<(), SysError> {
+    // SAFETY: no memory arguments.
+    decode(unsafe { crate::syscall2(nr::SPACE_SET_QUOTA, space.0, bytes) }).map(|_| ())
+}
+
 pub fn space_destroy(h: Handle) -> Result<(), SysError> {
     // SAFETY: the target subtree cannot contain this program's space (the kernel refuses).
     decode(unsafe { syscall1(nr::SPACE_DESTROY, h.0) }).map(|_| ())
