@@ -44,6 +44,9 @@ pub struct KernelArgs<'a> {
     pub user_args: &'a str,
     /// `watchdog=SECONDS`: print a hang report when no CPU made progress that long.
     pub watchdog_seconds: Option<u64>,
+    /// `failalloc=N|random:SEED:PERMILLE`: allocation faults to inject
+    /// while the root program runs (`mm::inject`).
+    pub fail_alloc: Option<crate::mm::inject::Plan>,
 }
 
 impl<'a> KernelArgs<'a> {
@@ -58,6 +61,7 @@ impl<'a> KernelArgs<'a> {
             first_unknown: None,
             user_args: "",
             watchdog_seconds: None,
+            fail_alloc: None,
         };
         let (line, user_args) = split_user_args(line);
         args.user_args = user_args;
@@ -88,6 +92,10 @@ impl<'a> KernelArgs<'a> {
                 "ipc_spin" => {
                     args.ipc_spin = value.parse().ok();
                     args.ipc_spin.is_some()
+                }
+                "failalloc" => {
+                    args.fail_alloc = crate::mm::inject::Plan::parse(value);
+                    args.fail_alloc.is_some()
                 }
                 "watchdog" => {
                     args.watchdog_seconds = value.parse().ok().filter(|&s| s > 0);

@@ -65,6 +65,16 @@ pub fn kernel_args() -> cmdline::KernelArgs<'static> {
     boot::args()
 }
 
+/// Arms the allocation fault injector as the command line says
+/// (`failalloc=`), just before a root program starts.
+#[cfg(target_os = "none")]
+pub fn arm_fault_injection_from_cmdline() {
+    if let Some(plan) = kernel_args().fail_alloc {
+        log::info!("failalloc: injecting {plan:?} into the root program's allocations");
+        mm::inject::INJECTOR.arm(plan);
+    }
+}
+
 /// Every boot module, for the root program's module area.
 #[cfg(target_os = "none")]
 pub fn boot_modules() -> &'static [bootinfo::BootModule] {
@@ -219,6 +229,7 @@ mod boot {
                         let image = unsafe {
                             core::slice::from_raw_parts(paging::phys_to_virt(m.start) as *const u8, (m.end - m.start) as usize)
                         };
+                        crate::arm_fault_injection_from_cmdline();
                         match crate::loader::run(image) {
                             Ok(exit) => log::info!("the root program ended: {exit:?}"),
                             Err(e) => log::error!("the root program was refused: {e:?}"),

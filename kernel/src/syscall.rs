@@ -88,6 +88,7 @@ pub const SYS_CONN_RECEIVE_BUF: u64 = 75;
 pub const SYS_BOOT_ARGS: u64 = 76;
 pub const SYS_HANG_REPORT: u64 = 77;
 pub const SYS_SPACE_SET_QUOTA: u64 = 78;
+pub const SYS_FAULT_INJECT: u64 = 79;
 
 /// Bytes of a thread state record (version 1): see kernel/ABI.md.
 pub const THREAD_STATE_BYTES: u64 = 19 * 8;
@@ -264,6 +265,7 @@ pub fn dispatch(frame: &mut SyscallFrame) -> i64 {
         SYS_BOOT_ARGS => boot_args(a0, a1),
         SYS_HANG_REPORT => hang_report(),
         SYS_SPACE_SET_QUOTA => space_set_quota(a0, a1),
+        SYS_FAULT_INJECT => fault_inject(a0, a1, a2),
         SYS_READ_TSC => Ok((crate::arch::cpu::read_tsc() & (i64::MAX as u64)) as i64),
         _ => Err(SysError::NoSuchCall),
     };
@@ -309,6 +311,26 @@ fn hang_report() -> SysResult {
         return Err(SysError::MissingRights);
     }
     if crate::hang::report("asked for by the root program", 0) { Ok(0) } else { Err(SysError::WouldBlock) }
+}
+
+/// `fault_inject(mode, a, b)`: arms the allocation fault injector
+/// (`mm::inject`): mode 0 off, 1 fail the a-th allocation point from now,
+/// 2 fail a seeded random share (seed a, b per mille). Returns how many
+/// allocation points were passed since the previous arming. Root space only.
+fn fault_inject(mode: u64, a: u64, b: u64) -> SysResult {
+    use crate::mm::inject::{Plan, INJECTOR};
+    if !caller()?.is_root() {
+        return Err(SysError::MissingRights);
+    }
+    let plan = match mode {
+        0 => Plan::Off,
+        1 if a > 0 => Plan::Nth(a),
+        2 if b <= 1000 => Plan::Random { seed: a, permille: b },
+        _ => return Err(SysError::InvalidArgument),
+    };
+    let (points, _) = INJECTOR.counts();
+    INJECTOR.arm(plan);
+    Ok((points & (i64::MAX as u64)) as i64)
 }
 
 /// The caller's space. User threads always have one while they run.
@@ -425,7 +447,7 @@ fn space_enumerate(h: u64, buf: u64, max: u64) -> SysResult {
     let (records, total) = crate::arch::cpu::without_interrupts(|| {
         let table = target.handles.lock();
         let mut records: Vec<u8> = Vec::new();
-        if records.try_reserve((max.min(table.len() as u64) * ENUMERATE_RECORD) as usize).is_err() {
+        if crate::mm::heap::fallible(|| records.try_reserve((max.min(table.len() as u64) * ENUMERATE_RECORD) as usize)).is_err() {
             return Err(SysError::NoMemory);
         }
         for (handle, object, rights) in table.iter().take(max as usize) {
@@ -490,6 +512,7 @@ fn thread_wait(h: u64, block: u64) -> SysResult {
 /// `mutex_create()` / `cond_create()`: a new wait object in the caller's space.
 fn waitqueue_create(cond: bool) -> SysResult {
     let me = caller()?;
+    crate::mm::inject::allocation_point().map_err(|_| SysError::NoMemory)?;
     let q = alloc::sync::Arc::new(sched::WaitQueue::new(if cond { sched::WaitReason::Cond } else { sched::WaitReason::Mutex }));
     let object = if cond { Object::Cond(q) } else { Object::Mutex(q) };
     Ok(me.insert(object, Rights::ALL)?.raw() as i64)
@@ -534,6 +557,7 @@ fn waitqueue_wake(cond: bool, h: u64, count: u64) -> SysResult {
 /// `portset_create()`: a new portset; the handle has every right.
 fn portset_create() -> SysResult {
     let me = caller()?;
+    crate::mm::inject::allocation_point().map_err(|_| SysError::NoMemory)?;
     let ps = alloc::sync::Arc::new(crate::ipc::Portset::new());
     Ok(me.insert(Object::Portset(ps), Rights::ALL)?.raw() as i64)
 }
@@ -543,6 +567,7 @@ fn portset_create() -> SysResult {
 fn port_create(portset: u64, alias: u64) -> SysResult {
     let me = caller()?;
     let ps = me.lookup_portset(Handle::from_raw(portset), Rights::RECEIVE)?;
+    crate::mm::inject::allocation_point().map_err(|_| SysError::NoMemory)?;
     let port = alloc::sync::Arc::new(crate::ipc::Port { portset: ps, alias });
     Ok(me.insert(Object::Port(port), Rights::ALL)?.raw() as i64)
 }
@@ -645,7 +670,7 @@ impl BufferDescriptor {
             return Ok(None);
         }
         let mut bytes = alloc::vec::Vec::new();
-        bytes.try_reserve_exact(self.send_len as usize).map_err(|_| SysError::NoMemory)?;
+        crate::mm::heap::fallible(|| bytes.try_reserve_exact(self.send_len as usize)).map_err(|_| SysError::NoMemory)?;
         bytes.resize(self.send_len as usize, 0);
         copy_from_user(&mut bytes, self.send_ptr).map_err(|()| SysError::BadPointer)?;
         let object = match self.send_handle {
@@ -880,6 +905,7 @@ fn thread_get_connection(h: u64, side: u64, buf: u64) -> SysResult {
             let me = caller()?;
             let peer = match peer {
                 Some(p) => {
+                    crate::mm::inject::allocation_point().map_err(|_| SysError::NoMemory)?;
                     let named = alloc::sync::Arc::new(Object::Thread(p));
                     me.insert(Object::Reference(named), Rights::GET_STATE.union(Rights::DUPLICATE).union(Rights::TRANSFER))?.raw()
                 }
@@ -1457,6 +1483,7 @@ fn reference_create(h: u64) -> SysResult {
     let object = me.lookup(Handle::from_raw(h), Rights::NONE)?;
     let target = object.target().clone();
     let rights = Rights::GET_STATE.union(Rights::DUPLICATE).union(Rights::TRANSFER);
+    crate::mm::inject::allocation_point().map_err(|_| SysError::NoMemory)?;
     Ok(me.insert(Object::Reference(alloc::sync::Arc::new(target)), rights)?.raw() as i64)
 }
 

@@ -257,7 +257,18 @@ mod global {
     }
 
     /// Allocates one frame (not zeroed) and returns its physical address.
+    /// An allocation point of the fault injector (`mm::inject`).
     pub fn alloc() -> Result<u64, FrameError> {
+        if crate::mm::inject::INJECTOR.should_fail() {
+            return Err(FrameError::OutOfMemory);
+        }
+        alloc_uninjected()
+    }
+
+    /// `alloc` that the fault injector never fails: for the heap's own
+    /// growth, whose failure no caller could see (a failure to grow the heap
+    /// is the allocation that asked, and that one is an injection point).
+    pub fn alloc_uninjected() -> Result<u64, FrameError> {
         without_interrupts(|| {
             let cpu = this_cpu_index();
             let mut cache = CACHES[cpu].lock();
@@ -328,6 +339,9 @@ mod global {
     }
 
     fn alloc_contiguous_below(count: u64, align: u64, limit: u64) -> Result<u64, FrameError> {
+        if crate::mm::inject::INJECTOR.should_fail() {
+            return Err(FrameError::OutOfMemory);
+        }
         without_interrupts(|| {
             let frame = with_bitmap(|b| b.alloc_contiguous(count, align, limit / FRAME_SIZE))
                 .flatten()

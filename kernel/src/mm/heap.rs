@@ -28,7 +28,7 @@ fn map_more(bytes: u64) -> u64 {
     let end = (start + bytes).min(HEAP_BASE + HEAP_MAX_SIZE);
     let mut va = start;
     while va < end {
-        let Ok(pa) = frame::alloc() else { break };
+        let Ok(pa) = frame::alloc_uninjected() else { break };
         if paging::map_kernel_page(va, pa, paging::kernel_data_flags()).is_err() {
             let _ = frame::free(pa);
             break;
@@ -47,6 +47,23 @@ pub fn init() -> Result<(), frame::FrameError> {
     // SAFETY: `HEAP_BASE..+got` was just mapped writable and is used by nothing else.
     unsafe { HEAP.heap.lock().init(HEAP_BASE as *mut u8, got as usize) };
     Ok(())
+}
+
+/// Per CPU: how deep it is in `fallible` scopes.
+static FALLIBLE_DEPTH: [core::sync::atomic::AtomicU32; crate::arch::percpu::MAX_CPUS] =
+    [const { core::sync::atomic::AtomicU32::new(0) }; crate::arch::percpu::MAX_CPUS];
+
+/// Runs `f`, whose heap allocations report failure (`try_reserve` and the
+/// like), as a scope where the fault injector may fail them. Interrupts
+/// are off inside, so the scope stays on one CPU.
+pub fn fallible<R>(f: impl FnOnce() -> R) -> R {
+    without_interrupts(|| {
+        let depth = &FALLIBLE_DEPTH[crate::arch::percpu::this_cpu_index()];
+        depth.fetch_add(1, Ordering::Relaxed);
+        let r = f();
+        depth.fetch_sub(1, Ordering::Relaxed);
+        r
+    })
 }
 
 pub fn mapped_bytes() -> u64 {
@@ -68,6 +85,11 @@ pub fn free_bytes() -> usize {
 unsafe impl GlobalAlloc for KernelHeap {
     unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
         without_interrupts(|| {
+            if FALLIBLE_DEPTH[crate::arch::percpu::this_cpu_index()].load(Ordering::Relaxed) > 0
+                && crate::mm::inject::INJECTOR.should_fail()
+            {
+                return core::ptr::null_mut();
+            }
             let mut heap = self.heap.lock();
             loop {
                 if let Ok(p) = heap.allocate_first_fit(layout) {

@@ -4,4 +4,5 @@
 pub mod frame;
 #[cfg(target_os = "none")]
 pub mod heap;
+pub mod inject;
 pub mod rangeset;

@@ -156,6 +156,8 @@ impl Space {
         if parent.is_some_and(|p| p.is_dead()) {
             return Err(SpaceError::Dead);
         }
+        // The Space's and its Quota's allocations (Arc::try_new is not stable).
+        crate::mm::inject::allocation_point().map_err(|_| SpaceError::OutOfMemory)?;
         let (quota, own_charge) = match parent {
             Some(p) => (Quota::child(&p.quota), Some(Charge::new(&p.quota, SPACE_COST).map_err(|_| SpaceError::OutOfMemory)?)),
             None => (Quota::root(crate::mm::frame::user_object_budget()), None),
@@ -265,7 +267,7 @@ impl Space {
             return Err(SpaceError::Dead);
         }
         self.quota.charge(HANDLE_COST).map_err(|_| SpaceError::OutOfMemory)?;
-        add().map_err(|e| {
+        crate::mm::heap::fallible(add).map_err(|e| {
             self.quota.uncharge(HANDLE_COST);
             SpaceError::from(e)
         })
@@ -368,16 +370,20 @@ impl Space {
         Charge::new(&self.quota, THREAD_COST).map_err(|_| sched::SchedError::OutOfMemory)
     }
 
-    /// Lists a new thread (for kills and joins at destruction). Exited
-    /// threads are dropped from the list whenever it would grow, so a space
-    /// that runs many short-lived threads does not keep them all.
+    /// Lists a new thread (for kills and joins at destruction).
     fn add_thread(&self, t: Arc<Thread>) {
+        cpu::without_interrupts(|| self.threads.lock().push(t));
+    }
+
+    /// Takes an exiting thread off the list, so a space that runs many
+    /// short-lived threads keeps none of them (each pins a kernel stack
+    /// until its last reference goes).
+    pub fn forget_thread(&self, t: &Thread) {
         cpu::without_interrupts(|| {
             let mut threads = self.threads.lock();
-            if threads.len() == threads.capacity() {
-                threads.retain(|t| !t.has_exited());
+            if let Some(i) = threads.iter().position(|x| core::ptr::eq(Arc::as_ptr(x), t)) {
+                threads.swap_remove(i);
             }
-            threads.push(t);
         });
     }
 

@@ -234,6 +234,10 @@ impl Thread {
     /// `new` for a thread of `space` (set before the thread is shared: the
     /// registry's weak reference would stop a later `Arc::get_mut`).
     fn new_in(name: &'static str, body: Body, root: u64, priority: u8, affinity: u64, space: Weak<Space>) -> Result<Arc<Thread>, SchedError> {
+        // The control block's allocation (Arc::try_new is not stable), as
+        // a fault-injection point; before the stack, which nothing would
+        // free if this failed after it.
+        crate::mm::inject::allocation_point().map_err(|_| SchedError::OutOfMemory)?;
         let (stack, top) = match body {
             Body::Adopted => (None, percpu::this_cpu().stack_top.load(Ordering::Relaxed)),
             _ => {
@@ -426,7 +430,7 @@ fn registry_add(t: &Arc<Thread>) -> Result<(), SchedError> {
     LIVE_THREADS.fetch_add(1, Ordering::Relaxed);
     cpu::without_interrupts(|| {
         let mut r = REGISTRY.lock();
-        r.try_reserve(1).map_err(|_| SchedError::OutOfMemory)?;
+        crate::mm::heap::fallible(|| r.try_reserve(1)).map_err(|_| SchedError::OutOfMemory)?;
         t.registry_index.store(r.len(), Ordering::Relaxed);
         r.push(Arc::as_ptr(t) as usize);
         Ok(())
@@ -1077,6 +1081,9 @@ pub fn exit_current(reason: UserExit) -> ! {
     let me = current();
     crate::ipc::abandon_client(&me);
     crate::reliable::on_exit(&me);
+    if let Some(space) = me.space() {
+        space.forget_thread(&me);
+    }
     if me.counted_as_live_user.swap(false, Ordering::Relaxed) {
         LIVE_USER_THREADS.fetch_sub(1, Ordering::Relaxed);
     }

@@ -14,6 +14,7 @@ use matryoshka_rt::{self as rt, println, SysError};
 
 mod connection;
 mod donation;
+mod faultsweep;
 mod fpu;
 mod payload;
 mod regressions;
@@ -47,7 +48,7 @@ fn init_main() -> i32 {
         return stress::run();
     }
     println!("init: hello from the root program");
-    let checks: [(&str, Check); 33] = [
+    let checks: [(&str, Check); 34] = [
         ("data and bss", data_and_bss),
         ("null call", null_call),
         ("console write", console_write),
@@ -81,6 +82,7 @@ fn init_main() -> i32 {
         ("reliable ipc: connections, exactly once, rebuilt mid-stream", connection::check),
         ("cpu donation to a user-level scheduler's threads", donation::check),
         ("regressions: copies vs revocation, stop vs exit, destroy vs donation, thread flood vs quota", regressions::check),
+        ("fault injection: every allocation point of a scenario fails once", faultsweep::check),
     ];
     let tsc_hz = obj::system_info().map(|i| i.tsc_hz).unwrap_or(0).max(1);
     for (i, (name, check)) in checks.iter().enumerate() {

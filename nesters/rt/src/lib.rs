@@ -96,6 +96,7 @@ pub mod nr {
     pub const BOOT_ARGS: u64 = 76;
     pub const HANG_REPORT: u64 = 77;
     pub const SPACE_SET_QUOTA: u64 = 78;
+    pub const FAULT_INJECT: u64 = 79;
 }
 
 /// Longest console write the kernel accepts in one call.

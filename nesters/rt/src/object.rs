@@ -101,6 +101,26 @@ pub fn space_set_quota(space: Handle, bytes: u64) -> Result<(), SysError> {
     decode(unsafe { crate::syscall2(nr::SPACE_SET_QUOTA, space.0, bytes) }).map(|_| ())
 }
 
+/// Arms the kernel's allocation fault injector (root only): `Off`, fail the
+/// n-th allocation point from now, or a seeded share (per mille). Returns
+/// how many allocation points were passed since the previous arming.
+pub fn fault_inject(plan: FaultPlan) -> Result<u64, SysError> {
+    let (mode, a, b) = match plan {
+        FaultPlan::Off => (0, 0, 0),
+        FaultPlan::Nth(n) => (1, n, 0),
+        FaultPlan::Random { seed, permille } => (2, seed, permille),
+    };
+    // SAFETY: no memory arguments.
+    decode(unsafe { crate::syscall4(nr::FAULT_INJECT, mode, a, b, 0) })
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FaultPlan {
+    Off,
+    Nth(u64),
+    Random { seed: u64, permille: u64 },
+}
+
 pub fn space_destroy(h: Handle) -> Result<(), SysError> {
     // SAFETY: the target subtree cannot contain this program's space (the kernel refuses).
     decode(unsafe { syscall1(nr::SPACE_DESTROY, h.0) }).map(|_| ())
@@ -165,13 +185,26 @@ pub struct SystemInfo {
     pub fast_ipc_switches: u64,
     /// Loads of user x87/SSE state so far (lazy FPU switches), on all CPUs.
     pub fpu_loads: u64,
+    /// Bytes of kernel heap in use.
+    pub kernel_heap_used: u64,
+    /// Kernel threads not yet freed (exited ones whose handles are open included).
+    pub kernel_threads: u64,
 }
 
 pub fn system_info() -> Result<SystemInfo, SysError> {
-    let mut raw = [0u64; 6];
-    // SAFETY: the kernel writes at most 48 bytes into `raw`.
-    decode(unsafe { syscall2(nr::SYSTEM_INFO, raw.as_mut_ptr() as u64, 48) })?;
-    Ok(SystemInfo { managed_frames: raw[0], free_frames: raw[1], cpus: raw[2], tsc_hz: raw[3], fast_ipc_switches: raw[4], fpu_loads: raw[5] })
+    let mut raw = [0u64; 8];
+    // SAFETY: the kernel writes at most 64 bytes into `raw`.
+    decode(unsafe { syscall2(nr::SYSTEM_INFO, raw.as_mut_ptr() as u64, 64) })?;
+    Ok(SystemInfo {
+        managed_frames: raw[0],
+        free_frames: raw[1],
+        cpus: raw[2],
+        tsc_hz: raw[3],
+        fast_ipc_switches: raw[4],
+        fpu_loads: raw[5],
+        kernel_heap_used: raw[6],
+        kernel_threads: raw[7],
+    })
 }
 
 /// Sends the exceptions of `space`'s threads to `port` (`None` clears it).
