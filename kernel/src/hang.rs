@@ -10,10 +10,13 @@
 //! queue, and every thread the scheduler knows. Unlike a panic, the system
 //! keeps running afterwards.
 //!
-//! Progress is a system call finishing in the general path or a timer tick
-//! that interrupted user mode (a fast-path IPC ping-pong shows up as the
-//! latter). The watchdog counts only while user threads exist, so a kernel
-//! idling after its root program ended is not a hang.
+//! Progress is a timer tick that interrupted user mode. A program that
+//! spends nearly all its time in system calls still shows up: system calls
+//! run with interrupts off, so a tick that came meanwhile is taken the
+//! moment `sysret` turns them on again, in user mode. The watchdog counts
+//! only while user threads exist, so a kernel idling after its root program
+//! ended is not a hang (nor is every user thread blocked: that is a
+//! deadlock, which the report is also for).
 
 use core::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 
@@ -49,8 +52,17 @@ static COLLECTING: AtomicBool = AtomicBool::new(false);
 static REPORTING: AtomicBool = AtomicBool::new(false);
 static ACKS: AtomicUsize = AtomicUsize::new(0);
 
-/// Work done: general-path system calls finished and ticks of user mode.
-static PROGRESS: AtomicU64 = AtomicU64::new(0);
+/// Ticks of user mode per CPU. Only its own CPU writes a counter (a load
+/// and a store, no locked instruction), each on its own cache line.
+#[repr(align(64))]
+struct Progress(AtomicU64);
+static PROGRESS: [Progress; percpu::MAX_CPUS] = [const { Progress(AtomicU64::new(0)) }; percpu::MAX_CPUS];
+
+#[inline]
+fn count_progress() {
+    let p = &PROGRESS[percpu::this_cpu_index()].0;
+    p.store(p.load(Ordering::Relaxed).wrapping_add(1), Ordering::Relaxed);
+}
 /// The watchdog's limit in ticks (0: off), its last look at PROGRESS and
 /// the ticks since it last changed.
 static WATCHDOG_TICKS: AtomicU64 = AtomicU64::new(0);
@@ -64,23 +76,17 @@ pub fn set_watchdog_seconds(seconds: u64) {
     WATCHDOG_TICKS.store(seconds.saturating_mul(crate::arch::time::TICK_HZ), Ordering::Relaxed);
 }
 
-/// Counts one unit of progress (a general-path system call finished).
-#[inline]
-pub fn progress() {
-    PROGRESS.fetch_add(1, Ordering::Relaxed);
-}
-
 /// From the timer interrupt of the boot CPU's tick (one watchdog clock):
 /// a tick of user mode is progress; no progress for the limit is a hang.
 pub fn on_tick(from_user: bool) {
     if from_user {
-        PROGRESS.fetch_add(1, Ordering::Relaxed);
+        count_progress();
     }
     let limit = WATCHDOG_TICKS.load(Ordering::Relaxed);
     if limit == 0 || percpu::this_cpu_index() != 0 {
         return;
     }
-    let now = PROGRESS.load(Ordering::Relaxed);
+    let now = PROGRESS.iter().fold(0u64, |sum, p| sum.wrapping_add(p.0.load(Ordering::Relaxed)));
     if now != SEEN_PROGRESS.swap(now, Ordering::Relaxed) || crate::sched::live_user_threads() == 0 {
         STALLED_TICKS.store(0, Ordering::Relaxed);
         return;

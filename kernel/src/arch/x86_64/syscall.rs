@@ -351,7 +351,6 @@ extern "C" fn syscall_dispatch(frame: &mut SyscallFrame) {
     }
     let number = frame.rax;
     let result = crate::syscall::dispatch(frame);
-    crate::hang::progress();
     complete(frame, number, result);
 }
 
