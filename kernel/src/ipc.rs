@@ -49,6 +49,11 @@ fn spin_budget() -> u32 {
 pub struct Payload {
     pub bytes: alloc::vec::Vec<u8>,
     pub object: Option<(crate::object::space::Object, crate::object::handle::Rights)>,
+    /// The kernel memory the staged bytes take, charged to the sender's
+    /// quota until the payload is delivered or dropped: otherwise every
+    /// thread a quota allows could pin 64 KiB of kernel heap in a call
+    /// nobody answers.
+    pub _charge: crate::object::quota::Charge,
 }
 
 /// A payload, if any, in flight.

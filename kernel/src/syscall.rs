@@ -669,6 +669,10 @@ impl BufferDescriptor {
         if self.send_len == 0 && self.send_handle == 0 {
             return Ok(None);
         }
+        let charge = crate::object::quota::Charge::new(&me.quota, self.send_len + core::mem::size_of::<crate::ipc::Payload>() as u64)
+            .map_err(|_| SysError::NoMemory)?;
+        // The Box's allocation (Box::try_new is not stable).
+        crate::mm::inject::allocation_point().map_err(|_| SysError::NoMemory)?;
         let mut bytes = alloc::vec::Vec::new();
         crate::mm::heap::fallible(|| bytes.try_reserve_exact(self.send_len as usize)).map_err(|_| SysError::NoMemory)?;
         bytes.resize(self.send_len as usize, 0);
@@ -684,7 +688,7 @@ impl BufferDescriptor {
                 Some((me.lookup(handle, Rights::NONE)?, rights))
             }
         };
-        Ok(Some(alloc::boxed::Box::new(crate::ipc::Payload { bytes, object })))
+        Ok(Some(alloc::boxed::Box::new(crate::ipc::Payload { bytes, object, _charge: charge })))
     }
 
     /// Copies a received payload out (at most the receive capacity; the
