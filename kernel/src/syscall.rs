@@ -19,111 +19,21 @@ use crate::mm::frame;
 use crate::object::handle::{Handle, HandleError, Rights};
 use crate::object::space::{Object, Space, SpaceError};
 use crate::sched::{self, SchedError};
+use matryoshka_abi::call;
+pub use matryoshka_abi::Error as SysError;
 
-pub const SYS_NULL: u64 = 0;
-pub const SYS_CONSOLE_WRITE: u64 = 1;
-pub const SYS_EXIT: u64 = 2;
-pub const SYS_YIELD: u64 = 3;
-pub const SYS_SYSTEM_INFO: u64 = 4;
-pub const SYS_HANDLE_CLOSE: u64 = 16;
-pub const SYS_HANDLE_DUPLICATE: u64 = 17;
-pub const SYS_HANDLE_INFO: u64 = 18;
-pub const SYS_SPACE_CREATE: u64 = 19;
-pub const SYS_SPACE_DESTROY: u64 = 20;
-pub const SYS_SPACE_ENUMERATE: u64 = 21;
-pub const SYS_THREAD_CREATE: u64 = 22;
-pub const SYS_THREAD_KILL: u64 = 23;
-pub const SYS_THREAD_WAIT: u64 = 24;
-pub const SYS_MUTEX_CREATE: u64 = 25;
-pub const SYS_MUTEX_WAIT: u64 = 26;
-pub const SYS_MUTEX_WAKE: u64 = 27;
-pub const SYS_COND_CREATE: u64 = 28;
-pub const SYS_COND_WAIT: u64 = 29;
-pub const SYS_COND_WAKE: u64 = 30;
-pub const SYS_PORTSET_CREATE: u64 = 31;
-pub const SYS_PORT_CREATE: u64 = 32;
-pub const SYS_IPC_CALL: u64 = 33;
-pub const SYS_IPC_REPLY_WAIT: u64 = 34;
-pub const SYS_THREAD_SET_AFFINITY: u64 = 35;
-pub const SYS_READ_TSC: u64 = 36;
-pub const SYS_REGION_CREATE: u64 = 37;
-pub const SYS_MAPPING_CREATE: u64 = 38;
-pub const SYS_REGION_PROTECT: u64 = 39;
-pub const SYS_REGION_DESTROY: u64 = 40;
-pub const SYS_MAPPING_DESTROY: u64 = 41;
-pub const SYS_SPACE_SET_KEEPER: u64 = 42;
-pub const SYS_REGION_SET_KEEPER: u64 = 43;
-pub const SYS_THREAD_STOP: u64 = 44;
-pub const SYS_THREAD_RESUME: u64 = 45;
-pub const SYS_THREAD_GET_STATE: u64 = 46;
-pub const SYS_THREAD_SET_STATE: u64 = 47;
-pub const SYS_THREAD_CREATE_STOPPED: u64 = 48;
-pub const SYS_HANDLE_TRANSFER: u64 = 49;
-pub const SYS_HANDLE_IMPORT: u64 = 50;
-pub const SYS_HANDLE_TRANSFER_AT: u64 = 51;
-pub const SYS_MEMORY_OBJECT_STATE: u64 = 52;
-pub const SYS_IPC_SEND: u64 = 53;
-pub const SYS_IPC_RECEIVE: u64 = 54;
-pub const SYS_OBJECT_GET_STATE: u64 = 55;
-pub const SYS_REFERENCE_CREATE: u64 = 56;
-pub const SYS_REFERENCE_COMPARE: u64 = 57;
-pub const SYS_THREAD_SET_SCHEDULER: u64 = 58;
-pub const SYS_THREAD_SET_PRIORITY: u64 = 59;
-pub const SYS_IPC_CALL_BUF: u64 = 60;
-pub const SYS_IPC_REPLY_WAIT_BUF: u64 = 61;
-pub const SYS_CONN_CONNECT: u64 = 62;
-pub const SYS_CONN_ACCEPT: u64 = 63;
-pub const SYS_CONN_SEND: u64 = 64;
-pub const SYS_CONN_RECEIVE: u64 = 65;
-pub const SYS_CONN_SEND_OVER_RECEIVE: u64 = 66;
-pub const SYS_CONN_DISCONNECT: u64 = 67;
-pub const SYS_THREAD_GET_CONNECTION: u64 = 68;
-pub const SYS_THREAD_SET_CONNECTION: u64 = 69;
-pub const SYS_THREAD_SET_DONATION_ONLY: u64 = 70;
-pub const SYS_THREAD_DONATE: u64 = 71;
-pub const SYS_PORTSET_TAKE_MESSAGES: u64 = 72;
-pub const SYS_PORTSET_PUT_MESSAGES: u64 = 73;
-pub const SYS_CONN_SEND_BUF: u64 = 74;
-pub const SYS_CONN_RECEIVE_BUF: u64 = 75;
-pub const SYS_BOOT_ARGS: u64 = 76;
-pub const SYS_HANG_REPORT: u64 = 77;
-pub const SYS_SPACE_SET_QUOTA: u64 = 78;
-pub const SYS_FAULT_INJECT: u64 = 79;
 
 /// Bytes of a thread state record (version 1): see kernel/ABI.md.
-pub const THREAD_STATE_BYTES: u64 = 19 * 8;
+pub const THREAD_STATE_BYTES: u64 = matryoshka_abi::THREAD_STATE_V1_BYTES;
 /// Version 2 appends the x87/SSE state (an FXSAVE image).
-pub const THREAD_STATE_V2_BYTES: u64 = THREAD_STATE_BYTES + fpu::AREA_BYTES as u64;
+pub const THREAD_STATE_V2_BYTES: u64 = matryoshka_abi::THREAD_STATE_V2_BYTES;
+const _: () = assert!(THREAD_STATE_V2_BYTES == THREAD_STATE_BYTES + fpu::AREA_BYTES as u64);
 
 /// Longest console write accepted in one call.
-pub const CONSOLE_WRITE_MAX: u64 = 256;
+pub const CONSOLE_WRITE_MAX: u64 = matryoshka_abi::CONSOLE_WRITE_MAX;
 /// Bytes per `space_enumerate` record: u64 handle, u32 type, u32 rights.
-pub const ENUMERATE_RECORD: u64 = 16;
+pub const ENUMERATE_RECORD: u64 = matryoshka_abi::ENUMERATE_RECORD_BYTES;
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-#[repr(i64)]
-pub enum SysError {
-    /// No system call has this number.
-    NoSuchCall = -1,
-    /// A pointer argument is outside the caller's user memory or unmapped.
-    BadPointer = -2,
-    /// A size argument is out of range.
-    BadSize = -3,
-    /// The handle was never issued in this space, or is closed.
-    BadHandle = -4,
-    /// The handle names an object of another type.
-    WrongType = -5,
-    /// The handle lacks a right the call needs.
-    MissingRights = -6,
-    /// Not enough memory (or handle table space) to complete the call.
-    NoMemory = -7,
-    /// An argument is out of its documented range.
-    InvalidArgument = -8,
-    /// The object was destroyed.
-    Dead = -9,
-    /// The thread has not exited (thread_wait with no-block).
-    WouldBlock = -10,
-}
 
 impl From<HandleError> for SysError {
     fn from(e: HandleError) -> Self {
@@ -195,78 +105,78 @@ type SysResult = Result<i64, SysError>;
 pub fn dispatch(frame: &mut SyscallFrame) -> i64 {
     let (a0, a1, a2, a3) = (frame.rdi, frame.rsi, frame.rdx, frame.r10);
     let result = match frame.rax {
-        SYS_NULL => Ok(0),
-        SYS_CONSOLE_WRITE => console_write(a0, a1),
-        SYS_EXIT => leave_user(UserExit::Exited(a0)),
-        SYS_YIELD => {
+        call::NULL => Ok(0),
+        call::CONSOLE_WRITE => console_write(a0, a1),
+        call::EXIT => leave_user(UserExit::Exited(a0)),
+        call::YIELD => {
             sched::yield_now();
             Ok(0)
         }
-        SYS_SYSTEM_INFO => system_info(a0, a1),
-        SYS_HANDLE_CLOSE => handle_close(a0),
-        SYS_HANDLE_DUPLICATE => handle_duplicate(a0, a1),
-        SYS_HANDLE_INFO => handle_info(a0),
-        SYS_SPACE_CREATE => space_create(a0),
-        SYS_SPACE_DESTROY => space_destroy(a0),
-        SYS_SPACE_ENUMERATE => space_enumerate(a0, a1, a2),
-        SYS_THREAD_CREATE => thread_create(a0, a1, a2, a3),
-        SYS_THREAD_KILL => thread_kill(a0),
-        SYS_THREAD_WAIT => thread_wait(a0, a1),
-        SYS_MUTEX_CREATE => waitqueue_create(false),
-        SYS_COND_CREATE => waitqueue_create(true),
-        SYS_MUTEX_WAIT => waitqueue_wait(false, a0, a1, a2),
-        SYS_COND_WAIT => waitqueue_wait(true, a0, a1, a2),
-        SYS_MUTEX_WAKE => waitqueue_wake(false, a0, a1),
-        SYS_COND_WAKE => waitqueue_wake(true, a0, a1),
-        SYS_PORTSET_CREATE => portset_create(),
-        SYS_PORT_CREATE => port_create(a0, a1),
-        SYS_IPC_CALL => ipc_call(frame),
-        SYS_IPC_REPLY_WAIT => ipc_reply_wait(frame),
-        SYS_THREAD_SET_AFFINITY => thread_set_affinity(a0, a1),
-        SYS_REGION_CREATE => region_create(a0, a1, a2, a3),
-        SYS_MAPPING_CREATE => mapping_create(a0, a1, a2, a3, frame.r8, frame.r9),
-        SYS_REGION_PROTECT => region_protect(a0, a1),
-        SYS_REGION_DESTROY => region_or_mapping_destroy(a0, true),
-        SYS_MAPPING_DESTROY => region_or_mapping_destroy(a0, false),
-        SYS_SPACE_SET_KEEPER => space_set_keeper(a0, a1),
-        SYS_REGION_SET_KEEPER => region_set_keeper(a0, a1),
-        SYS_THREAD_STOP => thread_stop(a0),
-        SYS_THREAD_RESUME => thread_resume(a0),
-        SYS_THREAD_GET_STATE => thread_get_state(a0, a1, a2),
-        SYS_THREAD_SET_STATE => thread_set_state(a0, a1, a2),
-        SYS_THREAD_CREATE_STOPPED => thread_create_stopped(a0),
-        SYS_HANDLE_TRANSFER => handle_transfer(a0, a1, a2),
-        SYS_HANDLE_IMPORT => handle_import(a0, a1, a2),
-        SYS_IPC_SEND => ipc_send(frame),
-        SYS_OBJECT_GET_STATE => object_get_state(a0, a1, a2),
-        SYS_REFERENCE_CREATE => reference_create(a0),
-        SYS_THREAD_SET_SCHEDULER => thread_set_scheduler(a0, a1),
-        SYS_THREAD_SET_PRIORITY => thread_set_priority(a0, a1),
-        SYS_REFERENCE_COMPARE => reference_compare(a0, a1),
-        SYS_IPC_RECEIVE => ipc_receive(frame),
-        SYS_IPC_CALL_BUF => ipc_call_buf(frame),
-        SYS_IPC_REPLY_WAIT_BUF => ipc_reply_wait_buf(frame),
-        SYS_CONN_CONNECT => conn_connect(frame),
-        SYS_CONN_ACCEPT => conn_accept(frame),
-        SYS_CONN_SEND => conn_send(frame),
-        SYS_CONN_RECEIVE => conn_receive(frame),
-        SYS_CONN_SEND_OVER_RECEIVE => conn_send_over_receive(frame),
-        SYS_CONN_DISCONNECT => conn_disconnect(a0),
-        SYS_THREAD_GET_CONNECTION => thread_get_connection(a0, a1, a2),
-        SYS_THREAD_SET_CONNECTION => thread_set_connection(a0, a1, a2, a3),
-        SYS_THREAD_SET_DONATION_ONLY => thread_set_donation_only(a0, a1),
-        SYS_THREAD_DONATE => thread_donate(a0),
-        SYS_PORTSET_TAKE_MESSAGES => portset_take_messages(a0, a1, a2),
-        SYS_PORTSET_PUT_MESSAGES => portset_put_messages(a0, a1, a2),
-        SYS_CONN_SEND_BUF => conn_send_buf(frame),
-        SYS_CONN_RECEIVE_BUF => conn_receive_buf(frame),
-        SYS_HANDLE_TRANSFER_AT => handle_transfer_at(a0, a1, a2, a3),
-        SYS_MEMORY_OBJECT_STATE => memory_object_state(a0, a1, a2),
-        SYS_BOOT_ARGS => boot_args(a0, a1),
-        SYS_HANG_REPORT => hang_report(),
-        SYS_SPACE_SET_QUOTA => space_set_quota(a0, a1),
-        SYS_FAULT_INJECT => fault_inject(a0, a1, a2),
-        SYS_READ_TSC => Ok((crate::arch::cpu::read_tsc() & (i64::MAX as u64)) as i64),
+        call::SYSTEM_INFO => system_info(a0, a1),
+        call::HANDLE_CLOSE => handle_close(a0),
+        call::HANDLE_DUPLICATE => handle_duplicate(a0, a1),
+        call::HANDLE_INFO => handle_info(a0),
+        call::SPACE_CREATE => space_create(a0),
+        call::SPACE_DESTROY => space_destroy(a0),
+        call::SPACE_ENUMERATE => space_enumerate(a0, a1, a2),
+        call::THREAD_CREATE => thread_create(a0, a1, a2, a3),
+        call::THREAD_KILL => thread_kill(a0),
+        call::THREAD_WAIT => thread_wait(a0, a1),
+        call::MUTEX_CREATE => waitqueue_create(false),
+        call::COND_CREATE => waitqueue_create(true),
+        call::MUTEX_WAIT => waitqueue_wait(false, a0, a1, a2),
+        call::COND_WAIT => waitqueue_wait(true, a0, a1, a2),
+        call::MUTEX_WAKE => waitqueue_wake(false, a0, a1),
+        call::COND_WAKE => waitqueue_wake(true, a0, a1),
+        call::PORTSET_CREATE => portset_create(),
+        call::PORT_CREATE => port_create(a0, a1),
+        call::IPC_CALL => ipc_call(frame),
+        call::IPC_REPLY_WAIT => ipc_reply_wait(frame),
+        call::THREAD_SET_AFFINITY => thread_set_affinity(a0, a1),
+        call::REGION_CREATE => region_create(a0, a1, a2, a3),
+        call::MAPPING_CREATE => mapping_create(a0, a1, a2, a3, frame.r8, frame.r9),
+        call::REGION_PROTECT => region_protect(a0, a1),
+        call::REGION_DESTROY => region_or_mapping_destroy(a0, true),
+        call::MAPPING_DESTROY => region_or_mapping_destroy(a0, false),
+        call::SPACE_SET_KEEPER => space_set_keeper(a0, a1),
+        call::REGION_SET_KEEPER => region_set_keeper(a0, a1),
+        call::THREAD_STOP => thread_stop(a0),
+        call::THREAD_RESUME => thread_resume(a0),
+        call::THREAD_GET_STATE => thread_get_state(a0, a1, a2),
+        call::THREAD_SET_STATE => thread_set_state(a0, a1, a2),
+        call::THREAD_CREATE_STOPPED => thread_create_stopped(a0),
+        call::HANDLE_TRANSFER => handle_transfer(a0, a1, a2),
+        call::HANDLE_IMPORT => handle_import(a0, a1, a2),
+        call::IPC_SEND => ipc_send(frame),
+        call::OBJECT_GET_STATE => object_get_state(a0, a1, a2),
+        call::REFERENCE_CREATE => reference_create(a0),
+        call::THREAD_SET_SCHEDULER => thread_set_scheduler(a0, a1),
+        call::THREAD_SET_PRIORITY => thread_set_priority(a0, a1),
+        call::REFERENCE_COMPARE => reference_compare(a0, a1),
+        call::IPC_RECEIVE => ipc_receive(frame),
+        call::IPC_CALL_BUF => ipc_call_buf(frame),
+        call::IPC_REPLY_WAIT_BUF => ipc_reply_wait_buf(frame),
+        call::CONN_CONNECT => conn_connect(frame),
+        call::CONN_ACCEPT => conn_accept(frame),
+        call::CONN_SEND => conn_send(frame),
+        call::CONN_RECEIVE => conn_receive(frame),
+        call::CONN_SEND_OVER_RECEIVE => conn_send_over_receive(frame),
+        call::CONN_DISCONNECT => conn_disconnect(a0),
+        call::THREAD_GET_CONNECTION => thread_get_connection(a0, a1, a2),
+        call::THREAD_SET_CONNECTION => thread_set_connection(a0, a1, a2, a3),
+        call::THREAD_SET_DONATION_ONLY => thread_set_donation_only(a0, a1),
+        call::THREAD_DONATE => thread_donate(a0),
+        call::PORTSET_TAKE_MESSAGES => portset_take_messages(a0, a1, a2),
+        call::PORTSET_PUT_MESSAGES => portset_put_messages(a0, a1, a2),
+        call::CONN_SEND_BUF => conn_send_buf(frame),
+        call::CONN_RECEIVE_BUF => conn_receive_buf(frame),
+        call::HANDLE_TRANSFER_AT => handle_transfer_at(a0, a1, a2, a3),
+        call::MEMORY_OBJECT_STATE => memory_object_state(a0, a1, a2),
+        call::BOOT_ARGS => boot_args(a0, a1),
+        call::HANG_REPORT => hang_report(),
+        call::SPACE_SET_QUOTA => space_set_quota(a0, a1),
+        call::FAULT_INJECT => fault_inject(a0, a1, a2),
+        call::READ_TSC => Ok((crate::arch::cpu::read_tsc() & (i64::MAX as u64)) as i64),
         _ => Err(SysError::NoSuchCall),
     };
     match result {
@@ -638,7 +548,7 @@ struct BufferDescriptor {
 }
 
 /// Longest byte payload of one message.
-pub const IPC_BUFFER_MAX: u64 = 64 * 1024;
+pub const IPC_BUFFER_MAX: u64 = matryoshka_abi::PAYLOAD_MAX;
 
 impl BufferDescriptor {
     fn read(at: u64) -> Result<BufferDescriptor, SysError> {
@@ -849,7 +759,7 @@ fn conn_send_over_receive(frame: &mut SyscallFrame) -> SysResult {
     match crate::reliable::receive(side) {
         // Restarts as the receive alone (or fails, if killed).
         Err(crate::reliable::ConnError::Interrupted) => interrupted().map(|_| {
-            frame.rax = SYS_CONN_RECEIVE;
+            frame.rax = call::CONN_RECEIVE;
             RESTART_AS_SET
         }),
         other => received_into(frame, other),

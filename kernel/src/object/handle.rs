@@ -44,22 +44,22 @@ pub struct Rights(u32);
 impl Rights {
     pub const NONE: Rights = Rights(0);
     /// Read the object's exported state.
-    pub const GET_STATE: Rights = Rights(1 << 0);
+    pub const GET_STATE: Rights = Rights(matryoshka_abi::rights::GET_STATE);
     /// Overwrite the object's state.
-    pub const SET_STATE: Rights = Rights(1 << 1);
-    pub const DESTROY: Rights = Rights(1 << 2);
+    pub const SET_STATE: Rights = Rights(matryoshka_abi::rights::SET_STATE);
+    pub const DESTROY: Rights = Rights(matryoshka_abi::rights::DESTROY);
     /// Pass the handle to another space.
-    pub const TRANSFER: Rights = Rights(1 << 3);
+    pub const TRANSFER: Rights = Rights(matryoshka_abi::rights::TRANSFER);
     /// Derive a copy (with the same or fewer rights).
-    pub const DUPLICATE: Rights = Rights(1 << 4);
-    pub const SEND: Rights = Rights(1 << 5);
-    pub const RECEIVE: Rights = Rights(1 << 6);
-    pub const MAP_READ: Rights = Rights(1 << 7);
-    pub const MAP_WRITE: Rights = Rights(1 << 8);
-    pub const MAP_EXECUTE: Rights = Rights(1 << 9);
+    pub const DUPLICATE: Rights = Rights(matryoshka_abi::rights::DUPLICATE);
+    pub const SEND: Rights = Rights(matryoshka_abi::rights::SEND);
+    pub const RECEIVE: Rights = Rights(matryoshka_abi::rights::RECEIVE);
+    pub const MAP_READ: Rights = Rights(matryoshka_abi::rights::MAP_READ);
+    pub const MAP_WRITE: Rights = Rights(matryoshka_abi::rights::MAP_WRITE);
+    pub const MAP_EXECUTE: Rights = Rights(matryoshka_abi::rights::MAP_EXECUTE);
     /// Create objects inside (for spaces).
-    pub const CREATE: Rights = Rights(1 << 10);
-    pub const ALL: Rights = Rights((1 << 11) - 1);
+    pub const CREATE: Rights = Rights(matryoshka_abi::rights::CREATE);
+    pub const ALL: Rights = Rights(matryoshka_abi::rights::ALL);
 
     pub const fn bits(self) -> u32 {
         self.0

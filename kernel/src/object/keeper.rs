@@ -25,13 +25,13 @@ use crate::arch::cpu;
 use crate::ipc::{self, Port};
 use crate::sched;
 
-pub const KIND_PAGE_FAULT: u64 = 1;
-pub const KIND_EXCEPTION: u64 = 2;
-pub const KIND_PROTECTION: u64 = 3;
+pub const KIND_PAGE_FAULT: u64 = matryoshka_abi::keeper::KIND_PAGE_FAULT;
+pub const KIND_EXCEPTION: u64 = matryoshka_abi::keeper::KIND_EXCEPTION;
+pub const KIND_PROTECTION: u64 = matryoshka_abi::keeper::KIND_PROTECTION;
 /// A thread used up a time slice (one-way, to its scheduler port): `[4, cpu, tick, 0, 0, 0]`.
-pub const KIND_CPU_TIME: u64 = 4;
+pub const KIND_CPU_TIME: u64 = matryoshka_abi::keeper::KIND_CPU_TIME;
 /// A donation-only thread became runnable (`thread_set_donation_only`).
-pub const KIND_RUNNABLE: u64 = 5;
+pub const KIND_RUNNABLE: u64 = matryoshka_abi::keeper::KIND_RUNNABLE;
 
 struct Registry {
     next: u64,

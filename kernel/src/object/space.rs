@@ -25,15 +25,15 @@ pub const MAX_DEPTH: u32 = 64;
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 #[repr(u32)]
 pub enum ObjectType {
-    Space = 1,
-    Thread = 2,
-    Port = 3,
-    Portset = 4,
-    Region = 5,
-    Mapping = 6,
-    Mutex = 7,
-    Cond = 8,
-    Reference = 9,
+    Space = matryoshka_abi::object_type::SPACE,
+    Thread = matryoshka_abi::object_type::THREAD,
+    Port = matryoshka_abi::object_type::PORT,
+    Portset = matryoshka_abi::object_type::PORTSET,
+    Region = matryoshka_abi::object_type::REGION,
+    Mapping = matryoshka_abi::object_type::MAPPING,
+    Mutex = matryoshka_abi::object_type::MUTEX,
+    Cond = matryoshka_abi::object_type::COND,
+    Reference = matryoshka_abi::object_type::REFERENCE,
 }
 
 #[derive(Clone)]

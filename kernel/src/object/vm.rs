@@ -140,12 +140,12 @@ pub struct Rights(u8);
 
 impl Rights {
     pub const NONE: Rights = Rights(0);
-    pub const READ: Rights = Rights(1);
-    pub const WRITE: Rights = Rights(2);
-    pub const EXECUTE: Rights = Rights(4);
-    pub const RW: Rights = Rights(3);
-    pub const RX: Rights = Rights(5);
-    pub const ALL: Rights = Rights(7);
+    pub const READ: Rights = Rights(matryoshka_abi::memory_rights::READ as u8);
+    pub const WRITE: Rights = Rights(matryoshka_abi::memory_rights::WRITE as u8);
+    pub const EXECUTE: Rights = Rights(matryoshka_abi::memory_rights::EXECUTE as u8);
+    pub const RW: Rights = Rights(Rights::READ.0 | Rights::WRITE.0);
+    pub const RX: Rights = Rights(Rights::READ.0 | Rights::EXECUTE.0);
+    pub const ALL: Rights = Rights(Rights::RW.0 | Rights::EXECUTE.0);
 
     /// `None` if `bits` has anything but the three rights bits.
     pub const fn from_bits(bits: u8) -> Option<Rights> {

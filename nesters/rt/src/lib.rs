@@ -26,84 +26,18 @@ pub mod memory;
 use core::arch::asm;
 use core::fmt;
 
-/// System call numbers (kernel/src/syscall.rs).
+/// System call numbers (the shared `matryoshka-abi` crate).
 pub mod nr {
-    pub const NULL: u64 = 0;
-    pub const CONSOLE_WRITE: u64 = 1;
-    pub const EXIT: u64 = 2;
-    pub const YIELD: u64 = 3;
-    pub const SYSTEM_INFO: u64 = 4;
-    pub const HANDLE_CLOSE: u64 = 16;
-    pub const HANDLE_DUPLICATE: u64 = 17;
-    pub const HANDLE_INFO: u64 = 18;
-    pub const SPACE_CREATE: u64 = 19;
-    pub const SPACE_DESTROY: u64 = 20;
-    pub const SPACE_ENUMERATE: u64 = 21;
-    pub const THREAD_CREATE: u64 = 22;
-    pub const THREAD_KILL: u64 = 23;
-    pub const THREAD_WAIT: u64 = 24;
-    pub const MUTEX_CREATE: u64 = 25;
-    pub const MUTEX_WAIT: u64 = 26;
-    pub const MUTEX_WAKE: u64 = 27;
-    pub const COND_CREATE: u64 = 28;
-    pub const COND_WAIT: u64 = 29;
-    pub const COND_WAKE: u64 = 30;
-    pub const PORTSET_CREATE: u64 = 31;
-    pub const PORT_CREATE: u64 = 32;
-    pub const IPC_CALL: u64 = 33;
-    pub const IPC_REPLY_WAIT: u64 = 34;
-    pub const THREAD_SET_AFFINITY: u64 = 35;
-    pub const READ_TSC: u64 = 36;
-    pub const REGION_CREATE: u64 = 37;
-    pub const MAPPING_CREATE: u64 = 38;
-    pub const REGION_PROTECT: u64 = 39;
-    pub const REGION_DESTROY: u64 = 40;
-    pub const MAPPING_DESTROY: u64 = 41;
-    pub const SPACE_SET_KEEPER: u64 = 42;
-    pub const REGION_SET_KEEPER: u64 = 43;
-    pub const THREAD_STOP: u64 = 44;
-    pub const THREAD_RESUME: u64 = 45;
-    pub const THREAD_GET_STATE: u64 = 46;
-    pub const THREAD_SET_STATE: u64 = 47;
-    pub const THREAD_CREATE_STOPPED: u64 = 48;
-    pub const HANDLE_TRANSFER: u64 = 49;
-    pub const HANDLE_IMPORT: u64 = 50;
-    pub const HANDLE_TRANSFER_AT: u64 = 51;
-    pub const MEMORY_OBJECT_STATE: u64 = 52;
-    pub const IPC_SEND: u64 = 53;
-    pub const IPC_RECEIVE: u64 = 54;
-    pub const OBJECT_GET_STATE: u64 = 55;
-    pub const REFERENCE_CREATE: u64 = 56;
-    pub const REFERENCE_COMPARE: u64 = 57;
-    pub const THREAD_SET_SCHEDULER: u64 = 58;
-    pub const THREAD_SET_PRIORITY: u64 = 59;
-    pub const IPC_CALL_BUF: u64 = 60;
-    pub const IPC_REPLY_WAIT_BUF: u64 = 61;
-    pub const CONN_CONNECT: u64 = 62;
-    pub const CONN_ACCEPT: u64 = 63;
-    pub const CONN_SEND: u64 = 64;
-    pub const CONN_RECEIVE: u64 = 65;
-    pub const CONN_SEND_OVER_RECEIVE: u64 = 66;
-    pub const CONN_DISCONNECT: u64 = 67;
-    pub const THREAD_GET_CONNECTION: u64 = 68;
-    pub const THREAD_SET_CONNECTION: u64 = 69;
-    pub const THREAD_SET_DONATION_ONLY: u64 = 70;
-    pub const THREAD_DONATE: u64 = 71;
-    pub const PORTSET_TAKE_MESSAGES: u64 = 72;
-    pub const PORTSET_PUT_MESSAGES: u64 = 73;
-    pub const CONN_SEND_BUF: u64 = 74;
-    pub const CONN_RECEIVE_BUF: u64 = 75;
-    pub const BOOT_ARGS: u64 = 76;
-    pub const HANG_REPORT: u64 = 77;
-    pub const SPACE_SET_QUOTA: u64 = 78;
-    pub const FAULT_INJECT: u64 = 79;
+    pub use matryoshka_abi::call::*;
 }
 
 /// Longest console write the kernel accepts in one call.
-pub const CONSOLE_WRITE_MAX: usize = 256;
+pub const CONSOLE_WRITE_MAX: usize = matryoshka_abi::CONSOLE_WRITE_MAX as usize;
 
 /// Exit code of a program that panicked.
-pub const PANIC_EXIT_CODE: u64 = 101;
+pub const PANIC_EXIT_CODE: u64 = matryoshka_abi::PANIC_EXIT_CODE;
+
+use matryoshka_abi::Error as Abi;
 
 /// A system call's error, as the kernel returns it (a negative rax).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -136,16 +70,16 @@ impl SysError {
     /// The kernel's raw code for this error.
     pub fn code(self) -> i64 {
         match self {
-            SysError::NoSuchCall => -1,
-            SysError::BadPointer => -2,
-            SysError::BadSize => -3,
-            SysError::BadHandle => -4,
-            SysError::WrongType => -5,
-            SysError::MissingRights => -6,
-            SysError::NoMemory => -7,
-            SysError::InvalidArgument => -8,
-            SysError::Dead => -9,
-            SysError::WouldBlock => -10,
+            SysError::NoSuchCall => Abi::NoSuchCall.code(),
+            SysError::BadPointer => Abi::BadPointer.code(),
+            SysError::BadSize => Abi::BadSize.code(),
+            SysError::BadHandle => Abi::BadHandle.code(),
+            SysError::WrongType => Abi::WrongType.code(),
+            SysError::MissingRights => Abi::MissingRights.code(),
+            SysError::NoMemory => Abi::NoMemory.code(),
+            SysError::InvalidArgument => Abi::InvalidArgument.code(),
+            SysError::Dead => Abi::Dead.code(),
+            SysError::WouldBlock => Abi::WouldBlock.code(),
             SysError::Other(c) => c,
         }
     }
@@ -153,20 +87,22 @@ impl SysError {
 
 /// Splits a raw rax result into a value or an error.
 pub fn decode(raw: i64) -> Result<u64, SysError> {
-    match raw {
-        r if r >= 0 => Ok(r as u64),
-        -1 => Err(SysError::NoSuchCall),
-        -2 => Err(SysError::BadPointer),
-        -3 => Err(SysError::BadSize),
-        -4 => Err(SysError::BadHandle),
-        -5 => Err(SysError::WrongType),
-        -6 => Err(SysError::MissingRights),
-        -7 => Err(SysError::NoMemory),
-        -8 => Err(SysError::InvalidArgument),
-        -9 => Err(SysError::Dead),
-        -10 => Err(SysError::WouldBlock),
-        r => Err(SysError::Other(r)),
+    if raw >= 0 {
+        return Ok(raw as u64);
     }
+    Err(match Abi::from_code(raw) {
+        Some(Abi::NoSuchCall) => SysError::NoSuchCall,
+        Some(Abi::BadPointer) => SysError::BadPointer,
+        Some(Abi::BadSize) => SysError::BadSize,
+        Some(Abi::BadHandle) => SysError::BadHandle,
+        Some(Abi::WrongType) => SysError::WrongType,
+        Some(Abi::MissingRights) => SysError::MissingRights,
+        Some(Abi::NoMemory) => SysError::NoMemory,
+        Some(Abi::InvalidArgument) => SysError::InvalidArgument,
+        Some(Abi::Dead) => SysError::Dead,
+        Some(Abi::WouldBlock) => SysError::WouldBlock,
+        None => SysError::Other(raw),
+    })
 }
 
 /// System call `n` without arguments; returns the raw rax.

@@ -8,9 +8,9 @@ use crate::object::Handle;
 use crate::{decode, nr, syscall1, syscall2, syscall4, SysError};
 
 /// Memory rights bits.
-pub const READ: u64 = 1;
-pub const WRITE: u64 = 2;
-pub const EXECUTE: u64 = 4;
+pub const READ: u64 = matryoshka_abi::memory_rights::READ;
+pub const WRITE: u64 = matryoshka_abi::memory_rights::WRITE;
+pub const EXECUTE: u64 = matryoshka_abi::memory_rights::EXECUTE;
 
 /// Where the root program's demand-zero memory starts (1 GiB of it).
 pub const ROOT_ANONYMOUS_BASE: u64 = 0x10_0000_0000;

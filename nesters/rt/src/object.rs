@@ -11,33 +11,14 @@ use crate::{decode, nr, syscall0, syscall1, syscall2, syscall4, SysError};
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Handle(pub u64);
 
-/// Right bits (kernel/src/object/handle.rs).
+/// Right bits (the shared `matryoshka-abi` crate).
 pub mod rights {
-    pub const GET_STATE: u32 = 1 << 0;
-    pub const SET_STATE: u32 = 1 << 1;
-    pub const DESTROY: u32 = 1 << 2;
-    pub const TRANSFER: u32 = 1 << 3;
-    pub const DUPLICATE: u32 = 1 << 4;
-    pub const SEND: u32 = 1 << 5;
-    pub const RECEIVE: u32 = 1 << 6;
-    pub const MAP_READ: u32 = 1 << 7;
-    pub const MAP_WRITE: u32 = 1 << 8;
-    pub const MAP_EXECUTE: u32 = 1 << 9;
-    pub const CREATE: u32 = 1 << 10;
-    pub const ALL: u32 = (1 << 11) - 1;
+    pub use matryoshka_abi::rights::*;
 }
 
 /// Object type codes.
 pub mod types {
-    pub const SPACE: u32 = 1;
-    pub const THREAD: u32 = 2;
-    pub const PORT: u32 = 3;
-    pub const PORTSET: u32 = 4;
-    pub const REGION: u32 = 5;
-    pub const MAPPING: u32 = 6;
-    pub const MUTEX: u32 = 7;
-    pub const COND: u32 = 8;
-    pub const REFERENCE: u32 = 9;
+    pub use matryoshka_abi::object_type::*;
 }
 
 static SELF_SPACE: AtomicU64 = AtomicU64::new(0);
@@ -361,7 +342,7 @@ pub fn thread_set_priority(h: Handle, priority: u8) -> Result<(), SysError> {
 
 /// The one-way message a donation-only thread's scheduler port gets when
 /// it becomes runnable: `[KIND_RUNNABLE, cpu, tick, 0, 0, 0]`.
-pub const KIND_RUNNABLE: u64 = 5;
+pub const KIND_RUNNABLE: u64 = matryoshka_abi::keeper::KIND_RUNNABLE;
 
 /// With `on`, the thread runs only on time donated with `thread_donate`;
 /// its scheduler port hears (KIND_RUNNABLE) whenever it becomes runnable.

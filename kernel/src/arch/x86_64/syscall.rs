@@ -170,7 +170,7 @@ ipc_parked_resume:
     user_rsp = const offset_of!(PerCpu, syscall_user_rsp),
     kernel_rsp = const offset_of!(PerCpu, syscall_kernel_rsp),
     dispatch = sym syscall_dispatch,
-    first_fast = const crate::syscall::SYS_IPC_CALL,
+    first_fast = const matryoshka_abi::call::IPC_CALL,
     parked_room = const PARKED_ROOM,
     message = const MESSAGE_OFFSET,
     fast_call = sym crate::sched::fast_call,
@@ -180,7 +180,7 @@ ipc_parked_resume:
 );
 
 // The fast path handles exactly these two calls, numbered side by side.
-const _: () = assert!(crate::syscall::SYS_IPC_REPLY_WAIT == crate::syscall::SYS_IPC_CALL + 1);
+const _: () = assert!(matryoshka_abi::call::IPC_REPLY_WAIT == matryoshka_abi::call::IPC_CALL + 1);
 
 /// Bytes the entry stub keeps free below the frame during the fast path:
 /// a parked thread's resume switch frame goes there.
