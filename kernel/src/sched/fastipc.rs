@@ -29,7 +29,8 @@ use core::sync::atomic::Ordering;
 
 use fastpath::ipc::{Client, Kernel, Message};
 
-use super::imp::{has_ready_thread, here_scheduling, running_on_unchecked, CpuSched, ParkedAs, Thread, PARKED, RUNNING, TIME_SLICE_TICKS};
+use super::scheduler::{has_ready_thread, here_scheduling, running_on_unchecked, CpuSched};
+use super::thread::{ParkedAs, Thread, PARKED, RUNNING, TIME_SLICE_TICKS};
 use crate::arch::x86_64::paging::USER_TOP;
 use crate::arch::x86_64::syscall::{self as entry, SyscallFrame, FRAME_BYTES};
 use crate::arch::x86_64_exports::cpu;

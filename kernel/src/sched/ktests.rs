@@ -8,7 +8,8 @@ use alloc::sync::Arc;
 use alloc::vec::Vec;
 use core::sync::atomic::{AtomicU64, Ordering};
 
-use super::imp::{self as sched, SchedError, Thread, USER_PRIORITY};
+use super as sched;
+use super::{SchedError, Thread, USER_PRIORITY};
 use crate::arch::x86_64::syscall::UserExit;
 use crate::arch::x86_64_exports::*;
 use crate::mm::frame::{self, FRAME_SIZE};

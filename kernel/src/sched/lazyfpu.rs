@@ -23,7 +23,8 @@ extern crate alloc;
 use alloc::sync::Arc;
 use core::sync::atomic::Ordering;
 
-use super::imp::{here, running_on, CpuSched, Thread};
+use super::scheduler::{here, running_on, CpuSched};
+use super::thread::Thread;
 use crate::arch::x86_64_exports::fpu::{self, FpuArea};
 
 /// Makes `new` this CPU's FPU owner; returns the previous one.

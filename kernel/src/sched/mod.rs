@@ -18,12 +18,27 @@
 //! there is *parked* at its user frame and can be switched to with a
 //! `sysret`, or woken like any other blocked thread.
 
+//! Files: `thread` (the control block, states, registry), `scheduler`
+//! (per-CPU run queues, switching, spawn, block and wake, exit and join,
+//! interrupts), `waitqueue` (kernel wait queues, sleeping), `control`
+//! (kill, stop, resume, affinity), `donation` (CPU donation), `fastipc`
+//! (the fast path's kernel half), `lazyfpu`, and `runqueue` (the intrusive
+//! per-priority FIFOs, host-tested).
+
 pub mod runqueue;
 
 #[cfg(target_os = "none")]
 mod fastipc;
 #[cfg(target_os = "none")]
-mod imp;
+mod control;
+#[cfg(target_os = "none")]
+mod donation;
+#[cfg(target_os = "none")]
+mod scheduler;
+#[cfg(target_os = "none")]
+mod thread;
+#[cfg(target_os = "none")]
+mod waitqueue;
 #[cfg(target_os = "none")]
 mod lazyfpu;
 #[cfg(target_os = "none")]
@@ -33,4 +48,12 @@ pub use fastipc::{fast_call, fast_reply_wait};
 #[cfg(target_os = "none")]
 pub mod ktests;
 #[cfg(target_os = "none")]
-pub use imp::*;
+pub use control::*;
+#[cfg(target_os = "none")]
+pub use donation::*;
+#[cfg(target_os = "none")]
+pub use scheduler::*;
+#[cfg(target_os = "none")]
+pub use thread::*;
+#[cfg(target_os = "none")]
+pub use waitqueue::*;
