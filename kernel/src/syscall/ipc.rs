@@ -1,0 +1,281 @@
+//! IPC calls: ports and portsets, call / reply-and-wait (registers and
+//! payloads), one-way send and receive, and a portset's queued messages.
+
+use super::*;
+
+/// `portset_create()`: a new portset; the handle has every right.
+pub(super) fn portset_create() -> SysResult {
+    let me = caller()?;
+    crate::mm::inject::allocation_point().map_err(|_| SysError::NoMemory)?;
+    let ps = alloc::sync::Arc::new(crate::ipc::Portset::new());
+    Ok(me.insert(Object::Portset(ps), Rights::ALL)?.raw() as i64)
+}
+
+/// `port_create(portset, alias)`: a new port delivering to `portset`
+/// (RECEIVE right); servers see `alias` with each request through it.
+pub(super) fn port_create(portset: u64, alias: u64) -> SysResult {
+    let me = caller()?;
+    let ps = me.lookup_portset(Handle::from_raw(portset), Rights::RECEIVE)?;
+    crate::mm::inject::allocation_point().map_err(|_| SysError::NoMemory)?;
+    let port = alloc::sync::Arc::new(crate::ipc::Port { portset: ps, alias });
+    Ok(me.insert(Object::Port(port), Rights::ALL)?.raw() as i64)
+}
+
+pub(crate) fn message_of(f: &SyscallFrame) -> [u64; 6] {
+    *f.message()
+}
+
+pub(crate) fn set_message(f: &mut SyscallFrame, m: [u64; 6]) {
+    *f.message_mut() = m;
+}
+
+/// `ipc_call(port)` with the request in rsi, rdx, r10, r8, r9, r12 (SEND
+/// right): returns 0 with the reply in the same registers.
+pub(super) fn ipc_call(frame: &mut SyscallFrame) -> SysResult {
+    let me = caller()?;
+    let port = me.lookup_port(Handle::from_raw(frame.rdi), Rights::SEND)?;
+    drop(me);
+    // A plain call: a payload sent with the reply is not received.
+    let reply = crate::ipc::call(&port, message_of(frame), None).map(|(reply, _)| reply);
+    reply_received(frame, reply)
+}
+
+/// The end of `ipc_call`: the reply in the message registers.
+pub(super) fn reply_received(frame: &mut SyscallFrame, reply: Result<[u64; 6], crate::ipc::IpcError>) -> SysResult {
+    let reply = match call_result(reply) {
+        Ok(reply) => reply,
+        Err(ret) => return ret,
+    };
+    set_message(frame, reply);
+    Ok(0)
+}
+
+/// A blocking IPC's outcome, or (Err) what the system call returns instead:
+/// an interrupted call restarts (or fails, if killed); a server that exited
+/// without replying fails the call with Dead.
+pub(super) fn call_result<T>(result: Result<T, crate::ipc::IpcError>) -> Result<T, SysResult> {
+    match result {
+        Ok(v) => Ok(v),
+        Err(crate::ipc::IpcError::ServerGone) => Err(Err(SysError::Dead)),
+        Err(crate::ipc::IpcError::Interrupted) => Err(interrupted()),
+    }
+}
+
+/// `ipc_reply_wait(portset)` with the reply to the current client (if any)
+/// in the message registers (RECEIVE right): returns the alias of the port
+/// the next request came through, with the request in the message registers.
+pub(super) fn ipc_reply_wait(frame: &mut SyscallFrame) -> SysResult {
+    let me = caller()?;
+    let ps = me.lookup_portset(Handle::from_raw(frame.rdi), Rights::RECEIVE)?;
+    drop(me);
+    let request = crate::ipc::reply_wait(&ps, message_of(frame), None).map(|(alias, request, _)| (alias, request));
+    request_received(frame, request)
+}
+
+/// What r13 points at in `ipc_call_buf` and `ipc_reply_wait_buf`: eight
+/// u64 words {send ptr, send len, send handle, receive ptr, receive
+/// capacity, out: received len, out: received handle, 0}.
+pub(super) struct BufferDescriptor {
+    pub(super) at: u64,
+    /// The reserved word, where a call gives it a meaning (conn_send_buf).
+    pub(super) flags: u64,
+    pub(super) send_ptr: u64,
+    pub(super) send_len: u64,
+    pub(super) send_handle: u64,
+    pub(super) recv_ptr: u64,
+    pub(super) recv_capacity: u64,
+}
+
+/// Longest byte payload of one message.
+pub const IPC_BUFFER_MAX: u64 = matryoshka_abi::PAYLOAD_MAX;
+
+impl BufferDescriptor {
+    pub(super) fn read(at: u64) -> Result<BufferDescriptor, SysError> {
+        Self::read_with_flags(at, 0)
+    }
+
+    /// `read`, where the reserved word may hold the flags in `allowed`.
+    pub(super) fn read_with_flags(at: u64, allowed: u64) -> Result<BufferDescriptor, SysError> {
+        let mut raw = [0u8; 64];
+        copy_from_user(&mut raw, at).map_err(|()| SysError::BadPointer)?;
+        let w = |i: usize| u64::from_le_bytes(raw[i * 8..i * 8 + 8].try_into().unwrap_or([0; 8]));
+        if w(7) & !allowed != 0 {
+            return Err(SysError::InvalidArgument);
+        }
+        let d = BufferDescriptor { at, flags: w(7), send_ptr: w(0), send_len: w(1), send_handle: w(2), recv_ptr: w(3), recv_capacity: w(4) };
+        if d.send_len > IPC_BUFFER_MAX || d.recv_capacity > IPC_BUFFER_MAX {
+            return Err(SysError::BadSize);
+        }
+        if d.recv_ptr.checked_add(d.recv_capacity).is_none_or(|end| end > crate::arch::paging::USER_TOP) {
+            return Err(SysError::BadPointer);
+        }
+        Ok(d)
+    }
+
+    /// Copies the bytes and looks up the handle to send (it needs TRANSFER;
+    /// the receiver's handle gets the same rights).
+    pub(super) fn stage(&self, me: &Space) -> Result<crate::ipc::Carried, SysError> {
+        if self.send_len == 0 && self.send_handle == 0 {
+            return Ok(None);
+        }
+        let charge = crate::object::quota::Charge::new(&me.quota, self.send_len + core::mem::size_of::<crate::ipc::Payload>() as u64)
+            .map_err(|_| SysError::NoMemory)?;
+        // The Box's allocation (Box::try_new is not stable).
+        crate::mm::inject::allocation_point().map_err(|_| SysError::NoMemory)?;
+        let mut bytes = alloc::vec::Vec::new();
+        crate::mm::heap::fallible(|| bytes.try_reserve_exact(self.send_len as usize)).map_err(|_| SysError::NoMemory)?;
+        bytes.resize(self.send_len as usize, 0);
+        copy_from_user(&mut bytes, self.send_ptr).map_err(|()| SysError::BadPointer)?;
+        let object = match self.send_handle {
+            0 => None,
+            h => {
+                let handle = Handle::from_raw(h);
+                let rights = crate::arch::cpu::without_interrupts(|| me.handles.lock().rights(handle))?;
+                if !rights.contains(Rights::TRANSFER) {
+                    return Err(SysError::MissingRights);
+                }
+                Some((me.lookup(handle, Rights::NONE)?, rights))
+            }
+        };
+        Ok(Some(alloc::boxed::Box::new(crate::ipc::Payload { bytes, object, _charge: charge })))
+    }
+
+    /// Copies a received payload out (at most the receive capacity; the
+    /// received-length word tells the whole length) and installs its handle.
+    pub(super) fn deliver(&self, me: &Space, payload: crate::ipc::Carried) -> Result<(), SysError> {
+        let (len, handle) = match payload {
+            None => (0, 0),
+            Some(p) => {
+                let n = p.bytes.len().min(self.recv_capacity as usize);
+                copy_to_user(self.recv_ptr, &p.bytes[..n]).map_err(|()| SysError::BadPointer)?;
+                // A full table drops the object: the handle word reads 0.
+                let handle = p.object.and_then(|(object, rights)| me.insert(object, rights).ok()).map_or(0, Handle::raw);
+                (p.bytes.len() as u64, handle)
+            }
+        };
+        let mut out = [0u8; 16];
+        out[..8].copy_from_slice(&len.to_le_bytes());
+        out[8..].copy_from_slice(&handle.to_le_bytes());
+        copy_to_user(self.at + 40, &out).map_err(|()| SysError::BadPointer)
+    }
+}
+
+/// `ipc_call` with a payload: r13 points at a [`BufferDescriptor`]; the
+/// request carries its send part, the reply's payload lands in its receive
+/// part. General path only.
+pub(super) fn ipc_call_buf(frame: &mut SyscallFrame) -> SysResult {
+    let d = BufferDescriptor::read(frame.r13)?;
+    let me = caller()?;
+    let port = me.lookup_port(Handle::from_raw(frame.rdi), Rights::SEND)?;
+    let payload = d.stage(&me)?;
+    let (reply, reply_payload) = match call_result(crate::ipc::call(&port, message_of(frame), payload)) {
+        Ok(received) => received,
+        Err(ret) => return ret,
+    };
+    set_message(frame, reply);
+    d.deliver(&me, reply_payload)?;
+    Ok(0)
+}
+
+/// `ipc_reply_wait` with a payload: the reply carries the descriptor's send
+/// part, the next request's payload lands in its receive part.
+pub(super) fn ipc_reply_wait_buf(frame: &mut SyscallFrame) -> SysResult {
+    let d = BufferDescriptor::read(frame.r13)?;
+    let me = caller()?;
+    let ps = me.lookup_portset(Handle::from_raw(frame.rdi), Rights::RECEIVE)?;
+    let payload = d.stage(&me)?;
+    let Ok((alias, request, request_payload)) = crate::ipc::reply_wait(&ps, message_of(frame), payload) else { return interrupted() };
+    set_message(frame, request);
+    d.deliver(&me, request_payload)?;
+    Ok((alias & fastpath::ipc::ALIAS_RESULT_MASK) as i64)
+}
+
+/// The end of `ipc_reply_wait`: the request in the message registers, the
+/// alias as the result.
+pub(super) fn request_received(frame: &mut SyscallFrame, request: Result<(u64, [u64; 6]), crate::ipc::IpcError>) -> SysResult {
+    let Ok((alias, request)) = request else { return interrupted() };
+    set_message(frame, request);
+    Ok((alias & fastpath::ipc::ALIAS_RESULT_MASK) as i64)
+}
+
+/// Finishes the `ipc_call` or `ipc_reply_wait` of a thread the fast path
+/// parked and the general path woke: its result, as `dispatch` returns it.
+pub fn finish_parked_ipc(frame: &mut SyscallFrame) -> i64 {
+    let result = match sched::me().parked_as() {
+        sched::ParkedAs::Client => reply_received(frame, crate::ipc::await_reply()),
+        sched::ParkedAs::Server => request_received(frame, crate::ipc::await_request()),
+    };
+    result.unwrap_or_else(|e| e as i64)
+}
+
+/// `ipc_send(port)` with the message in the six message registers (SEND
+/// right): one-way, at most once, never blocks; `WouldBlock` if the
+/// portset's queue is full (nothing was sent).
+pub(super) fn ipc_send(frame: &mut SyscallFrame) -> SysResult {
+    let me = caller()?;
+    let port = me.lookup_port(Handle::from_raw(frame.rdi), Rights::SEND)?;
+    if crate::ipc::send(&port, message_of(frame)) { Ok(0) } else { Err(SysError::WouldBlock) }
+}
+
+/// Bytes of one exported one-way message: {u64 alias, six u64 words}.
+pub(super) const QUEUED_MESSAGE_BYTES: usize = 56;
+
+/// `portset_take_messages(portset, buf, max)` (RECEIVE and GET_STATE):
+/// takes up to `max` queued one-way messages, oldest first, and writes
+/// them as {alias, six words} records; returns how many. A parent exports
+/// a frozen child's portset this way (the queue is kernel-held state).
+pub(super) fn portset_take_messages(h: u64, buf: u64, max: u64) -> SysResult {
+    if max > crate::ipc::ONEWAY_CAPACITY as u64 {
+        return Err(SysError::BadSize);
+    }
+    let me = caller()?;
+    let ps = me.lookup_portset(Handle::from_raw(h), Rights::RECEIVE.union(Rights::GET_STATE))?;
+    // Check the whole buffer first: nothing is taken that cannot be written.
+    let mut out = alloc::vec![0u8; max as usize * QUEUED_MESSAGE_BYTES];
+    copy_to_user(buf, &out).map_err(|()| SysError::BadPointer)?;
+    let taken = crate::ipc::take_queued(&ps, max as usize);
+    for ((alias, words), record) in taken.iter().zip(out.chunks_exact_mut(QUEUED_MESSAGE_BYTES)) {
+        record[..8].copy_from_slice(&alias.to_le_bytes());
+        for (w, bytes) in words.iter().zip(record[8..].chunks_exact_mut(8)) {
+            bytes.copy_from_slice(&w.to_le_bytes());
+        }
+    }
+    copy_to_user(buf, &out[..taken.len() * QUEUED_MESSAGE_BYTES]).map_err(|()| SysError::BadPointer)?;
+    Ok(taken.len() as i64)
+}
+
+/// `portset_put_messages(portset, buf, n)` (SET_STATE): queues `n`
+/// {alias, six words} records in order as if sent (rebuilding a portset
+/// from exported state); returns how many fit in the queue.
+pub(super) fn portset_put_messages(h: u64, buf: u64, n: u64) -> SysResult {
+    if n > crate::ipc::ONEWAY_CAPACITY as u64 {
+        return Err(SysError::BadSize);
+    }
+    let me = caller()?;
+    let ps = me.lookup_portset(Handle::from_raw(h), Rights::SET_STATE)?;
+    let mut raw = alloc::vec![0u8; n as usize * QUEUED_MESSAGE_BYTES];
+    copy_from_user(&mut raw, buf).map_err(|()| SysError::BadPointer)?;
+    let word = |b: &[u8]| u64::from_le_bytes(b.try_into().unwrap_or([0; 8]));
+    let messages: alloc::vec::Vec<crate::ipc::OnewayMessage> = raw
+        .chunks_exact(QUEUED_MESSAGE_BYTES)
+        .map(|r| {
+            let mut words = [0u64; 6];
+            for (w, b) in words.iter_mut().zip(r[8..].chunks_exact(8)) {
+                *w = word(b);
+            }
+            (word(&r[..8]), words)
+        })
+        .collect();
+    Ok(crate::ipc::put_queued(&ps, &messages) as i64)
+}
+
+/// `ipc_receive(portset)` (RECEIVE right): the next one-way message: returns
+/// its port's alias with the message in the six message registers.
+pub(super) fn ipc_receive(frame: &mut SyscallFrame) -> SysResult {
+    let me = caller()?;
+    let ps = me.lookup_portset(Handle::from_raw(frame.rdi), Rights::RECEIVE)?;
+    drop(me);
+    let Ok((alias, message)) = crate::ipc::receive(&ps) else { return interrupted() };
+    set_message(frame, message);
+    Ok((alias & (i64::MAX as u64)) as i64)
+}

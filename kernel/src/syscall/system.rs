@@ -1,0 +1,85 @@
+//! System calls about the system itself: console output, system_info,
+//! the root program's arguments, the hang report, fault injection.
+
+use super::*;
+
+pub(super) fn console_write(ptr: u64, len: u64) -> SysResult {
+    if len > CONSOLE_WRITE_MAX {
+        return Err(SysError::BadSize);
+    }
+    let mut buf = [0u8; CONSOLE_WRITE_MAX as usize];
+    let buf = &mut buf[..len as usize];
+    copy_from_user(buf, ptr).map_err(|()| SysError::BadPointer)?;
+    let text = core::str::from_utf8(buf).unwrap_or("<invalid UTF-8>");
+    print_line(format_args!("user: {}", text.trim_end_matches('\n')));
+    CONSOLE_WRITES.fetch_add(1, Ordering::Relaxed);
+    Ok(len as i64)
+}
+
+/// `boot_args(buf, len)`: copies up to `len` bytes of the root program's
+/// argument string (the kernel command line after a lone `--`) to `buf`;
+/// returns the string's full length. Only the root space may ask: a child
+/// learns only what its parent tells it (border control).
+pub(super) fn boot_args(buf: u64, len: u64) -> SysResult {
+    let me = caller()?;
+    if !me.is_root() {
+        return Err(SysError::MissingRights);
+    }
+    let args = crate::kernel_args().user_args.as_bytes();
+    let n = (len.min(args.len() as u64)) as usize;
+    copy_to_user(buf, &args[..n]).map_err(|()| SysError::BadPointer)?;
+    Ok(args.len() as i64)
+}
+
+/// `hang_report()`: prints what every CPU and thread is doing (the report
+/// the kernel watchdog prints), for a user-level watchdog that saw no
+/// progress. Root space only; WouldBlock while another report runs.
+pub(super) fn hang_report() -> SysResult {
+    if !caller()?.is_root() {
+        return Err(SysError::MissingRights);
+    }
+    if crate::hang::report("asked for by the root program", 0) { Ok(0) } else { Err(SysError::WouldBlock) }
+}
+
+/// `fault_inject(mode, a, b)`: arms the allocation fault injector
+/// (`mm::inject`): mode 0 off, 1 fail the a-th allocation point from now,
+/// 2 fail a seeded random share (seed a, b per mille). Returns how many
+/// allocation points were passed since the previous arming. Root space only.
+pub(super) fn fault_inject(mode: u64, a: u64, b: u64) -> SysResult {
+    use crate::mm::inject::{Plan, INJECTOR};
+    if !caller()?.is_root() {
+        return Err(SysError::MissingRights);
+    }
+    let plan = match mode {
+        0 => Plan::Off,
+        1 if a > 0 => Plan::Nth(a),
+        2 if b <= 1000 => Plan::Random { seed: a, permille: b },
+        _ => return Err(SysError::InvalidArgument),
+    };
+    let (points, _) = INJECTOR.counts();
+    INJECTOR.arm(plan);
+    Ok((points & (i64::MAX as u64)) as i64)
+}
+
+/// `system_info(buf, len)`: writes {u64 managed frames, u64 free frames,
+/// u64 online CPUs, u64 TSC Hz, u64 IPC fast-path switches, u64 x87/SSE
+/// loads, u64 kernel heap bytes in use, u64 kernel threads not yet freed}
+/// (64 bytes; at least the first 24 are needed).
+pub(super) fn system_info(buf: u64, len: u64) -> SysResult {
+    if len < 24 {
+        return Err(SysError::BadSize);
+    }
+    let s = frame::stats();
+    let mut out = [0u8; 64];
+    out[..8].copy_from_slice(&s.managed.to_le_bytes());
+    out[8..16].copy_from_slice(&s.free.to_le_bytes());
+    out[16..24].copy_from_slice(&(smp::online_count() as u64).to_le_bytes());
+    out[24..32].copy_from_slice(&crate::arch::time::tsc_hz().to_le_bytes());
+    out[32..40].copy_from_slice(&sched::fast_ipc_switches().to_le_bytes());
+    out[40..48].copy_from_slice(&sched::fpu_loads().to_le_bytes());
+    out[48..56].copy_from_slice(&(crate::mm::heap::used_bytes() as u64).to_le_bytes());
+    out[56..].copy_from_slice(&sched::live_threads().to_le_bytes());
+    let n = len.min(64) as usize;
+    copy_to_user(buf, &out[..n]).map_err(|()| SysError::BadPointer)?;
+    Ok(n as i64)
+}
