@@ -3,15 +3,14 @@
 
 use super::*;
 
-/// A reliable-IPC outcome as the caller sees it (Err: what the call returns).
-pub(super) fn conn_result<T>(result: Result<T, crate::reliable::ConnError>) -> Result<T, SysResult> {
+/// A reliable-IPC outcome as the caller sees it.
+pub(super) fn conn_result<T>(result: Result<T, crate::reliable::ConnError>) -> Result<T, Fail> {
     use crate::reliable::ConnError;
-    match result {
-        Ok(v) => Ok(v),
-        Err(ConnError::WrongState) => Err(Err(SysError::InvalidArgument)),
-        Err(ConnError::Gone) => Err(Err(SysError::Dead)),
-        Err(ConnError::Interrupted) => Err(interrupted()),
-    }
+    result.map_err(|e| match e {
+        ConnError::WrongState => SysError::InvalidArgument.into(),
+        ConnError::Gone => SysError::Dead.into(),
+        ConnError::Interrupted => interrupted(),
+    })
 }
 
 pub(super) fn connection_side(side: u64) -> Result<usize, SysError> {
@@ -29,10 +28,8 @@ pub(super) fn conn_connect(frame: &mut SyscallFrame) -> SysResult {
     let me = caller()?;
     let port = me.lookup_port(Handle::from_raw(frame.rdi), Rights::SEND)?;
     drop(me);
-    match conn_result(crate::reliable::connect(&port, message_of(frame))) {
-        Ok(()) => Ok(0),
-        Err(ret) => ret,
-    }
+    conn_result(crate::reliable::connect(&port, message_of(frame)))?;
+    Ok(0)
 }
 
 /// `conn_accept(portset)`: waits for a connecting client; returns the port's
@@ -42,10 +39,7 @@ pub(super) fn conn_accept(frame: &mut SyscallFrame) -> SysResult {
     let me = caller()?;
     let ps = me.lookup_portset(Handle::from_raw(frame.rdi), Rights::RECEIVE)?;
     drop(me);
-    let (alias, first) = match conn_result(crate::reliable::accept(&ps)) {
-        Ok(accepted) => accepted,
-        Err(ret) => return ret,
-    };
+    let (alias, first) = conn_result(crate::reliable::accept(&ps))?;
     set_message(frame, first);
     Ok((alias & fastpath::ipc::ALIAS_RESULT_MASK) as i64)
 }
@@ -56,12 +50,10 @@ pub(super) fn conn_accept(frame: &mut SyscallFrame) -> SysResult {
 pub(super) fn conn_send(frame: &mut SyscallFrame) -> SysResult {
     let side = connection_side(frame.rdi)?;
     if frame.r13 & !crate::reliable::OVER != 0 {
-        return Err(SysError::InvalidArgument);
+        return Err(SysError::InvalidArgument.into());
     }
-    match conn_result(crate::reliable::send(side, message_of(frame), frame.r13, None)) {
-        Ok(()) => Ok(0),
-        Err(ret) => ret,
-    }
+    conn_result(crate::reliable::send(side, message_of(frame), frame.r13, None))?;
+    Ok(0)
 }
 
 /// The result code of a receive: 0 data, 1 data and the turn to send,
@@ -83,10 +75,7 @@ pub(super) fn conn_receive(frame: &mut SyscallFrame) -> SysResult {
 /// The end of a plain receive: the message in the message registers, the
 /// result code; a payload that came along is dropped.
 pub(super) fn received_into(frame: &mut SyscallFrame, received: Result<(crate::reliable::Received, [u64; 6], crate::ipc::Carried), crate::reliable::ConnError>) -> SysResult {
-    let (what, message, _) = match conn_result(received) {
-        Ok(received) => received,
-        Err(ret) => return ret,
-    };
+    let (what, message, _) = conn_result(received)?;
     set_message(frame, message);
     Ok(received_code(what))
 }
@@ -97,15 +86,16 @@ pub(super) fn received_into(frame: &mut SyscallFrame, received: Result<(crate::r
 /// remains (Fluke's atomic API).
 pub(super) fn conn_send_over_receive(frame: &mut SyscallFrame) -> SysResult {
     let side = connection_side(frame.rdi)?;
-    if let Err(ret) = conn_result(crate::reliable::send(side, message_of(frame), crate::reliable::OVER, None)) {
-        return ret;
-    }
+    conn_result(crate::reliable::send(side, message_of(frame), crate::reliable::OVER, None))?;
     match crate::reliable::receive(side) {
         // Restarts as the receive alone (or fails, if killed).
-        Err(crate::reliable::ConnError::Interrupted) => interrupted().map(|_| {
-            frame.rax = call::CONN_RECEIVE;
-            RESTART_AS_SET
-        }),
+        Err(crate::reliable::ConnError::Interrupted) => match interrupted() {
+            Fail::Restart => {
+                frame.rax = call::CONN_RECEIVE;
+                Err(Fail::RestartAs)
+            }
+            other => Err(other),
+        },
         other => received_into(frame, other),
     }
 }
@@ -118,10 +108,8 @@ pub(super) fn conn_send_buf(frame: &mut SyscallFrame) -> SysResult {
     let d = BufferDescriptor::read_with_flags(frame.r13, crate::reliable::OVER)?;
     let me = caller()?;
     let payload = d.stage(&me)?;
-    match conn_result(crate::reliable::send(side, message_of(frame), d.flags, payload)) {
-        Ok(()) => Ok(0),
-        Err(ret) => ret,
-    }
+    conn_result(crate::reliable::send(side, message_of(frame), d.flags, payload))?;
+    Ok(0)
 }
 
 /// `conn_receive_buf(side)` with r13 → a payload descriptor (its send part
@@ -131,13 +119,10 @@ pub(super) fn conn_receive_buf(frame: &mut SyscallFrame) -> SysResult {
     let side = connection_side(frame.rdi)?;
     let d = BufferDescriptor::read(frame.r13)?;
     if d.send_len != 0 || d.send_handle != 0 {
-        return Err(SysError::InvalidArgument);
+        return Err(SysError::InvalidArgument.into());
     }
     let me = caller()?;
-    let (what, message, payload) = match conn_result(crate::reliable::receive(side)) {
-        Ok(received) => received,
-        Err(ret) => return ret,
-    };
+    let (what, message, payload) = conn_result(crate::reliable::receive(side))?;
     set_message(frame, message);
     d.deliver(&me, payload)?;
     Ok(received_code(what))
@@ -145,10 +130,8 @@ pub(super) fn conn_receive_buf(frame: &mut SyscallFrame) -> SysResult {
 
 pub(super) fn conn_disconnect(side: u64) -> SysResult {
     let side = connection_side(side)?;
-    match conn_result(crate::reliable::disconnect(side)) {
-        Ok(()) => Ok(0),
-        Err(ret) => ret,
-    }
+    conn_result(crate::reliable::disconnect(side))?;
+    Ok(0)
 }
 
 /// `thread_get_connection(thread, side, buf)` (GET_STATE, thread stopped):
@@ -186,7 +169,7 @@ pub(super) fn thread_get_connection(h: u64, side: u64, buf: u64) -> SysResult {
 pub(super) fn thread_set_connection(h: u64, side: u64, peer: u64, flags: u64) -> SysResult {
     let side = connection_side(side)?;
     if flags & !2 != 0 {
-        return Err(SysError::InvalidArgument);
+        return Err(SysError::InvalidArgument.into());
     }
     let t = stopped_thread(h, Rights::SET_STATE)?;
     let me = caller()?;
@@ -196,9 +179,9 @@ pub(super) fn thread_set_connection(h: u64, side: u64, peer: u64, flags: u64) ->
             Object::Thread(t) => Some(t),
             Object::Reference(r) => match &*r {
                 Object::Thread(t) => Some(t.clone()),
-                _ => return Err(SysError::WrongType),
+                _ => return Err(SysError::WrongType.into()),
             },
-            _ => return Err(SysError::WrongType),
+            _ => return Err(SysError::WrongType.into()),
         },
     };
     crate::reliable::set_link(&t, side, peer.as_ref(), flags & 2 != 0).map_err(|_| SysError::InvalidArgument)?;

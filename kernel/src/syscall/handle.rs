@@ -41,7 +41,7 @@ pub(super) fn handle_transfer(space: u64, h: u64, rights: u64) -> SysResult {
     let handle = Handle::from_raw(h);
     let have = crate::arch::cpu::without_interrupts(|| me.handles.lock().rights(handle))?;
     if !have.contains(Rights::TRANSFER) || !have.contains(rights) {
-        return Err(SysError::MissingRights);
+        return Err(SysError::MissingRights.into());
     }
     let object = me.lookup(handle, Rights::NONE)?;
     Ok(target.insert(object, rights)?.raw() as i64)
@@ -60,7 +60,7 @@ pub(super) fn handle_import(space: u64, h: u64, rights: u64) -> SysResult {
     let handle = Handle::from_raw(h);
     let have = crate::arch::cpu::without_interrupts(|| source.handles.lock().rights(handle))?;
     if !have.contains(rights) {
-        return Err(SysError::MissingRights);
+        return Err(SysError::MissingRights.into());
     }
     let object = source.lookup(handle, Rights::NONE)?;
     Ok(me.insert(object, rights.union(Rights::TRANSFER))?.raw() as i64)
@@ -76,11 +76,11 @@ pub(super) fn handle_transfer_at(space: u64, h: u64, rights: u64, value: u64) ->
     let handle = Handle::from_raw(h);
     let have = crate::arch::cpu::without_interrupts(|| me.handles.lock().rights(handle))?;
     if !have.contains(Rights::TRANSFER) || !have.contains(rights) {
-        return Err(SysError::MissingRights);
+        return Err(SysError::MissingRights.into());
     }
     let object = me.lookup(handle, Rights::NONE)?;
     if target.is_dead() {
-        return Err(SysError::Dead);
+        return Err(SysError::Dead.into());
     }
     target.insert_at(Handle::from_raw(value), object, rights).map_err(|e| match e {
         SpaceError::Handle(HandleError::Invalid) => SysError::InvalidArgument,

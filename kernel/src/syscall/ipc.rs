@@ -42,23 +42,19 @@ pub(super) fn ipc_call(frame: &mut SyscallFrame) -> SysResult {
 
 /// The end of `ipc_call`: the reply in the message registers.
 pub(super) fn reply_received(frame: &mut SyscallFrame, reply: Result<[u64; 6], crate::ipc::IpcError>) -> SysResult {
-    let reply = match call_result(reply) {
-        Ok(reply) => reply,
-        Err(ret) => return ret,
-    };
+    let reply = call_result(reply)?;
     set_message(frame, reply);
     Ok(0)
 }
 
-/// A blocking IPC's outcome, or (Err) what the system call returns instead:
-/// an interrupted call restarts (or fails, if killed); a server that exited
-/// without replying fails the call with Dead.
-pub(super) fn call_result<T>(result: Result<T, crate::ipc::IpcError>) -> Result<T, SysResult> {
-    match result {
-        Ok(v) => Ok(v),
-        Err(crate::ipc::IpcError::ServerGone) => Err(Err(SysError::Dead)),
-        Err(crate::ipc::IpcError::Interrupted) => Err(interrupted()),
-    }
+/// A blocking IPC's outcome as the caller sees it: an interrupted call
+/// restarts (or fails, if killed); a server that exited without replying
+/// fails the call with Dead.
+pub(super) fn call_result<T>(result: Result<T, crate::ipc::IpcError>) -> Result<T, Fail> {
+    result.map_err(|e| match e {
+        crate::ipc::IpcError::ServerGone => SysError::Dead.into(),
+        crate::ipc::IpcError::Interrupted => interrupted(),
+    })
 }
 
 /// `ipc_reply_wait(portset)` with the reply to the current client (if any)
@@ -168,10 +164,7 @@ pub(super) fn ipc_call_buf(frame: &mut SyscallFrame) -> SysResult {
     let me = caller()?;
     let port = me.lookup_port(Handle::from_raw(frame.rdi), Rights::SEND)?;
     let payload = d.stage(&me)?;
-    let (reply, reply_payload) = match call_result(crate::ipc::call(&port, message_of(frame), payload)) {
-        Ok(received) => received,
-        Err(ret) => return ret,
-    };
+    let (reply, reply_payload) = call_result(crate::ipc::call(&port, message_of(frame), payload))?;
     set_message(frame, reply);
     d.deliver(&me, reply_payload)?;
     Ok(0)
@@ -184,7 +177,7 @@ pub(super) fn ipc_reply_wait_buf(frame: &mut SyscallFrame) -> SysResult {
     let me = caller()?;
     let ps = me.lookup_portset(Handle::from_raw(frame.rdi), Rights::RECEIVE)?;
     let payload = d.stage(&me)?;
-    let Ok((alias, request, request_payload)) = crate::ipc::reply_wait(&ps, message_of(frame), payload) else { return interrupted() };
+    let Ok((alias, request, request_payload)) = crate::ipc::reply_wait(&ps, message_of(frame), payload) else { return Err(interrupted()) };
     set_message(frame, request);
     d.deliver(&me, request_payload)?;
     Ok((alias & fastpath::ipc::ALIAS_RESULT_MASK) as i64)
@@ -193,7 +186,7 @@ pub(super) fn ipc_reply_wait_buf(frame: &mut SyscallFrame) -> SysResult {
 /// The end of `ipc_reply_wait`: the request in the message registers, the
 /// alias as the result.
 pub(super) fn request_received(frame: &mut SyscallFrame, request: Result<(u64, [u64; 6]), crate::ipc::IpcError>) -> SysResult {
-    let Ok((alias, request)) = request else { return interrupted() };
+    let Ok((alias, request)) = request else { return Err(interrupted()) };
     set_message(frame, request);
     Ok((alias & fastpath::ipc::ALIAS_RESULT_MASK) as i64)
 }
@@ -205,7 +198,7 @@ pub fn finish_parked_ipc(frame: &mut SyscallFrame) -> i64 {
         sched::ParkedAs::Client => reply_received(frame, crate::ipc::await_reply()),
         sched::ParkedAs::Server => request_received(frame, crate::ipc::await_request()),
     };
-    result.unwrap_or_else(|e| e as i64)
+    outcome(result)
 }
 
 /// `ipc_send(port)` with the message in the six message registers (SEND
@@ -214,7 +207,7 @@ pub fn finish_parked_ipc(frame: &mut SyscallFrame) -> i64 {
 pub(super) fn ipc_send(frame: &mut SyscallFrame) -> SysResult {
     let me = caller()?;
     let port = me.lookup_port(Handle::from_raw(frame.rdi), Rights::SEND)?;
-    if crate::ipc::send(&port, message_of(frame)) { Ok(0) } else { Err(SysError::WouldBlock) }
+    if crate::ipc::send(&port, message_of(frame)) { Ok(0) } else { Err(SysError::WouldBlock.into()) }
 }
 
 /// Bytes of one exported one-way message: {u64 alias, six u64 words}.
@@ -226,7 +219,7 @@ pub(super) const QUEUED_MESSAGE_BYTES: usize = 56;
 /// a frozen child's portset this way (the queue is kernel-held state).
 pub(super) fn portset_take_messages(h: u64, buf: u64, max: u64) -> SysResult {
     if max > crate::ipc::ONEWAY_CAPACITY as u64 {
-        return Err(SysError::BadSize);
+        return Err(SysError::BadSize.into());
     }
     let me = caller()?;
     let ps = me.lookup_portset(Handle::from_raw(h), Rights::RECEIVE.union(Rights::GET_STATE))?;
@@ -249,7 +242,7 @@ pub(super) fn portset_take_messages(h: u64, buf: u64, max: u64) -> SysResult {
 /// from exported state); returns how many fit in the queue.
 pub(super) fn portset_put_messages(h: u64, buf: u64, n: u64) -> SysResult {
     if n > crate::ipc::ONEWAY_CAPACITY as u64 {
-        return Err(SysError::BadSize);
+        return Err(SysError::BadSize.into());
     }
     let me = caller()?;
     let ps = me.lookup_portset(Handle::from_raw(h), Rights::SET_STATE)?;
@@ -275,7 +268,7 @@ pub(super) fn ipc_receive(frame: &mut SyscallFrame) -> SysResult {
     let me = caller()?;
     let ps = me.lookup_portset(Handle::from_raw(frame.rdi), Rights::RECEIVE)?;
     drop(me);
-    let Ok((alias, message)) = crate::ipc::receive(&ps) else { return interrupted() };
+    let Ok((alias, message)) = crate::ipc::receive(&ps) else { return Err(interrupted()) };
     set_message(frame, message);
     Ok((alias & (i64::MAX as u64)) as i64)
 }

@@ -57,7 +57,7 @@ pub(super) fn mapping_create(region: u64, space: u64, va: u64, offset: u64, size
         needed = needed.union(Rights::MAP_EXECUTE);
     }
     let me = caller()?;
-    let Object::Region(r) = me.lookup(Handle::from_raw(region), needed)? else { return Err(SysError::WrongType) };
+    let Object::Region(r) = me.lookup(Handle::from_raw(region), needed)? else { return Err(SysError::WrongType.into()) };
     let target = me.lookup_space(Handle::from_raw(space), Rights::CREATE)?;
     charge_vm_node(&target)?;
     let id = crate::object::memory::add(|g| g.create_mapping(r, target.vm_id(), va, offset, size, wanted)).inspect_err(|_| target.uncharge_vm_node())?;
@@ -83,7 +83,7 @@ pub(super) fn charge_vm_node(space: &Space) -> Result<(), SysError> {
 pub(super) fn region_protect(region: u64, max: u64) -> SysResult {
     let max = vm_rights(max)?;
     let me = caller()?;
-    let Object::Region(r) = me.lookup(Handle::from_raw(region), Rights::SET_STATE)? else { return Err(SysError::WrongType) };
+    let Object::Region(r) = me.lookup(Handle::from_raw(region), Rights::SET_STATE)? else { return Err(SysError::WrongType.into()) };
     crate::object::memory::change(|g| g.protect_region(r, max))?;
     Ok(0)
 }
@@ -97,7 +97,7 @@ pub(super) fn region_or_mapping_destroy(h: u64, region: bool) -> SysResult {
     match (object, region) {
         (Object::Region(r), true) => crate::object::memory::change(|g| g.destroy_region(r))?,
         (Object::Mapping(m), false) => crate::object::memory::change(|g| g.destroy_mapping(m))?,
-        _ => return Err(SysError::WrongType),
+        _ => return Err(SysError::WrongType.into()),
     }
     me.remove(handle)?;
     Ok(0)
@@ -107,7 +107,7 @@ pub(super) fn region_or_mapping_destroy(h: u64, region: bool) -> SysResult {
 /// receives faults in the region's unbacked pages (SET_STATE on the region).
 pub(super) fn region_set_keeper(region: u64, port: u64) -> SysResult {
     let me = caller()?;
-    let Object::Region(r) = me.lookup(Handle::from_raw(region), Rights::SET_STATE)? else { return Err(SysError::WrongType) };
+    let Object::Region(r) = me.lookup(Handle::from_raw(region), Rights::SET_STATE)? else { return Err(SysError::WrongType.into()) };
     let token = optional_port(&me, port)?.map(|p| crate::object::keeper::token_for(&p));
     crate::object::memory::add(|g| g.set_region_keeper(r, token))?;
     Ok(0)

@@ -107,20 +107,39 @@ pub const RESTART: i64 = -512;
 /// (a combined call whose first part took effect).
 pub const RESTART_AS_SET: i64 = -513;
 
-/// Interrupted blocking calls restart if the thread is being stopped and
-/// end with `Dead` if it is being killed.
-fn interrupted() -> SysResult {
+/// Why a call returns no value: an error for its caller, or a restart.
+/// Blocking calls that a stop request interrupts restart (Fluke's atomic
+/// API): the entry path rewinds the thread so that it is exported as about
+/// to make the call again (`Restart`), or, for a combined call whose first
+/// part took effect, the call that remains, which the handler put in rax
+/// (`RestartAs`). With one type for all three, every handler uses `?`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Fail {
+    Error(SysError),
+    Restart,
+    RestartAs,
+}
+
+impl<E: Into<SysError>> From<E> for Fail {
+    fn from(e: E) -> Self {
+        Fail::Error(e.into())
+    }
+}
+
+/// How an interrupted blocking call ends: a restart if the thread is being
+/// stopped, `Dead` if it is being killed.
+fn interrupted() -> Fail {
     if sched::me().stop_requested() && !sched::me().kill_requested() {
-        Ok(RESTART)
+        Fail::Restart
     } else {
-        Err(SysError::Dead)
+        Fail::Error(SysError::Dead)
     }
 }
 
 /// Console writes from user code, for tests.
 pub static CONSOLE_WRITES: AtomicU64 = AtomicU64::new(0);
 
-type SysResult = Result<i64, SysError>;
+type SysResult = Result<i64, Fail>;
 
 pub fn dispatch(frame: &mut SyscallFrame) -> i64 {
     let (a0, a1, a2, a3) = (frame.rdi, frame.rsi, frame.rdx, frame.r10);
@@ -198,11 +217,19 @@ pub fn dispatch(frame: &mut SyscallFrame) -> i64 {
         call::HANG_REPORT => hang_report(),
         call::SPACE_SET_QUOTA => space_set_quota(a0, a1),
         call::FAULT_INJECT => fault_inject(a0, a1, a2),
-        _ => Err(SysError::NoSuchCall),
+        _ => Err(SysError::NoSuchCall.into()),
     };
+    outcome(result)
+}
+
+/// What rax gets for a call's result (the restarts as the entry path's
+/// internal codes).
+fn outcome(result: SysResult) -> i64 {
     match result {
         Ok(v) => v,
-        Err(e) => e as i64,
+        Err(Fail::Error(e)) => e as i64,
+        Err(Fail::Restart) => RESTART,
+        Err(Fail::RestartAs) => RESTART_AS_SET,
     }
 }
 

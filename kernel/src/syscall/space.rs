@@ -44,7 +44,7 @@ pub(super) fn space_set_quota(h: u64, bytes: u64) -> SysResult {
     let me = caller()?;
     let target = me.lookup_space(Handle::from_raw(h), Rights::SET_STATE)?;
     if target.is_ancestor_of(&me) {
-        return Err(SysError::InvalidArgument);
+        return Err(SysError::InvalidArgument.into());
     }
     target.quota.set_limit(bytes);
     Ok(0)
@@ -56,7 +56,7 @@ pub(super) fn space_set_quota(h: u64, bytes: u64) -> SysResult {
 /// the space holds (which may exceed `max`).
 pub(super) fn space_enumerate(h: u64, buf: u64, max: u64) -> SysResult {
     if max > crate::object::space::HANDLE_QUOTA as u64 {
-        return Err(SysError::BadSize);
+        return Err(SysError::BadSize.into());
     }
     let me = caller()?;
     let target = me.lookup_space(Handle::from_raw(h), Rights::GET_STATE)?;
@@ -92,7 +92,7 @@ pub(super) fn space_set_keeper(space: u64, port: u64) -> SysResult {
 /// offset, size, rights} as five u64 words.
 pub(super) fn memory_object_state(h: u64, buf: u64, len: u64) -> SysResult {
     if len < 40 {
-        return Err(SysError::BadSize);
+        return Err(SysError::BadSize.into());
     }
     let me = caller()?;
     let words: [u64; 5] = match me.lookup(Handle::from_raw(h), Rights::GET_STATE)? {
@@ -104,7 +104,7 @@ pub(super) fn memory_object_state(h: u64, buf: u64, len: u64) -> SysResult {
             let i = crate::object::memory::add(|g| g.mapping_info(m))?;
             [6, i.va, i.offset, i.size, i.rights.bits() as u64]
         }
-        _ => return Err(SysError::WrongType),
+        _ => return Err(SysError::WrongType.into()),
     };
     let mut bytes = [0u8; 40];
     for (chunk, w) in bytes.chunks_exact_mut(8).zip(words) {
@@ -139,7 +139,7 @@ pub(super) fn handle_in(me: &Space, object: &Object) -> u64 {
 /// * Mutex / Cond `[7 / 8, 0, 0, 0, 0, 0]` (waiters are threads, exported with them)
 pub(super) fn object_get_state(h: u64, buf: u64, len: u64) -> SysResult {
     if len < 48 {
-        return Err(SysError::BadSize);
+        return Err(SysError::BadSize.into());
     }
     let me = caller()?;
     let object = me.lookup(Handle::from_raw(h), Rights::GET_STATE)?;

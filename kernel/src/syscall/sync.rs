@@ -18,7 +18,7 @@ pub(super) fn waitqueue_create(cond: bool) -> SysResult {
 /// after a wake-up (possibly spurious), `WouldBlock` if the word differed.
 pub(super) fn waitqueue_wait(cond: bool, h: u64, addr: u64, expected: u64) -> SysResult {
     if addr % 4 != 0 {
-        return Err(SysError::BadPointer);
+        return Err(SysError::BadPointer.into());
     }
     let expected = u32::try_from(expected).map_err(|_| SysError::InvalidArgument)?;
     let me = caller()?;
@@ -35,9 +35,9 @@ pub(super) fn waitqueue_wait(cond: bool, h: u64, addr: u64, expected: u64) -> Sy
         u32::from_le_bytes(word) == expected
     });
     if fault {
-        return Err(SysError::BadPointer);
+        return Err(SysError::BadPointer.into());
     }
-    if blocked { Ok(0) } else { Err(SysError::WouldBlock) }
+    if blocked { Ok(0) } else { Err(SysError::WouldBlock.into()) }
 }
 
 /// `mutex_wake(m, count)` / `cond_wake(c, count)`: wakes up to `count`

@@ -5,7 +5,7 @@ use super::*;
 
 pub(super) fn console_write(ptr: u64, len: u64) -> SysResult {
     if len > CONSOLE_WRITE_MAX {
-        return Err(SysError::BadSize);
+        return Err(SysError::BadSize.into());
     }
     let mut buf = [0u8; CONSOLE_WRITE_MAX as usize];
     let buf = &mut buf[..len as usize];
@@ -23,7 +23,7 @@ pub(super) fn console_write(ptr: u64, len: u64) -> SysResult {
 pub(super) fn boot_args(buf: u64, len: u64) -> SysResult {
     let me = caller()?;
     if !me.is_root() {
-        return Err(SysError::MissingRights);
+        return Err(SysError::MissingRights.into());
     }
     let args = crate::kernel_args().user_args.as_bytes();
     let n = (len.min(args.len() as u64)) as usize;
@@ -36,9 +36,9 @@ pub(super) fn boot_args(buf: u64, len: u64) -> SysResult {
 /// progress. Root space only; WouldBlock while another report runs.
 pub(super) fn hang_report() -> SysResult {
     if !caller()?.is_root() {
-        return Err(SysError::MissingRights);
+        return Err(SysError::MissingRights.into());
     }
-    if crate::hang::report("asked for by the root program", 0) { Ok(0) } else { Err(SysError::WouldBlock) }
+    if crate::hang::report("asked for by the root program", 0) { Ok(0) } else { Err(SysError::WouldBlock.into()) }
 }
 
 /// `fault_inject(mode, a, b)`: arms the allocation fault injector
@@ -48,13 +48,13 @@ pub(super) fn hang_report() -> SysResult {
 pub(super) fn fault_inject(mode: u64, a: u64, b: u64) -> SysResult {
     use crate::mm::inject::{Plan, INJECTOR};
     if !caller()?.is_root() {
-        return Err(SysError::MissingRights);
+        return Err(SysError::MissingRights.into());
     }
     let plan = match mode {
         0 => Plan::Off,
         1 if a > 0 => Plan::Nth(a),
         2 if b <= 1000 => Plan::Random { seed: a, permille: b },
-        _ => return Err(SysError::InvalidArgument),
+        _ => return Err(SysError::InvalidArgument.into()),
     };
     let (points, _) = INJECTOR.counts();
     INJECTOR.arm(plan);
@@ -67,7 +67,7 @@ pub(super) fn fault_inject(mode: u64, a: u64, b: u64) -> SysResult {
 /// (64 bytes; at least the first 24 are needed).
 pub(super) fn system_info(buf: u64, len: u64) -> SysResult {
     if len < 24 {
-        return Err(SysError::BadSize);
+        return Err(SysError::BadSize.into());
     }
     let s = frame::stats();
     let mut out = [0u8; 64];

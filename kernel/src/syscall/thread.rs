@@ -40,14 +40,14 @@ pub(super) fn thread_wait(h: u64, block: u64) -> SysResult {
             // A kill ends the wait (the thread exits on its way out); a stop restarts it.
             match r {
                 Some(r) => r,
-                None => return interrupted(),
+                None => return Err(interrupted()),
             }
         }
-        _ => return Err(SysError::InvalidArgument),
+        _ => return Err(SysError::InvalidArgument.into()),
     };
     match reason {
         UserExit::Exited(code) => Ok((code & (i64::MAX as u64)) as i64),
-        _ => Err(SysError::Dead),
+        _ => Err(SysError::Dead.into()),
     }
 }
 
@@ -68,22 +68,22 @@ pub(super) fn thread_stop(h: u64) -> SysResult {
     let t = me.lookup_thread(Handle::from_raw(h), Rights::SET_STATE)?;
     drop(me);
     if alloc::sync::Arc::ptr_eq(&t, &sched::current()) {
-        return Err(SysError::InvalidArgument);
+        return Err(SysError::InvalidArgument.into());
     }
     crate::arch::cpu::enable_interrupts();
     let stopped = sched::stop(&t);
     crate::arch::cpu::disable_interrupts();
     if !stopped {
-        return Err(SysError::Dead);
+        return Err(SysError::Dead.into());
     }
-    if t.has_exited() { Err(SysError::Dead) } else { Ok(0) }
+    if t.has_exited() { Err(SysError::Dead.into()) } else { Ok(0) }
 }
 
 /// `thread_resume(thread)` (SET_STATE): lets a stopped thread run again.
 pub(super) fn thread_resume(h: u64) -> SysResult {
     let me = caller()?;
     let t = me.lookup_thread(Handle::from_raw(h), Rights::SET_STATE)?;
-    if sched::resume(&t) { Ok(0) } else { Err(SysError::InvalidArgument) }
+    if sched::resume(&t) { Ok(0) } else { Err(SysError::InvalidArgument.into()) }
 }
 
 /// `thread_create_stopped(space)` (CREATE): a thread that runs only after
@@ -139,7 +139,7 @@ pub(super) fn read_registers(t: &sched::Thread) -> (sched::UserRegisters, bool) 
 /// rax rbx rcx rdx rsi rdi rbp rsp r8..r15, rip, rflags.
 pub(super) fn thread_get_state(h: u64, buf: u64, len: u64) -> SysResult {
     if len < THREAD_STATE_BYTES {
-        return Err(SysError::BadSize);
+        return Err(SysError::BadSize.into());
     }
     let t = stopped_thread(h, Rights::GET_STATE)?;
     let (regs, in_syscall) = read_registers(&t);
@@ -168,7 +168,7 @@ pub(super) fn thread_get_state(h: u64, buf: u64, len: u64) -> SysResult {
 pub(super) fn thread_set_state(h: u64, buf: u64, len: u64) -> SysResult {
     use crate::arch::x86_64::idt::TrapFrame;
     if len < THREAD_STATE_BYTES {
-        return Err(SysError::BadSize);
+        return Err(SysError::BadSize.into());
     }
     let mut bytes = [0u8; 152];
     copy_from_user(&mut bytes, buf).map_err(|()| SysError::BadPointer)?;
@@ -183,23 +183,23 @@ pub(super) fn thread_set_state(h: u64, buf: u64, len: u64) -> SysResult {
             copy_from_user(&mut area.0, buf + THREAD_STATE_BYTES).map_err(|()| SysError::BadPointer)?;
             // An MXCSR with bits this CPU lacks would fault on the load.
             if !area.loadable() {
-                return Err(SysError::InvalidArgument);
+                return Err(SysError::InvalidArgument.into());
             }
             Some(area)
         }
-        2 => return Err(SysError::BadSize),
-        _ => return Err(SysError::InvalidArgument),
+        2 => return Err(SysError::BadSize.into()),
+        _ => return Err(SysError::InvalidArgument.into()),
     };
     let mut gpr = [0u64; 16];
     gpr.copy_from_slice(&w[1..17]);
     let (rip, rflags) = (w[17], crate::arch::x86_64::context::sanitize_user_rflags(w[18]));
     if rip >= crate::arch::paging::USER_TOP || gpr[7] > crate::arch::paging::USER_TOP {
-        return Err(SysError::BadPointer);
+        return Err(SysError::BadPointer.into());
     }
     let t = stopped_thread(h, Rights::SET_STATE)?;
     if let Some(area) = &fpu_state {
         if !t.set_saved_fpu(area) {
-            return Err(SysError::WouldBlock);
+            return Err(SysError::WouldBlock.into());
         }
     }
     match t.stopped_frame() {
@@ -240,7 +240,7 @@ pub(super) fn thread_set_scheduler(h: u64, port: u64) -> SysResult {
 /// message `[5, cpu, tick, 0, 0, 0]`; 0 returns it to the run queues.
 pub(super) fn thread_set_donation_only(h: u64, on: u64) -> SysResult {
     if on > 1 {
-        return Err(SysError::InvalidArgument);
+        return Err(SysError::InvalidArgument.into());
     }
     let me = caller()?;
     let t = me.lookup_thread(Handle::from_raw(h), Rights::SET_STATE)?;
@@ -257,10 +257,10 @@ pub(super) fn thread_donate(h: u64) -> SysResult {
     drop(me);
     match sched::donate(&t) {
         Ok(end) => Ok(end as i64),
-        Err(sched::DonateError::Invalid) => Err(SysError::InvalidArgument),
-        Err(sched::DonateError::NotRunnable) => Err(SysError::WouldBlock),
-        Err(sched::DonateError::Exited) => Err(SysError::Dead),
-        Err(sched::DonateError::Interrupted) => interrupted(),
+        Err(sched::DonateError::Invalid) => Err(SysError::InvalidArgument.into()),
+        Err(sched::DonateError::NotRunnable) => Err(SysError::WouldBlock.into()),
+        Err(sched::DonateError::Exited) => Err(SysError::Dead.into()),
+        Err(sched::DonateError::Interrupted) => Err(interrupted()),
     }
 }
 
@@ -268,7 +268,7 @@ pub(super) fn thread_donate(h: u64) -> SysResult {
 /// first; user threads start at 16.
 pub(super) fn thread_set_priority(h: u64, priority: u64) -> SysResult {
     if priority > crate::sched::runqueue::MAX_PRIORITY as u64 {
-        return Err(SysError::InvalidArgument);
+        return Err(SysError::InvalidArgument.into());
     }
     let me = caller()?;
     let t = me.lookup_thread(Handle::from_raw(h), Rights::SET_STATE)?;
