@@ -64,6 +64,8 @@ pub struct UserException {
     pub rsp: u64,
     /// CR2 for page faults.
     pub address: u64,
+    /// For a page fault: what the access tried to do.
+    pub page_fault: Option<crate::arch::idt::FaultAccess>,
 }
 
 pub enum Outcome {
@@ -80,8 +82,8 @@ pub enum Outcome {
 pub fn handle_user_exception(e: &UserException) -> Outcome {
     let Some(space) = sched::current().space() else { return Outcome::End };
     let mut target = None;
-    if e.vector == 14 {
-        let access = memory::access_of(e.error_code);
+    if let Some(access) = e.page_fault {
+        let access = memory::rights_for(access);
         match memory::fault(&space, e.address, access) {
             Ok(()) => return Outcome::Resume,
             Err(Resolution::KeeperFault { keeper: Some(token), offset, .. }) => {

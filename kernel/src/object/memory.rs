@@ -49,14 +49,13 @@ pub fn register(space: Weak<Space>) -> SpaceId {
     })
 }
 
-/// The access a page fault asked for, from its error code.
-pub fn access_of(error_code: u64) -> VmRights {
-    if error_code & (1 << 4) != 0 {
-        VmRights::EXECUTE
-    } else if error_code & (1 << 1) != 0 {
-        VmRights::WRITE
-    } else {
-        VmRights::READ
+/// The memory right a page fault asked for.
+pub fn rights_for(access: crate::arch::idt::FaultAccess) -> VmRights {
+    use crate::arch::idt::FaultAccess;
+    match access {
+        FaultAccess::Read => VmRights::READ,
+        FaultAccess::Write => VmRights::WRITE,
+        FaultAccess::Execute => VmRights::EXECUTE,
     }
 }
 

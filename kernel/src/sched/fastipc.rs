@@ -33,7 +33,6 @@ use super::scheduler::{has_ready_thread, here_scheduling, running_on_unchecked, 
 use super::thread::{ParkedAs, Thread, PARKED, RUNNING, TIME_SLICE_TICKS};
 use crate::arch::x86_64::paging::USER_TOP;
 use crate::arch::x86_64::syscall::{self as entry, SyscallFrame, FRAME_BYTES};
-use crate::arch::x86_64_exports::cpu;
 use crate::ipc::Portset;
 use crate::object::handle::{Handle, HandleTable, Rights};
 use crate::object::space::{Object, Space};
@@ -274,11 +273,9 @@ impl Kernel for ThisCpu<'_> {
         super::lazyfpu::on_switch(self.sched, &next);
         // CR3 holds the caller's root (it entered from its own space): no
         // need to read it back.
-        if next.root != self.me.root {
-            // SAFETY: every address space shares the kernel half, where this
-            // code and both kernel stacks live.
-            unsafe { cpu::write_cr3(next.root) };
-        }
+        // SAFETY: both threads are user threads of live spaces; CR3 holds
+        // the caller's root (it entered from its own space).
+        unsafe { crate::arch::paging::switch_user_space_from(self.me.root, next.root) };
         self.sched.slice_left.store(TIME_SLICE_TICKS, Ordering::Relaxed);
         // Only this CPU writes its count: no atomic read-modify-write.
         let switches = &self.sched.fast_switches;

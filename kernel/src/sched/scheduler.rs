@@ -322,12 +322,9 @@ pub(super) fn switch_to(cpu: usize, s: &'static CpuSched, prev: Arc<Thread>, nex
         crate::arch::x86_64::syscall::set_kernel_entry_stack(next.stack_top);
     }
     lazyfpu::on_switch(s, &next);
-    let want_root = if next.root != 0 { next.root } else { paging::kernel_root() };
-    if cpu::read_cr3() & 0x000f_ffff_ffff_f000 != want_root {
-        // SAFETY: every address space shares the kernel half, where this code
-        // and both threads' kernel stacks live.
-        unsafe { cpu::write_cr3(want_root) };
-    }
+    // SAFETY: a thread's root lives as long as its space, which outlives
+    // its threads; 0 is the kernel's own table.
+    unsafe { paging::switch_address_space(next.root) };
     let save = if save_context { prev.context_rsp.get() } else { s.discarded_context.get() };
     // SAFETY: next is off every other CPU (on_cpu was clear), so its saved
     // context is complete.

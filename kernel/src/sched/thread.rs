@@ -81,23 +81,7 @@ pub enum ParkedAs {
     Server = 2,
 }
 
-/// Where a stopped thread's user registers are on its kernel stack.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum FrameKind {
-    /// An interrupt or exception frame (`idt::TrapFrame`): every register.
-    Trap,
-    /// A system-call frame (`syscall::SyscallFrame`): rcx and r11 are the
-    /// CPU's (rip and rflags), as the syscall ABI says.
-    Syscall,
-}
-
-/// User registers of a thread that has not run yet (created stopped).
-#[derive(Debug, Clone, Copy, Default)]
-pub struct UserRegisters {
-    pub gpr: [u64; 16],
-    pub rip: u64,
-    pub rflags: u64,
-}
+pub use crate::arch::x86_64::context::{FrameKind, UserRegisters};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum SchedError {

@@ -115,20 +115,9 @@ pub(super) fn stopped_thread(h: u64, right: Rights) -> Result<alloc::sync::Arc<s
 
 /// A thread's user registers as the state record orders them.
 pub(super) fn read_registers(t: &sched::Thread) -> (sched::UserRegisters, bool) {
-    use crate::arch::x86_64::idt::TrapFrame;
     match t.stopped_frame() {
-        Some((addr, sched::FrameKind::Trap)) => {
-            // SAFETY: the thread is stopped, so its trap frame sits unchanged on its kernel stack.
-            let f = unsafe { &*(addr as *const TrapFrame) };
-            let gpr = [f.rax, f.rbx, f.rcx, f.rdx, f.rsi, f.rdi, f.rbp, f.rsp, f.r8, f.r9, f.r10, f.r11, f.r12, f.r13, f.r14, f.r15];
-            (sched::UserRegisters { gpr, rip: f.rip, rflags: f.rflags }, false)
-        }
-        Some((addr, sched::FrameKind::Syscall)) => {
-            // SAFETY: as above, for the system-call frame.
-            let f = unsafe { &*(addr as *const SyscallFrame) };
-            let gpr = [f.rax, f.rbx, f.rip, f.rdx, f.rsi, f.rdi, f.rbp, f.rsp, f.r8, f.r9, f.r10, f.rflags, f.r12, f.r13, f.r14, f.r15];
-            (sched::UserRegisters { gpr, rip: f.rip, rflags: f.rflags }, true)
-        }
+        // SAFETY: the thread is stopped, so its frame sits unchanged on its kernel stack.
+        Some((addr, kind)) => unsafe { crate::arch::x86_64::context::read_user_frame(addr, kind) },
         None => (t.pending_start().lock().unwrap_or_default(), false),
     }
 }
@@ -166,7 +155,6 @@ pub(super) fn thread_get_state(h: u64, buf: u64, len: u64) -> SysResult {
 /// replaces the thread's registers with a version-1 record. rip and rsp
 /// must be user addresses; rflags is sanitized (IF on; IOPL, NT, AC off).
 pub(super) fn thread_set_state(h: u64, buf: u64, len: u64) -> SysResult {
-    use crate::arch::x86_64::idt::TrapFrame;
     if len < THREAD_STATE_BYTES {
         return Err(SysError::BadSize.into());
     }
@@ -202,22 +190,12 @@ pub(super) fn thread_set_state(h: u64, buf: u64, len: u64) -> SysResult {
             return Err(SysError::WouldBlock.into());
         }
     }
+    let regs = sched::UserRegisters { gpr, rip, rflags };
     match t.stopped_frame() {
-        Some((addr, sched::FrameKind::Trap)) => {
-            // SAFETY: the thread is stopped; its trap frame is ours to rewrite.
-            let f = unsafe { &mut *(addr as *mut TrapFrame) };
-            (f.rax, f.rbx, f.rcx, f.rdx, f.rsi, f.rdi, f.rbp, f.rsp) = (gpr[0], gpr[1], gpr[2], gpr[3], gpr[4], gpr[5], gpr[6], gpr[7]);
-            (f.r8, f.r9, f.r10, f.r11, f.r12, f.r13, f.r14, f.r15) = (gpr[8], gpr[9], gpr[10], gpr[11], gpr[12], gpr[13], gpr[14], gpr[15]);
-            (f.rip, f.rflags) = (rip, rflags);
-        }
-        Some((addr, sched::FrameKind::Syscall)) => {
-            // SAFETY: as above; sysret will take rip and rflags from this frame.
-            let f = unsafe { &mut *(addr as *mut SyscallFrame) };
-            (f.rax, f.rbx, f.rdx, f.rsi, f.rdi, f.rbp, f.rsp) = (gpr[0], gpr[1], gpr[3], gpr[4], gpr[5], gpr[6], gpr[7]);
-            (f.r8, f.r9, f.r10, f.r12, f.r13, f.r14, f.r15) = (gpr[8], gpr[9], gpr[10], gpr[12], gpr[13], gpr[14], gpr[15]);
-            (f.rip, f.rflags) = (rip, rflags);
-        }
-        None => *t.pending_start().lock() = Some(sched::UserRegisters { gpr, rip, rflags }),
+        // SAFETY: the thread is stopped; its frame is ours to rewrite, and
+        // the registers were validated above.
+        Some((addr, kind)) => unsafe { crate::arch::x86_64::context::write_user_frame(addr, kind, &regs) },
+        None => *t.pending_start().lock() = Some(regs),
     }
     Ok(0)
 }

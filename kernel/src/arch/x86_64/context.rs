@@ -142,3 +142,71 @@ pub fn sanitize_user_rflags(rflags: u64) -> u64 {
     const USER_SETTABLE: u64 = 0x0cd5 | (1 << 8) | (1 << 10); // CF PF AF ZF SF TF DF OF
     (rflags & USER_SETTABLE) | (1 << 9) | (1 << 1)
 }
+
+/// Where a stopped thread's user registers are on its kernel stack.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FrameKind {
+    /// An interrupt or exception frame (`idt::TrapFrame`): every register.
+    Trap,
+    /// A system-call frame (`syscall::SyscallFrame`): rcx and r11 are the
+    /// CPU's (rip and rflags), as the syscall ABI says.
+    Syscall,
+}
+
+/// A thread's user registers, as exported and rebuilt (kernel/ABI.md's
+/// thread state record): rax rbx rcx rdx rsi rdi rbp rsp r8..r15, rip, rflags.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct UserRegisters {
+    pub gpr: [u64; 16],
+    pub rip: u64,
+    pub rflags: u64,
+}
+
+/// Reads the user registers held by a stopped thread's frame; true when it
+/// stopped in a system call (rcx and r11 then hold rip and rflags).
+///
+/// # Safety
+/// `frame` is the address of a frame of `kind` on the kernel stack of a
+/// thread that is stopped (so nothing changes or frees the frame meanwhile).
+pub unsafe fn read_user_frame(frame: u64, kind: FrameKind) -> (UserRegisters, bool) {
+    match kind {
+        FrameKind::Trap => {
+            // SAFETY: the caller's contract.
+            let f = unsafe { &*(frame as *const super::idt::TrapFrame) };
+            let gpr = [f.rax, f.rbx, f.rcx, f.rdx, f.rsi, f.rdi, f.rbp, f.rsp, f.r8, f.r9, f.r10, f.r11, f.r12, f.r13, f.r14, f.r15];
+            (UserRegisters { gpr, rip: f.rip, rflags: f.rflags }, false)
+        }
+        FrameKind::Syscall => {
+            // SAFETY: the caller's contract.
+            let f = unsafe { &*(frame as *const super::syscall::SyscallFrame) };
+            let gpr = [f.rax, f.rbx, f.rip, f.rdx, f.rsi, f.rdi, f.rbp, f.rsp, f.r8, f.r9, f.r10, f.rflags, f.r12, f.r13, f.r14, f.r15];
+            (UserRegisters { gpr, rip: f.rip, rflags: f.rflags }, true)
+        }
+    }
+}
+
+/// Rewrites the user registers held by a stopped thread's frame (a system
+/// call's frame keeps rcx and r11 for the `sysret`: rip and rflags).
+///
+/// # Safety
+/// As `read_user_frame`; `regs` is validated (user-half rip and rsp,
+/// sanitized rflags) by the caller.
+pub unsafe fn write_user_frame(frame: u64, kind: FrameKind, regs: &UserRegisters) {
+    let g = &regs.gpr;
+    match kind {
+        FrameKind::Trap => {
+            // SAFETY: the caller's contract.
+            let f = unsafe { &mut *(frame as *mut super::idt::TrapFrame) };
+            (f.rax, f.rbx, f.rcx, f.rdx, f.rsi, f.rdi, f.rbp, f.rsp) = (g[0], g[1], g[2], g[3], g[4], g[5], g[6], g[7]);
+            (f.r8, f.r9, f.r10, f.r11, f.r12, f.r13, f.r14, f.r15) = (g[8], g[9], g[10], g[11], g[12], g[13], g[14], g[15]);
+            (f.rip, f.rflags) = (regs.rip, regs.rflags);
+        }
+        FrameKind::Syscall => {
+            // SAFETY: the caller's contract.
+            let f = unsafe { &mut *(frame as *mut super::syscall::SyscallFrame) };
+            (f.rax, f.rbx, f.rdx, f.rsi, f.rdi, f.rbp, f.rsp) = (g[0], g[1], g[3], g[4], g[5], g[6], g[7]);
+            (f.r8, f.r9, f.r10, f.r12, f.r13, f.r14, f.r15) = (g[8], g[9], g[10], g[12], g[13], g[14], g[15]);
+            (f.rip, f.rflags) = (regs.rip, regs.rflags);
+        }
+    }
+}

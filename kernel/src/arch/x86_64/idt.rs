@@ -172,6 +172,27 @@ pub const EXCEPTION_NAMES: [&str; 32] = [
     "hypervisor injection", "VMM communication", "security", "reserved (31)",
 ];
 
+/// What a page fault tried to do, from its error code (Intel SDM vol. 3,
+/// 4.7: bit 1 write, bit 4 instruction fetch).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FaultAccess {
+    Read,
+    Write,
+    Execute,
+}
+
+impl FaultAccess {
+    pub fn of_error_code(error_code: u64) -> FaultAccess {
+        if error_code & (1 << 4) != 0 {
+            FaultAccess::Execute
+        } else if error_code & (1 << 1) != 0 {
+            FaultAccess::Write
+        } else {
+            FaultAccess::Read
+        }
+    }
+}
+
 /// The frame's address when it holds user registers (the interrupt came from ring 3).
 fn user_frame(frame: &mut TrapFrame) -> Option<u64> {
     (frame.cs & 3 == 3).then_some(frame as *mut TrapFrame as u64)
@@ -191,6 +212,7 @@ extern "C" fn trap_dispatch(frame: &mut TrapFrame) {
                 rip: frame.rip,
                 rsp: frame.rsp,
                 address: if frame.vector == 14 { super::cpu::read_cr2() } else { 0 },
+                page_fault: (frame.vector == 14).then(|| FaultAccess::of_error_code(frame.error_code)),
             };
             match crate::object::keeper::handle_user_exception(&e) {
                 crate::object::keeper::Outcome::Resume => {}

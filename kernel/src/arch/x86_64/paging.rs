@@ -127,6 +127,35 @@ fn map_2m_in(root: u64, va: u64, pa: u64, flags: u64) -> Result<(), MapError> {
     Ok(())
 }
 
+/// Makes `root` (a user space's top-level table, or 0 for the kernel's
+/// own) this CPU's address space, unless it already is.
+///
+/// # Safety
+/// `root` is 0 or a live top-level table made by `new_user_root` (every
+/// address space shares the kernel half, where the caller's code and stack
+/// live), which stays live while this CPU runs on it.
+#[inline]
+pub unsafe fn switch_address_space(root: u64) {
+    let want = if root != 0 { root } else { kernel_root() };
+    if super::cpu::read_cr3() & ADDR_MASK != want {
+        // SAFETY: the caller's contract.
+        unsafe { super::cpu::write_cr3(want) };
+    }
+}
+
+/// Loads user space `next` in place of `current`, which this CPU runs on
+/// now (known, so CR3 is not read back: the fast path's switch).
+///
+/// # Safety
+/// As `switch_address_space`, and `current` is CR3's table now.
+#[inline(always)]
+pub unsafe fn switch_user_space_from(current: u64, next: u64) {
+    if next != current {
+        // SAFETY: the caller's contract.
+        unsafe { super::cpu::write_cr3(next) };
+    }
+}
+
 pub fn kernel_root() -> u64 {
     KERNEL_ROOT.load(Ordering::Acquire)
 }
