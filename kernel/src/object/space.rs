@@ -144,6 +144,8 @@ pub struct Space {
     /// Regions and mappings of this space charged to its quota (settled
     /// against the memory engine's count, see `settle_vm_nodes`).
     vm_nodes_charged: AtomicU64,
+    /// Set once the destroy that claimed it has freed everything.
+    torn_down: AtomicBool,
 }
 
 impl Space {
@@ -177,9 +179,16 @@ impl Space {
             quota,
             own_charge: spin::Mutex::new(own_charge),
             vm_nodes_charged: AtomicU64::new(0),
+            torn_down: AtomicBool::new(false),
         });
         if let Some(p) = parent {
             cpu::without_interrupts(|| p.children.lock().push(space.clone()));
+            if p.is_dead() {
+                // The parent's destroy may have collected its children before
+                // this one joined them: whichever claims it tears it down.
+                space.destroy();
+                return Err(SpaceError::Dead);
+            }
         }
         Ok(space)
     }
@@ -393,13 +402,25 @@ impl Space {
 
     /// Destroys this space and its subtree: marks every space dead, kills
     /// every thread, waits for them, then frees handles, page tables and the
-    /// memory they map. The caller must not run in the subtree.
-    pub fn destroy(self: &Arc<Space>) {
-        let mut subtree = Vec::new();
-        self.collect_subtree(&mut subtree);
-        for s in &subtree {
-            s.dead.store(true, Ordering::Release);
+    /// memory they map. The caller must not run in the subtree. Returns
+    /// false (doing nothing) if the space is already dead: destroyed, or
+    /// being destroyed, with an ancestor or by another caller.
+    ///
+    /// Each space is claimed by the one destroy that marks it dead, and only
+    /// that destroy tears it (and what it claimed below it) down, so two
+    /// destroys of overlapping subtrees, at once or one after the other,
+    /// never free a space's tables twice.
+    pub fn destroy(self: &Arc<Space>) -> bool {
+        if self.dead.swap(true, Ordering::AcqRel) {
+            return false;
         }
+        // Joining the subtree's threads blocks and freeing memory shoots
+        // TLBs down: both need interrupts on (a caller inside a system call
+        // has them off).
+        let interrupts_were_on = cpu::interrupts_enabled();
+        cpu::enable_interrupts();
+        let (mut subtree, mut foreign) = (Vec::new(), Vec::new());
+        self.collect_claimed_subtree(&mut subtree, &mut foreign);
         // Kill everything first, so the joins below overlap; nothing here
         // allocates (the lists are taken whole, the run queues are intrusive).
         for s in &subtree {
@@ -415,6 +436,16 @@ impl Space {
             }
         }
         sched::reap();
+        // A child another destroy claimed may still run threads that map
+        // this subtree's memory: let that destroy finish before any of it is
+        // freed. (It never waits for this one: it tears down a subtree
+        // strictly below.)
+        for c in &foreign {
+            while !c.torn_down.load(Ordering::Acquire) {
+                sched::yield_now();
+            }
+        }
+        drop(foreign);
         // Revoke everything other spaces map from the subtree first, then
         // free: children first, so no handle table keeps a parent alive.
         for s in &subtree {
@@ -431,16 +462,28 @@ impl Space {
             paging::destroy_user_root_with(s.root, false);
             let frames: Vec<u64> = cpu::without_interrupts(|| core::mem::take(&mut *s.anonymous.lock())).into_values().collect();
             super::memory::free_frames(frames);
+            s.torn_down.store(true, Ordering::Release);
         }
         if let Some(p) = self.parent.upgrade() {
             cpu::without_interrupts(|| p.children.lock().retain(|c| !Arc::ptr_eq(c, self)));
         }
+        if !interrupts_were_on {
+            cpu::disable_interrupts();
+        }
+        true
     }
 
-    fn collect_subtree(self: &Arc<Space>, out: &mut Vec<Arc<Space>>) {
+    /// `self` (already claimed) and every descendant this call claims; a
+    /// child another destroy claimed first is left to it, with its subtree.
+    /// Children that another destroy claimed go to `foreign`.
+    fn collect_claimed_subtree(self: &Arc<Space>, out: &mut Vec<Arc<Space>>, foreign: &mut Vec<Arc<Space>>) {
         out.push(self.clone());
         for c in self.children() {
-            c.collect_subtree(out);
+            if !c.dead.swap(true, Ordering::AcqRel) {
+                c.collect_claimed_subtree(out, foreign);
+            } else {
+                foreign.push(c);
+            }
         }
     }
 }

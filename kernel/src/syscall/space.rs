@@ -19,7 +19,9 @@ pub(super) fn space_create(parent: u64) -> SysResult {
 }
 
 /// `space_destroy(space)`: destroys the space and its subtree and closes
-/// the handle. A space cannot destroy itself or an ancestor.
+/// the handle. A space cannot destroy itself or an ancestor. A space that
+/// is already dead (destroyed with an ancestor, or by another handle)
+/// gives `Dead`; its handle is closed all the same.
 pub(super) fn space_destroy(h: u64) -> SysResult {
     let me = caller()?;
     let handle = Handle::from_raw(h);
@@ -28,11 +30,7 @@ pub(super) fn space_destroy(h: u64) -> SysResult {
         return Err(SpaceError::WouldDestroyCaller.into());
     }
     me.remove(handle)?;
-    // Joining the subtree's threads blocks; let interrupts in meanwhile.
-    crate::arch::cpu::enable_interrupts();
-    target.destroy();
-    crate::arch::cpu::disable_interrupts();
-    Ok(0)
+    if target.destroy() { Ok(0) } else { Err(SysError::Dead.into()) }
 }
 
 /// `space_set_quota(space, bytes)` (SET_STATE): limits the kernel memory

@@ -8,6 +8,8 @@
 //!    (the caller waited forever).
 //! 3. `space_destroy` of a space holding donation-only threads that were
 //!    never donated to (the destroy waited forever).
+//! 5. `space_destroy` of a space that already died with an ancestor (found
+//!    by the fuzzer: its page tables were freed a second time).
 //! 4. Threads created and their handles closed until the kernel ran out of
 //!    memory, then `space_destroy` (the kernel heap ran out inside the
 //!    destroy and panicked): kernel-memory quotas stop the flood first.
@@ -293,7 +295,31 @@ fn quotas_stop_a_thread_flood() -> Result<(), &'static str> {
     Ok(())
 }
 
+/// Destroying a space that died with its ancestor is `Dead`, and frees
+/// nothing twice (the frames of both destroys come back exactly).
+fn destroy_of_a_dead_space() -> Result<(), &'static str> {
+    let me = obj::self_space();
+    let before = super::free_frames()?;
+    for _ in 0..50 {
+        let child = obj::space_create(me).map_err(|_| "space_create")?;
+        let grandchild = obj::space_create(child).map_err(|_| "space_create")?;
+        let great = obj::space_create(grandchild).map_err(|_| "space_create")?;
+        obj::space_destroy(child).map_err(|_| "space_destroy of the child")?;
+        if obj::space_destroy(great) != Err(SysError::Dead) || obj::space_destroy(grandchild) != Err(SysError::Dead) {
+            return Err("destroying a space that died with its ancestor was not Dead");
+        }
+        if obj::close(great) != Err(SysError::BadHandle) {
+            return Err("space_destroy of a dead space left its handle open");
+        }
+    }
+    if super::free_frames()? < before {
+        return Err("destroying dead spaces lost frames");
+    }
+    Ok(())
+}
+
 pub fn check() -> Result<(), &'static str> {
+    destroy_of_a_dead_space()?;
     copies_versus_revocation()?;
     stop_of_an_ending_thread()?;
     destroy_with_donation_only_threads()?;
