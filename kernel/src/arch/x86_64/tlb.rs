@@ -1,7 +1,7 @@
-//! TLB shootdown: after changing a kernel mapping, invalidate it on every
-//! CPU and wait until all of them have done so.
+//! TLB shootdown: after changing a mapping, invalidate it on every CPU and
+//! wait until all of them have done so.
 
-use core::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use core::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
 use super::idt::VECTOR_IPI_TLB;
 use super::{apic, cpu, percpu, smp};
@@ -12,7 +12,11 @@ const FULL_FLUSH_THRESHOLD: u64 = 32;
 static SHOOTDOWN_LOCK: spin::Mutex<()> = spin::Mutex::new(());
 static REQUEST_START: AtomicU64 = AtomicU64::new(0);
 static REQUEST_PAGES: AtomicU64 = AtomicU64::new(0);
-static PENDING_ACKS: AtomicU32 = AtomicU32::new(0);
+/// Per CPU: a request it has not carried out yet. A flag per CPU rather
+/// than a count of acknowledgements, so a CPU may carry a request out by
+/// polling (while it waits with interrupts off) and the IPI that arrives
+/// later finds nothing left to do.
+static PENDING: [AtomicBool; percpu::MAX_CPUS] = [const { AtomicBool::new(false) }; percpu::MAX_CPUS];
 
 fn flush_local(start: u64, pages: u64) {
     if pages > FULL_FLUSH_THRESHOLD {
@@ -34,34 +38,49 @@ fn flush_local(start: u64, pages: u64) {
     }
 }
 
+/// Carries out the request addressed to this CPU, if there is one.
+fn serve_pending() {
+    if PENDING[percpu::this_cpu_index()].swap(false, Ordering::AcqRel) {
+        flush_local(REQUEST_START.load(Ordering::Acquire), REQUEST_PAGES.load(Ordering::Acquire));
+        percpu::this_cpu().tlb_shootdowns_handled.fetch_add(1, Ordering::Relaxed);
+    }
+}
+
 /// Invalidates `[start, start + pages * 4 KiB)` on every online CPU and
-/// returns once all have acknowledged. Must be called with interrupts
-/// enabled, so two CPUs shooting down at once cannot deadlock.
+/// returns once all have done so. Works with interrupts on or off: while it
+/// waits (for another shootdown to finish, or for the other CPUs), it
+/// serves requests addressed to its own CPU, so two CPUs shooting down at
+/// once cannot wait for each other.
 pub fn shootdown(start: u64, pages: u64) {
     flush_local(start, pages);
     let online = smp::online_count();
     if online <= 1 {
         return;
     }
-    debug_assert!(cpu::interrupts_enabled(), "shootdown with interrupts masked could deadlock");
-    let _guard = SHOOTDOWN_LOCK.lock();
+    let _guard = loop {
+        if let Some(guard) = SHOOTDOWN_LOCK.try_lock() {
+            break guard;
+        }
+        serve_pending();
+        cpu::pause();
+    };
     let me = percpu::this_cpu_index();
-    REQUEST_START.store(start, Ordering::Relaxed);
-    REQUEST_PAGES.store(pages, Ordering::Relaxed);
-    PENDING_ACKS.store(online as u32 - 1, Ordering::Release);
+    REQUEST_START.store(start, Ordering::Release);
+    REQUEST_PAGES.store(pages, Ordering::Release);
     for index in 0..smp::cpu_count() {
         let target = percpu::cpu(index);
         if index != me && target.online.load(Ordering::Acquire) {
+            PENDING[index].store(true, Ordering::Release);
             apic::send_ipi(target.apic_id.load(Ordering::Relaxed), VECTOR_IPI_TLB);
         }
     }
-    while PENDING_ACKS.load(Ordering::Acquire) != 0 {
-        cpu::pause();
+    for flag in PENDING.iter().take(smp::cpu_count()) {
+        while flag.load(Ordering::Acquire) {
+            cpu::pause();
+        }
     }
 }
 
 pub fn on_shootdown_ipi() {
-    flush_local(REQUEST_START.load(Ordering::Relaxed), REQUEST_PAGES.load(Ordering::Relaxed));
-    percpu::this_cpu().tlb_shootdowns_handled.fetch_add(1, Ordering::Relaxed);
-    PENDING_ACKS.fetch_sub(1, Ordering::AcqRel);
+    serve_pending();
 }
