@@ -117,6 +117,17 @@ pub(super) fn running_on(s: &'static CpuSched) -> &'static Thread {
     unsafe { &*Arc::as_ptr((*s.current.get()).as_ref().expect("scheduler not started on this CPU")) }
 }
 
+/// Whether the current thread is asked to die or to stop (one load of its
+/// attention byte; the exit path of every system call asks). Interrupts
+/// off, from a system call.
+#[inline(always)]
+pub fn current_kill_or_stop() -> (bool, bool) {
+    let (_, s) = here_scheduling();
+    // SAFETY: a system call comes from the current thread: `s` has one.
+    let attention = unsafe { running_on_unchecked(s) }.attention.load(Ordering::Acquire);
+    (attention & ATTENTION_KILL != 0, attention & ATTENTION_STOP != 0)
+}
+
 /// The running thread. Panics before `init_this_cpu`.
 pub fn current() -> Arc<Thread> {
     cpu::without_interrupts(|| {

@@ -90,9 +90,9 @@ pub(super) fn conn_send_over_receive(frame: &mut SyscallFrame) -> SysResult {
     match crate::reliable::receive(side) {
         // Restarts as the receive alone (or fails, if killed).
         Err(crate::reliable::ConnError::Interrupted) => match interrupted() {
-            Fail::Restart => {
+            Fail::RESTART => {
                 frame.rax = call::CONN_RECEIVE;
-                Err(Fail::RestartAs)
+                Err(Fail::RESTART_AS)
             }
             other => Err(other),
         },

@@ -378,11 +378,12 @@ fn complete(frame: &mut SyscallFrame, number: u64, result: i64) {
     } else {
         frame.rax = result as u64;
     }
-    let me = crate::sched::me();
-    if me.kill_requested() {
+    // One load decides the common case: nothing to attend to.
+    let (kill, stop) = crate::sched::current_kill_or_stop();
+    if kill {
         leave_user(UserExit::Killed);
     }
-    if me.stop_requested() {
+    if stop {
         crate::sched::stop_point(frame as *mut SyscallFrame as u64, crate::sched::FrameKind::Syscall);
     }
 }
