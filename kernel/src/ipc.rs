@@ -227,9 +227,10 @@ fn spin_for_delivery(me: &Arc<Thread>) -> bool {
 /// in which case it is and the CPU goes straight to that thread).
 fn wait_delivered(me: &Arc<Thread>, handoff: Option<Arc<Thread>>) -> Result<(), IpcError> {
     if let Some(next) = handoff {
-        // The caller marked itself blocked; a delivery that already happened
-        // may have found it still running, so do not sleep past it.
-        if delivered(me) {
+        // The caller marked itself blocked; a delivery, kill or stop that
+        // already happened may have found it still running, so do not sleep
+        // past it.
+        if delivered(me) || me.kill_requested() || me.stop_requested() {
             let _ = sched::wake(me);
         }
         sched::block_and_handoff(&next);
@@ -242,12 +243,14 @@ fn wait_delivered(me: &Arc<Thread>, handoff: Option<Arc<Thread>>) -> Result<(), 
             return Err(IpcError::Interrupted);
         }
         sched::mark_current_blocked();
-        if delivered(me) {
-            // Delivered between the check and the block: the partner's wake
-            // may have missed us, so undo the block ourselves.
+        if delivered(me) || me.kill_requested() || me.stop_requested() {
+            // Delivered, or asked to die or stop, between the check and the
+            // block (the fence in mark_current_blocked orders this look
+            // after the block): the waker may have missed us, so undo the
+            // block ourselves and look again.
             let _ = sched::wake(me);
             sched::schedule();
-            return Ok(());
+            continue;
         }
         sched::schedule();
     }
@@ -559,7 +562,9 @@ pub fn receive(portset: &Portset) -> Result<(u64, [u64; 6]), IpcError> {
             *sleeper = Some(me.clone());
         }
         let ticket = portset.doorbell.prepare_to_sleep();
-        match ticket.commit_or_cancel(!portset.oneway.is_empty()) {
+        // A kill or stop that came before the block above may have missed
+        // it: cancel the sleep then too (the loop's head ends the call).
+        match ticket.commit_or_cancel(!portset.oneway.is_empty() || me.kill_requested() || me.stop_requested()) {
             fastpath::doorbell::SleepDecision::Sleep => sched::schedule(),
             _ => {
                 let _ = sched::wake(&me);

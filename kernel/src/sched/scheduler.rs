@@ -509,6 +509,27 @@ pub fn mark_current_blocked() {
     core::sync::atomic::fence(Ordering::SeqCst);
 }
 
+/// Marks `me` (the current thread) blocked for `reason`, unless a kill or
+/// stop is pending: then it stays running and this returns false.
+///
+/// `kill` and `stop` set the attention bit and then wake the thread, and a
+/// wake finds nothing to do while the thread still runs. So a waiter that
+/// only looked at the bit before storing BLOCKED could miss a request that
+/// came in between and sleep forever. Here the bit is read after the store,
+/// with the fences of `mark_current_blocked` and `unblock` between: either
+/// this sees the request, or the requester's wake sees BLOCKED.
+pub fn block_unless_asked_to_stop(me: &Thread, reason: WaitReason) -> bool {
+    set_wait(me, reason);
+    me.state.store(BLOCKED, Ordering::Release);
+    core::sync::atomic::fence(Ordering::SeqCst);
+    if me.attention.load(Ordering::Acquire) & (ATTENTION_KILL | ATTENTION_STOP) == 0 {
+        return true;
+    }
+    // Undo the block, unless a waker made it READY (and queued it) first:
+    // then the caller schedules as usual and runs again at once.
+    me.state.compare_exchange(BLOCKED, RUNNING, Ordering::AcqRel, Ordering::Acquire).is_err()
+}
+
 /// Direct switches the IPC fast path has made, on all CPUs.
 pub fn fast_ipc_switches() -> u64 {
     CPUS.iter().map(|s| s.fast_switches.load(Ordering::Relaxed)).sum()
@@ -598,19 +619,28 @@ pub fn join_unless_killed(t: &Arc<Thread>, interruptible: bool) -> Option<UserEx
         }
         let was = cpu::interrupts_enabled();
         cpu::disable_interrupts();
-        let done = {
+        // (exited, blocked): an interruptible join does not block while a
+        // kill or stop is pending (the loop's head then ends it).
+        let (done, blocked) = {
             let mut slot = t.exit.lock();
             if t.state.load(Ordering::Acquire) == EXITED {
-                true
+                (true, false)
             } else {
                 let me = current();
-                set_wait(&me, WaitReason::Join);
-                me.state.store(BLOCKED, Ordering::Release);
-                slot.joiners.push(me);
-                false
+                let blocked = if interruptible {
+                    block_unless_asked_to_stop(&me, WaitReason::Join)
+                } else {
+                    set_wait(&me, WaitReason::Join);
+                    me.state.store(BLOCKED, Ordering::Release);
+                    true
+                };
+                if blocked {
+                    slot.joiners.push(me);
+                }
+                (false, blocked)
             }
         };
-        if !done {
+        if blocked {
             schedule();
         }
         if was {

@@ -34,15 +34,18 @@ impl WaitQueue {
             let mut w = self.waiters.lock();
             if still_wanted() {
                 let me = current();
-                set_wait(&me, self.reason);
-                me.state.store(BLOCKED, Ordering::Release);
-                w.push(me);
-                true
+                if block_unless_asked_to_stop(&me, self.reason) {
+                    w.push(me);
+                    Some(true)
+                } else {
+                    // A kill or stop is pending: a spurious wake-up, at once.
+                    Some(false)
+                }
             } else {
-                false
+                None
             }
         };
-        if blocked {
+        if blocked == Some(true) {
             schedule();
             // Leave the queue if a kill (not a `wake`) ended the wait.
             let me = current();
@@ -51,7 +54,7 @@ impl WaitQueue {
         if was {
             cpu::enable_interrupts();
         }
-        blocked
+        blocked.is_some()
     }
 
     /// Wakes up to `count` waiters, oldest first; returns how many.

@@ -8,6 +8,9 @@
 //!    (the caller waited forever).
 //! 3. `space_destroy` of a space holding donation-only threads that were
 //!    never donated to (the destroy waited forever).
+//! 6. A kill that arrives as its target goes to sleep in `mutex_wait` (or
+//!    `thread_wait`) was lost and the target slept forever (found by the
+//!    fuzzer).
 //! 5. `space_destroy` of a space that already died with an ancestor (found
 //!    by the fuzzer: its page tables were freed a second time).
 //! 4. Threads created and their handles closed until the kernel ran out of
@@ -318,7 +321,61 @@ fn destroy_of_a_dead_space() -> Result<(), &'static str> {
     Ok(())
 }
 
+fn tsc() -> u64 {
+    // SAFETY: rdtsc only reads the time-stamp counter (user mode may: CR4.TSD is clear).
+    unsafe { core::arch::x86_64::_rdtsc() }
+}
+
+static SLEEP_WORD: AtomicU64 = AtomicU64::new(0);
+static SLEEP_MUTEX: AtomicU64 = AtomicU64::new(0);
+
+/// Sleeps in mutex_wait on a word that never changes, forever.
+extern "C" fn sleeps_in_mutex_wait(_: u64) -> ! {
+    let word = &SLEEP_WORD as *const AtomicU64 as u64;
+    loop {
+        // SAFETY: the word is this program's static; the kernel only reads it.
+        let _ = unsafe { rt::syscall4(nr::MUTEX_WAIT, SLEEP_MUTEX.load(Ordering::Relaxed), word, 7, 0) };
+    }
+}
+
+/// Kills threads as they go to sleep; each kill must end its thread.
+fn kill_as_it_goes_to_sleep() -> Result<(), &'static str> {
+    let me = obj::self_space();
+    let info = obj::system_info().map_err(|_| "system_info")?;
+    let (cpus, ticks_per_us) = (info.cpus, (info.tsc_hz / 1_000_000).max(1));
+    SLEEP_WORD.store(7, Ordering::Relaxed);
+    // SAFETY: mutex_create has no memory arguments.
+    let m = Handle(rt::decode(unsafe { rt::syscall0(nr::MUTEX_CREATE) }).map_err(|_| "mutex_create")?);
+    SLEEP_MUTEX.store(m.0, Ordering::Relaxed);
+    let mut result = Ok(());
+    for round in 0..400u64 {
+        let t = obj::thread_create(me, sleeps_in_mutex_wait, super::stack_top(2), 0).map_err(|_| "thread_create")?;
+        if cpus >= 2 {
+            let _ = obj::thread_set_affinity(t, 2);
+        }
+        // Kill at a different moment each round: 0 to 400 µs after the
+        // creation, which covers its start on the other CPU and its first
+        // entries into mutex_wait.
+        let delay = (round % 200) * 2 * ticks_per_us;
+        let t0 = tsc();
+        while tsc() - t0 < delay {
+            core::hint::spin_loop();
+        }
+        let _ = obj::thread_kill(t);
+        if obj::thread_wait(t, true) != Err(SysError::Dead) {
+            result = Err("a killed thread did not end Dead");
+        }
+        let _ = obj::close(t);
+        if result.is_err() {
+            break;
+        }
+    }
+    let _ = obj::close(m);
+    result
+}
+
 pub fn check() -> Result<(), &'static str> {
+    kill_as_it_goes_to_sleep()?;
     destroy_of_a_dead_space()?;
     copies_versus_revocation()?;
     stop_of_an_ending_thread()?;
