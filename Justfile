@@ -61,7 +61,7 @@ fuzz *ARGS: build
         esac
     done
     {{mkboot}} qemu --cpus "$cpus" --init build/fuzz.elf --timeout "$timeout" \
-        --cmdline "exit=qemu test=fuzz log=${LOG:-info} -- --seed $seed --calls $calls ${rest[*]:-}"
+        --cmdline "exit=qemu test=fuzz log=${LOG:-info} watchdog=60 -- --seed $seed --calls $calls ${rest[*]:-}"
 
 # Host benchmarks of the port queues (criterion) and their software/hardware counters
 bench-queues:

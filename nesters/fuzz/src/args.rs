@@ -28,6 +28,8 @@ pub mod avoid {
     pub const CLOSE_USE: u32 = 1 << 5;
     /// Random recycling of cells while their workers are mid-call.
     pub const KILL_INFLIGHT: u32 = 1 << 6;
+    /// `space_destroy` of a space that already died with an ancestor.
+    pub const DESTROY_DEAD: u32 = 1 << 7;
 
     /// Names accepted by `--avoid`, with their bits.
     pub const NAMES: &[(&str, u32)] = &[
@@ -38,6 +40,7 @@ pub mod avoid {
         ("thread-control", THREAD_CONTROL),
         ("close-use", CLOSE_USE),
         ("kill-inflight", KILL_INFLIGHT),
+        ("destroy-dead", DESTROY_DEAD),
     ];
 }
 
@@ -73,7 +76,7 @@ impl Default for Config {
             seed: 1,
             calls: 100_000,
             targeted_calls: 100_000,
-            warmup_calls: 5_000,
+            warmup_calls: 25_000,
             workers_per_cpu: 2,
             mode: Mode::Both,
             avoid: 0,
@@ -176,7 +179,7 @@ pub fn parse(line: &str) -> Result<Config, ArgError<'_>> {
         c.targeted_calls = c.calls;
     }
     if !warmup_given {
-        c.warmup_calls = (c.calls / 10).clamp(1_000, 10_000);
+        c.warmup_calls = (c.calls / 4).clamp(2_000, 50_000);
     }
     Ok(c)
 }
@@ -191,7 +194,7 @@ mod tests {
         assert_eq!(c.seed, 1);
         assert_eq!(c.calls, 100_000);
         assert_eq!(c.targeted_calls, 100_000);
-        assert_eq!(c.warmup_calls, 10_000);
+        assert_eq!(c.warmup_calls, 25_000);
         assert_eq!(c.workers_per_cpu, 2);
         assert_eq!(c.mode, Mode::Both);
         assert_eq!(c.only, u128::MAX);
@@ -216,7 +219,7 @@ mod tests {
     fn derived_defaults_follow_calls() {
         let c = parse("--calls 500").unwrap();
         assert_eq!(c.targeted_calls, 500);
-        assert_eq!(c.warmup_calls, 1_000);
+        assert_eq!(c.warmup_calls, 2_000);
     }
 
     #[test]

@@ -134,7 +134,7 @@ impl Cell {
         let victims = crate::victims::entry_points();
         let env = cell_env(victims, (s.text.0, s.image_end), s.cpus, s.system_info_max, s.config.avoid, s.config.only);
         let mut gen = Gen::new(layout::worker_rng(s.config.seed, self.slot as u64, self.incarnation));
-        gen.pool.add(Entry { value: self.self_in_cell[0], kind: fuzzlib::gen::kind::SPACE, flags: SELF });
+        gen.pool.add(Entry { value: self.self_in_cell[0], object: self.self_in_cell[0], parent: 0, kind: fuzzlib::gen::kind::SPACE, flags: SELF });
         // SAFETY: as above, no worker runs in this slot now.
         let p = unsafe { &mut *ctl.private.get() };
         p.env = env;
@@ -178,6 +178,9 @@ impl Cell {
         // The worker's handle goes first, so its thread is freed with the
         // space (the kernel frees dead threads' stacks when it destroys one).
         close_quietly(self.worker);
+        if setup().config.trace {
+            matryoshka_rt::println!("fuzz: trace root destroys cell {} (space {:#x}, depth {})", self.slot, self.spaces[0], self.depth);
+        }
         must("space_destroy of a cell", obj::space_destroy(Handle(self.spaces[0])))?;
         for &h in self.spaces[1..self.depth].iter().chain(&self.regions).chain(&self.mappings) {
             close_quietly(h);

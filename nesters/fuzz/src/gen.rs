@@ -9,7 +9,7 @@
 use matryoshka_rt::nr;
 
 use crate::args::{avoid, ONLY_UNKNOWN_BIT};
-use crate::pool::{Entry, Pool, SELF, UNKNOWN_KIND};
+use crate::pool::{Entry, Pool, DEAD, SELF, UNKNOWN_KIND};
 use crate::rng::Rng;
 
 pub const PAGE: u64 = 4096;
@@ -136,12 +136,15 @@ pub enum Check {
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Effect {
     None,
-    /// The result is a new handle in the caller's table.
-    Creates { kind: u32, flags: u32 },
+    /// The result is a new handle in the caller's table: to a new object
+    /// (`object` 0) or to `object` again; `parent` is a new space's parent.
+    Creates { kind: u32, flags: u32, object: u64, parent: u64 },
     /// A new handle at exactly `value` in the caller's table (`handle_transfer_at`).
-    CreatesAt { value: u64, kind: u32, flags: u32 },
+    CreatesAt { value: u64, kind: u32, flags: u32, object: u64 },
     /// The handle `value` was closed.
     Closes(u64),
+    /// Space `object` (handle `value`) was destroyed and the handle closed.
+    Destroys { value: u64, object: u64 },
     /// The result is a handle value in another space's table.
     Foreign,
     /// A handle may have been placed in the caller's table at a chosen value.
@@ -171,6 +174,12 @@ impl Origin {
     }
     fn is_self(self) -> bool {
         self.entry().is_some_and(|e| e.flags & SELF != 0)
+    }
+    fn is_dead(self) -> bool {
+        self.entry().is_some_and(|e| e.flags & DEAD != 0)
+    }
+    fn object(self) -> u64 {
+        self.entry().map_or(0, |e| e.object)
     }
 }
 
@@ -497,8 +506,9 @@ impl Gen {
             nr::IPC_CALL | nr::IPC_REPLY_WAIT | nr::IPC_RECEIVE | nr::IPC_CALL_BUF | nr::IPC_REPLY_WAIT_BUF => 2,
             nr::CONN_CONNECT | nr::CONN_ACCEPT | nr::THREAD_DONATE | nr::HANDLE_IMPORT | nr::HANDLE_TRANSFER_AT => 2,
             nr::REGION_CREATE | nr::MAPPING_CREATE | nr::HANDLE_CLOSE | nr::HANDLE_DUPLICATE | nr::HANDLE_INFO => 5,
+            nr::HANG_REPORT | nr::FAULT_INJECT => 1,
             4 | 1 => 3,
-            16..=76 => 3,
+            16..=LAST_CALL => 3,
             _ => 0,
         };
         let boost = if self.pool.len() + 4 >= crate::pool::LIVE_SLOTS && closing {
@@ -511,26 +521,23 @@ impl Gen {
         base * boost
     }
 
-    /// Chooses the next call number: 0..=76, 77 (refused outside the root
-    /// space) or one the kernel does not have.
+    /// Chooses the next call number: 0..=79 (77 and 79 are refused outside
+    /// the root space) or one the kernel does not have.
     pub fn pick_nr(&mut self, env: &Env) -> u64 {
-        let mut weights = [0u32; 80];
-        for (n, w) in weights.iter_mut().enumerate().take(77) {
+        let mut weights = [0u32; UNKNOWN_SLOT + 1];
+        for (n, w) in weights.iter_mut().enumerate().take(LAST_CALL as usize + 1) {
             if env.only & (1u128 << n) != 0 {
                 *w = self.weight(n as u64, env);
             }
         }
-        if env.only & (1u128 << nr_hang_report()) != 0 {
-            weights[77] = 1;
-        }
         if env.only & (1u128 << ONLY_UNKNOWN_BIT) != 0 {
-            weights[78] = 3;
+            weights[UNKNOWN_SLOT] = 3;
         }
         if weights.iter().all(|&w| w == 0) {
             return nr::NULL;
         }
         match self.rng.weighted(&weights) {
-            78 => self.unknown_nr(),
+            UNKNOWN_SLOT => self.unknown_nr(),
             n => n as u64,
         }
     }
@@ -540,7 +547,7 @@ impl Gen {
     fn unknown_nr(&mut self) -> u64 {
         match self.rng.below(6) {
             0 => self.rng.range(5, 15),
-            1 => self.rng.range(78, 1000),
+            1 => self.rng.range(LAST_CALL + 1, 1000),
             2 => (1 << 32) | self.rng.pick(&[0, 1, 3, 16, 33]),
             3 => 0x8000_0000_0000_0000 | self.rng.below(80),
             4 => u64::MAX - self.rng.below(4),
@@ -664,14 +671,19 @@ impl Gen {
             }
             nr::SPACE_CREATE => {
                 let o = primary(self, &mut c, kind::SPACE);
-                must_fail = o.invalid();
-                c.effect = Effect::Creates { kind: kind::SPACE, flags: 0 };
+                // A dead space has no children (kernel/ABI.md: Dead).
+                must_fail = o.invalid() || o.is_dead();
+                c.effect = Effect::Creates { kind: kind::SPACE, flags: 0, object: 0, parent: o.object() };
             }
             nr::SPACE_DESTROY => {
-                let o = primary(self, &mut c, kind::SPACE);
+                let mut o = primary(self, &mut c, kind::SPACE);
+                if o.is_dead() && env.avoid & avoid::DESTROY_DEAD != 0 {
+                    c.regs[reg::RDI] = self.forged();
+                    o = Origin::Forged;
+                }
                 // Never its own space (and the worker's handles to it lack DESTROY).
                 must_fail = o.invalid() || o.is_self();
-                c.effect = Effect::Closes(c.regs[reg::RDI]);
+                c.effect = Effect::Destroys { value: c.regs[reg::RDI], object: o.object() };
             }
             nr::SPACE_ENUMERATE => {
                 let o = primary(self, &mut c, kind::SPACE);
@@ -694,14 +706,14 @@ impl Gen {
                 c.regs[reg::RSI] = rip;
                 c.regs[reg::RDX] = rsp;
                 c.regs[reg::R10] = self.victim_arg(v);
-                must_fail = o.invalid() || bad_rip || bad_rsp;
-                c.effect = Effect::Creates { kind: kind::THREAD, flags: 0 };
+                must_fail = o.invalid() || bad_rip || bad_rsp || o.is_dead();
+                c.effect = Effect::Creates { kind: kind::THREAD, flags: 0, object: 0, parent: 0 };
             }
             nr::THREAD_CREATE_STOPPED => {
                 let o = primary(self, &mut c, kind::SPACE);
                 self.threads_left = self.threads_left.saturating_sub(1);
                 must_fail = o.invalid();
-                c.effect = Effect::Creates { kind: kind::THREAD, flags: 0 };
+                c.effect = Effect::Creates { kind: kind::THREAD, flags: 0, object: 0, parent: 0 };
             }
             nr::THREAD_KILL | nr::THREAD_STOP | nr::THREAD_RESUME | nr::THREAD_DONATE => {
                 let o = primary(self, &mut c, kind::THREAD);
@@ -722,7 +734,7 @@ impl Gen {
                     nr::COND_CREATE => kind::COND,
                     _ => kind::PORTSET,
                 };
-                c.effect = Effect::Creates { kind: k, flags: 0 };
+                c.effect = Effect::Creates { kind: k, flags: 0, object: 0, parent: 0 };
             }
             nr::MUTEX_WAIT | nr::COND_WAIT => {
                 let o = primary(self, &mut c, if nr_ == nr::MUTEX_WAIT { kind::MUTEX } else { kind::COND });
@@ -746,7 +758,7 @@ impl Gen {
                 let o = primary(self, &mut c, kind::PORTSET);
                 c.regs[reg::RSI] = self.any_word();
                 must_fail = o.invalid();
-                c.effect = Effect::Creates { kind: kind::PORT, flags: 0 };
+                c.effect = Effect::Creates { kind: kind::PORT, flags: 0, object: 0, parent: 0 };
             }
             nr::IPC_CALL | nr::IPC_SEND | nr::CONN_CONNECT => {
                 let o = primary(self, &mut c, kind::PORT);
@@ -813,7 +825,7 @@ impl Gen {
                 c.regs[reg::RDX] = size;
                 c.regs[reg::R10] = max;
                 must_fail = o.invalid() || unknown || size == 0 || start % PAGE != 0 || start.checked_add(size).is_none_or(|end| end > NON_CANONICAL);
-                c.effect = Effect::Creates { kind: kind::REGION, flags: 0 };
+                c.effect = Effect::Creates { kind: kind::REGION, flags: 0, object: 0, parent: 0 };
             }
             nr::MAPPING_CREATE => {
                 let o = primary(self, &mut c, kind::REGION);
@@ -829,8 +841,8 @@ impl Gen {
                 c.regs[reg::R9] = rights;
                 let end = va.checked_add(size);
                 let over_own = so.is_self() && size > 0 && env.own.iter().any(|&(lo, hi)| end.is_some_and(|e| va < hi && lo < e));
-                must_fail = o.invalid() || so.invalid() || unknown || size == 0 || va % PAGE != 0 || end.is_none_or(|e| e > NON_CANONICAL) || over_own;
-                c.effect = Effect::Creates { kind: kind::MAPPING, flags: 0 };
+                must_fail = o.invalid() || so.invalid() || unknown || size == 0 || va % PAGE != 0 || end.is_none_or(|e| e > NON_CANONICAL) || over_own || so.is_dead();
+                c.effect = Effect::Creates { kind: kind::MAPPING, flags: 0, object: 0, parent: 0 };
             }
             nr::REGION_PROTECT => {
                 let o = primary(self, &mut c, kind::REGION);
@@ -893,7 +905,7 @@ impl Gen {
                 let (rights, unknown) = self.rights();
                 c.regs[..3].copy_from_slice(&[space, h, rights]);
                 must_fail = so.invalid() || unknown;
-                c.effect = Effect::Creates { kind: UNKNOWN_KIND, flags: 0 };
+                c.effect = Effect::Creates { kind: UNKNOWN_KIND, flags: 0, object: 0, parent: 0 };
             }
             nr::HANDLE_TRANSFER_AT => {
                 let (space, so) = self.handle(kind::SPACE);
@@ -909,7 +921,7 @@ impl Gen {
                 let taken = so.is_self() && self.pool.find(value).is_some();
                 must_fail = so.invalid() || ho.invalid() || unknown || value == 0 || taken;
                 c.effect = match (so.is_self(), so.entry()) {
-                    (true, _) => Effect::CreatesAt { value, kind: ho.entry().map_or(UNKNOWN_KIND, |e| e.kind), flags: ho.entry().map_or(0, |e| e.flags) },
+                    (true, _) => Effect::CreatesAt { value, kind: ho.entry().map_or(UNKNOWN_KIND, |e| e.kind), flags: ho.entry().map_or(0, |e| e.flags), object: ho.object() },
                     (false, Some(e)) if e.kind == kind::SPACE => Effect::None,
                     _ => Effect::ForgetClosed,
                 };
@@ -930,7 +942,7 @@ impl Gen {
             nr::REFERENCE_CREATE => {
                 let o = { let k = self_kind_any(&mut self.rng); primary(self, &mut c, k) };
                 must_fail = o.invalid();
-                c.effect = Effect::Creates { kind: kind::REFERENCE, flags: 0 };
+                c.effect = Effect::Creates { kind: kind::REFERENCE, flags: 0, object: 0, parent: 0 };
             }
             nr::REFERENCE_COMPARE => {
                 let o = { let k = self_kind_any(&mut self.rng); primary(self, &mut c, k) };
@@ -996,7 +1008,22 @@ impl Gen {
                 // The root space's alone.
                 c.check = Check::Error(MISSING_RIGHTS, MISSING_RIGHTS);
             }
-            n if n == nr_hang_report() => c.check = Check::Error(MISSING_RIGHTS, NO_SUCH_CALL),
+            nr::HANG_REPORT => c.check = Check::Error(MISSING_RIGHTS, MISSING_RIGHTS),
+            nr::FAULT_INJECT => {
+                // The root's alone: a child must not arm the kernel's fault injector.
+                let mode = self.rng.pick(&[0, 1, 2, 3, u64::MAX]);
+                let a = self.any_word();
+                let b = self.rng.pick(&[0, 1, 1000, 1001]);
+                c.regs[..3].copy_from_slice(&[mode, a, b]);
+                c.check = Check::Error(MISSING_RIGHTS, MISSING_RIGHTS);
+            }
+            nr::SPACE_SET_QUOTA => {
+                let o = primary(self, &mut c, kind::SPACE);
+                let any = self.rng.next_u64();
+                c.regs[reg::RSI] = self.rng.pick(&[0, 1, PAGE, 64 * 1024, 1 << 20, 16 << 20, u64::MAX, any]);
+                // Never its own space (nor an ancestor).
+                must_fail = o.invalid() || o.is_self();
+            }
             _ => {
                 // Numbers without a call: every argument register is noise.
                 for r in c.regs.iter_mut() {
@@ -1070,7 +1097,9 @@ impl Gen {
         }
         staging[19] = 0x37f;
         let mxcsr = self.rng.pick(&[0x1f80, 0x1f80, 0x9fc0, 0xffff, 0x1_0000, 0xffff_ffff]);
-        staging[22] = mxcsr << 32;
+        // MXCSR is bytes 24..28 of the image (word 22's low half); the high
+        // half is MXCSR_MASK, which a restore ignores.
+        staging[22] = mxcsr | (self.rng.next_u64() << 32);
         let len = self.rng.pick(&[STATE_V1, STATE_V1, STATE_V2, STATE_V2, STATE_V1 - 1, STATE_V2 - 1, STATE_V2 + 8, 0, u64::MAX]);
         let bad_version = !(version == 1 || (version == 2 && len >= STATE_V2));
         let bad_mxcsr = version == 2 && len >= STATE_V2 && mxcsr > 0xffff;
@@ -1086,15 +1115,15 @@ fn self_kind_any(rng: &mut Rng) -> u32 {
 /// The effect of a call returning another handle to `o`'s object.
 fn creates_like(o: Origin) -> Effect {
     match o.entry() {
-        Some(e) => Effect::Creates { kind: e.kind, flags: e.flags },
-        None => Effect::Creates { kind: UNKNOWN_KIND, flags: 0 },
+        Some(e) => Effect::Creates { kind: e.kind, flags: e.flags, object: e.object, parent: e.parent },
+        None => Effect::Creates { kind: UNKNOWN_KIND, flags: 0, object: 0, parent: 0 },
     }
 }
 
-/// `hang_report`, a root-space-only call newer than some runtimes.
-pub const fn nr_hang_report() -> u64 {
-    77
-}
+/// The highest call number the kernel has.
+pub const LAST_CALL: u64 = nr::FAULT_INJECT;
+/// Index of the "a number without a call" choice in `pick_nr`'s weights.
+const UNKNOWN_SLOT: usize = LAST_CALL as usize + 1;
 
 #[cfg(test)]
 mod tests {
@@ -1168,7 +1197,7 @@ mod tests {
             if i % 1000 == 0 {
                 g = Gen::new(Rng::new(i));
                 for k in 1..=9 {
-                    g.pool.add(Entry { value: k as u64 | 1 << 32, kind: k, flags: if k == 1 { SELF } else { 0 } });
+                    g.pool.add(Entry { value: k as u64 | 1 << 32, object: k as u64 | 1 << 32, parent: 0, kind: k, flags: if k == 1 { SELF } else { 0 } });
                 }
             }
             let s = g.next(&e, &mut staging);
@@ -1180,7 +1209,7 @@ mod tests {
             }
         }
         assert_eq!(seen[nr::EXIT as usize], 0);
-        for n in (0..=77).filter(|&n| n != 2 && !(5..=15).contains(&n)) {
+        for n in (0..=LAST_CALL as usize).filter(|&n| n != 2 && !(5..=15).contains(&n)) {
             assert!(seen[n] > 0, "call {n} never generated");
         }
         assert!(unknown + seen[5..=15].iter().sum::<u32>() > 0);
@@ -1217,8 +1246,8 @@ mod tests {
         let e = env();
         let mut staging = [0u64; STAGING_WORDS];
         let mut g = Gen::new(Rng::new(4));
-        g.pool.add(Entry { value: 0x1_0000_0001, kind: kind::PORT, flags: 0 });
-        g.pool.add(Entry { value: 0x1_0000_0002, kind: kind::PORTSET, flags: 0 });
+        g.pool.add(Entry { value: 0x1_0000_0001, object: 1, parent: 0, kind: kind::PORT, flags: 0 });
+        g.pool.add(Entry { value: 0x1_0000_0002, object: 2, parent: 0, kind: kind::PORTSET, flags: 0 });
         let mut blocking = 0;
         for _ in 0..2000 {
             for n in [nr::IPC_CALL, nr::IPC_RECEIVE, nr::CONN_CONNECT] {

@@ -4,6 +4,9 @@
 
 /// The handle names the caller's own space (or a copy of that handle).
 pub const SELF: u32 = 1 << 0;
+/// The object is a space that was destroyed, itself or with an ancestor
+/// (the handle stays open).
+pub const DEAD: u32 = 1 << 1;
 
 /// Type code 0: a handle whose object type the worker does not know (an import).
 pub const UNKNOWN_KIND: u32 = 0;
@@ -12,9 +15,14 @@ pub const UNKNOWN_KIND: u32 = 0;
 #[repr(C)]
 pub struct Entry {
     pub value: u64,
+    /// Which object it names: the value of the first handle to it the
+    /// worker saw (duplicates share it); 0 when unknown.
+    pub object: u64,
+    /// For a space: the object of its parent (0 when unknown).
+    pub parent: u64,
     /// ABI object type code (1 Space .. 9 Reference), or [`UNKNOWN_KIND`].
     pub kind: u32,
-    /// [`SELF`] and friends.
+    /// [`SELF`], [`DEAD`].
     pub flags: u32,
 }
 
@@ -54,7 +62,7 @@ pub enum Reissue {
 impl Pool {
     pub const fn new() -> Pool {
         Pool {
-            live: [Entry { value: 0, kind: 0, flags: 0 }; LIVE_SLOTS],
+            live: [Entry { value: 0, object: 0, parent: 0, kind: 0, flags: 0 }; LIVE_SLOTS],
             live_len: 0,
             closed_len: 0,
             closed: [0; CLOSED_SLOTS],
@@ -138,6 +146,35 @@ impl Pool {
         self.closed_next = 0;
     }
 
+    /// Space `object` was destroyed: it and every space below it (that the
+    /// pool knows the ancestry of) are dead.
+    pub fn kill_subtree(&mut self, object: u64) {
+        if object == 0 {
+            return;
+        }
+        let mut dead = [0u64; LIVE_SLOTS + 1];
+        dead[0] = object;
+        let mut n = 1;
+        let len = self.live_len as usize;
+        loop {
+            let mut grew = false;
+            for e in self.live[..len].iter_mut() {
+                let below = e.object != 0 && (dead[..n].contains(&e.object) || (e.parent != 0 && dead[..n].contains(&e.parent)));
+                if below && e.flags & DEAD == 0 {
+                    e.flags |= DEAD;
+                    if !dead[..n].contains(&e.object) && n < dead.len() {
+                        dead[n] = e.object;
+                        n += 1;
+                    }
+                    grew = true;
+                }
+            }
+            if !grew {
+                break;
+            }
+        }
+    }
+
     pub fn add_foreign(&mut self, value: u64) {
         self.foreign[self.foreign_next as usize] = value;
         self.foreign_next = (self.foreign_next + 1) % FOREIGN_SLOTS as u32;
@@ -160,7 +197,24 @@ mod tests {
     use super::*;
 
     fn e(value: u64, kind: u32) -> Entry {
-        Entry { value, kind, flags: 0 }
+        Entry { value, object: value, parent: 0, kind, flags: 0 }
+    }
+
+    #[test]
+    fn destroying_a_space_kills_its_known_subtree() {
+        let mut p = Pool::new();
+        let space = |value, object, parent| Entry { value, object, parent, kind: 1, flags: 0 };
+        p.add(space(1, 1, 0));
+        p.add(space(2, 2, 1));
+        p.add(space(3, 3, 2));
+        p.add(space(4, 2, 0)); // a duplicate of 2
+        p.add(space(5, 5, 1));
+        p.add(space(6, 6, 0));
+        p.kill_subtree(2);
+        let dead: Vec<u64> = p.live().iter().filter(|e| e.flags & DEAD != 0).map(|e| e.value).collect();
+        assert_eq!(dead, [2, 3, 4]);
+        p.kill_subtree(1);
+        assert_eq!(p.live().iter().filter(|e| e.flags & DEAD != 0).count(), 5);
     }
 
     #[test]

@@ -191,6 +191,26 @@ static RESOURCES_TEXT: AtomicU64 = AtomicU64::new(0);
 static RESOURCES_DATA: AtomicU64 = AtomicU64::new(0);
 static RESOURCES_SLOT: [AtomicU64; MAX_INSTANCES] = [const { AtomicU64::new(0) }; MAX_INSTANCES];
 
+/// For the watchdog: what every race instance has done.
+pub fn report() {
+    if RUN.phase.load(Relaxed) != crate::run::phase::TARGETED {
+        return;
+    }
+    for (i, inst) in INSTANCES.iter().enumerate() {
+        let rb = race_block(i);
+        println!(
+            "fuzz:   race instance {i}: race {} done {}, root-side calls {} + {}, cell-side calls {} + {}, target {:#x}",
+            inst.race.load(Relaxed),
+            inst.done.load(Relaxed),
+            inst.calls.load(Relaxed),
+            inst.partner_calls.load(Relaxed),
+            rb.calls[0].load(Relaxed),
+            rb.calls[1].load(Relaxed),
+            inst.target.load(Relaxed)
+        );
+    }
+}
+
 fn reset_race_block(rb: &RaceBlock) {
     rb.stop.store(0, Relaxed);
     for a in rb.calls.iter().chain(rb.last_failure.iter()).chain(rb.handles.iter()).chain(rb.desc.iter()) {

@@ -80,5 +80,5 @@ pub fn system_info() -> Result<([u64; 8], u64), SysError> {
 /// `hang_report` (77): the kernel prints every CPU's and thread's state.
 pub fn hang_report() -> Result<u64, SysError> {
     // SAFETY: the call takes no arguments and only prints.
-    decode(unsafe { matryoshka_rt::syscall0(fuzzlib::gen::nr_hang_report()) })
+    decode(unsafe { matryoshka_rt::syscall0(nr::HANG_REPORT) })
 }

@@ -101,7 +101,7 @@ fn fail(sh: &Shared, p: &Private, call: &Call, regs: &[u64; 8], ret: i64, why: &
     );
     if call.nr == nr::THREAD_SET_STATE && regs[1] == p.env.staging {
         let st = &p.staging;
-        println!("fuzz:   state record: version {:#x} rsp {:#x} rip {:#x} rflags {:#x} mxcsr {:#x}", st[0], st[8], st[17], st[18], st[22] >> 32);
+        println!("fuzz:   state record: version {:#x} rsp {:#x} rip {:#x} rflags {:#x} mxcsr {:#x}", st[0], st[8], st[17], st[18], st[22] & 0xffff_ffff);
     }
     print_recent(sh);
     Failed
@@ -156,6 +156,9 @@ fn direct(sh: &Shared, p: &mut Private, call: &Call) -> Result<(), Failed> {
     let r = unsafe { sys::raw(call.nr, regs) };
     sh.calls.fetch_add(1, Relaxed);
     note_done(sh, call.nr, regs[0], r.ret);
+    if p.trace != 0 {
+        println!("fuzz: trace c{}.{} = {:#x}", p.cell, p.incarnation, r.ret);
+    }
     if let Err(why) = verdict(call, r.ret) {
         return Err(fail(sh, p, call, &regs, r.ret, why));
     }
@@ -175,7 +178,7 @@ fn direct(sh: &Shared, p: &mut Private, call: &Call) -> Result<(), Failed> {
 fn apply(sh: &Shared, p: &mut Private, call: &Call, regs: &[u64; 8], ret: u64) -> Result<(), Failed> {
     match call.effect {
         Effect::None => {}
-        Effect::Creates { kind, flags } => {
+        Effect::Creates { kind, flags, object, parent } => {
             if let Some(how) = p.gen.pool.reissued(ret) {
                 let why = match how {
                     fuzzlib::pool::Reissue::Live => "the new handle has the value of a handle that is still open",
@@ -183,13 +186,17 @@ fn apply(sh: &Shared, p: &mut Private, call: &Call, regs: &[u64; 8], ret: u64) -
                 };
                 return Err(fail(sh, p, call, regs, ret as i64, why));
             }
-            keep(sh, p, Entry { value: ret, kind, flags });
+            keep(sh, p, Entry { value: ret, object: if object == 0 { ret } else { object }, parent, kind, flags });
         }
-        Effect::CreatesAt { value, kind, flags } => {
+        Effect::CreatesAt { value, kind, flags, object } => {
             p.gen.pool.forget_closed();
-            keep(sh, p, Entry { value, kind, flags });
+            keep(sh, p, Entry { value, object, parent: 0, kind, flags });
         }
         Effect::Closes(v) => p.gen.pool.close(v),
+        Effect::Destroys { value, object } => {
+            p.gen.pool.kill_subtree(object);
+            p.gen.pool.close(value);
+        }
         Effect::Foreign => p.gen.pool.add_foreign(ret),
         Effect::ForgetClosed => p.gen.pool.forget_closed(),
     }
@@ -241,7 +248,7 @@ fn dispatch(sh: &Shared, p: &mut Private, mailboxes: &Mailboxes, script: &Script
         let rights = p.gen.rng.next_u64() & fuzzlib::gen::ALL_RIGHTS;
         let dup = support(sh, nr::HANDLE_DUPLICATE, [h as u64, rights, 0, 0, 0, 0, 0, 0], false);
         if dup > 0 {
-            keep(sh, p, Entry { value: dup as u64, kind: fuzzlib::gen::kind::THREAD, flags: 0 });
+            keep(sh, p, Entry { value: dup as u64, object: h as u64, parent: 0, kind: fuzzlib::gen::kind::THREAD, flags: 0 });
         }
     }
     Ok(())
