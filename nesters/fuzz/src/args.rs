@@ -28,7 +28,8 @@ pub mod avoid {
     pub const CLOSE_USE: u32 = 1 << 5;
     /// Random recycling of cells while their workers are mid-call.
     pub const KILL_INFLIGHT: u32 = 1 << 6;
-    /// `space_destroy` of a space that already died with an ancestor.
+    /// `space_destroy` of a space that already died with an ancestor, or
+    /// while its ancestor is being destroyed (the kernel tears it down twice).
     pub const DESTROY_DEAD: u32 = 1 << 7;
 
     /// Names accepted by `--avoid`, with their bits.
@@ -62,6 +63,9 @@ pub struct Config {
     pub watchdog_secs: u64,
     /// Print every random call before making it (slow; for reproducing a crash).
     pub trace: bool,
+    /// How many times the measured round may be repeated when the kernel's
+    /// counters moved, to tell growth (which stops) from a leak (which does not).
+    pub leak_rounds: u32,
     /// When not all ones: only these call numbers (bit n = call n; bit 127 =
     /// the unknown numbers) are generated (`--only 37,38,39`).
     pub only: u128,
@@ -82,6 +86,7 @@ impl Default for Config {
             avoid: 0,
             watchdog_secs: 20,
             trace: false,
+            leak_rounds: 3,
             only: u128::MAX,
         }
     }
@@ -162,6 +167,7 @@ pub fn parse(line: &str) -> Result<Config, ArgError<'_>> {
                     return Err(bad("--watchdog-secs must be at least 1"));
                 }
             }
+            "--leak-rounds" => c.leak_rounds = number(value).filter(|&n| n <= 10).ok_or(bad("--leak-rounds takes 0 to 10"))? as u32,
             "--only" => {
                 c.only = 0;
                 for n in value.split(',').filter(|n| !n.is_empty()) {

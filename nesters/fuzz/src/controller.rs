@@ -99,6 +99,9 @@ fn random_phase(res: &Resources, rng: &mut Rng, target: u64) -> Result<(), Failu
     // Every cell dies now, whatever its worker is doing.
     for i in 0..n {
         let c = &mut w.cells[i];
+        if s.config.avoid & avoid::DESTROY_DEAD != 0 {
+            c.stop_worker()?;
+        }
         let destroyed = c.destroy();
         w.account(i);
         destroyed?;
@@ -158,6 +161,11 @@ fn recycle(w: &mut Workers, res: &Resources, rng: &mut Rng, i: usize) -> Result<
         c.incarnation = w.incarnations[i];
         w.incarnations[i] += 1;
         return c.start_worker(i as u64 % cpus, budget(rng));
+    }
+    if setup().config.avoid & avoid::DESTROY_DEAD != 0 {
+        // The worker may be destroying a space of its own cell right now:
+        // two destroys of one space at once tear it down twice.
+        c.stop_worker()?;
     }
     c.destroy()?;
     check_not_failed(&w.cells[i])?;

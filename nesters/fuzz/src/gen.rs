@@ -677,7 +677,10 @@ impl Gen {
             }
             nr::SPACE_DESTROY => {
                 let mut o = primary(self, &mut c, kind::SPACE);
-                if o.is_dead() && env.avoid & avoid::DESTROY_DEAD != 0 {
+                // Only spaces known to be alive: not dead ones, nor imported
+                // handles of unknown ancestry.
+                let maybe_dead = o.is_dead() || o.entry().is_some_and(|e| e.object == 0 || e.kind != kind::SPACE);
+                if maybe_dead && env.avoid & avoid::DESTROY_DEAD != 0 {
                     c.regs[reg::RDI] = self.forged();
                     o = Origin::Forged;
                 }

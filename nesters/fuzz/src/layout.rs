@@ -163,6 +163,8 @@ pub struct Private {
 #[repr(C)]
 pub struct RaceBlock {
     pub stop: AtomicU64,
+    /// The cell's threads stop by themselves once their calls reach it.
+    pub budget: AtomicU64,
     /// Calls made by the cell's threads, one counter each.
     pub calls: [AtomicU64; 2],
     /// Broken invariants: how many, and the last one (nr, result, which rule).

@@ -213,6 +213,7 @@ pub fn report() {
 
 fn reset_race_block(rb: &RaceBlock) {
     rb.stop.store(0, Relaxed);
+    rb.budget.store(u64::MAX, Relaxed);
     for a in rb.calls.iter().chain(rb.last_failure.iter()).chain(rb.handles.iter()).chain(rb.desc.iter()) {
         a.store(0, Relaxed);
     }
@@ -301,6 +302,7 @@ fn is_abi_error(ret: i64) -> bool {
 // ---- copy vs revoke --------------------------------------------------
 
 const BAD_POINTER: i64 = -2;
+const BAD_SIZE: i64 = -3;
 const INVALID_ARGUMENT: i64 = -8;
 const DEAD: i64 = -9;
 const BAD_HANDLE: i64 = -4;
@@ -387,28 +389,29 @@ extern "C" fn copier_main(control: u64) -> ! {
     let mut n = 0u64;
     while rb.stop.load(Relaxed) == 0 {
         n += 1;
-        let (nr_, regs, extra_ok): (u64, [u64; 8], i64) = match n % 9 {
-            0 => (nr::SPACE_ENUMERATE, [space, buf + PAGE - 24, 4, 0, 0, 0, 0, 0], 0),
-            1 => (nr::THREAD_GET_STATE, [stopped, buf + 100, 664, 0, 0, 0, 0, 0], 0),
-            2 => (nr::OBJECT_GET_STATE, [ps, buf + PAGE - 24, 48, 0, 0, 0, 0, 0], 0),
-            3 => (nr::SYSTEM_INFO, [buf + PAGE - 32, 64, 0, 0, 0, 0, 0, 0], 0),
-            4 => (nr::PORTSET_PUT_MESSAGES, [ps, buf + PAGE - 56, 2, 0, 0, 0, 0, 0], 0),
-            5 => (nr::PORTSET_TAKE_MESSAGES, [ps, buf + PAGE - 100, 4, 0, 0, 0, 0, 0], 0),
-            6 => (nr::THREAD_SET_STATE, [stopped, buf + PAGE - 64, 152, 0, 0, 0, 0, 0], INVALID_ARGUMENT),
-            7 if n % 1024 == 7 => (nr::CONSOLE_WRITE, [buf + PAGE - 4, 8, 0, 0, 0, 0, 0, 0], 0),
+        // Besides success and BadPointer, the errors each call may give.
+        let (nr_, regs, extra_ok): (u64, [u64; 8], &[i64]) = match n % 9 {
+            0 => (nr::SPACE_ENUMERATE, [space, buf + PAGE - 24, 4, 0, 0, 0, 0, 0], &[]),
+            1 => (nr::THREAD_GET_STATE, [stopped, buf + 100, 664, 0, 0, 0, 0, 0], &[]),
+            2 => (nr::OBJECT_GET_STATE, [ps, buf + PAGE - 24, 48, 0, 0, 0, 0, 0], &[]),
+            3 => (nr::SYSTEM_INFO, [buf + PAGE - 32, 64, 0, 0, 0, 0, 0, 0], &[]),
+            4 => (nr::PORTSET_PUT_MESSAGES, [ps, buf + PAGE - 56, 2, 0, 0, 0, 0, 0], &[]),
+            5 => (nr::PORTSET_TAKE_MESSAGES, [ps, buf + PAGE - 100, 4, 0, 0, 0, 0, 0], &[]),
+            6 => (nr::THREAD_SET_STATE, [stopped, buf + PAGE - 64, 152, 0, 0, 0, 0, 0], &[INVALID_ARGUMENT, BAD_SIZE]),
+            7 if n % 1024 == 7 => (nr::CONSOLE_WRITE, [buf + PAGE - 4, 8, 0, 0, 0, 0, 0, 0], &[]),
             _ => {
                 let d = [buf + PAGE - 200, 400, 0, buf, 2 * PAGE, 0, 0, 0];
                 for (slot, v) in rb.desc.iter().zip(d) {
                     slot.store(v, Relaxed);
                 }
-                (nr::IPC_CALL_BUF, [port, n, 0, 0, 0, 0, 0, desc], DEAD)
+                (nr::IPC_CALL_BUF, [port, n, 0, 0, 0, 0, 0, desc], &[DEAD])
             }
         };
         // SAFETY: every pointer names the race buffer (which the kernel must
         // copy through safely, mapped or not) or the descriptor.
         let r = unsafe { sys::raw(nr_, regs) };
         rb.calls[0].fetch_add(1, Relaxed);
-        if r.ret < 0 && r.ret != BAD_POINTER && (extra_ok == 0 || r.ret != extra_ok) {
+        if r.ret < 0 && r.ret != BAD_POINTER && !extra_ok.contains(&r.ret) {
             cell_failure(rb, nr_, r.ret, 1);
         }
     }
@@ -426,6 +429,7 @@ fn destroy_use(i: usize, slot: usize, res: &Resources, rng: &mut Rng) -> Result<
         let mut cell = Cell::build(slot, res, rng)?;
         rb.handles[0].store(cell.self_in_cell[0], Relaxed);
         rb.handles[1].store((setup().config.avoid & avoid::DONATION == 0) as u64, Relaxed);
+        rb.handles[2].store((setup().config.avoid & avoid::DESTROY_DEAD == 0) as u64, Relaxed);
         let mut threads = [0u64; 2];
         for (k, t) in threads.iter_mut().enumerate() {
             let h = must("busy thread", obj::thread_create_raw(cell.leaf(), entry, IN_CELL.helper_stack_top(k as u64), IN_CELL.control() + k as u64))?;
@@ -466,6 +470,8 @@ extern "C" fn busy_main(arg: u64) -> ! {
     let rb = unsafe { &(*(control as *const layout::Control)).race };
     let me = rb.handles[0].load(Relaxed);
     let donation = rb.handles[1].load(Relaxed) != 0;
+    // Destroying a child while the root destroys this space tears the child down twice (FINDINGS 1).
+    let destroy_children = rb.handles[2].load(Relaxed) != 0;
     let scratch = IN_CELL.scratch() + k as u64 * 0x8000;
     let victims = crate::victims::entry_points();
     let call = |n: u64, regs: [u64; 8]| -> i64 {
@@ -504,7 +510,11 @@ extern "C" fn busy_main(arg: u64) -> ! {
         }
         call(nr::HANDLE_CLOSE, [t, 0, 0, 0, 0, 0, 0, 0]);
         let child = a(call(nr::SPACE_CREATE, [me, 0, 0, 0, 0, 0, 0, 0]));
-        call(nr::SPACE_DESTROY, [child, 0, 0, 0, 0, 0, 0, 0]);
+        if destroy_children {
+            call(nr::SPACE_DESTROY, [child, 0, 0, 0, 0, 0, 0, 0]);
+        } else {
+            call(nr::HANDLE_CLOSE, [child, 0, 0, 0, 0, 0, 0, 0]);
+        }
         for h in [port, ps, mutex] {
             call(nr::HANDLE_CLOSE, [h, 0, 0, 0, 0, 0, 0, 0]);
         }
@@ -641,6 +651,7 @@ fn close_use(i: usize, slot: usize, res: &Resources, rng: &mut Rng) -> Result<()
     let mut cell = Cell::build(slot, res, rng)?;
     let rb = race_block(i);
     rb.handles[0].store(cell.self_in_cell[0], Relaxed);
+    rb.budget.store(INSTANCES[i].budget.load(Relaxed), Relaxed);
     let mut threads = [0u64; 2];
     let entries = [closer_main as extern "C" fn(u64) -> !, user_main];
     for (k, t) in threads.iter_mut().enumerate() {
@@ -650,7 +661,7 @@ fn close_use(i: usize, slot: usize, res: &Resources, rng: &mut Rng) -> Result<()
         *t = h.0;
     }
     count(i, 10);
-    while budget_left(i) {
+    while budget_left(i) && threads.iter().any(|&t| exit_status(t).is_none()) {
         obj::yield_now();
     }
     rb.stop.store(1, Release);
@@ -661,6 +672,10 @@ fn close_use(i: usize, slot: usize, res: &Resources, rng: &mut Rng) -> Result<()
     let r = report_cell_failures("close vs use", rb);
     let destroyed = cell.destroy();
     r.and(destroyed)
+}
+
+fn within_budget(rb: &RaceBlock) -> bool {
+    rb.calls[0].load(Relaxed) + rb.calls[1].load(Relaxed) < rb.budget.load(Relaxed)
 }
 
 const CLOSE_USE_KINDS: [u32; 5] = [kind::PORTSET, kind::MUTEX, kind::COND, kind::PORT, kind::REFERENCE];
@@ -678,7 +693,7 @@ extern "C" fn closer_main(control: u64) -> ! {
     };
     let ports = call(nr::PORTSET_CREATE, [0; 8]).max(0) as u64;
     let mut seq = 0u64;
-    while rb.stop.load(Relaxed) == 0 {
+    while rb.stop.load(Relaxed) == 0 && within_budget(rb) {
         let k = CLOSE_USE_KINDS[(seq % 5) as usize];
         let (n, regs) = match k {
             kind::PORTSET => (nr::PORTSET_CREATE, [0; 8]),
@@ -722,7 +737,7 @@ extern "C" fn user_main(control: u64) -> ! {
         r
     };
     let mut i = 0u64;
-    while rb.stop.load(Relaxed) == 0 {
+    while rb.stop.load(Relaxed) == 0 && within_budget(rb) {
         let s = rb.current.load(Acquire);
         if s == 0 {
             continue;
