@@ -89,7 +89,7 @@ fn random_phase(res: &Resources, rng: &mut Rng, target: u64) -> Result<(), Failu
         for i in 0..n {
             inspect(&mut w, res, rng, i)?;
         }
-        if s.config.avoid & avoid::KILL_INFLIGHT == 0 && rng.chance(64) {
+        if s.config.avoid & avoid::KILL_INFLIGHT == 0 && rng.chance(256) {
             let i = rng.below(n as u64) as usize;
             RUN.kills_in_flight.fetch_add(1, Relaxed);
             recycle(&mut w, res, rng, i)?;
