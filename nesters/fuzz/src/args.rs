@@ -28,6 +28,9 @@ pub mod avoid {
     pub const CLOSE_USE: u32 = 1 << 5;
     /// Random recycling of cells while their workers are mid-call.
     pub const KILL_INFLIGHT: u32 = 1 << 6;
+    /// Blocking `mutex_wait` / `cond_wait` (on helper threads the worker
+    /// kills): a kill that arrives as the thread goes to sleep is lost.
+    pub const KILL_WAIT: u32 = 1 << 8;
     /// `space_destroy` of a space that already died with an ancestor, or
     /// while its ancestor is being destroyed (the kernel tears it down twice).
     pub const DESTROY_DEAD: u32 = 1 << 7;
@@ -42,6 +45,7 @@ pub mod avoid {
         ("close-use", CLOSE_USE),
         ("kill-inflight", KILL_INFLIGHT),
         ("destroy-dead", DESTROY_DEAD),
+        ("kill-wait", KILL_WAIT),
     ];
 }
 

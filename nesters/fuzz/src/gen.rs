@@ -500,6 +500,7 @@ impl Gen {
             nr::THREAD_CREATE | nr::THREAD_CREATE_STOPPED if self.threads_left == 0 => 0,
             nr::THREAD_SET_DONATION_ONLY | nr::THREAD_DONATE if env.avoid & avoid::DONATION != 0 => 0,
             nr::THREAD_STOP if env.avoid & avoid::STOP_EXIT != 0 => 0,
+            nr::MUTEX_WAIT | nr::COND_WAIT if env.avoid & avoid::KILL_WAIT != 0 => 0,
             nr::NULL | nr::YIELD | nr::READ_TSC | nr::BOOT_ARGS => 1,
             nr::CONN_SEND..=nr::CONN_DISCONNECT | nr::CONN_SEND_BUF | nr::CONN_RECEIVE_BUF => 1,
             nr::SPACE_DESTROY | nr::THREAD_KILL | nr::REGION_DESTROY | nr::MAPPING_DESTROY | nr::MUTEX_WAIT | nr::COND_WAIT => 2,
@@ -784,8 +785,9 @@ impl Gen {
                 self.set_message(&mut c);
                 let reserved = if self.rng.chance(64) { 1 << self.rng.below(64) } else { 0 };
                 let bad = self.descriptor(env, &mut c, reserved);
-                // reply_wait takes a request before it looks at its receive part.
-                must_fail = o.invalid() || (nr_ == nr::IPC_CALL_BUF && (bad || reserved != 0));
+                // reply_wait takes a request before it looks at its receive
+                // part; the reserved word counts only in a real descriptor.
+                must_fail = o.invalid() || (nr_ == nr::IPC_CALL_BUF && (bad || (reserved != 0 && c.desc_in_r13)));
                 if !must_fail {
                     c.class = Class::Blocking;
                 }

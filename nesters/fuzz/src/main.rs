@@ -150,6 +150,7 @@ fn fuzz_main() -> i32 {
         (after, leaks) = Snapshot::settled_against(&baseline);
     }
     println!("{details}");
+    races::print_rates();
     summary(elapsed, (random, targeted), (random_ticks, targeted_ticks), &baseline, &after, leaks);
     if leaks != 0 {
         return exit_code::LEAK;

@@ -45,6 +45,11 @@ const RACES: [(Race, u32, &str); 4] = [
     (Race::CloseUse, avoid::CLOSE_USE, "close vs use"),
 ];
 
+/// Each race's share of the phase's calls (per cent of the enabled races'
+/// total): stopping a thread takes a switch on its CPU, so the thread
+/// control race makes far fewer calls per second than the others.
+const SHARE: [u64; 4] = [35, 20, 15, 30];
+
 /// One running race instance, shared between its runner thread, its
 /// partner thread (thread control) and the controller.
 struct Instance {
@@ -79,6 +84,21 @@ impl Instance {
 
 static INSTANCES: [Instance; MAX_INSTANCES] = [const { Instance::new() }; MAX_INSTANCES];
 
+/// Calls and TSC ticks of each race in the last targeted phase, for the summary.
+static RACE_CALLS: [AtomicU64; 4] = [const { AtomicU64::new(0) }; 4];
+static RACE_TICKS: [AtomicU64; 4] = [const { AtomicU64::new(0) }; 4];
+
+/// One line per race that ran: its calls and rate.
+pub fn print_rates() {
+    let hz = setup().tsc_hz as f64;
+    for (k, (_, _, name)) in RACES.iter().enumerate() {
+        let (calls, ticks) = (RACE_CALLS[k].load(Relaxed), RACE_TICKS[k].load(Relaxed));
+        if ticks > 0 {
+            println!("fuzz: race {name}: {calls} calls, {:.1} s, {} calls/s", ticks as f64 / hz, (calls as f64 * hz / ticks as f64) as u64);
+        }
+    }
+}
+
 /// Root thread stacks: 0 is the controller's, then runners, then partners.
 fn runner_stack(i: usize) -> u64 {
     root_stack_top(1 + i as u64)
@@ -101,11 +121,22 @@ fn instance_calls(i: usize) -> u64 {
 pub fn targeted_phase(res: &Resources, target: u64) -> Result<(), Failure> {
     let s = setup();
     let t0 = sys::tsc();
-    let races: heapless_list::List = RACES.iter().filter(|(_, bit, _)| s.config.avoid & bit == 0).copied().collect();
+    let mut enabled = [RACES[0]; 4];
+    let mut n = 0;
+    for r in RACES.iter().filter(|(_, bit, _)| s.config.avoid & bit == 0) {
+        enabled[n] = *r;
+        n += 1;
+    }
+    let races = &enabled[..n];
     let instances = ((s.cpus / 2) as usize).clamp(1, MAX_INSTANCES);
     let mut total = 0;
-    for &(race, _, name) in races.as_slice() {
-        let share = target / races.len() as u64;
+    for a in RACE_CALLS.iter().chain(RACE_TICKS.iter()) {
+        a.store(0, Relaxed);
+    }
+    for &(race, _, name) in races {
+        let race_t0 = sys::tsc();
+        let weights: u64 = races.iter().map(|&(r, _, _)| SHARE[r as usize]).sum();
+        let share = target * SHARE[race as usize] / weights.max(1);
         let per_instance = (share / instances as u64).max(1);
         // The runners build their own cells from the shared resources.
         RESOURCES_TEXT.store(res.text.0, Relaxed);
@@ -137,6 +168,8 @@ pub fn targeted_phase(res: &Resources, target: u64) -> Result<(), Failure> {
             RUN.activity.store(total + calls, Relaxed);
             if (0..instances).all(|i| INSTANCES[i].done.load(Acquire) != 0) {
                 total += calls;
+                RACE_CALLS[race as usize].store(calls, Relaxed);
+                RACE_TICKS[race as usize].store(sys::tsc() - race_t0, Relaxed);
                 break;
             }
             rt::object::yield_now();
@@ -157,34 +190,6 @@ pub fn targeted_phase(res: &Resources, target: u64) -> Result<(), Failure> {
     RUN.targeted_calls.store(total, Relaxed);
     RUN.targeted_ticks.store(sys::tsc() - t0, Relaxed);
     Ok(())
-}
-
-/// A fixed-capacity list of the races that run (no allocator in this program's hot paths).
-mod heapless_list {
-    pub struct List {
-        items: [(super::Race, u32, &'static str); 4],
-        len: usize,
-    }
-    impl List {
-        pub fn as_slice(&self) -> &[(super::Race, u32, &'static str)] {
-            &self.items[..self.len]
-        }
-        pub fn len(&self) -> usize {
-            self.len
-        }
-    }
-    impl FromIterator<(super::Race, u32, &'static str)> for List {
-        fn from_iter<I: IntoIterator<Item = (super::Race, u32, &'static str)>>(it: I) -> List {
-            let mut l = List { items: [super::RACES[0]; 4], len: 0 };
-            for x in it {
-                if l.len < 4 {
-                    l.items[l.len] = x;
-                    l.len += 1;
-                }
-            }
-            l
-        }
-    }
 }
 
 static RESOURCES_TEXT: AtomicU64 = AtomicU64::new(0);
