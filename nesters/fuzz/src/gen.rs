@@ -9,7 +9,7 @@
 use matryoshka_rt::nr;
 
 use crate::args::{avoid, ONLY_UNKNOWN_BIT};
-use crate::pool::{Entry, Pool, DEAD, SELF, UNKNOWN_KIND};
+use crate::pool::{Entry, Pool, DEAD, NO_ANCESTRY, SELF, UNKNOWN_KIND};
 use crate::rng::Rng;
 
 pub const PAGE: u64 = 4096;
@@ -140,7 +140,7 @@ pub enum Effect {
     /// (`object` 0) or to `object` again; `parent` is a new space's parent.
     Creates { kind: u32, flags: u32, object: u64, parent: u64 },
     /// A new handle at exactly `value` in the caller's table (`handle_transfer_at`).
-    CreatesAt { value: u64, kind: u32, flags: u32, object: u64 },
+    CreatesAt { value: u64, kind: u32, flags: u32, object: u64, parent: u64 },
     /// The handle `value` was closed.
     Closes(u64),
     /// Space `object` (handle `value`) was destroyed and the handle closed.
@@ -680,7 +680,7 @@ impl Gen {
                 let mut o = primary(self, &mut c, kind::SPACE);
                 // Only spaces known to be alive: not dead ones, nor imported
                 // handles of unknown ancestry.
-                let maybe_dead = o.is_dead() || o.entry().is_some_and(|e| e.object == 0 || e.kind != kind::SPACE);
+                let maybe_dead = o.is_dead() || o.entry().is_some_and(|e| e.object == 0 || e.kind != kind::SPACE || e.flags & NO_ANCESTRY != 0);
                 if maybe_dead && env.avoid & avoid::DESTROY_DEAD != 0 {
                     c.regs[reg::RDI] = self.forged();
                     o = Origin::Forged;
@@ -926,7 +926,13 @@ impl Gen {
                 let taken = so.is_self() && self.pool.find(value).is_some();
                 must_fail = so.invalid() || ho.invalid() || unknown || value == 0 || taken;
                 c.effect = match (so.is_self(), so.entry()) {
-                    (true, _) => Effect::CreatesAt { value, kind: ho.entry().map_or(UNKNOWN_KIND, |e| e.kind), flags: ho.entry().map_or(0, |e| e.flags), object: ho.object() },
+                    (true, _) => Effect::CreatesAt {
+                        value,
+                        kind: ho.entry().map_or(UNKNOWN_KIND, |e| e.kind),
+                        flags: ho.entry().map_or(0, |e| e.flags),
+                        object: ho.object(),
+                        parent: ho.entry().map_or(0, |e| e.parent),
+                    },
                     (false, Some(e)) if e.kind == kind::SPACE => Effect::None,
                     _ => Effect::ForgetClosed,
                 };

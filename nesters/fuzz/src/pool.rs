@@ -7,6 +7,12 @@ pub const SELF: u32 = 1 << 0;
 /// The object is a space that was destroyed, itself or with an ancestor
 /// (the handle stays open).
 pub const DEAD: u32 = 1 << 1;
+/// A space whose ancestry the worker does not know (an ancestor could die
+/// without the pool noticing).
+pub const NO_ANCESTRY: u32 = 1 << 2;
+
+/// Spaces whose parent the pool remembers, open handles or not.
+pub const ANCESTRY_SLOTS: usize = 64;
 
 /// Type code 0: a handle whose object type the worker does not know (an import).
 pub const UNKNOWN_KIND: u32 = 0;
@@ -42,6 +48,10 @@ pub struct Pool {
     foreign_len: u32,
     foreign: [u64; FOREIGN_SLOTS],
     foreign_next: u32,
+    ancestry_len: u32,
+    /// (space object, parent object) for every space created, even after
+    /// its handles are closed: a destroy must reach its whole subtree.
+    ancestry: [(u64, u64); ANCESTRY_SLOTS],
 }
 
 impl Default for Pool {
@@ -70,6 +80,8 @@ impl Pool {
             foreign_len: 0,
             foreign: [0; FOREIGN_SLOTS],
             foreign_next: 0,
+            ancestry_len: 0,
+            ancestry: [(0, 0); ANCESTRY_SLOTS],
         }
     }
 
@@ -146,31 +158,44 @@ impl Pool {
         self.closed_next = 0;
     }
 
-    /// Space `object` was destroyed: it and every space below it (that the
-    /// pool knows the ancestry of) are dead.
+    /// Remembers that space `object` is a child of space `parent`; false
+    /// when the table is full (the new space then has no known ancestry).
+    pub fn note_space(&mut self, object: u64, parent: u64) -> bool {
+        if self.ancestry_len as usize == ANCESTRY_SLOTS {
+            return false;
+        }
+        self.ancestry[self.ancestry_len as usize] = (object, parent);
+        self.ancestry_len += 1;
+        true
+    }
+
+    /// Space `object` was destroyed: it and every space below it that the
+    /// pool knows of are dead (their handles, open or not, name dead spaces).
     pub fn kill_subtree(&mut self, object: u64) {
         if object == 0 {
             return;
         }
-        let mut dead = [0u64; LIVE_SLOTS + 1];
+        let mut dead = [0u64; ANCESTRY_SLOTS + 1];
         dead[0] = object;
         let mut n = 1;
-        let len = self.live_len as usize;
+        let known = self.ancestry_len as usize;
         loop {
             let mut grew = false;
-            for e in self.live[..len].iter_mut() {
-                let below = e.object != 0 && (dead[..n].contains(&e.object) || (e.parent != 0 && dead[..n].contains(&e.parent)));
-                if below && e.flags & DEAD == 0 {
-                    e.flags |= DEAD;
-                    if !dead[..n].contains(&e.object) && n < dead.len() {
-                        dead[n] = e.object;
-                        n += 1;
-                    }
+            for &(child, parent) in &self.ancestry[..known] {
+                if dead[..n].contains(&parent) && !dead[..n].contains(&child) && n < dead.len() {
+                    dead[n] = child;
+                    n += 1;
                     grew = true;
                 }
             }
             if !grew {
                 break;
+            }
+        }
+        let len = self.live_len as usize;
+        for e in self.live[..len].iter_mut() {
+            if e.object != 0 && dead[..n].contains(&e.object) {
+                e.flags |= DEAD;
             }
         }
     }
@@ -204,17 +229,22 @@ mod tests {
     fn destroying_a_space_kills_its_known_subtree() {
         let mut p = Pool::new();
         let space = |value, object, parent| Entry { value, object, parent, kind: 1, flags: 0 };
+        for (object, parent) in [(2, 1), (3, 2), (5, 1), (7, 3), (8, 7)] {
+            assert!(p.note_space(object, parent));
+        }
         p.add(space(1, 1, 0));
         p.add(space(2, 2, 1));
         p.add(space(3, 3, 2));
         p.add(space(4, 2, 0)); // a duplicate of 2
         p.add(space(5, 5, 1));
         p.add(space(6, 6, 0));
+        // 7's handle was closed, but its child 8 still dies with 2.
+        p.add(space(9, 8, 0));
         p.kill_subtree(2);
         let dead: Vec<u64> = p.live().iter().filter(|e| e.flags & DEAD != 0).map(|e| e.value).collect();
-        assert_eq!(dead, [2, 3, 4]);
+        assert_eq!(dead, [2, 3, 4, 9]);
         p.kill_subtree(1);
-        assert_eq!(p.live().iter().filter(|e| e.flags & DEAD != 0).count(), 5);
+        assert_eq!(p.live().iter().filter(|e| e.flags & DEAD != 0).count(), 6);
     }
 
     #[test]

@@ -186,11 +186,19 @@ fn apply(sh: &Shared, p: &mut Private, call: &Call, regs: &[u64; 8], ret: u64) -
                 };
                 return Err(fail(sh, p, call, regs, ret as i64, why));
             }
+            let mut flags = flags;
+            if object == 0 && kind == fuzzlib::gen::kind::SPACE {
+                // A new space: remember its parent for good (a destroy of an
+                // ancestor kills it even after its handles are closed).
+                if parent == 0 || !p.gen.pool.note_space(ret, parent) {
+                    flags |= fuzzlib::pool::NO_ANCESTRY;
+                }
+            }
             keep(sh, p, Entry { value: ret, object: if object == 0 { ret } else { object }, parent, kind, flags });
         }
-        Effect::CreatesAt { value, kind, flags, object } => {
+        Effect::CreatesAt { value, kind, flags, object, parent } => {
             p.gen.pool.forget_closed();
-            keep(sh, p, Entry { value, object, parent: 0, kind, flags });
+            keep(sh, p, Entry { value, object, parent, kind, flags });
         }
         Effect::Closes(v) => p.gen.pool.close(v),
         Effect::Destroys { value, object } => {
