@@ -68,7 +68,7 @@ bench-queues:
     cargo bench -p perf --bench queues
     cargo run -q -p perf --release --bin queue-counters
 
-# Host unit tests of the default workspace members (fastpath, boot, hw-tests, perf)
+# Host unit tests of the default workspace members (abi, fastpath, boot, hw-tests, perf, fuzz)
 test-host:
     cargo test
 
