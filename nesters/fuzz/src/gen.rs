@@ -143,7 +143,8 @@ pub enum Effect {
     CreatesAt { value: u64, kind: u32, flags: u32, object: u64, parent: u64 },
     /// The handle `value` was closed.
     Closes(u64),
-    /// Space `object` (handle `value`) was destroyed and the handle closed.
+    /// Space `object` (handle `value`) was destroyed and the handle closed
+    /// (also when the call says the space was already dead).
     Destroys { value: u64, object: u64 },
     /// The result is a handle value in another space's table.
     Foreign,
@@ -501,11 +502,12 @@ impl Gen {
             nr::THREAD_SET_DONATION_ONLY | nr::THREAD_DONATE if env.avoid & avoid::DONATION != 0 => 0,
             nr::THREAD_STOP if env.avoid & avoid::STOP_EXIT != 0 => 0,
             nr::MUTEX_WAIT | nr::COND_WAIT if env.avoid & avoid::KILL_WAIT != 0 => 0,
-            nr::NULL | nr::YIELD | nr::READ_TSC | nr::BOOT_ARGS => 1,
+            // A donation to a spinning donation-only thread lasts a whole time slice.
+            nr::NULL | nr::YIELD | nr::READ_TSC | nr::BOOT_ARGS | nr::THREAD_DONATE | nr::THREAD_SET_DONATION_ONLY => 1,
             nr::CONN_SEND..=nr::CONN_DISCONNECT | nr::CONN_SEND_BUF | nr::CONN_RECEIVE_BUF => 1,
             nr::SPACE_DESTROY | nr::THREAD_KILL | nr::REGION_DESTROY | nr::MAPPING_DESTROY | nr::MUTEX_WAIT | nr::COND_WAIT => 2,
             nr::IPC_CALL | nr::IPC_REPLY_WAIT | nr::IPC_RECEIVE | nr::IPC_CALL_BUF | nr::IPC_REPLY_WAIT_BUF => 2,
-            nr::CONN_CONNECT | nr::CONN_ACCEPT | nr::THREAD_DONATE | nr::HANDLE_IMPORT | nr::HANDLE_TRANSFER_AT => 2,
+            nr::CONN_CONNECT | nr::CONN_ACCEPT | nr::HANDLE_IMPORT | nr::HANDLE_TRANSFER_AT => 2,
             nr::REGION_CREATE | nr::MAPPING_CREATE | nr::HANDLE_CLOSE | nr::HANDLE_DUPLICATE | nr::HANDLE_INFO => 5,
             nr::HANG_REPORT | nr::FAULT_INJECT => 1,
             4 | 1 => 3,
@@ -685,8 +687,9 @@ impl Gen {
                     c.regs[reg::RDI] = self.forged();
                     o = Origin::Forged;
                 }
-                // Never its own space (and the worker's handles to it lack DESTROY).
-                must_fail = o.invalid() || o.is_self();
+                // Never its own space (and the worker's handles to it lack
+                // DESTROY); a dead one is Dead (and its handle closed).
+                must_fail = o.invalid() || o.is_self() || o.is_dead();
                 c.effect = Effect::Destroys { value: c.regs[reg::RDI], object: o.object() };
             }
             nr::SPACE_ENUMERATE => {

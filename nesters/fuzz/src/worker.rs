@@ -170,9 +170,14 @@ fn direct(sh: &Shared, p: &mut Private, call: &Call) -> Result<(), Failed> {
     }
     if r.ret >= 0 {
         apply(sh, p, call, &regs, r.ret as u64)?;
+    } else if let (Effect::Destroys { value, .. }, DEAD) = (call.effect, r.ret) {
+        // Destroying a dead space closes the handle all the same.
+        p.gen.pool.close(value);
     }
     Ok(())
 }
+
+const DEAD: i64 = -9;
 
 /// Records what a successful call did to the handle table.
 fn apply(sh: &Shared, p: &mut Private, call: &Call, regs: &[u64; 8], ret: u64) -> Result<(), Failed> {
