@@ -10,7 +10,7 @@ hwtests := "cargo run -q -p hw-tests --"
 default:
     @just --list
 
-# Build the kernel and embed its symbol table -> build/kernel.elf; the root program -> build/init.elf
+# Build the kernel and embed its symbol table -> build/kernel.elf; the root program -> build/init.elf; the fuzzer -> build/fuzz.elf
 build:
     {{mkboot}} build
 
@@ -45,12 +45,30 @@ test-loom:
 bench-ipc CPUS=env_var_or_default("CPUS", "2"):
     cargo run -q -p perf --release --bin bench-ipc -- --cpus {{CPUS}}
 
+# The in-guest system-call fuzzer as the root program: `just fuzz --seed S --calls N --cpus C` (defaults 1, 100000, 4; --timeout SECONDS, default 600); other flags go to the fuzzer (nesters/fuzz/README.md). Prints its summary; fails on any kernel failure
+fuzz *ARGS: build
+    #!/usr/bin/env bash
+    set -euo pipefail
+    seed=1; calls=100000; cpus=4; timeout=600; rest=()
+    set -- {{ARGS}}
+    while [ $# -gt 0 ]; do
+        case "$1" in
+            --seed) seed="$2"; shift 2 ;;
+            --calls) calls="$2"; shift 2 ;;
+            --cpus) cpus="$2"; shift 2 ;;
+            --timeout) timeout="$2"; shift 2 ;;
+            *) rest+=("$1"); shift ;;
+        esac
+    done
+    {{mkboot}} qemu --cpus "$cpus" --init build/fuzz.elf --timeout "$timeout" \
+        --cmdline "exit=qemu test=fuzz log=${LOG:-info} watchdog=60 -- --seed $seed --calls $calls ${rest[*]:-}"
+
 # Host benchmarks of the port queues (criterion) and their software/hardware counters
 bench-queues:
     cargo bench -p perf --bench queues
     cargo run -q -p perf --release --bin queue-counters
 
-# Host unit tests of the default workspace members (fastpath, boot, hw-tests, perf)
+# Host unit tests of the default workspace members (abi, fastpath, boot, hw-tests, perf, fuzz)
 test-host:
     cargo test
 

@@ -1,7 +1,9 @@
 //! Locating the workspace and building what boots: the kernel image
-//! (`cargo build` of the kernel + symbol embedding -> `build/kernel.elf`)
-//! and the root user program (`cargo build -p init` -> `build/init.elf`,
-//! passed to the kernel as the boot module `init`).
+//! (`cargo build` of the kernel + symbol embedding -> `build/kernel.elf`),
+//! the root user program (`cargo build -p init` -> `build/init.elf`,
+//! passed to the kernel as the boot module `init`) and the system-call
+//! fuzzer, the root program of fuzz boots (`cargo build -p fuzz` ->
+//! `build/fuzz.elf`).
 
 use std::env;
 use std::io::{BufRead, BufReader};
@@ -18,6 +20,8 @@ pub const KERNEL_TARGET: &str = "x86_64-unknown-none";
 pub const KERNEL_PACKAGE: &str = "kernel";
 /// Cargo package (and binary) name of the root user program.
 pub const INIT_PACKAGE: &str = "init";
+/// Cargo package (and binary) name of the system-call fuzzer.
+pub const FUZZ_PACKAGE: &str = "fuzz";
 /// Name of the boot module that holds the root user program.
 pub const INIT_MODULE_NAME: &str = "init";
 
@@ -65,6 +69,11 @@ pub fn kernel_image(root: &Path) -> PathBuf {
 /// `<root>/build/init.elf`, the root user program (boot module `init`).
 pub fn init_image(root: &Path) -> PathBuf {
     build_dir(root).join("init.elf")
+}
+
+/// `<root>/build/fuzz.elf`, the system-call fuzzer (the root program of fuzz boots).
+pub fn fuzz_image(root: &Path) -> PathBuf {
+    build_dir(root).join("fuzz.elf")
 }
 
 /// Options for [`build_kernel`].
@@ -153,11 +162,24 @@ pub fn build_init(root: &Path, opts: &BuildOptions) -> Result<PathBuf> {
     Ok(out)
 }
 
-/// Build everything that boots: `build/kernel.elf` and `build/init.elf`.
-/// Returns (kernel, init).
+/// Build the system-call fuzzer (`cargo build -p fuzz --release --target
+/// x86_64-unknown-none`) and copy it to `build/fuzz.elf`.
+pub fn build_fuzz(root: &Path, opts: &BuildOptions) -> Result<PathBuf> {
+    let raw = cargo_build_bin(root, FUZZ_PACKAGE, opts)?;
+    let out = fuzz_image(root);
+    copy_atomically(&raw, &out)?;
+    if opts.verbose {
+        eprintln!("{} -> {}", raw.display(), out.display());
+    }
+    Ok(out)
+}
+
+/// Build everything that boots: `build/kernel.elf`, `build/init.elf` and
+/// `build/fuzz.elf`. Returns (kernel, init); the fuzzer is at [`fuzz_image`].
 pub fn build_all(root: &Path, opts: &BuildOptions) -> Result<(PathBuf, PathBuf)> {
     let kernel = build_kernel(root, opts)?;
     let init = build_init(root, opts)?;
+    build_fuzz(root, opts)?;
     Ok((kernel, init))
 }
 

@@ -38,7 +38,10 @@ struct Cli {
     /// Use this root program (boot module `init`) instead of building build/init.elf
     #[arg(long)]
     init: Option<PathBuf>,
-    /// Do not build; use the existing build/kernel.elf and build/init.elf
+    /// Use this fuzzer (the fuzz scenarios' root program) instead of building build/fuzz.elf
+    #[arg(long)]
+    fuzz: Option<PathBuf>,
+    /// Do not build; use the existing build/kernel.elf, build/init.elf and build/fuzz.elf
     #[arg(long)]
     no_build: bool,
     /// Multiply every scenario's timeout (slow machines)
@@ -97,7 +100,20 @@ fn run(cli: Cli) -> Result<ExitCode> {
             workspace::build_init(&root, &opts)?
         }
     };
-    for (what, path) in [("kernel image", &kernel), ("root program", &init)] {
+    let wants_fuzz = scenarios.iter().any(|s| s.root_program == hw_tests::scenario::RootProgram::Fuzz);
+    let fuzz = match (&cli.fuzz, cli.no_build || !wants_fuzz) {
+        (Some(f), _) => f.clone(),
+        (None, true) => workspace::fuzz_image(&root),
+        (None, false) => {
+            eprintln!("hw-tests: building the fuzzer");
+            workspace::build_fuzz(&root, &opts)?
+        }
+    };
+    let mut needed = vec![("kernel image", &kernel), ("root program", &init)];
+    if wants_fuzz {
+        needed.push(("fuzzer", &fuzz));
+    }
+    for (what, path) in needed {
         if !path.is_file() {
             anyhow::bail!("{what} {} does not exist (run `just build`)", path.display());
         }
@@ -117,9 +133,11 @@ fn run(cli: Cli) -> Result<ExitCode> {
     };
     let kernel = snapshot(&kernel, "kernel.elf")?;
     let init = snapshot(&init, "init.elf")?;
+    let fuzz = if wants_fuzz { snapshot(&fuzz, "fuzz.elf")? } else { fuzz };
     let cfg = RunConfig {
         kernel,
         init,
+        fuzz,
         out_dir,
         accel: cli.accel,
         firmware: cli.firmware,

@@ -10,7 +10,8 @@ use matryoshka_boot::qemu::{self, Accel, Firmware, Mode, QemuRun, Serial};
 use serde_json::json;
 
 use crate::protocol::{evaluate, LogAnalysis, Outcome, Verdict};
-use crate::scenario::Scenario;
+use crate::protocol::Check;
+use crate::scenario::{RootProgram, Scenario};
 
 /// How long QEMU may keep running after the kernel printed its verdict
 /// (`done` record or `all CPUs stopped`).
@@ -22,6 +23,8 @@ pub struct RunConfig {
     pub kernel: PathBuf,
     /// The root user program, passed as the boot module `init`.
     pub init: PathBuf,
+    /// The system-call fuzzer, the root program of the fuzz scenarios.
+    pub fuzz: PathBuf,
     /// `build/hw-tests`: logs and per-scenario images.
     pub out_dir: PathBuf,
     pub accel: Accel,
@@ -118,8 +121,12 @@ fn boot(s: &Scenario, cfg: &RunConfig, work: &Path, log: &Path) -> Result<Verdic
     } else {
         Firmware::Seabios
     };
+    let root_program = match s.root_program {
+        RootProgram::Init => &cfg.init,
+        RootProgram::Fuzz => &cfg.fuzz,
+    };
     let run = QemuRun::new(&cfg.kernel, work)
-        .init(Some(&cfg.init))
+        .init(Some(root_program))
         .mode(s.mode)
         .cpus(s.cpus)
         .accel(cfg.accel)
@@ -132,6 +139,9 @@ fn boot(s: &Scenario, cfg: &RunConfig, work: &Path, log: &Path) -> Result<Verdic
     let line = run.shell_line()?;
     let timeout = Duration::from_secs_f64(s.timeout.as_secs_f64() * cfg.timeout_scale);
     let mut analysis = LogAnalysis::for_expect(&s.expect);
+    for text in &s.must_print {
+        analysis = analysis.watch(text.clone());
+    }
     // Once the kernel has reported its verdict QEMU must exit promptly; a
     // kernel that never writes to isa-debug-exit fails fast, not after the
     // whole timeout.
@@ -155,13 +165,30 @@ fn boot(s: &Scenario, cfg: &RunConfig, work: &Path, log: &Path) -> Result<Verdic
         exit_code: captured.code(),
         timed_out: captured.timed_out,
     };
-    Ok(evaluate(
+    let mut verdict = evaluate(
         &analysis,
         &s.expect,
         s.cpus,
         s.expected_exit,
         outcome,
-    ))
+    );
+    verdict.checks.extend(printed_checks(&analysis, &s.must_print));
+    Ok(verdict)
+}
+
+/// One check per text the scenario requires in its log.
+pub fn printed_checks(analysis: &LogAnalysis, must_print: &[String]) -> Vec<Check> {
+    must_print
+        .iter()
+        .map(|text| {
+            let seen = analysis.messages_seen.contains(text);
+            Check {
+                name: "printed",
+                ok: seen,
+                detail: if seen { String::new() } else { format!("no line contains `{text}`") },
+            }
+        })
+        .collect()
 }
 
 /// The last `n` lines of a file (for failure reports).
@@ -211,4 +238,24 @@ pub fn run_all(
         .into_iter()
         .map(|r| r.expect("every scenario ran"))
         .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn required_text_is_checked() {
+        let must = vec!["fuzz: seed 1: ".to_string(), " 0 leaks".to_string()];
+        let mut a = LogAnalysis::new();
+        for t in &must {
+            a = a.watch(t.clone());
+        }
+        a.feed("[cpu0] user: fuzz: seed 1: 10 random calls, 0 targeted calls, 1.0 seconds, 10 calls/s random, 0 calls/s targeted, 2 leaks");
+        let checks = printed_checks(&a, &must);
+        assert_eq!(checks.len(), 2);
+        assert!(checks[0].ok);
+        assert!(!checks[1].ok);
+        assert!(checks[1].detail.contains("0 leaks"));
+    }
 }

@@ -25,7 +25,7 @@ use crate::arch::x86_64::syscall::{self, UserExit};
 type CaseResult = Result<(), String>;
 
 /// Cases that run only when named (`test=ipc_stress`), not with `test=all`.
-const EXPLICIT_CASES: &[(&str, fn() -> CaseResult)] = &[("ipc_stress", ipc_stress)];
+const EXPLICIT_CASES: &[(&str, fn() -> CaseResult)] = &[("ipc_stress", ipc_stress), ("fuzz", fuzz)];
 
 const CASES: &[(&str, fn() -> CaseResult)] = &[
     ("frame_alloc", frame_alloc),
@@ -694,4 +694,55 @@ fn ipc_stress() -> CaseResult {
         Ok(UserExit::Exited(0)) => Ok(()),
         other => Err(format!("the stress run ended with {other:?} (see its output above)")),
     }
+}
+
+/// `test=fuzz` (not part of `all`): the boot module is the system-call
+/// fuzzer (`nesters/fuzz`, build/fuzz.elf), whose arguments come after a
+/// lone `--` on the command line. It checks its own invariants and leaks and
+/// must exit 0; every frame must come back when its space is gone. A first,
+/// warm-up-only run (start flag 16) lets the kernel grow what it keeps, as
+/// for `root_program`; a run whose peaks went beyond the warm-up's is
+/// followed by another warm-up run, which must then leave the count alone.
+fn fuzz() -> CaseResult {
+    use crate::loader;
+    const WARMUP_ONLY: u64 = 16;
+    let m = crate::boot_init_module().ok_or("no boot module holds the fuzzer (mkboot qemu --init build/fuzz.elf)")?;
+    // SAFETY: boot modules stay in RAM the frame allocator never hands out.
+    let image = unsafe { core::slice::from_raw_parts(paging::phys_to_virt(m.start) as *const u8, (m.end - m.start) as usize) };
+    let describe = |exit: UserExit| match exit {
+        UserExit::Exited(0) => None,
+        UserExit::Exited(1) => Some(String::from("an invariant broke")),
+        UserExit::Exited(2) => Some(String::from("bad arguments")),
+        UserExit::Exited(3) => Some(String::from("its watchdog fired (a hang)")),
+        UserExit::Exited(4) => Some(String::from("a leak")),
+        UserExit::Exited(101) => Some(String::from("it panicked")),
+        other => Some(format!("{other:?}")),
+    };
+    let warmup = loader::run_with_flags(image, WARMUP_ONLY).map_err(|e| format!("the fuzzer was refused: {e:?}"))?;
+    if let Some(why) = describe(warmup) {
+        return Err(format!("the fuzzer's warm-up run ended with {warmup:?}: {why} (see its output above)"));
+    }
+    let free_before = frame::stats().free;
+    let exit = loader::run(image).map_err(|e| format!("the fuzzer was refused: {e:?}"))?;
+    if let Some(why) = describe(exit) {
+        return Err(format!("the fuzzer ended with {exit:?}: {why} (see its output above)"));
+    }
+    let free_after = frame::stats().free;
+    if free_after != free_before {
+        // A run that had more threads or objects at once than the warm-up
+        // grew tables the kernel keeps (kernel-stack page tables, heap);
+        // then a warm-up run again must leave the count where it is.
+        let again = loader::run_with_flags(image, WARMUP_ONLY).map_err(|e| format!("the fuzzer was refused: {e:?}"))?;
+        if let Some(why) = describe(again) {
+            return Err(format!("the fuzzer's second warm-up run ended with {again:?}: {why} (see its output above)"));
+        }
+        let free_again = frame::stats().free;
+        check!(
+            free_again == free_after,
+            "the fuzzer's runs leaked frames: {} in the run, {} more in a warm-up run after it",
+            free_before as i64 - free_after as i64,
+            free_after as i64 - free_again as i64
+        );
+    }
+    Ok(())
 }

@@ -35,7 +35,7 @@ struct ImageArgs {
 
 #[derive(Subcommand)]
 enum Cmd {
-    /// Build the kernel (cargo, release, x86_64-unknown-none) and embed its symbols into build/kernel.elf; build the root program into build/init.elf
+    /// Build the kernel (cargo, release, x86_64-unknown-none) and embed its symbols into build/kernel.elf; build the root program into build/init.elf and the fuzzer into build/fuzz.elf
     Build {
         /// Only print errors
         #[arg(long, short)]
@@ -113,7 +113,7 @@ struct QemuArgs {
     /// Firmware for direct mode
     #[arg(long, value_enum, default_value_t = Firmware::Seabios)]
     firmware: Firmware,
-    /// Build build/kernel.elf and build/init.elf first
+    /// Build build/kernel.elf, build/init.elf and build/fuzz.elf first
     #[arg(long)]
     build: bool,
     /// Kill QEMU after this many seconds (0 = never)
@@ -153,6 +153,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
             if !quiet {
                 println!("{}", kernel.display());
                 println!("{}", init.display());
+                println!("{}", workspace::fuzz_image(&root).display());
             }
         }
         Cmd::EmbedSymbols { input, output } => {
