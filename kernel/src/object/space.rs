@@ -432,7 +432,7 @@ impl Space {
                 // Again: a thread created while the space was being marked
                 // dead missed the first round.
                 sched::kill(t);
-                sched::join(t);
+                sched::join_killed(t);
             }
         }
         sched::reap();

@@ -610,6 +610,57 @@ pub fn join(t: &Arc<Thread>) -> UserExit {
     join_unless_killed(t, false).expect("an uninterruptible join returned early")
 }
 
+/// How often (in ticks) `join_killed` sends its kill again.
+const REKILL_TICKS: u64 = 5;
+
+/// Waits until `t`, which the caller has asked to die, has exited; sends
+/// the kill again every few ticks meanwhile. A kill can meet its target in
+/// a window where its wake finds nothing to wake (the IPC fast path checks
+/// a thread's attention before it parks, without a fence, to stay short),
+/// and a destroy must never wait on such a thread forever.
+pub fn join_killed(t: &Arc<Thread>) -> UserExit {
+    loop {
+        let was = cpu::interrupts_enabled();
+        cpu::disable_interrupts();
+        let (done, clock) = {
+            let mut slot = t.exit.lock();
+            if t.state.load(Ordering::Acquire) == EXITED {
+                (true, None)
+            } else {
+                let (cpu, s) = here();
+                let me = current();
+                set_wait(&me, WaitReason::Join);
+                me.state.store(BLOCKED, Ordering::Release);
+                slot.joiners.push(me.clone());
+                // Also woken by the clock.
+                let deadline = percpu::cpu(cpu).ticks.load(Ordering::Relaxed) + REKILL_TICKS;
+                s.sleepers.lock().push((deadline, me));
+                (false, Some(cpu))
+            }
+        };
+        if let Some(cpu) = clock {
+            schedule();
+            // Woken by the exit before the clock: take the clock's entry
+            // back, so it pins nothing (this thread's stack, when it exits).
+            let me = current();
+            CPUS[cpu].sleepers.lock().retain(|(_, s)| !Arc::ptr_eq(s, &me));
+        }
+        if was {
+            cpu::enable_interrupts();
+        }
+        if done {
+            break;
+        }
+        if !t.has_exited() {
+            super::control::kill(t);
+        }
+    }
+    while t.on_cpu.load(Ordering::Acquire) {
+        cpu::pause();
+    }
+    t.exit.lock().reason.expect("exited thread without a reason")
+}
+
 /// Like `join`, but gives up (None) if the calling thread is killed while
 /// it waits (with `interruptible`).
 pub fn join_unless_killed(t: &Arc<Thread>, interruptible: bool) -> Option<UserExit> {
