@@ -67,6 +67,8 @@ pub struct Config {
     pub watchdog_secs: u64,
     /// Print every random call before making it (slow; for reproducing a crash).
     pub trace: bool,
+    /// Print the call counts and rates every second.
+    pub progress: bool,
     /// How many times the measured round may be repeated when the kernel's
     /// counters moved, to tell growth (which stops) from a leak (which does not).
     pub leak_rounds: u32,
@@ -90,6 +92,7 @@ impl Default for Config {
             avoid: 0,
             watchdog_secs: 20,
             trace: false,
+            progress: false,
             leak_rounds: 3,
             only: u128::MAX,
         }
@@ -129,6 +132,10 @@ pub fn parse(line: &str) -> Result<Config, ArgError<'_>> {
         let err = |message| ArgError { message, word: flag };
         if flag == "--trace" {
             c.trace = true;
+            continue;
+        }
+        if flag == "--progress" {
+            c.progress = true;
             continue;
         }
         let value = words.next().ok_or(err("needs a value"))?;

@@ -252,9 +252,24 @@ fn watch() -> Result<(), &'static str> {
     let limit = setup().watchdog_ticks();
     let mut beat = (RUN.heartbeat.load(Relaxed), sys::tsc());
     let mut activity = (RUN.activity.load(Relaxed), sys::tsc());
+    let mut last_report = (sys::tsc(), 0u64, 0u64);
     while RUN.done.load(Acquire) == 0 {
         obj::yield_now();
         let now = sys::tsc();
+        if setup().config.progress && now - last_report.0 > setup().tsc_hz {
+            let (r, t) = (RUN.random_calls.load(Relaxed), RUN.targeted_calls.load(Relaxed));
+            let secs = (now - last_report.0) as f64 / setup().tsc_hz as f64;
+            let (dr, dt) = (r.saturating_sub(last_report.1), t.saturating_sub(last_report.2));
+            let (frames, heap, threads) = Snapshot::peek();
+            println!(
+                "fuzz: progress: {} phase, {r} random ({:.0}/s), {t} targeted ({:.0}/s), {} support; free frames {frames}, heap {heap}, threads {threads}",
+                phase::NAMES.get(RUN.phase.load(Relaxed) as usize).unwrap_or(&"?"),
+                dr as f64 / secs,
+                dt as f64 / secs,
+                RUN.support_calls.load(Relaxed)
+            );
+            last_report = (now, r, t);
+        }
         let b = RUN.heartbeat.load(Relaxed);
         if b != beat.0 {
             beat = (b, now);
@@ -344,6 +359,12 @@ struct Snapshot {
 }
 
 impl Snapshot {
+    /// The counters right now, without flushing (for progress lines).
+    fn peek() -> (u64, u64, u64) {
+        let (w, _) = sys::system_info().unwrap_or(([0; 8], 0));
+        (w[1], w[6], w[7])
+    }
+
     fn take() -> Snapshot {
         flush_dead_threads();
         let (w, len) = sys::system_info().unwrap_or(([0; 8], 0));

@@ -134,6 +134,7 @@ const fn fuzzlib_default_config() -> Config {
         avoid: 0,
         watchdog_secs: 20,
         trace: false,
+        progress: false,
         leak_rounds: 3,
         only: u128::MAX,
     }

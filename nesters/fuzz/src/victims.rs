@@ -1,6 +1,7 @@
 //! Code that fuzzed threads run: short loops that use no stack (a fuzzed
 //! `rsp` may point anywhere) and no memory, so nothing a victim does can
-//! corrupt its space. `thread_create` and `thread_set_state` start threads
+//! corrupt its space. The busy ones yield often: dozens of them share the
+//! CPUs with the workers. `thread_create` and `thread_set_state` start threads
 //! at these addresses (or at bad ones, which must be refused or fault).
 
 use fuzzlib::gen::victim;
@@ -8,10 +9,18 @@ use fuzzlib::gen::victim;
 core::arch::global_asm!(
     r#"
     .section .text.fuzz_victims, "ax"
+    /* Spins in user mode (r14 counts; the kernel preserves it), yielding
+       now and then: a victim should be interrupted mid-loop, not starve
+       the workers on its CPU. */
     .global fuzz_victim_spin
 fuzz_victim_spin:
+3:  mov r14d, 4096
 2:  pause
-    jmp 2b
+    dec r14
+    jnz 2b
+    mov eax, 3
+    syscall
+    jmp 3b
 
     .global fuzz_victim_yield
 fuzz_victim_yield:
@@ -19,11 +28,17 @@ fuzz_victim_yield:
     syscall
     jmp 2b
 
+    /* Null calls, a yield after every 32. */
     .global fuzz_victim_null
 fuzz_victim_null:
+3:  mov r14d, 32
 2:  xor eax, eax
     syscall
-    jmp 2b
+    dec r14
+    jnz 2b
+    mov eax, 3
+    syscall
+    jmp 3b
 
     .global fuzz_victim_exit
 fuzz_victim_exit:
