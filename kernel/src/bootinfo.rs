@@ -46,7 +46,7 @@ impl<const N: usize> FixedStr<N> {
         FixedStr { bytes: [0; N], len: 0 }
     }
 
-    pub fn from_str(s: &str) -> Self {
+    pub fn truncated(s: &str) -> Self {
         let mut out = Self::new();
         let mut end = s.len().min(N);
         while !s.is_char_boundary(end) {
@@ -61,8 +61,8 @@ impl<const N: usize> FixedStr<N> {
     pub fn from_bytes(b: &[u8]) -> Self {
         let b = &b[..b.iter().position(|&c| c == 0).unwrap_or(b.len())];
         match core::str::from_utf8(b) {
-            Ok(s) => Self::from_str(s),
-            Err(e) => Self::from_str(core::str::from_utf8(&b[..e.valid_up_to()]).unwrap_or("")),
+            Ok(s) => Self::truncated(s),
+            Err(e) => Self::truncated(core::str::from_utf8(&b[..e.valid_up_to()]).unwrap_or("")),
         }
     }
 
@@ -149,7 +149,7 @@ impl BootInfo {
         if self.modules_len == MAX_MODULES {
             return false;
         }
-        self.modules[self.modules_len] = BootModule { start, end, name: FixedStr::from_str(name) };
+        self.modules[self.modules_len] = BootModule { start, end, name: FixedStr::truncated(name) };
         self.modules_len += 1;
         true
     }
@@ -311,7 +311,7 @@ mod tests {
 
     #[test]
     fn fixed_str_truncates_on_char_boundary() {
-        let s = FixedStr::<4>::from_str("aéé");
+        let s = FixedStr::<4>::truncated("aéé");
         assert_eq!(s.as_str(), "aé");
         assert_eq!(FixedStr::<8>::from_bytes(b"ok\xffjunk").as_str(), "ok");
     }

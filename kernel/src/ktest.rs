@@ -25,9 +25,12 @@ use crate::arch::x86_64::syscall::{self, UserExit};
 type CaseResult = Result<(), String>;
 
 /// Cases that run only when named (`test=ipc_stress`), not with `test=all`.
-const EXPLICIT_CASES: &[(&str, fn() -> CaseResult)] = &[("ipc_stress", ipc_stress), ("fuzz", fuzz)];
+/// A named in-kernel test case.
+type Case = (&'static str, fn() -> CaseResult);
 
-const CASES: &[(&str, fn() -> CaseResult)] = &[
+const EXPLICIT_CASES: &[Case] = &[("ipc_stress", ipc_stress), ("fuzz", fuzz)];
+
+const CASES: &[Case] = &[
     ("frame_alloc", frame_alloc),
     ("frame_errors", frame_errors),
     ("page_map", page_map),

@@ -8,6 +8,9 @@
 
 #![cfg_attr(target_os = "none", no_std)]
 #![cfg_attr(target_os = "none", no_main)]
+// Per-CPU tables are indexed by CPU number: `for cpu in 0..n { X[cpu] }`
+// says which CPU each entry is for more plainly than an enumerate.
+#![allow(clippy::needless_range_loop)]
 
 #[cfg(target_os = "none")]
 extern crate alloc;

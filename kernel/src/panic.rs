@@ -88,7 +88,7 @@ pub fn describe_address(symbols: &Option<SymbolTable<'static>>, addr: u64, is_re
 pub fn collect_return_addresses(mut rbp: u64, out: &mut [u64]) -> usize {
     let mut n = 0;
     while n < out.len() {
-        if rbp == 0 || rbp % 8 != 0 || rbp < paging::PHYSMAP_BASE || !paging::is_mapped(rbp) || !paging::is_mapped(rbp + 8) {
+        if rbp == 0 || !rbp.is_multiple_of(8) || rbp < paging::PHYSMAP_BASE || !paging::is_mapped(rbp) || !paging::is_mapped(rbp + 8) {
             break;
         }
         // SAFETY: both words were just checked to be mapped kernel memory.
@@ -121,7 +121,7 @@ pub fn print_backtrace(first_pc: Option<u64>, mut rbp: u64) {
     }
     let (mut last, mut repeats) = (0u64, 0usize);
     for _ in 0..4096 {
-        if rbp == 0 || rbp % 8 != 0 || rbp < paging::PHYSMAP_BASE || !paging::is_mapped(rbp) || !paging::is_mapped(rbp + 8) {
+        if rbp == 0 || !rbp.is_multiple_of(8) || rbp < paging::PHYSMAP_BASE || !paging::is_mapped(rbp) || !paging::is_mapped(rbp + 8) {
             break;
         }
         // SAFETY: both words were just checked to be mapped kernel memory.

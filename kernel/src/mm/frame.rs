@@ -362,7 +362,7 @@ mod global {
     }
 
     pub fn free(pa: u64) -> Result<(), FrameError> {
-        if pa % FRAME_SIZE != 0 {
+        if !pa.is_multiple_of(FRAME_SIZE) {
             return Err(FrameError::BadAddress);
         }
         let frame = pa / FRAME_SIZE;
@@ -388,7 +388,7 @@ mod global {
 
     /// Frees `count` contiguous frames from `alloc_contiguous`.
     pub fn free_contiguous(pa: u64, count: u64) -> Result<(), FrameError> {
-        if pa % FRAME_SIZE != 0 {
+        if !pa.is_multiple_of(FRAME_SIZE) {
             return Err(FrameError::BadAddress);
         }
         let first = pa / FRAME_SIZE;
@@ -439,9 +439,9 @@ mod global {
         let s = stats();
         log::info!(
             "mem: {} MiB managed, {} MiB free, {} MiB used",
-            s.managed * FRAME_SIZE >> 20,
-            s.free * FRAME_SIZE >> 20,
-            (s.managed - s.free) * FRAME_SIZE >> 20
+            (s.managed * FRAME_SIZE) >> 20,
+            (s.free * FRAME_SIZE) >> 20,
+            ((s.managed - s.free) * FRAME_SIZE) >> 20
         );
         for cpu in 0..cpus {
             let (allocated, freed, cached) = per_cpu_counts(cpu);

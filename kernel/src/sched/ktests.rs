@@ -16,7 +16,10 @@ use crate::mm::frame::{self, FRAME_SIZE};
 
 type CaseResult = Result<(), String>;
 
-pub const CASES: &[(&str, fn() -> CaseResult)] = &[
+/// A named in-kernel test case.
+pub type Case = (&'static str, fn() -> CaseResult);
+
+pub const CASES: &[Case] = &[
     ("kernel_threads", kernel_threads),
     ("sched_errors", sched_errors),
     ("user_threads_all_cpus", user_threads_all_cpus),

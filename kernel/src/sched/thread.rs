@@ -527,8 +527,7 @@ pub(super) fn set_wait(t: &Thread, reason: WaitReason) {
 
 /// Frees the kernel stacks of threads that are gone. Interrupts must be on.
 pub fn reap() {
-    loop {
-        let Some(s) = cpu::without_interrupts(|| DEAD_STACKS.lock().pop()) else { break };
+    while let Some(s) = cpu::without_interrupts(|| DEAD_STACKS.lock().pop()) {
         stack::free(s);
     }
 }

@@ -73,7 +73,10 @@ pub(super) fn mapping_create(region: u64, space: u64, va: u64, offset: u64, size
 /// Charges one more region or mapping to `space`'s quota, after settling
 /// the charge for those that are gone.
 pub(super) fn charge_vm_node(space: &Space) -> Result<(), SysError> {
-    crate::object::memory::add(|g| Ok(space.settle_vm_nodes(g.node_count(space.vm_id()))))?;
+    crate::object::memory::add(|g| {
+        space.settle_vm_nodes(g.node_count(space.vm_id()));
+        Ok(())
+    })?;
     Ok(space.charge_vm_node()?)
 }
 

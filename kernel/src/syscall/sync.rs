@@ -17,7 +17,7 @@ pub(super) fn waitqueue_create(cond: bool) -> SysResult {
 /// equals `expected`, checked atomically with respect to `*_wake`. Returns 0
 /// after a wake-up (possibly spurious), `WouldBlock` if the word differed.
 pub(super) fn waitqueue_wait(cond: bool, h: u64, addr: u64, expected: u64) -> SysResult {
-    if addr % 4 != 0 {
+    if !addr.is_multiple_of(4) {
         return Err(SysError::BadPointer.into());
     }
     let expected = u32::try_from(expected).map_err(|_| SysError::InvalidArgument)?;

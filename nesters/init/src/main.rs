@@ -333,7 +333,7 @@ extern "C" fn contender(_: u64) -> ! {
         // A non-atomic read-modify-write with a yield in the middle: lost
         // updates would show if two threads held the lock at once.
         let v = *g;
-        if v % 64 == 0 {
+        if v.is_multiple_of(64) {
             obj::yield_now();
         }
         *g = v + 1;

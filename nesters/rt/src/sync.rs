@@ -8,7 +8,7 @@ use core::cell::UnsafeCell;
 use core::sync::atomic::{AtomicU32, Ordering};
 
 use crate::object::Handle;
-use crate::{decode, nr, syscall0, syscall2, syscall4, SysError};
+use crate::{decode, nr, syscall0, syscall1, syscall2, syscall4, SysError};
 
 pub struct Mutex<T> {
     word: AtomicU32,
@@ -52,6 +52,15 @@ pub struct MutexGuard<'a, T> {
     mutex: &'a Mutex<T>,
 }
 
+impl<T> Drop for Mutex<T> {
+    /// Closes the kernel half: a program that makes and drops mutexes does
+    /// not run out of handles.
+    fn drop(&mut self) {
+        // SAFETY: closes this mutex's own handle; nothing else uses it.
+        let _ = unsafe { syscall1(nr::HANDLE_CLOSE, self.queue.0) };
+    }
+}
+
 impl<T> core::ops::Deref for MutexGuard<'_, T> {
     type Target = T;
     fn deref(&self) -> &T {
@@ -76,6 +85,14 @@ impl<T> Drop for MutexGuard<'_, T> {
 pub struct Cond {
     sequence: AtomicU32,
     queue: Handle,
+}
+
+impl Drop for Cond {
+    /// Closes the kernel half, as `Mutex` does.
+    fn drop(&mut self) {
+        // SAFETY: closes this condition variable's own handle.
+        let _ = unsafe { syscall1(nr::HANDLE_CLOSE, self.queue.0) };
+    }
 }
 
 impl Cond {

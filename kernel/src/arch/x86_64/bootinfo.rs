@@ -41,11 +41,11 @@ fn decode_multiboot2(pa: u64) -> Result<BootInfo, BootInfoError> {
         }
     }
     if let Some(cmdline) = mbi.command_line_tag().and_then(|t| t.cmdline().ok()) {
-        info.cmdline = crate::bootinfo::FixedStr::from_str(cmdline);
+        info.cmdline = crate::bootinfo::FixedStr::truncated(cmdline);
     }
     let mmap = mbi.memory_map_tag().ok_or(BootInfoError::NoMemoryMap)?;
     for area in mmap.memory_areas() {
-        let kind = match MemoryAreaType::from(area.typ()) {
+        let kind = match area.typ() {
             MemoryAreaType::Available => MemKind::Usable,
             MemoryAreaType::AcpiAvailable => MemKind::AcpiReclaimable,
             MemoryAreaType::ReservedHibernate => MemKind::AcpiNvs,

@@ -338,7 +338,7 @@ pub fn new_user_root() -> Result<u64, MapError> {
 
 /// Maps a user page (`va` below `USER_TOP`) into the address space `root`.
 pub fn map_user_page(root: u64, va: u64, pa: u64, writable: bool, executable: bool) -> Result<(), MapError> {
-    if va >= USER_TOP || va % FRAME_SIZE != 0 {
+    if va >= USER_TOP || !va.is_multiple_of(FRAME_SIZE) {
         return Err(MapError::NotMapped);
     }
     let flags = USER | if writable { WRITABLE } else { 0 } | if executable { 0 } else { nx() };
@@ -369,7 +369,7 @@ pub fn user_entry(root: u64, va: u64) -> Option<u64> {
 
 /// Maps `pa` at user page `va` in `root`, replacing whatever was there.
 pub fn set_user_page(root: u64, va: u64, pa: u64, writable: bool, executable: bool) -> Result<(), MapError> {
-    if va >= USER_TOP || va % FRAME_SIZE != 0 {
+    if va >= USER_TOP || !va.is_multiple_of(FRAME_SIZE) {
         return Err(MapError::NotMapped);
     }
     let flags = USER | if writable { WRITABLE } else { 0 } | if executable { 0 } else { nx() };

@@ -188,7 +188,7 @@ const PARKED_ROOM: u64 = 64;
 /// The switch frame `switch_context` pops: six callee-saved registers and
 /// the return address.
 const SWITCH_FRAME_WORDS: usize = 7;
-const _: () = assert!((SWITCH_FRAME_WORDS * 8) as u64 <= PARKED_ROOM && PARKED_ROOM % 16 == 0);
+const _: () = assert!((SWITCH_FRAME_WORDS * 8) as u64 <= PARKED_ROOM && PARKED_ROOM.is_multiple_of(16));
 
 /// Size of the user frame at the top of a thread's kernel stack.
 pub const FRAME_BYTES: u64 = core::mem::size_of::<SyscallFrame>() as u64;
