@@ -360,7 +360,10 @@ impl Space {
         }
         let charge = self.thread_charge()?;
         let t = sched::spawn_user_in("user", self.clone(), (rip, rsp, args), sched::USER_PRIORITY, 0, charge)?;
-        self.add_thread(t.clone());
+        // Listed before it can run: a destroy that misses it in the list
+        // would leave it running on page tables it frees.
+        self.add_thread(t.clone())?;
+        sched::start(&t);
         Ok(t)
     }
 
@@ -371,7 +374,7 @@ impl Space {
         }
         let charge = self.thread_charge()?;
         let t = sched::spawn_user_stopped("user", self.clone(), regs, charge)?;
-        self.add_thread(t.clone());
+        self.add_thread(t.clone())?;
         Ok(t)
     }
 
@@ -379,9 +382,19 @@ impl Space {
         Charge::new(&self.quota, THREAD_COST).map_err(|_| sched::SchedError::OutOfMemory)
     }
 
-    /// Lists a new thread (for kills and joins at destruction).
-    fn add_thread(&self, t: Arc<Thread>) {
-        cpu::without_interrupts(|| self.threads.lock().push(t));
+    /// Lists a new thread (for kills and joins at destruction), unless the
+    /// space is dying: a destroy marks it dead before it takes the list
+    /// under the same lock, so a thread is either in the list it takes or
+    /// refused here.
+    fn add_thread(&self, t: Arc<Thread>) -> Result<(), sched::SchedError> {
+        cpu::without_interrupts(|| {
+            let mut threads = self.threads.lock();
+            if self.is_dead() {
+                return Err(sched::SchedError::NoAllowedCpu);
+            }
+            threads.push(t);
+            Ok(())
+        })
     }
 
     /// Takes an exiting thread off the list, so a space that runs many

@@ -171,9 +171,29 @@ pub fn idle_loop() -> ! {
         let (_, s) = here();
         if !s.queue.lock().is_empty() {
             schedule();
+            if !s.queue.lock().is_empty() {
+                // A thread put back because it was still leaving another
+                // CPU: look again soon rather than sleep until a tick.
+                cpu::enable_interrupts();
+                cpu::pause();
+                continue;
+            }
         }
         cpu::enable_interrupts_and_halt();
     }
+}
+
+/// Spins (briefly) until `t` is off the CPU it was leaving; false if it
+/// still is. A thread woken or migrated as it switches out normally clears
+/// `on_cpu` within a few hundred cycles.
+fn leaves_its_cpu_soon(t: &Thread) -> bool {
+    for _ in 0..10_000 {
+        if !t.on_cpu.load(Ordering::Acquire) {
+            return true;
+        }
+        cpu::pause();
+    }
+    false
 }
 
 pub(super) fn is_idle(s: &CpuSched, t: &Arc<Thread>) -> bool {
@@ -290,6 +310,16 @@ pub(super) fn schedule_saving(save_context: bool) {
         let popped = s.queue.lock().pop();
         match popped {
             Some((_, t)) if !t.allowed_on(cpu) => enqueue(t), // migrating away
+            Some((_, t)) if !Arc::ptr_eq(&t, &prev) && !leaves_its_cpu_soon(&t) => {
+                // Still current on another CPU, which may be waiting for
+                // `prev` to leave this one (each switching to the other's
+                // thread: a thread woken as it blocks, whose affinity sends
+                // it elsewhere). Put it back and idle for now: once `prev`
+                // is off this CPU, neither waits for the other.
+                s.queue.lock().push(t.priority(), t);
+                // SAFETY: owning CPU, interrupts off.
+                break unsafe { (*s.idle.get()).clone() }.expect("no idle thread");
+            }
             Some((_, t)) => break t,
             // SAFETY: owning CPU, interrupts off.
             None => break unsafe { (*s.idle.get()).clone() }.expect("no idle thread"),
@@ -451,8 +481,12 @@ pub fn spawn_user_in(
     let t = Thread::new_in(name, Body::User { rip, rsp, args }, space.page_table_root(), priority, affinity, Arc::downgrade(&space))?;
     *t.quota_charge.lock() = Some(charge);
     t.cpu.store(least_loaded(affinity), Ordering::Relaxed);
-    enqueue(t.clone());
     Ok(t)
+}
+
+/// Lets a thread made by `spawn_user_in` run.
+pub fn start(t: &Arc<Thread>) {
+    enqueue(t.clone());
 }
 
 pub(super) static DIRECT_HANDOFF: AtomicBool = AtomicBool::new(true);
