@@ -69,6 +69,9 @@ pub struct Config {
     pub trace: bool,
     /// Print the call counts and rates every second.
     pub progress: bool,
+    /// During the random phase, this share (per mille) of the kernel's
+    /// allocations fail (the fault injector, call 79).
+    pub fault_permille: u32,
     /// How many times the measured round may be repeated when the kernel's
     /// counters moved, to tell growth (which stops) from a leak (which does not).
     pub leak_rounds: u32,
@@ -93,6 +96,7 @@ impl Default for Config {
             watchdog_secs: 20,
             trace: false,
             progress: false,
+            fault_permille: 0,
             leak_rounds: 3,
             only: u128::MAX,
         }
@@ -178,6 +182,7 @@ pub fn parse(line: &str) -> Result<Config, ArgError<'_>> {
                     return Err(bad("--watchdog-secs must be at least 1"));
                 }
             }
+            "--fault-permille" => c.fault_permille = number(value).filter(|&n| n <= 1000).ok_or(bad("--fault-permille takes 0 to 1000"))? as u32,
             "--leak-rounds" => c.leak_rounds = number(value).filter(|&n| n <= 10).ok_or(bad("--leak-rounds takes 0 to 10"))? as u32,
             "--only" => {
                 c.only = 0;
@@ -219,7 +224,10 @@ mod tests {
 
     #[test]
     fn every_flag() {
-        let c = parse("--seed 0x10 --calls 2_000 --workers-per-cpu 3 --mode random --avoid copy-revoke,stop-exit --trace --watchdog-secs 5 --targeted-calls 7 --warmup-calls 9 --only 37,38,unknown").unwrap();
+        let c = parse("--seed 0x10 --calls 2_000 --workers-per-cpu 3 --mode random --avoid copy-revoke,stop-exit --trace --watchdog-secs 5 --targeted-calls 7 --warmup-calls 9 --only 37,38,unknown --fault-permille 20 --progress --leak-rounds 1").unwrap();
+        assert_eq!(c.fault_permille, 20);
+        assert!(c.progress);
+        assert_eq!(c.leak_rounds, 1);
         assert_eq!(c.seed, 16);
         assert_eq!(c.calls, 2000);
         assert_eq!(c.workers_per_cpu, 3);

@@ -77,48 +77,86 @@ impl Cell {
 
     /// Creates the spaces and maps the slot and the text into the leaf.
     pub fn build(slot: usize, res: &Resources, rng: &mut Rng) -> Result<Cell, Failure> {
+        Cell::try_build(slot, res, rng).map_err(|(what, e)| {
+            matryoshka_rt::println!("fuzz: FAIL: {what} failed with {e:?}");
+            Failure
+        })
+    }
+
+    /// `build` that says which call failed; what it had built is gone again.
+    pub fn try_build(slot: usize, res: &Resources, rng: &mut Rng) -> Result<Cell, (&'static str, SysError)> {
         let mut c = Cell { slot, live: true, depth: 1 + rng.below(3) as usize, ..Cell::default() };
-        let mut parent = obj::self_space();
-        for level in 0..c.depth {
-            let s = must("space_create for a cell", obj::space_create(parent))?;
-            c.spaces[level] = s.0;
-            parent = s;
-        }
-        let leaf = c.leaf();
-        let mut n = 0;
-        let mut map = |c: &mut Cell, r: Result<Handle, SysError>| -> Result<(), Failure> {
-            c.mappings[n] = must("mapping_create for a cell", r)?.0;
-            n += 1;
-            Ok(())
-        };
-        let slot_region = Handle(res.slots[slot]);
-        if c.depth > 1 && rng.chance(512) {
-            // Through every level: root region -> level 1 mapping -> level 1 region -> ...
-            let mut region = slot_region;
-            for level in 0..c.depth {
-                let space = Handle(c.spaces[level]);
-                map(&mut c, m::mapping_create(region, space, CELL_VA, 0, RW_BYTES, m::READ | m::WRITE))?;
-                if level + 1 < c.depth {
-                    region = must("region_create in a cell level", m::region_create(space, CELL_VA, RW_BYTES, m::READ | m::WRITE))?;
-                    c.regions[level] = region.0;
-                }
-            }
-        } else {
-            map(&mut c, m::mapping_create(slot_region, leaf, CELL_VA, 0, RW_BYTES, m::READ | m::WRITE))?;
-        }
-        map(&mut c, m::mapping_create(slot_region, leaf, RO_VA, RO_OFFSET, PAGE, m::READ))?;
-        let (start, end) = setup().text;
-        map(&mut c, m::mapping_create(res.text, leaf, start, 0, end - start, m::READ | m::EXECUTE))?;
-        map(&mut c, m::mapping_create(res.data, leaf, end, 0, setup().image_end - end, m::READ))?;
-        let cell_rights = rights::ALL & !rights::DESTROY;
-        for h in c.self_in_cell.iter_mut() {
-            *h = must("handle_transfer of a cell's own space", obj::transfer(leaf, leaf, cell_rights))?.0;
+        if let Err(e) = c.equip(res, rng) {
+            c.discard();
+            return Err(e);
         }
         Ok(c)
     }
 
+    fn equip(&mut self, res: &Resources, rng: &mut Rng) -> Result<(), (&'static str, SysError)> {
+        let mut parent = obj::self_space();
+        for level in 0..self.depth {
+            let s = obj::space_create(parent).map_err(|e| ("space_create for a cell", e))?;
+            self.spaces[level] = s.0;
+            parent = s;
+        }
+        let leaf = self.leaf();
+        let mut n = 0;
+        let mut map = |c: &mut Cell, r: Result<Handle, SysError>| -> Result<(), (&'static str, SysError)> {
+            c.mappings[n] = r.map_err(|e| ("mapping_create for a cell", e))?.0;
+            n += 1;
+            Ok(())
+        };
+        let slot_region = Handle(res.slots[self.slot]);
+        if self.depth > 1 && rng.chance(512) {
+            // Through every level: root region -> level 1 mapping -> level 1 region -> ...
+            let mut region = slot_region;
+            for level in 0..self.depth {
+                let space = Handle(self.spaces[level]);
+                map(self, m::mapping_create(region, space, CELL_VA, 0, RW_BYTES, m::READ | m::WRITE))?;
+                if level + 1 < self.depth {
+                    region = m::region_create(space, CELL_VA, RW_BYTES, m::READ | m::WRITE).map_err(|e| ("region_create in a cell level", e))?;
+                    self.regions[level] = region.0;
+                }
+            }
+        } else {
+            map(self, m::mapping_create(slot_region, leaf, CELL_VA, 0, RW_BYTES, m::READ | m::WRITE))?;
+        }
+        map(self, m::mapping_create(slot_region, leaf, RO_VA, RO_OFFSET, PAGE, m::READ))?;
+        let (start, end) = setup().text;
+        map(self, m::mapping_create(res.text, leaf, start, 0, end - start, m::READ | m::EXECUTE))?;
+        map(self, m::mapping_create(res.data, leaf, end, 0, setup().image_end - end, m::READ))?;
+        let cell_rights = rights::ALL & !rights::DESTROY;
+        for h in self.self_in_cell.iter_mut() {
+            *h = obj::transfer(leaf, leaf, cell_rights).map_err(|e| ("handle_transfer of a cell's own space", e))?.0;
+        }
+        Ok(())
+    }
+
+    /// Drops a cell that could not be built or started: its spaces (if
+    /// any) and every root handle of it.
+    pub fn discard(&mut self) {
+        if self.spaces[0] != 0 {
+            let _ = obj::space_destroy(Handle(self.spaces[0]));
+        }
+        for &h in self.spaces[1..].iter().chain(&self.regions).chain(&self.mappings) {
+            close_quietly(h);
+        }
+        close_quietly(self.worker);
+        let slot = self.slot;
+        *self = Cell { slot, ..Cell::default() };
+    }
+
     /// Starts a worker (a fresh incarnation) on `cpu` with `budget` calls.
     pub fn start_worker(&mut self, cpu: u64, budget: u64) -> Result<(), Failure> {
+        self.try_start_worker(cpu, budget).map_err(|(what, e)| {
+            matryoshka_rt::println!("fuzz: FAIL: {what} failed with {e:?}");
+            Failure
+        })
+    }
+
+    /// `start_worker` that says which call failed.
+    pub fn try_start_worker(&mut self, cpu: u64, budget: u64) -> Result<(), (&'static str, SysError)> {
         let s = setup();
         let base = slot_base(self.slot);
         // SAFETY: the slot belongs to this cell; its previous worker is gone
@@ -149,13 +187,10 @@ impl Cell {
         p.watchdog_ticks = s.watchdog_ticks();
         p.helpers = [Helper::default(); layout::HELPERS_PER_WORKER];
         let entry = crate::worker::worker_main as extern "C" fn(u64) -> ! as usize as u64;
-        let w = must(
-            "thread_create of a worker",
-            obj::thread_create_raw(self.leaf(), entry, layout::IN_CELL.stack_top(), layout::IN_CELL.control()),
-        )?;
+        let w = obj::thread_create_raw(self.leaf(), entry, layout::IN_CELL.stack_top(), layout::IN_CELL.control())
+            .map_err(|e| ("thread_create of a worker", e))?;
         self.worker = w.0;
-        must("thread_set_affinity of a worker", obj::thread_set_affinity(w, 1 << cpu))?;
-        Ok(())
+        obj::thread_set_affinity(w, 1 << cpu).map_err(|e| ("thread_set_affinity of a worker", e))
     }
 
     /// Ends the worker thread (kill and wait); the space stays.

@@ -7,7 +7,7 @@ use core::sync::atomic::Ordering::{Acquire, Relaxed, Release};
 
 use fuzzlib::args::{avoid, Mode};
 use fuzzlib::rng::Rng;
-use matryoshka_rt::{self as rt, println};
+use matryoshka_rt::{self as rt, println, SysError};
 
 use crate::cells::{exit_status, Cell, Resources};
 use crate::layout::{self, state, IDLE, INFLIGHT_MAY_BLOCK};
@@ -74,6 +74,14 @@ fn random_phase(res: &Resources, rng: &mut Rng, target: u64) -> Result<(), Failu
     let t0 = crate::sys::tsc();
     let n = (s.cpus * s.config.workers_per_cpu as u64) as usize;
     let mut w = Workers { cells: [Cell::default(); layout::MAX_SLOTS], incarnations: [0; layout::MAX_SLOTS], n, gone_calls: 0, gone_support: 0 };
+    for (i, c) in w.cells.iter_mut().enumerate() {
+        c.slot = i;
+    }
+    if s.config.fault_permille > 0 {
+        // From now on a seeded share of the kernel's allocations fail: every
+        // call must then end in success or NoMemory, and leak nothing.
+        fault_inject(2, s.config.seed ^ 0xfa17, s.config.fault_permille as u64);
+    }
     for i in 0..n {
         start_cell(&mut w, res, rng, i)?;
     }
@@ -87,15 +95,22 @@ fn random_phase(res: &Resources, rng: &mut Rng, target: u64) -> Result<(), Failu
             return Ok(());
         }
         for i in 0..n {
-            inspect(&mut w, res, rng, i)?;
+            if w.cells[i].live {
+                inspect(&mut w, res, rng, i)?;
+            } else {
+                start_cell(&mut w, res, rng, i)?;
+            }
         }
-        if s.config.avoid & avoid::KILL_INFLIGHT == 0 && rng.chance(256) {
-            let i = rng.below(n as u64) as usize;
+        let i = rng.below(n as u64) as usize;
+        if s.config.avoid & avoid::KILL_INFLIGHT == 0 && w.cells[i].live && rng.chance(256) {
             RUN.kills_in_flight.fetch_add(1, Relaxed);
             recycle(&mut w, res, rng, i)?;
         }
         rt::object::yield_now();
     })();
+    if s.config.fault_permille > 0 {
+        fault_inject(0, 0, 0);
+    }
     // Every cell dies now, whatever its worker is doing.
     for i in 0..n {
         let c = &mut w.cells[i];
@@ -135,16 +150,52 @@ impl Workers {
     }
 }
 
+/// Arms (mode 2: fail `b` per mille of allocations, seeded with `a`) or
+/// disarms (mode 0) the kernel's allocation fault injector (root only).
+fn fault_inject(mode: u64, a: u64, b: u64) {
+    // SAFETY: fault_inject takes no pointers; it changes how kernel
+    // allocations behave, which the whole phase is prepared for.
+    let r = unsafe { crate::sys::raw(matryoshka_rt::nr::FAULT_INJECT, [mode, a, b, 0, 0, 0, 0, 0]) };
+    if r.ret < 0 {
+        println!("fuzz: fault_inject({mode}, {a:#x}, {b}) failed with {}", r.ret);
+    }
+}
+
 fn budget(rng: &mut Rng) -> u64 {
     rng.range(300, 4000)
 }
 
+/// Builds cell `i` and starts its worker. While the kernel's allocation
+/// fault injector is armed, running out of memory is expected: the cell
+/// stays empty and the controller tries again later.
 fn start_cell(w: &mut Workers, res: &Resources, rng: &mut Rng, i: usize) -> Result<(), Failure> {
     let cpus = setup().cpus;
-    w.cells[i] = Cell::build(i, res, rng)?;
-    w.cells[i].incarnation = w.incarnations[i];
+    let injecting = setup().config.fault_permille > 0;
+    let started = Cell::try_build(i, res, rng).and_then(|mut c| {
+        c.incarnation = w.incarnations[i];
+        match c.try_start_worker(i as u64 % cpus, budget(rng)) {
+            Ok(()) => Ok(c),
+            Err(e) => {
+                c.discard();
+                Err(e)
+            }
+        }
+    });
     w.incarnations[i] += 1;
-    w.cells[i].start_worker(i as u64 % cpus, budget(rng))
+    match started {
+        Ok(c) => {
+            w.cells[i] = c;
+            Ok(())
+        }
+        Err((_, SysError::NoMemory)) if injecting => {
+            w.cells[i] = Cell { slot: i, ..Cell::default() };
+            Ok(())
+        }
+        Err((what, e)) => {
+            println!("fuzz: FAIL: {what} failed with {e:?}");
+            Err(Failure)
+        }
+    }
 }
 
 /// Replaces cell `i`'s worker: a new worker in the same space (once), or a new space.

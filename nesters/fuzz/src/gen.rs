@@ -430,7 +430,7 @@ impl Gen {
             3 | 4 => PAGE,
             5 => 2 * PAGE,
             6 => 16 * PAGE,
-            7 => u64::MAX & !(PAGE - 1),
+            7 => !(PAGE - 1),
             8 => NON_CANONICAL,
             _ => self.rng.range(1, 64) * PAGE,
         }
@@ -832,14 +832,14 @@ impl Gen {
                 c.regs[reg::RSI] = start;
                 c.regs[reg::RDX] = size;
                 c.regs[reg::R10] = max;
-                must_fail = o.invalid() || unknown || size == 0 || start % PAGE != 0 || start.checked_add(size).is_none_or(|end| end > NON_CANONICAL);
+                must_fail = o.invalid() || unknown || size == 0 || !start.is_multiple_of(PAGE) || start.checked_add(size).is_none_or(|end| end > NON_CANONICAL);
                 c.effect = Effect::Creates { kind: kind::REGION, flags: 0, object: 0, parent: 0 };
             }
             nr::MAPPING_CREATE => {
                 let o = primary(self, &mut c, kind::REGION);
                 let (space, so) = self.handle(kind::SPACE);
                 let va = self.memory_address(env);
-                let offset = self.rng.pick(&[0, 0, 0, PAGE, 2 * PAGE, 1, u64::MAX & !(PAGE - 1)]);
+                let offset = self.rng.pick(&[0, 0, 0, PAGE, 2 * PAGE, 1, !(PAGE - 1)]);
                 let size = self.memory_size();
                 let (rights, unknown) = self.memory_rights();
                 c.regs[reg::RSI] = space;
@@ -849,7 +849,7 @@ impl Gen {
                 c.regs[reg::R9] = rights;
                 let end = va.checked_add(size);
                 let over_own = so.is_self() && size > 0 && env.own.iter().any(|&(lo, hi)| end.is_some_and(|e| va < hi && lo < e));
-                must_fail = o.invalid() || so.invalid() || unknown || size == 0 || va % PAGE != 0 || end.is_none_or(|e| e > NON_CANONICAL) || over_own || so.is_dead();
+                must_fail = o.invalid() || so.invalid() || unknown || size == 0 || !va.is_multiple_of(PAGE) || end.is_none_or(|e| e > NON_CANONICAL) || over_own || so.is_dead();
                 c.effect = Effect::Creates { kind: kind::MAPPING, flags: 0, object: 0, parent: 0 };
             }
             nr::REGION_PROTECT => {
@@ -1071,7 +1071,7 @@ impl Gen {
         match self.rng.below(8) {
             0 => (0, false),
             1 => {
-                let rsp = self.rng.pick(&[KERNEL_HALF, NON_CANONICAL + PAGE, NON_CANONICAL, u64::MAX & !15]);
+                let rsp = self.rng.pick(&[KERNEL_HALF, NON_CANONICAL + PAGE, NON_CANONICAL, !15]);
                 (rsp, rsp > NON_CANONICAL)
             }
             2 => (env.ro + PAGE, false),

@@ -75,7 +75,7 @@ fn fuzz_main() -> i32 {
         Ok(c) => c,
         Err(e) => {
             println!("fuzz: bad argument '{}': {}", e.word, e.message);
-            println!("fuzz: usage: --seed S --calls N [--targeted-calls N] [--warmup-calls N] [--workers-per-cpu K] [--mode random|targeted|both] [--avoid NAME,..] [--only NR,..,unknown] [--watchdog-secs S] [--trace]");
+            println!("fuzz: usage: --seed S --calls N [--targeted-calls N] [--warmup-calls N] [--workers-per-cpu K] [--mode random|targeted|both] [--avoid NAME,..] [--only NR,..,unknown] [--fault-permille P] [--watchdog-secs S] [--leak-rounds N] [--progress] [--trace]");
             return exit_code::ARGUMENTS;
         }
     };
@@ -99,7 +99,7 @@ fn fuzz_main() -> i32 {
     }
     let warmup_only = obj::start_flags() & START_FLAG_WARMUP_ONLY != 0;
     println!(
-        "fuzz: seed {}, {} random and {} targeted calls ({} warm-up), {cpus} CPUs, {} workers per CPU, mode {}, avoid {:#x}{}",
+        "fuzz: seed {}, {} random and {} targeted calls ({} warm-up), {cpus} CPUs, {} workers per CPU, mode {}, avoid {:#x}, {} per mille of kernel allocations failing{}",
         config.seed,
         config.calls,
         config.targeted_calls,
@@ -111,6 +111,7 @@ fn fuzz_main() -> i32 {
             Mode::Both => "both",
         },
         config.avoid,
+        config.fault_permille,
         if warmup_only { " (warm-up round only)" } else { "" }
     );
     pre_touch();

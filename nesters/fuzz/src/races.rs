@@ -141,8 +141,8 @@ pub fn targeted_phase(res: &Resources, target: u64) -> Result<(), Failure> {
         // The runners build their own cells from the shared resources.
         RESOURCES_TEXT.store(res.text.0, Relaxed);
         RESOURCES_DATA.store(res.data.0, Relaxed);
-        for i in 0..instances {
-            RESOURCES_SLOT[i].store(res.slots[crate::controller::race_slot_base() + i], Relaxed);
+        for (i, slot) in RESOURCES_SLOT.iter().enumerate().take(instances) {
+            slot.store(res.slots[crate::controller::race_slot_base() + i], Relaxed);
         }
         let mut threads = [0u64; MAX_INSTANCES];
         for (i, t) in threads.iter_mut().enumerate().take(instances) {
@@ -507,7 +507,7 @@ extern "C" fn busy_main(arg: u64) -> ! {
         call(nr::MAPPING_DESTROY, [mapping, 0, 0, 0, 0, 0, 0, 0]);
         call(nr::REGION_DESTROY, [region, 0, 0, 0, 0, 0, 0, 0]);
         let t = a(call(nr::THREAD_CREATE, [me, victims[victim::NULL_LOOP], 0, 0, 0, 0, 0, 0]));
-        if donation && i % 8 == 0 {
+        if donation && i.is_multiple_of(8) {
             // Left alive, donation-only: the space's destruction must still reap it.
             call(nr::THREAD_SET_DONATION_ONLY, [t, 1, 0, 0, 0, 0, 0, 0]);
         } else {
@@ -721,7 +721,7 @@ extern "C" fn closer_main(control: u64) -> ! {
         if closed != 0 {
             cell_failure(rb, nr::HANDLE_CLOSE, closed, 4);
         }
-        if seq % 16 == 0 {
+        if seq.is_multiple_of(16) {
             call(nr::PORTSET_TAKE_MESSAGES, [ports, IN_CELL.scratch(), 32, 0, 0, 0, 0, 0]);
         }
         seq += 1;

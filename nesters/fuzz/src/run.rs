@@ -135,6 +135,7 @@ const fn fuzzlib_default_config() -> Config {
         watchdog_secs: 20,
         trace: false,
         progress: false,
+        fault_permille: 0,
         leak_rounds: 3,
         only: u128::MAX,
     }
