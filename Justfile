@@ -34,8 +34,16 @@ iso: build
 pxe FIRMWARE="bios" CPUS=env_var_or_default("CPUS", "2"): build
     {{mkboot}} qemu --mode pxe-{{FIRMWARE}} --cpus {{CPUS}} --cmdline "${CMDLINE:-log=info}"
 
-# Everything CI runs: host unit tests, kernel host tests, loom models, then the QEMU boot matrix
-test: test-host test-kernel-host test-loom test-hw
+# Everything CI runs: format and lint checks, host unit tests, kernel host tests, loom models, then the QEMU boot matrix (fuzz scenarios included)
+test: lint test-host test-kernel-host test-loom test-hw
+
+# Format and lint: rustfmt (the house style, rustfmt.toml) and clippy with warnings as errors, for the host crates, the kernel (host tests and bare metal) and the user programs
+lint:
+    cargo fmt --all --check
+    cargo clippy --all-targets -- -D warnings
+    cargo clippy -p kernel --all-targets -- -D warnings
+    cargo clippy -p kernel --release --target x86_64-unknown-none -- -D warnings
+    cargo clippy -p matryoshka-rt -p init -p fuzz --release --target x86_64-unknown-none -- -D warnings
 
 # Loom model checks of the lock-free port queue and the sleep/wake doorbell (own target dir)
 test-loom:

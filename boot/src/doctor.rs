@@ -42,87 +42,36 @@ fn on_path(program: &str) -> bool {
     if program.contains('/') {
         return Path::new(program).is_file();
     }
-    std::env::var_os("PATH")
-        .map(|p| std::env::split_paths(&p).any(|d| d.join(program).is_file()))
-        .unwrap_or(false)
+    std::env::var_os("PATH").map(|p| std::env::split_paths(&p).any(|d| d.join(program).is_file())).unwrap_or(false)
 }
 
 fn rust_target_installed() -> bool {
     // Works with and without rustup: look in the active sysroot.
-    let Ok(out) = Command::new("rustc")
-        .args(["--print", "sysroot"])
-        .stderr(Stdio::null())
-        .output()
-    else {
+    let Ok(out) = Command::new("rustc").args(["--print", "sysroot"]).stderr(Stdio::null()).output() else {
         return false;
     };
     let sysroot = String::from_utf8_lossy(&out.stdout).trim().to_string();
-    Path::new(&sysroot)
-        .join("lib/rustlib")
-        .join(KERNEL_TARGET)
-        .is_dir()
+    Path::new(&sysroot).join("lib/rustlib").join(KERNEL_TARGET).is_dir()
 }
 
 /// Every requirement, checked now.
 pub fn checks() -> Vec<Check> {
-    let apt = |name, purpose, ok, pkg| Check {
-        name,
-        purpose,
-        ok,
-        optional: false,
-        fix: Fix::Apt(pkg),
-    };
+    let apt = |name, purpose, ok, pkg| Check { name, purpose, ok, optional: false, fix: Fix::Apt(pkg) };
     vec![
-        apt(
-            "qemu-system-x86_64",
-            "runs the kernel",
-            on_path("qemu-system-x86_64"),
-            "qemu-system-x86",
-        ),
+        apt("qemu-system-x86_64", "runs the kernel", on_path("qemu-system-x86_64"), "qemu-system-x86"),
         apt(
             "iPXE option ROMs",
             "PXE boot under QEMU",
-            Path::new("/usr/lib/ipxe/qemu/pxe-e1000.rom").is_file()
-                || Path::new("/usr/share/qemu/pxe-e1000.rom").is_file(),
+            Path::new("/usr/lib/ipxe/qemu/pxe-e1000.rom").is_file() || Path::new("/usr/share/qemu/pxe-e1000.rom").is_file(),
             "ipxe-qemu",
         ),
-        apt(
-            "grub-mkrescue",
-            "builds the ISO",
-            on_path("grub-mkrescue"),
-            "grub-common",
-        ),
-        apt(
-            "grub-mknetdir",
-            "builds the PXE tree",
-            on_path("grub-mknetdir"),
-            "grub-common",
-        ),
-        apt(
-            "GRUB i386-pc modules",
-            "BIOS boot of the ISO/PXE",
-            Path::new("/usr/lib/grub/i386-pc").is_dir(),
-            "grub-pc-bin",
-        ),
-        apt(
-            "GRUB x86_64-efi modules",
-            "UEFI boot of the ISO/PXE",
-            Path::new("/usr/lib/grub/x86_64-efi").is_dir(),
-            "grub-efi-amd64-bin",
-        ),
+        apt("grub-mkrescue", "builds the ISO", on_path("grub-mkrescue"), "grub-common"),
+        apt("grub-mknetdir", "builds the PXE tree", on_path("grub-mknetdir"), "grub-common"),
+        apt("GRUB i386-pc modules", "BIOS boot of the ISO/PXE", Path::new("/usr/lib/grub/i386-pc").is_dir(), "grub-pc-bin"),
+        apt("GRUB x86_64-efi modules", "UEFI boot of the ISO/PXE", Path::new("/usr/lib/grub/x86_64-efi").is_dir(), "grub-efi-amd64-bin"),
         apt("xorriso", "writes the ISO", on_path("xorriso"), "xorriso"),
-        apt(
-            "mformat",
-            "EFI system partition inside the ISO",
-            on_path("mformat"),
-            "mtools",
-        ),
-        apt(
-            "OVMF",
-            "UEFI firmware for QEMU",
-            Ovmf::find().is_ok(),
-            "ovmf",
-        ),
+        apt("mformat", "EFI system partition inside the ISO", on_path("mformat"), "mtools"),
+        apt("OVMF", "UEFI firmware for QEMU", Ovmf::find().is_ok(), "ovmf"),
         Check {
             name: "qboot",
             purpose: "optional fast firmware for direct boot (--firmware qboot)",
@@ -130,13 +79,7 @@ pub fn checks() -> Vec<Check> {
             optional: true,
             fix: Fix::Apt("qemu-system-data"),
         },
-        Check {
-            name: "gdb",
-            purpose: "debugging with `just qemu-gdb`",
-            ok: on_path("gdb"),
-            optional: true,
-            fix: Fix::Apt("gdb"),
-        },
+        Check { name: "gdb", purpose: "debugging with `just qemu-gdb`", ok: on_path("gdb"), optional: true, fix: Fix::Apt("gdb") },
         Check {
             name: "rust target x86_64-unknown-none",
             purpose: "builds the kernel",
@@ -144,22 +87,14 @@ pub fn checks() -> Vec<Check> {
             optional: false,
             fix: Fix::RustTarget,
         },
-        Check {
-            name: "just",
-            purpose: "runs the Justfile recipes",
-            ok: on_path("just"),
-            optional: false,
-            fix: Fix::PipJust,
-        },
+        Check { name: "just", purpose: "runs the Justfile recipes", ok: on_path("just"), optional: false, fix: Fix::PipJust },
     ]
 }
 
 fn is_root() -> bool {
     use std::os::unix::fs::MetadataExt;
     // /proc/self is owned by the process's effective uid.
-    std::fs::metadata("/proc/self")
-        .map(|m| m.uid() == 0)
-        .unwrap_or(false)
+    std::fs::metadata("/proc/self").map(|m| m.uid() == 0).unwrap_or(false)
 }
 
 fn sudo_prefix() -> &'static str {
@@ -216,10 +151,7 @@ pub fn install_missing(checks: &[Check]) -> Result<()> {
     }
     if !pkgs.is_empty() {
         if !on_path("apt-get") {
-            bail!(
-                "apt-get not found: install these packages with your package manager: {}",
-                pkgs.join(" ")
-            );
+            bail!("apt-get not found: install these packages with your package manager: {}", pkgs.join(" "));
         }
         run(&["apt-get", "update"])?;
         let mut argv = vec!["apt-get", "install", "-y", "--no-install-recommends"];
@@ -229,9 +161,7 @@ pub fn install_missing(checks: &[Check]) -> Result<()> {
     if checks.iter().any(|c| !c.ok && c.fix == Fix::RustTarget) {
         run(&["rustup", "target", "add", KERNEL_TARGET])?;
     }
-    if checks.iter().any(|c| !c.ok && c.fix == Fix::PipJust)
-        && run(&["pip", "install", "rust-just"]).is_err()
-    {
+    if checks.iter().any(|c| !c.ok && c.fix == Fix::PipJust) && run(&["pip", "install", "rust-just"]).is_err() {
         run(&["cargo", "install", "--locked", "just"])?;
     }
     Ok(())

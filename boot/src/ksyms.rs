@@ -104,12 +104,7 @@ pub fn normalize(mut syms: Vec<Symbol>) -> Vec<Symbol> {
         }
     }
     // Best candidate for each address first.
-    syms.sort_by(|a, b| {
-        a.addr
-            .cmp(&b.addr)
-            .then(b.size.cmp(&a.size))
-            .then_with(|| a.name.cmp(&b.name))
-    });
+    syms.sort_by(|a, b| a.addr.cmp(&b.addr).then(b.size.cmp(&a.size)).then_with(|| a.name.cmp(&b.name)));
     syms.dedup_by(|later, first| later.addr == first.addr);
     syms
 }
@@ -171,9 +166,7 @@ pub fn decode(table: &[u8]) -> Result<Vec<Symbol>> {
     }
     let count = le_u32(table, 8).unwrap() as usize;
     let strings_offset = le_u32(table, 12).unwrap() as usize;
-    let entries_end = HEADER_LEN
-        .checked_add(count.checked_mul(ENTRY_LEN).context("count overflows")?)
-        .context("count overflows")?;
+    let entries_end = HEADER_LEN.checked_add(count.checked_mul(ENTRY_LEN).context("count overflows")?).context("count overflows")?;
     if strings_offset < entries_end || strings_offset > table.len() {
         bail!("strings_offset {strings_offset} is inconsistent with {count} entries / table of {} bytes", table.len());
     }
@@ -191,19 +184,12 @@ pub fn decode(table: &[u8]) -> Result<Vec<Symbol>> {
             }
         }
         prev = Some(addr);
-        let rest = strings
-            .get(name_off..)
-            .with_context(|| format!("entry {i}: name offset {name_off} out of range"))?;
-        let len = rest
-            .iter()
-            .position(|&b| b == 0)
-            .with_context(|| format!("entry {i}: name is not NUL-terminated"))?;
+        let rest = strings.get(name_off..).with_context(|| format!("entry {i}: name offset {name_off} out of range"))?;
+        let len = rest.iter().position(|&b| b == 0).with_context(|| format!("entry {i}: name is not NUL-terminated"))?;
         if len > MAX_NAME_LEN {
             bail!("entry {i}: name is {len} bytes (max {MAX_NAME_LEN})");
         }
-        let name = std::str::from_utf8(&rest[..len])
-            .with_context(|| format!("entry {i}: name is not UTF-8"))?
-            .to_string();
+        let name = std::str::from_utf8(&rest[..len]).with_context(|| format!("entry {i}: name is not UTF-8"))?.to_string();
         out.push(Symbol { addr, size, name });
     }
     Ok(out)
@@ -222,8 +208,7 @@ pub fn lookup(syms: &[Symbol], addr: u64) -> Option<(&Symbol, u64)> {
 }
 
 fn parse_elf(data: &[u8]) -> Result<ElfFile64<'_, Endianness>> {
-    let file = ElfFile64::<Endianness>::parse(data)
-        .map_err(|e| anyhow::anyhow!("not a 64-bit ELF file: {e}"))?;
+    let file = ElfFile64::<Endianness>::parse(data).map_err(|e| anyhow::anyhow!("not a 64-bit ELF file: {e}"))?;
     if !file.endian().is_little_endian() {
         bail!("big-endian ELF is not supported");
     }
@@ -234,10 +219,7 @@ fn parse_elf(data: &[u8]) -> Result<ElfFile64<'_, Endianness>> {
 pub fn ksyms_section(data: &[u8]) -> Result<(u64, u64)> {
     let file = parse_elf(data)?;
     let endian = file.endian();
-    let Some((_, shdr)) = file
-        .elf_section_table()
-        .section_by_name(endian, SECTION_NAME.as_bytes())
-    else {
+    let Some((_, shdr)) = file.elf_section_table().section_by_name(endian, SECTION_NAME.as_bytes()) else {
         bail!("the ELF has no {SECTION_NAME} section (is this the Matryoshka kernel built with its linker script?)");
     };
     if shdr.sh_type(endian) != elf::SHT_PROGBITS {
@@ -267,20 +249,14 @@ pub fn collect_symbols(data: &[u8]) -> Result<Vec<Symbol>> {
         if addr == 0 {
             continue;
         }
-        let raw = symtab
-            .symbol_name(endian, sym)
-            .map_err(|e| anyhow::anyhow!("bad symbol name: {e}"))?;
+        let raw = symtab.symbol_name(endian, sym).map_err(|e| anyhow::anyhow!("bad symbol name: {e}"))?;
         let raw = String::from_utf8_lossy(raw);
         if raw.is_empty() {
             continue;
         }
         let name = format!("{:#}", rustc_demangle::demangle(&raw));
         let size: u64 = sym.st_size(endian);
-        out.push(Symbol {
-            addr,
-            size: size.min(u32::MAX as u64) as u32,
-            name,
-        });
+        out.push(Symbol { addr, size: size.min(u32::MAX as u64) as u32, name });
     }
     Ok(normalize(out))
 }
@@ -293,48 +269,32 @@ pub fn embed_into(data: &[u8]) -> Result<(Vec<u8>, EmbedStats)> {
     let syms = collect_symbols(data)?;
     let table = encode(&syms);
     if table.len() as u64 > size {
-        return Err(TableTooLarge {
-            needed: table.len(),
-            capacity: size as usize,
-            symbols: syms.len(),
-        }
-        .into());
+        return Err(TableTooLarge { needed: table.len(), capacity: size as usize, symbols: syms.len() }.into());
     }
     let mut out = data.to_vec();
     let (off_us, size_us) = (off as usize, size as usize);
     let section = &mut out[off_us..off_us + size_us];
     section.fill(0);
     section[..table.len()].copy_from_slice(&table);
-    Ok((
-        out,
-        EmbedStats {
-            symbols: syms.len(),
-            table_bytes: table.len(),
-            section_offset: off,
-            section_size: size,
-        },
-    ))
+    Ok((out, EmbedStats { symbols: syms.len(), table_bytes: table.len(), section_offset: off, section_size: size }))
 }
 
 /// Read `input`, embed the table and write `output` (atomically, keeping
 /// the input's permissions). `input` and `output` may be the same path.
 pub fn embed_symbols(input: &Path, output: &Path) -> Result<EmbedStats> {
     let data = fs::read(input).with_context(|| format!("cannot read {}", input.display()))?;
-    let (bytes, stats) = embed_into(&data)
-        .with_context(|| format!("cannot embed symbols into {}", input.display()))?;
+    let (bytes, stats) = embed_into(&data).with_context(|| format!("cannot embed symbols into {}", input.display()))?;
     let dir = match output.parent() {
         Some(p) if !p.as_os_str().is_empty() => p,
         _ => Path::new("."),
     };
     fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
-    let mut tmp = tempfile::NamedTempFile::new_in(dir)
-        .with_context(|| format!("cannot create a temporary file in {}", dir.display()))?;
+    let mut tmp = tempfile::NamedTempFile::new_in(dir).with_context(|| format!("cannot create a temporary file in {}", dir.display()))?;
     tmp.write_all(&bytes)?;
     if let Ok(meta) = fs::metadata(input) {
         let _ = fs::set_permissions(tmp.path(), meta.permissions());
     }
-    tmp.persist(output)
-        .with_context(|| format!("cannot write {}", output.display()))?;
+    tmp.persist(output).with_context(|| format!("cannot write {}", output.display()))?;
     Ok(stats)
 }
 

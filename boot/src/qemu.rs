@@ -213,19 +213,12 @@ impl QemuRun {
     pub fn prepare(&self) -> Result<()> {
         self.validate()?;
         if !self.kernel.is_file() {
-            bail!(
-                "kernel image {} does not exist (run `just build`)",
-                self.kernel.display()
-            );
+            bail!("kernel image {} does not exist (run `just build`)", self.kernel.display());
         }
         if let Some(init) = self.init.as_ref().filter(|i| !i.is_file()) {
-            bail!(
-                "root program {} does not exist (run `just build`)",
-                init.display()
-            );
+            bail!("root program {} does not exist (run `just build`)", init.display());
         }
-        fs::create_dir_all(&self.work_dir)
-            .with_context(|| format!("cannot create {}", self.work_dir.display()))?;
+        fs::create_dir_all(&self.work_dir).with_context(|| format!("cannot create {}", self.work_dir.display()))?;
         let init = self.init.as_deref();
         if self.mode.needs_iso() {
             image::build_iso(&self.kernel, init, &self.cmdline, &self.iso_path())?;
@@ -235,13 +228,8 @@ impl QemuRun {
         }
         if self.mode.is_uefi() {
             let ovmf = Ovmf::find()?;
-            fs::copy(&ovmf.vars, self.ovmf_vars_path()).with_context(|| {
-                format!(
-                    "cannot copy {} to {}",
-                    ovmf.vars.display(),
-                    self.ovmf_vars_path().display()
-                )
-            })?;
+            fs::copy(&ovmf.vars, self.ovmf_vars_path())
+                .with_context(|| format!("cannot copy {} to {}", ovmf.vars.display(), self.ovmf_vars_path().display()))?;
         }
         Ok(())
     }
@@ -307,15 +295,9 @@ impl QemuRun {
         if self.mode.is_uefi() {
             let ovmf = Ovmf::find()?;
             push("-drive");
-            push(&format!(
-                "if=pflash,format=raw,unit=0,readonly=on,file={}",
-                ovmf.code.display()
-            ));
+            push(&format!("if=pflash,format=raw,unit=0,readonly=on,file={}", ovmf.code.display()));
             push("-drive");
-            push(&format!(
-                "if=pflash,format=raw,unit=1,file={}",
-                self.ovmf_vars_path().display()
-            ));
+            push(&format!("if=pflash,format=raw,unit=1,file={}", self.ovmf_vars_path().display()));
         }
         match self.mode {
             Mode::Direct => {
@@ -345,16 +327,9 @@ impl QemuRun {
                 push("d");
             }
             Mode::PxeBios | Mode::PxeUefi => {
-                let bootfile = if self.mode == Mode::PxeBios {
-                    image::PXE_BIOS_BOOTFILE
-                } else {
-                    image::PXE_EFI_BOOTFILE
-                };
+                let bootfile = if self.mode == Mode::PxeBios { image::PXE_BIOS_BOOTFILE } else { image::PXE_EFI_BOOTFILE };
                 push("-netdev");
-                push(&format!(
-                    "user,id=n0,tftp={},bootfile={bootfile}",
-                    self.pxe_dir().display()
-                ));
+                push(&format!("user,id=n0,tftp={},bootfile={bootfile}", self.pxe_dir().display()));
                 push("-device");
                 // bootindex: OVMF would otherwise try the empty CD drive first.
                 push("e1000,netdev=n0,bootindex=0");
@@ -413,22 +388,10 @@ pub struct Ovmf {
 
 /// Candidate (code, vars) pairs, most preferred first.
 pub const OVMF_CANDIDATES: &[(&str, &str)] = &[
-    (
-        "/usr/share/OVMF/OVMF_CODE_4M.fd",
-        "/usr/share/OVMF/OVMF_VARS_4M.fd",
-    ),
-    (
-        "/usr/share/OVMF/OVMF_CODE.fd",
-        "/usr/share/OVMF/OVMF_VARS.fd",
-    ),
-    (
-        "/usr/share/edk2/ovmf/OVMF_CODE.fd",
-        "/usr/share/edk2/ovmf/OVMF_VARS.fd",
-    ),
-    (
-        "/usr/share/edk2/x64/OVMF_CODE.4m.fd",
-        "/usr/share/edk2/x64/OVMF_VARS.4m.fd",
-    ),
+    ("/usr/share/OVMF/OVMF_CODE_4M.fd", "/usr/share/OVMF/OVMF_VARS_4M.fd"),
+    ("/usr/share/OVMF/OVMF_CODE.fd", "/usr/share/OVMF/OVMF_VARS.fd"),
+    ("/usr/share/edk2/ovmf/OVMF_CODE.fd", "/usr/share/edk2/ovmf/OVMF_VARS.fd"),
+    ("/usr/share/edk2/x64/OVMF_CODE.4m.fd", "/usr/share/edk2/x64/OVMF_VARS.4m.fd"),
 ];
 
 impl Ovmf {
@@ -436,26 +399,17 @@ impl Ovmf {
     /// candidate.
     pub fn find() -> Result<Ovmf> {
         if let (Some(c), Some(v)) = (std::env::var_os("OVMF_CODE"), std::env::var_os("OVMF_VARS")) {
-            let o = Ovmf {
-                code: c.into(),
-                vars: v.into(),
-            };
+            let o = Ovmf { code: c.into(), vars: v.into() };
             for f in [&o.code, &o.vars] {
                 if !f.is_file() {
-                    bail!(
-                        "OVMF file {} (from OVMF_CODE/OVMF_VARS) does not exist",
-                        f.display()
-                    );
+                    bail!("OVMF file {} (from OVMF_CODE/OVMF_VARS) does not exist", f.display());
                 }
             }
             return Ok(o);
         }
         for (c, v) in OVMF_CANDIDATES {
             if Path::new(c).is_file() && Path::new(v).is_file() {
-                return Ok(Ovmf {
-                    code: c.into(),
-                    vars: v.into(),
-                });
+                return Ok(Ovmf { code: c.into(), vars: v.into() });
             }
         }
         bail!("OVMF firmware not found: apt-get install ovmf (or set OVMF_CODE and OVMF_VARS)")
@@ -464,10 +418,7 @@ impl Ovmf {
 
 /// Quote a word for a POSIX shell when needed.
 pub fn shell_quote(s: &str) -> String {
-    if !s.is_empty()
-        && s.chars()
-            .all(|c| c.is_ascii_alphanumeric() || "=,._/:+-@%".contains(c))
-    {
+    if !s.is_empty() && s.chars().all(|c| c.is_ascii_alphanumeric() || "=,._/:+-@%".contains(c)) {
         s.to_string()
     } else {
         format!("'{}'", s.replace('\'', r"'\''"))
@@ -515,12 +466,7 @@ pub enum Control {
 /// stdout line to `on_line`, and kill the process if it runs past
 /// `timeout` (or past a shorter deadline `on_line` asked for). Carriage
 /// returns are stripped; invalid UTF-8 is replaced.
-pub fn run_captured(
-    mut cmd: Command,
-    log: &Path,
-    timeout: Duration,
-    mut on_line: impl FnMut(&str) -> Control,
-) -> Result<Captured> {
+pub fn run_captured(mut cmd: Command, log: &Path, timeout: Duration, mut on_line: impl FnMut(&str) -> Control) -> Result<Captured> {
     if let Some(dir) = log.parent() {
         fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
     }
@@ -528,9 +474,7 @@ pub fn run_captured(
     let file = Arc::new(Mutex::new(file));
     cmd.stdout(Stdio::piped()).stderr(Stdio::piped());
     let start = Instant::now();
-    let mut child: Child = cmd
-        .spawn()
-        .with_context(|| format!("cannot start {}", cmd.get_program().to_string_lossy()))?;
+    let mut child: Child = cmd.spawn().with_context(|| format!("cannot start {}", cmd.get_program().to_string_lossy()))?;
     let (tx, rx) = mpsc::channel::<String>();
     let out = child.stdout.take().expect("stdout piped");
     let err = child.stderr.take().expect("stderr piped");
@@ -584,27 +528,14 @@ pub fn run_captured(
     }
     if timed_out {
         if let Ok(mut f) = file.lock() {
-            let _ = writeln!(
-                f,
-                "[hw-tests] killed the process after {:.1} s (timeout {} s)",
-                start.elapsed().as_secs_f64(),
-                timeout.as_secs()
-            );
+            let _ =
+                writeln!(f, "[hw-tests] killed the process after {:.1} s (timeout {} s)", start.elapsed().as_secs_f64(), timeout.as_secs());
         }
     }
-    Ok(Captured {
-        status,
-        timed_out,
-        elapsed: start.elapsed(),
-    })
+    Ok(Captured { status, timed_out, elapsed: start.elapsed() })
 }
 
-fn pump_lines(
-    src: impl Read,
-    file: &Arc<Mutex<fs::File>>,
-    prefix: &str,
-    tx: Option<mpsc::Sender<String>>,
-) {
+fn pump_lines(src: impl Read, file: &Arc<Mutex<fs::File>>, prefix: &str, tx: Option<mpsc::Sender<String>>) {
     let mut reader = BufReader::new(src);
     let mut buf = Vec::new();
     loop {
@@ -631,23 +562,14 @@ mod tests {
     use super::*;
 
     fn args_of(r: &QemuRun) -> Vec<String> {
-        r.args()
-            .unwrap()
-            .into_iter()
-            .map(|a| a.to_string_lossy().into_owned())
-            .collect()
+        r.args().unwrap().into_iter().map(|a| a.to_string_lossy().into_owned()).collect()
     }
 
     #[test]
     fn direct_tcg_args() {
-        let r = QemuRun::new("/k.elf", "/b")
-            .cpus(4)
-            .cmdline("exit=qemu test=all");
+        let r = QemuRun::new("/k.elf", "/b").cpus(4).cmdline("exit=qemu test=all");
         let a = args_of(&r).join(" ");
-        assert!(
-            a.contains("-machine pc -accel tcg -cpu max -smp 4 -m 512M -display none -no-reboot"),
-            "{a}"
-        );
+        assert!(a.contains("-machine pc -accel tcg -cpu max -smp 4 -m 512M -display none -no-reboot"), "{a}");
         assert!(a.contains("-device isa-debug-exit,iobase=0xf4,iosize=0x04"));
         assert!(a.contains("-serial mon:stdio"));
         assert!(a.contains("-kernel /k.elf -append exit=qemu test=all"));
@@ -661,15 +583,8 @@ mod tests {
     fn kvm_gdb_icount() {
         let r = QemuRun::new("/k.elf", "/b").accel(Accel::Kvm).gdb(true);
         let a = args_of(&r).join(" ");
-        assert!(
-            a.contains("-accel kvm -cpu host") && a.contains(" -s -S"),
-            "{a}"
-        );
-        assert!(QemuRun::new("/k", "/b")
-            .accel(Accel::Kvm)
-            .icount(true)
-            .args()
-            .is_err());
+        assert!(a.contains("-accel kvm -cpu host") && a.contains(" -s -S"), "{a}");
+        assert!(QemuRun::new("/k", "/b").accel(Accel::Kvm).icount(true).args().is_err());
         let a = args_of(&QemuRun::new("/k", "/b").icount(true)).join(" ");
         assert!(a.contains("-icount shift=0,align=off,sleep=off"));
     }
@@ -678,8 +593,7 @@ mod tests {
     fn serial_variants() {
         let a = args_of(&QemuRun::new("/k", "/b").serial(Serial::Stdio)).join(" ");
         assert!(a.contains("-serial stdio -monitor none"), "{a}");
-        let a =
-            args_of(&QemuRun::new("/k", "/b").serial(Serial::File("/tmp/x.log".into()))).join(" ");
+        let a = args_of(&QemuRun::new("/k", "/b").serial(Serial::File("/tmp/x.log".into()))).join(" ");
         assert!(a.contains("-serial file:/tmp/x.log -monitor none"), "{a}");
     }
 
@@ -697,10 +611,7 @@ mod tests {
             let a = args_of(&QemuRun::new("/k", "/b").mode(Mode::PxeUefi)).join(" ");
             assert!(a.contains("-machine q35"), "{a}");
             assert!(a.contains("bootfile=boot/grub/x86_64-efi/core.efi"), "{a}");
-            assert!(
-                a.contains("if=pflash,format=raw,unit=1,file=/b/ovmf-vars.fd"),
-                "{a}"
-            );
+            assert!(a.contains("if=pflash,format=raw,unit=1,file=/b/ovmf-vars.fd"), "{a}");
         }
     }
 
@@ -734,10 +645,7 @@ mod tests {
         assert!(!c.timed_out);
         let text = fs::read_to_string(&log).unwrap();
         // stdout and stderr are pumped by two threads: only per-stream order holds.
-        let out_lines: Vec<&str> = text
-            .lines()
-            .filter(|l| !l.starts_with("[qemu stderr]"))
-            .collect();
+        let out_lines: Vec<&str> = text.lines().filter(|l| !l.starts_with("[qemu stderr]")).collect();
         assert_eq!(out_lines, vec!["one", "two"], "{text}");
         assert!(text.lines().any(|l| l == "[qemu stderr] err"), "{text}");
 

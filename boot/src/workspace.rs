@@ -39,10 +39,7 @@ pub fn root() -> Result<PathBuf> {
             }
         }
     }
-    let compiled = Path::new(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .map(Path::to_path_buf)
-        .unwrap_or_default();
+    let compiled = Path::new(env!("CARGO_MANIFEST_DIR")).parent().map(Path::to_path_buf).unwrap_or_default();
     if is_root(&compiled) {
         return Ok(compiled);
     }
@@ -50,10 +47,7 @@ pub fn root() -> Result<PathBuf> {
 }
 
 fn is_root(dir: &Path) -> bool {
-    dir.join("kernel").is_dir()
-        && std::fs::read_to_string(dir.join("Cargo.toml"))
-            .map(|s| s.contains("[workspace]"))
-            .unwrap_or(false)
+    dir.join("kernel").is_dir() && std::fs::read_to_string(dir.join("Cargo.toml")).map(|s| s.contains("[workspace]")).unwrap_or(false)
 }
 
 /// `<root>/build`, where every generated image lives.
@@ -92,14 +86,8 @@ fn cargo_build_bin(root: &Path, package: &str, opts: &BuildOptions) -> Result<Pa
         .args(["build", "-p", package, "--release", "--target", KERNEL_TARGET])
         .arg("--message-format=json-render-diagnostics")
         .stdout(Stdio::piped())
-        .stderr(if opts.verbose {
-            Stdio::inherit()
-        } else {
-            Stdio::piped()
-        });
-    let mut child = cmd
-        .spawn()
-        .with_context(|| format!("cannot run cargo to build {package}"))?;
+        .stderr(if opts.verbose { Stdio::inherit() } else { Stdio::piped() });
+    let mut child = cmd.spawn().with_context(|| format!("cannot run cargo to build {package}"))?;
     let stderr = child.stderr.take();
     let err_thread = std::thread::spawn(move || {
         let mut buf = String::new();
@@ -126,9 +114,7 @@ fn cargo_build_bin(root: &Path, package: &str, opts: &BuildOptions) -> Result<Pa
         }
         bail!("cargo build of {package} failed ({status})");
     }
-    artifact.with_context(|| {
-        format!("cargo did not report a {package} executable (is the {package} package a binary?)")
-    })
+    artifact.with_context(|| format!("cargo did not report a {package} executable (is the {package} package a binary?)"))
 }
 
 /// Build the kernel (`cargo build -p kernel --release --target
@@ -139,13 +125,7 @@ pub fn build_kernel(root: &Path, opts: &BuildOptions) -> Result<PathBuf> {
     let out = kernel_image(root);
     let stats = ksyms::embed_symbols(&raw, &out)?;
     if opts.verbose {
-        eprintln!(
-            "embedded {} symbols ({} of {} bytes) -> {}",
-            stats.symbols,
-            stats.table_bytes,
-            stats.section_size,
-            out.display()
-        );
+        eprintln!("embedded {} symbols ({} of {} bytes) -> {}", stats.symbols, stats.table_bytes, stats.section_size, out.display());
     }
     Ok(out)
 }
@@ -188,12 +168,8 @@ pub fn build_all(root: &Path, opts: &BuildOptions) -> Result<(PathBuf, PathBuf)>
 pub fn copy_atomically(from: &Path, to: &Path) -> Result<()> {
     let dir = to.parent().unwrap_or(Path::new("."));
     std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
-    let tmp = dir.join(format!(
-        ".{}.partial",
-        to.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default()
-    ));
-    std::fs::copy(from, &tmp)
-        .with_context(|| format!("cannot copy {} to {}", from.display(), tmp.display()))?;
+    let tmp = dir.join(format!(".{}.partial", to.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default()));
+    std::fs::copy(from, &tmp).with_context(|| format!("cannot copy {} to {}", from.display(), tmp.display()))?;
     std::fs::rename(&tmp, to).with_context(|| format!("cannot write {}", to.display()))?;
     Ok(())
 }
@@ -212,11 +188,7 @@ pub fn bin_artifact_from_message(line: &str, name: &str) -> Option<PathBuf> {
         return None;
     }
     let target = v.get("target")?;
-    let is_bin = target
-        .get("kind")?
-        .as_array()?
-        .iter()
-        .any(|k| k.as_str() == Some("bin"));
+    let is_bin = target.get("kind")?.as_array()?.iter().any(|k| k.as_str() == Some("bin"));
     if !is_bin || target.get("name")?.as_str()? != name {
         return None;
     }
@@ -230,26 +202,15 @@ mod tests {
     #[test]
     fn artifact_message_parsing() {
         let msg = r#"{"reason":"compiler-artifact","package_id":"x","target":{"kind":["bin"],"crate_types":["bin"],"name":"kernel","src_path":"/r/kernel/src/main.rs"},"executable":"/r/target/x86_64-unknown-none/release/kernel","fresh":true}"#;
-        assert_eq!(
-            kernel_artifact_from_message(msg),
-            Some(PathBuf::from(
-                "/r/target/x86_64-unknown-none/release/kernel"
-            ))
-        );
+        assert_eq!(kernel_artifact_from_message(msg), Some(PathBuf::from("/r/target/x86_64-unknown-none/release/kernel")));
         let lib = r#"{"reason":"compiler-artifact","target":{"kind":["lib"],"name":"kernel"},"executable":null}"#;
         assert_eq!(kernel_artifact_from_message(lib), None);
         let other = r#"{"reason":"compiler-artifact","target":{"kind":["bin"],"name":"mkboot"},"executable":"/x"}"#;
         assert_eq!(kernel_artifact_from_message(other), None);
         let init = r#"{"reason":"compiler-artifact","target":{"kind":["bin"],"name":"init"},"executable":"/r/target/x86_64-unknown-none/release/init"}"#;
         assert_eq!(kernel_artifact_from_message(init), None);
-        assert_eq!(
-            bin_artifact_from_message(init, INIT_PACKAGE),
-            Some(PathBuf::from("/r/target/x86_64-unknown-none/release/init"))
-        );
+        assert_eq!(bin_artifact_from_message(init, INIT_PACKAGE), Some(PathBuf::from("/r/target/x86_64-unknown-none/release/init")));
         assert_eq!(kernel_artifact_from_message("not json"), None);
-        assert_eq!(
-            kernel_artifact_from_message(r#"{"reason":"build-finished","success":true}"#),
-            None
-        );
+        assert_eq!(kernel_artifact_from_message(r#"{"reason":"build-finished","success":true}"#), None);
     }
 }

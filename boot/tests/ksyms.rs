@@ -2,31 +2,20 @@
 //! fixture that is generated on the fly with `object::write`.
 
 use matryoshka_boot::ksyms::{
-    self, clamp_name, decode, encode, encoded_len, lookup, normalize, Symbol, TableTooLarge, MAGIC,
-    MAX_NAME_LEN,
+    self, clamp_name, decode, encode, encoded_len, lookup, normalize, Symbol, TableTooLarge, MAGIC, MAX_NAME_LEN,
 };
 use object::write::{Object, StandardSection, Symbol as WSymbol, SymbolSection};
-use object::{
-    Architecture, BinaryFormat, Endianness, SectionKind, SymbolFlags, SymbolKind, SymbolScope,
-};
+use object::{Architecture, BinaryFormat, Endianness, SectionKind, SymbolFlags, SymbolKind, SymbolScope};
 use proptest::prelude::*;
 
 fn sym(addr: u64, size: u32, name: &str) -> Symbol {
-    Symbol {
-        addr,
-        size,
-        name: name.to_string(),
-    }
+    Symbol { addr, size, name: name.to_string() }
 }
 
 /// Build a relocatable x86_64 ELF with a `.text` section, an optional
 /// zero-filled `.ksyms` PROGBITS section of `ksyms_len` bytes and the given
 /// symbols (value = offset into .text).
-fn fixture(
-    ksyms_len: Option<usize>,
-    funcs: &[(&str, u64, u64)],
-    data_syms: &[(&str, u64)],
-) -> Vec<u8> {
+fn fixture(ksyms_len: Option<usize>, funcs: &[(&str, u64, u64)], data_syms: &[(&str, u64)]) -> Vec<u8> {
     let mut obj = Object::new(BinaryFormat::Elf, Architecture::X86_64, Endianness::Little);
     let text = obj.section_id(StandardSection::Text);
     obj.append_section_data(text, &[0xcc; 0x400], 16);
@@ -78,19 +67,12 @@ fn encode_layout_matches_spec() {
     assert_eq!(u32::from_le_bytes(t[28..32].try_into().unwrap()), 0);
     assert_eq!(u32::from_le_bytes(t[44..48].try_into().unwrap()), 2);
     assert_eq!(&t[so..], b"a\0b\0");
-    assert_eq!(
-        t.len(),
-        encoded_len(&normalize(vec![sym(0x2000, 4, "b"), sym(0x1000, 8, "a")]))
-    );
+    assert_eq!(t.len(), encoded_len(&normalize(vec![sym(0x2000, 4, "b"), sym(0x1000, 8, "a")])));
 }
 
 #[test]
 fn dedupe_keeps_longer_size() {
-    let n = normalize(vec![
-        sym(0x10, 4, "short"),
-        sym(0x10, 40, "long"),
-        sym(0x8, 1, "x"),
-    ]);
+    let n = normalize(vec![sym(0x10, 4, "short"), sym(0x10, 40, "long"), sym(0x8, 1, "x")]);
     assert_eq!(n, vec![sym(0x8, 1, "x"), sym(0x10, 40, "long")]);
 }
 
@@ -127,16 +109,10 @@ fn decode_rejects_garbage() {
 #[test]
 fn lookup_finds_containing_symbol() {
     let syms = normalize(vec![sym(0x100, 0x10, "a"), sym(0x200, 0, "b")]);
-    assert_eq!(
-        lookup(&syms, 0x105).map(|(s, o)| (s.name.as_str(), o)),
-        Some(("a", 5))
-    );
+    assert_eq!(lookup(&syms, 0x105).map(|(s, o)| (s.name.as_str(), o)), Some(("a", 5)));
     assert!(lookup(&syms, 0x110).is_none());
     assert!(lookup(&syms, 0x50).is_none());
-    assert_eq!(
-        lookup(&syms, 0x250).map(|(s, o)| (s.name.as_str(), o)),
-        Some(("b", 0x50))
-    );
+    assert_eq!(lookup(&syms, 0x250).map(|(s, o)| (s.name.as_str(), o)), Some(("b", 0x50)));
 }
 
 #[test]
@@ -158,20 +134,12 @@ fn embed_into_fixture() {
     assert_eq!(out.len(), elf.len(), "file size must not change");
     let (o, s) = (off as usize, size as usize);
     assert_eq!(&out[..o], &elf[..o], "bytes before .ksyms must not change");
-    assert_eq!(
-        &out[o + s..],
-        &elf[o + s..],
-        "bytes after .ksyms must not change"
-    );
+    assert_eq!(&out[o + s..], &elf[o + s..], "bytes after .ksyms must not change");
     assert_eq!(stats.symbols, 3);
     let syms = ksyms::read_embedded(&out).unwrap();
     assert_eq!(
         syms,
-        vec![
-            sym(0x10, 0x20, "plain_c_function"),
-            sym(0x40, 0x30, "kernel::ktest::deliberate_panic"),
-            sym(0x80, 0x40, "alias_big"),
-        ]
+        vec![sym(0x10, 0x20, "plain_c_function"), sym(0x40, 0x30, "kernel::ktest::deliberate_panic"), sym(0x80, 0x40, "alias_big"),]
     );
     // Embedding again is idempotent.
     let (again, _) = ksyms::embed_into(&out).unwrap();
@@ -195,9 +163,7 @@ fn embed_reports_missing_section() {
 
 #[test]
 fn embed_reports_table_too_large() {
-    let funcs: Vec<(String, u64, u64)> = (0..20)
-        .map(|i| (format!("function_number_{i}"), 0x10 + i * 8, 8))
-        .collect();
+    let funcs: Vec<(String, u64, u64)> = (0..20).map(|i| (format!("function_number_{i}"), 0x10 + i * 8, 8)).collect();
     let refs: Vec<(&str, u64, u64)> = funcs.iter().map(|(n, a, s)| (n.as_str(), *a, *s)).collect();
     let elf = fixture(Some(64), &refs, &[]);
     let err = ksyms::embed_into(&elf).unwrap_err();
@@ -206,10 +172,7 @@ fn embed_reports_table_too_large() {
     assert_eq!(tl.symbols, 20);
     assert!(tl.needed > 64);
     let msg = err.to_string();
-    assert!(
-        msg.contains(&format!("needs {} bytes", tl.needed)) && msg.contains("holds only 64 bytes"),
-        "{msg}"
-    );
+    assert!(msg.contains(&format!("needs {} bytes", tl.needed)) && msg.contains("holds only 64 bytes"), "{msg}");
 }
 
 #[test]
@@ -229,9 +192,7 @@ fn embed_symbols_file_roundtrip() {
 
 #[test]
 fn not_an_elf() {
-    let err = ksyms::embed_into(b"hello world, definitely not an ELF")
-        .unwrap_err()
-        .to_string();
+    let err = ksyms::embed_into(b"hello world, definitely not an ELF").unwrap_err().to_string();
     assert!(err.contains("ELF"), "{err}");
 }
 

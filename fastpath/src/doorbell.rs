@@ -141,11 +141,7 @@ impl Doorbell {
             // Common case when the receiver is busy: no locked instruction.
             return NeedsIpi(false);
         }
-        NeedsIpi(
-            self.state
-                .compare_exchange(SLEEPING, AWAKE, Ordering::AcqRel, Ordering::Relaxed)
-                .is_ok(),
-        )
+        NeedsIpi(self.state.compare_exchange(SLEEPING, AWAKE, Ordering::AcqRel, Ordering::Relaxed).is_ok())
     }
 
     /// Receiver: call after waking from a halt, for any reason. Returns

@@ -110,10 +110,7 @@ impl<T, const N: usize> PortQueue<T, N> {
     const MASK: usize = N - 1;
 
     /// Compile-time check of the capacity, forced by every constructor.
-    const CAPACITY_OK: () = assert!(
-        N >= 2 && N.is_power_of_two(),
-        "PortQueue capacity N must be a power of two and at least 2"
-    );
+    const CAPACITY_OK: () = assert!(N >= 2 && N.is_power_of_two(), "PortQueue capacity N must be a power of two and at least 2");
 
     /// An empty queue. `const`, so it can initialise a `static`.
     ///
@@ -178,12 +175,7 @@ impl<T, const N: usize> PortQueue<T, N> {
             let diff = seq.wrapping_sub(pos) as isize;
             if diff == 0 {
                 // The slot is free for position `pos`: claim it.
-                match self.tail.compare_exchange_weak(
-                    pos,
-                    pos.wrapping_add(1),
-                    Ordering::Relaxed,
-                    Ordering::Relaxed,
-                ) {
+                match self.tail.compare_exchange_weak(pos, pos.wrapping_add(1), Ordering::Relaxed, Ordering::Relaxed) {
                     Ok(_) => {
                         // SAFETY: winning the CAS made us the only thread
                         // that owns position `pos`, and the slot is free
@@ -222,12 +214,7 @@ impl<T, const N: usize> PortQueue<T, N> {
             let seq = slot.seq.load(Ordering::Acquire);
             let diff = seq.wrapping_sub(pos.wrapping_add(1)) as isize;
             if diff == 0 {
-                match self.head.compare_exchange_weak(
-                    pos,
-                    pos.wrapping_add(1),
-                    Ordering::Relaxed,
-                    Ordering::Relaxed,
-                ) {
+                match self.head.compare_exchange_weak(pos, pos.wrapping_add(1), Ordering::Relaxed, Ordering::Relaxed) {
                     Ok(_) => {
                         // SAFETY: winning the CAS made us the only consumer of
                         // `pos`, and seq == pos + 1 (read with Acquire) means

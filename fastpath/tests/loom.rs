@@ -194,12 +194,7 @@ struct Port {
 
 impl Port {
     fn new() -> Arc<Self> {
-        Arc::new(Port {
-            q: PortQueue::new(),
-            db: Doorbell::new(),
-            rings: AtomicUsize::new(0),
-            finished: AtomicUsize::new(0),
-        })
+        Arc::new(Port { q: PortQueue::new(), db: Doorbell::new(), rings: AtomicUsize::new(0), finished: AtomicUsize::new(0) })
     }
 
     /// Waits for `n` senders to finish. Not `JoinHandle::join`: loom's
@@ -230,15 +225,16 @@ fn receive(port: &Port, count: usize) -> Vec<usize> {
     let mut sleeps = 0;
     let mut got = Vec::new();
     for _ in 0..count {
-        got.push(port.db.wait(0, || port.q.try_pop(), || {
-            sleeps += 1;
-            thread::park();
-        }));
+        got.push(port.db.wait(
+            0,
+            || port.q.try_pop(),
+            || {
+                sleeps += 1;
+                thread::park();
+            },
+        ));
     }
-    assert!(
-        sleeps <= port.rings.load(Ordering::Relaxed),
-        "a sleep ended without a doorbell ring"
-    );
+    assert!(sleeps <= port.rings.load(Ordering::Relaxed), "a sleep ended without a doorbell ring");
     got
 }
 

@@ -88,8 +88,7 @@ fn run<const N: usize>(producers: usize, consumers: usize, per_producer: usize) 
     let mut all: Vec<u64> = observed.into_iter().flatten().collect();
     assert_eq!(all.len(), total, "lost or duplicated messages");
     all.sort_unstable();
-    let expected: Vec<u64> =
-        (0..producers).flat_map(|p| (0..per_producer).map(move |i| msg(p, i))).collect();
+    let expected: Vec<u64> = (0..producers).flat_map(|p| (0..per_producer).map(move |i| msg(p, i))).collect();
     assert_eq!(all, expected);
     assert_eq!(q.len_hint(), 0);
     assert_eq!(q.try_pop(), None);

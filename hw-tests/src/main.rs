@@ -11,11 +11,7 @@ use matryoshka_boot::qemu::{Accel, Firmware};
 use matryoshka_boot::workspace;
 
 #[derive(Parser)]
-#[command(
-    name = "hw-tests",
-    version,
-    about = "Boot the Matryoshka kernel under QEMU in a scenario matrix and check its test output"
-)]
+#[command(name = "hw-tests", version, about = "Boot the Matryoshka kernel under QEMU in a scenario matrix and check its test output")]
 struct Cli {
     /// List the scenarios and exit
     #[arg(long)]
@@ -125,9 +121,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
     let snapshot = |path: &PathBuf, name: &str| -> Result<PathBuf> {
         let copy = out_dir.join(name);
         if *path != copy {
-            std::fs::copy(path, &copy).map_err(|e| {
-                anyhow::anyhow!("cannot copy {} to {}: {e}", path.display(), copy.display())
-            })?;
+            std::fs::copy(path, &copy).map_err(|e| anyhow::anyhow!("cannot copy {} to {}: {e}", path.display(), copy.display()))?;
         }
         Ok(copy)
     };
@@ -145,32 +139,17 @@ fn run(cli: Cli) -> Result<ExitCode> {
         log_level: cli.log_level.clone(),
         memory_mb: cli.memory,
     };
-    eprintln!(
-        "hw-tests: {} scenario(s), {} at a time, accel {:?}, kernel {}",
-        scenarios.len(),
-        cli.jobs,
-        cli.accel,
-        cfg.kernel.display()
-    );
+    eprintln!("hw-tests: {} scenario(s), {} at a time, accel {:?}, kernel {}", scenarios.len(), cli.jobs, cli.accel, cfg.kernel.display());
     let reports = run_all(&scenarios, &cfg, cli.jobs as usize, print_report);
     println!();
     println!("scenario times:");
     for r in &reports {
-        println!(
-            "  {:<28} {:>6.1} s  {}",
-            r.scenario.name,
-            r.elapsed.as_secs_f64(),
-            if r.passed() { "pass" } else { "FAIL" }
-        );
+        println!("  {:<28} {:>6.1} s  {}", r.scenario.name, r.elapsed.as_secs_f64(), if r.passed() { "pass" } else { "FAIL" });
     }
     let passed = reports.iter().filter(|r| r.passed()).count();
     let failed = reports.len() - passed;
     println!("{passed} passed, {failed} failed");
-    Ok(if failed == 0 {
-        ExitCode::SUCCESS
-    } else {
-        ExitCode::FAILURE
-    })
+    Ok(if failed == 0 { ExitCode::SUCCESS } else { ExitCode::FAILURE })
 }
 
 fn print_report(r: &ScenarioReport) {
@@ -180,10 +159,7 @@ fn print_report(r: &ScenarioReport) {
     let secs = r.elapsed.as_secs_f64();
     if r.passed() {
         let cases = r.verdict.cases.len();
-        println!(
-            "[PASS] {} ({secs:.1} s, {cases} in-guest cases)",
-            r.scenario.name
-        );
+        println!("[PASS] {} ({secs:.1} s, {cases} in-guest cases)", r.scenario.name);
     } else {
         println!("[FAIL] {} ({secs:.1} s)", r.scenario.name);
         if let Some(e) = &r.error {

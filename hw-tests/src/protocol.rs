@@ -149,20 +149,13 @@ impl LogAnalysis {
         match event {
             "plan" => match v.get("cases").and_then(Value::as_array) {
                 Some(list) => {
-                    let names: Option<Vec<String>> = list
-                        .iter()
-                        .map(|c| c.as_str().map(str::to_string))
-                        .collect();
+                    let names: Option<Vec<String>> = list.iter().map(|c| c.as_str().map(str::to_string)).collect();
                     match names {
                         Some(n) => self.plans.push(n),
-                        None => self
-                            .malformed
-                            .push(format!("plan with a non-string case: {json}")),
+                        None => self.malformed.push(format!("plan with a non-string case: {json}")),
                     }
                 }
-                None => self
-                    .malformed
-                    .push(format!("plan without a cases array: {json}")),
+                None => self.malformed.push(format!("plan without a cases array: {json}")),
             },
             "case" => {
                 let name = v.get("name").and_then(Value::as_str);
@@ -175,9 +168,7 @@ impl LogAnalysis {
                         micros: v.get("micros").and_then(Value::as_u64),
                         detail: v.get("detail").and_then(Value::as_str).map(str::to_string),
                     }),
-                    _ => self
-                        .malformed
-                        .push(format!("case without name/status: {json}")),
+                    _ => self.malformed.push(format!("case without name/status: {json}")),
                 }
             }
             "done" => {
@@ -185,14 +176,10 @@ impl LogAnalysis {
                 let f = v.get("failed").and_then(Value::as_u64);
                 match (p, f) {
                     (Some(p), Some(f)) => self.dones.push((p, f)),
-                    _ => self
-                        .malformed
-                        .push(format!("done without passed/failed counts: {json}")),
+                    _ => self.malformed.push(format!("done without passed/failed counts: {json}")),
                 }
             }
-            "" => self
-                .malformed
-                .push(format!("record without an event: {json}")),
+            "" => self.malformed.push(format!("record without an event: {json}")),
             // Unknown events are tolerated so the kernel can add new ones.
             _ => {}
         }
@@ -253,58 +240,24 @@ impl Verdict {
         self.checks.iter().all(|c| c.ok) && self.cases.iter().all(CaseVerdict::ok)
     }
     pub fn failures(&self) -> Vec<String> {
-        let mut v: Vec<String> = self
-            .checks
-            .iter()
-            .filter(|c| !c.ok)
-            .map(|c| format!("{}: {}", c.name, c.detail))
-            .collect();
-        v.extend(
-            self.cases
-                .iter()
-                .filter(|c| !c.ok())
-                .map(|c| format!("case {}: {}", c.name, c.status)),
-        );
+        let mut v: Vec<String> = self.checks.iter().filter(|c| !c.ok).map(|c| format!("{}: {}", c.name, c.detail)).collect();
+        v.extend(self.cases.iter().filter(|c| !c.ok()).map(|c| format!("case {}: {}", c.name, c.status)));
         v
     }
 }
 
 fn check(name: &'static str, ok: bool, detail: impl Into<String>) -> Check {
-    Check {
-        name,
-        ok,
-        detail: detail.into(),
-    }
+    Check { name, ok, detail: detail.into() }
 }
 
 /// Judge a finished run.
-pub fn evaluate(
-    a: &LogAnalysis,
-    expect: &Expect,
-    cpus: u32,
-    expected_exit: i32,
-    outcome: Outcome,
-) -> Verdict {
+pub fn evaluate(a: &LogAnalysis, expect: &Expect, cpus: u32, expected_exit: i32, outcome: Outcome) -> Verdict {
     let mut v = Verdict::default();
-    v.checks.push(check(
-        "no_timeout",
-        !outcome.timed_out,
-        if outcome.timed_out {
-            "QEMU did not exit before the timeout"
-        } else {
-            ""
-        },
-    ));
+    v.checks.push(check("no_timeout", !outcome.timed_out, if outcome.timed_out { "QEMU did not exit before the timeout" } else { "" }));
     v.checks.push(check(
         "exit_status",
         outcome.exit_code == Some(expected_exit),
-        format!(
-            "expected {expected_exit}, got {}",
-            outcome
-                .exit_code
-                .map(|c| c.to_string())
-                .unwrap_or_else(|| "none (killed)".into())
-        ),
+        format!("expected {expected_exit}, got {}", outcome.exit_code.map(|c| c.to_string()).unwrap_or_else(|| "none (killed)".into())),
     ));
     let want = (cpus, cpus);
     v.checks.push(check(
@@ -316,19 +269,11 @@ pub fn evaluate(
             format!("expected {cpus}/{cpus}, saw {:?}", a.smp_online)
         },
     ));
-    v.checks.push(check(
-        "protocol",
-        a.malformed.is_empty(),
-        a.malformed.first().cloned().unwrap_or_default(),
-    ));
+    v.checks.push(check("protocol", a.malformed.is_empty(), a.malformed.first().cloned().unwrap_or_default()));
     match expect {
         Expect::Tests => evaluate_tests(a, &mut v),
         Expect::Panic { function, message } => {
-            v.checks.push(check(
-                "single_panic",
-                a.panic_lines.len() == 1,
-                format!("{} PANIC lines", a.panic_lines.len()),
-            ));
+            v.checks.push(check("single_panic", a.panic_lines.len() == 1, format!("{} PANIC lines", a.panic_lines.len())));
             let named = a.frame_lines.iter().any(|l| l.contains(function.as_str()));
             v.checks.push(check(
                 "backtrace",
@@ -336,39 +281,20 @@ pub fn evaluate(
                 if a.backtrace_headers == 0 {
                     "no `backtrace:` line".to_string()
                 } else if !named {
-                    format!(
-                        "no backtrace frame names {function} ({} frame lines)",
-                        a.frame_lines.len()
-                    )
+                    format!("no backtrace frame names {function} ({} frame lines)", a.frame_lines.len())
                 } else {
                     String::new()
                 },
             ));
-            v.checks.push(check(
-                "panic_message",
-                a.messages_seen.iter().any(|m| m == message),
-                format!("no line contains `{message}`"),
-            ));
-            v.checks.push(check(
-                "all_cpus_stopped",
-                a.all_stopped > 0,
-                if a.all_stopped == 0 {
-                    "no `all CPUs stopped` line"
-                } else {
-                    ""
-                },
-            ));
+            v.checks.push(check("panic_message", a.messages_seen.iter().any(|m| m == message), format!("no line contains `{message}`")));
+            v.checks.push(check("all_cpus_stopped", a.all_stopped > 0, if a.all_stopped == 0 { "no `all CPUs stopped` line" } else { "" }));
         }
     }
     v
 }
 
 fn evaluate_tests(a: &LogAnalysis, v: &mut Verdict) {
-    v.checks.push(check(
-        "no_panic",
-        a.panic_lines.is_empty(),
-        a.panic_lines.first().cloned().unwrap_or_default(),
-    ));
+    v.checks.push(check("no_panic", a.panic_lines.is_empty(), a.panic_lines.first().cloned().unwrap_or_default()));
     let plan_ok = a.plans.len() == 1 && !a.plans[0].is_empty();
     v.checks.push(check(
         "plan",
@@ -391,17 +317,10 @@ fn evaluate_tests(a: &LogAnalysis, v: &mut Verdict) {
         let results: Vec<&CaseRecord> = a.cases.iter().filter(|c| &c.name == name).collect();
         let (status, record) = match results.as_slice() {
             [] => ("missing".to_string(), None),
-            [r] => (
-                if r.passed() { "pass" } else { "fail" }.to_string(),
-                Some((*r).clone()),
-            ),
+            [r] => (if r.passed() { "pass" } else { "fail" }.to_string(), Some((*r).clone())),
             [r, ..] => ("duplicate".to_string(), Some((*r).clone())),
         };
-        v.cases.push(CaseVerdict {
-            name: name.clone(),
-            status,
-            record,
-        });
+        v.cases.push(CaseVerdict { name: name.clone(), status, record });
     }
     let mut unplanned: Vec<&CaseRecord> = Vec::new();
     for c in &a.cases {
@@ -410,18 +329,10 @@ fn evaluate_tests(a: &LogAnalysis, v: &mut Verdict) {
         }
     }
     for c in unplanned {
-        v.cases.push(CaseVerdict {
-            name: c.name.clone(),
-            status: "unplanned".into(),
-            record: Some(c.clone()),
-        });
+        v.cases.push(CaseVerdict { name: c.name.clone(), status: "unplanned".into(), record: Some(c.clone()) });
     }
     if !seen_plan_dup.is_empty() {
-        v.checks.push(check(
-            "plan_unique",
-            false,
-            format!("cases planned twice: {}", seen_plan_dup.join(", ")),
-        ));
+        v.checks.push(check("plan_unique", false, format!("cases planned twice: {}", seen_plan_dup.join(", "))));
     }
     let passed = a.cases.iter().filter(|c| c.passed()).count() as u64;
     let failed = a.cases.len() as u64 - passed;
@@ -455,10 +366,7 @@ KTEST {\"event\":\"case\",\"name\":\"page_map\",\"status\":\"pass\",\"cpu\":1,\"
 ";
 
     fn ok_outcome() -> Outcome {
-        Outcome {
-            exit_code: Some(33),
-            timed_out: false,
-        }
+        Outcome { exit_code: Some(33), timed_out: false }
     }
 
     fn failed_checks(v: &Verdict) -> Vec<&'static str> {
@@ -483,27 +391,9 @@ KTEST {\"event\":\"case\",\"name\":\"page_map\",\"status\":\"pass\",\"cpu\":1,\"
         let a = LogAnalysis::from_text(GOOD);
         let v = evaluate(&a, &Expect::Tests, 8, 33, ok_outcome());
         assert_eq!(failed_checks(&v), vec!["smp_online"]);
-        let v = evaluate(
-            &a,
-            &Expect::Tests,
-            4,
-            33,
-            Outcome {
-                exit_code: Some(0),
-                timed_out: false,
-            },
-        );
+        let v = evaluate(&a, &Expect::Tests, 4, 33, Outcome { exit_code: Some(0), timed_out: false });
         assert_eq!(failed_checks(&v), vec!["exit_status"]);
-        let v = evaluate(
-            &a,
-            &Expect::Tests,
-            4,
-            33,
-            Outcome {
-                exit_code: None,
-                timed_out: true,
-            },
-        );
+        let v = evaluate(&a, &Expect::Tests, 4, 33, Outcome { exit_code: None, timed_out: true });
         assert_eq!(failed_checks(&v), vec!["no_timeout", "exit_status"]);
         let a = LogAnalysis::from_text("smp: 3/4 CPUs online\n");
         assert_eq!(a.smp_online, vec![(3, 4)]);
@@ -514,21 +404,9 @@ KTEST {\"event\":\"case\",\"name\":\"page_map\",\"status\":\"pass\",\"cpu\":1,\"
     #[test]
     fn failed_case() {
         let log = GOOD
-            .replace(
-                r#""name":"page_map","status":"pass""#,
-                r#""name":"page_map","status":"fail""#,
-            )
+            .replace(r#""name":"page_map","status":"pass""#, r#""name":"page_map","status":"fail""#)
             .replace(r#""passed":2,"failed":0"#, r#""passed":1,"failed":1"#);
-        let v = evaluate(
-            &LogAnalysis::from_text(&log),
-            &Expect::Tests,
-            4,
-            35,
-            Outcome {
-                exit_code: Some(35),
-                timed_out: false,
-            },
-        );
+        let v = evaluate(&LogAnalysis::from_text(&log), &Expect::Tests, 4, 35, Outcome { exit_code: Some(35), timed_out: false });
         assert!(!v.passed());
         assert!(failed_checks(&v).is_empty(), "{:?}", failed_checks(&v));
         assert_eq!(v.cases[1].status, "fail");
@@ -536,18 +414,9 @@ KTEST {\"event\":\"case\",\"name\":\"page_map\",\"status\":\"pass\",\"cpu\":1,\"
 
     #[test]
     fn missing_case_and_done() {
-        let log: String = GOOD
-            .lines()
-            .filter(|l| !l.contains("page_map\",\"status") && !l.contains("done"))
-            .map(|l| format!("{l}\n"))
-            .collect();
-        let v = evaluate(
-            &LogAnalysis::from_text(&log),
-            &Expect::Tests,
-            4,
-            33,
-            ok_outcome(),
-        );
+        let log: String =
+            GOOD.lines().filter(|l| !l.contains("page_map\",\"status") && !l.contains("done")).map(|l| format!("{l}\n")).collect();
+        let v = evaluate(&LogAnalysis::from_text(&log), &Expect::Tests, 4, 33, ok_outcome());
         assert_eq!(v.cases[1].status, "missing");
         assert_eq!(failed_checks(&v), vec!["done"]);
         assert!(!v.passed());
@@ -556,23 +425,14 @@ KTEST {\"event\":\"case\",\"name\":\"page_map\",\"status\":\"pass\",\"cpu\":1,\"
     #[test]
     fn done_count_mismatch() {
         let log = GOOD.replace(r#""passed":2"#, r#""passed":3"#);
-        let v = evaluate(
-            &LogAnalysis::from_text(&log),
-            &Expect::Tests,
-            4,
-            33,
-            ok_outcome(),
-        );
+        let v = evaluate(&LogAnalysis::from_text(&log), &Expect::Tests, 4, 33, ok_outcome());
         assert_eq!(failed_checks(&v), vec!["done"]);
     }
 
     #[test]
     fn duplicate_plan_and_case() {
         let plan = GOOD.lines().find(|l| l.contains("\"plan\"")).unwrap();
-        let case = GOOD
-            .lines()
-            .find(|l| l.contains("frame_alloc\",\"status"))
-            .unwrap();
+        let case = GOOD.lines().find(|l| l.contains("frame_alloc\",\"status")).unwrap();
         let log = format!("{GOOD}{plan}\n{case}\n");
         let a = LogAnalysis::from_text(&log);
         assert_eq!(a.plans.len(), 2);
@@ -583,47 +443,26 @@ KTEST {\"event\":\"case\",\"name\":\"page_map\",\"status\":\"pass\",\"cpu\":1,\"
 
     #[test]
     fn unplanned_case_and_empty_plan() {
-        let log =
-            format!("{GOOD}KTEST {{\"event\":\"case\",\"name\":\"extra\",\"status\":\"pass\"}}\n");
-        let v = evaluate(
-            &LogAnalysis::from_text(&log),
-            &Expect::Tests,
-            4,
-            33,
-            ok_outcome(),
-        );
-        assert!(v
-            .cases
-            .iter()
-            .any(|c| c.name == "extra" && c.status == "unplanned"));
+        let log = format!("{GOOD}KTEST {{\"event\":\"case\",\"name\":\"extra\",\"status\":\"pass\"}}\n");
+        let v = evaluate(&LogAnalysis::from_text(&log), &Expect::Tests, 4, 33, ok_outcome());
+        assert!(v.cases.iter().any(|c| c.name == "extra" && c.status == "unplanned"));
         assert!(!v.passed());
         let log = "smp: 1/1 CPUs online\nKTEST {\"event\":\"plan\",\"cases\":[]}\nKTEST {\"event\":\"done\",\"passed\":0,\"failed\":0}\n";
-        let v = evaluate(
-            &LogAnalysis::from_text(log),
-            &Expect::Tests,
-            1,
-            33,
-            ok_outcome(),
-        );
+        let v = evaluate(&LogAnalysis::from_text(log), &Expect::Tests, 1, 33, ok_outcome());
         assert_eq!(failed_checks(&v), vec!["plan"]);
     }
 
     #[test]
     fn panic_in_test_run_fails() {
         let log = format!("{GOOD}[cpu2] PANIC at kernel/src/mm.rs:10:5: oops\n");
-        let v = evaluate(
-            &LogAnalysis::from_text(&log),
-            &Expect::Tests,
-            4,
-            33,
-            ok_outcome(),
-        );
+        let v = evaluate(&LogAnalysis::from_text(&log), &Expect::Tests, 4, 33, ok_outcome());
         assert_eq!(failed_checks(&v), vec!["no_panic"]);
     }
 
     #[test]
     fn garbage_lines_are_ignored_but_bad_ktest_is_not() {
-        let noise = "\x1b[2J\x1b[01;01H\u{fffd}\u{fffd}garbage\nGRUB loading.\nWelcome to GRUB!\n\n   \n#not a frame\nsmp: x/y CPUs online\n";
+        let noise =
+            "\x1b[2J\x1b[01;01H\u{fffd}\u{fffd}garbage\nGRUB loading.\nWelcome to GRUB!\n\n   \n#not a frame\nsmp: x/y CPUs online\n";
         let log = format!("{noise}{GOOD}{noise}");
         let a = LogAnalysis::from_text(&log);
         assert!(a.frame_lines.is_empty() && a.panic_lines.is_empty());
@@ -655,10 +494,7 @@ KTEST {\"event\":\"case\",\"name\":\"page_map\",\"status\":\"pass\",\"cpu\":1,\"
 [cpu1] all CPUs stopped\n";
 
     fn panic_expect() -> Expect {
-        Expect::Panic {
-            function: "deliberate_panic".into(),
-            message: "deliberate panic".into(),
-        }
+        Expect::Panic { function: "deliberate_panic".into(), message: "deliberate panic".into() }
     }
 
     fn analyse(expect: &Expect, text: &str) -> LogAnalysis {
@@ -669,71 +505,26 @@ KTEST {\"event\":\"case\",\"name\":\"page_map\",\"status\":\"pass\",\"cpu\":1,\"
     fn panic_scenario_passes() {
         let a = analyse(&panic_expect(), PANIC_LOG);
         assert_eq!(a.frame_lines.len(), 2);
-        let v = evaluate(
-            &a,
-            &panic_expect(),
-            2,
-            35,
-            Outcome {
-                exit_code: Some(35),
-                timed_out: false,
-            },
-        );
+        let v = evaluate(&a, &panic_expect(), 2, 35, Outcome { exit_code: Some(35), timed_out: false });
         assert!(v.passed(), "{:?}", v.failures());
     }
 
     #[test]
     fn panic_scenario_failures() {
-        let out = Outcome {
-            exit_code: Some(35),
-            timed_out: false,
-        };
+        let out = Outcome { exit_code: Some(35), timed_out: false };
         let twice = format!("{PANIC_LOG}[cpu0] PANIC at kernel/src/x.rs:1:1: again\n");
-        let v = evaluate(
-            &analyse(&panic_expect(), &twice),
-            &panic_expect(),
-            2,
-            35,
-            out,
-        );
+        let v = evaluate(&analyse(&panic_expect(), &twice), &panic_expect(), 2, 35, out);
         assert_eq!(failed_checks(&v), vec!["single_panic"]);
         let no_frame = PANIC_LOG.replace("deliberate_panic+", "something_else+");
-        let v = evaluate(
-            &analyse(&panic_expect(), &no_frame),
-            &panic_expect(),
-            2,
-            35,
-            out,
-        );
+        let v = evaluate(&analyse(&panic_expect(), &no_frame), &panic_expect(), 2, 35, out);
         assert_eq!(failed_checks(&v), vec!["backtrace"]);
         let no_stop = PANIC_LOG.replace("all CPUs stopped", "");
-        let v = evaluate(
-            &analyse(&panic_expect(), &no_stop),
-            &panic_expect(),
-            2,
-            35,
-            out,
-        );
+        let v = evaluate(&analyse(&panic_expect(), &no_stop), &panic_expect(), 2, 35, out);
         assert_eq!(failed_checks(&v), vec!["all_cpus_stopped"]);
-        let v = evaluate(
-            &analyse(&panic_expect(), PANIC_LOG),
-            &panic_expect(),
-            2,
-            35,
-            Outcome {
-                exit_code: Some(0),
-                timed_out: false,
-            },
-        );
+        let v = evaluate(&analyse(&panic_expect(), PANIC_LOG), &panic_expect(), 2, 35, Outcome { exit_code: Some(0), timed_out: false });
         assert_eq!(failed_checks(&v), vec!["exit_status"]);
         let other_msg = PANIC_LOG.replace("deliberate panic", "oops");
-        let v = evaluate(
-            &analyse(&panic_expect(), &other_msg),
-            &panic_expect(),
-            2,
-            35,
-            out,
-        );
+        let v = evaluate(&analyse(&panic_expect(), &other_msg), &panic_expect(), 2, 35, out);
         assert_eq!(failed_checks(&v), vec!["panic_message"]);
     }
 
@@ -747,20 +538,8 @@ KTEST {\"event\":\"case\",\"name\":\"page_map\",\"status\":\"pass\",\"cpu\":1,\"
 [cpu1]   #0 0xffffffff8020c3e0 kernel::ktest::recurse_forever+0x80\n\
 [cpu1]   ... previous frame repeated 60 more times\n\
 [cpu1] all CPUs stopped (1 of 1 stopped by NMI, this CPU halts)\n";
-        let e = Expect::Panic {
-            function: "recurse_forever".into(),
-            message: "kernel stack overflow".into(),
-        };
-        let v = evaluate(
-            &analyse(&e, log),
-            &e,
-            2,
-            35,
-            Outcome {
-                exit_code: Some(35),
-                timed_out: false,
-            },
-        );
+        let e = Expect::Panic { function: "recurse_forever".into(), message: "kernel stack overflow".into() };
+        let v = evaluate(&analyse(&e, log), &e, 2, 35, Outcome { exit_code: Some(35), timed_out: false });
         assert!(v.passed(), "{:?}", v.failures());
     }
 }

@@ -9,8 +9,8 @@ use anyhow::Result;
 use matryoshka_boot::qemu::{self, Accel, Firmware, Mode, QemuRun, Serial};
 use serde_json::json;
 
-use crate::protocol::{evaluate, LogAnalysis, Outcome, Verdict};
 use crate::protocol::Check;
+use crate::protocol::{evaluate, LogAnalysis, Outcome, Verdict};
 use crate::scenario::{RootProgram, Scenario};
 
 /// How long QEMU may keep running after the kernel printed its verdict
@@ -96,13 +96,8 @@ pub fn run_scenario(s: &Scenario, cfg: &RunConfig) -> ScenarioReport {
     let start = Instant::now();
     let log = cfg.out_dir.join(format!("{}.log", s.name));
     let work = cfg.out_dir.join(&s.name);
-    let mut report = ScenarioReport {
-        scenario: s.clone(),
-        log: log.clone(),
-        elapsed: Duration::ZERO,
-        error: None,
-        verdict: Verdict::default(),
-    };
+    let mut report =
+        ScenarioReport { scenario: s.clone(), log: log.clone(), elapsed: Duration::ZERO, error: None, verdict: Verdict::default() };
     match boot(s, cfg, &work, &log) {
         Ok(v) => report.verdict = v,
         Err(e) => {
@@ -116,11 +111,7 @@ pub fn run_scenario(s: &Scenario, cfg: &RunConfig) -> ScenarioReport {
 }
 
 fn boot(s: &Scenario, cfg: &RunConfig, work: &Path, log: &Path) -> Result<Verdict> {
-    let firmware = if s.mode == Mode::Direct {
-        cfg.firmware
-    } else {
-        Firmware::Seabios
-    };
+    let firmware = if s.mode == Mode::Direct { cfg.firmware } else { Firmware::Seabios };
     let root_program = match s.root_program {
         RootProgram::Init => &cfg.init,
         RootProgram::Fuzz => &cfg.fuzz,
@@ -161,17 +152,8 @@ fn boot(s: &Scenario, cfg: &RunConfig, work: &Path, log: &Path) -> Result<Verdic
             let _ = writeln!(f, "[hw-tests] {}", qemu::describe_exit(captured.code()));
         }
     }
-    let outcome = Outcome {
-        exit_code: captured.code(),
-        timed_out: captured.timed_out,
-    };
-    let mut verdict = evaluate(
-        &analysis,
-        &s.expect,
-        s.cpus,
-        s.expected_exit,
-        outcome,
-    );
+    let outcome = Outcome { exit_code: captured.code(), timed_out: captured.timed_out };
+    let mut verdict = evaluate(&analysis, &s.expect, s.cpus, s.expected_exit, outcome);
     verdict.checks.extend(printed_checks(&analysis, &s.must_print));
     Ok(verdict)
 }
@@ -182,41 +164,26 @@ pub fn printed_checks(analysis: &LogAnalysis, must_print: &[String]) -> Vec<Chec
         .iter()
         .map(|text| {
             let seen = analysis.messages_seen.contains(text);
-            Check {
-                name: "printed",
-                ok: seen,
-                detail: if seen { String::new() } else { format!("no line contains `{text}`") },
-            }
+            Check { name: "printed", ok: seen, detail: if seen { String::new() } else { format!("no line contains `{text}`") } }
         })
         .collect()
 }
 
 /// The last `n` lines of a file (for failure reports).
 pub fn tail(path: &Path, n: usize) -> Vec<String> {
-    let text = std::fs::read(path)
-        .map(|b| String::from_utf8_lossy(&b).into_owned())
-        .unwrap_or_default();
+    let text = std::fs::read(path).map(|b| String::from_utf8_lossy(&b).into_owned()).unwrap_or_default();
     let lines: Vec<&str> = text.lines().collect();
-    lines[lines.len().saturating_sub(n)..]
-        .iter()
-        .map(|s| s.to_string())
-        .collect()
+    lines[lines.len().saturating_sub(n)..].iter().map(|s| s.to_string()).collect()
 }
 
 /// Run `scenarios` with at most `jobs` at once, calling `done` (serialized)
 /// as each finishes. Reports come back in the scenarios' order.
-pub fn run_all(
-    scenarios: &[Scenario],
-    cfg: &RunConfig,
-    jobs: usize,
-    done: impl Fn(&ScenarioReport) + Sync,
-) -> Vec<ScenarioReport> {
+pub fn run_all(scenarios: &[Scenario], cfg: &RunConfig, jobs: usize, done: impl Fn(&ScenarioReport) + Sync) -> Vec<ScenarioReport> {
     // Longest timeouts first: they are the slow ones, so the tail is short.
     let mut order: Vec<usize> = (0..scenarios.len()).collect();
     order.sort_by_key(|&i| std::cmp::Reverse(scenarios[i].timeout));
     let next = AtomicUsize::new(0);
-    let results: Mutex<Vec<Option<ScenarioReport>>> =
-        Mutex::new((0..scenarios.len()).map(|_| None).collect());
+    let results: Mutex<Vec<Option<ScenarioReport>>> = Mutex::new((0..scenarios.len()).map(|_| None).collect());
     let print_lock = Mutex::new(());
     std::thread::scope(|scope| {
         for _ in 0..jobs.max(1).min(scenarios.len().max(1)) {
@@ -232,12 +199,7 @@ pub fn run_all(
             });
         }
     });
-    results
-        .into_inner()
-        .unwrap()
-        .into_iter()
-        .map(|r| r.expect("every scenario ran"))
-        .collect()
+    results.into_inner().unwrap().into_iter().map(|r| r.expect("every scenario ran")).collect()
 }
 
 #[cfg(test)]

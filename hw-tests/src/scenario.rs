@@ -103,16 +103,8 @@ pub fn matrix() -> Vec<Scenario> {
         Scenario::tests(Mode::PxeUefi, 2, 300),
         // The IPC general path alone (no direct hand-off, no spinning): the
         // same tests, init's IPC checks included, must give the same results.
-        Scenario {
-            name: "slowpath-direct-2cpu".into(),
-            extra: "fastpath=off ipc_spin=0",
-            ..Scenario::tests(Mode::Direct, 2, 120)
-        },
-        Scenario {
-            name: "ipc-stress-direct-2cpu".into(),
-            test: "ipc_stress".into(),
-            ..Scenario::tests(Mode::Direct, 2, 300)
-        },
+        Scenario { name: "slowpath-direct-2cpu".into(), extra: "fastpath=off ipc_spin=0", ..Scenario::tests(Mode::Direct, 2, 120) },
+        Scenario { name: "ipc-stress-direct-2cpu".into(), test: "ipc_stress".into(), ..Scenario::tests(Mode::Direct, 2, 300) },
         // The system-call fuzzer: 2 and 4 CPUs, two seeds each, a million
         // calls in all (half of them random).
         Scenario::fuzz(2, 1, 150_000, 240),
@@ -124,10 +116,7 @@ pub fn matrix() -> Vec<Scenario> {
             mode: Mode::Direct,
             cpus: 2,
             test: "panic".into(),
-            expect: Expect::Panic {
-                function: "deliberate_panic".into(),
-                message: "deliberate panic".into(),
-            },
+            expect: Expect::Panic { function: "deliberate_panic".into(), message: "deliberate panic".into() },
             expected_exit: EXIT_FAILURE,
             timeout: Duration::from_secs(120),
             extra: "",
@@ -140,10 +129,7 @@ pub fn matrix() -> Vec<Scenario> {
             mode: Mode::Direct,
             cpus: 2,
             test: "stack_overflow".into(),
-            expect: Expect::Panic {
-                function: "recurse_forever".into(),
-                message: "kernel stack overflow".into(),
-            },
+            expect: Expect::Panic { function: "recurse_forever".into(), message: "kernel stack overflow".into() },
             expected_exit: EXIT_FAILURE,
             timeout: Duration::from_secs(120),
             extra: "",
@@ -190,10 +176,7 @@ pub fn select(all: Vec<Scenario>, patterns: &[String]) -> Result<Vec<Scenario>, 
             return Err(format!("no scenario matches `{p}` (see --list)"));
         }
     }
-    Ok(all
-        .into_iter()
-        .filter(|s| patterns.iter().any(|p| matches(p, &s.name)))
-        .collect())
+    Ok(all.into_iter().filter(|s| patterns.iter().any(|p| matches(p, &s.name))).collect())
 }
 
 #[cfg(test)]

@@ -51,8 +51,7 @@ pub struct KernelArgs<'a> {
 
 impl<'a> KernelArgs<'a> {
     pub fn parse(line: &'a str) -> Self {
-        let mut args =
-            KernelArgs {
+        let mut args = KernelArgs {
             log_level: LogLevel::Info,
             test: TestSelection::None,
             exit_qemu: false,

@@ -41,7 +41,11 @@ pub fn spin_limit() -> u32 {
 /// on its CPU, since the partner may be that very thread (it cannot run
 /// until the waiter blocks) and spinning only delays whatever runs next.
 fn spin_budget() -> u32 {
-    if sched::others_ready_here() { 0 } else { spin_limit() }
+    if sched::others_ready_here() {
+        0
+    } else {
+        spin_limit()
+    }
 }
 
 /// What travels with a message besides its registers: bytes and at most one
@@ -318,7 +322,11 @@ pub fn call(port: &Port, message: [u64; 6], payload: Carried) -> Result<([u64; 6
                 wait_delivered(&me, Some(server))
             } else {
                 sched::wake(&server);
-                if spin_for_delivery(&me) { Ok(()) } else { wait_delivered(&me, None) }
+                if spin_for_delivery(&me) {
+                    Ok(())
+                } else {
+                    wait_delivered(&me, None)
+                }
             }
         }
         // Queued: a server spinning on another CPU may take it at once.

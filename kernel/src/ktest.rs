@@ -16,11 +16,11 @@ use alloc::vec::Vec;
 use core::fmt::Write;
 use core::sync::atomic::{AtomicU64, Ordering};
 
+use crate::arch::x86_64::syscall::{self, UserExit};
 use crate::arch::x86_64_exports::*;
 use crate::cmdline::KernelArgs;
 use crate::console::print_line;
 use crate::mm::frame::{self, FrameError, FRAME_SIZE};
-use crate::arch::x86_64::syscall::{self, UserExit};
 
 type CaseResult = Result<(), String>;
 
@@ -88,7 +88,11 @@ pub fn run(args: &KernelArgs) -> usize {
             Ok(()) => ("pass", String::new()),
             Err(d) => ("fail", json_escape(d)),
         };
-        if result.is_ok() { passed += 1 } else { failed += 1 }
+        if result.is_ok() {
+            passed += 1
+        } else {
+            failed += 1
+        }
         print_line(format_args!(
             "KTEST {{\"event\":\"case\",\"name\":\"{name}\",\"status\":\"{status}\",\"cpu\":{},\"micros\":{micros},\"detail\":\"{detail}\"}}",
             percpu::this_cpu_index()
@@ -174,10 +178,7 @@ fn page_map() -> CaseResult {
     // SAFETY: the physmap alias of the same frame.
     let via_physmap = unsafe { core::ptr::read_volatile(paging::phys_to_virt(pa) as *const u64) };
     check!(via_physmap == 0xfeed_f00d, "write through the mapping not visible in the physmap");
-    check!(
-        paging::map_kernel_page(va, pa, paging::kernel_data_flags()) == Err(paging::MapError::AlreadyMapped),
-        "double map accepted"
-    );
+    check!(paging::map_kernel_page(va, pa, paging::kernel_data_flags()) == Err(paging::MapError::AlreadyMapped), "double map accepted");
     check!(paging::unmap_kernel_page(va) == Ok(pa), "unmap returned the wrong frame");
     tlb::shootdown(va, 1);
     check!(!paging::is_mapped(va), "still mapped after unmap");
@@ -267,10 +268,7 @@ fn percpu_data() -> CaseResult {
     for i in 0..n {
         let c = percpu::cpu(i);
         check!(REPORTED_INDEX[i].load(Ordering::Relaxed) == i as u64, "cpu{i} reports index {}", REPORTED_INDEX[i].load(Ordering::Relaxed));
-        check!(
-            REPORTED_APIC[i].load(Ordering::Relaxed) == c.apic_id.load(Ordering::Relaxed) as u64,
-            "cpu{i} APIC ID mismatch"
-        );
+        check!(REPORTED_APIC[i].load(Ordering::Relaxed) == c.apic_id.load(Ordering::Relaxed) as u64, "cpu{i} APIC ID mismatch");
         check!(REPORTED_GS[i].load(Ordering::Relaxed) == c as *const _ as u64, "cpu{i} GS base does not point at its PerCpu");
     }
     Ok(())
@@ -656,11 +654,7 @@ fn root_program() -> CaseResult {
     }
     check!(writes >= 3, "init made {writes} console writes, expected at least 3");
     let free_after = frame::stats().free;
-    check!(
-        free_after == free_before_run,
-        "loading and running init leaked {} frames",
-        free_before_run as i64 - free_after as i64
-    );
+    check!(free_after == free_before_run, "loading and running init leaked {} frames", free_before_run as i64 - free_after as i64);
     Ok(())
 }
 

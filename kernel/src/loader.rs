@@ -178,8 +178,8 @@ mod bare {
     use crate::object::memory;
     use crate::object::space::{Object, Space};
     use crate::object::vm::Rights as VmRights;
-    use alloc::sync::Arc;
     use crate::sched;
+    use alloc::sync::Arc;
 
     const _: () = assert!(USER_TOP == paging::USER_TOP);
 
@@ -190,7 +190,9 @@ mod bare {
     pub const ROOT_ANONYMOUS_SIZE: u64 = 1 << 30;
 
     fn vm_rights(writable: bool, executable: bool) -> VmRights {
-        VmRights::READ | if writable { VmRights::WRITE } else { VmRights::NONE } | if executable { VmRights::EXECUTE } else { VmRights::NONE }
+        VmRights::READ
+            | if writable { VmRights::WRITE } else { VmRights::NONE }
+            | if executable { VmRights::EXECUTE } else { VmRights::NONE }
     }
 
     /// One page of the image or stack: a zeroed frame, filled, owned by the
@@ -387,10 +389,7 @@ mod tests {
         assert_eq!(image.entry, 0x40_0000);
         assert_eq!(image.segments().len(), 3);
         let s = image.segments()[2];
-        assert_eq!(
-            s,
-            Segment { vaddr: 0x40_3000, memsz: 0x1008, offset: 0x4000, filesz: 0x50, writable: true, executable: false }
-        );
+        assert_eq!(s, Segment { vaddr: 0x40_3000, memsz: 0x1008, offset: 0x4000, filesz: 0x50, writable: true, executable: false });
         assert_eq!(s.pages(), (0x40_3000, 0x40_5000));
         assert!(image.segments()[0].executable && !image.segments()[0].writable);
     }
@@ -398,7 +397,10 @@ mod tests {
     #[test]
     fn refuses_other_files() {
         assert_eq!(parse(b""), Err(LoadError::Malformed));
-        assert_eq!(parse(b"#!/bin/sh\necho hello, world\n........................................................"), Err(LoadError::Malformed));
+        assert_eq!(
+            parse(b"#!/bin/sh\necho hello, world\n........................................................"),
+            Err(LoadError::Malformed)
+        );
         let good = exec(&good_segments());
         assert_eq!(parse(&good[..40]), Err(LoadError::Malformed), "cut inside the header");
         assert_eq!(parse(&good[..100]), Err(LoadError::Malformed), "cut inside the program headers");

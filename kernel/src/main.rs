@@ -28,18 +28,18 @@ mod arch;
 #[cfg(target_os = "none")]
 mod console;
 #[cfg(target_os = "none")]
+mod ipc;
+#[cfg(target_os = "none")]
 mod ktest;
 #[cfg(any(target_os = "none", test))]
 mod loader;
 #[cfg(target_os = "none")]
 mod panic;
 #[cfg(target_os = "none")]
-mod syscall;
-#[cfg(target_os = "none")]
-mod ipc;
-#[cfg(target_os = "none")]
 mod reliable;
 pub mod sched;
+#[cfg(target_os = "none")]
+mod syscall;
 
 #[cfg(not(target_os = "none"))]
 fn main() {
@@ -164,7 +164,14 @@ mod boot {
         let f = crate::arch::features();
         log::info!(
             "cpu: nx={} x2apic={} tsc-deadline={} invariant-tsc={} pcid={} smep={} smap={} umip={}",
-            f.nx, f.x2apic, f.tsc_deadline, f.invariant_tsc, f.pcid, f.smep, f.smap, f.umip
+            f.nx,
+            f.x2apic,
+            f.tsc_deadline,
+            f.invariant_tsc,
+            f.pcid,
+            f.smep,
+            f.smap,
+            f.umip
         );
         let usable = usable_memory(info);
         for r in info.memory() {
@@ -229,9 +236,8 @@ mod boot {
                     Some(m) => {
                         log::info!("starting the root program ('{}', {} KiB)", m.name.as_str(), (m.end - m.start) >> 10);
                         // SAFETY: boot modules stay in RAM the frame allocator never hands out.
-                        let image = unsafe {
-                            core::slice::from_raw_parts(paging::phys_to_virt(m.start) as *const u8, (m.end - m.start) as usize)
-                        };
+                        let image =
+                            unsafe { core::slice::from_raw_parts(paging::phys_to_virt(m.start) as *const u8, (m.end - m.start) as usize) };
                         crate::arm_fault_injection_from_cmdline();
                         match crate::loader::run(image) {
                             Ok(exit) => log::info!("the root program ended: {exit:?}"),

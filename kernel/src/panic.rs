@@ -210,7 +210,13 @@ fn print_registers(f: &TrapFrame) {
     print_line(format_args!("  rsi {:#018x} rdi {:#018x} rbp {:#018x} r8  {:#018x}", f.rsi, f.rdi, f.rbp, f.r8));
     print_line(format_args!("  r9  {:#018x} r10 {:#018x} r11 {:#018x} r12 {:#018x}", f.r9, f.r10, f.r11, f.r12));
     print_line(format_args!("  r13 {:#018x} r14 {:#018x} r15 {:#018x}", f.r13, f.r14, f.r15));
-    print_line(format_args!("  cr0 {:#018x} cr2 {:#018x} cr3 {:#018x} cr4 {:#018x}", cpu::read_cr0(), cpu::read_cr2(), cpu::read_cr3(), cpu::read_cr4()));
+    print_line(format_args!(
+        "  cr0 {:#018x} cr2 {:#018x} cr3 {:#018x} cr4 {:#018x}",
+        cpu::read_cr0(),
+        cpu::read_cr2(),
+        cpu::read_cr3(),
+        cpu::read_cr4()
+    ));
 }
 
 /// NMI: during a panic it is the stop signal; otherwise it is logged.

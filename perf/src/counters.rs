@@ -79,11 +79,7 @@ impl ThreadCounters {
         let counts = self.group.read()?;
         let (enabled, running) = (counts.time_enabled(), counts.time_running());
         let scale = if running > 0 && running < enabled { enabled as f64 / running as f64 } else { 1.0 };
-        Ok(self
-            .counters
-            .iter()
-            .map(|(name, c)| (*name, (counts[c] as f64 * scale).round() as u64))
-            .collect())
+        Ok(self.counters.iter().map(|(name, c)| (*name, (counts[c] as f64 * scale).round() as u64)).collect())
     }
 }
 

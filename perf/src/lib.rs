@@ -127,13 +127,7 @@ impl ThreadProbe for NoProbe {
 /// messages are ahead of those in the queue), so there is no shared counter
 /// per message. Panics if a message is lost or duplicated (the consumers'
 /// sum is checked).
-pub fn transfer<Q: BenchQueue, P: ThreadProbe>(
-    q: &Q,
-    producers: usize,
-    consumers: usize,
-    messages: u64,
-    probe: &P,
-) -> Duration {
+pub fn transfer<Q: BenchQueue, P: ThreadProbe>(q: &Q, producers: usize, consumers: usize, messages: u64, probe: &P) -> Duration {
     assert!(producers > 0 && consumers > 0);
     let start = Barrier::new(producers + consumers + 1);
     let producers_done = AtomicU64::new(0);

@@ -10,11 +10,7 @@ use matryoshka_boot::qemu::{self, Accel, Firmware, Mode, QemuRun, Serial};
 use matryoshka_boot::{doctor, image, ksyms, workspace};
 
 #[derive(Parser)]
-#[command(
-    name = "mkboot",
-    version,
-    about = "Build, package and boot the Matryoshka kernel"
-)]
+#[command(name = "mkboot", version, about = "Build, package and boot the Matryoshka kernel")]
 struct Cli {
     #[command(subcommand)]
     cmd: Cmd,
@@ -148,8 +144,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
     match cli.cmd {
         Cmd::Build { quiet } => {
             let root = workspace::root()?;
-            let (kernel, init) =
-                workspace::build_all(&root, &workspace::BuildOptions { verbose: !quiet })?;
+            let (kernel, init) = workspace::build_all(&root, &workspace::BuildOptions { verbose: !quiet })?;
             if !quiet {
                 println!("{}", kernel.display());
                 println!("{}", init.display());
@@ -158,17 +153,10 @@ fn run(cli: Cli) -> Result<ExitCode> {
         }
         Cmd::EmbedSymbols { input, output } => {
             let s = ksyms::embed_symbols(&input, &output)?;
-            println!(
-                "embedded {} symbols ({} of {} bytes in .ksyms) into {}",
-                s.symbols,
-                s.table_bytes,
-                s.section_size,
-                output.display()
-            );
+            println!("embedded {} symbols ({} of {} bytes in .ksyms) into {}", s.symbols, s.table_bytes, s.section_size, output.display());
         }
         Cmd::Symbols { elf, addrs } => {
-            let data =
-                std::fs::read(&elf).with_context(|| format!("cannot read {}", elf.display()))?;
+            let data = std::fs::read(&elf).with_context(|| format!("cannot read {}", elf.display()))?;
             let syms = ksyms::read_embedded(&data)?;
             if addrs.is_empty() {
                 use std::io::Write;
@@ -182,8 +170,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
                 let _ = out.flush();
             } else {
                 for a in &addrs {
-                    let v = u64::from_str_radix(a.trim_start_matches("0x"), 16)
-                        .with_context(|| format!("not a hex address: {a}"))?;
+                    let v = u64::from_str_radix(a.trim_start_matches("0x"), 16).with_context(|| format!("not a hex address: {a}"))?;
                     match ksyms::lookup(&syms, v) {
                         Some((s, off)) => println!("{v:#018x} {}+{off:#x}", s.name),
                         None => println!("{v:#018x} ?"),
@@ -226,11 +213,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
 fn run_qemu(a: QemuArgs) -> Result<ExitCode> {
     let root = workspace::root()?;
     let kernel = resolve(&a.kernel)?;
-    let init = if a.no_init {
-        None
-    } else {
-        Some(resolve(&a.init)?)
-    };
+    let init = if a.no_init { None } else { Some(resolve(&a.init)?) };
     let mut r = QemuRun::new(&kernel, workspace::build_dir(&root))
         .init(init)
         .mode(a.mode)
@@ -258,20 +241,13 @@ fn run_qemu(a: QemuArgs) -> Result<ExitCode> {
     r.prepare()?;
     eprintln!("+ {}", r.shell_line()?);
     if a.gdb {
-        eprintln!(
-            "QEMU is waiting for gdb on :{}; in another terminal run:",
-            qemu::GDB_PORT
-        );
+        eprintln!("QEMU is waiting for gdb on :{}; in another terminal run:", qemu::GDB_PORT);
         eprintln!("    {}", r.gdb_hint());
     }
     eprintln!("(serial console below; Ctrl-A X quits QEMU, Ctrl-A C toggles the monitor)");
     let mut cmd = r.command()?;
-    cmd.stdin(Stdio::inherit())
-        .stdout(Stdio::inherit())
-        .stderr(Stdio::inherit());
-    let mut child = cmd
-        .spawn()
-        .context("cannot start qemu-system-x86_64 (run `mkboot doctor`)")?;
+    cmd.stdin(Stdio::inherit()).stdout(Stdio::inherit()).stderr(Stdio::inherit());
+    let mut child = cmd.spawn().context("cannot start qemu-system-x86_64 (run `mkboot doctor`)")?;
     let status = if a.timeout > 0 {
         let deadline = std::time::Instant::now() + Duration::from_secs(a.timeout);
         loop {

@@ -23,8 +23,7 @@ fn rows(doc: &str, heading: &str) -> Vec<Vec<String>> {
 #[test]
 fn every_call_is_documented_with_its_number() {
     let doc = abi_md();
-    let documented: Vec<(u64, String)> =
-        rows(&doc, "Calls").into_iter().filter_map(|r| Some((r[0].parse().ok()?, r[1].clone()))).collect();
+    let documented: Vec<(u64, String)> = rows(&doc, "Calls").into_iter().filter_map(|r| Some((r[0].parse().ok()?, r[1].clone()))).collect();
     let in_crate: Vec<(u64, String)> = call::ALL.iter().map(|&(n, name)| (n, name.to_string())).collect();
     for c in &in_crate {
         assert!(documented.contains(c), "call {} ({}) is in the abi crate but not in ABI.md's Calls table", c.0, c.1);
@@ -81,7 +80,11 @@ fn every_right_is_documented_with_its_bit() {
         }
     }
     for (name, mask) in expected {
-        assert!(documented.contains(&(name.to_string(), mask)), "right {name} (bit {}) is not in ABI.md's rights table", mask.trailing_zeros());
+        assert!(
+            documented.contains(&(name.to_string(), mask)),
+            "right {name} (bit {}) is not in ABI.md's rights table",
+            mask.trailing_zeros()
+        );
     }
     assert_eq!(documented.len(), expected.len());
     assert_eq!(rights::ALL, expected.iter().fold(0, |a, (_, m)| a | m));

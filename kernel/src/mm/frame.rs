@@ -234,10 +234,7 @@ mod global {
         let frames = top / FRAME_SIZE;
         let words = FrameBitmap::words_needed(frames);
         let bytes = (words as u64 * 8).next_multiple_of(FRAME_SIZE);
-        let home = usable
-            .iter()
-            .find(|r| r.len() >= bytes && r.start + bytes <= 1 << 32)
-            .ok_or(FrameError::OutOfMemory)?;
+        let home = usable.iter().find(|r| r.len() >= bytes && r.start + bytes <= 1 << 32).ok_or(FrameError::OutOfMemory)?;
         let storage_pa = home.start;
         // SAFETY: `storage_pa..+bytes` is usable RAM that nothing else owns
         // (it is marked used below), reached through the boot physmap.
@@ -343,9 +340,7 @@ mod global {
             return Err(FrameError::OutOfMemory);
         }
         without_interrupts(|| {
-            let frame = with_bitmap(|b| b.alloc_contiguous(count, align, limit / FRAME_SIZE))
-                .flatten()
-                .ok_or(FrameError::OutOfMemory)?;
+            let frame = with_bitmap(|b| b.alloc_contiguous(count, align, limit / FRAME_SIZE)).flatten().ok_or(FrameError::OutOfMemory)?;
             ALLOCATED_BY_CPU[this_cpu_index()].fetch_add(count, Ordering::Relaxed);
             Ok(frame * FRAME_SIZE)
         })
@@ -357,7 +352,11 @@ mod global {
     fn cached_anywhere(own_cpu: usize, own: &FrameCache, first: u64, count: u64) -> bool {
         CACHES.iter().enumerate().any(|(i, c)| {
             let hit = |c: &FrameCache| (first..first + count).any(|f| c.contains(f));
-            if i == own_cpu { hit(own) } else { c.try_lock().map(|c| hit(&c)).unwrap_or(false) }
+            if i == own_cpu {
+                hit(own)
+            } else {
+                c.try_lock().map(|c| hit(&c)).unwrap_or(false)
+            }
         })
     }
 

@@ -23,7 +23,10 @@ pub enum Plan {
     /// Fail the n-th allocation point (1-based) after arming, once.
     Nth(u64),
     /// Fail each point with probability `permille`/1000, from a seeded stream.
-    Random { seed: u64, permille: u64 },
+    Random {
+        seed: u64,
+        permille: u64,
+    },
 }
 
 impl Plan {
@@ -104,8 +107,10 @@ impl Injector {
         let point = self.points.fetch_add(1, Ordering::AcqRel) + 1;
         let fail = match mode {
             MODE_NTH => point == self.parameter.load(Ordering::Relaxed),
-            _ => mix(self.parameter.load(Ordering::Relaxed) ^ point.wrapping_mul(0x9e37_79b9_7f4a_7c15)) % 1000
-                < self.permille.load(Ordering::Relaxed),
+            _ => {
+                mix(self.parameter.load(Ordering::Relaxed) ^ point.wrapping_mul(0x9e37_79b9_7f4a_7c15)) % 1000
+                    < self.permille.load(Ordering::Relaxed)
+            }
         };
         if fail {
             self.injected.fetch_add(1, Ordering::AcqRel);

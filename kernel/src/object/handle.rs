@@ -214,9 +214,7 @@ impl<T> HandleTable<T> {
 
     /// Every live entry, in handle order: what a parent enumerates in a child.
     pub fn iter(&self) -> impl Iterator<Item = (Handle, &T, Rights)> {
-        self.slots.iter().enumerate().filter_map(|(i, s)| {
-            s.entry.as_ref().map(|(o, r)| (Handle::new(i as u32, s.generation), o, *r))
-        })
+        self.slots.iter().enumerate().filter_map(|(i, s)| s.entry.as_ref().map(|(o, r)| (Handle::new(i as u32, s.generation), o, *r)))
     }
 }
 

@@ -95,9 +95,7 @@ pub fn handle_user_exception(e: &UserException) -> Outcome {
             Err(_) => {}
         }
     }
-    let target = target.or_else(|| {
-        space.keeper().map(|p| (p, [KIND_EXCEPTION, e.vector, e.error_code, e.rip, e.address, e.rsp]))
-    });
+    let target = target.or_else(|| space.keeper().map(|p| (p, [KIND_EXCEPTION, e.vector, e.error_code, e.rip, e.address, e.rsp])));
     let Some((port, message)) = target else { return Outcome::End };
     drop(space);
     // The thread waits in an ordinary IPC call (interrupts are off here, on

@@ -4,11 +4,11 @@
 //! table is its host-tested foundation.
 
 pub mod handle;
-pub mod quota;
-pub mod vm;
 #[cfg(target_os = "none")]
 pub mod keeper;
 #[cfg(target_os = "none")]
 pub mod memory;
+pub mod quota;
 #[cfg(target_os = "none")]
 pub mod space;
+pub mod vm;

@@ -225,31 +225,17 @@ pub enum Resolution {
     /// allocates the frame kept for (`owner`, `page_va`) and installs it at the
     /// faulting page with `rights`: the intersection of every link's rights
     /// (mapping rights and region max) and of the grant's rights.
-    Anonymous {
-        owner: SpaceId,
-        page_va: u64,
-        rights: Rights,
-    },
+    Anonymous { owner: SpaceId, page_va: u64, rights: Rights },
     /// A link forbids the access. `rights` is what the chain allowed up to
     /// and including the link that forbade it. `region` is the nearest region
     /// passed before that link (its `keeper` gets the fault); `None` when
     /// the faulting space's own mapping or grant forbade it.
-    ProtectionViolation {
-        rights: Rights,
-        region: Option<RegionId>,
-        keeper: Option<u64>,
-    },
+    ProtectionViolation { rights: Rights, region: Option<RegionId>, keeper: Option<u64> },
     /// The chain ends in a hole: nothing backs `va` in `space`, the space of
     /// `region`, the innermost region passed (`offset` = `va` - region
     /// start; `va` keeps the fault's offset within the page). The fault goes
     /// to `keeper`, or with none to the faulting thread's space keeper.
-    KeeperFault {
-        region: RegionId,
-        keeper: Option<u64>,
-        space: SpaceId,
-        va: u64,
-        offset: u64,
-    },
+    KeeperFault { region: RegionId, keeper: Option<u64>, space: SpaceId, va: u64, offset: u64 },
     /// Nothing at all backs the address in the faulting space (or the space
     /// does not exist, or the address is not a user address).
     Unmapped,
@@ -390,27 +376,13 @@ fn check_range(start: u64, size: u64) -> Result<u64, VmError> {
 }
 
 /// The backings of `entries` overlapping `[start, end)`, in address order.
-fn overlapping(
-    entries: &BTreeMap<u64, Entry>,
-    start: u64,
-    end: u64,
-) -> impl Iterator<Item = (u64, Entry)> + '_ {
-    let before = entries
-        .range(..start)
-        .next_back()
-        .filter(|(k, e)| **k + e.size > start)
-        .map(|(k, e)| (*k, *e));
-    before
-        .into_iter()
-        .chain(entries.range(start..end).map(|(k, e)| (*k, *e)))
+fn overlapping(entries: &BTreeMap<u64, Entry>, start: u64, end: u64) -> impl Iterator<Item = (u64, Entry)> + '_ {
+    let before = entries.range(..start).next_back().filter(|(k, e)| **k + e.size > start).map(|(k, e)| (*k, *e));
+    before.into_iter().chain(entries.range(start..end).map(|(k, e)| (*k, *e)))
 }
 
 fn entry_at(entries: &BTreeMap<u64, Entry>, addr: u64) -> Option<(u64, Entry)> {
-    entries
-        .range(..=addr)
-        .next_back()
-        .filter(|(k, e)| addr - **k < e.size)
-        .map(|(k, e)| (*k, *e))
+    entries.range(..=addr).next_back().filter(|(k, e)| addr - **k < e.size).map(|(k, e)| (*k, *e))
 }
 
 /// Sorts and merges overlapping or adjacent ranges of the same space.
@@ -459,53 +431,24 @@ impl VmGraph {
     }
 
     /// Gives `s` demand-zero memory at `[start, start+size)` with `rights`.
-    pub fn grant_anonymous(
-        &mut self,
-        s: SpaceId,
-        start: u64,
-        size: u64,
-        rights: Rights,
-    ) -> Result<(), VmError> {
+    pub fn grant_anonymous(&mut self, s: SpaceId, start: u64, size: u64, rights: Rights) -> Result<(), VmError> {
         let space = self.spaces.get_mut(&s).ok_or(VmError::NoSuchSpace)?;
         let end = check_range(start, size)?;
         if overlapping(&space.entries, start, end).next().is_some() {
             return Err(VmError::Overlap);
         }
-        space.entries.insert(
-            start,
-            Entry {
-                size,
-                backing: Backing::Anonymous(rights),
-            },
-        );
+        space.entries.insert(start, Entry { size, backing: Backing::Anonymous(rights) });
         Ok(())
     }
 
     /// Exports `[start, start+size)` of `s`, whatever backs it (or not).
-    pub fn create_region(
-        &mut self,
-        s: SpaceId,
-        start: u64,
-        size: u64,
-        max: Rights,
-        keeper: Option<u64>,
-    ) -> Result<RegionId, VmError> {
+    pub fn create_region(&mut self, s: SpaceId, start: u64, size: u64, max: Rights, keeper: Option<u64>) -> Result<RegionId, VmError> {
         if !self.spaces.contains_key(&s) {
             return Err(VmError::NoSuchSpace);
         }
         check_range(start, size)?;
         let id = RegionId(fresh(&mut self.next_region, &self.regions));
-        self.regions.insert(
-            id,
-            Region {
-                space: s,
-                start,
-                size,
-                max,
-                keeper,
-                mappings: BTreeSet::new(),
-            },
-        );
+        self.regions.insert(id, Region { space: s, start, size, max, keeper, mappings: BTreeSet::new() });
         self.spaces.get_mut(&s).expect("checked").regions.insert(id);
         Ok(id)
     }
@@ -546,29 +489,9 @@ impl VmGraph {
             return Err(VmError::TooDeep);
         }
         let id = MappingId(fresh(&mut self.next_mapping, &self.mappings));
-        self.mappings.insert(
-            id,
-            Mapping {
-                region: r,
-                space: t,
-                va,
-                offset,
-                size,
-                rights,
-            },
-        );
-        self.regions
-            .get_mut(&r)
-            .expect("checked")
-            .mappings
-            .insert(id);
-        self.spaces.get_mut(&t).expect("checked").entries.insert(
-            va,
-            Entry {
-                size,
-                backing: Backing::Mapping(id),
-            },
-        );
+        self.mappings.insert(id, Mapping { region: r, space: t, va, offset, size, rights });
+        self.regions.get_mut(&r).expect("checked").mappings.insert(id);
+        self.spaces.get_mut(&t).expect("checked").entries.insert(va, Entry { size, backing: Backing::Mapping(id) });
         Ok(id)
     }
 
@@ -597,40 +520,18 @@ impl VmGraph {
                         None => Resolution::Unmapped,
                         Some(r) => {
                             let region = &self.regions[&r];
-                            Resolution::KeeperFault {
-                                region: r,
-                                keeper: region.keeper,
-                                space,
-                                va: addr,
-                                offset: addr - region.start,
-                            }
+                            Resolution::KeeperFault { region: r, keeper: region.keeper, space, va: addr, offset: addr - region.start }
                         }
                     };
                 }
-                Some((
-                    _,
-                    Entry {
-                        backing: Backing::Anonymous(grant),
-                        ..
-                    },
-                )) => {
+                Some((_, Entry { backing: Backing::Anonymous(grant), .. })) => {
                     rights = rights & grant;
                     if !rights.contains(access) {
                         return violation(rights, last);
                     }
-                    return Resolution::Anonymous {
-                        owner: space,
-                        page_va: addr & !PAGE_MASK,
-                        rights,
-                    };
+                    return Resolution::Anonymous { owner: space, page_va: addr & !PAGE_MASK, rights };
                 }
-                Some((
-                    _,
-                    Entry {
-                        backing: Backing::Mapping(m),
-                        ..
-                    },
-                )) => {
+                Some((_, Entry { backing: Backing::Mapping(m), .. })) => {
                     let m = &self.mappings[&m];
                     rights = rights & m.rights;
                     if !rights.contains(access) {
@@ -653,11 +554,7 @@ impl VmGraph {
 
     /// Sets region `r`'s max rights. Mappings keep their own rights; their
     /// effective rights are capped by the new max.
-    pub fn protect_region(
-        &mut self,
-        r: RegionId,
-        max: Rights,
-    ) -> Result<Vec<Invalidation>, VmError> {
+    pub fn protect_region(&mut self, r: RegionId, max: Rights) -> Result<Vec<Invalidation>, VmError> {
         let region = self.regions.get(&r).ok_or(VmError::NoSuchRegion)?;
         if region.max == max {
             return Ok(Vec::new());
@@ -668,11 +565,7 @@ impl VmGraph {
     }
 
     /// Sets mapping `m`'s rights (within its region's current max).
-    pub fn protect_mapping(
-        &mut self,
-        m: MappingId,
-        rights: Rights,
-    ) -> Result<Vec<Invalidation>, VmError> {
+    pub fn protect_mapping(&mut self, m: MappingId, rights: Rights) -> Result<Vec<Invalidation>, VmError> {
         let mapping = *self.mappings.get(&m).ok_or(VmError::NoSuchMapping)?;
         if !self.regions[&mapping.region].max.contains(rights) {
             return Err(VmError::RightsExceedRegion);
@@ -687,10 +580,7 @@ impl VmGraph {
 
     /// Changes the token faults of region `r` go to.
     pub fn set_region_keeper(&mut self, r: RegionId, keeper: Option<u64>) -> Result<(), VmError> {
-        self.regions
-            .get_mut(&r)
-            .ok_or(VmError::NoSuchRegion)?
-            .keeper = keeper;
+        self.regions.get_mut(&r).ok_or(VmError::NoSuchRegion)?.keeper = keeper;
         Ok(())
     }
 
@@ -725,11 +615,7 @@ impl VmGraph {
     /// backed ranges (the kernel also frees `s`'s anonymous frames).
     pub fn destroy_space(&mut self, s: SpaceId) -> Result<Vec<Invalidation>, VmError> {
         let space = self.spaces.get(&s).ok_or(VmError::NoSuchSpace)?;
-        let mut seeds: Vec<(SpaceId, u64, u64)> = space
-            .entries
-            .iter()
-            .map(|(k, e)| (s, *k, *k + e.size))
-            .collect();
+        let mut seeds: Vec<(SpaceId, u64, u64)> = space.entries.iter().map(|(k, e)| (s, *k, *k + e.size)).collect();
         let regions: Vec<RegionId> = space.regions.iter().copied().collect();
         for r in &regions {
             seeds.extend(self.seeds_of_region(*r));
@@ -741,10 +627,7 @@ impl VmGraph {
         let space = self.spaces.remove(&s).expect("checked");
         for (_, e) in space.entries {
             if let Backing::Mapping(m) = e.backing {
-                let mapping = self
-                    .mappings
-                    .remove(&m)
-                    .expect("entry names a live mapping");
+                let mapping = self.mappings.remove(&m).expect("entry names a live mapping");
                 if let Some(region) = self.regions.get_mut(&mapping.region) {
                     region.mappings.remove(&m);
                 }
@@ -770,11 +653,7 @@ impl VmGraph {
             .entries
             .iter()
             .filter_map(|(k, e)| match e.backing {
-                Backing::Anonymous(rights) => Some(AnonymousInfo {
-                    start: *k,
-                    size: e.size,
-                    rights,
-                }),
+                Backing::Anonymous(rights) => Some(AnonymousInfo { start: *k, size: e.size, rights }),
                 Backing::Mapping(_) => None,
             })
             .collect())
@@ -807,13 +686,7 @@ impl VmGraph {
 
     pub fn region_info(&self, r: RegionId) -> Result<RegionInfo, VmError> {
         let region = self.regions.get(&r).ok_or(VmError::NoSuchRegion)?;
-        Ok(RegionInfo {
-            space: region.space,
-            start: region.start,
-            size: region.size,
-            max: region.max,
-            keeper: region.keeper,
-        })
+        Ok(RegionInfo { space: region.space, start: region.start, size: region.size, max: region.max, keeper: region.keeper })
     }
 
     pub fn mapping_info(&self, m: MappingId) -> Result<MappingInfo, VmError> {
@@ -845,26 +718,13 @@ impl VmGraph {
     fn invalidations_for(&self, seeds: &[(SpaceId, u64, u64)]) -> Vec<Invalidation> {
         let mut walk = Vec::new();
         self.walk_upstream(seeds, &mut walk);
-        coalesce(
-            walk.into_iter()
-                .map(|(space, a, b, _)| Invalidation {
-                    space,
-                    start: a,
-                    size: b - a,
-                })
-                .collect(),
-        )
+        coalesce(walk.into_iter().map(|(space, a, b, _)| Invalidation { space, start: a, size: b - a }).collect())
     }
 
     /// Every (space, start, end, links) whose resolution passes through one
     /// of `seeds`, `links` mappings before reaching it (seeds themselves at 0).
-    fn walk_upstream(
-        &self,
-        seeds: &[(SpaceId, u64, u64)],
-        out: &mut Vec<(SpaceId, u64, u64, usize)>,
-    ) {
-        let mut stack: Vec<(SpaceId, u64, u64, usize)> =
-            seeds.iter().map(|&(s, a, b)| (s, a, b, 0)).collect();
+    fn walk_upstream(&self, seeds: &[(SpaceId, u64, u64)], out: &mut Vec<(SpaceId, u64, u64, usize)>) {
+        let mut stack: Vec<(SpaceId, u64, u64, usize)> = seeds.iter().map(|&(s, a, b)| (s, a, b, 0)).collect();
         while let Some((s, a, b, d)) = stack.pop() {
             out.push((s, a, b, d));
             if d > self.max_depth {
@@ -898,13 +758,7 @@ impl VmGraph {
 
     /// The most mappings any chain starting in `[start, start+size)` of `s`
     /// passes through; `Cycle` if one reaches `forbid` (space, start, end).
-    fn forward_depth(
-        &self,
-        s: SpaceId,
-        start: u64,
-        size: u64,
-        forbid: (SpaceId, u64, u64),
-    ) -> Result<usize, VmError> {
+    fn forward_depth(&self, s: SpaceId, start: u64, size: u64, forbid: (SpaceId, u64, u64)) -> Result<usize, VmError> {
         let mut stack = vec![(s, start, start + size, 0usize)];
         let mut deepest = 0;
         while let Some((s, a, b, d)) = stack.pop() {
@@ -977,18 +831,9 @@ mod tests {
         let m = g.create_mapping(r, s, 4 * P, 0, P, Rights::READ).unwrap();
         let gone = g.add_space();
         g.destroy_space(gone).unwrap();
-        assert_eq!(
-            g.grant_anonymous(gone, 0, P, rw()),
-            Err(VmError::NoSuchSpace)
-        );
-        assert_eq!(
-            g.create_region(gone, 0, P, rw(), None),
-            Err(VmError::NoSuchSpace)
-        );
-        assert_eq!(
-            g.create_mapping(r, gone, 0, 0, P, Rights::READ),
-            Err(VmError::NoSuchSpace)
-        );
+        assert_eq!(g.grant_anonymous(gone, 0, P, rw()), Err(VmError::NoSuchSpace));
+        assert_eq!(g.create_region(gone, 0, P, rw(), None), Err(VmError::NoSuchSpace));
+        assert_eq!(g.create_mapping(r, gone, 0, 0, P, Rights::READ), Err(VmError::NoSuchSpace));
         assert_eq!(g.destroy_space(gone), Err(VmError::NoSuchSpace));
         assert_eq!(g.regions_of(gone), Err(VmError::NoSuchSpace));
         assert_eq!(g.mappings_into(gone), Err(VmError::NoSuchSpace));
@@ -997,19 +842,13 @@ mod tests {
 
         g.destroy_mapping(m).unwrap();
         assert_eq!(g.destroy_mapping(m), Err(VmError::NoSuchMapping));
-        assert_eq!(
-            g.protect_mapping(m, Rights::NONE),
-            Err(VmError::NoSuchMapping)
-        );
+        assert_eq!(g.protect_mapping(m, Rights::NONE), Err(VmError::NoSuchMapping));
         assert_eq!(g.mapping_info(m), Err(VmError::NoSuchMapping));
 
         g.destroy_region(r).unwrap();
         assert_eq!(g.destroy_region(r), Err(VmError::NoSuchRegion));
         assert_eq!(g.protect_region(r, rw()), Err(VmError::NoSuchRegion));
-        assert_eq!(
-            g.create_mapping(r, s, 0, 0, P, Rights::READ),
-            Err(VmError::NoSuchRegion)
-        );
+        assert_eq!(g.create_mapping(r, s, 0, 0, P, Rights::READ), Err(VmError::NoSuchRegion));
         assert_eq!(g.region_info(r), Err(VmError::NoSuchRegion));
         assert_eq!(g.mappings_of(r), Err(VmError::NoSuchRegion));
         assert_eq!(g.set_region_keeper(r, None), Err(VmError::NoSuchRegion));
@@ -1022,62 +861,23 @@ mod tests {
         assert_eq!(g.grant_anonymous(s, 0, 0, rw()), Err(VmError::ZeroSize));
         assert_eq!(g.create_region(s, 0, 0, rw(), None), Err(VmError::ZeroSize));
         assert_eq!(g.grant_anonymous(s, 1, P, rw()), Err(VmError::Unaligned));
-        assert_eq!(
-            g.grant_anonymous(s, 0, P + 8, rw()),
-            Err(VmError::Unaligned)
-        );
-        assert_eq!(
-            g.create_region(s, 0x800, P, rw(), None),
-            Err(VmError::Unaligned)
-        );
-        assert_eq!(
-            g.grant_anonymous(s, USER_TOP, P, rw()),
-            Err(VmError::OutOfBounds)
-        );
-        assert_eq!(
-            g.grant_anonymous(s, USER_TOP - P, 2 * P, rw()),
-            Err(VmError::OutOfBounds)
-        );
-        assert_eq!(
-            g.create_region(s, !PAGE_MASK, 2 * P, rw(), None),
-            Err(VmError::OutOfBounds)
-        );
+        assert_eq!(g.grant_anonymous(s, 0, P + 8, rw()), Err(VmError::Unaligned));
+        assert_eq!(g.create_region(s, 0x800, P, rw(), None), Err(VmError::Unaligned));
+        assert_eq!(g.grant_anonymous(s, USER_TOP, P, rw()), Err(VmError::OutOfBounds));
+        assert_eq!(g.grant_anonymous(s, USER_TOP - P, 2 * P, rw()), Err(VmError::OutOfBounds));
+        assert_eq!(g.create_region(s, !PAGE_MASK, 2 * P, rw(), None), Err(VmError::OutOfBounds));
         g.grant_anonymous(s, USER_TOP - P, P, rw()).unwrap();
 
         let r = g.create_region(s, 0, 4 * P, rw(), None).unwrap();
         let t = g.add_space();
-        assert_eq!(
-            g.create_mapping(r, t, 0, 0, 0, rw()),
-            Err(VmError::ZeroSize)
-        );
-        assert_eq!(
-            g.create_mapping(r, t, 5, 0, P, rw()),
-            Err(VmError::Unaligned)
-        );
-        assert_eq!(
-            g.create_mapping(r, t, 0, 5, P, rw()),
-            Err(VmError::Unaligned)
-        );
-        assert_eq!(
-            g.create_mapping(r, t, 0, 0, 5, rw()),
-            Err(VmError::Unaligned)
-        );
-        assert_eq!(
-            g.create_mapping(r, t, USER_TOP - P, 0, 2 * P, rw()),
-            Err(VmError::OutOfBounds)
-        );
-        assert_eq!(
-            g.create_mapping(r, t, 0, 3 * P, 2 * P, rw()),
-            Err(VmError::OutOfBounds)
-        );
-        assert_eq!(
-            g.create_mapping(r, t, 0, 4 * P, P, rw()),
-            Err(VmError::OutOfBounds)
-        );
-        assert_eq!(
-            g.create_mapping(r, t, 0, !PAGE_MASK, P, rw()),
-            Err(VmError::OutOfBounds)
-        );
+        assert_eq!(g.create_mapping(r, t, 0, 0, 0, rw()), Err(VmError::ZeroSize));
+        assert_eq!(g.create_mapping(r, t, 5, 0, P, rw()), Err(VmError::Unaligned));
+        assert_eq!(g.create_mapping(r, t, 0, 5, P, rw()), Err(VmError::Unaligned));
+        assert_eq!(g.create_mapping(r, t, 0, 0, 5, rw()), Err(VmError::Unaligned));
+        assert_eq!(g.create_mapping(r, t, USER_TOP - P, 0, 2 * P, rw()), Err(VmError::OutOfBounds));
+        assert_eq!(g.create_mapping(r, t, 0, 3 * P, 2 * P, rw()), Err(VmError::OutOfBounds));
+        assert_eq!(g.create_mapping(r, t, 0, 4 * P, P, rw()), Err(VmError::OutOfBounds));
+        assert_eq!(g.create_mapping(r, t, 0, !PAGE_MASK, P, rw()), Err(VmError::OutOfBounds));
         g.create_mapping(r, t, 0, 3 * P, P, rw()).unwrap();
         assert_eq!(g.resolve(t, USER_TOP, Rights::READ), Resolution::Unmapped);
     }
@@ -1088,27 +888,16 @@ mod tests {
         let s = g.add_space();
         let t = g.add_space();
         g.grant_anonymous(s, 0, 4 * P, rw()).unwrap();
-        assert_eq!(
-            g.grant_anonymous(s, 3 * P, 2 * P, rw()),
-            Err(VmError::Overlap)
-        );
+        assert_eq!(g.grant_anonymous(s, 3 * P, 2 * P, rw()), Err(VmError::Overlap));
         assert_eq!(g.grant_anonymous(s, 0, P, rw()), Err(VmError::Overlap));
         g.grant_anonymous(s, 4 * P, P, rw()).unwrap(); // adjacent is fine
                                                        // Regions may overlap each other and anything.
         let r1 = g.create_region(s, 0, 4 * P, rw(), None).unwrap();
-        let _r2 = g
-            .create_region(s, 2 * P, 8 * P, Rights::READ, None)
-            .unwrap();
+        let _r2 = g.create_region(s, 2 * P, 8 * P, Rights::READ, None).unwrap();
         g.grant_anonymous(t, 8 * P, 2 * P, rw()).unwrap();
         g.create_mapping(r1, t, 0, 0, 2 * P, rw()).unwrap();
-        assert_eq!(
-            g.create_mapping(r1, t, P, 0, P, rw()),
-            Err(VmError::Overlap)
-        ); // mapping vs mapping
-        assert_eq!(
-            g.create_mapping(r1, t, 7 * P, 0, 2 * P, rw()),
-            Err(VmError::Overlap)
-        ); // vs grant
+        assert_eq!(g.create_mapping(r1, t, P, 0, P, rw()), Err(VmError::Overlap)); // mapping vs mapping
+        assert_eq!(g.create_mapping(r1, t, 7 * P, 0, 2 * P, rw()), Err(VmError::Overlap)); // vs grant
         assert_eq!(g.grant_anonymous(t, P, P, rw()), Err(VmError::Overlap)); // grant vs mapping
         g.create_mapping(r1, t, 2 * P, 0, 2 * P, rw()).unwrap(); // adjacent, same memory again
     }
@@ -1119,15 +908,9 @@ mod tests {
         let s = g.add_space();
         let t = g.add_space();
         let r = g.create_region(s, 0, P, Rights::READ, None).unwrap();
-        assert_eq!(
-            g.create_mapping(r, t, 0, 0, P, rw()),
-            Err(VmError::RightsExceedRegion)
-        );
+        assert_eq!(g.create_mapping(r, t, 0, 0, P, rw()), Err(VmError::RightsExceedRegion));
         let m = g.create_mapping(r, t, 0, 0, P, Rights::READ).unwrap();
-        assert_eq!(
-            g.protect_mapping(m, Rights::RX),
-            Err(VmError::RightsExceedRegion)
-        );
+        assert_eq!(g.protect_mapping(m, Rights::RX), Err(VmError::RightsExceedRegion));
         g.protect_region(r, Rights::ALL).unwrap();
         g.protect_mapping(m, Rights::RX).unwrap();
         assert_eq!(g.mapping_info(m).unwrap().rights, Rights::RX);
@@ -1140,17 +923,11 @@ mod tests {
         let b = g.add_space();
         // A space mapping a region onto itself.
         let ra = g.create_region(a, 0, 2 * P, rw(), None).unwrap();
-        assert_eq!(
-            g.create_mapping(ra, a, 0, 0, 2 * P, rw()),
-            Err(VmError::Cycle)
-        );
+        assert_eq!(g.create_mapping(ra, a, 0, 0, 2 * P, rw()), Err(VmError::Cycle));
         // Conservative: a shifted self-overlap is rejected too (A[2P] -> A[P]
         // -> A[0], a hole, would terminate)...
         let ra4 = g.create_region(a, 0, 4 * P, rw(), None).unwrap();
-        assert_eq!(
-            g.create_mapping(ra4, a, P, 0, 2 * P, rw()),
-            Err(VmError::Cycle)
-        );
+        assert_eq!(g.create_mapping(ra4, a, P, 0, 2 * P, rw()), Err(VmError::Cycle));
         // ... but a shift without overlap is fine: A[P] -> A[0].
         let m = g.create_mapping(ra4, a, P, 0, P, rw()).unwrap();
         g.destroy_mapping(m).unwrap();
@@ -1159,10 +936,7 @@ mod tests {
         // A -> B -> A.
         let rb = g.create_region(b, 0, 2 * P, rw(), None).unwrap();
         g.create_mapping(rb, a, 0, 0, 2 * P, rw()).unwrap();
-        assert_eq!(
-            g.create_mapping(ra, b, 0, 0, 2 * P, rw()),
-            Err(VmError::Cycle)
-        );
+        assert_eq!(g.create_mapping(ra, b, 0, 0, 2 * P, rw()), Err(VmError::Cycle));
         // ... but A and B may share memory in both directions at disjoint ranges.
         let ra_hi = g.create_region(a, 16 * P, P, rw(), None).unwrap();
         g.create_mapping(ra_hi, b, 16 * P, 0, P, rw()).unwrap();
@@ -1171,9 +945,7 @@ mod tests {
         assert_eq!(g.create_mapping(ra8, b, 0, 0, P, rw()), Err(VmError::Cycle));
         // B[4] -> A[8] -> A[0] -> B[0] (a hole) is no loop.
         g.create_mapping(ra8, b, 4 * P, 0, P, rw()).unwrap();
-        assert!(
-            matches!(g.resolve(b, 4 * P, Rights::READ), Resolution::KeeperFault { space, va: 0, .. } if space == b)
-        );
+        assert!(matches!(g.resolve(b, 4 * P, Rights::READ), Resolution::KeeperFault { space, va: 0, .. } if space == b));
     }
 
     /// Root grant, then `n` spaces each mapping a region of the previous one.
@@ -1196,14 +968,7 @@ mod tests {
         let mut g = VmGraph::new();
         let spaces = chain(&mut g, DEFAULT_MAX_DEPTH).unwrap();
         let last = *spaces.last().unwrap();
-        assert_eq!(
-            g.resolve(last, 0, Rights::WRITE),
-            Resolution::Anonymous {
-                owner: spaces[0],
-                page_va: 0,
-                rights: rw()
-            }
-        );
+        assert_eq!(g.resolve(last, 0, Rights::WRITE), Resolution::Anonymous { owner: spaces[0], page_va: 0, rights: rw() });
         let r = g.create_region(last, 0, P, rw(), None).unwrap();
         let t = g.add_space();
         assert_eq!(g.create_mapping(r, t, 0, 0, P, rw()), Err(VmError::TooDeep));
@@ -1223,10 +988,7 @@ mod tests {
         let r_top = g.create_region(top, 0, P, rw(), None).unwrap();
         g.create_mapping(r_top, above, 0, 0, P, rw()).unwrap();
         // Now it would be 5 links from `above`.
-        assert_eq!(
-            g.create_mapping(r_low, mid, 0, 0, P, rw()),
-            Err(VmError::TooDeep)
-        );
+        assert_eq!(g.create_mapping(r_low, mid, 0, 0, P, rw()), Err(VmError::TooDeep));
     }
 
     // ------------------------------------------------------------- nesting
@@ -1253,49 +1015,27 @@ mod tests {
     fn nest() -> Nest {
         let mut g = VmGraph::new();
         let root = g.add_space();
-        g.grant_anonymous(root, 0x10000, 8 * P, Rights::ALL)
-            .unwrap();
-        let r0 = g
-            .create_region(root, 0x10000, 8 * P, Rights::ALL, Some(100))
-            .unwrap();
+        g.grant_anonymous(root, 0x10000, 8 * P, Rights::ALL).unwrap();
+        let r0 = g.create_region(root, 0x10000, 8 * P, Rights::ALL, Some(100)).unwrap();
         let a = g.add_space();
         g.create_mapping(r0, a, 0x40000, 0, 8 * P, rw()).unwrap();
-        let r1 = g
-            .create_region(a, 0x40000 + 2 * P, 4 * P, rw(), Some(101))
-            .unwrap();
+        let r1 = g.create_region(a, 0x40000 + 2 * P, 4 * P, rw(), Some(101)).unwrap();
         let b = g.add_space();
         g.create_mapping(r1, b, 0x80000, 0, 4 * P, rw()).unwrap();
-        let r2 = g
-            .create_region(b, 0x80000, 4 * P, Rights::READ, Some(102))
-            .unwrap();
+        let r2 = g.create_region(b, 0x80000, 4 * P, Rights::READ, Some(102)).unwrap();
         let c = g.add_space();
-        g.create_mapping(r2, c, 0x100000, P, 3 * P, Rights::READ)
-            .unwrap();
-        let r3 = g
-            .create_region(c, 0x100000, 8 * P, Rights::READ, None)
-            .unwrap();
+        g.create_mapping(r2, c, 0x100000, P, 3 * P, Rights::READ).unwrap();
+        let r3 = g.create_region(c, 0x100000, 8 * P, Rights::READ, None).unwrap();
         let d = g.add_space();
-        g.create_mapping(r3, d, 0x200000, 0, 8 * P, Rights::READ)
-            .unwrap();
+        g.create_mapping(r3, d, 0x200000, 0, 8 * P, Rights::READ).unwrap();
         let e = g.add_space();
-        let r0e = g
-            .create_region(root, 0x10000, 8 * P, Rights::ALL, None)
-            .unwrap();
+        let r0e = g.create_region(root, 0x10000, 8 * P, Rights::ALL, None).unwrap();
         g.create_mapping(r0e, e, 0, 0, 8 * P, Rights::ALL).unwrap();
-        Nest {
-            g,
-            root,
-            spaces: [a, b, c, d],
-            e,
-            regions: [r0, r1, r2, r3],
-        }
+        Nest { g, root, spaces: [a, b, c, d], e, regions: [r0, r1, r2, r3] }
     }
 
     fn covered(inv: &[Invalidation], s: SpaceId, start: u64, size: u64) -> bool {
-        (start..start + size).step_by(P as usize).all(|p| {
-            inv.iter()
-                .any(|i| i.space == s && i.start <= p && p < i.start + i.size)
-        })
+        (start..start + size).step_by(P as usize).all(|p| inv.iter().any(|i| i.space == s && i.start <= p && p < i.start + i.size))
     }
 
     #[test]
@@ -1304,77 +1044,29 @@ mod tests {
         let [a, b, c, d] = n.spaces;
         let g = &n.g;
         // D page 0 -> C 0x100000 -> B 0x81000 -> A 0x43000 -> root 0x13000.
-        let want = Resolution::Anonymous {
-            owner: n.root,
-            page_va: 0x13000,
-            rights: Rights::READ,
-        };
+        let want = Resolution::Anonymous { owner: n.root, page_va: 0x13000, rights: Rights::READ };
         assert_eq!(g.resolve(d, 0x200123, Rights::READ), want);
         assert_eq!(g.resolve(c, 0x100000, Rights::READ), want);
-        assert_eq!(
-            g.resolve(b, 0x81000, Rights::WRITE),
-            Resolution::Anonymous {
-                owner: n.root,
-                page_va: 0x13000,
-                rights: rw()
-            }
-        );
-        assert_eq!(
-            g.resolve(a, 0x43000, Rights::READ),
-            Resolution::Anonymous {
-                owner: n.root,
-                page_va: 0x13000,
-                rights: rw()
-            }
-        );
+        assert_eq!(g.resolve(b, 0x81000, Rights::WRITE), Resolution::Anonymous { owner: n.root, page_va: 0x13000, rights: rw() });
+        assert_eq!(g.resolve(a, 0x43000, Rights::READ), Resolution::Anonymous { owner: n.root, page_va: 0x13000, rights: rw() });
         assert_eq!(
             g.resolve(n.root, 0x13000, Rights::EXECUTE),
-            Resolution::Anonymous {
-                owner: n.root,
-                page_va: 0x13000,
-                rights: Rights::ALL
-            }
+            Resolution::Anonymous { owner: n.root, page_va: 0x13000, rights: Rights::ALL }
         );
         // Write from D: D's own mapping is read-only: no region to blame.
         assert_eq!(
             g.resolve(d, 0x200000, Rights::WRITE),
-            Resolution::ProtectionViolation {
-                rights: Rights::READ,
-                region: None,
-                keeper: None
-            }
+            Resolution::ProtectionViolation { rights: Rights::READ, region: None, keeper: None }
         );
         // Execute from B: its mapping allows RW only.
-        assert_eq!(
-            g.resolve(b, 0x80000, Rights::EXECUTE),
-            Resolution::ProtectionViolation {
-                rights: rw(),
-                region: None,
-                keeper: None
-            }
-        );
+        assert_eq!(g.resolve(b, 0x80000, Rights::EXECUTE), Resolution::ProtectionViolation { rights: rw(), region: None, keeper: None });
         // Execute from A is forbidden by A's own mapping; from E it is allowed.
-        assert!(matches!(
-            g.resolve(a, 0x40000, Rights::EXECUTE),
-            Resolution::ProtectionViolation { region: None, .. }
-        ));
-        assert!(matches!(
-            g.resolve(n.e, 0, Rights::EXECUTE),
-            Resolution::Anonymous {
-                rights: Rights::ALL,
-                ..
-            }
-        ));
+        assert!(matches!(g.resolve(a, 0x40000, Rights::EXECUTE), Resolution::ProtectionViolation { region: None, .. }));
+        assert!(matches!(g.resolve(n.e, 0, Rights::EXECUTE), Resolution::Anonymous { rights: Rights::ALL, .. }));
         // D's page 3 -> C 0x103000, beyond C's mapping: hole in C, keeper of R3 (none).
         assert_eq!(
             g.resolve(d, 0x203010, Rights::READ),
-            Resolution::KeeperFault {
-                region: n.regions[3],
-                keeper: None,
-                space: c,
-                va: 0x103010,
-                offset: 0x3010
-            }
+            Resolution::KeeperFault { region: n.regions[3], keeper: None, space: c, va: 0x103010, offset: 0x3010 }
         );
         assert_eq!(g.resolve(d, 0x208000, Rights::READ), Resolution::Unmapped);
         assert_eq!(g.resolve(c, 0x103000, Rights::READ), Resolution::Unmapped);
@@ -1389,11 +1081,7 @@ mod tests {
         assert!(covered(&inv, b, 0x80000, 4 * P));
         assert_eq!(
             n.g.resolve(b, 0x80000, Rights::WRITE),
-            Resolution::ProtectionViolation {
-                rights: Rights::READ,
-                region: Some(n.regions[1]),
-                keeper: Some(101)
-            }
+            Resolution::ProtectionViolation { rights: Rights::READ, region: Some(n.regions[1]), keeper: Some(101) }
         );
         // Revocation hook: R0 to NONE; every derived access faults to keeper 100.
         let inv = n.g.protect_region(n.regions[0], Rights::NONE).unwrap();
@@ -1402,44 +1090,19 @@ mod tests {
         }
         assert_eq!(
             n.g.resolve(d, 0x200000, Rights::READ),
-            Resolution::ProtectionViolation {
-                rights: Rights::NONE,
-                region: Some(n.regions[0]),
-                keeper: Some(100)
-            }
+            Resolution::ProtectionViolation { rights: Rights::NONE, region: Some(n.regions[0]), keeper: Some(100) }
         );
         // A's mapping rights are kept: restoring the max restores access.
         n.g.protect_region(n.regions[0], Rights::ALL).unwrap();
         n.g.protect_region(n.regions[1], rw()).unwrap();
-        assert!(matches!(
-            n.g.resolve(a, 0x40000, Rights::WRITE),
-            Resolution::Anonymous { .. }
-        ));
+        assert!(matches!(n.g.resolve(a, 0x40000, Rights::WRITE), Resolution::Anonymous { .. }));
         // A hole below a restrictive link: protection wins over the keeper fault.
-        let r =
-            n.g.create_region(n.root, 0x100000, P, Rights::READ, Some(7))
-                .unwrap();
-        n.g.create_mapping(r, n.e, 0x100000, 0, P, Rights::READ)
-            .unwrap();
-        assert!(matches!(
-            n.g.resolve(n.e, 0x100000, Rights::WRITE),
-            Resolution::ProtectionViolation { region: None, .. }
-        ));
-        assert!(matches!(
-            n.g.resolve(n.e, 0x100000, Rights::READ),
-            Resolution::KeeperFault {
-                keeper: Some(7),
-                ..
-            }
-        ));
+        let r = n.g.create_region(n.root, 0x100000, P, Rights::READ, Some(7)).unwrap();
+        n.g.create_mapping(r, n.e, 0x100000, 0, P, Rights::READ).unwrap();
+        assert!(matches!(n.g.resolve(n.e, 0x100000, Rights::WRITE), Resolution::ProtectionViolation { region: None, .. }));
+        assert!(matches!(n.g.resolve(n.e, 0x100000, Rights::READ), Resolution::KeeperFault { keeper: Some(7), .. }));
         n.g.set_region_keeper(r, Some(8)).unwrap();
-        assert!(matches!(
-            n.g.resolve(n.e, 0x100000, Rights::READ),
-            Resolution::KeeperFault {
-                keeper: Some(8),
-                ..
-            }
-        ));
+        assert!(matches!(n.g.resolve(n.e, 0x100000, Rights::READ), Resolution::KeeperFault { keeper: Some(8), .. }));
     }
 
     #[test]
@@ -1447,66 +1110,34 @@ mod tests {
         for destroy in [false, true] {
             let mut n = nest();
             let [a, b, c, d] = n.spaces;
-            let inv = if destroy {
-                n.g.destroy_region(n.regions[0]).unwrap()
-            } else {
-                n.g.protect_region(n.regions[0], Rights::READ).unwrap()
-            };
+            let inv =
+                if destroy { n.g.destroy_region(n.regions[0]).unwrap() } else { n.g.protect_region(n.regions[0], Rights::READ).unwrap() };
             assert!(covered(&inv, a, 0x40000, 8 * P));
             assert!(covered(&inv, b, 0x80000, 4 * P));
             assert!(covered(&inv, c, 0x100000, 3 * P));
             assert!(covered(&inv, d, 0x200000, 3 * P));
             // Exactly the dependent ranges, coalesced, nothing of root or E.
-            assert_eq!(
-                inv,
-                nest_ranges([a, b, c, d])
-            );
-            assert!(matches!(
-                n.g.resolve(n.e, 0, Rights::WRITE),
-                Resolution::Anonymous { .. }
-            ));
+            assert_eq!(inv, nest_ranges([a, b, c, d]));
+            assert!(matches!(n.g.resolve(n.e, 0, Rights::WRITE), Resolution::Anonymous { .. }));
             if destroy {
                 assert_eq!(n.g.resolve(a, 0x40000, Rights::READ), Resolution::Unmapped);
                 assert_eq!(
                     n.g.resolve(d, 0x200000, Rights::READ),
-                    Resolution::KeeperFault {
-                        region: n.regions[1],
-                        keeper: Some(101),
-                        space: a,
-                        va: 0x43000,
-                        offset: P
-                    }
+                    Resolution::KeeperFault { region: n.regions[1], keeper: Some(101), space: a, va: 0x43000, offset: P }
                 );
                 assert!(n.g.mappings_into(a).unwrap().is_empty());
                 assert_eq!(n.g.regions_of(n.root).unwrap().len(), 1);
             } else {
-                assert!(matches!(
-                    n.g.resolve(d, 0x200000, Rights::READ),
-                    Resolution::Anonymous { .. }
-                ));
+                assert!(matches!(n.g.resolve(d, 0x200000, Rights::READ), Resolution::Anonymous { .. }));
                 assert_eq!(
                     n.g.resolve(b, 0x80000, Rights::WRITE),
-                    Resolution::ProtectionViolation {
-                        rights: Rights::READ,
-                        region: Some(n.regions[0]),
-                        keeper: Some(100)
-                    }
+                    Resolution::ProtectionViolation { rights: Rights::READ, region: Some(n.regions[0]), keeper: Some(100) }
                 );
             }
             // A change deep down touches only what is above it.
             let inv = n.g.protect_region(n.regions[3], Rights::NONE).unwrap();
-            assert_eq!(
-                inv,
-                vec![Invalidation {
-                    space: d,
-                    start: 0x200000,
-                    size: 8 * P
-                }]
-            );
-            assert_eq!(
-                n.g.protect_region(n.regions[3], Rights::NONE).unwrap(),
-                vec![]
-            );
+            assert_eq!(inv, vec![Invalidation { space: d, start: 0x200000, size: 8 * P }]);
+            assert_eq!(n.g.protect_region(n.regions[3], Rights::NONE).unwrap(), vec![]);
         }
     }
 
@@ -1515,10 +1146,7 @@ mod tests {
         let mut n = nest();
         let [a, b, c, d] = n.spaces;
         let inv = n.g.destroy_space(a).unwrap();
-        assert_eq!(
-            inv,
-            nest_ranges([a, b, c, d])
-        );
+        assert_eq!(inv, nest_ranges([a, b, c, d]));
         assert!(!n.g.space_exists(a));
         assert_eq!(n.g.region_info(n.regions[1]), Err(VmError::NoSuchRegion));
         assert!(n.g.mappings_into(b).unwrap().is_empty());
@@ -1526,13 +1154,7 @@ mod tests {
         assert_eq!(n.g.resolve(b, 0x80000, Rights::READ), Resolution::Unmapped);
         assert_eq!(
             n.g.resolve(c, 0x100000, Rights::READ),
-            Resolution::KeeperFault {
-                region: n.regions[2],
-                keeper: Some(102),
-                space: b,
-                va: 0x81000,
-                offset: P
-            }
+            Resolution::KeeperFault { region: n.regions[2], keeper: Some(102), space: b, va: 0x81000, offset: P }
         );
         // Destroying the root: its grant, its regions and every import of them.
         let inv = n.g.destroy_space(n.root).unwrap();
@@ -1552,39 +1174,19 @@ mod tests {
         let n = nest();
         let [a, b, ..] = n.spaces;
         let g = &n.g;
-        assert_eq!(
-            g.anonymous_of(n.root).unwrap(),
-            vec![AnonymousInfo {
-                start: 0x10000,
-                size: 8 * P,
-                rights: Rights::ALL
-            }]
-        );
+        assert_eq!(g.anonymous_of(n.root).unwrap(), vec![AnonymousInfo { start: 0x10000, size: 8 * P, rights: Rights::ALL }]);
         assert_eq!(g.regions_of(a).unwrap(), vec![n.regions[1]]);
         assert_eq!(g.regions_of(n.root).unwrap().len(), 2);
         let ms = g.mappings_into(b).unwrap();
         assert_eq!(ms.len(), 1);
         assert_eq!(
             g.mapping_info(ms[0]).unwrap(),
-            MappingInfo {
-                region: n.regions[1],
-                space: b,
-                va: 0x80000,
-                offset: 0,
-                size: 4 * P,
-                rights: rw()
-            }
+            MappingInfo { region: n.regions[1], space: b, va: 0x80000, offset: 0, size: 4 * P, rights: rw() }
         );
         assert_eq!(g.mappings_of(n.regions[1]).unwrap(), ms);
         assert_eq!(
             g.region_info(n.regions[2]).unwrap(),
-            RegionInfo {
-                space: b,
-                start: 0x80000,
-                size: 4 * P,
-                max: Rights::READ,
-                keeper: Some(102)
-            }
+            RegionInfo { space: b, start: 0x80000, size: 4 * P, max: Rights::READ, keeper: Some(102) }
         );
     }
 
@@ -1596,27 +1198,10 @@ mod tests {
         let inv = n.g.destroy_mapping(m).unwrap();
         assert_eq!(
             inv,
-            vec![
-                Invalidation {
-                    space: c,
-                    start: 0x100000,
-                    size: 3 * P
-                },
-                Invalidation {
-                    space: d,
-                    start: 0x200000,
-                    size: 3 * P
-                },
-            ]
+            vec![Invalidation { space: c, start: 0x100000, size: 3 * P }, Invalidation { space: d, start: 0x200000, size: 3 * P },]
         );
-        assert!(matches!(
-            n.g.resolve(b, 0x80000, Rights::READ),
-            Resolution::Anonymous { .. }
-        ));
-        assert!(matches!(
-            n.g.resolve(d, 0x200000, Rights::READ),
-            Resolution::KeeperFault { .. }
-        ));
+        assert!(matches!(n.g.resolve(b, 0x80000, Rights::READ), Resolution::Anonymous { .. }));
+        assert!(matches!(n.g.resolve(d, 0x200000, Rights::READ), Resolution::KeeperFault { .. }));
     }
 
     #[test]
@@ -1656,20 +1241,9 @@ mod tests {
 
     #[derive(Clone, Debug, PartialEq)]
     enum MRes {
-        Anon {
-            owner: usize,
-            page: u64,
-            rights: Rights,
-        },
-        Prot {
-            rights: Rights,
-            region: Option<usize>,
-        },
-        Keeper {
-            region: usize,
-            space: usize,
-            va: u64,
-        },
+        Anon { owner: usize, page: u64, rights: Rights },
+        Prot { rights: Rights, region: Option<usize> },
+        Keeper { region: usize, space: usize, va: u64 },
         Unmapped,
     }
 
@@ -1733,42 +1307,25 @@ mod tests {
                     Step::Hole => {
                         return match last {
                             None => MRes::Unmapped,
-                            Some(r) => MRes::Keeper {
-                                region: r,
-                                space: s,
-                                va: addr,
-                            },
+                            Some(r) => MRes::Keeper { region: r, space: s, va: addr },
                         }
                     }
                     Step::Anon(g) => {
                         rights = rights & g;
                         if !rights.contains(access) {
-                            return MRes::Prot {
-                                rights,
-                                region: last,
-                            };
+                            return MRes::Prot { rights, region: last };
                         }
-                        return MRes::Anon {
-                            owner: s,
-                            page: addr & !PAGE_MASK,
-                            rights,
-                        };
+                        return MRes::Anon { owner: s, page: addr & !PAGE_MASK, rights };
                     }
                     Step::Map(mi) => {
                         let m = self.mappings[mi].as_ref().unwrap();
                         rights = rights & m.rights;
                         if !rights.contains(access) {
-                            return MRes::Prot {
-                                rights,
-                                region: last,
-                            };
+                            return MRes::Prot { rights, region: last };
                         }
                         rights = rights & self.regions[m.region].as_ref().unwrap().max;
                         if !rights.contains(access) {
-                            return MRes::Prot {
-                                rights,
-                                region: Some(m.region),
-                            };
+                            return MRes::Prot { rights, region: Some(m.region) };
                         }
                         last = Some(m.region);
                         (s, addr) = self.through(mi, addr);
@@ -1788,18 +1345,10 @@ mod tests {
         }
 
         fn occupied(&self, s: usize, start: u64, size: u64) -> bool {
-            (start..start + size)
-                .step_by(P as usize)
-                .any(|p| !matches!(self.step(s, p), Step::Hole))
+            (start..start + size).step_by(P as usize).any(|p| !matches!(self.step(s, p), Step::Hole))
         }
 
-        fn grant(
-            &mut self,
-            s: usize,
-            start: u64,
-            size: u64,
-            rights: Rights,
-        ) -> Result<(), VmError> {
+        fn grant(&mut self, s: usize, start: u64, size: u64, rights: Rights) -> Result<(), VmError> {
             if !self.spaces[s] {
                 return Err(VmError::NoSuchSpace);
             }
@@ -1813,39 +1362,18 @@ mod tests {
             Ok(())
         }
 
-        fn region(
-            &mut self,
-            s: usize,
-            start: u64,
-            size: u64,
-            max: Rights,
-            keeper: Option<u64>,
-        ) -> Result<usize, VmError> {
+        fn region(&mut self, s: usize, start: u64, size: u64, max: Rights, keeper: Option<u64>) -> Result<usize, VmError> {
             if !self.spaces[s] {
                 return Err(VmError::NoSuchSpace);
             }
             if let Some(e) = Self::range_err(start, size) {
                 return Err(e);
             }
-            self.regions.push(Some(MRegion {
-                space: s,
-                start,
-                size,
-                max,
-                keeper,
-            }));
+            self.regions.push(Some(MRegion { space: s, start, size, max, keeper }));
             Ok(self.regions.len() - 1)
         }
 
-        fn map(
-            &mut self,
-            ri: usize,
-            t: usize,
-            va: u64,
-            offset: u64,
-            size: u64,
-            rights: Rights,
-        ) -> Result<usize, VmError> {
+        fn map(&mut self, ri: usize, t: usize, va: u64, offset: u64, size: u64, rights: Rights) -> Result<usize, VmError> {
             let Some(r) = self.regions.get(ri).cloned().flatten() else {
                 return Err(VmError::NoSuchRegion);
             };
@@ -1889,14 +1417,7 @@ mod tests {
             if up + 1 + down > self.max_depth {
                 return Err(VmError::TooDeep);
             }
-            self.mappings.push(Some(MMapping {
-                region: ri,
-                space: t,
-                va,
-                offset,
-                size,
-                rights,
-            }));
+            self.mappings.push(Some(MMapping { region: ri, space: t, va, offset, size, rights }));
             Ok(self.mappings.len() - 1)
         }
 
@@ -1928,55 +1449,16 @@ mod tests {
     #[derive(Clone, Debug)]
     enum Op {
         AddSpace,
-        Grant {
-            s: u8,
-            start: u8,
-            size: u8,
-            rights: u8,
-        },
-        Region {
-            s: u8,
-            start: u8,
-            size: u8,
-            max: u8,
-            keeper: Option<u8>,
-        },
-        Map {
-            r: u8,
-            t: u8,
-            va: u8,
-            offset: u8,
-            size: u8,
-            rights: u8,
-        },
-        Nest {
-            m: u8,
-            t: u8,
-            va: u8,
-            max: u8,
-            rights: u8,
-        },
-        ProtectRegion {
-            r: u8,
-            max: u8,
-        },
-        ProtectMapping {
-            m: u8,
-            rights: u8,
-        },
-        DestroyMapping {
-            m: u8,
-        },
-        DestroyRegion {
-            r: u8,
-        },
-        DestroySpace {
-            s: u8,
-        },
-        SetKeeper {
-            r: u8,
-            keeper: Option<u8>,
-        },
+        Grant { s: u8, start: u8, size: u8, rights: u8 },
+        Region { s: u8, start: u8, size: u8, max: u8, keeper: Option<u8> },
+        Map { r: u8, t: u8, va: u8, offset: u8, size: u8, rights: u8 },
+        Nest { m: u8, t: u8, va: u8, max: u8, rights: u8 },
+        ProtectRegion { r: u8, max: u8 },
+        ProtectMapping { m: u8, rights: u8 },
+        DestroyMapping { m: u8 },
+        DestroyRegion { r: u8 },
+        DestroySpace { s: u8 },
+        SetKeeper { r: u8, keeper: Option<u8> },
     }
 
     fn op() -> impl Strategy<Value = Op> {
@@ -2027,13 +1509,7 @@ mod tests {
         fn new(max_depth: usize) -> Self {
             let mut h = Harness {
                 g: VmGraph::with_max_depth(max_depth),
-                model: Model {
-                    spaces: vec![],
-                    anon: vec![],
-                    regions: vec![],
-                    mappings: vec![],
-                    max_depth,
-                },
+                model: Model { spaces: vec![], anon: vec![], regions: vec![], mappings: vec![], max_depth },
                 sids: vec![],
                 rids: vec![],
                 mids: vec![],
@@ -2052,33 +1528,16 @@ mod tests {
         fn space(&self, i: u8) -> (usize, SpaceId) {
             // One past the end names a space that never existed.
             let k = pick(i, self.sids.len());
-            (
-                k.min(self.sids.len() - 1),
-                if k == self.sids.len() {
-                    SpaceId(u32::MAX)
-                } else {
-                    self.sids[k]
-                },
-            )
+            (k.min(self.sids.len() - 1), if k == self.sids.len() { SpaceId(u32::MAX) } else { self.sids[k] })
         }
 
         fn translate(&self, r: MRes) -> Resolution {
             let region_keeper = |r: usize| self.model.regions[r].as_ref().unwrap().keeper;
             match r {
-                MRes::Anon {
-                    owner,
-                    page,
-                    rights,
-                } => Resolution::Anonymous {
-                    owner: self.sids[owner],
-                    page_va: page,
-                    rights,
-                },
-                MRes::Prot { rights, region } => Resolution::ProtectionViolation {
-                    rights,
-                    region: region.map(|r| self.rids[r]),
-                    keeper: region.and_then(region_keeper),
-                },
+                MRes::Anon { owner, page, rights } => Resolution::Anonymous { owner: self.sids[owner], page_va: page, rights },
+                MRes::Prot { rights, region } => {
+                    Resolution::ProtectionViolation { rights, region: region.map(|r| self.rids[r]), keeper: region.and_then(region_keeper) }
+                }
                 MRes::Keeper { region, space, va } => Resolution::KeeperFault {
                     region: self.rids[region],
                     keeper: region_keeper(region),
@@ -2107,21 +1566,9 @@ mod tests {
             out
         }
 
-        fn region_op(
-            &mut self,
-            si: usize,
-            sid: SpaceId,
-            start: u64,
-            size: u64,
-            max: Rights,
-            keeper: Option<u64>,
-        ) -> bool {
+        fn region_op(&mut self, si: usize, sid: SpaceId, start: u64, size: u64, max: Rights, keeper: Option<u64>) -> bool {
             let got = self.g.create_region(sid, start, size, max, keeper);
-            let want = if sid.0 == u32::MAX {
-                Err(VmError::NoSuchSpace)
-            } else {
-                self.model.region(si, start, size, max, keeper)
-            };
+            let want = if sid.0 == u32::MAX { Err(VmError::NoSuchSpace) } else { self.model.region(si, start, size, max, keeper) };
             assert_eq!(got.map(|_| ()), want.map(|_| ()));
             if let Ok(id) = got {
                 self.rids.push(id);
@@ -2130,16 +1577,7 @@ mod tests {
         }
 
         #[allow(clippy::too_many_arguments)]
-        fn map_op(
-            &mut self,
-            k: usize,
-            ti: usize,
-            tid: SpaceId,
-            va: u64,
-            offset: u64,
-            size: u64,
-            rights: Rights,
-        ) {
+        fn map_op(&mut self, k: usize, ti: usize, tid: SpaceId, va: u64, offset: u64, size: u64, rights: Rights) {
             let rid = self.rids.get(k).copied().unwrap_or(RegionId(u32::MAX));
             let got = self.g.create_mapping(rid, tid, va, offset, size, rights);
             let want = if k == self.rids.len() {
@@ -2163,68 +1601,26 @@ mod tests {
             let mut inv: Vec<Invalidation> = Vec::new();
             match *op {
                 Op::AddSpace => self.add_space(),
-                Op::Grant {
-                    s,
-                    start,
-                    size,
-                    rights,
-                } => {
+                Op::Grant { s, start, size, rights } => {
                     let (si, sid) = self.space(s);
-                    let got =
-                        self.g
-                            .grant_anonymous(sid, start as u64 * P, size as u64 * P, r(rights));
+                    let got = self.g.grant_anonymous(sid, start as u64 * P, size as u64 * P, r(rights));
                     let want = if sid.0 == u32::MAX {
                         Err(VmError::NoSuchSpace)
                     } else {
-                        self.model
-                            .grant(si, start as u64 * P, size as u64 * P, r(rights))
+                        self.model.grant(si, start as u64 * P, size as u64 * P, r(rights))
                     };
                     assert_eq!(got, want);
                 }
-                Op::Region {
-                    s,
-                    start,
-                    size,
-                    max,
-                    keeper: k,
-                } => {
+                Op::Region { s, start, size, max, keeper: k } => {
                     let (si, sid) = self.space(s);
-                    self.region_op(
-                        si,
-                        sid,
-                        start as u64 * P,
-                        size as u64 * P,
-                        r(max),
-                        keeper(k),
-                    );
+                    self.region_op(si, sid, start as u64 * P, size as u64 * P, r(max), keeper(k));
                 }
-                Op::Map {
-                    r: ri,
-                    t,
-                    va,
-                    offset,
-                    size,
-                    rights,
-                } => {
+                Op::Map { r: ri, t, va, offset, size, rights } => {
                     let k = pick(ri, self.rids.len());
                     let (ti, tid) = self.space(t);
-                    self.map_op(
-                        k,
-                        ti,
-                        tid,
-                        va as u64 * P,
-                        offset as u64 * P,
-                        size as u64 * P,
-                        r(rights),
-                    );
+                    self.map_op(k, ti, tid, va as u64 * P, offset as u64 * P, size as u64 * P, r(rights));
                 }
-                Op::Nest {
-                    m,
-                    t,
-                    va,
-                    max,
-                    rights,
-                } => {
+                Op::Nest { m, t, va, max, rights } => {
                     // Export exactly what a live mapping imports, then map that.
                     let k = pick(m, self.mids.len());
                     if let Some(mm) = self.model.mappings.get(k).cloned().flatten() {
@@ -2254,13 +1650,7 @@ mod tests {
                     let mid = self.mids.get(k).copied().unwrap_or(MappingId(u32::MAX));
                     let want = match self.model.mappings.get(k).cloned().flatten() {
                         None => Err(VmError::NoSuchMapping),
-                        Some(mm)
-                            if !self.model.regions[mm.region]
-                                .as_ref()
-                                .unwrap()
-                                .max
-                                .contains(r(rights)) =>
-                        {
+                        Some(mm) if !self.model.regions[mm.region].as_ref().unwrap().max.contains(r(rights)) => {
                             Err(VmError::RightsExceedRegion)
                         }
                         Some(_) => Ok(()),
@@ -2327,39 +1717,16 @@ mod tests {
             // such page alone and invalidate nothing. Every other change must
             // invalidate every page whose resolution changed (other than
             // through a keeper token, which PTEs never hold).
-            let addition = matches!(
-                op,
-                Op::AddSpace
-                    | Op::Grant { .. }
-                    | Op::Region { .. }
-                    | Op::Map { .. }
-                    | Op::Nest { .. }
-                    | Op::SetKeeper { .. }
-            );
+            let addition =
+                matches!(op, Op::AddSpace | Op::Grant { .. } | Op::Region { .. } | Op::Map { .. } | Op::Nest { .. } | Op::SetKeeper { .. });
             if addition {
                 assert!(inv.is_empty());
             }
             let strip = |r: Resolution| match r {
-                Resolution::ProtectionViolation { rights, region, .. } => {
-                    Resolution::ProtectionViolation {
-                        rights,
-                        region,
-                        keeper: None,
-                    }
+                Resolution::ProtectionViolation { rights, region, .. } => Resolution::ProtectionViolation { rights, region, keeper: None },
+                Resolution::KeeperFault { region, space, va, offset, .. } => {
+                    Resolution::KeeperFault { region, keeper: None, space, va, offset }
                 }
-                Resolution::KeeperFault {
-                    region,
-                    space,
-                    va,
-                    offset,
-                    ..
-                } => Resolution::KeeperFault {
-                    region,
-                    keeper: None,
-                    space,
-                    va,
-                    offset,
-                },
                 r => r,
             };
             for si in 0..spaces_before {
@@ -2367,14 +1734,9 @@ mod tests {
                     let i = si * per_space + p * ACCESSES.len();
                     let range = i..i + ACCESSES.len();
                     let changed = range.clone().any(|j| strip(before[j]) != strip(after[j]));
-                    let installed = range
-                        .clone()
-                        .any(|j| matches!(before[j], Resolution::Anonymous { .. }));
+                    let installed = range.clone().any(|j| matches!(before[j], Resolution::Anonymous { .. }));
                     if addition {
-                        assert!(
-                            !(changed && installed),
-                            "{op:?}: space {si} page {p} changed"
-                        );
+                        assert!(!(changed && installed), "{op:?}: space {si} page {p} changed");
                     } else if changed {
                         assert!(
                             covered(&inv, self.sids[si], p as u64 * P, P),

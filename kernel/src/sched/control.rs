@@ -6,13 +6,13 @@ extern crate alloc;
 use alloc::sync::Arc;
 use core::sync::atomic::Ordering;
 
-use crate::arch::x86_64::syscall::UserExit;
-use crate::arch::x86_64_exports::*;
-use crate::object::space::Space;
 use super::lazyfpu;
 use super::scheduler::*;
 use super::thread::*;
 use super::waitqueue::*;
+use crate::arch::x86_64::syscall::UserExit;
+use crate::arch::x86_64_exports::*;
+use crate::object::space::Space;
 
 /// Asks a thread to exit at its next entry into the kernel. A thread
 /// blocked in a system call is woken (every blocking call tolerates
@@ -117,7 +117,14 @@ pub fn spawn_user_stopped(
     charge: crate::object::quota::Charge,
 ) -> Result<Arc<Thread>, SchedError> {
     let affinity = all_cpus();
-    let t = Thread::new_in(name, Body::User { rip: 0, rsp: 0, args: (0, 0) }, space.page_table_root(), USER_PRIORITY, affinity, Arc::downgrade(&space))?;
+    let t = Thread::new_in(
+        name,
+        Body::User { rip: 0, rsp: 0, args: (0, 0) },
+        space.page_table_root(),
+        USER_PRIORITY,
+        affinity,
+        Arc::downgrade(&space),
+    )?;
     *t.quota_charge.lock() = Some(charge);
     t.cpu.store(least_loaded(affinity), Ordering::Relaxed);
     *t.pending_start.lock() = Some(regs);

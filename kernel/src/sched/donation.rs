@@ -6,10 +6,10 @@ extern crate alloc;
 use alloc::sync::Arc;
 use core::sync::atomic::Ordering;
 
-use crate::arch::x86_64_exports::*;
 use super::lazyfpu;
 use super::scheduler::*;
 use super::thread::*;
+use crate::arch::x86_64_exports::*;
 
 /// How a donation ended, as `donate` reports it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -51,7 +51,10 @@ pub(super) fn announce_runnable(t: &Thread) {
     let port = cpu::without_interrupts(|| t.scheduler.lock().clone());
     if let Some(port) = port {
         let cpu = percpu::this_cpu_index();
-        let _ = crate::ipc::send(&port, [crate::object::keeper::KIND_RUNNABLE, cpu as u64, percpu::cpu(cpu).ticks.load(Ordering::Relaxed), 0, 0, 0]);
+        let _ = crate::ipc::send(
+            &port,
+            [crate::object::keeper::KIND_RUNNABLE, cpu as u64, percpu::cpu(cpu).ticks.load(Ordering::Relaxed), 0, 0, 0],
+        );
     }
 }
 

@@ -28,11 +28,13 @@
 pub mod runqueue;
 
 #[cfg(target_os = "none")]
-mod fastipc;
-#[cfg(target_os = "none")]
 mod control;
 #[cfg(target_os = "none")]
 mod donation;
+#[cfg(target_os = "none")]
+mod fastipc;
+#[cfg(target_os = "none")]
+mod lazyfpu;
 #[cfg(target_os = "none")]
 mod scheduler;
 #[cfg(target_os = "none")]
@@ -40,11 +42,9 @@ mod thread;
 #[cfg(target_os = "none")]
 mod waitqueue;
 #[cfg(target_os = "none")]
-mod lazyfpu;
+pub use fastipc::{fast_call, fast_reply_wait};
 #[cfg(target_os = "none")]
 pub use lazyfpu::on_first_use as fpu_first_use;
-#[cfg(target_os = "none")]
-pub use fastipc::{fast_call, fast_reply_wait};
 #[cfg(target_os = "none")]
 pub mod ktests;
 #[cfg(target_os = "none")]

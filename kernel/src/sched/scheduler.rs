@@ -9,15 +9,15 @@ use alloc::vec::Vec;
 use core::cell::UnsafeCell;
 use core::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 
-use crate::arch::x86_64::context;
-use crate::arch::x86_64::syscall::UserExit;
-use crate::arch::x86_64_exports::*;
-use crate::object::space::Space;
 use super::control::*;
 use super::donation::*;
 use super::lazyfpu;
 use super::runqueue::RunQueue;
 use super::thread::*;
+use crate::arch::x86_64::context;
+use crate::arch::x86_64::syscall::UserExit;
+use crate::arch::x86_64_exports::*;
+use crate::object::space::Space;
 
 pub(super) struct CpuSched {
     pub(super) queue: spin::Mutex<RunQueue<Thread>>,
@@ -238,7 +238,13 @@ pub(super) fn enqueue_on_a_cpu(t: Arc<Thread>) {
     let ready = READY_CPUS.load(Ordering::Acquire);
     let allowed = t.affinity.load(Ordering::Acquire) & ready;
     let last = t.cpu.load(Ordering::Relaxed);
-    let mut target = if allowed & (1 << last) != 0 { last } else if allowed != 0 { allowed.trailing_zeros() as usize } else { last };
+    let mut target = if allowed & (1 << last) != 0 {
+        last
+    } else if allowed != 0 {
+        allowed.trailing_zeros() as usize
+    } else {
+        last
+    };
     // A thread runs only where its x87/SSE state is live: that CPU saves
     // the state before the thread may move (it pops it, sees it may not
     // run there, and comes back here).
@@ -742,7 +748,6 @@ pub fn join_unless_killed(t: &Arc<Thread>, interruptible: bool) -> Option<UserEx
     Some(reason)
 }
 
-
 /// Timer tick or reschedule IPI on this CPU. `user_frame`: the interrupted
 /// user registers, when it interrupted ring 3.
 pub fn on_interrupt(user_frame: Option<u64>, is_tick: bool) {
@@ -795,7 +800,10 @@ pub fn on_interrupt(user_frame: Option<u64>, is_tick: bool) {
         // donor learns it from `donate` instead.)
         let port = cur.scheduler.lock().clone();
         if let Some(port) = port {
-            let _ = crate::ipc::send(&port, [crate::object::keeper::KIND_CPU_TIME, cpu as u64, percpu::cpu(cpu).ticks.load(Ordering::Relaxed), 0, 0, 0]);
+            let _ = crate::ipc::send(
+                &port,
+                [crate::object::keeper::KIND_CPU_TIME, cpu as u64, percpu::cpu(cpu).ticks.load(Ordering::Relaxed), 0, 0, 0],
+            );
         }
     }
     drop(cur);

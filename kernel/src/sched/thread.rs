@@ -8,14 +8,14 @@ use alloc::vec::Vec;
 use core::cell::UnsafeCell;
 use core::sync::atomic::{AtomicBool, AtomicU64, AtomicU8, AtomicUsize, Ordering};
 
-use crate::arch::x86_64::context;
-use crate::arch::x86_64::syscall::UserExit;
-use crate::arch::x86_64_exports::*;
-use crate::object::space::Space;
 use super::donation::*;
 use super::runqueue::{Queueable, RunLink};
 use super::scheduler::*;
 use super::waitqueue::*;
+use crate::arch::x86_64::context;
+use crate::arch::x86_64::syscall::UserExit;
+use crate::arch::x86_64_exports::*;
+use crate::object::space::Space;
 
 pub const KERNEL_PRIORITY: u8 = 32;
 pub const USER_PRIORITY: u8 = 16;
@@ -93,8 +93,15 @@ pub enum SchedError {
 }
 
 pub(super) enum Body {
-    Kernel { entry: fn(usize), arg: usize },
-    User { rip: u64, rsp: u64, args: (u64, u64) },
+    Kernel {
+        entry: fn(usize),
+        arg: usize,
+    },
+    User {
+        rip: u64,
+        rsp: u64,
+        args: (u64, u64),
+    },
     /// A CPU's boot context, adopted as a thread.
     Adopted,
 }
@@ -219,7 +226,14 @@ impl Thread {
 
     /// `new` for a thread of `space` (set before the thread is shared: the
     /// registry's weak reference would stop a later `Arc::get_mut`).
-    pub(super) fn new_in(name: &'static str, body: Body, root: u64, priority: u8, affinity: u64, space: Weak<Space>) -> Result<Arc<Thread>, SchedError> {
+    pub(super) fn new_in(
+        name: &'static str,
+        body: Body,
+        root: u64,
+        priority: u8,
+        affinity: u64,
+        space: Weak<Space>,
+    ) -> Result<Arc<Thread>, SchedError> {
         // The control block's allocation (Arc::try_new is not stable), as
         // a fault-injection point; before the stack, which nothing would
         // free if this failed after it.

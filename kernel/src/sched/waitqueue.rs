@@ -7,9 +7,9 @@ use alloc::sync::Arc;
 use alloc::vec::Vec;
 use core::sync::atomic::Ordering;
 
-use crate::arch::x86_64_exports::*;
 use super::scheduler::*;
 use super::thread::*;
+use crate::arch::x86_64_exports::*;
 
 /// A queue of threads blocked in the kernel, woken by another thread.
 pub struct WaitQueue {

@@ -74,7 +74,10 @@ pub(super) fn conn_receive(frame: &mut SyscallFrame) -> SysResult {
 
 /// The end of a plain receive: the message in the message registers, the
 /// result code; a payload that came along is dropped.
-pub(super) fn received_into(frame: &mut SyscallFrame, received: Result<(crate::reliable::Received, [u64; 6], crate::ipc::Carried), crate::reliable::ConnError>) -> SysResult {
+pub(super) fn received_into(
+    frame: &mut SyscallFrame,
+    received: Result<(crate::reliable::Received, [u64; 6], crate::ipc::Carried), crate::reliable::ConnError>,
+) -> SysResult {
     let (what, message, _) = conn_result(received)?;
     set_message(frame, message);
     Ok(received_code(what))

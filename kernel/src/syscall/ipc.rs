@@ -98,7 +98,8 @@ impl BufferDescriptor {
         if w(7) & !allowed != 0 {
             return Err(SysError::InvalidArgument);
         }
-        let d = BufferDescriptor { at, flags: w(7), send_ptr: w(0), send_len: w(1), send_handle: w(2), recv_ptr: w(3), recv_capacity: w(4) };
+        let d =
+            BufferDescriptor { at, flags: w(7), send_ptr: w(0), send_len: w(1), send_handle: w(2), recv_ptr: w(3), recv_capacity: w(4) };
         if d.send_len > IPC_BUFFER_MAX || d.recv_capacity > IPC_BUFFER_MAX {
             return Err(SysError::BadSize);
         }
@@ -207,7 +208,11 @@ pub fn finish_parked_ipc(frame: &mut SyscallFrame) -> i64 {
 pub(super) fn ipc_send(frame: &mut SyscallFrame) -> SysResult {
     let me = caller()?;
     let port = me.lookup_port(Handle::from_raw(frame.rdi), Rights::SEND)?;
-    if crate::ipc::send(&port, message_of(frame)) { Ok(0) } else { Err(SysError::WouldBlock.into()) }
+    if crate::ipc::send(&port, message_of(frame)) {
+        Ok(0)
+    } else {
+        Err(SysError::WouldBlock.into())
+    }
 }
 
 /// Bytes of one exported one-way message: {u64 alias, six u64 words}.

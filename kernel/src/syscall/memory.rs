@@ -30,7 +30,8 @@ pub(super) fn region_create(space: u64, start: u64, size: u64, max: u64) -> SysR
     let me = caller()?;
     let target = me.lookup_space(Handle::from_raw(space), Rights::CREATE)?;
     charge_vm_node(&target)?;
-    let id = crate::object::memory::add(|g| g.create_region(target.vm_id(), start, size, max, None)).inspect_err(|_| target.uncharge_vm_node())?;
+    let id = crate::object::memory::add(|g| g.create_region(target.vm_id(), start, size, max, None))
+        .inspect_err(|_| target.uncharge_vm_node())?;
     match me.insert(Object::Region(id), region_handle_rights(max)) {
         Ok(h) => Ok(h.raw() as i64),
         Err(e) => {
@@ -60,7 +61,8 @@ pub(super) fn mapping_create(region: u64, space: u64, va: u64, offset: u64, size
     let Object::Region(r) = me.lookup(Handle::from_raw(region), needed)? else { return Err(SysError::WrongType.into()) };
     let target = me.lookup_space(Handle::from_raw(space), Rights::CREATE)?;
     charge_vm_node(&target)?;
-    let id = crate::object::memory::add(|g| g.create_mapping(r, target.vm_id(), va, offset, size, wanted)).inspect_err(|_| target.uncharge_vm_node())?;
+    let id = crate::object::memory::add(|g| g.create_mapping(r, target.vm_id(), va, offset, size, wanted))
+        .inspect_err(|_| target.uncharge_vm_node())?;
     match me.insert(Object::Mapping(id), Rights::GET_STATE.union(Rights::DESTROY).union(Rights::DUPLICATE)) {
         Ok(h) => Ok(h.raw() as i64),
         Err(e) => {

@@ -33,15 +33,14 @@ mod thread;
 
 use connection::*;
 use handle::*;
+pub use ipc::finish_parked_ipc;
 use ipc::*;
+pub(crate) use ipc::{message_of, set_message};
 use memory::*;
 use space::*;
 use sync::*;
 use system::*;
 use thread::*;
-pub use ipc::finish_parked_ipc;
-pub(crate) use ipc::{message_of, set_message};
-
 
 /// Bytes of a thread state record (version 1): see kernel/ABI.md.
 pub const THREAD_STATE_BYTES: u64 = matryoshka_abi::THREAD_STATE_V1_BYTES;
@@ -53,7 +52,6 @@ const _: () = assert!(THREAD_STATE_V2_BYTES == THREAD_STATE_BYTES + fpu::AREA_BY
 pub const CONSOLE_WRITE_MAX: u64 = matryoshka_abi::CONSOLE_WRITE_MAX;
 /// Bytes per `space_enumerate` record: u64 handle, u32 type, u32 rights.
 pub const ENUMERATE_RECORD: u64 = matryoshka_abi::ENUMERATE_RECORD_BYTES;
-
 
 impl From<HandleError> for SysError {
     fn from(e: HandleError) -> Self {

@@ -30,7 +30,11 @@ pub(super) fn space_destroy(h: u64) -> SysResult {
         return Err(SpaceError::WouldDestroyCaller.into());
     }
     me.remove(handle)?;
-    if target.destroy() { Ok(0) } else { Err(SysError::Dead.into()) }
+    if target.destroy() {
+        Ok(0)
+    } else {
+        Err(SysError::Dead.into())
+    }
 }
 
 /// `space_set_quota(space, bytes)` (SET_STATE): limits the kernel memory

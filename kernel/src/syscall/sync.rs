@@ -37,7 +37,11 @@ pub(super) fn waitqueue_wait(cond: bool, h: u64, addr: u64, expected: u64) -> Sy
     if fault {
         return Err(SysError::BadPointer.into());
     }
-    if blocked { Ok(0) } else { Err(SysError::WouldBlock.into()) }
+    if blocked {
+        Ok(0)
+    } else {
+        Err(SysError::WouldBlock.into())
+    }
 }
 
 /// `mutex_wake(m, count)` / `cond_wake(c, count)`: wakes up to `count`

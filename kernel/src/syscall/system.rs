@@ -38,7 +38,11 @@ pub(super) fn hang_report() -> SysResult {
     if !caller()?.is_root() {
         return Err(SysError::MissingRights.into());
     }
-    if crate::hang::report("asked for by the root program", 0) { Ok(0) } else { Err(SysError::WouldBlock.into()) }
+    if crate::hang::report("asked for by the root program", 0) {
+        Ok(0)
+    } else {
+        Err(SysError::WouldBlock.into())
+    }
 }
 
 /// `fault_inject(mode, a, b)`: arms the allocation fault injector

@@ -76,14 +76,22 @@ pub(super) fn thread_stop(h: u64) -> SysResult {
     if !stopped {
         return Err(SysError::Dead.into());
     }
-    if t.has_exited() { Err(SysError::Dead.into()) } else { Ok(0) }
+    if t.has_exited() {
+        Err(SysError::Dead.into())
+    } else {
+        Ok(0)
+    }
 }
 
 /// `thread_resume(thread)` (SET_STATE): lets a stopped thread run again.
 pub(super) fn thread_resume(h: u64) -> SysResult {
     let me = caller()?;
     let t = me.lookup_thread(Handle::from_raw(h), Rights::SET_STATE)?;
-    if sched::resume(&t) { Ok(0) } else { Err(SysError::InvalidArgument.into()) }
+    if sched::resume(&t) {
+        Ok(0)
+    } else {
+        Err(SysError::InvalidArgument.into())
+    }
 }
 
 /// `thread_create_stopped(space)` (CREATE): a thread that runs only after

@@ -172,7 +172,8 @@ pub fn parse(line: &str) -> Result<Config, ArgError<'_>> {
             }
             "--avoid" => {
                 for name in value.split(',').filter(|n| !n.is_empty()) {
-                    let bit = avoid::NAMES.iter().find(|(n, _)| *n == name).ok_or(ArgError { message: "unknown --avoid name", word: name })?.1;
+                    let bit =
+                        avoid::NAMES.iter().find(|(n, _)| *n == name).ok_or(ArgError { message: "unknown --avoid name", word: name })?.1;
                     c.avoid |= bit;
                 }
             }
@@ -182,12 +183,18 @@ pub fn parse(line: &str) -> Result<Config, ArgError<'_>> {
                     return Err(bad("--watchdog-secs must be at least 1"));
                 }
             }
-            "--fault-permille" => c.fault_permille = number(value).filter(|&n| n <= 1000).ok_or(bad("--fault-permille takes 0 to 1000"))? as u32,
+            "--fault-permille" => {
+                c.fault_permille = number(value).filter(|&n| n <= 1000).ok_or(bad("--fault-permille takes 0 to 1000"))? as u32
+            }
             "--leak-rounds" => c.leak_rounds = number(value).filter(|&n| n <= 10).ok_or(bad("--leak-rounds takes 0 to 10"))? as u32,
             "--only" => {
                 c.only = 0;
                 for n in value.split(',').filter(|n| !n.is_empty()) {
-                    let bit = if n == "unknown" { ONLY_UNKNOWN_BIT as u64 } else { number(n).ok_or(ArgError { message: "not a call number", word: n })? };
+                    let bit = if n == "unknown" {
+                        ONLY_UNKNOWN_BIT as u64
+                    } else {
+                        number(n).ok_or(ArgError { message: "not a call number", word: n })?
+                    };
                     if bit > 127 {
                         return Err(ArgError { message: "call numbers go up to 127", word: n });
                     }

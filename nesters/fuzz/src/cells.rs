@@ -115,7 +115,8 @@ impl Cell {
                 let space = Handle(self.spaces[level]);
                 map(self, m::mapping_create(region, space, CELL_VA, 0, RW_BYTES, m::READ | m::WRITE))?;
                 if level + 1 < self.depth {
-                    region = m::region_create(space, CELL_VA, RW_BYTES, m::READ | m::WRITE).map_err(|e| ("region_create in a cell level", e))?;
+                    region =
+                        m::region_create(space, CELL_VA, RW_BYTES, m::READ | m::WRITE).map_err(|e| ("region_create in a cell level", e))?;
                     self.regions[level] = region.0;
                 }
             }
@@ -172,7 +173,13 @@ impl Cell {
         let victims = crate::victims::entry_points();
         let env = cell_env(victims, (s.text.0, s.image_end), s.cpus, s.system_info_max, s.config.avoid, s.config.only);
         let mut gen = Gen::new(layout::worker_rng(s.config.seed, self.slot as u64, self.incarnation));
-        gen.pool.add(Entry { value: self.self_in_cell[0], object: self.self_in_cell[0], parent: 0, kind: fuzzlib::gen::kind::SPACE, flags: SELF });
+        gen.pool.add(Entry {
+            value: self.self_in_cell[0],
+            object: self.self_in_cell[0],
+            parent: 0,
+            kind: fuzzlib::gen::kind::SPACE,
+            flags: SELF,
+        });
         // SAFETY: as above, no worker runs in this slot now.
         let p = unsafe { &mut *ctl.private.get() };
         p.env = env;

@@ -73,7 +73,8 @@ fn random_phase(res: &Resources, rng: &mut Rng, target: u64) -> Result<(), Failu
     let s = setup();
     let t0 = crate::sys::tsc();
     let n = (s.cpus * s.config.workers_per_cpu as u64) as usize;
-    let mut w = Workers { cells: [Cell::default(); layout::MAX_SLOTS], incarnations: [0; layout::MAX_SLOTS], n, gone_calls: 0, gone_support: 0 };
+    let mut w =
+        Workers { cells: [Cell::default(); layout::MAX_SLOTS], incarnations: [0; layout::MAX_SLOTS], n, gone_calls: 0, gone_support: 0 };
     for (i, c) in w.cells.iter_mut().enumerate() {
         c.slot = i;
     }

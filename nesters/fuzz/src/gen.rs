@@ -138,14 +138,28 @@ pub enum Effect {
     None,
     /// The result is a new handle in the caller's table: to a new object
     /// (`object` 0) or to `object` again; `parent` is a new space's parent.
-    Creates { kind: u32, flags: u32, object: u64, parent: u64 },
+    Creates {
+        kind: u32,
+        flags: u32,
+        object: u64,
+        parent: u64,
+    },
     /// A new handle at exactly `value` in the caller's table (`handle_transfer_at`).
-    CreatesAt { value: u64, kind: u32, flags: u32, object: u64, parent: u64 },
+    CreatesAt {
+        value: u64,
+        kind: u32,
+        flags: u32,
+        object: u64,
+        parent: u64,
+    },
     /// The handle `value` was closed.
     Closes(u64),
     /// Space `object` (handle `value`) was destroyed and the handle closed
     /// (also when the call says the space was already dead).
-    Destroys { value: u64, object: u64 },
+    Destroys {
+        value: u64,
+        object: u64,
+    },
     /// The result is a handle value in another space's table.
     Foreign,
     /// A handle may have been placed in the caller's table at a chosen value.
@@ -240,7 +254,9 @@ pub fn verdict(call: &Call, ret: i64) -> Result<(), &'static str> {
         Check::Exactly(_) => Ok(()),
         Check::Error(a, b) if ret != a && ret != b => Err("did not fail with the error the ABI says"),
         Check::Error(..) => Ok(()),
-        Check::HandleType(t) if ret >= 0 && (ret & 0xff) as u32 != t => Err("handle_info names another type than the handle was created with"),
+        Check::HandleType(t) if ret >= 0 && (ret & 0xff) as u32 != t => {
+            Err("handle_info names another type than the handle was created with")
+        }
         Check::HandleType(_) if ret >= 0 && (ret as u64 >> 8) & !ALL_RIGHTS != 0 => Err("handle_info reports unknown right bits"),
         Check::HandleType(_) => Ok(()),
     }
@@ -383,12 +399,18 @@ impl Gen {
             3 => Pointer { addr: env.scratch_end() + self.rng.below(PAGE), must_fail: accessed },
             4 => Pointer { addr: self.rng.below(16), must_fail: accessed },
             5 => Pointer { addr: USER_TOP_PAGE + self.rng.pick(&[0, 1, 8, PAGE - 8, PAGE - 1]), must_fail: accessed },
-            6 => Pointer { addr: self.rng.pick(&[NON_CANONICAL, NON_CANONICAL + PAGE, 0x7fff_ffff_ffff_ffff, 0x8000_0000_0000_0000]), must_fail: accessed },
+            6 => Pointer {
+                addr: self.rng.pick(&[NON_CANONICAL, NON_CANONICAL + PAGE, 0x7fff_ffff_ffff_ffff, 0x8000_0000_0000_0000]),
+                must_fail: accessed,
+            },
             7 => Pointer {
                 addr: self.rng.pick(&[KERNEL_HALF, KERNEL_IMAGE, KERNEL_HEAP, u64::MAX - 7, u64::MAX - PAGE + 1, 0xffff_ff00_0000_0000]),
                 must_fail: accessed,
             },
-            8 => Pointer { addr: env.map_area + self.rng.below(env.map_area_len / PAGE) * PAGE + self.rng.pick(&[0, 0, 8, PAGE - 8]), must_fail: false },
+            8 => Pointer {
+                addr: env.map_area + self.rng.below(env.map_area_len / PAGE) * PAGE + self.rng.pick(&[0, 0, 8, PAGE - 8]),
+                must_fail: false,
+            },
             _ => {
                 // Unaligned inside scratch.
                 let off = (self.rng.below(env.scratch_len.saturating_sub(len) + 1) | 1).min(env.scratch_len);
@@ -563,7 +585,8 @@ impl Gen {
         let nr_ = self.pick_nr(env);
         let first = self.call(nr_, env, staging);
         let mut script = Script { steps: [first; MAX_STEPS], len: 1 };
-        if first.class == Class::Blocking && matches!(nr_, nr::CONN_CONNECT | nr::CONN_ACCEPT | nr::IPC_REPLY_WAIT | nr::IPC_REPLY_WAIT_BUF) {
+        if first.class == Class::Blocking && matches!(nr_, nr::CONN_CONNECT | nr::CONN_ACCEPT | nr::IPC_REPLY_WAIT | nr::IPC_REPLY_WAIT_BUF)
+        {
             let side = if nr_ == nr::CONN_CONNECT { 0 } else { 1 };
             for i in 1..1 + self.rng.below(MAX_STEPS as u64) as usize {
                 script.steps[i] = match nr_ {
@@ -583,7 +606,14 @@ impl Gen {
 
     /// A call on connection side `side` of a thread that just connected or accepted.
     fn connection_step(&mut self, env: &Env, side: u64) -> Call {
-        let nr_ = self.rng.pick(&[nr::CONN_SEND, nr::CONN_RECEIVE, nr::CONN_SEND_OVER_RECEIVE, nr::CONN_DISCONNECT, nr::CONN_SEND_BUF, nr::CONN_RECEIVE_BUF]);
+        let nr_ = self.rng.pick(&[
+            nr::CONN_SEND,
+            nr::CONN_RECEIVE,
+            nr::CONN_SEND_OVER_RECEIVE,
+            nr::CONN_DISCONNECT,
+            nr::CONN_SEND_BUF,
+            nr::CONN_RECEIVE_BUF,
+        ]);
         let mut c = Call::new(nr_);
         c.class = Class::Blocking;
         c.regs[reg::RDI] = if self.rng.chance(64) { 1 - side } else { side };
@@ -654,19 +684,28 @@ impl Gen {
                 }
             }
             nr::HANDLE_CLOSE => {
-                let o = { let k = self_kind_any(&mut self.rng); primary(self, &mut c, k) };
+                let o = {
+                    let k = self_kind_any(&mut self.rng);
+                    primary(self, &mut c, k)
+                };
                 must_fail = o.invalid();
                 c.effect = Effect::Closes(c.regs[reg::RDI]);
             }
             nr::HANDLE_DUPLICATE => {
-                let o = { let k = self_kind_any(&mut self.rng); primary(self, &mut c, k) };
+                let o = {
+                    let k = self_kind_any(&mut self.rng);
+                    primary(self, &mut c, k)
+                };
                 let (r, unknown) = self.rights();
                 c.regs[reg::RSI] = r;
                 must_fail = o.invalid() || unknown;
                 c.effect = creates_like(o);
             }
             nr::HANDLE_INFO => {
-                let o = { let k = self_kind_any(&mut self.rng); primary(self, &mut c, k) };
+                let o = {
+                    let k = self_kind_any(&mut self.rng);
+                    primary(self, &mut c, k)
+                };
                 must_fail = o.invalid();
                 if let Some(e) = o.entry().filter(|e| e.kind != UNKNOWN_KIND) {
                     c.check = Check::HandleType(e.kind);
@@ -682,7 +721,8 @@ impl Gen {
                 let mut o = primary(self, &mut c, kind::SPACE);
                 // Only spaces known to be alive: not dead ones, nor imported
                 // handles of unknown ancestry.
-                let maybe_dead = o.is_dead() || o.entry().is_some_and(|e| e.object == 0 || e.kind != kind::SPACE || e.flags & NO_ANCESTRY != 0);
+                let maybe_dead =
+                    o.is_dead() || o.entry().is_some_and(|e| e.object == 0 || e.kind != kind::SPACE || e.flags & NO_ANCESTRY != 0);
                 if maybe_dead && env.avoid & avoid::DESTROY_DEAD != 0 {
                     c.regs[reg::RDI] = self.forged();
                     o = Origin::Forged;
@@ -795,7 +835,12 @@ impl Gen {
                     c.class = Class::Blocking;
                 }
             }
-            nr::CONN_SEND | nr::CONN_RECEIVE | nr::CONN_SEND_OVER_RECEIVE | nr::CONN_DISCONNECT | nr::CONN_SEND_BUF | nr::CONN_RECEIVE_BUF => {
+            nr::CONN_SEND
+            | nr::CONN_RECEIVE
+            | nr::CONN_SEND_OVER_RECEIVE
+            | nr::CONN_DISCONNECT
+            | nr::CONN_SEND_BUF
+            | nr::CONN_RECEIVE_BUF => {
                 // The worker never connects (only its helpers do): every
                 // side of its own is free, so these fail at once.
                 c.regs[reg::RDI] = self.rng.pick(&[0, 1, 2, u64::MAX]);
@@ -832,7 +877,11 @@ impl Gen {
                 c.regs[reg::RSI] = start;
                 c.regs[reg::RDX] = size;
                 c.regs[reg::R10] = max;
-                must_fail = o.invalid() || unknown || size == 0 || !start.is_multiple_of(PAGE) || start.checked_add(size).is_none_or(|end| end > NON_CANONICAL);
+                must_fail = o.invalid()
+                    || unknown
+                    || size == 0
+                    || !start.is_multiple_of(PAGE)
+                    || start.checked_add(size).is_none_or(|end| end > NON_CANONICAL);
                 c.effect = Effect::Creates { kind: kind::REGION, flags: 0, object: 0, parent: 0 };
             }
             nr::MAPPING_CREATE => {
@@ -849,7 +898,14 @@ impl Gen {
                 c.regs[reg::R9] = rights;
                 let end = va.checked_add(size);
                 let over_own = so.is_self() && size > 0 && env.own.iter().any(|&(lo, hi)| end.is_some_and(|e| va < hi && lo < e));
-                must_fail = o.invalid() || so.invalid() || unknown || size == 0 || !va.is_multiple_of(PAGE) || end.is_none_or(|e| e > NON_CANONICAL) || over_own || so.is_dead();
+                must_fail = o.invalid()
+                    || so.invalid()
+                    || unknown
+                    || size == 0
+                    || !va.is_multiple_of(PAGE)
+                    || end.is_none_or(|e| e > NON_CANONICAL)
+                    || over_own
+                    || so.is_dead();
                 c.effect = Effect::Creates { kind: kind::MAPPING, flags: 0, object: 0, parent: 0 };
             }
             nr::REGION_PROTECT => {
@@ -875,7 +931,13 @@ impl Gen {
             nr::THREAD_GET_STATE => {
                 let o = primary(self, &mut c, kind::THREAD);
                 let len = self.rng.pick(&[0, STATE_V1 - 1, STATE_V1, STATE_V1 + 1, STATE_V2 - 1, STATE_V2, STATE_V2 + 1, u64::MAX]);
-                let written = if len >= STATE_V2 { STATE_V2 } else if len >= STATE_V1 { STATE_V1 } else { 0 };
+                let written = if len >= STATE_V2 {
+                    STATE_V2
+                } else if len >= STATE_V1 {
+                    STATE_V1
+                } else {
+                    0
+                };
                 let p = self.pointer(env, written, true);
                 c.regs[reg::RSI] = p.addr;
                 c.regs[reg::RDX] = len;
@@ -884,14 +946,21 @@ impl Gen {
             nr::THREAD_SET_STATE => {
                 let o = primary(self, &mut c, kind::THREAD);
                 let (len, bad_record) = self.state_record(env, staging);
-                let p = if self.rng.chance(900) { Pointer { addr: env.staging, must_fail: false } } else { self.pointer(env, len.min(STATE_V2), false) };
+                let p = if self.rng.chance(900) {
+                    Pointer { addr: env.staging, must_fail: false }
+                } else {
+                    self.pointer(env, len.min(STATE_V2), false)
+                };
                 c.regs[reg::RSI] = p.addr;
                 c.regs[reg::RDX] = len;
                 must_fail = o.invalid() || len < STATE_V1 || p.must_fail || (p.addr == env.staging && bad_record);
             }
             nr::HANDLE_TRANSFER => {
                 let (space, so) = self.handle(kind::SPACE);
-                let (h, ho) = { let k = self_kind_any(&mut self.rng); self.handle(k) };
+                let (h, ho) = {
+                    let k = self_kind_any(&mut self.rng);
+                    self.handle(k)
+                };
                 let (rights, unknown) = self.rights();
                 c.regs[..3].copy_from_slice(&[space, h, rights]);
                 must_fail = so.invalid() || ho.invalid() || unknown;
@@ -908,7 +977,11 @@ impl Gen {
                 let h = if !so.is_self() && !self.pool.foreign().is_empty() && self.rng.chance(768) {
                     self.rng.pick(self.pool.foreign())
                 } else {
-                    { let k = self_kind_any(&mut self.rng); self.handle(k) }.0
+                    {
+                        let k = self_kind_any(&mut self.rng);
+                        self.handle(k)
+                    }
+                    .0
                 };
                 let (rights, unknown) = self.rights();
                 c.regs[..3].copy_from_slice(&[space, h, rights]);
@@ -917,7 +990,10 @@ impl Gen {
             }
             nr::HANDLE_TRANSFER_AT => {
                 let (space, so) = self.handle(kind::SPACE);
-                let (h, ho) = { let k = self_kind_any(&mut self.rng); self.handle(k) };
+                let (h, ho) = {
+                    let k = self_kind_any(&mut self.rng);
+                    self.handle(k)
+                };
                 let (rights, unknown) = self.rights();
                 let value = match self.rng.below(5) {
                     0 => 0,
@@ -954,13 +1030,22 @@ impl Gen {
                 must_fail = o.invalid() || len < record || p.must_fail;
             }
             nr::REFERENCE_CREATE => {
-                let o = { let k = self_kind_any(&mut self.rng); primary(self, &mut c, k) };
+                let o = {
+                    let k = self_kind_any(&mut self.rng);
+                    primary(self, &mut c, k)
+                };
                 must_fail = o.invalid();
                 c.effect = Effect::Creates { kind: kind::REFERENCE, flags: 0, object: 0, parent: 0 };
             }
             nr::REFERENCE_COMPARE => {
-                let o = { let k = self_kind_any(&mut self.rng); primary(self, &mut c, k) };
-                let (b, bo) = { let k = self_kind_any(&mut self.rng); self.handle(k) };
+                let o = {
+                    let k = self_kind_any(&mut self.rng);
+                    primary(self, &mut c, k)
+                };
+                let (b, bo) = {
+                    let k = self_kind_any(&mut self.rng);
+                    self.handle(k)
+                };
                 c.regs[reg::RSI] = b;
                 must_fail = o.invalid() || bo.invalid();
             }
@@ -1211,7 +1296,13 @@ mod tests {
             if i % 1000 == 0 {
                 g = Gen::new(Rng::new(i));
                 for k in 1..=9 {
-                    g.pool.add(Entry { value: k as u64 | 1 << 32, object: k as u64 | 1 << 32, parent: 0, kind: k, flags: if k == 1 { SELF } else { 0 } });
+                    g.pool.add(Entry {
+                        value: k as u64 | 1 << 32,
+                        object: k as u64 | 1 << 32,
+                        parent: 0,
+                        kind: k,
+                        flags: if k == 1 { SELF } else { 0 },
+                    });
                 }
             }
             let s = g.next(&e, &mut staging);

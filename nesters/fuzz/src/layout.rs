@@ -216,7 +216,14 @@ impl SlotView {
 pub const IN_CELL: SlotView = SlotView { base: CELL_VA };
 
 /// The environment of a worker in a cell.
-pub fn cell_env(victims: [u64; fuzzlib::gen::victim::KINDS], text: (u64, u64), cpus: u64, system_info_max: u64, avoid: u32, only: u128) -> Env {
+pub fn cell_env(
+    victims: [u64; fuzzlib::gen::victim::KINDS],
+    text: (u64, u64),
+    cpus: u64,
+    system_info_max: u64,
+    avoid: u32,
+    only: u128,
+) -> Env {
     Env {
         scratch: IN_CELL.scratch(),
         scratch_len: SCRATCH_BYTES,

@@ -293,7 +293,12 @@ fn watch() -> Result<(), &'static str> {
 fn fire(why: &str) {
     let s = setup();
     let p = RUN.phase.load(Relaxed) as usize;
-    println!("fuzz: WATCHDOG: {why} for {} s (seed {}, phase {})", s.config.watchdog_secs, s.config.seed, phase::NAMES.get(p).unwrap_or(&"?"));
+    println!(
+        "fuzz: WATCHDOG: {why} for {} s (seed {}, phase {})",
+        s.config.watchdog_secs,
+        s.config.seed,
+        phase::NAMES.get(p).unwrap_or(&"?")
+    );
     for i in 0..controller::race_slot_base() {
         report_cell(i);
     }
@@ -451,7 +456,14 @@ impl core::fmt::Display for Difference {
     }
 }
 
-fn summary(elapsed: u64, (random, targeted): (u64, u64), (random_ticks, targeted_ticks): (u64, u64), before: &Snapshot, after: &Snapshot, leaks: u32) {
+fn summary(
+    elapsed: u64,
+    (random, targeted): (u64, u64),
+    (random_ticks, targeted_ticks): (u64, u64),
+    before: &Snapshot,
+    after: &Snapshot,
+    leaks: u32,
+) {
     let s = setup();
     let secs = |ticks: u64| ticks as f64 / s.tsc_hz as f64;
     let rate = |calls: u64, ticks: u64| if ticks == 0 { 0 } else { (calls as f64 / secs(ticks)) as u64 };

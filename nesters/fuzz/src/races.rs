@@ -14,7 +14,10 @@
 //! One instance per pair of CPUs runs at once; each race gets an equal
 //! share of the phase's calls.
 
-use core::sync::atomic::{AtomicU64, Ordering::{Acquire, Relaxed, Release}};
+use core::sync::atomic::{
+    AtomicU64,
+    Ordering::{Acquire, Relaxed, Release},
+};
 
 use fuzzlib::args::avoid;
 use fuzzlib::gen::{kind, victim, PAGE};
@@ -319,7 +322,8 @@ fn copy_revoke(i: usize, slot: usize, res: &Resources, rng: &mut Rng) -> Result<
     let leaf = cell.leaf();
     let buffer_at = slot_base(slot) + RACE_BUFFER_OFFSET;
     let mut region = must("race buffer region", m::region_create(me, buffer_at, RACE_BUFFER_BYTES, m::READ | m::WRITE))?;
-    let mut mapping = must("race buffer mapping", m::mapping_create(region, leaf, RACE_BUFFER_VA, 0, RACE_BUFFER_BYTES, m::READ | m::WRITE))?;
+    let mut mapping =
+        must("race buffer mapping", m::mapping_create(region, leaf, RACE_BUFFER_VA, 0, RACE_BUFFER_BYTES, m::READ | m::WRITE))?;
     let ps = must("portset", ipc::portset_create())?;
     let port = must("port", ipc::port_create(ps, 7))?;
     let stopped = must("thread_create_stopped", obj::thread_create_stopped(leaf))?;
@@ -342,7 +346,8 @@ fn copy_revoke(i: usize, slot: usize, res: &Resources, rng: &mut Rng) -> Result<
         let step = match j % 16 {
             12 => {
                 // Unmap and map again.
-                let r = m::mapping_destroy(mapping).and_then(|_| m::mapping_create(region, leaf, RACE_BUFFER_VA, 0, RACE_BUFFER_BYTES, m::READ | m::WRITE));
+                let r = m::mapping_destroy(mapping)
+                    .and_then(|_| m::mapping_create(region, leaf, RACE_BUFFER_VA, 0, RACE_BUFFER_BYTES, m::READ | m::WRITE));
                 count(i, 2);
                 r.map(|h| mapping = h)
             }
@@ -437,7 +442,10 @@ fn destroy_use(i: usize, slot: usize, res: &Resources, rng: &mut Rng) -> Result<
         rb.handles[2].store((setup().config.avoid & avoid::DESTROY_DEAD == 0) as u64, Relaxed);
         let mut threads = [0u64; 2];
         for (k, t) in threads.iter_mut().enumerate() {
-            let h = must("busy thread", obj::thread_create_raw(cell.leaf(), entry, IN_CELL.helper_stack_top(k as u64), IN_CELL.control() + k as u64))?;
+            let h = must(
+                "busy thread",
+                obj::thread_create_raw(cell.leaf(), entry, IN_CELL.helper_stack_top(k as u64), IN_CELL.control() + k as u64),
+            )?;
             must("busy thread affinity", obj::thread_set_affinity(h, 1 << cpus[k]))?;
             *t = h.0;
         }
@@ -534,7 +542,8 @@ fn thread_control(i: usize, slot: usize, res: &Resources, rng: &mut Rng) -> Resu
     let mut cell = Cell::build(slot, res, rng)?;
     let victims = crate::victims::entry_points();
     let new_target = |rng: &mut Rng| {
-        let kind = if stop_exit_ok && rng.chance(256) { victim::BRIEF } else { rng.pick(&[victim::NULL_LOOP, victim::YIELD_LOOP, victim::SPIN]) };
+        let kind =
+            if stop_exit_ok && rng.chance(256) { victim::BRIEF } else { rng.pick(&[victim::NULL_LOOP, victim::YIELD_LOOP, victim::SPIN]) };
         obj::thread_create_raw(cell.leaf(), victims[kind], 0, 0)
     };
     inst.target.store(must("race target thread", new_target(rng))?.0, Release);
@@ -661,7 +670,8 @@ fn close_use(i: usize, slot: usize, res: &Resources, rng: &mut Rng) -> Result<()
     let entries = [closer_main as extern "C" fn(u64) -> !, user_main];
     for (k, t) in threads.iter_mut().enumerate() {
         let entry = entries[k] as usize as u64;
-        let h = must("close-vs-use thread", obj::thread_create_raw(cell.leaf(), entry, IN_CELL.helper_stack_top(k as u64), IN_CELL.control()))?;
+        let h =
+            must("close-vs-use thread", obj::thread_create_raw(cell.leaf(), entry, IN_CELL.helper_stack_top(k as u64), IN_CELL.control()))?;
         must("close-vs-use affinity", obj::thread_set_affinity(h, 1 << INSTANCES[i].cpus[k].load(Relaxed)))?;
         *t = h.0;
     }

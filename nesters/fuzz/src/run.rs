@@ -121,7 +121,14 @@ pub struct SetupCell(UnsafeCell<Setup>);
 // thread (see `set_up`), read-only afterwards.
 unsafe impl Sync for SetupCell {}
 
-static SETUP: SetupCell = SetupCell(UnsafeCell::new(Setup { config: fuzzlib_default_config(), cpus: 1, tsc_hz: 1, system_info_max: 48, text: (0, 0), image_end: 0 }));
+static SETUP: SetupCell = SetupCell(UnsafeCell::new(Setup {
+    config: fuzzlib_default_config(),
+    cpus: 1,
+    tsc_hz: 1,
+    system_info_max: 48,
+    text: (0, 0),
+    image_end: 0,
+}));
 
 const fn fuzzlib_default_config() -> Config {
     Config {

@@ -101,7 +101,14 @@ fn fail(sh: &Shared, p: &Private, call: &Call, regs: &[u64; 8], ret: i64, why: &
     );
     if call.nr == nr::THREAD_SET_STATE && regs[1] == p.env.staging {
         let st = &p.staging;
-        println!("fuzz:   state record: version {:#x} rsp {:#x} rip {:#x} rflags {:#x} mxcsr {:#x}", st[0], st[8], st[17], st[18], st[22] & 0xffff_ffff);
+        println!(
+            "fuzz:   state record: version {:#x} rsp {:#x} rip {:#x} rflags {:#x} mxcsr {:#x}",
+            st[0],
+            st[8],
+            st[17],
+            st[18],
+            st[22] & 0xffff_ffff
+        );
     }
     print_recent(sh);
     Failed
@@ -304,7 +311,15 @@ fn collect_helper(sh: &Shared, p: &mut Private, mailboxes: &Mailboxes, i: usize,
     let status = support(sh, nr::THREAD_WAIT, [h.handle, 0, 0, 0, 0, 0, 0, 0], false);
     if status == WOULD_BLOCK {
         if now - h.dying_since > p.watchdog_ticks {
-            let call = Call { nr: nr::THREAD_KILL, regs: [h.handle, 0, 0, 0, 0, 0, 0, 0], desc: [0; 8], desc_in_r13: false, class: Class::Direct, check: fuzzlib::gen::Check::Any, effect: Effect::None };
+            let call = Call {
+                nr: nr::THREAD_KILL,
+                regs: [h.handle, 0, 0, 0, 0, 0, 0, 0],
+                desc: [0; 8],
+                desc_in_r13: false,
+                class: Class::Direct,
+                check: fuzzlib::gen::Check::Any,
+                effect: Effect::None,
+            };
             return Err(fail(sh, p, &call, &call.regs, status, "a killed helper thread is still running after the watchdog's time"));
         }
         return Ok(());
@@ -319,7 +334,15 @@ fn collect_helper(sh: &Shared, p: &mut Private, mailboxes: &Mailboxes, i: usize,
     for s in 0..done as usize {
         let ret = mb.results[s].load(Relaxed) as i64;
         if ret < 0 && !(-10..=-1).contains(&ret) {
-            let call = Call { nr: mb.nr[s], regs: mb.regs[s], desc: mb.desc[s], desc_in_r13: mb.desc_in_r13[s] != 0, class: Class::Blocking, check: fuzzlib::gen::Check::Any, effect: Effect::None };
+            let call = Call {
+                nr: mb.nr[s],
+                regs: mb.regs[s],
+                desc: mb.desc[s],
+                desc_in_r13: mb.desc_in_r13[s] != 0,
+                class: Class::Blocking,
+                check: fuzzlib::gen::Check::Any,
+                effect: Effect::None,
+            };
             return Err(fail(sh, p, &call, &mb.regs[s], ret, "a helper's call returned an error code the ABI does not define"));
         }
     }

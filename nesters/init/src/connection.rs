@@ -61,7 +61,8 @@ extern "C" fn conversation_client(_: u64) -> ! {
     if conn::connect(port, message(0, u64::MAX)).is_err() {
         rt::exit(20);
     }
-    if conn::connect(port, message(0, 0)) != Err(SysError::InvalidArgument) || conn::receive(conn::CLIENT) != Err(SysError::InvalidArgument) {
+    if conn::connect(port, message(0, 0)) != Err(SysError::InvalidArgument) || conn::receive(conn::CLIENT) != Err(SysError::InvalidArgument)
+    {
         rt::exit(21);
     }
     for i in 0..FORWARD {
@@ -192,7 +193,8 @@ fn freeze_and_rebuild() -> Result<(), &'static str> {
         let _ = obj::thread_wait(t, true);
         let _ = obj::close(t);
     }
-    let rebuilt = [obj::thread_create_stopped(me).map_err(|_| "create_stopped")?, obj::thread_create_stopped(me).map_err(|_| "create_stopped")?];
+    let rebuilt =
+        [obj::thread_create_stopped(me).map_err(|_| "create_stopped")?, obj::thread_create_stopped(me).map_err(|_| "create_stopped")?];
     for (t, (state, _, _)) in rebuilt.iter().zip(saved.iter()) {
         obj::thread_set_state(*t, state).map_err(|_| "thread_set_state")?;
     }

@@ -161,7 +161,11 @@ pub fn check() -> Result<(), &'static str> {
             return Err("a failed allocation leaked frames");
         }
         if now.kernel_heap_used > base.kernel_heap_used + HEAP_SLACK {
-            rt::println!("init: fault sweep: point {point} ({}): kernel heap {} bytes over", stopped_at(), now.kernel_heap_used - base.kernel_heap_used);
+            rt::println!(
+                "init: fault sweep: point {point} ({}): kernel heap {} bytes over",
+                stopped_at(),
+                now.kernel_heap_used - base.kernel_heap_used
+            );
             return Err("a failed allocation leaked kernel heap");
         }
         if passed < point {

@@ -183,7 +183,9 @@ pub fn check() -> Result<(), &'static str> {
     STATE_STEP.store(2, Ordering::Release);
     let code = obj::thread_wait(child, true);
     let _ = obj::close(child);
-    if code != Ok(mxcsr_for(3) as u64) || [SEEN_XMM5[0].load(Ordering::Relaxed), SEEN_XMM5[1].load(Ordering::Relaxed)] != [0x1234_5678, 0x9abc_def0] {
+    if code != Ok(mxcsr_for(3) as u64)
+        || [SEEN_XMM5[0].load(Ordering::Relaxed), SEEN_XMM5[1].load(Ordering::Relaxed)] != [0x1234_5678, 0x9abc_def0]
+    {
         return Err("the thread did not resume with the XMM5 and MXCSR set_state gave it");
     }
 

@@ -399,7 +399,11 @@ fn condition_variable() -> Result<(), &'static str> {
     let (m, c) = (s.mutex.as_ref().ok_or("mutex")?, s.cond.as_ref().ok_or("cond")?);
     for i in 0..(ROUNDS / 10) * consumers as u64 {
         *m.lock() += 1;
-        if i % 3 == 0 { c.notify_all() } else { c.notify_one() }
+        if i % 3 == 0 {
+            c.notify_all()
+        } else {
+            c.notify_one()
+        }
         if i % 16 == 0 {
             obj::yield_now();
         }
@@ -521,7 +525,9 @@ fn ipc_errors() -> Result<(), &'static str> {
     }
     let send_only = obj::duplicate(port, rights::SEND).map_err(|_| "duplicate failed")?;
     let no_receive = obj::duplicate(ps, rights::GET_STATE).map_err(|_| "duplicate failed")?;
-    if rt::ipc::port_create(no_receive, 2) != Err(SysError::MissingRights) || rt::ipc::reply_wait(no_receive, [0; 6]).err() != Some(SysError::MissingRights) {
+    if rt::ipc::port_create(no_receive, 2) != Err(SysError::MissingRights)
+        || rt::ipc::reply_wait(no_receive, [0; 6]).err() != Some(SysError::MissingRights)
+    {
         return Err("receiving without RECEIVE was allowed");
     }
     if rt::ipc::call(Handle(0x1234_0000_0009), [0; 6]) != Err(SysError::BadHandle) {
@@ -745,7 +751,8 @@ fn keepers() -> Result<(), &'static str> {
         // The faulting rip is the ud2 itself, after at most a short prologue.
         let entry = probe_ud2 as *const () as u64;
         let rip = LAST_EXCEPTION[1].load(Ordering::Relaxed);
-        if EXCEPTIONS.load(Ordering::Relaxed) != 1 || LAST_EXCEPTION[0].load(Ordering::Relaxed) != 6 || !(entry..entry + 16).contains(&rip) {
+        if EXCEPTIONS.load(Ordering::Relaxed) != 1 || LAST_EXCEPTION[0].load(Ordering::Relaxed) != 6 || !(entry..entry + 16).contains(&rip)
+        {
             println!(
                 "init: keeper saw {} exceptions, last vector {} at {rip:#x} (probe at {entry:#x})",
                 EXCEPTIONS.load(Ordering::Relaxed),
@@ -882,7 +889,12 @@ fn checkpoint_restart() -> Result<(), &'static str> {
     let st = obj::thread_get_state(c1).map_err(|_| "thread_get_state (client)")?;
     // SAFETY: rip points into this program's own text, readable here.
     let insn = unsafe { core::ptr::read_volatile(st.rip as *const [u8; 2]) };
-    if st.version_flags != S::VERSION | (1 << 32) || insn != [0x0f, 0x05] || st.gpr[S::RAX] != rt::nr::IPC_CALL || st.gpr[S::RDI] != port.0 || st.gpr[S::RSI] != 21 {
+    if st.version_flags != S::VERSION | (1 << 32)
+        || insn != [0x0f, 0x05]
+        || st.gpr[S::RAX] != rt::nr::IPC_CALL
+        || st.gpr[S::RDI] != port.0
+        || st.gpr[S::RSI] != 21
+    {
         return Err("a client stopped mid-call is not exported as about to make the same call");
     }
     let c2 = obj::thread_create_stopped(me).map_err(|_| "thread_create_stopped")?;
@@ -1563,35 +1575,91 @@ fn hostile_arguments() -> Result<(), &'static str> {
     unsafe {
         expect("system_info into read-only text", rt::decode(rt::syscall2(rt::nr::SYSTEM_INFO, text, 32)), SysError::BadPointer);
         expect("system_info into the kernel", rt::decode(rt::syscall2(rt::nr::SYSTEM_INFO, KERNEL_ADDRESS, 32)), SysError::BadPointer);
-        expect("space_enumerate beyond the quota", rt::decode(rt::syscall4(rt::nr::SPACE_ENUMERATE, me.0, text, 1 << 20, 0)), SysError::BadSize);
-        expect("thread at a kernel address", rt::decode(rt::syscall4(rt::nr::THREAD_CREATE, me.0, KERNEL_ADDRESS, 0x7000_0000, 0)), SysError::BadPointer);
-        expect("thread with a kernel stack", rt::decode(rt::syscall4(rt::nr::THREAD_CREATE, me.0, text, KERNEL_ADDRESS, 0)), SysError::BadPointer);
-        expect("mutex_wait on a kernel address", rt::decode(rt::syscall4(rt::nr::MUTEX_WAIT, 0, KERNEL_ADDRESS, 0, 0)), SysError::BadHandle);
-        expect("region of zero bytes", rt::decode(rt::syscall4(rt::nr::REGION_CREATE, me.0, m::ROOT_ANONYMOUS_BASE, 0, 1)), SysError::BadSize);
-        expect("region in the kernel half", rt::decode(rt::syscall4(rt::nr::REGION_CREATE, me.0, KERNEL_ADDRESS, 4096, 1)), SysError::BadPointer);
-        expect("region with unknown rights", rt::decode(rt::syscall4(rt::nr::REGION_CREATE, me.0, m::ROOT_ANONYMOUS_BASE, 4096, 8)), SysError::InvalidArgument);
-        expect("thread_get_state into the kernel", rt::decode(rt::syscall4(rt::nr::THREAD_GET_STATE, 0, KERNEL_ADDRESS, 152, 0)), SysError::BadHandle);
-        expect("handle_transfer_at to value 0", rt::decode(rt::syscall4(rt::nr::HANDLE_TRANSFER_AT, me.0, me.0, 0, 0)), SysError::InvalidArgument);
+        expect(
+            "space_enumerate beyond the quota",
+            rt::decode(rt::syscall4(rt::nr::SPACE_ENUMERATE, me.0, text, 1 << 20, 0)),
+            SysError::BadSize,
+        );
+        expect(
+            "thread at a kernel address",
+            rt::decode(rt::syscall4(rt::nr::THREAD_CREATE, me.0, KERNEL_ADDRESS, 0x7000_0000, 0)),
+            SysError::BadPointer,
+        );
+        expect(
+            "thread with a kernel stack",
+            rt::decode(rt::syscall4(rt::nr::THREAD_CREATE, me.0, text, KERNEL_ADDRESS, 0)),
+            SysError::BadPointer,
+        );
+        expect(
+            "mutex_wait on a kernel address",
+            rt::decode(rt::syscall4(rt::nr::MUTEX_WAIT, 0, KERNEL_ADDRESS, 0, 0)),
+            SysError::BadHandle,
+        );
+        expect(
+            "region of zero bytes",
+            rt::decode(rt::syscall4(rt::nr::REGION_CREATE, me.0, m::ROOT_ANONYMOUS_BASE, 0, 1)),
+            SysError::BadSize,
+        );
+        expect(
+            "region in the kernel half",
+            rt::decode(rt::syscall4(rt::nr::REGION_CREATE, me.0, KERNEL_ADDRESS, 4096, 1)),
+            SysError::BadPointer,
+        );
+        expect(
+            "region with unknown rights",
+            rt::decode(rt::syscall4(rt::nr::REGION_CREATE, me.0, m::ROOT_ANONYMOUS_BASE, 4096, 8)),
+            SysError::InvalidArgument,
+        );
+        expect(
+            "thread_get_state into the kernel",
+            rt::decode(rt::syscall4(rt::nr::THREAD_GET_STATE, 0, KERNEL_ADDRESS, 152, 0)),
+            SysError::BadHandle,
+        );
+        expect(
+            "handle_transfer_at to value 0",
+            rt::decode(rt::syscall4(rt::nr::HANDLE_TRANSFER_AT, me.0, me.0, 0, 0)),
+            SysError::InvalidArgument,
+        );
         expect("priority out of range", rt::decode(rt::syscall2(rt::nr::THREAD_SET_PRIORITY, 0, 1000)), SysError::InvalidArgument);
         expect("donation to a forged thread", rt::decode(rt::syscall1(rt::nr::THREAD_DONATE, 0x77_0000_0001)), SysError::BadHandle);
         expect("donation to a space", rt::decode(rt::syscall1(rt::nr::THREAD_DONATE, me.0)), SysError::WrongType);
         expect("donation-only flag 7", rt::decode(rt::syscall2(rt::nr::THREAD_SET_DONATION_ONLY, me.0, 7)), SysError::InvalidArgument);
         expect("connection side 5", rt::decode(rt::syscall4(rt::nr::THREAD_GET_CONNECTION, me.0, 5, text, 0)), SysError::InvalidArgument);
         expect("32+ queued messages", rt::decode(rt::syscall4(rt::nr::PORTSET_TAKE_MESSAGES, me.0, text, 1000, 0)), SysError::BadSize);
-        expect("queued messages of a space", rt::decode(rt::syscall4(rt::nr::PORTSET_TAKE_MESSAGES, me.0, text, 1, 0)), SysError::WrongType);
+        expect(
+            "queued messages of a space",
+            rt::decode(rt::syscall4(rt::nr::PORTSET_TAKE_MESSAGES, me.0, text, 1, 0)),
+            SysError::WrongType,
+        );
     }
     let mutex_queue = unsafe { rt::decode(rt::syscall0(rt::nr::MUTEX_CREATE)) }.map_err(|_| "mutex_create")?;
     // SAFETY: as above.
     unsafe {
-        expect("mutex_wait unaligned", rt::decode(rt::syscall4(rt::nr::MUTEX_WAIT, mutex_queue, m::ROOT_ANONYMOUS_BASE + 1, 0, 0)), SysError::BadPointer);
-        expect("mutex_wait on the kernel", rt::decode(rt::syscall4(rt::nr::MUTEX_WAIT, mutex_queue, KERNEL_ADDRESS, 0, 0)), SysError::BadPointer);
+        expect(
+            "mutex_wait unaligned",
+            rt::decode(rt::syscall4(rt::nr::MUTEX_WAIT, mutex_queue, m::ROOT_ANONYMOUS_BASE + 1, 0, 0)),
+            SysError::BadPointer,
+        );
+        expect(
+            "mutex_wait on the kernel",
+            rt::decode(rt::syscall4(rt::nr::MUTEX_WAIT, mutex_queue, KERNEL_ADDRESS, 0, 0)),
+            SysError::BadPointer,
+        );
     }
     // A thread made to jump into the kernel through set_state: refused.
     let t = obj::thread_create_stopped(me).map_err(|_| "thread_create_stopped")?;
     // SAFETY: as above.
     unsafe {
-        expect("connection state into the kernel", rt::decode(rt::syscall4(rt::nr::THREAD_GET_CONNECTION, t.0, 0, KERNEL_ADDRESS, 0)), SysError::BadPointer);
-        expect("connection state into read-only text", rt::decode(rt::syscall4(rt::nr::THREAD_GET_CONNECTION, t.0, 0, text, 0)), SysError::BadPointer);
+        expect(
+            "connection state into the kernel",
+            rt::decode(rt::syscall4(rt::nr::THREAD_GET_CONNECTION, t.0, 0, KERNEL_ADDRESS, 0)),
+            SysError::BadPointer,
+        );
+        expect(
+            "connection state into read-only text",
+            rt::decode(rt::syscall4(rt::nr::THREAD_GET_CONNECTION, t.0, 0, text, 0)),
+            SysError::BadPointer,
+        );
         expect("a connection to a space", rt::decode(rt::syscall4(rt::nr::THREAD_SET_CONNECTION, t.0, 0, me.0, 0)), SysError::WrongType);
         expect("connection flags 1", rt::decode(rt::syscall4(rt::nr::THREAD_SET_CONNECTION, t.0, 0, 0, 1)), SysError::InvalidArgument);
     }

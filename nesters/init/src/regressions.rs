@@ -222,7 +222,8 @@ fn destroy_one_space_with_donation_only_threads(me: Handle, scheduler_port: Hand
     super::equip_probe_space(child, stacks)?;
     let child_ps = ipc::portset_create().map_err(|_| "portset_create")?;
     let ps_in_child = obj::transfer(child, child_ps, obj::rights::ALL).map_err(|_| "transfer")?;
-    let blocked = obj::thread_create(child, receives_forever, super::PROBE_STACK_VA + 2 * 4096, ps_in_child.0).map_err(|_| "thread_create")?;
+    let blocked =
+        obj::thread_create(child, receives_forever, super::PROBE_STACK_VA + 2 * 4096, ps_in_child.0).map_err(|_| "thread_create")?;
     let spinning = obj::thread_create(child, spins, super::PROBE_STACK_VA + 4 * 4096, 0).map_err(|_| "thread_create")?;
     let mut donation_only = [Handle(0); 3];
     for (i, t) in donation_only.iter_mut().enumerate() {

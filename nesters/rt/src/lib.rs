@@ -18,10 +18,10 @@
 
 pub mod boot;
 pub mod heap;
-pub mod object;
-pub mod sync;
 pub mod ipc;
 pub mod memory;
+pub mod object;
+pub mod sync;
 
 use core::arch::asm;
 use core::fmt;

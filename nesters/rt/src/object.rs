@@ -120,8 +120,7 @@ pub struct Record {
 /// how many handles it holds in all.
 pub fn space_enumerate(space: Handle, out: &mut [Record]) -> Result<usize, SysError> {
     // SAFETY: the kernel writes at most out.len() 16-byte records into `out`.
-    decode(unsafe { syscall4(nr::SPACE_ENUMERATE, space.0, out.as_mut_ptr() as u64, out.len() as u64, 0) })
-        .map(|n| n as usize)
+    decode(unsafe { syscall4(nr::SPACE_ENUMERATE, space.0, out.as_mut_ptr() as u64, out.len() as u64, 0) }).map(|n| n as usize)
 }
 
 /// Starts a thread in `space` (needs CREATE) at `entry` with `arg` in rdi

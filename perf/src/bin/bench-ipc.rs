@@ -47,16 +47,8 @@ fn boot(root: &std::path::Path, kernel: &PathBuf, init: &PathBuf, args: &Args, r
     let work = workspace::build_dir(root).join("bench");
     // The slow-path boot also turns cross-CPU spinning off: its cross-CPU
     // number is the blocking (IPI) round trip, the fast boot's the polled one.
-    let cmdline = format!(
-        "test=bench exit=qemu log=warn {}",
-        if run.fastpath { "fastpath=on" } else { "fastpath=off ipc_spin=0" }
-    );
-    let q = QemuRun::new(kernel, &work)
-        .init(Some(init))
-        .cpus(args.cpus)
-        .icount(run.icount)
-        .cmdline(cmdline)
-        .serial(Serial::Stdio);
+    let cmdline = format!("test=bench exit=qemu log=warn {}", if run.fastpath { "fastpath=on" } else { "fastpath=off ipc_spin=0" });
+    let q = QemuRun::new(kernel, &work).init(Some(init)).cpus(args.cpus).icount(run.icount).cmdline(cmdline).serial(Serial::Stdio);
     q.prepare()?;
     let mut lines = Vec::new();
     let log = work.join(format!("{name}.log"));
@@ -73,10 +65,7 @@ fn boot(root: &std::path::Path, kernel: &PathBuf, init: &PathBuf, args: &Args, r
     if captured.code() != Some(matryoshka_boot::qemu::EXIT_SUCCESS) {
         bail!("{name}: the guest failed ({}); log: {}", matryoshka_boot::qemu::describe_exit(captured.code()), log.display());
     }
-    lines
-        .iter()
-        .map(|l| serde_json::from_str(l).with_context(|| format!("{name}: bad benchmark line {l}")))
-        .collect()
+    lines.iter().map(|l| serde_json::from_str(l).with_context(|| format!("{name}: bad benchmark line {l}"))).collect()
 }
 
 fn main() -> ExitCode {
@@ -104,7 +93,11 @@ fn run(args: &Args) -> Result<()> {
         Run { fastpath: true, icount: true },
         Run { fastpath: false, icount: true },
     ] {
-        eprintln!("bench-ipc: booting with fastpath={} {}", if run.fastpath { "on" } else { "off" }, if run.icount { "under -icount" } else { "(TSC cycles)" });
+        eprintln!(
+            "bench-ipc: booting with fastpath={} {}",
+            if run.fastpath { "on" } else { "off" },
+            if run.icount { "under -icount" } else { "(TSC cycles)" }
+        );
         for v in boot(&root, &kernel, &init, args, &run)? {
             let name = v["bench"].as_str().context("benchmark line without a name")?.to_string();
             // These appear in both boots; keep the fast-path boot's.
@@ -124,7 +117,16 @@ fn run(args: &Args) -> Result<()> {
                     }
                 }
             } else {
-                for key in ["cpus", "iterations", "median_cycles", "p99_cycles", "pairs", "msgs_per_sec", "call_leg_median_cycles", "reply_leg_median_cycles"] {
+                for key in [
+                    "cpus",
+                    "iterations",
+                    "median_cycles",
+                    "p99_cycles",
+                    "pairs",
+                    "msgs_per_sec",
+                    "call_leg_median_cycles",
+                    "reply_leg_median_cycles",
+                ] {
                     if !v[key].is_null() {
                         entry[key] = v[key].clone();
                     }

@@ -57,8 +57,7 @@ impl Report<'_> {
         let median = quantile(&self.samples, 0.5);
         let p99 = quantile(&self.samples, 0.99);
         let (counts, errors) = self.probe.take();
-        let per_op: BTreeMap<&str, String> =
-            counts.iter().map(|(k, v)| (*k, per_op_number(*v as f64 / self.operations as f64))).collect();
+        let per_op: BTreeMap<&str, String> = counts.iter().map(|(k, v)| (*k, per_op_number(*v as f64 / self.operations as f64))).collect();
         let mode = match self.mode {
             Mode::Hardware => "hardware",
             Mode::Software => "software",
@@ -181,8 +180,7 @@ fn main() {
     transfer_report(&*port, (2, 2), rounds, per_round, mode, &note);
     transfer_report(&array, (2, 2), rounds, per_round, mode, &note);
 
-    let (a, b): (Box<PortQueue<u64, CAPACITY>>, Box<PortQueue<u64, CAPACITY>>) =
-        (Box::new(PortQueue::new()), Box::new(PortQueue::new()));
+    let (a, b): (Box<PortQueue<u64, CAPACITY>>, Box<PortQueue<u64, CAPACITY>>) = (Box::new(PortQueue::new()), Box::new(PortQueue::new()));
     pingpong_rtt(&*a, &*b, rtts, mode, &note);
     let (c, d) = (ArrayQueue::new(CAPACITY), ArrayQueue::new(CAPACITY));
     pingpong_rtt(&c, &d, rtts, mode, &note);

@@ -55,11 +55,7 @@ fn decode_multiboot2(pa: u64) -> Result<BootInfo, BootInfoError> {
         info.push_region(area.start_address(), area.size(), kind);
     }
     for module in mbi.module_tags() {
-        info.push_module(
-            module.start_address() as u64,
-            module.end_address() as u64,
-            module.cmdline().unwrap_or(""),
-        );
+        info.push_module(module.start_address() as u64, module.end_address() as u64, module.cmdline().unwrap_or(""));
     }
     // Multiboot2 hands us a copy of the RSDP inside the tag (8 bytes of tag header first).
     let rsdp_copy = mbi

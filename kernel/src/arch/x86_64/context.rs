@@ -117,10 +117,28 @@ pub fn enter_user_with(regs: &crate::sched::UserRegisters) -> ! {
     let g = regs.gpr;
     // gpr order: rax rbx rcx rdx rsi rdi rbp rsp r8 .. r15
     let frame = TrapFrame {
-        rax: g[0], rbx: g[1], rcx: g[2], rdx: g[3], rsi: g[4], rdi: g[5], rbp: g[6],
-        r8: g[8], r9: g[9], r10: g[10], r11: g[11], r12: g[12], r13: g[13], r14: g[14], r15: g[15],
-        vector: 0, error_code: 0,
-        rip: regs.rip, cs: 0x23, rflags: sanitize_user_rflags(regs.rflags), rsp: g[7], ss: 0x1b,
+        rax: g[0],
+        rbx: g[1],
+        rcx: g[2],
+        rdx: g[3],
+        rsi: g[4],
+        rdi: g[5],
+        rbp: g[6],
+        r8: g[8],
+        r9: g[9],
+        r10: g[10],
+        r11: g[11],
+        r12: g[12],
+        r13: g[13],
+        r14: g[14],
+        r15: g[15],
+        vector: 0,
+        error_code: 0,
+        rip: regs.rip,
+        cs: 0x23,
+        rflags: sanitize_user_rflags(regs.rflags),
+        rsp: g[7],
+        ss: 0x1b,
     };
     // Below everything live on this stack (this function's locals included):
     // nothing returns here, and the next kernel entry starts from TSS.rsp0.

@@ -75,8 +75,7 @@ pub fn load(percpu: &'static PerCpu, ist_tops: [u64; 3]) {
     tss.ist[(IST_DOUBLE_FAULT - 1) as usize] = ist_tops[0];
     tss.ist[(IST_NMI - 1) as usize] = ist_tops[1];
     tss.ist[(IST_MACHINE_CHECK - 1) as usize] = ist_tops[2];
-    let (tss_low, tss_high) =
-        tss_descriptor(tss as *const Tss as u64, core::mem::size_of::<Tss>() as u32 - 1);
+    let (tss_low, tss_high) = tss_descriptor(tss as *const Tss as u64, core::mem::size_of::<Tss>() as u32 - 1);
     gdt.0 = [
         0,
         0x00af_9a00_0000_ffff, // kernel code, 64-bit

@@ -154,22 +154,44 @@ pub fn load() {
         limit: u16,
         base: u64,
     }
-    let ptr = Pointer {
-        limit: (core::mem::size_of::<Idt>() - 1) as u16,
-        base: core::ptr::addr_of!(IDT) as u64,
-    };
+    let ptr = Pointer { limit: (core::mem::size_of::<Idt>() - 1) as u16, base: core::ptr::addr_of!(IDT) as u64 };
     // SAFETY: the IDT is a static, filled by `init` before any CPU loads it.
     unsafe { core::arch::asm!("lidt [{}]", in(reg) &ptr, options(nostack)) };
 }
 
 pub const EXCEPTION_NAMES: [&str; 32] = [
-    "divide error", "debug", "NMI", "breakpoint", "overflow", "bound range exceeded",
-    "invalid opcode", "device not available", "double fault", "coprocessor segment overrun",
-    "invalid TSS", "segment not present", "stack-segment fault", "general protection fault",
-    "page fault", "reserved (15)", "x87 floating-point", "alignment check", "machine check",
-    "SIMD floating-point", "virtualization", "control protection", "reserved (22)",
-    "reserved (23)", "reserved (24)", "reserved (25)", "reserved (26)", "reserved (27)",
-    "hypervisor injection", "VMM communication", "security", "reserved (31)",
+    "divide error",
+    "debug",
+    "NMI",
+    "breakpoint",
+    "overflow",
+    "bound range exceeded",
+    "invalid opcode",
+    "device not available",
+    "double fault",
+    "coprocessor segment overrun",
+    "invalid TSS",
+    "segment not present",
+    "stack-segment fault",
+    "general protection fault",
+    "page fault",
+    "reserved (15)",
+    "x87 floating-point",
+    "alignment check",
+    "machine check",
+    "SIMD floating-point",
+    "virtualization",
+    "control protection",
+    "reserved (22)",
+    "reserved (23)",
+    "reserved (24)",
+    "reserved (25)",
+    "reserved (26)",
+    "reserved (27)",
+    "hypervisor injection",
+    "VMM communication",
+    "security",
+    "reserved (31)",
 ];
 
 /// What a page fault tried to do, from its error code (Intel SDM vol. 3,
@@ -218,7 +240,9 @@ extern "C" fn trap_dispatch(frame: &mut TrapFrame) {
                 crate::object::keeper::Outcome::Resume => {}
                 // Stopped while its keeper handled it: export the thread as
                 // about to run the faulting instruction again.
-                crate::object::keeper::Outcome::Restart => crate::sched::stop_point(frame as *mut TrapFrame as u64, crate::sched::FrameKind::Trap),
+                crate::object::keeper::Outcome::Restart => {
+                    crate::sched::stop_point(frame as *mut TrapFrame as u64, crate::sched::FrameKind::Trap)
+                }
                 crate::object::keeper::Outcome::End => super::syscall::user_exception(frame),
             }
         }

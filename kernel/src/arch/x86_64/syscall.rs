@@ -287,7 +287,12 @@ pub fn init_this_cpu() -> Result<(), super::paging::MapError> {
 pub enum UserExit {
     Exited(u64),
     /// A CPU exception in ring 3: vector, error code, rip and (page faults) address.
-    Fault { vector: u8, error_code: u64, rip: u64, address: u64 },
+    Fault {
+        vector: u8,
+        error_code: u64,
+        rip: u64,
+        address: u64,
+    },
     /// Ended by `sched::kill`.
     Killed,
     /// The thread could not be created.
