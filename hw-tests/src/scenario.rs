@@ -104,7 +104,7 @@ pub fn matrix() -> Vec<Scenario> {
         // The IPC general path alone (no direct hand-off, no spinning): the
         // same tests, init's IPC checks included, must give the same results.
         Scenario { name: "slowpath-direct-2cpu".into(), extra: "fastpath=off ipc_spin=0", ..Scenario::tests(Mode::Direct, 2, 120) },
-        Scenario { name: "ipc-stress-direct-2cpu".into(), test: "ipc_stress".into(), ..Scenario::tests(Mode::Direct, 2, 300) },
+        Scenario { name: "ipc-stress-direct-2cpu".into(), test: "ipc_stress".into(), ..Scenario::tests(Mode::Direct, 2, 720) },
         // The system-call fuzzer: 2 and 4 CPUs, two seeds each, a million
         // calls in all (half of them random).
         Scenario::fuzz(2, 1, 150_000, 240),
