@@ -107,10 +107,10 @@ pub fn matrix() -> Vec<Scenario> {
         Scenario { name: "ipc-stress-direct-2cpu".into(), test: "ipc_stress".into(), ..Scenario::tests(Mode::Direct, 2, 720) },
         // The system-call fuzzer: 2 and 4 CPUs, two seeds each, a million
         // calls in all (half of them random).
-        Scenario::fuzz(2, 1, 150_000, 240),
-        Scenario::fuzz(2, 2, 150_000, 240),
-        Scenario::fuzz(4, 3, 100_000, 300),
-        Scenario::fuzz(4, 4, 100_000, 300),
+        Scenario::fuzz(2, 1, 150_000, 420),
+        Scenario::fuzz(2, 2, 150_000, 420),
+        Scenario::fuzz(4, 3, 100_000, 540),
+        Scenario::fuzz(4, 4, 100_000, 540),
         Scenario {
             name: "panic-direct-2cpu".into(),
             mode: Mode::Direct,
