@@ -83,9 +83,22 @@ impl Cell {
         })
     }
 
+    /// A cell one level below the root (quick to build and destroy).
+    pub fn build_shallow(slot: usize, res: &Resources, rng: &mut Rng) -> Result<Cell, Failure> {
+        Cell::try_build_at(slot, 1, res, rng).map_err(|(what, e)| {
+            matryoshka_rt::println!("fuzz: FAIL: {what} failed with {e:?}");
+            Failure
+        })
+    }
+
     /// `build` that says which call failed; what it had built is gone again.
     pub fn try_build(slot: usize, res: &Resources, rng: &mut Rng) -> Result<Cell, (&'static str, SysError)> {
-        let mut c = Cell { slot, live: true, depth: 1 + rng.below(3) as usize, ..Cell::default() };
+        let depth = 1 + rng.below(3) as usize;
+        Cell::try_build_at(slot, depth, res, rng)
+    }
+
+    fn try_build_at(slot: usize, depth: usize, res: &Resources, rng: &mut Rng) -> Result<Cell, (&'static str, SysError)> {
+        let mut c = Cell { slot, live: true, depth, ..Cell::default() };
         if let Err(e) = c.equip(res, rng) {
             c.discard();
             return Err(e);

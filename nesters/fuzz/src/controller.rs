@@ -11,7 +11,7 @@ use matryoshka_rt::{self as rt, println, SysError};
 
 use crate::cells::{exit_status, Cell, Resources};
 use crate::layout::{self, state, IDLE, INFLIGHT_MAY_BLOCK};
-use crate::run::{phase, setup, verdict, Failure, RUN, WARMUP};
+use crate::run::{phase, setup, verdict, Failure, MEASURED, RUN};
 
 /// Slots of the race cells come after the workers'.
 pub fn race_slot_base() -> usize {
@@ -23,7 +23,9 @@ pub fn slots_needed() -> usize {
     race_slot_base() + crate::races::MAX_INSTANCES
 }
 
-/// Entry of the controller thread (a root thread); `round` is WARMUP or MEASURED.
+/// Entry of the controller thread (a root thread); `round` is WARMUP,
+/// MEASURED or a repeat (MEASURED + n, of the warm-up's size: it only has
+/// to show that the counters stay put).
 pub extern "C" fn controller_main(round: u64) -> ! {
     let v = match run_round(round) {
         Ok(()) => verdict::OK,
@@ -41,7 +43,7 @@ fn run_round(round: u64) -> Result<(), Failure> {
     let cfg = &s.config;
     let mut rng = Rng::derive(cfg.seed, 0xc0_0000 + round);
     let mut res = Resources::create(slots_needed())?;
-    let (random, targeted) = if round == WARMUP { (cfg.warmup_calls, cfg.warmup_calls) } else { (cfg.calls, cfg.targeted_calls) };
+    let (random, targeted) = if round == MEASURED { (cfg.calls, cfg.targeted_calls) } else { (cfg.warmup_calls, cfg.warmup_calls) };
     let result = (|| {
         if cfg.mode != Mode::Targeted && random > 0 {
             RUN.phase.store(phase::RANDOM, Relaxed);

@@ -136,13 +136,14 @@ fn fuzz_main() -> i32 {
     let (mut after, mut leaks) = Snapshot::settled_against(&before);
     // A round that reached higher peaks than the warm-up (more threads or
     // objects at once) leaves the kernel's tables bigger: growth, not a
-    // leak. The same round again must then leave the counters alone.
+    // leak. A smaller round after it (the warm-up's size, so below those
+    // peaks) must then leave the counters alone.
     let mut baseline = before;
     for again in 1..=setup().config.leak_rounds as u64 {
         if leaks == 0 {
             break;
         }
-        println!("fuzz: leak check: {} after round {again}; the round again tells growth from a leak", after.difference(&baseline));
+        println!("fuzz: leak check: {} after round {again}; a smaller round tells growth from a leak", after.difference(&baseline));
         baseline = after;
         let code = round(MEASURED + again);
         if code != 0 {
@@ -241,7 +242,15 @@ fn round(kind: u64) -> i32 {
         }
         verdict::SETUP => exit_code::SETUP,
         _ => {
-            println!("fuzz: seed {}: FAILED in the {} round", setup().config.seed, if kind == WARMUP { "warm-up" } else { "measured" });
+            println!(
+                "fuzz: seed {}: FAILED in the {} round",
+                setup().config.seed,
+                match kind {
+                    WARMUP => "warm-up",
+                    MEASURED => "measured",
+                    _ => "leak-check",
+                }
+            );
             exit_code::FAILED
         }
     }

@@ -436,7 +436,7 @@ fn destroy_use(i: usize, slot: usize, res: &Resources, rng: &mut Rng) -> Result<
     let entry = busy_main as extern "C" fn(u64) -> ! as usize as u64;
     let mut done_calls = 0;
     while budget_left(i) {
-        let mut cell = Cell::build(slot, res, rng)?;
+        let mut cell = Cell::build_shallow(slot, res, rng)?;
         rb.handles[0].store(cell.self_in_cell[0], Relaxed);
         rb.handles[1].store((setup().config.avoid & avoid::DONATION == 0) as u64, Relaxed);
         rb.handles[2].store((setup().config.avoid & avoid::DESTROY_DEAD == 0) as u64, Relaxed);
@@ -451,7 +451,7 @@ fn destroy_use(i: usize, slot: usize, res: &Resources, rng: &mut Rng) -> Result<
         }
         count(i, 14);
         // Let them get going for a random while, then pull the space out from under them.
-        let want = rng.below(300);
+        let want = rng.below(600);
         let deadline = sys::tsc() + 5_000 * setup().tsc_per_us();
         while rb.calls[0].load(Relaxed) + rb.calls[1].load(Relaxed) < want && sys::tsc() < deadline {
             core::hint::spin_loop();
