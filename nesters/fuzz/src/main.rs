@@ -133,6 +133,7 @@ fn fuzz_main() -> i32 {
     let (random, targeted) = (RUN.random_calls.load(Relaxed), RUN.targeted_calls.load(Relaxed));
     let (random_ticks, targeted_ticks) = (RUN.random_ticks.load(Relaxed), RUN.targeted_ticks.load(Relaxed));
     let details = details_line();
+    let race_rates = races::rates();
     let (mut after, mut leaks) = Snapshot::settled_against(&before);
     // A round that reached higher peaks than the warm-up (more threads or
     // objects at once) leaves the kernel's tables bigger: growth, not a
@@ -152,7 +153,7 @@ fn fuzz_main() -> i32 {
         (after, leaks) = Snapshot::settled_against(&baseline);
     }
     println!("{details}");
-    races::print_rates();
+    races::print_rates(&race_rates);
     summary(elapsed, (random, targeted), (random_ticks, targeted_ticks), &baseline, &after, leaks);
     if leaks != 0 {
         return exit_code::LEAK;

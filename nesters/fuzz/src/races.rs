@@ -91,11 +91,16 @@ static INSTANCES: [Instance; MAX_INSTANCES] = [const { Instance::new() }; MAX_IN
 static RACE_CALLS: [AtomicU64; 4] = [const { AtomicU64::new(0) }; 4];
 static RACE_TICKS: [AtomicU64; 4] = [const { AtomicU64::new(0) }; 4];
 
-/// One line per race that ran: its calls and rate.
-pub fn print_rates() {
+/// (calls, TSC ticks) of each race in the last targeted phase.
+pub fn rates() -> [(u64, u64); 4] {
+    core::array::from_fn(|k| (RACE_CALLS[k].load(Relaxed), RACE_TICKS[k].load(Relaxed)))
+}
+
+/// One line per race that ran (`rates` of the measured round): its calls and rate.
+pub fn print_rates(rates: &[(u64, u64); 4]) {
     let hz = setup().tsc_hz as f64;
     for (k, (_, _, name)) in RACES.iter().enumerate() {
-        let (calls, ticks) = (RACE_CALLS[k].load(Relaxed), RACE_TICKS[k].load(Relaxed));
+        let (calls, ticks) = rates[k];
         if ticks > 0 {
             println!("fuzz: race {name}: {calls} calls, {:.1} s, {} calls/s", ticks as f64 / hz, (calls as f64 * hz / ticks as f64) as u64);
         }
