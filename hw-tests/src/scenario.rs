@@ -85,10 +85,10 @@ impl Scenario {
 }
 
 /// What the fuzz scenarios leave out while a kernel bug the fuzzer found
-/// is open (nesters/fuzz/README.md, `--avoid`). Empty: the bugs it found
-/// (a lost kill in mutex_wait, two CPUs each switching to the other's
-/// thread) are fixed, so the scenarios fuzz everything.
-pub const FUZZ_AVOID: &str = "";
+/// is open (nesters/fuzz/README.md, `--avoid`): the copy-vs-revoke race on
+/// 4 loaded CPUs sometimes crashes with a kernel stack in use twice (the
+/// fuzzer's finding 8, open); init check 33 still runs that race.
+pub const FUZZ_AVOID: &str = "copy-revoke";
 
 /// Every scenario, in the order they are listed.
 pub fn matrix() -> Vec<Scenario> {
