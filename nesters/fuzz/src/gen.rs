@@ -42,17 +42,9 @@ pub const ALL_MEMORY_RIGHTS: u64 = 7;
 /// record, queued messages).
 pub const STAGING_WORDS: usize = 512;
 
-/// ABI object type codes.
+/// ABI object type codes (the shared `matryoshka-abi` crate).
 pub mod kind {
-    pub const SPACE: u32 = 1;
-    pub const THREAD: u32 = 2;
-    pub const PORT: u32 = 3;
-    pub const PORTSET: u32 = 4;
-    pub const REGION: u32 = 5;
-    pub const MAPPING: u32 = 6;
-    pub const MUTEX: u32 = 7;
-    pub const COND: u32 = 8;
-    pub const REFERENCE: u32 = 9;
+    pub use matryoshka_abi::object_type::*;
 }
 
 /// The stackless code a fuzzed thread may be started at (src/victims.rs).
