@@ -18,6 +18,27 @@ build:
 qemu-smp CPUS=env_var_or_default("CPUS", "4") ACCEL=env_var_or_default("ACCEL", "tcg"): build
     {{mkboot}} qemu --mode "${MODE:-direct}" --cpus {{CPUS}} --accel {{ACCEL}} --cmdline "${CMDLINE:-log=info}"
 
+# Boot, run one shell command line, print only its output (the boot log goes to build/run.log, shown on failure) and exit with its status: just run 'run passthru,passthru -- ls /' (env CPUS, TIMEOUT)
+run COMMAND CPUS=env_var_or_default("CPUS", "2"):
+    #!/usr/bin/env bash
+    set -uo pipefail
+    mkdir -p build
+    log=build/run.log
+    {{mkboot}} build >build/build.log 2>&1 || { cat build/build.log >&2; echo "just run: the build failed" >&2; exit 125; }
+    {{mkboot}} qemu --cpus {{CPUS}} --timeout "${TIMEOUT:-300}" --cmdline "exit=qemu log=warn -- "{{quote(COMMAND)}} >"$log" 2>&1
+    rc=$?
+    python3 - "$log" "$rc" <<'PY'
+    import re, sys
+    log, rc = open(sys.argv[1], errors="replace").read(), int(sys.argv[2])
+    begin, end = log.find("@@MATRYOSHKA-RUN-BEGIN@@\n"), re.search(r"\n?@@MATRYOSHKA-RUN-END status=(\d+)@@", log)
+    if begin < 0 or end is None or rc != 0:
+        sys.stderr.write(log[-6000:])
+        sys.stderr.write(f"\njust run: the system did not run the command to its end (QEMU/mkboot status {rc}); full log in {sys.argv[1]}\n")
+        sys.exit(125)
+    sys.stdout.write(log[begin + len("@@MATRYOSHKA-RUN-BEGIN@@\n"):end.start()])
+    sys.exit(int(end.group(1)))
+    PY
+
 # Boot halted, waiting for gdb on :1234 (prints the gdb command to run)
 qemu-gdb CPUS=env_var_or_default("CPUS", "1") ACCEL=env_var_or_default("ACCEL", "tcg"): build
     {{mkboot}} qemu --gdb --cpus {{CPUS}} --accel {{ACCEL}} --cmdline "${CMDLINE:-log=debug}"

@@ -7,6 +7,7 @@
 //! - [`qemu`]: QEMU command lines for every boot mode and a captured runner;
 //! - [`doctor`]: detect and install missing host tools.
 
+pub mod archive;
 pub mod cli;
 pub mod doctor;
 pub mod image;

@@ -1,9 +1,10 @@
 //! Locating the workspace and building what boots: the kernel image
 //! (`cargo build` of the kernel + symbol embedding -> `build/kernel.elf`),
-//! the root user program (`cargo build -p init` -> `build/init.elf`,
-//! passed to the kernel as the boot module `init`) and the system-call
-//! fuzzer, the root program of fuzz boots (`cargo build -p fuzz` ->
-//! `build/fuzz.elf`).
+//! the boot archive (every user program of [`PROGRAMS`] as `bin/NAME` and
+//! the data files of `nesters/files/` -> `build/boot.cpio`, passed to the
+//! kernel as the boot module `init`; the kernel runs its `bin/init`) and the
+//! system-call fuzzer, the root program of fuzz boots (`cargo build -p fuzz`
+//! -> `build/fuzz.elf`).
 
 use std::env;
 use std::io::{BufRead, BufReader};
@@ -12,7 +13,7 @@ use std::process::{Command, Stdio};
 
 use anyhow::{bail, Context, Result};
 
-use crate::ksyms;
+use crate::{archive, ksyms};
 
 /// Bare-metal target the kernel is built for.
 pub const KERNEL_TARGET: &str = "x86_64-unknown-none";
@@ -24,6 +25,20 @@ pub const INIT_PACKAGE: &str = "init";
 pub const FUZZ_PACKAGE: &str = "fuzz";
 /// Name of the boot module that holds the root user program.
 pub const INIT_MODULE_NAME: &str = "init";
+
+/// The user programs of the boot archive: (cargo package, its binaries).
+/// Each binary lands in the archive as `bin/NAME`; `init` is the root.
+pub const PROGRAMS: &[(&str, &[&str])] = &[
+    (INIT_PACKAGE, &["init"]),
+    ("fs", &["fs"]),
+    ("pm", &["pm"]),
+    ("msh", &["msh"]),
+    ("passthru", &["passthru"]),
+    ("coreutils", &["echo", "cat", "ls", "wc", "ps", "kill", "sleep", "true", "false", "mkdir", "rm", "stat", "hello"]),
+];
+
+/// Folder of data files copied into the archive as they are (relative paths kept).
+pub const FILES_DIR: &str = "nesters/files";
 
 /// The workspace root: `$MATRYOSHKA_ROOT`, else the nearest ancestor of the
 /// current directory holding a `Cargo.toml` with `[workspace]` and a
@@ -60,9 +75,15 @@ pub fn kernel_image(root: &Path) -> PathBuf {
     build_dir(root).join("kernel.elf")
 }
 
-/// `<root>/build/init.elf`, the root user program (boot module `init`).
+/// `<root>/build/init.elf`, the root user program alone.
 pub fn init_image(root: &Path) -> PathBuf {
     build_dir(root).join("init.elf")
+}
+
+/// `<root>/build/boot.cpio`, the boot archive (boot module `init`): every
+/// program and data file; the kernel runs its `bin/init`.
+pub fn boot_archive(root: &Path) -> PathBuf {
+    build_dir(root).join("boot.cpio")
 }
 
 /// `<root>/build/fuzz.elf`, the system-call fuzzer (the root program of fuzz boots).
@@ -80,14 +101,28 @@ pub struct BuildOptions {
 /// `cargo build -p PACKAGE --release --target x86_64-unknown-none`; returns
 /// the path of the binary named `PACKAGE` that cargo reports.
 fn cargo_build_bin(root: &Path, package: &str, opts: &BuildOptions) -> Result<PathBuf> {
+    let bins = cargo_build_bins(root, &[package], opts)?;
+    bins.into_iter()
+        .find(|(name, _)| name == package)
+        .map(|(_, p)| p)
+        .with_context(|| format!("cargo did not report a {package} executable (is the {package} package a binary?)"))
+}
+
+/// One `cargo build -p A -p B ... --release --target x86_64-unknown-none`;
+/// returns every binary cargo reports, as (name, path).
+fn cargo_build_bins(root: &Path, packages: &[&str], opts: &BuildOptions) -> Result<Vec<(String, PathBuf)>> {
     let cargo = env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
     let mut cmd = Command::new(cargo);
-    cmd.current_dir(root)
-        .args(["build", "-p", package, "--release", "--target", KERNEL_TARGET])
+    cmd.current_dir(root).arg("build");
+    for p in packages {
+        cmd.args(["-p", p]);
+    }
+    cmd.args(["--release", "--target", KERNEL_TARGET])
         .arg("--message-format=json-render-diagnostics")
         .stdout(Stdio::piped())
         .stderr(if opts.verbose { Stdio::inherit() } else { Stdio::piped() });
-    let mut child = cmd.spawn().with_context(|| format!("cannot run cargo to build {package}"))?;
+    let what = packages.join(", ");
+    let mut child = cmd.spawn().with_context(|| format!("cannot run cargo to build {what}"))?;
     let stderr = child.stderr.take();
     let err_thread = std::thread::spawn(move || {
         let mut buf = String::new();
@@ -97,12 +132,11 @@ fn cargo_build_bin(root: &Path, package: &str, opts: &BuildOptions) -> Result<Pa
         }
         buf
     });
-    let mut artifact: Option<PathBuf> = None;
+    let mut artifacts = Vec::new();
     if let Some(out) = child.stdout.take() {
         for line in BufReader::new(out).lines() {
-            let line = line?;
-            if let Some(p) = bin_artifact_from_message(&line, package) {
-                artifact = Some(p);
+            if let Some(a) = any_bin_artifact_from_message(&line?) {
+                artifacts.push(a);
             }
         }
     }
@@ -112,9 +146,9 @@ fn cargo_build_bin(root: &Path, package: &str, opts: &BuildOptions) -> Result<Pa
         if !err_text.is_empty() {
             eprint!("{err_text}");
         }
-        bail!("cargo build of {package} failed ({status})");
+        bail!("cargo build of {what} failed ({status})");
     }
-    artifact.with_context(|| format!("cargo did not report a {package} executable (is the {package} package a binary?)"))
+    Ok(artifacts)
 }
 
 /// Build the kernel (`cargo build -p kernel --release --target
@@ -130,14 +164,31 @@ pub fn build_kernel(root: &Path, opts: &BuildOptions) -> Result<PathBuf> {
     Ok(out)
 }
 
-/// Build the root user program (`cargo build -p init --release --target
-/// x86_64-unknown-none`) and copy it to `build/init.elf`.
+/// Build every user program of [`PROGRAMS`] (one cargo run), copy the root
+/// program to `build/init.elf` and write the boot archive
+/// `build/boot.cpio`: `bin/NAME` for every binary, then the files of
+/// [`FILES_DIR`]. Returns the archive's path.
 pub fn build_init(root: &Path, opts: &BuildOptions) -> Result<PathBuf> {
-    let raw = cargo_build_bin(root, INIT_PACKAGE, opts)?;
-    let out = init_image(root);
-    copy_atomically(&raw, &out)?;
+    let packages: Vec<&str> = PROGRAMS.iter().map(|(p, _)| *p).collect();
+    let built = cargo_build_bins(root, &packages, opts)?;
+    let mut entries = Vec::new();
+    for (_, bins) in PROGRAMS {
+        for bin in bins.iter() {
+            let path = built
+                .iter()
+                .find(|(name, _)| name == bin)
+                .map(|(_, p)| p.clone())
+                .with_context(|| format!("cargo did not report the program {bin}"))?;
+            entries.push(archive::Entry::file(format!("bin/{bin}"), std::fs::read(&path).with_context(|| format!("reading {}", path.display()))?, 0o755));
+        }
+    }
+    let init = built.iter().find(|(n, _)| n == INIT_PACKAGE).map(|(_, p)| p.clone()).context("no init binary")?;
+    copy_atomically(&init, &init_image(root))?;
+    entries.extend(archive::entries_from_dir(&root.join(FILES_DIR))?);
+    let out = boot_archive(root);
+    archive::write(&out, &entries)?;
     if opts.verbose {
-        eprintln!("{} -> {}", raw.display(), out.display());
+        eprintln!("{} entries -> {}", entries.len(), out.display());
     }
     Ok(out)
 }
@@ -154,8 +205,9 @@ pub fn build_fuzz(root: &Path, opts: &BuildOptions) -> Result<PathBuf> {
     Ok(out)
 }
 
-/// Build everything that boots: `build/kernel.elf`, `build/init.elf` and
-/// `build/fuzz.elf`. Returns (kernel, init); the fuzzer is at [`fuzz_image`].
+/// Build everything that boots: `build/kernel.elf`, `build/boot.cpio` (with
+/// `build/init.elf`) and `build/fuzz.elf`. Returns (kernel, boot archive);
+/// the fuzzer is at [`fuzz_image`].
 pub fn build_all(root: &Path, opts: &BuildOptions) -> Result<(PathBuf, PathBuf)> {
     let kernel = build_kernel(root, opts)?;
     let init = build_init(root, opts)?;
@@ -178,6 +230,19 @@ pub fn copy_atomically(from: &Path, to: &Path) -> Result<()> {
 /// kernel's `compiler-artifact`.
 pub fn kernel_artifact_from_message(line: &str) -> Option<PathBuf> {
     bin_artifact_from_message(line, KERNEL_PACKAGE)
+}
+
+/// (name, executable) from one cargo JSON message if it is a binary's `compiler-artifact`.
+pub fn any_bin_artifact_from_message(line: &str) -> Option<(String, PathBuf)> {
+    let v: serde_json::Value = serde_json::from_str(line).ok()?;
+    if v.get("reason")?.as_str()? != "compiler-artifact" {
+        return None;
+    }
+    let target = v.get("target")?;
+    if !target.get("kind")?.as_array()?.iter().any(|k| k.as_str() == Some("bin")) {
+        return None;
+    }
+    Some((target.get("name")?.as_str()?.to_string(), PathBuf::from(v.get("executable")?.as_str()?)))
 }
 
 /// Extract the executable path from one cargo JSON message if it is the

@@ -31,13 +31,13 @@ struct Cli {
     /// Use this kernel image instead of building build/kernel.elf
     #[arg(long)]
     kernel: Option<PathBuf>,
-    /// Use this root program (boot module `init`) instead of building build/init.elf
+    /// Use this root program (boot module `init`) instead of building build/boot.cpio
     #[arg(long)]
     init: Option<PathBuf>,
     /// Use this fuzzer (the fuzz scenarios' root program) instead of building build/fuzz.elf
     #[arg(long)]
     fuzz: Option<PathBuf>,
-    /// Do not build; use the existing build/kernel.elf, build/init.elf and build/fuzz.elf
+    /// Do not build; use the existing build/kernel.elf, build/boot.cpio and build/fuzz.elf
     #[arg(long)]
     no_build: bool,
     /// Multiply every scenario's timeout (slow machines)
@@ -90,7 +90,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
     };
     let init = match (&cli.init, cli.no_build) {
         (Some(i), _) => i.clone(),
-        (None, true) => workspace::init_image(&root),
+        (None, true) => workspace::boot_archive(&root),
         (None, false) => {
             eprintln!("hw-tests: building the root program");
             workspace::build_init(&root, &opts)?

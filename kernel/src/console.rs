@@ -34,6 +34,19 @@ pub fn print_line(args: fmt::Arguments) {
     });
 }
 
+/// Writes raw bytes (user console output through the root's console
+/// server) under the console lock.
+pub fn put_bytes(bytes: &[u8]) {
+    if PANIC_MODE.load(Ordering::Relaxed) {
+        serial::write_bytes(bytes);
+        return;
+    }
+    cpu::without_interrupts(|| {
+        let _guard = CONSOLE_LOCK.lock();
+        serial::write_bytes(bytes);
+    });
+}
+
 /// Called by the panicking CPU once every other CPU is stopped: a CPU may
 /// have been stopped while holding the console lock, so printing stops
 /// taking it.

@@ -618,13 +618,7 @@ fn user_mode() -> CaseResult {
 /// exits 0 when all its checks passed.
 fn root_program() -> CaseResult {
     use crate::loader::{self, LoadError};
-    let Some(m) = crate::boot_init_module() else {
-        return Err("no boot module holds the root program (mkboot passes build/init.elf as the module `init`)".into());
-    };
-    check!(m.end > m.start, "the init module at {:#x} is empty", m.start);
-    // SAFETY: boot modules stay in RAM the frame allocator never hands out,
-    // and the physmap covers all RAM; nothing writes to them.
-    let image = unsafe { core::slice::from_raw_parts(paging::phys_to_virt(m.start) as *const u8, (m.end - m.start) as usize) };
+    let image = crate::root_program_image()?;
 
     let mut broken = image.to_vec();
     broken[18] = 3; // e_machine = EM_386
@@ -661,12 +655,13 @@ fn root_program() -> CaseResult {
 /// `test=bench`: runs the root program in benchmark mode; it prints one JSON
 /// object per benchmark (`{"bench": ...}`) and exits 0.
 pub fn run_root_benchmarks(args: &KernelArgs) -> bool {
-    let Some(m) = crate::boot_init_module() else {
-        log::error!("bench: no init module");
-        return false;
+    let image = match crate::root_program_image() {
+        Ok(image) => image,
+        Err(why) => {
+            log::error!("bench: {why}");
+            return false;
+        }
     };
-    // SAFETY: boot modules stay in RAM the frame allocator never hands out.
-    let image = unsafe { core::slice::from_raw_parts(paging::phys_to_virt(m.start) as *const u8, (m.end - m.start) as usize) };
     let flags = 1 | if args.fastpath { 0 } else { 2 } | if crate::ipc::spin_limit() == 0 { 8 } else { 0 };
     match crate::loader::run_with_flags(image, flags) {
         Ok(UserExit::Exited(0)) => {
@@ -684,9 +679,7 @@ pub fn run_root_benchmarks(args: &KernelArgs) -> bool {
 /// a client on every CPU calling a server on every CPU, a million
 /// sequence-checked round trips in all.
 fn ipc_stress() -> CaseResult {
-    let m = crate::boot_init_module().ok_or("no init module")?;
-    // SAFETY: boot modules stay in RAM the frame allocator never hands out.
-    let image = unsafe { core::slice::from_raw_parts(paging::phys_to_virt(m.start) as *const u8, (m.end - m.start) as usize) };
+    let image = crate::root_program_image()?;
     match crate::loader::run_with_flags(image, 4) {
         Ok(UserExit::Exited(0)) => Ok(()),
         other => Err(format!("the stress run ended with {other:?} (see its output above)")),
@@ -703,9 +696,7 @@ fn ipc_stress() -> CaseResult {
 fn fuzz() -> CaseResult {
     use crate::loader;
     const WARMUP_ONLY: u64 = 16;
-    let m = crate::boot_init_module().ok_or("no boot module holds the fuzzer (mkboot qemu --init build/fuzz.elf)")?;
-    // SAFETY: boot modules stay in RAM the frame allocator never hands out.
-    let image = unsafe { core::slice::from_raw_parts(paging::phys_to_virt(m.start) as *const u8, (m.end - m.start) as usize) };
+    let image = crate::root_program_image().map_err(|why| format!("{why} (the fuzzer: mkboot qemu --init build/fuzz.elf)"))?;
     let describe = |exit: UserExit| match exit {
         UserExit::Exited(0) => None,
         UserExit::Exited(1) => Some(String::from("an invariant broke")),

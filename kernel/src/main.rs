@@ -31,6 +31,8 @@ mod console;
 mod ipc;
 #[cfg(target_os = "none")]
 mod ktest;
+#[cfg(target_os = "none")]
+mod archive;
 #[cfg(any(target_os = "none", test))]
 mod loader;
 #[cfg(target_os = "none")]
@@ -60,6 +62,22 @@ pub fn boot_usable_memory() -> mm::rangeset::RangeSet<256> {
 #[cfg(target_os = "none")]
 pub fn boot_init_module() -> Option<bootinfo::BootModule> {
     boot::boot_info().init_module().copied()
+}
+
+/// The root program's ELF image: the `init` boot module itself, or, when that
+/// module is the boot archive (cpio newc, as `mkboot` builds it), the
+/// archive's `bin/init`. The archive as a whole still reaches the root
+/// program as its boot module (the nesters' programs and data files).
+#[cfg(target_os = "none")]
+pub fn root_program_image() -> Result<&'static [u8], &'static str> {
+    let m = boot_init_module().ok_or("no boot module holds the root program (mkboot passes build/boot.cpio as the module `init`)")?;
+    if m.end <= m.start {
+        return Err("the init module is empty");
+    }
+    // SAFETY: boot modules stay in RAM the frame allocator never hands out,
+    // and the physmap covers all RAM; nothing writes to them.
+    let bytes = unsafe { core::slice::from_raw_parts(crate::arch::x86_64::paging::phys_to_virt(m.start) as *const u8, (m.end - m.start) as usize) };
+    archive::root_program(bytes)
 }
 
 /// The parsed kernel command line.
@@ -232,19 +250,23 @@ mod boot {
         let args = args();
         match args.test {
             TestSelection::None => {
-                match crate::boot_init_module() {
-                    Some(m) => {
-                        log::info!("starting the root program ('{}', {} KiB)", m.name.as_str(), (m.end - m.start) >> 10);
-                        // SAFETY: boot modules stay in RAM the frame allocator never hands out.
-                        let image =
-                            unsafe { core::slice::from_raw_parts(paging::phys_to_virt(m.start) as *const u8, (m.end - m.start) as usize) };
+                match crate::root_program_image() {
+                    Ok(image) => {
+                        log::info!("starting the root program ({} KiB) as the system", image.len() >> 10);
                         crate::arm_fault_injection_from_cmdline();
-                        match crate::loader::run(image) {
-                            Ok(exit) => log::info!("the root program ended: {exit:?}"),
+                        match crate::loader::run_with_flags(image, crate::loader::START_SYSTEM) {
+                            Ok(exit) => {
+                                log::info!("the root program ended: {exit:?}");
+                                if args.exit_qemu {
+                                    // `just run`: the command's status is in init's END line;
+                                    // the verdict here is that the system ran and shut down.
+                                    crate::arch::qemu_exit(if exit == crate::arch::x86_64::syscall::UserExit::Exited(0) { 0x10 } else { 0x11 });
+                                }
+                            }
                             Err(e) => log::error!("the root program was refused: {e:?}"),
                         }
                     }
-                    None => log::warn!("no root program among the boot modules"),
+                    Err(why) => log::warn!("{why}"),
                 }
                 log::info!("boot complete; idling (in QEMU, Ctrl-A X quits)");
                 crate::sched::exit_current(crate::arch::x86_64::syscall::UserExit::Exited(0))

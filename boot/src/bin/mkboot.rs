@@ -22,7 +22,7 @@ struct ImageArgs {
     #[arg(long, default_value = "build/kernel.elf")]
     kernel: PathBuf,
     /// Root user program, loaded as the boot module `init`
-    #[arg(long, default_value = "build/init.elf")]
+    #[arg(long, default_value = "build/boot.cpio")]
     init: PathBuf,
     /// Kernel command line
     #[arg(long, default_value = "log=info")]
@@ -31,7 +31,7 @@ struct ImageArgs {
 
 #[derive(Subcommand)]
 enum Cmd {
-    /// Build the kernel (cargo, release, x86_64-unknown-none) and embed its symbols into build/kernel.elf; build the root program into build/init.elf and the fuzzer into build/fuzz.elf
+    /// Build the kernel (cargo, release, x86_64-unknown-none) and embed its symbols into build/kernel.elf; build every user program into the boot archive build/boot.cpio (root program bin/init) and the fuzzer into build/fuzz.elf
     Build {
         /// Only print errors
         #[arg(long, short)]
@@ -101,7 +101,7 @@ struct QemuArgs {
     #[arg(long, default_value = "build/kernel.elf")]
     kernel: PathBuf,
     /// Root user program, passed as the boot module `init`
-    #[arg(long, default_value = "build/init.elf")]
+    #[arg(long, default_value = "build/boot.cpio")]
     init: PathBuf,
     /// Boot without the root program
     #[arg(long, conflicts_with = "init")]
@@ -109,7 +109,7 @@ struct QemuArgs {
     /// Firmware for direct mode
     #[arg(long, value_enum, default_value_t = Firmware::Seabios)]
     firmware: Firmware,
-    /// Build build/kernel.elf, build/init.elf and build/fuzz.elf first
+    /// Build build/kernel.elf, build/boot.cpio and build/fuzz.elf first
     #[arg(long)]
     build: bool,
     /// Kill QEMU after this many seconds (0 = never)

@@ -7,6 +7,11 @@
 
 #![no_std]
 
+#[cfg(test)]
+extern crate std;
+
+pub mod image;
+
 /// System call numbers (rax at `syscall`).
 pub mod call {
     pub const NULL: u64 = 0;
@@ -78,6 +83,7 @@ pub mod call {
     pub const HANG_REPORT: u64 = 77;
     pub const SPACE_SET_QUOTA: u64 = 78;
     pub const FAULT_INJECT: u64 = 79;
+    pub const CONSOLE_PUT: u64 = 95;
 
     /// Every call: (number, name as ABI.md spells it), in number order.
     pub const ALL: &[(u64, &str)] = &[
@@ -150,6 +156,7 @@ pub mod call {
         (HANG_REPORT, "hang_report"),
         (SPACE_SET_QUOTA, "space_set_quota"),
         (FAULT_INJECT, "fault_inject"),
+        (CONSOLE_PUT, "console_put"),
     ];
 
     /// The name of call `number`, if there is one.

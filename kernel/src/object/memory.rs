@@ -68,7 +68,11 @@ pub fn fault(space: &Arc<Space>, va: u64, access: VmRights) -> Result<(), Resolu
         let Resolution::Anonymous { owner, page_va, rights } = resolution else { return Err(resolution) };
         let owner = vm.spaces.get(&owner).and_then(Weak::upgrade).ok_or(Resolution::Unmapped)?;
         let pa = owner.anonymous_frame(page_va).map_err(|_| Resolution::Unmapped)?;
-        paging::set_user_page(space.page_table_root(), page, pa, rights.contains(VmRights::WRITE), rights.contains(VmRights::EXECUTE))
+        // W^X: a composition that allows both (the root's lendable memory,
+        // which its children map either writable or executable) installs
+        // the page writable only; it is never both at once.
+        let writable = rights.contains(VmRights::WRITE);
+        paging::set_user_page(space.page_table_root(), page, pa, writable, !writable && rights.contains(VmRights::EXECUTE))
             .map_err(|_| Resolution::Unmapped)
     })
 }

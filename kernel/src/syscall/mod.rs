@@ -221,6 +221,7 @@ pub fn dispatch(frame: &mut SyscallFrame) -> i64 {
         call::HANG_REPORT => hang_report(),
         call::SPACE_SET_QUOTA => space_set_quota(a0, a1),
         call::FAULT_INJECT => fault_inject(a0, a1, a2),
+        call::CONSOLE_PUT => console_put(a0, a1),
         _ => Err(SysError::NoSuchCall.into()),
     };
     outcome(result)

@@ -16,6 +16,25 @@ pub(super) fn console_write(ptr: u64, len: u64) -> SysResult {
     Ok(len as i64)
 }
 
+/// `console_put(ptr, len)`: writes the bytes to the serial console as they
+/// are (no prefix, no added newline, under the console lock so they do not
+/// tear a kernel log line). Only the root space may: the root program runs
+/// the console server that hands the console to others as a capability.
+pub(super) fn console_put(ptr: u64, len: u64) -> SysResult {
+    if !caller()?.is_root() {
+        return Err(SysError::MissingRights.into());
+    }
+    if len > CONSOLE_WRITE_MAX {
+        return Err(SysError::BadSize.into());
+    }
+    let mut buf = [0u8; CONSOLE_WRITE_MAX as usize];
+    let buf = &mut buf[..len as usize];
+    copy_from_user(buf, ptr).map_err(|()| SysError::BadPointer)?;
+    crate::console::put_bytes(buf);
+    CONSOLE_WRITES.fetch_add(1, Ordering::Relaxed);
+    Ok(len as i64)
+}
+
 /// `boot_args(buf, len)`: copies up to `len` bytes of the root program's
 /// argument string (the kernel command line after a lone `--`) to `buf`;
 /// returns the string's full length. Only the root space may ask: a child

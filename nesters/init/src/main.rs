@@ -18,6 +18,8 @@ mod faultsweep;
 mod fpu;
 mod payload;
 mod regressions;
+#[cfg(target_os = "none")]
+mod system;
 
 extern crate alloc;
 
@@ -46,6 +48,10 @@ fn init_main() -> i32 {
     }
     if obj::start_flags() & 4 != 0 {
         return stress::run();
+    }
+    #[cfg(target_os = "none")]
+    if obj::start_flags() & 32 != 0 {
+        return system::run();
     }
     println!("init: hello from the root program");
     let checks: [(&str, Check); 34] = [

@@ -169,11 +169,13 @@ pub struct Payload<'a> {
 
 #[inline(always)]
 fn ipc_payload_raw(n: u64, h: Handle, m: &mut Message, p: &mut Payload, flags: u64) -> Result<(i64, Received), SysError> {
+    // An empty slice's pointer is dangling (not a user address the kernel
+    // would accept): empty parts are sent as null.
     let mut d = Descriptor {
-        send_ptr: p.send.as_ptr() as u64,
+        send_ptr: if p.send.is_empty() { 0 } else { p.send.as_ptr() as u64 },
         send_len: p.send.len() as u64,
         send_handle: p.handle.map_or(0, |h| h.0),
-        recv_ptr: p.recv.as_mut_ptr() as u64,
+        recv_ptr: if p.recv.is_empty() { 0 } else { p.recv.as_mut_ptr() as u64 },
         recv_capacity: p.recv.len() as u64,
         reserved: flags,
         ..Descriptor::default()

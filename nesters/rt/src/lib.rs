@@ -17,6 +17,7 @@
 #![no_std]
 
 pub mod boot;
+pub mod env;
 pub mod heap;
 pub mod ipc;
 pub mod memory;
@@ -286,16 +287,19 @@ macro_rules! println {
 }
 
 /// Defines the program's entry point `_start`, which records the handle
-/// to the program's own space (passed by the kernel in rdi; see
-/// [`object::self_space`]), calls `$main` (a `fn() -> i32`) and exits with
+/// it was started with (rdi: the root program's own space from the kernel;
+/// for a loaded program its parent's port, see [`env`]), the start flags
+/// (rsi) and the System V start block (rdx, 0 for the root), sets up the
+/// heap the loader gave it, calls `$main` (a `fn() -> i32`) and exits with
 /// its result.
 #[macro_export]
 macro_rules! entry {
     ($main:path) => {
         #[no_mangle]
-        pub extern "C" fn _start(self_space: u64, start_flags: u64) -> ! {
-            $crate::object::set_self_space(self_space);
+        pub extern "C" fn _start(first_handle: u64, start_flags: u64, sysv_stack: u64) -> ! {
+            $crate::object::set_self_space(if sysv_stack == 0 { first_handle } else { 0 });
             $crate::object::set_start_flags(start_flags);
+            $crate::env::init(sysv_stack);
             let main: fn() -> i32 = $main;
             $crate::exit(main() as u64)
         }
@@ -307,4 +311,12 @@ macro_rules! entry {
 fn panic(info: &core::panic::PanicInfo) -> ! {
     println!("panic: {}", info);
     exit(PANIC_EXIT_CODE)
+}
+
+/// Writes `bytes` (at most [`CONSOLE_WRITE_MAX`]) to the serial console as
+/// they are, without the `user:` prefix and newline of [`console_write`].
+/// Only the root space may (its console server serves everyone else).
+pub fn console_put(bytes: &[u8]) -> Result<usize, SysError> {
+    // SAFETY: the kernel only reads [ptr, ptr+len) after validating it.
+    decode(unsafe { syscall2(nr::CONSOLE_PUT, bytes.as_ptr() as u64, bytes.len() as u64) }).map(|n| n as usize)
 }

@@ -29,7 +29,7 @@ struct Args {
     /// CPUs to give the guest (cross-CPU benchmarks need at least 2).
     #[arg(long, default_value_t = 2, value_parser = clap::value_parser!(u32).range(1..=64))]
     cpus: u32,
-    /// Use the existing build/kernel.elf and build/init.elf.
+    /// Use the existing build/kernel.elf and build/boot.cpio.
     #[arg(long)]
     no_build: bool,
     /// Seconds each boot may take.
@@ -82,7 +82,7 @@ fn main() -> ExitCode {
 fn run(args: &Args) -> Result<()> {
     let root = workspace::root()?;
     let (kernel, init) = if args.no_build {
-        (workspace::kernel_image(&root), workspace::init_image(&root))
+        (workspace::kernel_image(&root), workspace::boot_archive(&root))
     } else {
         workspace::build_all(&root, &workspace::BuildOptions::default())?
     };

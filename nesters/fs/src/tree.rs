@@ -1,0 +1,320 @@
+//! The file tree: nodes by number, folders as sorted name maps. Pure (no
+//! system calls), so every path rule is host-testable.
+
+use alloc::collections::BTreeMap;
+use alloc::string::{String, ToString};
+use alloc::vec::Vec;
+
+use matryoshka_nest::proto::{kind, Error, MAX_PATH};
+
+/// Longest name of one entry.
+pub const MAX_NAME: usize = 255;
+/// Largest file.
+pub const MAX_FILE: u64 = 256 << 20;
+
+pub enum Node {
+    File(Vec<u8>),
+    Dir(BTreeMap<String, u64>),
+}
+
+pub struct Tree {
+    nodes: BTreeMap<u64, Node>,
+    next: u64,
+}
+
+pub const ROOT: u64 = 1;
+
+/// The components of an absolute path, checked.
+pub fn components(path: &str) -> Result<Vec<&str>, Error> {
+    if path.len() > MAX_PATH {
+        return Err(Error::TooLong);
+    }
+    if !path.starts_with('/') {
+        return Err(Error::Invalid);
+    }
+    let mut out = Vec::new();
+    for c in path.split('/') {
+        match c {
+            "" | "." => {}
+            ".." => {
+                out.pop();
+            }
+            c if c.len() > MAX_NAME => return Err(Error::TooLong),
+            c => out.push(c),
+        }
+    }
+    Ok(out)
+}
+
+impl Default for Tree {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Tree {
+    pub fn new() -> Self {
+        let mut nodes = BTreeMap::new();
+        nodes.insert(ROOT, Node::Dir(BTreeMap::new()));
+        Tree { nodes, next: ROOT + 1 }
+    }
+
+    pub fn node(&self, id: u64) -> Option<&Node> {
+        self.nodes.get(&id)
+    }
+
+    pub fn node_mut(&mut self, id: u64) -> Option<&mut Node> {
+        self.nodes.get_mut(&id)
+    }
+
+    /// The node at `path`.
+    pub fn lookup(&self, path: &str) -> Result<u64, Error> {
+        let mut at = ROOT;
+        for c in components(path)? {
+            match self.nodes.get(&at) {
+                Some(Node::Dir(entries)) => at = *entries.get(c).ok_or(Error::NotFound)?,
+                Some(Node::File(_)) => return Err(Error::NotDir),
+                None => return Err(Error::NotFound),
+            }
+        }
+        Ok(at)
+    }
+
+    /// The folder holding `path` and the last component.
+    fn parent_of<'p>(&self, path: &'p str) -> Result<(u64, &'p str), Error> {
+        let comps = components(path)?;
+        let (last, dirs) = comps.split_last().ok_or(Error::Invalid)?;
+        let mut at = ROOT;
+        for c in dirs {
+            match self.nodes.get(&at) {
+                Some(Node::Dir(entries)) => at = *entries.get(*c).ok_or(Error::NotFound)?,
+                _ => return Err(Error::NotDir),
+            }
+        }
+        match self.nodes.get(&at) {
+            Some(Node::Dir(_)) => Ok((at, last)),
+            _ => Err(Error::NotDir),
+        }
+    }
+
+    fn insert(&mut self, dir: u64, name: &str, node: Node) -> Result<u64, Error> {
+        let id = self.next;
+        match self.nodes.get_mut(&dir) {
+            Some(Node::Dir(entries)) => {
+                if entries.contains_key(name) {
+                    return Err(Error::Exists);
+                }
+                entries.insert(name.to_string(), id);
+            }
+            _ => return Err(Error::NotDir),
+        }
+        self.next += 1;
+        self.nodes.insert(id, node);
+        Ok(id)
+    }
+
+    /// Creates an empty file (Exists if anything is there).
+    pub fn create(&mut self, path: &str) -> Result<u64, Error> {
+        let (dir, name) = self.parent_of(path)?;
+        self.insert(dir, name, Node::File(Vec::new()))
+    }
+
+    pub fn mkdir(&mut self, path: &str) -> Result<u64, Error> {
+        let (dir, name) = self.parent_of(path)?;
+        self.insert(dir, name, Node::Dir(BTreeMap::new()))
+    }
+
+    /// `mkdir -p` (for filling from the archive).
+    pub fn mkdir_all(&mut self, path: &str) -> Result<u64, Error> {
+        let mut at = ROOT;
+        let mut so_far = String::new();
+        for c in components(path)? {
+            so_far.push('/');
+            so_far.push_str(c);
+            at = match self.lookup(&so_far) {
+                Ok(id) => id,
+                Err(Error::NotFound) => self.mkdir(&so_far)?,
+                Err(e) => return Err(e),
+            };
+        }
+        Ok(at)
+    }
+
+    /// Removes a file or an empty folder. Open streams of a removed file
+    /// keep its node (it is freed when `forget` is called with no users).
+    pub fn unlink(&mut self, path: &str) -> Result<u64, Error> {
+        let (dir, name) = self.parent_of(path)?;
+        let id = match self.nodes.get(&dir) {
+            Some(Node::Dir(entries)) => *entries.get(name).ok_or(Error::NotFound)?,
+            _ => return Err(Error::NotDir),
+        };
+        if let Some(Node::Dir(entries)) = self.nodes.get(&id) {
+            if !entries.is_empty() {
+                return Err(Error::NotEmpty);
+            }
+        }
+        if let Some(Node::Dir(entries)) = self.nodes.get_mut(&dir) {
+            entries.remove(name);
+        }
+        Ok(id)
+    }
+
+    /// Frees a node no folder names any more.
+    pub fn forget(&mut self, id: u64) {
+        if id != ROOT && !self.is_linked(id) {
+            self.nodes.remove(&id);
+        }
+    }
+
+    fn is_linked(&self, id: u64) -> bool {
+        self.nodes.values().any(|n| matches!(n, Node::Dir(e) if e.values().any(|&v| v == id)))
+    }
+
+    /// Moves `from` to `to` (replacing a file there; a folder cannot move into itself).
+    pub fn rename(&mut self, from: &str, to: &str) -> Result<(), Error> {
+        let id = self.lookup(from)?;
+        if id == ROOT {
+            return Err(Error::Invalid);
+        }
+        let (to_dir, to_name) = self.parent_of(to)?;
+        // A folder may not move below itself.
+        let (fc, tc) = (components(from)?, components(to)?);
+        if tc.len() > fc.len() && tc[..fc.len()] == fc[..] {
+            return Err(Error::Invalid);
+        }
+        if let Ok(existing) = self.lookup(to) {
+            if existing == id {
+                return Ok(());
+            }
+            match self.nodes.get(&existing) {
+                Some(Node::Dir(_)) => return Err(Error::Exists),
+                _ => {
+                    self.unlink(to)?;
+                    self.forget(existing);
+                }
+            }
+        }
+        let (from_dir, from_name) = self.parent_of(from)?;
+        if let Some(Node::Dir(entries)) = self.nodes.get_mut(&from_dir) {
+            entries.remove(from_name);
+        }
+        match self.nodes.get_mut(&to_dir) {
+            Some(Node::Dir(entries)) => {
+                entries.insert(to_name.to_string(), id);
+                Ok(())
+            }
+            _ => Err(Error::NotDir),
+        }
+    }
+
+    /// (size, kind, entries).
+    pub fn stat(&self, id: u64) -> Result<(u64, u64, u64), Error> {
+        match self.nodes.get(&id) {
+            Some(Node::File(d)) => Ok((d.len() as u64, kind::FILE, 0)),
+            Some(Node::Dir(e)) => Ok((0, kind::DIR, e.len() as u64)),
+            None => Err(Error::BadObject),
+        }
+    }
+
+    pub fn read(&self, id: u64, offset: u64, max: usize) -> Result<&[u8], Error> {
+        match self.nodes.get(&id) {
+            Some(Node::File(d)) => {
+                let start = (offset.min(d.len() as u64)) as usize;
+                let end = (start + max).min(d.len());
+                Ok(&d[start..end])
+            }
+            Some(Node::Dir(_)) => Err(Error::IsDir),
+            None => Err(Error::BadObject),
+        }
+    }
+
+    pub fn write(&mut self, id: u64, offset: u64, bytes: &[u8]) -> Result<usize, Error> {
+        match self.nodes.get_mut(&id) {
+            Some(Node::File(d)) => {
+                let end = offset.checked_add(bytes.len() as u64).ok_or(Error::Invalid)?;
+                if end > MAX_FILE {
+                    return Err(Error::NoSpace);
+                }
+                if d.len() < end as usize {
+                    d.try_reserve(end as usize - d.len()).map_err(|_| Error::NoSpace)?;
+                    d.resize(end as usize, 0);
+                }
+                d[offset as usize..end as usize].copy_from_slice(bytes);
+                Ok(bytes.len())
+            }
+            Some(Node::Dir(_)) => Err(Error::IsDir),
+            None => Err(Error::BadObject),
+        }
+    }
+
+    pub fn truncate(&mut self, id: u64, len: u64) -> Result<(), Error> {
+        match self.nodes.get_mut(&id) {
+            Some(Node::File(d)) => {
+                if len > MAX_FILE {
+                    return Err(Error::NoSpace);
+                }
+                d.resize(len as usize, 0);
+                Ok(())
+            }
+            Some(Node::Dir(_)) => Err(Error::IsDir),
+            None => Err(Error::BadObject),
+        }
+    }
+
+    /// Entry `index` of a folder: (name, kind, size).
+    pub fn entry(&self, dir: u64, index: u64) -> Result<(&str, u64, u64), Error> {
+        match self.nodes.get(&dir) {
+            Some(Node::Dir(e)) => {
+                let (name, id) = e.iter().nth(index as usize).ok_or(Error::NotFound)?;
+                let (size, k, _) = self.stat(*id)?;
+                Ok((name.as_str(), k, size))
+            }
+            Some(Node::File(_)) => Err(Error::NotDir),
+            None => Err(Error::BadObject),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn paths_and_errors() {
+        let mut t = Tree::new();
+        assert_eq!(t.lookup("/"), Ok(ROOT));
+        assert_eq!(t.lookup("relative"), Err(Error::Invalid));
+        assert_eq!(t.lookup("/nope"), Err(Error::NotFound));
+        t.mkdir("/etc").unwrap();
+        let f = t.create("/etc/motd").unwrap();
+        assert_eq!(t.create("/etc/motd"), Err(Error::Exists));
+        assert_eq!(t.create("/etc/motd/x"), Err(Error::NotDir));
+        assert_eq!(t.create("/no/such"), Err(Error::NotFound));
+        assert_eq!(t.write(f, 3, b"hi"), Ok(2));
+        assert_eq!(t.read(f, 0, 10).unwrap(), b"\0\0\0hi");
+        assert_eq!(t.read(f, 100, 10).unwrap(), b"");
+        assert_eq!(t.lookup("/etc/../etc/./motd"), Ok(f));
+        assert_eq!(t.unlink("/etc"), Err(Error::NotEmpty));
+        let long = "/".to_string() + &"x".repeat(300);
+        assert_eq!(t.create(&long), Err(Error::TooLong));
+        assert_eq!(t.lookup(&"/a".repeat(600)), Err(Error::TooLong));
+        assert_eq!(t.write(f, u64::MAX - 1, b"xx"), Err(Error::Invalid));
+        assert_eq!(t.write(f, MAX_FILE, b"x"), Err(Error::NoSpace));
+    }
+
+    #[test]
+    fn rename_and_unlink() {
+        let mut t = Tree::new();
+        t.mkdir_all("/a/b").unwrap();
+        let f = t.create("/a/b/f").unwrap();
+        t.rename("/a/b/f", "/a/g").unwrap();
+        assert_eq!(t.lookup("/a/g"), Ok(f));
+        assert_eq!(t.lookup("/a/b/f"), Err(Error::NotFound));
+        assert_eq!(t.rename("/a", "/a/b/c"), Err(Error::Invalid));
+        assert_eq!(t.unlink("/a/g"), Ok(f));
+        t.forget(f);
+        assert!(t.node(f).is_none());
+        assert_eq!(t.entry(t.lookup("/a").unwrap(), 0).unwrap().0, "b");
+        assert_eq!(t.entry(t.lookup("/a").unwrap(), 1), Err(Error::NotFound));
+    }
+}

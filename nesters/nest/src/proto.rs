@@ -1,0 +1,341 @@
+//! Matryoshka's common protocols (nesters/PROTOCOLS.md, version 1): the
+//! operation codes, error codes and word layouts shared by every client and
+//! server. A message is six u64 words plus an optional payload (bytes up to
+//! 64 KiB and one capability). Requests: word 0 the operation, word 1 the
+//! request's sequence number (0 for idempotent requests; see [`Seq`]),
+//! words 2–5 its arguments. Replies: word 0 is 0 or a negative [`Error`]
+//! code, words 1–5 the results. Each operation's encoding lives in one
+//! function here ([`Request`] constructors and the client wrappers of
+//! `crate::client`), so no call site packs words by hand.
+
+/// Six message words.
+pub type Words = [u64; 6];
+
+/// Protocol version (PROTOCOLS.md).
+pub const VERSION: u64 = 1;
+
+/// Largest payload one message carries (the kernel's limit).
+pub const MAX_PAYLOAD: usize = 64 * 1024;
+/// Longest path a server accepts.
+pub const MAX_PATH: usize = 1024;
+
+/// Why a request failed (replies carry `-(code)` in word 0).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(u64)]
+pub enum Error {
+    NotFound = 1,
+    Exists = 2,
+    NotDir = 3,
+    IsDir = 4,
+    Invalid = 5,
+    /// The stream or object was closed (or never existed).
+    BadObject = 6,
+    NoSpace = 7,
+    BrokenPipe = 8,
+    NotEmpty = 9,
+    TooLong = 10,
+    WouldBlock = 11,
+    NoChild = 12,
+    Denied = 13,
+    /// A kernel call failed underneath (the server's own problem).
+    Kernel = 14,
+    Unsupported = 15,
+    NoMemory = 16,
+    TimedOut = 17,
+    /// The server that owned this reference is gone.
+    Gone = 18,
+}
+
+impl Error {
+    pub fn code(self) -> u64 {
+        self as u64
+    }
+
+    pub fn from_code(c: u64) -> Error {
+        use Error::*;
+        match c {
+            1 => NotFound,
+            2 => Exists,
+            3 => NotDir,
+            4 => IsDir,
+            5 => Invalid,
+            6 => BadObject,
+            7 => NoSpace,
+            8 => BrokenPipe,
+            9 => NotEmpty,
+            10 => TooLong,
+            11 => WouldBlock,
+            12 => NoChild,
+            13 => Denied,
+            15 => Unsupported,
+            16 => NoMemory,
+            17 => TimedOut,
+            18 => Gone,
+            _ => Kernel,
+        }
+    }
+
+    /// A short message, as `ls: /x: not found` prints it.
+    pub fn describe(self) -> &'static str {
+        use Error::*;
+        match self {
+            NotFound => "not found",
+            Exists => "already exists",
+            NotDir => "not a directory",
+            IsDir => "is a directory",
+            Invalid => "invalid argument",
+            BadObject => "bad or closed object",
+            NoSpace => "no space",
+            BrokenPipe => "broken pipe",
+            NotEmpty => "directory not empty",
+            TooLong => "name too long",
+            WouldBlock => "would block",
+            NoChild => "no such child",
+            Denied => "permission denied",
+            Kernel => "kernel call failed",
+            Unsupported => "not supported",
+            NoMemory => "out of memory",
+            TimedOut => "timed out",
+            Gone => "server gone",
+        }
+    }
+}
+
+impl From<matryoshka_rt::SysError> for Error {
+    fn from(e: matryoshka_rt::SysError) -> Self {
+        use matryoshka_rt::SysError as S;
+        match e {
+            S::NoMemory => Error::NoMemory,
+            S::Dead => Error::Gone,
+            S::BadHandle | S::WrongType => Error::BadObject,
+            S::MissingRights => Error::Denied,
+            _ => Error::Kernel,
+        }
+    }
+}
+
+impl core::fmt::Display for Error {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        f.write_str(self.describe())
+    }
+}
+
+/// A reply's words: `Ok` results or an error.
+pub fn reply_ok(results: [u64; 5]) -> Words {
+    [0, results[0], results[1], results[2], results[3], results[4]]
+}
+
+pub fn reply_err(e: Error) -> Words {
+    [(-(e.code() as i64)) as u64, 0, 0, 0, 0, 0]
+}
+
+/// Decodes a reply's status word.
+pub fn status(w: &Words) -> Result<(), Error> {
+    match w[0] as i64 {
+        0 => Ok(()),
+        n if n < 0 => Err(Error::from_code((-n) as u64)),
+        _ => Err(Error::Invalid),
+    }
+}
+
+/// Sequence numbers of non-idempotent requests. Fluke's IPC may deliver a
+/// request twice (a client stopped after the server took it calls again);
+/// a client numbers each such request on a reference from 1 up and a
+/// repeat of the last number gets the remembered reply instead of a second
+/// effect (`crate::server`).
+pub struct Seq(core::sync::atomic::AtomicU64);
+
+impl Seq {
+    pub const fn new() -> Self {
+        Seq(core::sync::atomic::AtomicU64::new(0))
+    }
+    pub fn next(&self) -> u64 {
+        self.0.fetch_add(1, core::sync::atomic::Ordering::Relaxed) + 1
+    }
+}
+
+impl Default for Seq {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+/// Operation codes, one block per protocol.
+pub mod op {
+    // Parent: what a child asks the program that started it.
+    /// Payload: a name. Reply: the named reference (payload capability).
+    pub const PARENT_GET_REF: u64 = 1;
+
+    // Stream: console, files, pipe ends, directories.
+    /// w2 = most bytes. Reply w1 = n, payload the bytes; n = 0 at end of file. Sequenced.
+    pub const STREAM_READ: u64 = 10;
+    /// Payload = bytes. Reply w1 = bytes written. Sequenced.
+    pub const STREAM_WRITE: u64 = 11;
+    /// w2 = offset, w3 = most bytes (idempotent). Reply as READ.
+    pub const STREAM_PREAD: u64 = 12;
+    /// w2 = offset, payload = bytes (idempotent: same bytes, same place).
+    pub const STREAM_PWRITE: u64 = 13;
+    /// w2 = offset, w3 = whence (0 set, 1 current, 2 end). Reply w1 = new offset. Sequenced.
+    pub const STREAM_SEEK: u64 = 14;
+    /// Reply w1 = size, w2 = kind ([`super::kind`]).
+    pub const STREAM_STAT: u64 = 15;
+    /// Reply: a new reference to the same open stream (shared offset). Sequenced.
+    pub const STREAM_DUP: u64 = 16;
+    /// Closes this reference (idempotent: a second close is `BadObject`).
+    pub const STREAM_CLOSE: u64 = 17;
+    /// w2 = index. Reply w1 = kind, w2 = size, payload = the name; NotFound past the end.
+    pub const STREAM_READDIR: u64 = 18;
+    /// w2 = new length.
+    pub const STREAM_TRUNCATE: u64 = 19;
+
+    // FileSystem (a session).
+    /// w2 = flags ([`super::open`]), payload = path. Reply: a Stream reference. Sequenced.
+    pub const FS_OPEN: u64 = 30;
+    /// Payload = path. Reply w1 = size, w2 = kind, w3 = entries (folders).
+    pub const FS_STAT: u64 = 31;
+    /// Payload = path. Sequenced.
+    pub const FS_MKDIR: u64 = 32;
+    /// Payload = path (a file, or an empty folder). Sequenced.
+    pub const FS_UNLINK: u64 = 33;
+    /// Payload = "old\0new". Sequenced.
+    pub const FS_RENAME: u64 = 34;
+    /// Reply: a reference to a new session (what a process manager gives each process).
+    pub const FS_NEW_SESSION: u64 = 35;
+    /// Closes every stream opened through this session, and the session.
+    pub const FS_END_SESSION: u64 = 36;
+    /// Reply w1 = open streams in this session (for leak checks).
+    pub const FS_SESSION_INFO: u64 = 37;
+
+    // ProcessManager (each process has its own reference).
+    /// Reply w1 = a spawn ticket. Sequenced.
+    pub const PM_SPAWN_BEGIN: u64 = 50;
+    /// w2 = ticket, w3 = slot ([`super::slot`]), payload capability = the reference.
+    pub const PM_SPAWN_REF: u64 = 51;
+    /// w2 = ticket, w3 = flags (1: reply with the child's space and first thread),
+    /// payload = path NUL argv NUL ... NUL NUL env NUL ... NUL. Reply w1 = pid. Sequenced.
+    pub const PM_SPAWN_START: u64 = 52;
+    /// w2 = pid (0: any child), w3 = flags (1: do not block). Reply w1 = pid, w2 = status. Sequenced.
+    pub const PM_WAIT: u64 = 53;
+    /// w2 = pid, w3 = signal ([`super::signal`]).
+    pub const PM_KILL: u64 = 54;
+    /// Reply w1 = pid, w2 = parent pid.
+    pub const PM_GETPID: u64 = 55;
+    /// w2 = index. Reply w1 = pid, w2 = parent pid, w3 = state (0 running, 1 exited),
+    /// w4 = status, payload = the command line; NotFound past the end.
+    pub const PM_LIST: u64 = 56;
+    /// Reply w1 = pipe id, payload capability = the read end. Sequenced.
+    pub const PM_PIPE: u64 = 57;
+    /// w2 = pipe id. Reply: the write end (once per pipe).
+    pub const PM_PIPE_WRITER: u64 = 58;
+    /// Reply: w1 processes alive, w2 pipes open, w3 pm server threads.
+    pub const PM_INFO: u64 = 59;
+    /// w2 = pid of a child stopped by `PM_SPAWN_START`'s flag 2; starts it.
+    pub const PM_RESUME: u64 = 60;
+
+    // Console: a Stream, plus
+    /// Reply: a new Stream reference to the console.
+    pub const CONSOLE_OPEN: u64 = 70;
+}
+
+/// Stream kinds (STREAM_STAT w2, FS_STAT w2).
+pub mod kind {
+    pub const FILE: u64 = 1;
+    pub const DIR: u64 = 2;
+    pub const PIPE: u64 = 3;
+    pub const CONSOLE: u64 = 4;
+}
+
+/// FS_OPEN flags.
+pub mod open {
+    pub const READ: u64 = 1;
+    pub const WRITE: u64 = 2;
+    pub const CREATE: u64 = 4;
+    pub const TRUNCATE: u64 = 8;
+    pub const EXCLUSIVE: u64 = 16;
+    pub const APPEND: u64 = 32;
+    pub const DIRECTORY: u64 = 64;
+    pub const ALL: u64 = 127;
+}
+
+/// PM_SPAWN_REF slots: the references a new process starts with.
+pub mod slot {
+    pub const STDIN: u64 = 0;
+    pub const STDOUT: u64 = 1;
+    pub const STDERR: u64 = 2;
+    /// Its FileSystem session (default: a new session of the manager's file server).
+    pub const FS: u64 = 3;
+    /// Its parent's port (default: the process manager's Parent service).
+    pub const PARENT: u64 = 4;
+    pub const COUNT: usize = 5;
+}
+
+/// PM_KILL signals (all end the process today: programs install no handlers).
+pub mod signal {
+    pub const INT: u64 = 2;
+    pub const KILL: u64 = 9;
+    pub const TERM: u64 = 15;
+}
+
+/// Exit status of a process ended by signal `s` (the shell convention).
+pub fn signalled(s: u64) -> u64 {
+    128 + s
+}
+
+/// The spawn blob: `path NUL (arg NUL)* NUL (env NUL)* NUL`.
+pub fn encode_spawn(path: &str, argv: &[&str], env: &[&str], out: &mut alloc::vec::Vec<u8>) -> Result<(), Error> {
+    for s in core::iter::once(&path).chain(argv.iter()) {
+        push_str(out, s)?;
+    }
+    out.push(0);
+    for s in env {
+        push_str(out, s)?;
+    }
+    out.push(0);
+    if out.len() > MAX_PAYLOAD {
+        return Err(Error::TooLong);
+    }
+    Ok(())
+}
+
+fn push_str(out: &mut alloc::vec::Vec<u8>, s: &str) -> Result<(), Error> {
+    if s.is_empty() && out.is_empty() || s.as_bytes().contains(&0) {
+        return Err(Error::Invalid);
+    }
+    out.extend_from_slice(s.as_bytes());
+    out.push(0);
+    Ok(())
+}
+
+/// A decoded spawn blob.
+pub struct Spawn<'a> {
+    pub path: &'a str,
+    pub argv: alloc::vec::Vec<&'a str>,
+    pub env: alloc::vec::Vec<&'a str>,
+}
+
+/// Decodes a spawn blob; refuses anything malformed.
+pub fn decode_spawn(blob: &[u8]) -> Result<Spawn<'_>, Error> {
+    let text = core::str::from_utf8(blob).map_err(|_| Error::Invalid)?;
+    let mut parts = text.split('\0');
+    let path = parts.next().filter(|p| !p.is_empty() && p.len() <= MAX_PATH).ok_or(Error::Invalid)?;
+    let mut argv = alloc::vec::Vec::new();
+    loop {
+        match parts.next() {
+            Some("") => break,
+            Some(a) => argv.push(a),
+            None => return Err(Error::Invalid),
+        }
+    }
+    let mut env = alloc::vec::Vec::new();
+    loop {
+        match parts.next() {
+            Some("") => break,
+            Some(e) => env.push(e),
+            None => return Err(Error::Invalid),
+        }
+    }
+    match parts.next() {
+        Some("") | None if parts.next().is_none() => Ok(Spawn { path, argv, env }),
+        _ => Err(Error::Invalid),
+    }
+}

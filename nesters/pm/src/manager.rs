@@ -1,0 +1,648 @@
+//! The process manager's state and handlers.
+
+use alloc::boxed::Box;
+use alloc::collections::{BTreeMap, VecDeque};
+use alloc::string::String;
+use alloc::vec;
+use alloc::vec::Vec;
+
+use matryoshka_abi::rights;
+use matryoshka_nest::client::{Fs, Parent, Stream};
+use matryoshka_nest::loader::{self, MemoryPool, Program, Slot, AT_REF, AT_SELF_SPACE, AT_SERVICE, CLIENT_PORT_RIGHTS};
+use matryoshka_nest::proto::{self, op, signal, slot, Error, MAX_PAYLOAD};
+use matryoshka_nest::server::{self, Reply, Request, Service};
+use matryoshka_nest::io::{self, SLOT_PM};
+use matryoshka_rt::ipc;
+use matryoshka_rt::memory as m;
+use matryoshka_rt::object::{self as obj, Handle};
+use matryoshka_rt::sync::{Cond, Mutex};
+use matryoshka_rt::{env, println};
+
+/// The manager's own client (init), which started it.
+pub const INIT_PID: u64 = 1;
+/// Where the memory pool is mapped in the manager.
+const POOL_VA: u64 = 0x40_0000_0000;
+/// Virtual size of each process's slot (frames come on first touch).
+const SLOT_BYTES: u64 = 64 << 20;
+/// Buffer of one pipe.
+const PIPE_BYTES: usize = 64 * 1024;
+/// Alias kinds (high bits): a process's own port is its pid.
+const PARENT_TAG: u64 = 1 << 40;
+const PIPE_TAG: u64 = 2 << 40;
+const TAG_MASK: u64 = 0xff << 40;
+/// Status of a process ended by a fault.
+const FAULT_STATUS: u64 = 128 + 11;
+
+struct Process {
+    ppid: u64,
+    command: String,
+    space: Option<Handle>,
+    thread: Option<Handle>,
+    /// The manager's copies of the references the process started with.
+    refs: [Option<Handle>; slot::COUNT],
+    status: Option<u64>,
+    killed_by: Option<u64>,
+    slot: Option<Slot>,
+}
+
+struct Pipe {
+    buf: VecDeque<u8>,
+    readers: usize,
+    writers: usize,
+    writer_given: bool,
+}
+
+struct PipeEnd {
+    pipe: u64,
+    writer: bool,
+}
+
+struct Ticket {
+    owner: u64,
+    refs: [Option<Handle>; slot::COUNT],
+}
+
+struct State {
+    processes: BTreeMap<u64, Process>,
+    next_pid: u64,
+    pipes: BTreeMap<u64, Pipe>,
+    ends: BTreeMap<u64, PipeEnd>,
+    next_pipe: u64,
+    next_end: u64,
+    tickets: BTreeMap<u64, Ticket>,
+    next_ticket: u64,
+    next_slot: u64,
+    free_slots: Vec<u64>,
+}
+
+struct Manager {
+    me: Handle,
+    portset: Handle,
+    fs: Fs,
+    console: Option<Stream>,
+    pool: MemoryPool,
+    state: Mutex<State>,
+    /// Signalled whenever a process ends or a pipe changes.
+    changed: Cond,
+    server: Mutex<Option<server::Server>>,
+}
+
+static mut MANAGER: Option<&'static Manager> = None;
+
+fn manager() -> &'static Manager {
+    // SAFETY: written once in `main` before any thread that reads it starts.
+    unsafe { (*core::ptr::addr_of!(MANAGER)).expect("manager set up") }
+}
+
+fn close_all(refs: &mut [Option<Handle>]) {
+    for r in refs.iter_mut() {
+        if let Some(h) = r.take() {
+            let _ = obj::close(h);
+        }
+    }
+}
+
+impl Manager {
+    fn spawn_start(&self, caller: u64, req: &Request) -> Result<Reply, Error> {
+        let blob = proto::decode_spawn(req.bytes)?;
+        let ticket = self.state.lock().tickets.remove(&req.words[2]).ok_or(Error::Invalid)?;
+        if ticket.owner != caller {
+            let mut refs = ticket.refs;
+            close_all(&mut refs);
+            return Err(Error::Denied);
+        }
+        let flags = req.words[3];
+        if flags & !1 != 0 {
+            let mut refs = ticket.refs;
+            close_all(&mut refs);
+            return Err(Error::Invalid);
+        }
+        let mut refs = ticket.refs;
+        let r = self.spawn(caller, &blob, &mut refs, flags & 1 != 0);
+        close_all(&mut refs);
+        r
+    }
+
+    /// Builds and starts a process; `given` are the spawner's replacements
+    /// (taken: the process gets them).
+    fn spawn(&self, caller: u64, blob: &proto::Spawn, given: &mut [Option<Handle>; slot::COUNT], control: bool) -> Result<Reply, Error> {
+        let elf = self.fs.read_file(blob.path)?;
+        // Defaults: the spawner's own streams (duplicated), a new session.
+        let inherited: [Option<Handle>; 3] = {
+            let st = self.state.lock();
+            let p = st.processes.get(&caller);
+            [0, 1, 2].map(|i| p.and_then(|p| p.refs[i]))
+        };
+        let mut refs: [Option<Handle>; slot::COUNT] = [None; slot::COUNT];
+        for i in 0..3 {
+            refs[i] = match given[i].take() {
+                Some(h) => Some(h),
+                None => match inherited[i].or(self.console.map(|c| c.0)) {
+                    Some(h) => Stream(h).dup().ok().map(|s| s.0),
+                    None => None,
+                },
+            };
+        }
+        refs[slot::FS as usize] = match given[slot::FS as usize].take() {
+            Some(h) => Some(h),
+            None => Some(self.fs.new_session()?.0),
+        };
+        refs[slot::PARENT as usize] = given[slot::PARENT as usize].take();
+
+        let (pid, slot) = {
+            let mut st = self.state.lock();
+            let pid = st.next_pid;
+            st.next_pid += 1;
+            let slot_offset = match st.free_slots.pop() {
+                Some(o) => o,
+                None => {
+                    let o = st.next_slot;
+                    if o + SLOT_BYTES > self.pool.size {
+                        drop(st);
+                        close_all(&mut refs);
+                        return Err(Error::NoMemory);
+                    }
+                    st.next_slot += SLOT_BYTES;
+                    o
+                }
+            };
+            (pid, Slot { offset: slot_offset, size: SLOT_BYTES })
+        };
+        match self.build(pid, caller, blob, &elf, &mut refs, slot) {
+            Ok((space, thread)) => {
+                let control_handle = if control { obj::duplicate(space, rights::ALL & !rights::TRANSFER | rights::TRANSFER).ok() } else { None };
+                let mut cmd = String::new();
+                for (i, a) in blob.argv.iter().enumerate() {
+                    if i > 0 {
+                        cmd.push(' ');
+                    }
+                    cmd.push_str(a);
+                }
+                if cmd.is_empty() {
+                    cmd.push_str(blob.path);
+                }
+                self.state.lock().processes.insert(
+                    pid,
+                    Process { ppid: caller, command: cmd, space: Some(space), thread: Some(thread), refs, status: None, killed_by: None, slot: Some(slot) },
+                );
+                // The reaper: waits for the first thread, then cleans up.
+                let stack = vec![0u8; 16 * 1024].leak();
+                let top = (stack.as_ptr() as u64 + stack.len() as u64) & !15;
+                let waiter = obj::thread_create(self.me, reaper, top - 8, pid);
+                match waiter {
+                    Ok(h) => {
+                        let _ = obj::close(h);
+                    }
+                    Err(e) => {
+                        println!("pm: no reaper thread for {pid}: {e:?}");
+                    }
+                }
+                if let Err(e) = obj::thread_resume(thread) {
+                    println!("pm: process {pid} would not start: {e:?}");
+                }
+                let r = Reply::ok([pid, 0, 0, 0, 0]);
+                Ok(match control_handle {
+                    Some(h) => r.giving(h),
+                    None => r,
+                })
+            }
+            Err(e) => {
+                close_all(&mut refs);
+                self.state.lock().free_slots.push(slot.offset);
+                Err(e)
+            }
+        }
+    }
+
+    fn build(&self, pid: u64, caller: u64, blob: &proto::Spawn, elf: &[u8], refs: &mut [Option<Handle>; slot::COUNT], slot: Slot) -> Result<(Handle, Handle), Error> {
+        let _ = caller;
+        let space = obj::space_create(self.me)?;
+        let r = (|| {
+            let mut aux: Vec<(u64, u64)> = Vec::new();
+            for (i, r) in refs.iter().enumerate() {
+                if i == slot::PARENT as usize {
+                    continue;
+                }
+                if let Some(h) = r {
+                    aux.push((AT_REF + i as u64, loader::give(space, *h, CLIENT_PORT_RIGHTS)?));
+                }
+            }
+            let own = ipc::port_create(self.portset, pid)?;
+            aux.push((AT_REF + SLOT_PM, loader::give(space, own, CLIENT_PORT_RIGHTS)?));
+            let _ = obj::close(own);
+            let parent_port = match refs[slot::PARENT as usize] {
+                Some(h) => loader::give(space, h, CLIENT_PORT_RIGHTS)?,
+                None => {
+                    let p = ipc::port_create(self.portset, PARENT_TAG | pid)?;
+                    let v = loader::give(space, p, CLIENT_PORT_RIGHTS)?;
+                    let _ = obj::close(p);
+                    v
+                }
+            };
+            let self_rights = rights::ALL & !rights::DESTROY;
+            aux.push((AT_SELF_SPACE, loader::give(space, space, self_rights)?));
+            let loaded = loader::load(space, &self.pool, slot, &Program { elf, argv: &blob.argv, env: &blob.env, aux: &aux, first_arg: parent_port, pid })?;
+            for mapping in loaded.mappings {
+                let _ = obj::close(mapping);
+            }
+            Ok::<Handle, Error>(loaded.thread)
+        })();
+        match r {
+            Ok(thread) => Ok((space, thread)),
+            Err(e) => {
+                let _ = obj::space_destroy(space);
+                Err(e)
+            }
+        }
+    }
+
+    /// A process's first thread ended with `result`: record, clean up, tell waiters.
+    fn ended(&self, pid: u64, result: Result<u64, matryoshka_rt::SysError>) {
+        let (space, thread, mut refs, slot) = {
+            let mut st = self.state.lock();
+            let Some(p) = st.processes.get_mut(&pid) else { return };
+            p.status = Some(match (p.killed_by, result) {
+                (Some(sig), _) => proto::signalled(sig),
+                (None, Ok(code)) => code & 0xff,
+                (None, Err(_)) => FAULT_STATUS,
+            });
+            (p.space.take(), p.thread.take(), core::mem::take(&mut p.refs), p.slot.take())
+        };
+        if let Some(t) = thread {
+            let _ = obj::close(t);
+        }
+        if let Some(s) = space {
+            let _ = obj::space_destroy(s);
+        }
+        // Streams: tell each server this process's references are done (a
+        // second close of one the process closed itself is refused, harmlessly).
+        for (i, r) in refs.iter_mut().enumerate() {
+            if let Some(h) = r.take() {
+                if i < 3 {
+                    let _ = Stream(h).close();
+                } else if i == slot::FS as usize {
+                    let _ = Fs(h).end_session();
+                    let _ = obj::close(h);
+                } else {
+                    let _ = obj::close(h);
+                }
+            }
+        }
+        // Pipe ends the process held through its own pm references die with
+        // it only if it closed them; slots are reused once their pages can be
+        // given back (region_discard); until then a slot is not reused.
+        let _ = slot;
+        {
+            let mut st = self.state.lock();
+            // Children of the dead process are re-parented to init.
+            for p in st.processes.values_mut() {
+                if p.ppid == pid {
+                    p.ppid = INIT_PID;
+                }
+            }
+        }
+        self.changed.notify_all();
+    }
+
+    fn wait(&self, caller: u64, pid: u64, block: bool) -> Result<Reply, Error> {
+        let mut st = self.state.lock();
+        loop {
+            let mine: Vec<u64> = st.processes.iter().filter(|(id, p)| p.ppid == caller && (pid == 0 || **id == pid)).map(|(id, _)| *id).collect();
+            if mine.is_empty() {
+                return Err(Error::NoChild);
+            }
+            if let Some(&done) = mine.iter().find(|id| st.processes.get(id).is_some_and(|p| p.status.is_some())) {
+                let p = st.processes.remove(&done).ok_or(Error::NoChild)?;
+                return Ok(Reply::ok([done, p.status.unwrap_or(0), 0, 0, 0]));
+            }
+            if !block {
+                return Err(Error::WouldBlock);
+            }
+            st = self.changed.wait(st);
+        }
+    }
+
+    fn kill(&self, pid: u64, sig: u64) -> Result<Reply, Error> {
+        if !matches!(sig, signal::INT | signal::KILL | signal::TERM) {
+            return Err(Error::Invalid);
+        }
+        let thread = {
+            let mut st = self.state.lock();
+            let p = st.processes.get_mut(&pid).ok_or(Error::NotFound)?;
+            if p.status.is_some() {
+                return Ok(Reply::ok([0; 5]));
+            }
+            p.killed_by.get_or_insert(sig);
+            p.thread.ok_or(Error::NotFound)?
+        };
+        // Killing the first thread ends the process; its reaper does the rest.
+        obj::thread_kill(thread)?;
+        Ok(Reply::ok([0; 5]))
+    }
+
+    fn pipe_request(&self, alias: u64, req: &Request) -> Result<Reply, Error> {
+        let mut st = self.state.lock();
+        let end = st.ends.get(&alias).ok_or(Error::BadObject)?;
+        let (pipe_id, writer) = (end.pipe, end.writer);
+        match req.op() {
+            op::STREAM_READ if !writer => loop {
+                let p = st.pipes.get_mut(&pipe_id).ok_or(Error::BadObject)?;
+                if !p.buf.is_empty() {
+                    let n = (req.words[2] as usize).min(MAX_PAYLOAD).min(p.buf.len());
+                    let bytes: Vec<u8> = p.buf.drain(..n).collect();
+                    drop(st);
+                    self.changed.notify_all();
+                    return Ok(Reply::ok([n as u64, 0, 0, 0, 0]).with_bytes(bytes));
+                }
+                if p.writers == 0 && p.writer_given {
+                    return Ok(Reply::ok([0; 5]));
+                }
+                st = self.changed.wait(st);
+                if !st.ends.contains_key(&alias) {
+                    return Err(Error::BadObject);
+                }
+            },
+            op::STREAM_WRITE if writer => {
+                let mut done = 0;
+                while done < req.bytes.len() {
+                    let p = st.pipes.get_mut(&pipe_id).ok_or(Error::BadObject)?;
+                    if p.readers == 0 {
+                        return if done > 0 { Ok(Reply::ok([done as u64, 0, 0, 0, 0])) } else { Err(Error::BrokenPipe) };
+                    }
+                    let room = PIPE_BYTES - p.buf.len();
+                    if room > 0 {
+                        let n = room.min(req.bytes.len() - done);
+                        p.buf.extend(&req.bytes[done..done + n]);
+                        done += n;
+                        self.changed.notify_all();
+                        continue;
+                    }
+                    st = self.changed.wait(st);
+                    if !st.ends.contains_key(&alias) {
+                        return Err(Error::BadObject);
+                    }
+                }
+                Ok(Reply::ok([done as u64, 0, 0, 0, 0]))
+            }
+            op::STREAM_READ | op::STREAM_WRITE => Err(Error::Denied),
+            op::STREAM_STAT => Ok(Reply::ok([st.pipes.get(&pipe_id).map_or(0, |p| p.buf.len() as u64), proto::kind::PIPE, 0, 0, 0])),
+            op::STREAM_DUP => {
+                let a = PIPE_TAG | st.next_end;
+                st.next_end += 1;
+                let port = ipc::port_create(self.portset, a)?;
+                st.ends.insert(a, PipeEnd { pipe: pipe_id, writer });
+                if let Some(p) = st.pipes.get_mut(&pipe_id) {
+                    if writer {
+                        p.writers += 1;
+                    } else {
+                        p.readers += 1;
+                    }
+                }
+                Ok(Reply::ok([0; 5]).giving(port))
+            }
+            op::STREAM_CLOSE => {
+                st.ends.remove(&alias);
+                let gone = match st.pipes.get_mut(&pipe_id) {
+                    Some(p) => {
+                        if writer {
+                            p.writers -= 1;
+                        } else {
+                            p.readers -= 1;
+                        }
+                        p.writers == 0 && p.readers == 0 && p.writer_given
+                    }
+                    None => false,
+                };
+                if gone {
+                    st.pipes.remove(&pipe_id);
+                }
+                drop(st);
+                if let Some(s) = *self.server.lock() {
+                    s.forget(alias);
+                }
+                self.changed.notify_all();
+                Ok(Reply::ok([0; 5]))
+            }
+            _ => Err(Error::Unsupported),
+        }
+    }
+
+    fn new_end(&self, st: &mut State, pipe: u64, writer: bool) -> Result<Handle, Error> {
+        let a = PIPE_TAG | st.next_end;
+        st.next_end += 1;
+        let port = ipc::port_create(self.portset, a)?;
+        st.ends.insert(a, PipeEnd { pipe, writer });
+        Ok(port)
+    }
+
+    fn process_request(&self, caller: u64, req: &mut Request) -> Result<Reply, Error> {
+        if req.op() != op::PM_SPAWN_REF {
+            if let Some(h) = req.handle.take() {
+                let _ = obj::close(h);
+                return Err(Error::Invalid);
+            }
+        }
+        match req.op() {
+            op::PM_SPAWN_BEGIN => {
+                let mut st = self.state.lock();
+                if st.tickets.values().filter(|t| t.owner == caller).count() >= 16 {
+                    return Err(Error::NoSpace);
+                }
+                let t = st.next_ticket;
+                st.next_ticket += 1;
+                st.tickets.insert(t, Ticket { owner: caller, refs: [None; slot::COUNT] });
+                Ok(Reply::ok([t, 0, 0, 0, 0]))
+            }
+            op::PM_SPAWN_REF => {
+                let h = req.handle.take().ok_or(Error::Invalid)?;
+                let mut st = self.state.lock();
+                let valid = (req.words[3] as usize) < slot::COUNT;
+                match st.tickets.get_mut(&req.words[2]) {
+                    Some(t) if t.owner == caller && valid => {
+                        if let Some(old) = t.refs[req.words[3] as usize].replace(h) {
+                            let _ = obj::close(old);
+                        }
+                        Ok(Reply::ok([0; 5]))
+                    }
+                    _ => {
+                        let _ = obj::close(h);
+                        Err(Error::Invalid)
+                    }
+                }
+            }
+            op::PM_SPAWN_START => self.spawn_start(caller, req),
+            op::PM_WAIT => self.wait(caller, req.words[2], req.words[3] & 1 == 0),
+            op::PM_KILL => self.kill(req.words[2], req.words[3]),
+            op::PM_GETPID => {
+                let st = self.state.lock();
+                Ok(Reply::ok([caller, st.processes.get(&caller).map_or(0, |p| p.ppid), 0, 0, 0]))
+            }
+            op::PM_LIST => {
+                let st = self.state.lock();
+                let (pid, p) = st.processes.iter().nth(req.words[2] as usize).ok_or(Error::NotFound)?;
+                Ok(Reply::ok([*pid, p.ppid, p.status.is_some() as u64, p.status.unwrap_or(0), 0]).with_bytes(p.command.as_bytes().to_vec()))
+            }
+            op::PM_PIPE => {
+                let mut st = self.state.lock();
+                if st.pipes.len() >= 4096 {
+                    return Err(Error::NoSpace);
+                }
+                let id = st.next_pipe;
+                st.next_pipe += 1;
+                st.pipes.insert(id, Pipe { buf: VecDeque::new(), readers: 1, writers: 0, writer_given: false });
+                let port = self.new_end(&mut st, id, false)?;
+                Ok(Reply::ok([id, 0, 0, 0, 0]).giving(port))
+            }
+            op::PM_PIPE_WRITER => {
+                let mut st = self.state.lock();
+                let id = req.words[2];
+                match st.pipes.get_mut(&id) {
+                    Some(p) if !p.writer_given => {
+                        p.writer_given = true;
+                        p.writers = 1;
+                    }
+                    _ => return Err(Error::Invalid),
+                }
+                let port = self.new_end(&mut st, id, true)?;
+                Ok(Reply::ok([0; 5]).giving(port))
+            }
+            op::PM_INFO => {
+                let st = self.state.lock();
+                let alive = st.processes.values().filter(|p| p.status.is_none()).count() as u64;
+                let threads = self.server.lock().map_or(0, |s| s.threads() as u64);
+                Ok(Reply::ok([alive, st.pipes.len() as u64, threads, 0, 0]))
+            }
+            _ => Err(Error::Unsupported),
+        }
+    }
+
+    fn parent_request(&self, pid: u64, req: &Request) -> Result<Reply, Error> {
+        match req.op() {
+            op::PARENT_GET_REF => match req.text(64)? {
+                "console" => {
+                    let c = self.console.ok_or(Error::NotFound)?;
+                    Ok(Reply::ok([0; 5]).giving(c.dup()?.0))
+                }
+                "fs" => Ok(Reply::ok([0; 5]).giving(self.fs.new_session()?.0)),
+                _ => {
+                    let _ = pid;
+                    Err(Error::NotFound)
+                }
+            },
+            _ => Err(Error::Unsupported),
+        }
+    }
+}
+
+impl Service for Manager {
+    fn handle(&self, mut req: Request) -> Reply {
+        let alias = req.alias;
+        let r = match alias & TAG_MASK {
+            0 => self.process_request(alias, &mut req),
+            PARENT_TAG => self.parent_request(alias & !TAG_MASK, &req),
+            PIPE_TAG => {
+                if let Some(h) = req.handle.take() {
+                    let _ = obj::close(h);
+                }
+                self.pipe_request(alias, &req)
+            }
+            _ => Err(Error::BadObject),
+        };
+        Reply::from(r)
+    }
+
+    fn sequenced(&self, op: u64) -> bool {
+        // Requests whose reply carries a new reference replay themselves;
+        // blocking pipe reads/writes are remembered per end.
+        !matches!(op, op::STREAM_DUP | op::PM_PIPE | op::PM_SPAWN_START)
+    }
+}
+
+extern "C" fn reaper(pid: u64) -> ! {
+    let mgr = manager();
+    let thread = mgr.state.lock().processes.get(&pid).and_then(|p| p.thread);
+    if let Some(t) = thread {
+        let result = obj::thread_wait(t, true);
+        mgr.ended(pid, result);
+    }
+    matryoshka_rt::exit(0)
+}
+
+pub fn main() -> i32 {
+    let (Some(portset), Some(me)) = (env::aux(AT_SERVICE), env::aux(AT_SELF_SPACE)) else {
+        println!("pm: started without a service portset or own space (it is started by init)");
+        return 2;
+    };
+    let (portset, me) = (Handle(portset), Handle(me));
+    let Some(parent) = io::parent() else {
+        println!("pm: no parent reference");
+        return 2;
+    };
+    let r = (|| -> Result<&'static Manager, Error> {
+        let step = |what: &str, e: Error| {
+            println!("pm: {what}: {e}");
+            e
+        };
+        let fs = Fs(Parent::get(&parent, "fs").map_err(|e| step("file system from the parent", e))?);
+        let console = Parent::get(&parent, "console").ok().map(Stream);
+        let region = parent.get("memory").map_err(|e| step("memory from the parent", e))?;
+        let size = obj::object_get_state(region).map_err(|e| step("memory region's size", e.into()))?[2];
+        m::mapping_create(region, me, POOL_VA, 0, size, m::READ | m::WRITE).map_err(|e| {
+            println!("pm: mapping {size:#x} bytes of memory at {POOL_VA:#x}: {e:?}");
+            Error::from(e)
+        })?;
+        let state = Mutex::new(State {
+            processes: BTreeMap::new(),
+            next_pid: INIT_PID + 1,
+            pipes: BTreeMap::new(),
+            ends: BTreeMap::new(),
+            next_pipe: 1,
+            next_end: 1,
+            tickets: BTreeMap::new(),
+            next_ticket: 1,
+            next_slot: 0,
+            free_slots: Vec::new(),
+        })
+        .map_err(|e| {
+            println!("pm: state lock: {e:?}");
+            Error::from(e)
+        })?;
+        Ok(Box::leak(Box::new(Manager {
+            me,
+            portset,
+            fs,
+            console,
+            pool: MemoryPool { region, local_base: POOL_VA, size },
+            state,
+            changed: Cond::new().map_err(|e| {
+                println!("pm: cond: {e:?}");
+                Error::from(e)
+            })?,
+            server: Mutex::new(None).map_err(|e| {
+                println!("pm: server lock: {e:?}");
+                Error::from(e)
+            })?,
+        })))
+    })();
+    let mgr = match r {
+        Ok(m) => m,
+        Err(e) => {
+            println!("pm: cannot start: {e}");
+            return 1;
+        }
+    };
+    // SAFETY: the only write, before any other thread of this program runs.
+    unsafe { MANAGER = Some(mgr) };
+    match server::start(me, portset, mgr, 3) {
+        Ok(s) => *mgr.server.lock() = Some(s),
+        Err(e) => {
+            println!("pm: no server threads: {e}");
+            return 1;
+        }
+    }
+    // The first thread has nothing more to do than stay alive: the program
+    // ends when its first thread does.
+    loop {
+        let _ = mgr.changed.wait(mgr.state.lock());
+    }
+}
