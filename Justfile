@@ -64,7 +64,7 @@ lint:
     cargo clippy --all-targets -- -D warnings
     cargo clippy -p kernel --all-targets -- -D warnings
     cargo clippy -p kernel --release --target x86_64-unknown-none -- -D warnings
-    cargo clippy -p matryoshka-rt -p init -p fuzz --release --target x86_64-unknown-none -- -D warnings
+    cargo clippy -p matryoshka-rt -p matryoshka-nest -p init -p fuzz -p fs -p pm -p msh -p passthru -p coreutils --release --target x86_64-unknown-none -- -D warnings
 
 # Loom model checks of the lock-free port queue and the sleep/wake doorbell (own target dir)
 test-loom:

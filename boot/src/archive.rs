@@ -73,13 +73,12 @@ fn implied_dirs(entries: &[Entry]) -> Vec<String> {
 /// The archive's bytes: implied folders first, then `entries` in order, then the trailer.
 pub fn to_bytes(entries: &[Entry]) -> Result<Vec<u8>> {
     let mut out = Vec::new();
-    let mut ino = 1u32;
     let mut seen = BTreeSet::new();
     let dirs = implied_dirs(entries);
     let all = dirs.iter().map(|d| (d.as_str(), &[][..], 0o040755)).chain(
         entries.iter().map(|e| (e.path.as_str(), e.data.as_slice(), if e.is_dir { 0o040000 } else { 0o100000 } | (e.mode & 0o7777))),
     );
-    for (path, data, mode) in all {
+    for (ino, (path, data, mode)) in (1u32..).zip(all) {
         if path.is_empty() || path.starts_with('/') || path.split('/').any(|c| c.is_empty() || c == "." || c == "..") {
             bail!("bad archive path {path:?} (relative, no empty, . or .. components)");
         }
@@ -90,7 +89,6 @@ pub fn to_bytes(entries: &[Entry]) -> Result<Vec<u8>> {
         let mut w = cpio::newc::Builder::new(path).ino(ino).mode(mode).nlink(1).write(&mut out, size);
         w.write_all(data)?;
         w.finish()?;
-        ino += 1;
     }
     cpio::newc::trailer(&mut out)?;
     Ok(out)

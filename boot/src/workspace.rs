@@ -179,7 +179,11 @@ pub fn build_init(root: &Path, opts: &BuildOptions) -> Result<PathBuf> {
                 .find(|(name, _)| name == bin)
                 .map(|(_, p)| p.clone())
                 .with_context(|| format!("cargo did not report the program {bin}"))?;
-            entries.push(archive::Entry::file(format!("bin/{bin}"), std::fs::read(&path).with_context(|| format!("reading {}", path.display()))?, 0o755));
+            entries.push(archive::Entry::file(
+                format!("bin/{bin}"),
+                std::fs::read(&path).with_context(|| format!("reading {}", path.display()))?,
+                0o755,
+            ));
         }
     }
     let init = built.iter().find(|(n, _)| n == INIT_PACKAGE).map(|(_, p)| p.clone()).context("no init binary")?;

@@ -131,8 +131,10 @@ mod bare {
         // Read, write and execute: the root lends this memory to the
         // programs it loads, whose mappings pick W or X per segment (and a
         // page is never installed both writable and executable).
-        memory::add(|g| g.grant_anonymous(id, ROOT_ANONYMOUS_BASE, ROOT_ANONYMOUS_SIZE, VmRights::READ | VmRights::WRITE | VmRights::EXECUTE))
-            .map_err(|_| LoadError::OutOfMemory)?;
+        memory::add(|g| {
+            g.grant_anonymous(id, ROOT_ANONYMOUS_BASE, ROOT_ANONYMOUS_SIZE, VmRights::READ | VmRights::WRITE | VmRights::EXECUTE)
+        })
+        .map_err(|_| LoadError::OutOfMemory)?;
         populate_modules(space)
     }
 
@@ -174,4 +176,3 @@ mod bare {
         exit
     }
 }
-

@@ -26,14 +26,14 @@ pub mod symbols;
 #[cfg(target_os = "none")]
 mod arch;
 #[cfg(target_os = "none")]
+mod archive;
+#[cfg(target_os = "none")]
 mod console;
 #[cfg(target_os = "none")]
 mod ipc;
 #[cfg(target_os = "none")]
 mod ktest;
 #[cfg(target_os = "none")]
-mod archive;
-#[cfg(any(target_os = "none", test))]
 mod loader;
 #[cfg(target_os = "none")]
 mod panic;
@@ -76,7 +76,8 @@ pub fn root_program_image() -> Result<&'static [u8], &'static str> {
     }
     // SAFETY: boot modules stay in RAM the frame allocator never hands out,
     // and the physmap covers all RAM; nothing writes to them.
-    let bytes = unsafe { core::slice::from_raw_parts(crate::arch::x86_64::paging::phys_to_virt(m.start) as *const u8, (m.end - m.start) as usize) };
+    let bytes =
+        unsafe { core::slice::from_raw_parts(crate::arch::x86_64::paging::phys_to_virt(m.start) as *const u8, (m.end - m.start) as usize) };
     archive::root_program(bytes)
 }
 
@@ -260,7 +261,11 @@ mod boot {
                                 if args.exit_qemu {
                                     // `just run`: the command's status is in init's END line;
                                     // the verdict here is that the system ran and shut down.
-                                    crate::arch::qemu_exit(if exit == crate::arch::x86_64::syscall::UserExit::Exited(0) { 0x10 } else { 0x11 });
+                                    crate::arch::qemu_exit(if exit == crate::arch::x86_64::syscall::UserExit::Exited(0) {
+                                        0x10
+                                    } else {
+                                        0x11
+                                    });
                                 }
                             }
                             Err(e) => log::error!("the root program was refused: {e:?}"),

@@ -14,7 +14,7 @@ use matryoshka_rt::object::{self as obj, Handle};
 use matryoshka_rt::sync::Mutex;
 use matryoshka_rt::{env, println};
 
-use crate::tree::{Node, Tree};
+use crate::tree::Tree;
 
 /// Alias of the first session (the port the parent made on our portset).
 pub const FIRST_SESSION: u64 = 1;

@@ -59,12 +59,9 @@ impl Tree {
         Tree { nodes, next: ROOT + 1 }
     }
 
-    pub fn node(&self, id: u64) -> Option<&Node> {
+    #[cfg(test)]
+    fn node(&self, id: u64) -> Option<&Node> {
         self.nodes.get(&id)
-    }
-
-    pub fn node_mut(&mut self, id: u64) -> Option<&mut Node> {
-        self.nodes.get_mut(&id)
     }
 
     /// The node at `path`.

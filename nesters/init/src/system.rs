@@ -122,7 +122,15 @@ fn find<'a>(archive: &'a [u8], path: &str) -> Option<&'a [u8]> {
 
 /// Starts server `name` from the archive in a child space with `portset`
 /// as its service and `parent_alias` as its Parent port.
-fn start_server(init: &Init, pool: &MemoryPool, slot_index: u64, elf: &[u8], name: &str, portset: Handle, parent_alias: u64) -> Result<(), Error> {
+fn start_server(
+    init: &Init,
+    pool: &MemoryPool,
+    slot_index: u64,
+    elf: &[u8],
+    name: &str,
+    portset: Handle,
+    parent_alias: u64,
+) -> Result<(), Error> {
     let me = obj::self_space();
     let space = obj::space_create(me)?;
     let service = loader::give(space, portset, rights::RECEIVE | rights::GET_STATE | rights::SET_STATE)?;
@@ -162,7 +170,8 @@ fn boot() -> Result<i32, Error> {
     let (own_ps, fs_ps, pm_ps) = (ipc::portset_create()?, ipc::portset_create()?, ipc::portset_create()?);
     let fs_session = ipc::port_create(fs_ps, FS_FIRST_SESSION)?;
     let pm_port = ipc::port_create(pm_ps, PM_INIT_PID)?;
-    let init: &'static Init = Box::leak(Box::new(Init { portset: own_ps, archive: archive_region, fs_session, pm_memory, next_console: AtomicU64::new(0) }));
+    let init: &'static Init =
+        Box::leak(Box::new(Init { portset: own_ps, archive: archive_region, fs_session, pm_memory, next_console: AtomicU64::new(0) }));
     server::start(me, own_ps, init, 2)?;
 
     start_server(init, &pool, 0, fs_elf, "fs", fs_ps, FS_PARENT)?;

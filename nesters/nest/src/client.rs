@@ -22,7 +22,13 @@ pub fn seq() -> u64 {
 
 /// One request: words, bytes and a capability out; the reply's words,
 /// bytes (into `recv`) and capability back. A failed reply is an `Err`.
-pub fn call(port: Handle, words: Words, send: &[u8], handle: Option<Handle>, recv: &mut [u8]) -> Result<(Words, usize, Option<Handle>), Error> {
+pub fn call(
+    port: Handle,
+    words: Words,
+    send: &[u8],
+    handle: Option<Handle>,
+    recv: &mut [u8],
+) -> Result<(Words, usize, Option<Handle>), Error> {
     let mut p = Payload { send, handle, recv };
     let (w, got) = ipc::call_payload(port, words, &mut p).map_err(Error::from)?;
     if let Err(e) = status(&w) {
@@ -216,6 +222,16 @@ pub struct Spawned {
 /// Spawn flag: reply with the child's space.
 pub const SPAWN_CONTROL: u64 = 1;
 
+/// One line of the process list.
+#[derive(Clone, Debug)]
+pub struct ProcessEntry {
+    pub pid: u64,
+    pub ppid: u64,
+    pub exited: bool,
+    pub status: u64,
+    pub command: String,
+}
+
 /// A process manager reference (this process's own).
 #[derive(Clone, Copy, Debug)]
 pub struct Pm(pub Handle);
@@ -252,11 +268,17 @@ impl Pm {
         Ok((w[1], w[2]))
     }
 
-    /// Process `index` of the list: (pid, ppid, exited, status, command line).
-    pub fn list(&self, index: u64) -> Result<Option<(u64, u64, bool, u64, String)>, Error> {
+    /// Process `index` of the list.
+    pub fn list(&self, index: u64) -> Result<Option<ProcessEntry>, Error> {
         let mut line = [0u8; 512];
         match call(self.0, [op::PM_LIST, 0, index, 0, 0, 0], &[], None, &mut line) {
-            Ok((w, n, _)) => Ok(Some((w[1], w[2], w[3] != 0, w[4], String::from_utf8_lossy(&line[..n]).into_owned()))),
+            Ok((w, n, _)) => Ok(Some(ProcessEntry {
+                pid: w[1],
+                ppid: w[2],
+                exited: w[3] != 0,
+                status: w[4],
+                command: String::from_utf8_lossy(&line[..n]).into_owned(),
+            })),
             Err(Error::NotFound) => Ok(None),
             Err(e) => Err(e),
         }

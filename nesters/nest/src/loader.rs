@@ -133,7 +133,7 @@ const MIN_HEAP: u64 = 256 * 1024;
 /// made so far go with it).
 pub fn load(child: Handle, pool: &MemoryPool, slot: Slot, program: &Program) -> Result<Loaded, LoaderError> {
     let img = image::parse(program.elf).map_err(LoaderError::Image)?;
-    if slot.offset.checked_add(slot.size).is_none_or(|end| end > pool.size) || slot.offset % PAGE_SIZE != 0 {
+    if slot.offset.checked_add(slot.size).is_none_or(|end| end > pool.size) || !slot.offset.is_multiple_of(PAGE_SIZE) {
         return Err(LoaderError::SlotTooSmall);
     }
     let mut bump = Bump { next: slot.offset, end: slot.offset + (slot.size & !(PAGE_SIZE - 1)) };

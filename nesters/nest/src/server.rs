@@ -150,14 +150,8 @@ impl Server {
 /// once. The pool grows as requests block.
 pub fn start(space: Handle, portset: Handle, service: &'static dyn Service, threads: usize) -> Result<Server, Error> {
     let remembered = Mutex::new(BTreeMap::new()).map_err(Error::from)?;
-    let pool: &'static Pool = Box::leak(Box::new(Pool {
-        portset,
-        space,
-        service,
-        free: AtomicUsize::new(0),
-        threads: AtomicUsize::new(0),
-        remembered,
-    }));
+    let pool: &'static Pool =
+        Box::leak(Box::new(Pool { portset, space, service, free: AtomicUsize::new(0), threads: AtomicUsize::new(0), remembered }));
     for _ in 0..threads.max(1) {
         spawn_thread(pool)?;
     }

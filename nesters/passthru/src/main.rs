@@ -24,9 +24,9 @@ mod nester {
     use matryoshka_nest::proto::{op, slot, Error};
     use matryoshka_nest::server::{self, Reply, Request, Service};
     use matryoshka_nest::{errln, io};
+    use matryoshka_rt::env;
     use matryoshka_rt::ipc;
     use matryoshka_rt::object::{self as obj, Handle};
-    use matryoshka_rt::env;
 
     struct Passthru {
         parent: Option<Parent>,
@@ -40,10 +40,9 @@ mod nester {
             }
             Reply::from(match req.op() {
                 // Pass through: whatever our parent has under that name.
-                op::PARENT_GET_REF => req
-                    .text(64)
-                    .and_then(|name| self.parent.ok_or(Error::NotFound)?.get(name))
-                    .map(|h| Reply::ok([0; 5]).giving(h)),
+                op::PARENT_GET_REF => {
+                    req.text(64).and_then(|name| self.parent.ok_or(Error::NotFound)?.get(name)).map(|h| Reply::ok([0; 5]).giving(h))
+                }
                 _ => Err(Error::Unsupported),
             })
         }
@@ -55,7 +54,7 @@ mod nester {
             errln!("usage: passthru -- PROGRAM [ARGS]");
             return 2;
         };
-        for a in &args[1..dash] {
+        if let Some(a) = args[1..dash].first() {
             errln!("passthru: unknown option {a}");
             return 2;
         }

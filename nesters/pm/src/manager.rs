@@ -8,10 +8,10 @@ use alloc::vec::Vec;
 
 use matryoshka_abi::rights;
 use matryoshka_nest::client::{Fs, Parent, Stream};
+use matryoshka_nest::io::{self, SLOT_PM};
 use matryoshka_nest::loader::{self, MemoryPool, Program, Slot, AT_REF, AT_SELF_SPACE, AT_SERVICE, CLIENT_PORT_RIGHTS};
 use matryoshka_nest::proto::{self, op, signal, slot, Error, MAX_PAYLOAD};
 use matryoshka_nest::server::{self, Reply, Request, Service};
-use matryoshka_nest::io::{self, SLOT_PM};
 use matryoshka_rt::ipc;
 use matryoshka_rt::memory as m;
 use matryoshka_rt::object::{self as obj, Handle};
@@ -170,7 +170,8 @@ impl Manager {
         };
         match self.build(pid, caller, blob, &elf, &mut refs, slot) {
             Ok((space, thread)) => {
-                let control_handle = if control { obj::duplicate(space, rights::ALL & !rights::TRANSFER | rights::TRANSFER).ok() } else { None };
+                let control_handle =
+                    if control { obj::duplicate(space, rights::ALL & !rights::TRANSFER | rights::TRANSFER).ok() } else { None };
                 let mut cmd = String::new();
                 for (i, a) in blob.argv.iter().enumerate() {
                     if i > 0 {
@@ -183,7 +184,16 @@ impl Manager {
                 }
                 self.state.lock().processes.insert(
                     pid,
-                    Process { ppid: caller, command: cmd, space: Some(space), thread: Some(thread), refs, status: None, killed_by: None, slot: Some(slot) },
+                    Process {
+                        ppid: caller,
+                        command: cmd,
+                        space: Some(space),
+                        thread: Some(thread),
+                        refs,
+                        status: None,
+                        killed_by: None,
+                        slot: Some(slot),
+                    },
                 );
                 // The reaper: waits for the first thread, then cleans up.
                 let stack = vec![0u8; 16 * 1024].leak();
@@ -214,7 +224,15 @@ impl Manager {
         }
     }
 
-    fn build(&self, pid: u64, caller: u64, blob: &proto::Spawn, elf: &[u8], refs: &mut [Option<Handle>; slot::COUNT], slot: Slot) -> Result<(Handle, Handle), Error> {
+    fn build(
+        &self,
+        pid: u64,
+        caller: u64,
+        blob: &proto::Spawn,
+        elf: &[u8],
+        refs: &mut [Option<Handle>; slot::COUNT],
+        slot: Slot,
+    ) -> Result<(Handle, Handle), Error> {
         let _ = caller;
         let space = obj::space_create(self.me)?;
         let r = (|| {
@@ -241,7 +259,12 @@ impl Manager {
             };
             let self_rights = rights::ALL & !rights::DESTROY;
             aux.push((AT_SELF_SPACE, loader::give(space, space, self_rights)?));
-            let loaded = loader::load(space, &self.pool, slot, &Program { elf, argv: &blob.argv, env: &blob.env, aux: &aux, first_arg: parent_port, pid })?;
+            let loaded = loader::load(
+                space,
+                &self.pool,
+                slot,
+                &Program { elf, argv: &blob.argv, env: &blob.env, aux: &aux, first_arg: parent_port, pid },
+            )?;
             for mapping in loaded.mappings {
                 let _ = obj::close(mapping);
             }
@@ -307,7 +330,8 @@ impl Manager {
     fn wait(&self, caller: u64, pid: u64, block: bool) -> Result<Reply, Error> {
         let mut st = self.state.lock();
         loop {
-            let mine: Vec<u64> = st.processes.iter().filter(|(id, p)| p.ppid == caller && (pid == 0 || **id == pid)).map(|(id, _)| *id).collect();
+            let mine: Vec<u64> =
+                st.processes.iter().filter(|(id, p)| p.ppid == caller && (pid == 0 || **id == pid)).map(|(id, _)| *id).collect();
             if mine.is_empty() {
                 return Err(Error::NoChild);
             }

@@ -18,9 +18,9 @@ fn run() -> i32 {
     let Some(pm) = io::pm() else { return 1 };
     outln!("  PID  PPID STATE   COMMAND");
     let mut i = 0;
-    while let Ok(Some((pid, ppid, exited, status, cmd))) = pm.list(i) {
-        let state = if exited { alloc::format!("exit {status}") } else { alloc::string::String::from("run") };
-        outln!("{pid:5} {ppid:5} {state:7} {cmd}");
+    while let Ok(Some(p)) = pm.list(i) {
+        let state = if p.exited { alloc::format!("exit {}", p.status) } else { alloc::string::String::from("run") };
+        outln!("{:5} {:5} {state:7} {}", p.pid, p.ppid, p.command);
         i += 1;
     }
     0

@@ -21,7 +21,9 @@ fn run() -> i32 {
         return 2;
     };
     let (whole, frac) = secs.split_once('.').unwrap_or((secs, ""));
-    let (Ok(w), Ok(f)) = (whole.parse::<u64>(), if frac.is_empty() { Ok(0) } else { frac.get(..3.min(frac.len())).unwrap_or("0").parse::<u64>() }) else {
+    let (Ok(w), Ok(f)) =
+        (whole.parse::<u64>(), if frac.is_empty() { Ok(0) } else { frac.get(..3.min(frac.len())).unwrap_or("0").parse::<u64>() })
+    else {
         errln!("sleep: {secs}: not a number");
         return 2;
     };

@@ -40,7 +40,8 @@ fn run() -> i32 {
     let a = args();
     let flags: alloc::vec::Vec<&str> = a.iter().copied().filter(|x| x.starts_with('-') && x.len() > 1).collect();
     let files: alloc::vec::Vec<&str> = a.iter().copied().filter(|x| !(x.starts_with('-') && x.len() > 1)).collect();
-    let (l, w, c) = if flags.is_empty() { (true, true, true) } else { (flags.contains(&"-l"), flags.contains(&"-w"), flags.contains(&"-c")) };
+    let (l, w, c) =
+        if flags.is_empty() { (true, true, true) } else { (flags.contains(&"-l"), flags.contains(&"-w"), flags.contains(&"-c")) };
     let show = |(lines, words, bytes): (u64, u64, u64), name: &str| {
         let mut s = alloc::string::String::new();
         for (on, v) in [(l, lines), (w, words), (c, bytes)] {
