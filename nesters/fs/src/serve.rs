@@ -96,7 +96,15 @@ impl FileServer {
     }
 
     fn session(&self, req: &Request, st: &mut State) -> Result<Reply, Error> {
-        let path = req.text(MAX_PATH)?;
+        let path = if req.op() == op::FS_RENAME {
+            // "old NUL new": two paths.
+            if req.bytes.len() > 2 * MAX_PATH + 1 {
+                return Err(Error::TooLong);
+            }
+            core::str::from_utf8(req.bytes).map_err(|_| Error::Invalid)?
+        } else {
+            req.text(MAX_PATH)?
+        };
         match req.op() {
             op::FS_OPEN => {
                 let flags = req.words[2];

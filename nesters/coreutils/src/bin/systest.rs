@@ -1,0 +1,301 @@
+//! systest: the nester stack's in-guest tests, run as an ordinary process
+//! (`just run systest`, and the `system-*` hw-tests scenarios). Each check
+//! prints `systest: ok NAME` or `systest: FAIL NAME: why`; the exit status
+//! is the number of failures, and the last line is `systest: N passed, M failed`.
+
+#![cfg_attr(target_os = "none", no_std)]
+#![cfg_attr(target_os = "none", no_main)]
+#![cfg_attr(not(target_os = "none"), allow(dead_code, unused_imports))]
+
+extern crate alloc;
+
+#[cfg(target_os = "none")]
+matryoshka_rt::entry!(run);
+
+#[cfg(target_os = "none")]
+mod checks {
+    use alloc::format;
+    use alloc::string::String;
+    use alloc::vec;
+    use alloc::vec::Vec;
+
+    use matryoshka_nest::client::{self, Fs, Pm, SpawnRefs, Stream};
+    use matryoshka_nest::io;
+    use matryoshka_nest::outln;
+    use matryoshka_nest::proto::{kind, op, open, signal, slot, Error};
+    use matryoshka_rt::ipc;
+    use matryoshka_rt::object as obj;
+
+    pub type Check = fn(&Fs, &Pm) -> Result<(), String>;
+
+    fn expect<T: core::fmt::Debug + PartialEq>(what: &str, got: T, want: T) -> Result<(), String> {
+        if got == want {
+            Ok(())
+        } else {
+            Err(format!("{what}: got {got:?}, want {want:?}"))
+        }
+    }
+
+    fn e(what: &str) -> impl Fn(Error) -> String + '_ {
+        move |err| format!("{what}: {err}")
+    }
+
+    /// Spawns `argv` with stdout into file `out` (and stdin from `input`); returns (status, output).
+    fn run_to_file(fs: &Fs, pm: &Pm, argv: &[&str], out: &str, input: Option<Stream>) -> Result<(u64, Vec<u8>), String> {
+        let file = fs.open(out, open::WRITE | open::CREATE | open::TRUNCATE).map_err(e("open output"))?;
+        let mut refs = SpawnRefs::default();
+        refs.refs[slot::STDOUT as usize] = Some(file.0);
+        refs.refs[slot::STDIN as usize] = input.map(|s| s.0);
+        let path = format!("/bin/{}", argv[0]);
+        let r = pm.spawn(&path, argv, &["PWD=/", "PATH=/bin"], &refs, 0);
+        let _ = obj::close(file.0);
+        if let Some(i) = input {
+            let _ = obj::close(i.0);
+        }
+        let sp = r.map_err(e("spawn"))?;
+        let (_, status) = pm.wait(sp.pid, true).map_err(e("wait"))?;
+        Ok((status, fs.read_file(out).map_err(e("read output"))?))
+    }
+
+    pub fn spawn_and_status(_fs: &Fs, pm: &Pm) -> Result<(), String> {
+        let refs = SpawnRefs::default();
+        let t = pm.spawn("/bin/true", &["true"], &[], &refs, 0).map_err(e("spawn true"))?;
+        expect("true's status", pm.wait(t.pid, true).map(|w| w.1), Ok(0))?;
+        let f = pm.spawn("/bin/false", &["false"], &[], &refs, 0).map_err(e("spawn false"))?;
+        expect("false's status", pm.wait(f.pid, true).map(|w| w.1), Ok(1))?;
+        expect("missing program", pm.spawn("/bin/nope", &["nope"], &[], &refs, 0).map(|s| s.pid), Err(Error::NotFound))?;
+        expect("a folder as a program", pm.spawn("/bin", &["bin"], &[], &refs, 0).map(|s| s.pid), Err(Error::IsDir))?;
+        expect("a text file as a program", pm.spawn("/etc/motd", &["motd"], &[], &refs, 0).map(|s| s.pid), Err(Error::Invalid))?;
+        expect("wait with no children", pm.wait(0, true), Err(Error::NoChild))?;
+        let (me, parent) = pm.getpid().map_err(e("getpid"))?;
+        if me < 2 || parent == 0 {
+            return Err(format!("getpid gave {me}, {parent}"));
+        }
+        Ok(())
+    }
+
+    pub fn arguments_and_output(fs: &Fs, pm: &Pm) -> Result<(), String> {
+        let (status, out) = run_to_file(fs, pm, &["echo", "a", "b  c", "d"], "/tmp/echo", None)?;
+        expect("echo status", status, 0)?;
+        expect("echo output", String::from_utf8_lossy(&out).into_owned(), String::from("a b  c d\n"))
+    }
+
+    pub fn pipeline(fs: &Fs, pm: &Pm) -> Result<(), String> {
+        let motd = fs.read_file("/etc/motd").map_err(e("read motd"))?;
+        let (r, w) = pm.pipe().map_err(e("pipe"))?;
+        let mut refs = SpawnRefs::default();
+        refs.refs[slot::STDOUT as usize] = Some(w.0);
+        let cat = pm.spawn("/bin/cat", &["cat", "/etc/motd"], &["PWD=/"], &refs, 0).map_err(e("spawn cat"))?;
+        let _ = obj::close(w.0);
+        let (status, out) = run_to_file(fs, pm, &["wc", "-c"], "/tmp/wc", Some(r))?;
+        expect("wc status", status, 0)?;
+        expect("cat status", pm.wait(cat.pid, true).map(|w| w.1), Ok(0))?;
+        expect("wc -c of the pipe", String::from_utf8_lossy(&out).trim().parse::<usize>().ok(), Some(motd.len()))
+    }
+
+    pub fn pipe_semantics(_fs: &Fs, pm: &Pm) -> Result<(), String> {
+        let (r, w) = pm.pipe().map_err(e("pipe"))?;
+        expect("write", w.write(b"hello"), Ok(5))?;
+        let mut buf = [0u8; 16];
+        expect("read", r.read(&mut buf), Ok(5))?;
+        expect("bytes", &buf[..5], b"hello")?;
+        expect("read on the writer", w.read(&mut buf), Err(Error::Denied))?;
+        w.close().map_err(e("close writer"))?;
+        expect("end of file once the writer closed", r.read(&mut buf), Ok(0))?;
+        r.close().map_err(e("close reader"))?;
+        let (r, w) = pm.pipe().map_err(e("pipe 2"))?;
+        r.close().map_err(e("close reader 2"))?;
+        expect("broken pipe", w.write(b"x"), Err(Error::BrokenPipe))?;
+        let _ = w.close();
+        // 64 KiB through a pipe in one write while a child reads it.
+        let (r, w) = pm.pipe().map_err(e("pipe 3"))?;
+        let mut refs = SpawnRefs::default();
+        refs.refs[slot::STDIN as usize] = Some(r.0);
+        let fs = io::fs().ok_or("no fs")?;
+        let file = fs.open("/tmp/big", open::WRITE | open::CREATE | open::TRUNCATE).map_err(e("open"))?;
+        refs.refs[slot::STDOUT as usize] = Some(file.0);
+        let wc = pm.spawn("/bin/wc", &["wc", "-c"], &[], &refs, 0).map_err(e("spawn wc"))?;
+        let _ = obj::close(r.0);
+        let _ = obj::close(file.0);
+        let big = vec![b'x'; 64 * 1024];
+        w.write_all(&big).map_err(e("write 64 KiB"))?;
+        w.write_all(&big).map_err(e("write 64 KiB again"))?;
+        w.close().map_err(e("close"))?;
+        expect("wc status", pm.wait(wc.pid, true).map(|w| w.1), Ok(0))?;
+        expect("bytes counted", String::from_utf8_lossy(&fs.read_file("/tmp/big").map_err(e("read"))?).trim().parse::<usize>().ok(), Some(128 * 1024))
+    }
+
+    pub fn files(fs: &Fs, _pm: &Pm) -> Result<(), String> {
+        let _ = fs.mkdir("/tmp");
+        fs.mkdir("/tmp/d").map_err(e("mkdir"))?;
+        expect("mkdir again", fs.mkdir("/tmp/d"), Err(Error::Exists))?;
+        let f = fs.open("/tmp/d/f", open::READ | open::WRITE | open::CREATE | open::EXCLUSIVE).map_err(e("create"))?;
+        expect("exclusive create of an existing file", fs.open("/tmp/d/f", open::WRITE | open::CREATE | open::EXCLUSIVE).map(|s| s.0), Err(Error::Exists))?;
+        expect("write", f.write(b"0123456789"), Ok(10))?;
+        expect("seek", f.seek(2, 0), Ok(2))?;
+        let mut buf = [0u8; 4];
+        expect("read", f.read(&mut buf), Ok(4))?;
+        expect("bytes", &buf, b"2345")?;
+        expect("pread", f.pread(8, &mut buf), Ok(2))?;
+        expect("pwrite past the end", f.pwrite(12, b"ab"), Ok(2))?;
+        expect("size", f.stat().map(|s| (s.size, s.kind)), Ok((14, kind::FILE)))?;
+        expect("negative seek", f.seek(-100, 1), Err(Error::Invalid))?;
+        expect("bad whence", f.seek(0, 7), Err(Error::Invalid))?;
+        f.close().map_err(e("close"))?;
+        expect("use after close", Stream(f.0).stat().map(|s| s.size), Err(Error::BadObject))?;
+        let ro = fs.open("/tmp/d/f", open::READ).map_err(e("open read-only"))?;
+        expect("write to a read-only stream", ro.write(b"x"), Err(Error::Denied))?;
+        let _ = ro.close();
+        expect("stat", fs.stat("/tmp/d").map(|s| (s.kind, s.entries)), Ok((kind::DIR, 1)))?;
+        let d = fs.open("/tmp/d", open::DIRECTORY).map_err(e("open folder"))?;
+        expect("readdir", d.readdir(0).map(|x| x.map(|(n, k, s)| (n, k, s))), Ok(Some((String::from("f"), kind::FILE, 14))))?;
+        expect("readdir past the end", d.readdir(1).map(|x| x.is_none()), Ok(true))?;
+        let _ = d.close();
+        expect("open a folder for writing", fs.open("/tmp/d", open::WRITE).map(|s| s.0), Err(Error::IsDir))?;
+        expect("unlink a full folder", fs.unlink("/tmp/d"), Err(Error::NotEmpty))?;
+        fs.rename("/tmp/d/f", "/tmp/g").map_err(e("rename"))?;
+        expect("old name", fs.stat("/tmp/d/f").map(|s| s.size), Err(Error::NotFound))?;
+        expect("new name", fs.stat("/tmp/g").map(|s| s.size), Ok(14))?;
+        expect("move a folder into itself", fs.rename("/tmp", "/tmp/d/x"), Err(Error::Invalid))?;
+        fs.unlink("/tmp/g").map_err(e("unlink file"))?;
+        fs.unlink("/tmp/d").map_err(e("unlink folder"))?;
+        expect("missing", fs.open("/nope", open::READ).map(|s| s.0), Err(Error::NotFound))?;
+        expect("through a file", fs.stat("/etc/motd/x").map(|s| s.size), Err(Error::NotDir))?;
+        expect("relative path", fs.stat("etc").map(|s| s.size), Err(Error::Invalid))?;
+        expect("no access mode", fs.open("/etc/motd", 0).map(|s| s.0), Err(Error::Invalid))?;
+        expect("unknown flags", fs.open("/etc/motd", open::READ | 1 << 20).map(|s| s.0), Err(Error::Invalid))?;
+        let long = "/x".repeat(40_000);
+        expect("an 80 KB path", fs.stat(&long).map(|s| s.size), Err(Error::TooLong))?;
+        Ok(())
+    }
+
+    pub fn hostile_requests(fs: &Fs, pm: &Pm) -> Result<(), String> {
+        // Unknown operations, garbage words and an unexpected capability:
+        // errors, and both servers keep serving.
+        for server in [fs.0, pm.0] {
+            expect("unknown op", ipc::call(server, [9999, 0, 0, 0, 0, 0]).map(|w| w[0] as i64), Ok(-(Error::Unsupported.code() as i64)))?;
+            expect("garbage", ipc::call(server, [u64::MAX, u64::MAX, u64::MAX, 1, 2, 3]).map(|w| (w[0] as i64) < 0), Ok(true))?;
+            let extra = ipc::portset_create().map_err(|e| format!("{e:?}"))?;
+            let r = client::call(server, [op::FS_STAT, 0, 0, 0, 0, 0], b"/", Some(extra), &mut []);
+            if server == fs.0 {
+                expect("a capability where none belongs", r.map(|_| ()), Err(Error::Invalid))?;
+            }
+            let _ = obj::close(extra);
+        }
+        expect("spawn with a forged ticket", client::call(pm.0, [op::PM_SPAWN_START, 1, 12345, 0, 0, 0], b"/bin/true\0true\0\0\0", None, &mut []).map(|_| ()), Err(Error::Invalid))?;
+        expect("spawn with a malformed blob", client::call(pm.0, [op::PM_SPAWN_START, 2, 1, 0, 0, 0], b"/bin/true", None, &mut []).map(|_| ()), Err(Error::Invalid))?;
+        expect("kill of no process", pm.kill(999_999, signal::TERM), Err(Error::NotFound))?;
+        expect("unknown signal", pm.kill(2, 99), Err(Error::Invalid))?;
+        expect("fs still serves", fs.stat("/etc/motd").map(|s| s.kind), Ok(kind::FILE))?;
+        expect("pm still serves", pm.getpid().is_ok(), true)
+    }
+
+    pub fn kill(_fs: &Fs, pm: &Pm) -> Result<(), String> {
+        // Children that block reading a pipe nobody writes.
+        for (sig, want) in [(signal::TERM, 143), (signal::INT, 130), (signal::KILL, 137)] {
+            let (r, w) = pm.pipe().map_err(e("pipe"))?;
+            let mut refs = SpawnRefs::default();
+            refs.refs[slot::STDIN as usize] = Some(r.0);
+            let c = pm.spawn("/bin/cat", &["cat"], &[], &refs, 0).map_err(e("spawn"))?;
+            let _ = obj::close(r.0);
+            expect("wait without blocking on a live child", pm.wait(c.pid, false).map(|w| w.1), Err(Error::WouldBlock))?;
+            pm.kill(c.pid, sig).map_err(e("kill"))?;
+            expect("killed status", pm.wait(c.pid, true).map(|w| w.1), Ok(want))?;
+            let _ = w.close();
+        }
+        Ok(())
+    }
+
+    pub fn many_processes(_fs: &Fs, pm: &Pm) -> Result<(), String> {
+        const N: usize = 100;
+        let (r, w) = pm.pipe().map_err(e("pipe"))?;
+        let out = _fs.open("/tmp/many", open::WRITE | open::CREATE | open::TRUNCATE | open::APPEND).map_err(e("open"))?;
+        let mut pids = Vec::new();
+        for i in 0..N {
+            let (rr, oo) = (r.dup().map_err(e("dup"))?, out.dup().map_err(e("dup"))?);
+            let mut refs = SpawnRefs::default();
+            refs.refs[slot::STDIN as usize] = Some(rr.0);
+            refs.refs[slot::STDOUT as usize] = Some(oo.0);
+            let c = pm.spawn("/bin/wc", &["wc", "-l"], &[], &refs, 0).map_err(|err| format!("spawn {i}: {err}"))?;
+            let _ = obj::close(rr.0);
+            let _ = obj::close(oo.0);
+            pids.push(c.pid);
+        }
+        let alive = pm.info().map_err(e("info"))?.0;
+        if alive < N as u64 {
+            return Err(format!("{alive} processes alive, want at least {N}"));
+        }
+        let _ = r.close();
+        w.close().map_err(e("close"))?;
+        for p in pids {
+            expect("status", pm.wait(p, true).map(|w| w.1), Ok(0))?;
+        }
+        let _ = out.close();
+        expect("their output", _fs.read_file("/tmp/many").map(|o| o.len()), Ok(2 * N))
+    }
+
+    pub fn stacked_passthru(fs: &Fs, pm: &Pm) -> Result<(), String> {
+        let (s0, bare) = run_to_file(fs, pm, &["ls", "-l", "/bin"], "/tmp/bare", None)?;
+        let mut argv: Vec<&str> = Vec::new();
+        for _ in 0..8 {
+            argv.extend_from_slice(&["passthru", "--"]);
+        }
+        argv.extend_from_slice(&["ls", "-l", "/bin"]);
+        let (s8, deep) = run_to_file(fs, pm, &argv, "/tmp/deep", None)?;
+        expect("statuses", (s0, s8), (0, 0))?;
+        if bare.is_empty() || bare != deep {
+            return Err(format!("outputs differ: {} bytes bare, {} bytes under 8 passthru", bare.len(), deep.len()));
+        }
+        let (s, _) = run_to_file(fs, pm, &["passthru", "--", "false"], "/tmp/st", None)?;
+        expect("a child's status through passthru", s, 1)
+    }
+
+    pub fn nothing_left_open(fs: &Fs, pm: &Pm) -> Result<(), String> {
+        expect("streams open in this session", fs.open_streams(), Ok(0))?;
+        let (_, pipes, _) = pm.info().map_err(e("info"))?;
+        expect("pipes open", pipes, 0)
+    }
+}
+
+#[cfg(target_os = "none")]
+fn run() -> i32 {
+    use checks::*;
+    let (Some(fs), Some(pm)) = (matryoshka_nest::io::fs(), matryoshka_nest::io::pm()) else {
+        matryoshka_nest::outln!("systest: FAIL setup: no file system or process manager");
+        return 1;
+    };
+    let _ = fs.mkdir("/tmp");
+    let all: [(&str, Check); 10] = [
+        ("spawn, exit status, wait, getpid", spawn_and_status),
+        ("arguments and output", arguments_and_output),
+        ("pipeline cat | wc", pipeline),
+        ("pipes: end of file, broken pipe, 128 KiB stream", pipe_semantics),
+        ("files and every error", files),
+        ("hostile requests to fs and pm", hostile_requests),
+        ("kill with TERM, INT and KILL", kill),
+        ("100 processes at once", many_processes),
+        ("same output bare and under 8 passthru", stacked_passthru),
+        ("nothing left open", nothing_left_open),
+    ];
+    let (mut passed, mut failed) = (0, 0);
+    for (name, check) in all {
+        match check(&fs, &pm) {
+            Ok(()) => {
+                passed += 1;
+                matryoshka_nest::outln!("systest: ok {name}");
+            }
+            Err(why) => {
+                failed += 1;
+                matryoshka_nest::outln!("systest: FAIL {name}: {why}");
+            }
+        }
+    }
+    matryoshka_nest::outln!("systest: {passed} passed, {failed} failed");
+    failed
+}
+
+#[cfg(not(target_os = "none"))]
+fn main() {
+    eprintln!("systest: runs under the Matryoshka kernel (just run systest)");
+    std::process::exit(2);
+}
