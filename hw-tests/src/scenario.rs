@@ -71,6 +71,18 @@ impl Scenario {
         }
     }
 
+    /// The nester stack's tests: the system boots and its shell runs `systest`.
+    fn system(cpus: u32, timeout_s: u64) -> Scenario {
+        Scenario {
+            name: format!("system-direct-{cpus}cpu"),
+            test: "system".into(),
+            extra: "watchdog=120",
+            user_args: "systest".into(),
+            must_print: vec!["systest: 10 passed, 0 failed".into()],
+            ..Scenario::tests(Mode::Direct, cpus, timeout_s)
+        }
+    }
+
     /// The kernel command line for this scenario.
     pub fn cmdline(&self, log_level: &str) -> String {
         let mut line = format!("exit=qemu test={} log={log_level}", self.test);
@@ -112,6 +124,10 @@ pub fn matrix() -> Vec<Scenario> {
         Scenario::fuzz(2, 2, 200_000, 420),
         Scenario::fuzz(4, 3, 60_000, 540),
         Scenario::fuzz(4, 4, 60_000, 540),
+        // The nester stack: init boots fs, pm and the shell, which runs
+        // the stack's own tests (nesters/coreutils/src/bin/systest.rs).
+        Scenario::system(2, 300),
+        Scenario::system(4, 420),
         Scenario {
             name: "panic-direct-2cpu".into(),
             mode: Mode::Direct,

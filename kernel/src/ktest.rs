@@ -28,7 +28,7 @@ type CaseResult = Result<(), String>;
 /// A named in-kernel test case.
 type Case = (&'static str, fn() -> CaseResult);
 
-const EXPLICIT_CASES: &[Case] = &[("ipc_stress", ipc_stress), ("fuzz", fuzz)];
+const EXPLICIT_CASES: &[Case] = &[("ipc_stress", ipc_stress), ("fuzz", fuzz), ("system", system)];
 
 const CASES: &[Case] = &[
     ("frame_alloc", frame_alloc),
@@ -673,6 +673,26 @@ pub fn run_root_benchmarks(args: &KernelArgs) -> bool {
             false
         }
     }
+}
+
+/// `test=system` (not part of `all`): the root program boots the nester
+/// stack (file server, process manager, shell) and runs the command line
+/// after `--` (e.g. `systest`); the case passes if the command's status is
+/// 0 and every frame is back once the whole system is gone.
+fn system() -> CaseResult {
+    let image = crate::root_program_image()?;
+    // Twice, counting frames across the second run only: the first lets the
+    // kernel grow what it keeps (as for `root_program`).
+    let run = || match crate::loader::run_with_flags(image, crate::loader::START_SYSTEM) {
+        Ok(UserExit::Exited(0)) => Ok(()),
+        other => Err(format!("the system ended with {other:?} (the command's status; see its output above)")),
+    };
+    run()?;
+    let free_before = frame::stats().free;
+    run()?;
+    let free_after = frame::stats().free;
+    check!(free_after == free_before, "the system's run leaked {} frames", free_before as i64 - free_after as i64);
+    Ok(())
 }
 
 /// `test=ipc_stress` (not part of `all`): the root program's IPC stress run,

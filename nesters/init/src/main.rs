@@ -1492,7 +1492,14 @@ fn boot_modules() -> Result<(), &'static str> {
     let (start, _) = rt::memory::readonly_image();
     let mut found = false;
     for m in rt::boot::modules() {
-        let b = m.bytes();
+        let mut b = m.bytes();
+        // The boot archive: our image is its bin/init.
+        if b.starts_with(b"070701") {
+            match cpio_reader::iter_files(b).find(|e| e.name().trim_start_matches("./") == "bin/init") {
+                Some(e) => b = e.file(),
+                None => return Err("the boot archive has no bin/init"),
+            }
+        }
         if b.len() < 64 || &b[..4] != b"\x7fELF" {
             continue;
         }

@@ -164,21 +164,32 @@ pub struct FileStat {
     pub entries: u64,
 }
 
+/// Refuses a path no server would take, before sending it.
+fn path_ok(path: &str) -> Result<&[u8], Error> {
+    if path.len() > proto::MAX_PATH {
+        return Err(Error::TooLong);
+    }
+    Ok(path.as_bytes())
+}
+
 impl Fs {
     pub fn open(&self, path: &str, flags: u64) -> Result<Stream, Error> {
+        path_ok(path)?;
         call_for_handle(self.0, [op::FS_OPEN, seq(), flags, 0, 0, 0], path.as_bytes()).map(|(_, h)| Stream(h))
     }
     pub fn stat(&self, path: &str) -> Result<FileStat, Error> {
-        let (w, _, _) = call(self.0, [op::FS_STAT, 0, 0, 0, 0, 0], path.as_bytes(), None, &mut [])?;
+        let (w, _, _) = call(self.0, [op::FS_STAT, 0, 0, 0, 0, 0], path_ok(path)?, None, &mut [])?;
         Ok(FileStat { size: w[1], kind: w[2], entries: w[3] })
     }
     pub fn mkdir(&self, path: &str) -> Result<(), Error> {
-        call(self.0, [op::FS_MKDIR, seq(), 0, 0, 0, 0], path.as_bytes(), None, &mut []).map(|_| ())
+        call(self.0, [op::FS_MKDIR, seq(), 0, 0, 0, 0], path_ok(path)?, None, &mut []).map(|_| ())
     }
     pub fn unlink(&self, path: &str) -> Result<(), Error> {
-        call(self.0, [op::FS_UNLINK, seq(), 0, 0, 0, 0], path.as_bytes(), None, &mut []).map(|_| ())
+        call(self.0, [op::FS_UNLINK, seq(), 0, 0, 0, 0], path_ok(path)?, None, &mut []).map(|_| ())
     }
     pub fn rename(&self, from: &str, to: &str) -> Result<(), Error> {
+        path_ok(from)?;
+        path_ok(to)?;
         let mut blob = Vec::with_capacity(from.len() + to.len() + 1);
         blob.extend_from_slice(from.as_bytes());
         blob.push(0);

@@ -9,7 +9,7 @@
 //!   file (segments W^X, stack with guard page, System V start block);
 //! * [`io`]: the process's standard streams and references, `outln!`.
 
-#![no_std]
+#![cfg_attr(not(test), no_std)]
 
 extern crate alloc;
 

@@ -297,8 +297,10 @@ pub fn encode_spawn(path: &str, argv: &[&str], env: &[&str], out: &mut alloc::ve
     Ok(())
 }
 
+/// An empty string would read as a list's end, a NUL would split it: both
+/// are refused.
 fn push_str(out: &mut alloc::vec::Vec<u8>, s: &str) -> Result<(), Error> {
-    if s.is_empty() && out.is_empty() || s.as_bytes().contains(&0) {
+    if s.is_empty() || s.as_bytes().contains(&0) {
         return Err(Error::Invalid);
     }
     out.extend_from_slice(s.as_bytes());
@@ -334,8 +336,52 @@ pub fn decode_spawn(blob: &[u8]) -> Result<Spawn<'_>, Error> {
             None => return Err(Error::Invalid),
         }
     }
-    match parts.next() {
-        Some("") | None if parts.next().is_none() => Ok(Spawn { path, argv, env }),
+    // The blob's final NUL leaves one empty part, and nothing after it.
+    match (parts.next(), parts.next()) {
+        (Some(""), None) => Ok(Spawn { path, argv, env }),
         _ => Err(Error::Invalid),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use alloc::vec::Vec;
+
+    #[test]
+    fn spawn_blob_round_trips() {
+        let mut blob = Vec::new();
+        encode_spawn("/bin/ls", &["ls", "-l"], &["PWD=/", "X=1"], &mut blob).unwrap();
+        let s = decode_spawn(&blob).unwrap();
+        assert_eq!(s.path, "/bin/ls");
+        assert_eq!(s.argv, ["ls", "-l"]);
+        assert_eq!(s.env, ["PWD=/", "X=1"]);
+        // An empty argument cannot be told from the list's end.
+        assert!(encode_spawn("/bin/ls", &["ls", ""], &[], &mut Vec::new()).is_err());
+        let mut blob = Vec::new();
+        encode_spawn("/bin/ls", &["ls"], &["PWD=/"], &mut blob).unwrap();
+        let s = decode_spawn(&blob).unwrap();
+        assert_eq!((s.argv.as_slice(), s.env.as_slice()), (&["ls"][..], &["PWD=/"][..]));
+    }
+
+    #[test]
+    fn malformed_spawn_blobs_are_refused() {
+        for bad in [&b""[..], b"\0", b"/bin/ls", b"/bin/ls\0ls\0", b"/bin/ls\0\0", b"/bin/ls\0\0\0junk", b"\xff\0\0\0"] {
+            assert!(decode_spawn(bad).is_err(), "{bad:?}");
+        }
+        assert!(encode_spawn("/a", &["x\0y"], &[], &mut Vec::new()).is_err());
+        assert!(encode_spawn("", &[], &[], &mut Vec::new()).is_err());
+    }
+
+    #[test]
+    fn error_codes_round_trip() {
+        for c in 1..=18u64 {
+            let e = Error::from_code(c);
+            if c != 14 {
+                assert_eq!(e.code(), c);
+            }
+            assert_eq!(status(&reply_err(e)), Err(e));
+        }
+        assert_eq!(status(&reply_ok([1, 2, 3, 4, 5])), Ok(()));
     }
 }

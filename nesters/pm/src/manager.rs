@@ -281,14 +281,11 @@ impl Manager {
 
     /// A process's first thread ended with `result`: record, clean up, tell waiters.
     fn ended(&self, pid: u64, result: Result<u64, matryoshka_rt::SysError>) {
+        // Clean up first, then publish the status: whoever waits sees the
+        // process gone with everything it held closed.
         let (space, thread, mut refs, slot) = {
             let mut st = self.state.lock();
             let Some(p) = st.processes.get_mut(&pid) else { return };
-            p.status = Some(match (p.killed_by, result) {
-                (Some(sig), _) => proto::signalled(sig),
-                (None, Ok(code)) => code & 0xff,
-                (None, Err(_)) => FAULT_STATUS,
-            });
             (p.space.take(), p.thread.take(), core::mem::take(&mut p.refs), p.slot.take())
         };
         if let Some(t) = thread {
@@ -317,6 +314,13 @@ impl Manager {
         let _ = slot;
         {
             let mut st = self.state.lock();
+            if let Some(p) = st.processes.get_mut(&pid) {
+                p.status = Some(match (p.killed_by, result) {
+                    (Some(sig), _) => proto::signalled(sig),
+                    (None, Ok(code)) => code & 0xff,
+                    (None, Err(_)) => FAULT_STATUS,
+                });
+            }
             // Children of the dead process are re-parented to init.
             for p in st.processes.values_mut() {
                 if p.ppid == pid {
@@ -357,7 +361,11 @@ impl Manager {
                 return Ok(Reply::ok([0; 5]));
             }
             p.killed_by.get_or_insert(sig);
-            p.thread.ok_or(Error::NotFound)?
+            match p.thread {
+                Some(t) => t,
+                // Already ending: its reaper is cleaning up.
+                None => return Ok(Reply::ok([0; 5])),
+            }
         };
         // Killing the first thread ends the process; its reaper does the rest.
         obj::thread_kill(thread)?;

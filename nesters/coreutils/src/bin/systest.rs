@@ -122,7 +122,11 @@ mod checks {
         w.write_all(&big).map_err(e("write 64 KiB again"))?;
         w.close().map_err(e("close"))?;
         expect("wc status", pm.wait(wc.pid, true).map(|w| w.1), Ok(0))?;
-        expect("bytes counted", String::from_utf8_lossy(&fs.read_file("/tmp/big").map_err(e("read"))?).trim().parse::<usize>().ok(), Some(128 * 1024))
+        expect(
+            "bytes counted",
+            String::from_utf8_lossy(&fs.read_file("/tmp/big").map_err(e("read"))?).trim().parse::<usize>().ok(),
+            Some(128 * 1024),
+        )
     }
 
     pub fn files(fs: &Fs, _pm: &Pm) -> Result<(), String> {
@@ -130,7 +134,11 @@ mod checks {
         fs.mkdir("/tmp/d").map_err(e("mkdir"))?;
         expect("mkdir again", fs.mkdir("/tmp/d"), Err(Error::Exists))?;
         let f = fs.open("/tmp/d/f", open::READ | open::WRITE | open::CREATE | open::EXCLUSIVE).map_err(e("create"))?;
-        expect("exclusive create of an existing file", fs.open("/tmp/d/f", open::WRITE | open::CREATE | open::EXCLUSIVE).map(|s| s.0), Err(Error::Exists))?;
+        expect(
+            "exclusive create of an existing file",
+            fs.open("/tmp/d/f", open::WRITE | open::CREATE | open::EXCLUSIVE).map(|s| s.0),
+            Err(Error::Exists),
+        )?;
         expect("write", f.write(b"0123456789"), Ok(10))?;
         expect("seek", f.seek(2, 0), Ok(2))?;
         let mut buf = [0u8; 4];
@@ -164,8 +172,19 @@ mod checks {
         expect("relative path", fs.stat("etc").map(|s| s.size), Err(Error::Invalid))?;
         expect("no access mode", fs.open("/etc/motd", 0).map(|s| s.0), Err(Error::Invalid))?;
         expect("unknown flags", fs.open("/etc/motd", open::READ | 1 << 20).map(|s| s.0), Err(Error::Invalid))?;
-        let long = "/x".repeat(40_000);
-        expect("an 80 KB path", fs.stat(&long).map(|s| s.size), Err(Error::TooLong))?;
+        let huge = "/x".repeat(512 * 1024);
+        expect("a 1 MiB path (refused by the client)", fs.stat(&huge).map(|s| s.size), Err(Error::TooLong))?;
+        let long = "/x".repeat(2000);
+        expect(
+            "a 4 KB path (refused by the server)",
+            client::call(fs.0, [op::FS_STAT, 0, 0, 0, 0, 0], long.as_bytes(), None, &mut []).map(|_| ()),
+            Err(Error::TooLong),
+        )?;
+        expect(
+            "a path that is not UTF-8",
+            client::call(fs.0, [op::FS_STAT, 0, 0, 0, 0, 0], &[b'/', 0xff, 0xfe], None, &mut []).map(|_| ()),
+            Err(Error::Invalid),
+        )?;
         Ok(())
     }
 
@@ -182,8 +201,16 @@ mod checks {
             }
             let _ = obj::close(extra);
         }
-        expect("spawn with a forged ticket", client::call(pm.0, [op::PM_SPAWN_START, 1, 12345, 0, 0, 0], b"/bin/true\0true\0\0\0", None, &mut []).map(|_| ()), Err(Error::Invalid))?;
-        expect("spawn with a malformed blob", client::call(pm.0, [op::PM_SPAWN_START, 2, 1, 0, 0, 0], b"/bin/true", None, &mut []).map(|_| ()), Err(Error::Invalid))?;
+        expect(
+            "spawn with a forged ticket",
+            client::call(pm.0, [op::PM_SPAWN_START, 1, 12345, 0, 0, 0], b"/bin/true\0true\0\0\0", None, &mut []).map(|_| ()),
+            Err(Error::Invalid),
+        )?;
+        expect(
+            "spawn with a malformed blob",
+            client::call(pm.0, [op::PM_SPAWN_START, 2, 1, 0, 0, 0], b"/bin/true", None, &mut []).map(|_| ()),
+            Err(Error::Invalid),
+        )?;
         expect("kill of no process", pm.kill(999_999, signal::TERM), Err(Error::NotFound))?;
         expect("unknown signal", pm.kill(2, 99), Err(Error::Invalid))?;
         expect("fs still serves", fs.stat("/etc/motd").map(|s| s.kind), Ok(kind::FILE))?;
