@@ -12,7 +12,7 @@ pub const READ: u64 = matryoshka_abi::memory_rights::READ;
 pub const WRITE: u64 = matryoshka_abi::memory_rights::WRITE;
 pub const EXECUTE: u64 = matryoshka_abi::memory_rights::EXECUTE;
 
-/// Where the root program's demand-zero memory starts (1 GiB of it).
+/// Where the root program's demand-zero memory starts (64 GiB of it, RWX to lend).
 pub const ROOT_ANONYMOUS_BASE: u64 = 0x10_0000_0000;
 
 pub fn region_create(space: Handle, start: u64, size: u64, max: u64) -> Result<Handle, SysError> {
