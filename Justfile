@@ -49,7 +49,7 @@ qemu-iso MODE="bios-iso" CPUS=env_var_or_default("CPUS", "2"): build
 
 # Build the hybrid BIOS+UEFI ISO -> build/matryoshka.iso (dd it to a USB stick, see boot/README.md)
 iso: build
-    {{mkboot}} iso --kernel build/kernel.elf --init build/init.elf --cmdline "${CMDLINE:-log=info}" --out build/matryoshka.iso
+    {{mkboot}} iso --kernel build/kernel.elf --init build/boot.cpio --cmdline "${CMDLINE:-log=info}" --out build/matryoshka.iso
 
 # Build the TFTP tree (build/pxe) and PXE-boot it in QEMU (FIRMWARE=bios|uefi)
 pxe FIRMWARE="bios" CPUS=env_var_or_default("CPUS", "2"): build
