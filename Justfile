@@ -10,7 +10,7 @@ hwtests := "cargo run -q -p hw-tests --"
 default:
     @just --list
 
-# Build the kernel and embed its symbol table -> build/kernel.elf; the root program -> build/init.elf; the fuzzer -> build/fuzz.elf
+# Build the kernel and embed its symbol table -> build/kernel.elf; every program -> the boot archive build/boot.cpio (root program bin/init); the fuzzer -> build/fuzz.elf
 build:
     {{mkboot}} build
 
