@@ -92,6 +92,15 @@ fuzz *ARGS: build
     {{mkboot}} qemu --cpus "$cpus" --init build/fuzz.elf --timeout "$timeout" \
         --cmdline "exit=qemu test=fuzz log=${LOG:-info} watchdog=60 -- --seed $seed --calls $calls ${rest[*]:-}"
 
+# The nester stack's benchmarks (spawn, pipes, files, memory per process), bare and under 1 and 8 passthru layers: JSON lines, then a table
+bench-nest CPUS=env_var_or_default("CPUS", "2"):
+    cargo run -q -p perf --release --bin bench-nest -- --cpus {{CPUS}}
+
+# Every in-guest benchmark (bench-ipc, bench-nest): all their JSON lines on stdout
+bench CPUS=env_var_or_default("CPUS", "2"):
+    cargo run -q -p perf --release --bin bench-ipc -- --cpus {{CPUS}}
+    cargo run -q -p perf --release --bin bench-nest -- --cpus {{CPUS}} --no-build
+
 # Host benchmarks of the port queues (criterion) and their software/hardware counters
 bench-queues:
     cargo bench -p perf --bench queues

@@ -34,7 +34,27 @@ pub const PROGRAMS: &[(&str, &[&str])] = &[
     ("pm", &["pm"]),
     ("msh", &["msh"]),
     ("passthru", &["passthru"]),
-    ("coreutils", &["echo", "cat", "ls", "wc", "ps", "kill", "sleep", "true", "false", "mkdir", "rm", "stat", "hello", "systest"]),
+    (
+        "coreutils",
+        &[
+            "echo",
+            "cat",
+            "ls",
+            "wc",
+            "ps",
+            "kill",
+            "sleep",
+            "true",
+            "false",
+            "mkdir",
+            "rm",
+            "stat",
+            "hello",
+            "systest",
+            "nestbench",
+            "seqwriter",
+        ],
+    ),
 ];
 
 /// Folder of data files copied into the archive as they are (relative paths kept).

@@ -562,13 +562,20 @@ impl Gen {
     /// A number no call has, including ones that alias real calls when
     /// the kernel looks at fewer than 64 bits.
     fn unknown_nr(&mut self) -> u64 {
-        match self.rng.below(6) {
-            0 => self.rng.range(5, 15),
-            1 => self.rng.range(LAST_CALL + 1, 1000),
-            2 => (1 << 32) | self.rng.pick(&[0, 1, 3, 16, 33]),
-            3 => 0x8000_0000_0000_0000 | self.rng.below(80),
-            4 => u64::MAX - self.rng.below(4),
-            _ => self.rng.next_u64() | 1 << 40,
+        // Calls past LAST_CALL that the kernel has (newer ones the fuzzer
+        // does not generate yet) are not "unknown": draw again.
+        loop {
+            let n = match self.rng.below(6) {
+                0 => self.rng.range(5, 15),
+                1 => self.rng.range(LAST_CALL + 1, 1000),
+                2 => (1 << 32) | self.rng.pick(&[0, 1, 3, 16, 33]),
+                3 => 0x8000_0000_0000_0000 | self.rng.below(80),
+                4 => u64::MAX - self.rng.below(4),
+                _ => self.rng.next_u64() | 1 << 40,
+            };
+            if matryoshka_abi::call::name(n).is_none() {
+                return n;
+            }
         }
     }
 

@@ -302,6 +302,11 @@ impl Pm {
         Ok((Stream(read), Stream(write)))
     }
 
+    /// The first thread of child `pid` (the caller must be its parent).
+    pub fn child_thread(&self, pid: u64) -> Result<Handle, Error> {
+        call_for_handle(self.0, [op::PM_CHILD_THREAD, 0, pid, 0, 0, 0], &[]).map(|(_, h)| h)
+    }
+
     /// (processes alive, pipes open, server threads).
     pub fn info(&self) -> Result<(u64, u64, u64), Error> {
         let w = call_words(self.0, [op::PM_INFO, 0, 0, 0, 0, 0])?;

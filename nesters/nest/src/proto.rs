@@ -229,8 +229,9 @@ pub mod op {
     pub const PM_PIPE_WRITER: u64 = 58;
     /// Reply: w1 processes alive, w2 pipes open, w3 pm server threads.
     pub const PM_INFO: u64 = 59;
-    /// w2 = pid of a child stopped by `PM_SPAWN_START`'s flag 2; starts it.
-    pub const PM_RESUME: u64 = 60;
+    /// w2 = pid of a child of the caller. Reply: its first thread (every right but TRANSFER's wider use:
+    /// a parent stops, reads and rebuilds its child's threads).
+    pub const PM_CHILD_THREAD: u64 = 60;
 
     // Console: a Stream, plus
     /// Reply: a new Stream reference to the console.

@@ -538,6 +538,15 @@ impl Manager {
                 let port = self.new_end(&mut st, id, true)?;
                 Ok(Reply::ok([0; 5]).giving(port))
             }
+            op::PM_CHILD_THREAD => {
+                let st = self.state.lock();
+                let p = st.processes.get(&req.words[2]).ok_or(Error::NotFound)?;
+                if p.ppid != caller {
+                    return Err(Error::Denied);
+                }
+                let t = p.thread.ok_or(Error::NotFound)?;
+                Ok(Reply::ok([0; 5]).giving(obj::duplicate(t, rights::ALL)?))
+            }
             op::PM_INFO => {
                 let st = self.state.lock();
                 let alive = st.processes.values().filter(|p| p.status.is_none()).count() as u64;

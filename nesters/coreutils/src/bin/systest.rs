@@ -276,6 +276,81 @@ mod checks {
         expect("a child's status through passthru", s, 1)
     }
 
+    /// Stops and resumes child `pid`'s thread until it ends; returns how
+    /// many stops landed and its status. Between two stops the child runs
+    /// for a while (0.2–0.6 ms): a stop restarts the request it is in, so
+    /// stopping it without a pause would only ever restart it.
+    fn keep_stopping(pm: &Pm, pid: u64) -> Result<(u64, u64), String> {
+        let t = pm.child_thread(pid).map_err(e("the child's thread"))?;
+        let mut stops = 0u64;
+        let pause = obj::system_info().map(|i| i.tsc_hz / 5000).unwrap_or(200_000).max(1000);
+        loop {
+            // SAFETY: rdtsc is allowed in ring 3.
+            let until = unsafe { core::arch::x86_64::_rdtsc() } + pause * (1 + stops % 3);
+            // SAFETY: as above.
+            while unsafe { core::arch::x86_64::_rdtsc() } < until {
+                obj::yield_now();
+            }
+            match obj::thread_stop(t) {
+                Ok(()) => {
+                    stops += 1;
+                    let _ = obj::thread_resume(t);
+                }
+                // It exited.
+                Err(_) => break,
+            }
+        }
+        let _ = obj::close(t);
+        let (_, status) = pm.wait(pid, true).map_err(e("wait"))?;
+        Ok((stops, status))
+    }
+
+    pub fn stop_resume_mid_request(fs: &Fs, pm: &Pm) -> Result<(), String> {
+        const N: usize = 400;
+        let count = alloc::format!("{N}");
+        // Into a file: every line once, in order.
+        let file = fs.open("/tmp/seq", open::WRITE | open::CREATE | open::TRUNCATE).map_err(e("open"))?;
+        let mut refs = SpawnRefs::default();
+        refs.refs[slot::STDOUT as usize] = Some(file.0);
+        let c = pm.spawn("/bin/seqwriter", &["seqwriter", &count], &[], &refs, 0).map_err(e("spawn"))?;
+        let _ = obj::close(file.0);
+        let (stops, status) = keep_stopping(pm, c.pid)?;
+        expect("writer status", status, 0)?;
+        let out = fs.read_file("/tmp/seq").map_err(e("read"))?;
+        let want: String = (0..N).map(|i| alloc::format!("{i}\n")).collect();
+        if out != want.as_bytes() {
+            let got = String::from_utf8_lossy(&out);
+            let lines = got.lines().count();
+            return Err(format!(
+                "after {stops} stops the file has {lines} lines, {} bytes; want {N} lines, {} bytes",
+                out.len(),
+                want.len()
+            ));
+        }
+        // Into a pipe: every byte once.
+        let (r, w) = pm.pipe().map_err(e("pipe"))?;
+        let mut refs = SpawnRefs::default();
+        refs.refs[slot::STDOUT as usize] = Some(w.0);
+        let c = pm.spawn("/bin/seqwriter", &["seqwriter", &count], &[], &refs, 0).map_err(e("spawn 2"))?;
+        let _ = obj::close(w.0);
+        let mut refs = SpawnRefs::default();
+        refs.refs[slot::STDIN as usize] = Some(r.0);
+        let out = fs.open("/tmp/seqwc", open::WRITE | open::CREATE | open::TRUNCATE).map_err(e("open"))?;
+        refs.refs[slot::STDOUT as usize] = Some(out.0);
+        let wc = pm.spawn("/bin/wc", &["wc", "-c"], &[], &refs, 0).map_err(e("spawn wc"))?;
+        let _ = obj::close(r.0);
+        let _ = obj::close(out.0);
+        let (stops2, status) = keep_stopping(pm, c.pid)?;
+        expect("writer status", status, 0)?;
+        expect("wc status", pm.wait(wc.pid, true).map(|w| w.1), Ok(0))?;
+        let counted = String::from_utf8_lossy(&fs.read_file("/tmp/seqwc").map_err(e("read"))?).trim().parse::<usize>().ok();
+        expect(&format!("bytes through the pipe after {stops2} stops"), counted, Some(want.len()))?;
+        if stops + stops2 < 10 {
+            return Err(format!("only {} stops landed: the test did not test", stops + stops2));
+        }
+        Ok(())
+    }
+
     pub fn nothing_left_open(fs: &Fs, pm: &Pm) -> Result<(), String> {
         expect("streams open in this session", fs.open_streams(), Ok(0))?;
         let (_, pipes, _) = pm.info().map_err(e("info"))?;
@@ -291,7 +366,7 @@ fn run() -> i32 {
         return 1;
     };
     let _ = fs.mkdir("/tmp");
-    let all: [(&str, Check); 10] = [
+    let all: [(&str, Check); 11] = [
         ("spawn, exit status, wait, getpid", spawn_and_status),
         ("arguments and output", arguments_and_output),
         ("pipeline cat | wc", pipeline),
@@ -301,6 +376,7 @@ fn run() -> i32 {
         ("kill with TERM, INT and KILL", kill),
         ("100 processes at once", many_processes),
         ("same output bare and under 8 passthru", stacked_passthru),
+        ("stopped and resumed mid-request: nothing lost or doubled", stop_resume_mid_request),
         ("nothing left open", nothing_left_open),
     ];
     let (mut passed, mut failed) = (0, 0);
