@@ -172,7 +172,7 @@ mod bare {
         });
         space.destroy();
         drop(space);
-        sched::reap();
+        sched::reap_all(10);
         exit
     }
 }

@@ -448,7 +448,8 @@ impl Space {
                 sched::join_killed(t);
             }
         }
-        sched::reap();
+        // Waits (a tick at most) until no CPU can still run on their stacks.
+        sched::reap_all(3);
         // A child another destroy claimed may still run threads that map
         // this subtree's memory: let that destroy finish before any of it is
         // freed. (It never waits for this one: it tears down a subtree

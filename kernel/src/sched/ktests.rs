@@ -59,7 +59,7 @@ fn kernel_threads() -> CaseResult {
         check!(t.ran_on() == 1 << i, "thread pinned to cpu{i} ran on mask {:#x}", t.ran_on());
     }
     drop(threads);
-    sched::reap();
+    sched::reap_all(10);
     Ok(())
 }
 
@@ -148,7 +148,7 @@ impl CounterSpace {
             }
         }
         drop(self.threads);
-        sched::reap();
+        sched::reap_all(10);
         paging::destroy_user_root(self.root);
         result
     }

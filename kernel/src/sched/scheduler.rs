@@ -179,7 +179,10 @@ pub fn idle_loop() -> ! {
                 continue;
             }
         }
+        let (cpu, _) = here();
+        set_idling(cpu, true);
         cpu::enable_interrupts_and_halt();
+        set_idling(cpu, false);
     }
 }
 
@@ -391,7 +394,9 @@ pub(super) fn switch_to(cpu: usize, s: &'static CpuSched, prev: Arc<Thread>, nex
 /// Runs first on the new thread's stack after every switch: the previous
 /// thread is now off this CPU.
 pub fn finish_switch() {
-    let (_, s) = here();
+    let (cpu, s) = here();
+    // On the new thread's stack, which `current` keeps alive.
+    quiescent_point(cpu);
     // SAFETY: owning CPU, interrupts off.
     if let Some(prev) = unsafe { (*s.switched_from.get()).take() } {
         prev.on_cpu.store(false, Ordering::Release);

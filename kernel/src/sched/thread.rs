@@ -13,6 +13,7 @@ use super::runqueue::{Queueable, RunLink};
 use super::scheduler::*;
 use super::waitqueue::*;
 use crate::arch::x86_64::context;
+use crate::arch::x86_64::percpu::MAX_CPUS;
 use crate::arch::x86_64::syscall::UserExit;
 use crate::arch::x86_64_exports::*;
 use crate::object::space::Space;
@@ -408,13 +409,65 @@ impl Drop for Thread {
         }
         if let Some(s) = self.stack.get_mut().take() {
             // Freeing needs a TLB shootdown (interrupts on); drops can happen
-            // with interrupts off, so the stack waits for `reap`.
-            cpu::without_interrupts(|| DEAD_STACKS.lock().push(s));
+            // with interrupts off, so the stack waits for `reap`. And it
+            // waits for a grace period: the last reference to a thread can
+            // go while a CPU still runs on its stack (the IPC fast path
+            // moves a caller's reference out of `current` before the entry
+            // stub leaves its stack), so the stack is freed only once every
+            // CPU has passed a quiescent point since (`quiescent_point`).
+            let dead = DeadStack { stack: s, seen: quiescent_snapshot() };
+            cpu::without_interrupts(|| DEAD_STACKS.lock().push(dead));
         }
     }
 }
 
-pub(super) static DEAD_STACKS: spin::Mutex<Vec<stack::KernelStack>> = spin::Mutex::new(Vec::new());
+/// A freed thread's kernel stack and every CPU's quiescent count when it died.
+pub(super) struct DeadStack {
+    stack: stack::KernelStack,
+    seen: [u64; MAX_CPUS],
+}
+
+pub(super) static DEAD_STACKS: spin::Mutex<Vec<DeadStack>> = spin::Mutex::new(Vec::new());
+
+/// Per CPU, how many quiescent points it has passed: moments when it runs
+/// on the stack of a thread that its `current` slot keeps alive, with
+/// interrupts on or in an interrupt that could only arrive with them on
+/// (the timer tick, a finished switch, the idle loop). A CPU that passed one
+/// after a stack died is not running on that stack.
+static QUIESCENT: [AtomicU64; MAX_CPUS] = [const { AtomicU64::new(0) }; MAX_CPUS];
+
+/// Per CPU: it is halted in its idle loop (on the idle thread's stack, and
+/// it will only ever resume there), which is as good as a quiescent point
+/// for as long as it lasts.
+static IDLING: [AtomicBool; MAX_CPUS] = [const { AtomicBool::new(false) }; MAX_CPUS];
+
+/// The idle loop is about to halt (`true`) or has woken (`false`).
+pub fn set_idling(cpu: usize, idling: bool) {
+    if let Some(f) = IDLING.get(cpu) {
+        f.store(idling, Ordering::Release);
+    }
+}
+
+/// This CPU is at a quiescent point (see [`QUIESCENT`]).
+pub fn quiescent_point(cpu: usize) {
+    if let Some(q) = QUIESCENT.get(cpu) {
+        q.fetch_add(1, Ordering::Release);
+    }
+    // Awake and busy again (an interrupt may switch away from the idle
+    // thread before the idle loop clears the flag itself).
+    set_idling(cpu, false);
+}
+
+fn quiescent_snapshot() -> [u64; MAX_CPUS] {
+    core::array::from_fn(|i| QUIESCENT[i].load(Ordering::Acquire))
+}
+
+/// Has every online CPU passed a quiescent point since `seen`? CPUs that
+/// are not online never ran a thread.
+fn grace_period_over(seen: &[u64; MAX_CPUS]) -> bool {
+    let online = READY_CPUS.load(Ordering::Acquire);
+    (0..MAX_CPUS).all(|i| online & (1 << i) == 0 || QUIESCENT[i].load(Ordering::Acquire) != seen[i] || IDLING[i].load(Ordering::Acquire))
+}
 
 /// Every thread not yet freed, by address: what the hang report lists. A
 /// thread takes itself out (under this lock) first thing when it is freed,
@@ -539,9 +592,32 @@ pub(super) fn set_wait(t: &Thread, reason: WaitReason) {
     t.wait.store(reason as u8, Ordering::Relaxed);
 }
 
-/// Frees the kernel stacks of threads that are gone. Interrupts must be on.
+/// Frees the kernel stacks of threads that are gone and that no CPU can
+/// still be running on. Interrupts must be on.
 pub fn reap() {
-    while let Some(s) = cpu::without_interrupts(|| DEAD_STACKS.lock().pop()) {
-        stack::free(s);
+    // This CPU is on its current thread's stack: quiescent.
+    quiescent_point(crate::arch::x86_64::percpu::this_cpu_index());
+    let ready: Vec<DeadStack> = cpu::without_interrupts(|| {
+        let mut dead = DEAD_STACKS.lock();
+        let (ready, waiting): (Vec<DeadStack>, Vec<DeadStack>) = core::mem::take(&mut *dead).into_iter().partition(|d| grace_period_over(&d.seen));
+        *dead = waiting;
+        ready
+    });
+    for d in ready {
+        stack::free(d.stack);
+    }
+}
+
+/// `reap`, waiting (at most about `max_ticks` timer ticks) until every dead
+/// stack is past its grace period: for callers that count frames after.
+pub fn reap_all(max_ticks: u64) {
+    let ticks = || crate::arch::x86_64::percpu::this_cpu().ticks.load(Ordering::Relaxed);
+    let until = ticks() + max_ticks;
+    loop {
+        reap();
+        if cpu::without_interrupts(|| DEAD_STACKS.lock().is_empty()) || ticks() >= until {
+            return;
+        }
+        cpu::pause();
     }
 }

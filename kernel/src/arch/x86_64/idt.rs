@@ -255,6 +255,8 @@ extern "C" fn trap_dispatch(frame: &mut TrapFrame) {
             super::time::on_timer_interrupt();
             apic::eoi();
             crate::hang::on_tick(frame.cs & 3 == 3);
+            // Interrupts were on: no switch was half done on this CPU.
+            crate::sched::quiescent_point(percpu::this_cpu_index());
             crate::sched::on_interrupt(user_frame(frame), true);
         }
         VECTOR_IPI_RESCHEDULE => {

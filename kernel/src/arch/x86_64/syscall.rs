@@ -327,7 +327,7 @@ pub fn run_user(root: u64, rip: u64, rsp: u64) -> UserExit {
         Ok(t) => {
             let exit = crate::sched::join(&t);
             drop(t);
-            crate::sched::reap();
+            crate::sched::reap_all(10);
             exit
         }
         Err(_) => UserExit::NotStarted,
