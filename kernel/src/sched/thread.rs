@@ -599,7 +599,8 @@ pub fn reap() {
     quiescent_point(crate::arch::x86_64::percpu::this_cpu_index());
     let ready: Vec<DeadStack> = cpu::without_interrupts(|| {
         let mut dead = DEAD_STACKS.lock();
-        let (ready, waiting): (Vec<DeadStack>, Vec<DeadStack>) = core::mem::take(&mut *dead).into_iter().partition(|d| grace_period_over(&d.seen));
+        let (ready, waiting): (Vec<DeadStack>, Vec<DeadStack>) =
+            core::mem::take(&mut *dead).into_iter().partition(|d| grace_period_over(&d.seen));
         *dead = waiting;
         ready
     });
