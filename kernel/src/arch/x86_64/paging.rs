@@ -94,7 +94,21 @@ fn next_table(entry: &mut u64, create: bool, user: bool) -> Result<Option<u64>, 
     let frame = frame::alloc_zeroed()?;
     // Intermediate entries are permissive; the leaf decides the rights.
     *entry = frame | PRESENT | WRITABLE | if user { USER } else { 0 };
+    if !user {
+        KERNEL_TABLE_FRAMES.fetch_add(1, Ordering::Relaxed);
+    }
     Ok(Some(frame))
+}
+
+/// Page-table frames of the kernel half made since boot. The kernel keeps
+/// them for good (nothing frees a kernel-half table), so a frame count that
+/// checks for leaks adds them back (`kernel_table_frames`).
+static KERNEL_TABLE_FRAMES: AtomicU64 = AtomicU64::new(0);
+
+/// How many page-table frames the kernel half has grown by (kept for good:
+/// new kernel-stack slots, the heap window); see `KERNEL_TABLE_FRAMES`.
+pub fn kernel_table_frames() -> u64 {
+    KERNEL_TABLE_FRAMES.load(Ordering::Relaxed)
 }
 
 fn walk_to_leaf(root: u64, va: u64, create: bool, leaf_level: u32) -> Result<Option<&'static mut u64>, MapError> {
