@@ -30,7 +30,7 @@ use core::sync::atomic::Ordering;
 use fastpath::ipc::{Client, Kernel, Message};
 
 use super::scheduler::{has_ready_thread, here_scheduling, running_on_unchecked, CpuSched};
-use super::thread::{ParkedAs, Thread, PARKED, RUNNING, TIME_SLICE_TICKS};
+use super::thread::{ParkedAs, Thread, PARKED, RUNNING};
 use crate::arch::x86_64::paging::USER_TOP;
 use crate::arch::x86_64::syscall::{self as entry, SyscallFrame, FRAME_BYTES};
 use crate::ipc::Portset;
@@ -276,7 +276,9 @@ impl Kernel for ThisCpu<'_> {
         // SAFETY: both threads are user threads of live spaces; CR3 holds
         // the caller's root (it entered from its own space).
         unsafe { crate::arch::paging::switch_user_space_from(self.me.root, next.root) };
-        self.sched.slice_left.store(TIME_SLICE_TICKS, Ordering::Relaxed);
+        // The time slice goes on: the server runs on the rest of the
+        // caller's turn (restarting it here let a ping-pong pair keep the
+        // CPU from every other thread in its run queue).
         // Only this CPU writes its count: no atomic read-modify-write.
         let switches = &self.sched.fast_switches;
         switches.store(switches.load(Ordering::Relaxed) + 1, Ordering::Relaxed);

@@ -530,7 +530,8 @@ pub(super) fn hand_off(cpu: usize, s: &'static CpuSched, next: Arc<Thread>, save
     if direct_handoff_enabled() && !on_donation && next.allowed_on(cpu) && lazyfpu::runnable_here(&next, cpu) && unblock(&next) {
         // SAFETY: owning CPU, interrupts off.
         let prev = unsafe { (*s.current.get()).clone() }.expect("scheduler not started on this CPU");
-        s.slice_left.store(TIME_SLICE_TICKS, Ordering::Relaxed);
+        // `next` runs on the rest of this turn (as on the fast path): only a
+        // pick from the run queue or a donation starts a new time slice.
         switch_to(cpu, s, prev, next, save_context);
     } else {
         wake(&next);

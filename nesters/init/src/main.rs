@@ -54,7 +54,7 @@ fn init_main() -> i32 {
         return system::run();
     }
     println!("init: hello from the root program");
-    let checks: [(&str, Check); 34] = [
+    let checks: [(&str, Check); 35] = [
         ("data and bss", data_and_bss),
         ("null call", null_call),
         ("console write", console_write),
@@ -71,6 +71,7 @@ fn init_main() -> i32 {
         ("ipc same cpu", ipc_same_cpu),
         ("ipc cross cpu", ipc_cross_cpu),
         ("ipc errors", ipc_errors),
+        ("ipc ping-pong shares its cpu", ipc_pingpong_shares_cpu),
         ("nested mappings and revocation", nested_mappings),
         ("user-level pager and exception keeper", keepers),
         ("checkpoint and restart of threads", checkpoint_restart),
@@ -521,6 +522,86 @@ fn ipc_same_cpu() -> Result<(), &'static str> {
 fn ipc_cross_cpu() -> Result<(), &'static str> {
     let cpus = obj::system_info().map_err(|_| "system_info failed")?.cpus;
     ipc_pair(0, cpus - 1, 2000)
+}
+
+static SPINS: AtomicU64 = AtomicU64::new(0);
+static PINGPONG_DONE: AtomicU64 = AtomicU64::new(0);
+static PINGPONG_ROUNDS: AtomicU64 = AtomicU64::new(0);
+
+/// Calls the echo server until the yielding thread on the same CPU has had
+/// three turns (or two seconds or a million round trips went by), then
+/// exits with 0 if it did.
+extern "C" fn pingpong_client(_: u64) -> ! {
+    let port = Handle(PORT.load(Ordering::Relaxed));
+    let hz = obj::system_info().map(|i| i.tsc_hz).unwrap_or(1_000_000_000);
+    // SAFETY: rdtsc is allowed in ring 3.
+    let until = unsafe { core::arch::x86_64::_rdtsc() } + 2 * hz;
+    let mut i = 0u64;
+    // SAFETY: as above.
+    while SPINS.load(Ordering::Relaxed) < 3 && i < 1_000_000 && unsafe { core::arch::x86_64::_rdtsc() } < until {
+        let _ = rt::ipc::call(port, [i, 0, 0, 0, 0, 0]);
+        i += 1;
+        PINGPONG_ROUNDS.store(i, Ordering::Relaxed);
+    }
+    let ran = SPINS.load(Ordering::Relaxed) >= 3;
+    PINGPONG_DONE.store(1, Ordering::Release);
+    rt::exit(if ran { 0 } else { 1 })
+}
+
+/// Counts its turns until the ping-pong ends: each turn it yields at once,
+/// so it is back in the run queue behind the pair.
+extern "C" fn pingpong_spinner(_: u64) -> ! {
+    while PINGPONG_DONE.load(Ordering::Acquire) == 0 {
+        SPINS.fetch_add(1, Ordering::Relaxed);
+        obj::yield_now();
+    }
+    rt::exit(0)
+}
+
+/// A client and server that only ever hand the CPU to each other (every
+/// call and reply a direct switch) must still use up a time slice: a third
+/// thread waiting in their CPU's run queue gets turns while they ping-pong
+/// (it starved when each IPC switch started a new slice).
+fn ipc_pingpong_shares_cpu() -> Result<(), &'static str> {
+    let cpu = obj::system_info().map_err(|_| "system_info failed")?.cpus - 1;
+    let me = obj::self_space();
+    let ps = rt::ipc::portset_create().map_err(|_| "portset_create failed")?;
+    let port = rt::ipc::port_create(ps, ALIAS).map_err(|_| "port_create failed")?;
+    PORTSET.store(ps.0, Ordering::Relaxed);
+    PORT.store(port.0, Ordering::Relaxed);
+    SPINS.store(0, Ordering::Relaxed);
+    PINGPONG_DONE.store(0, Ordering::Relaxed);
+    PINGPONG_ROUNDS.store(0, Ordering::Relaxed);
+    let server = obj::thread_create(me, echo_server, stack_top(0), 0).map_err(|_| "thread_create failed")?;
+    obj::thread_set_affinity(server, 1 << cpu).map_err(|_| "thread_set_affinity failed")?;
+    let client = obj::thread_create(me, pingpong_client, stack_top(1), 0).map_err(|_| "thread_create failed")?;
+    obj::thread_set_affinity(client, 1 << cpu).map_err(|_| "thread_set_affinity failed")?;
+    // The third thread arrives once the pair is under way (on one CPU this
+    // thread itself is the one that must get a turn).
+    while PINGPONG_ROUNDS.load(Ordering::Relaxed) < 100 && PINGPONG_DONE.load(Ordering::Acquire) == 0 {
+        obj::yield_now();
+    }
+    let spin = obj::thread_create(me, pingpong_spinner, stack_top(2), 0).map_err(|_| "thread_create failed")?;
+    obj::thread_set_affinity(spin, 1 << cpu).map_err(|_| "thread_set_affinity failed")?;
+    let done = obj::thread_wait(client, true);
+    let _ = obj::thread_wait(spin, true);
+    obj::thread_kill(server).map_err(|_| "thread_kill failed")?;
+    let _ = obj::thread_wait(server, true);
+    for h in [client, spin, server, port, ps] {
+        let _ = obj::close(h);
+    }
+    match done {
+        Ok(0) => Ok(()),
+        Ok(_) => {
+            println!(
+                "init: the yielding thread had {} turns in {} round trips",
+                SPINS.load(Ordering::Relaxed),
+                PINGPONG_ROUNDS.load(Ordering::Relaxed)
+            );
+            Err("a thread in the run queue of an IPC ping-pong's CPU starved while it lasted")
+        }
+        Err(_) => Err("the ping-pong client did not finish"),
+    }
 }
 
 fn ipc_errors() -> Result<(), &'static str> {
