@@ -140,18 +140,63 @@ pub fn status(w: &Words) -> Result<(), Error> {
 
 /// Sequence numbers of non-idempotent requests. Fluke's IPC may deliver a
 /// request twice (a client stopped after the server took it calls again);
-/// a client numbers each such request on a reference from 1 up and a
-/// repeat of the last number gets the remembered reply instead of a second
-/// effect (`crate::server`).
-pub struct Seq(core::sync::atomic::AtomicU64);
+/// a server that sees a number it has already answered on the same
+/// reference replays the reply instead of a second effect (`crate::server`).
+///
+/// One reference may be shared by several programs (an inherited standard
+/// output), each with its own counter, so the counter starts at a random
+/// base: two programs' numbers on one reference collide only if their bases
+/// land within a few requests of each other in 2^64. Never 0 (0 marks an
+/// idempotent request).
+pub struct Seq {
+    base: core::sync::atomic::AtomicU64,
+    count: core::sync::atomic::AtomicU64,
+}
 
 impl Seq {
+    /// A counter seeded on first use.
     pub const fn new() -> Self {
-        Seq(core::sync::atomic::AtomicU64::new(0))
+        Seq { base: core::sync::atomic::AtomicU64::new(0), count: core::sync::atomic::AtomicU64::new(0) }
+    }
+    /// A counter starting just after `base` (tests; 0 means seed on first use).
+    pub const fn with_base(base: u64) -> Self {
+        Seq { base: core::sync::atomic::AtomicU64::new(base), count: core::sync::atomic::AtomicU64::new(0) }
     }
     pub fn next(&self) -> u64 {
-        self.0.fetch_add(1, core::sync::atomic::Ordering::Relaxed) + 1
+        use core::sync::atomic::Ordering::Relaxed;
+        let mut base = self.base.load(Relaxed);
+        if base == 0 {
+            // Racing first users agree on whichever seed lands first.
+            base = match self.base.compare_exchange(0, seed(), Relaxed, Relaxed) {
+                Ok(_) => self.base.load(Relaxed),
+                Err(current) => current,
+            };
+        }
+        loop {
+            let n = base.wrapping_add(self.count.fetch_add(1, Relaxed).wrapping_add(1));
+            if n != 0 {
+                return n;
+            }
+        }
     }
+}
+
+/// A seed that differs between programs: the time stamp counter at first
+/// use, mixed (splitmix64) so that programs started close together get
+/// bases far apart. Never 0.
+fn seed() -> u64 {
+    // SAFETY: `rdtsc` only reads the time stamp counter (user mode may read it: CR4.TSD is clear).
+    let tsc = unsafe { core::arch::x86_64::_rdtsc() };
+    let marker = 0u8;
+    mix(tsc ^ (&marker as *const u8 as u64).rotate_left(32)).max(1)
+}
+
+/// splitmix64's finalizer: a bijection that spreads nearby inputs apart.
+pub fn mix(x: u64) -> u64 {
+    let mut z = x.wrapping_add(0x9e37_79b9_7f4a_7c15);
+    z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+    z ^ (z >> 31)
 }
 
 impl Default for Seq {
@@ -348,6 +393,25 @@ pub fn decode_spawn(blob: &[u8]) -> Result<Spawn<'_>, Error> {
 mod tests {
     use super::*;
     use alloc::vec::Vec;
+
+    #[test]
+    fn sequence_numbers_are_distinct_and_never_zero() {
+        let s = Seq::with_base(u64::MAX - 2);
+        let got: Vec<u64> = (0..5).map(|_| s.next()).collect();
+        assert_eq!(got, [u64::MAX - 1, u64::MAX, 1, 2, 3]);
+        let a = Seq::new();
+        let first = a.next();
+        assert_ne!(first, 0);
+        assert_eq!(a.next(), first.wrapping_add(1));
+    }
+
+    #[test]
+    fn nearby_seeds_give_far_apart_bases() {
+        for t in 0..1000u64 {
+            let (x, y) = (mix(t), mix(t + 1));
+            assert!(x.abs_diff(y) > 1 << 32, "{t}: {x:#x} {y:#x}");
+        }
+    }
 
     #[test]
     fn spawn_blob_round_trips() {

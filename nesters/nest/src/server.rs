@@ -8,27 +8,46 @@
 //! that blocks never stops the server for the others, and clients on every
 //! CPU are served at once.
 //!
-//! Sequenced requests (word 1 ≠ 0): the pool remembers, per port alias, the
-//! last sequence number and its reply; the same number again gets the same
-//! reply without calling the service (a client stopped after the server took
-//! its request calls again, PROTOCOLS.md). Replies that carry a capability
-//! are not remembered (the capability went to the stopped copy): services
-//! whose such requests are not idempotent replay them themselves.
+//! Sequenced requests (word 1 ≠ 0): a client stopped after the server took
+//! its request calls again when it resumes (PROTOCOLS.md), so one request
+//! may reach the pool twice, and the two copies may be handled by two pool
+//! threads at once or arrive in either order (the first copy's thread may be
+//! preempted between its receive and its dispatch while the client goes on).
+//! So the pool keeps, per port alias, the numbers it is handling now and a
+//! window of the last [`WINDOW`] answered numbers with their reply words
+//! (payloads only for the newest, at most [`WINDOW_BYTES`]): a number in
+//! the window gets its remembered reply without calling the service; a
+//! number being handled waits for that copy to finish and then gets its
+//! reply. A late first copy (its thread preempted between receive and
+//! dispatch while the client's repeat was answered and the client went on)
+//! needs only the number: its reply goes to the stopped copy and is dropped.
+//! So the guarantee holds while fewer than [`WINDOW`] requests on the same
+//! alias are answered between a copy's receive and its dispatch; a repeat
+//! whose payload was evicted meanwhile (other clients of the same alias
+//! read more than [`WINDOW_BYTES`] since) gets `Gone` rather than a second
+//! effect or wrong bytes. Replies that carry
+//! a capability are not remembered (the capability went to the stopped
+//! copy): services whose such requests are not idempotent replay them
+//! themselves.
 
 use alloc::boxed::Box;
-use alloc::collections::BTreeMap;
+use alloc::collections::{BTreeMap, VecDeque};
 use alloc::vec;
 use alloc::vec::Vec;
 use core::sync::atomic::{AtomicUsize, Ordering};
 
 use matryoshka_rt::ipc::{self, Payload};
 use matryoshka_rt::object::{self as obj, Handle};
-use matryoshka_rt::sync::Mutex;
+use matryoshka_rt::sync::{Cond, Mutex};
 
 use crate::proto::{reply_err, Error, Words, MAX_PAYLOAD};
 
 /// Most threads one server runs.
 pub const MAX_THREADS: usize = 256;
+/// Most answered requests remembered per alias (their words: 80 bytes each).
+pub const WINDOW: usize = 256;
+/// Most reply payload bytes remembered per alias (the newest reply's are kept whatever their size).
+pub const WINDOW_BYTES: usize = 128 * 1024;
 /// Stack of each pool thread.
 const STACK_BYTES: usize = 64 * 1024;
 
@@ -111,10 +130,48 @@ pub trait Service: Sync + Send + 'static {
     }
 }
 
-struct Remembered {
+/// A remembered reply.
+struct Answered {
     seq: u64,
     words: Words,
-    bytes: Vec<u8>,
+    /// The reply payload, `None` once evicted (see [`WINDOW_BYTES`]).
+    bytes: Option<Vec<u8>>,
+}
+
+/// What the pool knows of one alias's sequenced requests.
+#[derive(Default)]
+struct AliasLog {
+    /// Numbers a pool thread is handling now.
+    in_flight: Vec<u64>,
+    /// Recent answers, oldest first.
+    answered: VecDeque<Answered>,
+    /// Payload bytes held in `answered`.
+    bytes: usize,
+}
+
+impl AliasLog {
+    fn find(&self, seq: u64) -> Option<&Answered> {
+        self.answered.iter().rev().find(|a| a.seq == seq)
+    }
+    fn remember(&mut self, a: Answered) {
+        self.bytes += a.bytes.as_ref().map_or(0, Vec::len);
+        self.answered.push_back(a);
+        if self.answered.len() > WINDOW {
+            if let Some(old) = self.answered.pop_front() {
+                self.bytes -= old.bytes.as_ref().map_or(0, Vec::len);
+            }
+        }
+        // Drop the oldest payloads first; the newest is always kept.
+        let newest = self.answered.len() - 1;
+        for a in self.answered.iter_mut().take(newest) {
+            if self.bytes <= WINDOW_BYTES {
+                break;
+            }
+            if a.bytes.as_ref().is_some_and(|b| !b.is_empty()) {
+                self.bytes -= a.bytes.take().map_or(0, |b| b.len());
+            }
+        }
+    }
 }
 
 struct Pool {
@@ -123,12 +180,14 @@ struct Pool {
     service: &'static dyn Service,
     free: AtomicUsize,
     threads: AtomicUsize,
-    remembered: Mutex<BTreeMap<u64, Remembered>>,
+    logs: Mutex<BTreeMap<u64, AliasLog>>,
+    /// Signalled whenever a sequenced request is answered (its repeats wait on it).
+    answered: Cond,
 }
 
-/// Forgets the remembered reply of `alias` (call when its object closes).
+/// Forgets the remembered replies of `alias` (call when its object closes).
 pub fn forget(server: &Server, alias: u64) {
-    server.0.remembered.lock().remove(&alias);
+    server.0.logs.lock().remove(&alias);
 }
 
 /// A running server (to reach its pool's bookkeeping).
@@ -149,9 +208,10 @@ impl Server {
 /// one) in this program's space `space` (which needs CREATE); returns at
 /// once. The pool grows as requests block.
 pub fn start(space: Handle, portset: Handle, service: &'static dyn Service, threads: usize) -> Result<Server, Error> {
-    let remembered = Mutex::new(BTreeMap::new()).map_err(Error::from)?;
+    let logs = Mutex::new(BTreeMap::new()).map_err(Error::from)?;
+    let answered = Cond::new().map_err(Error::from)?;
     let pool: &'static Pool =
-        Box::leak(Box::new(Pool { portset, space, service, free: AtomicUsize::new(0), threads: AtomicUsize::new(0), remembered }));
+        Box::leak(Box::new(Pool { portset, space, service, free: AtomicUsize::new(0), threads: AtomicUsize::new(0), logs, answered }));
     for _ in 0..threads.max(1) {
         spawn_thread(pool)?;
     }
@@ -238,17 +298,38 @@ fn serve(pool: &'static Pool) -> ! {
 
 fn dispatch(pool: &'static Pool, req: Request) -> Reply {
     let (alias, seq, op) = (req.alias, req.seq(), req.op());
-    let sequenced = seq != 0 && pool.service.sequenced(op);
-    if sequenced {
-        if let Some(r) = pool.remembered.lock().get(&alias) {
-            if r.seq == seq {
-                return Reply { words: r.words, bytes: r.bytes.clone(), handle: None, close_after: false };
+    if seq == 0 || !pool.service.sequenced(op) {
+        return pool.service.handle(req);
+    }
+    {
+        let mut logs = pool.logs.lock();
+        loop {
+            let log = logs.entry(alias).or_default();
+            if let Some(a) = log.find(seq) {
+                return match &a.bytes {
+                    Some(bytes) => Reply { words: a.words, bytes: bytes.clone(), handle: None, close_after: false },
+                    None => Reply::err(Error::Gone),
+                };
             }
+            if !log.in_flight.contains(&seq) {
+                log.in_flight.push(seq);
+                break;
+            }
+            // Another copy of this request is being handled: its answer is ours.
+            logs = pool.answered.wait(logs);
         }
     }
     let reply = pool.service.handle(req);
-    if sequenced && reply.handle.is_none() {
-        pool.remembered.lock().insert(alias, Remembered { seq, words: reply.words, bytes: reply.bytes.clone() });
+    {
+        let mut logs = pool.logs.lock();
+        // Gone if the alias was forgotten meanwhile (its object closed).
+        if let Some(log) = logs.get_mut(&alias) {
+            log.in_flight.retain(|&s| s != seq);
+            if reply.handle.is_none() {
+                log.remember(Answered { seq, words: reply.words, bytes: Some(reply.bytes.clone()) });
+            }
+        }
     }
+    pool.answered.notify_all();
     reply
 }
