@@ -138,6 +138,8 @@ pub enum IpcError {
     Interrupted,
     /// The server that took the request exited without replying.
     ServerGone,
+    /// The caller's deadline (`sched::set_deadline`) passed first.
+    TimedOut,
 }
 
 impl Default for Portset {
@@ -170,10 +172,15 @@ impl Portset {
         self.oneway.len_hint()
     }
 
-    fn pop_client(&self, inner: &mut PortsetInner) -> Option<Arc<Thread>> {
+    /// The oldest queued client with its call epoch, read under the
+    /// portset's lock: a client that abandons its call while queued
+    /// withdraws (or counts the abandonment) under the same lock, so the
+    /// epoch a server records is the one of the call it took.
+    fn pop_client(&self, inner: &mut PortsetInner) -> Option<(Arc<Thread>, u64)> {
         let c = inner.clients.pop_front()?;
         self.pending.fetch_sub(1, Ordering::Release);
-        Some(c)
+        let epoch = c.call_epoch.load(Ordering::Acquire);
+        Some((c, epoch))
     }
 
     fn push_client(&self, inner: &mut PortsetInner, c: Arc<Thread>) {
@@ -199,6 +206,9 @@ impl Portset {
         self.inner.try_lock().map(Servers)
     }
 
+    /// A client abandons its call (stopped, killed, timed out): out of the
+    /// queue if no server took it yet; if one did, the call's epoch moves
+    /// on, so that server's reply is dropped instead of answering a later call.
     fn withdraw_client(&self, me: &Arc<Thread>) {
         cpu::without_interrupts(|| {
             let mut inner = self.inner.lock();
@@ -206,6 +216,8 @@ impl Portset {
             inner.clients.retain(|c| !Arc::ptr_eq(c, me));
             if inner.clients.len() < before {
                 self.pending.fetch_sub(1, Ordering::Release);
+            } else {
+                me.abandon_call();
             }
         });
     }
@@ -237,6 +249,7 @@ fn wait_delivered(me: &Arc<Thread>, handoff: Option<Arc<Thread>>) -> Result<(), 
         if delivered(me) || me.kill_requested() || me.stop_requested() {
             let _ = sched::wake(me);
         }
+        sched::arm_deadline(me);
         sched::block_and_handoff(&next);
     }
     loop {
@@ -246,8 +259,12 @@ fn wait_delivered(me: &Arc<Thread>, handoff: Option<Arc<Thread>>) -> Result<(), 
         if me.kill_requested() || me.stop_requested() {
             return Err(IpcError::Interrupted);
         }
+        if sched::deadline_passed(me) {
+            return Err(IpcError::TimedOut);
+        }
+        sched::arm_deadline(me);
         sched::mark_current_blocked();
-        if delivered(me) || me.kill_requested() || me.stop_requested() {
+        if delivered(me) || me.kill_requested() || me.stop_requested() || sched::deadline_passed(me) {
             // Delivered, or asked to die or stop, between the check and the
             // block (the fence in mark_current_blocked orders this look
             // after the block): the waker may have missed us, so undo the
@@ -315,6 +332,7 @@ pub fn call(port: &Port, message: [u64; 6], payload: Carried) -> Result<([u64; 6
                 s.message = message;
                 s.alias = port.alias;
                 s.partner = Some(me.clone());
+                s.partner_epoch = me.call_epoch.load(Ordering::Relaxed);
                 server.delivered.store(true, Ordering::Release);
             }
             if sched::direct_handoff_enabled() && server.may_run_on(here) {
@@ -339,7 +357,8 @@ pub fn call(port: &Port, message: [u64; 6], payload: Carried) -> Result<([u64; 6
         }
     };
     if result.is_err() {
-        // Killed before a server took the request: withdraw it.
+        // Stopped, killed or timed out: withdraw the request, or (a server
+        // took it) make sure its reply is dropped.
         ps.withdraw_client(&me);
     }
     result?;
@@ -353,9 +372,19 @@ pub fn call(port: &Port, message: [u64; 6], payload: Carried) -> Result<([u64; 6
 /// An exiting thread that took a request and has not replied: its client
 /// fails with `ServerGone` instead of waiting forever. Interrupts off.
 pub fn abandon_client(me: &Thread) {
-    let Some(client) = me.ipc.lock().partner.take() else { return };
-    client.ipc.lock().server_gone = true;
-    client.delivered.store(true, Ordering::Release);
+    let (client, epoch) = {
+        let mut slot = me.ipc.lock();
+        (slot.partner.take(), slot.partner_epoch)
+    };
+    let Some(client) = client else { return };
+    {
+        let mut slot = client.ipc.lock();
+        if client.call_epoch.load(Ordering::Acquire) != epoch {
+            return; // it gave up on that call
+        }
+        slot.server_gone = true;
+        client.delivered.store(true, Ordering::Release);
+    }
     sched::wake(&client);
 }
 
@@ -363,7 +392,14 @@ pub fn abandon_client(me: &Thread) {
 /// reply: waits for its reply like `call`. Interrupts off.
 pub fn await_reply() -> Result<[u64; 6], IpcError> {
     let me = sched::current();
-    wait_delivered(&me, None)?;
+    if let Err(e) = wait_delivered(&me, None) {
+        // Its server holds the request: drop that server's reply.
+        cpu::without_interrupts(|| {
+            let _slot = me.ipc.lock();
+            me.abandon_call();
+        });
+        return Err(e);
+    }
     let mut slot = me.ipc.lock();
     if core::mem::take(&mut slot.server_gone) {
         return Err(IpcError::ServerGone);
@@ -386,7 +422,7 @@ pub fn await_request() -> Result<(u64, [u64; 6]), IpcError> {
 }
 
 /// Takes `client`'s queued request as the server's current one.
-fn accept(me: &Arc<Thread>, client: Arc<Thread>) -> (u64, [u64; 6], Carried) {
+fn accept(me: &Arc<Thread>, (client, epoch): (Arc<Thread>, u64)) -> (u64, [u64; 6], Carried) {
     let (message, alias, payload) = {
         let mut c = client.ipc.lock();
         (c.message, c.alias, c.request_payload.take())
@@ -395,25 +431,35 @@ fn accept(me: &Arc<Thread>, client: Arc<Thread>) -> (u64, [u64; 6], Carried) {
     slot.message = message;
     slot.alias = alias;
     slot.partner = Some(client);
+    slot.partner_epoch = epoch;
     (alias, message, payload)
 }
 
 /// Replies (with `payload`) to the server's current client (if any), then
 /// waits for the next request on `portset`. Returns (alias, message, the
 /// request's payload). Interrupts off.
-pub fn reply_wait(portset: &Portset, reply: [u64; 6], payload: Carried) -> Result<(u64, [u64; 6], Carried), IpcError> {
+pub fn reply_wait(portset: &Portset, reply: [u64; 6], mut payload: Carried) -> Result<(u64, [u64; 6], Carried), IpcError> {
     let me = sched::current();
-    let (client, stale) = {
+    let (client, epoch, stale) = {
         let mut slot = me.ipc.lock();
-        (slot.partner.take(), slot.request_payload.take())
+        (slot.partner.take(), slot.partner_epoch, slot.request_payload.take())
     };
     drop(stale);
-    if let Some(c) = &client {
+    let mut undelivered = None;
+    let client = client.filter(|c| {
         let mut slot = c.ipc.lock();
+        if c.call_epoch.load(Ordering::Acquire) != epoch {
+            // The client gave up on that call (stopped, killed, timed
+            // out): the reply is dropped, never delivered to a later call.
+            undelivered = payload.take();
+            return false;
+        }
         slot.reply = reply;
-        slot.reply_payload = payload;
+        slot.reply_payload = payload.take();
         c.delivered.store(true, Ordering::Release);
-    }
+        true
+    });
+    drop(undelivered);
     me.delivered.store(false, Ordering::Relaxed);
     let here = crate::arch::percpu::this_cpu_index();
     // A client blocked on this CPU gets the CPU back directly once we block;
@@ -485,11 +531,22 @@ pub fn reply_wait(portset: &Portset, reply: [u64; 6], payload: Carried) -> Resul
 
 /// A server registered in `servers` waits for a client to deliver.
 fn finish_wait(me: &Arc<Thread>, portset: &Portset, handoff: Option<Arc<Thread>>) -> Result<(u64, [u64; 6], Carried), IpcError> {
-    let result = wait_delivered(me, handoff);
-    if result.is_err() {
-        cpu::without_interrupts(|| portset.inner.lock().servers.retain(|s| !Arc::ptr_eq(s, me)));
+    if let Err(e) = wait_delivered(me, handoff) {
+        let withdrawn = cpu::without_interrupts(|| {
+            let mut inner = portset.inner.lock();
+            let before = inner.servers.len();
+            inner.servers.retain(|s| !Arc::ptr_eq(s, me));
+            inner.servers.len() < before
+        });
+        if withdrawn {
+            return Err(e);
+        }
+        // A client took this server just before the stop or kill and is
+        // delivering its request: receive it (the stop lands once the
+        // call returns) rather than restart and answer that client with
+        // the previous client's reply.
+        wait_for_partner_uninterruptibly(me);
     }
-    result?;
     let mut slot = me.ipc.lock();
     Ok((slot.alias, slot.message, slot.request_payload.take()))
 }

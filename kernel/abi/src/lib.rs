@@ -83,6 +83,9 @@ pub mod call {
     pub const HANG_REPORT: u64 = 77;
     pub const SPACE_SET_QUOTA: u64 = 78;
     pub const FAULT_INJECT: u64 = 79;
+    pub const TIME_NOW: u64 = 80;
+    pub const SLEEP_UNTIL: u64 = 81;
+    pub const IPC_CALL_BUF_TIMED: u64 = 82;
     pub const CONSOLE_PUT: u64 = 95;
 
     /// Every call: (number, name as ABI.md spells it), in number order.
@@ -156,6 +159,9 @@ pub mod call {
         (HANG_REPORT, "hang_report"),
         (SPACE_SET_QUOTA, "space_set_quota"),
         (FAULT_INJECT, "fault_inject"),
+        (TIME_NOW, "time_now"),
+        (SLEEP_UNTIL, "sleep_until"),
+        (IPC_CALL_BUF_TIMED, "ipc_call_buf_timed"),
         (CONSOLE_PUT, "console_put"),
     ];
 
@@ -189,10 +195,12 @@ pub enum Error {
     Dead = -9,
     /// The call would have to wait and was asked not to.
     WouldBlock = -10,
+    /// The call's time ran out before it could complete.
+    TimedOut = -11,
 }
 
 impl Error {
-    pub const ALL: [Error; 10] = [
+    pub const ALL: [Error; 11] = [
         Error::NoSuchCall,
         Error::BadPointer,
         Error::BadSize,
@@ -203,6 +211,7 @@ impl Error {
         Error::InvalidArgument,
         Error::Dead,
         Error::WouldBlock,
+        Error::TimedOut,
     ];
 
     pub const fn code(self) -> i64 {
@@ -227,6 +236,7 @@ impl Error {
             Error::InvalidArgument => "InvalidArgument",
             Error::Dead => "Dead",
             Error::WouldBlock => "WouldBlock",
+            Error::TimedOut => "TimedOut",
         }
     }
 }

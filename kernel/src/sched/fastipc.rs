@@ -217,7 +217,11 @@ impl Kernel for ThisCpu<'_> {
         let place = servers.room_for_server()?;
         // The portset keeps the caller's reference from `current`, which a
         // direct switch then refills, or a copy of it if the scheduler runs.
-        let (client, me) = match slot.partner.take() {
+        // A client that gave up on its call since (its epoch moved on)
+        // gets no reply: it may be parked in a later call by now.
+        let epoch = slot.partner_epoch;
+        let partner = slot.partner.take().filter(|c| c.call_epoch.load(Ordering::Acquire) == epoch);
+        let (client, me) = match partner {
             Some(c) if self.claim(&c) => (Client::Claimed(c), self.take_current()),
             // Blocked the general way, but it runs here next.
             Some(c) if c.cpu() == self.cpu => (Client::Blocked(Some(c)), self.clone_current()),
@@ -243,7 +247,10 @@ impl Kernel for ThisCpu<'_> {
     fn park_caller_as_client_of(&self, server: &Arc<Thread>) {
         self.me.delivered.store(false, Ordering::Relaxed);
         self.park_caller(ParkedAs::Client);
-        server.ipc.lock().partner = Some(self.take_current());
+        let epoch = self.me.call_epoch.load(Ordering::Relaxed);
+        let mut slot = server.ipc.lock();
+        slot.partner = Some(self.take_current());
+        slot.partner_epoch = epoch;
     }
 
     #[inline(always)]

@@ -23,6 +23,8 @@ pub const USER_PRIORITY: u8 = 16;
 pub(super) const KERNEL_STACK_PAGES: u64 = 4;
 /// Timer ticks a user thread runs before others of its priority get a turn.
 pub(super) const TIME_SLICE_TICKS: u32 = 2;
+/// `deadline_cpu` when no clock list holds the thread.
+pub(super) const NO_CPU: usize = usize::MAX;
 
 pub(super) const READY: u8 = 0;
 pub(super) const RUNNING: u8 = 1;
@@ -137,6 +139,19 @@ pub struct Thread {
     /// Set (Release) by the IPC partner once the awaited message is in
     /// `ipc`; outside the slot's lock so waiters poll it without locking.
     pub delivered: AtomicBool,
+    /// Counts the calls this thread abandoned (stopped, killed or timed out
+    /// after a server may have taken the request). A server records it when
+    /// it takes a request and delivers its reply only if it is unchanged:
+    /// a reply to an abandoned call must not land in a later one. Written
+    /// only by the thread itself, while it runs.
+    pub call_epoch: AtomicU64,
+    /// The TSC value at which the blocking call this thread is in gives up
+    /// (`sleep_until`, a timed IPC call); 0: none. Written only by the
+    /// thread itself.
+    pub(super) deadline: AtomicU64,
+    /// The CPU whose clock list holds this thread's deadline wake-up, or
+    /// `NO_CPU`.
+    pub(super) deadline_cpu: AtomicUsize,
     /// While stopped: the address and kind of its user register frame.
     pub(super) stopped_frame: spin::Mutex<Option<(u64, FrameKind)>>,
     /// A thread created stopped starts from these registers.
@@ -193,6 +208,8 @@ pub struct IpcSlot {
     pub alias: u64,
     /// Server: the client to reply to. Client: none.
     pub partner: Option<Arc<Thread>>,
+    /// Server: the partner's `call_epoch` when its request was taken.
+    pub partner_epoch: u64,
     /// Client: the payload staged with its request until a server takes
     /// it. Server: the payload of the request it received.
     pub request_payload: crate::ipc::Carried,
@@ -221,6 +238,14 @@ unsafe impl Sync for Thread {}
 unsafe impl Send for Thread {}
 
 impl Thread {
+    /// The call this thread is in will take no reply: a server that took
+    /// its request drops its reply (`call_epoch`). Called by the thread
+    /// itself, holding its IPC slot or the portset's lock, so a server's
+    /// check and delivery (under the client's slot) see it or come before.
+    pub fn abandon_call(&self) {
+        self.call_epoch.fetch_add(1, Ordering::AcqRel);
+    }
+
     pub(super) fn new(name: &'static str, body: Body, root: u64, priority: u8, affinity: u64) -> Result<Arc<Thread>, SchedError> {
         Thread::new_in(name, body, root, priority, affinity, Weak::new())
     }
@@ -268,6 +293,9 @@ impl Thread {
             space,
             ipc: spin::Mutex::new(IpcSlot::default()),
             delivered: AtomicBool::new(false),
+            call_epoch: AtomicU64::new(0),
+            deadline: AtomicU64::new(0),
+            deadline_cpu: AtomicUsize::new(NO_CPU),
             stopped_frame: spin::Mutex::new(None),
             pending_start: spin::Mutex::new(None),
             stop_waiters: WaitQueue::new(WaitReason::Stop),

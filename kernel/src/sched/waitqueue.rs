@@ -87,3 +87,77 @@ pub fn sleep_ticks(ticks: u64) {
         schedule();
     });
 }
+
+/// Sets the deadline of the blocking call the current thread starts (a TSC
+/// value; 0: none). Its waits end with a time-out once the TSC passes it
+/// (checked at each timer tick: a deadline is met within one tick).
+pub fn set_deadline(tsc: u64) {
+    me().deadline.store(tsc, Ordering::Relaxed);
+}
+
+/// Ends the current thread's deadline and takes its clock wake-up back (a
+/// clock entry pins the thread).
+pub fn clear_deadline() {
+    let me = current();
+    me.deadline.store(0, Ordering::Relaxed);
+    disarm_deadline(&me);
+}
+
+/// Whether the current thread's deadline has passed.
+pub fn deadline_passed(t: &Thread) -> bool {
+    let d = t.deadline.load(Ordering::Relaxed);
+    d != 0 && cpu::read_tsc() >= d
+}
+
+/// Before the current thread blocks: a clock wake-up at its deadline (if
+/// any) on this CPU, replacing an earlier one. The tick after the one the
+/// deadline falls in wakes it, so it wakes late rather than early.
+pub fn arm_deadline(t: &Arc<Thread>) {
+    let d = t.deadline.load(Ordering::Relaxed);
+    if d == 0 {
+        return;
+    }
+    cpu::without_interrupts(|| {
+        disarm_deadline(t);
+        let (cpu, s) = here();
+        let left = d.saturating_sub(cpu::read_tsc());
+        let ticks = left.div_ceil(crate::arch::time::tsc_per_tick()) + 1;
+        let at = percpu::cpu(cpu).ticks.load(Ordering::Relaxed).saturating_add(ticks);
+        s.sleepers.lock().push((at, t.clone()));
+        t.deadline_cpu.store(cpu, Ordering::Relaxed);
+    });
+}
+
+fn disarm_deadline(t: &Arc<Thread>) {
+    let cpu = t.deadline_cpu.swap(NO_CPU, Ordering::Relaxed);
+    if cpu != NO_CPU {
+        cpu::without_interrupts(|| CPUS[cpu].sleepers.lock().retain(|(_, x)| !Arc::ptr_eq(x, t)));
+    }
+}
+
+/// Blocks the current thread until the TSC reaches `deadline`: true then,
+/// false if it was asked to stop or die first (its call restarts or ends).
+pub fn sleep_until_tsc(deadline: u64) -> bool {
+    let me = current();
+    me.deadline.store(deadline.max(1), Ordering::Relaxed);
+    let reached = loop {
+        if deadline_passed(&me) {
+            break true;
+        }
+        if me.kill_requested() || me.stop_requested() {
+            break false;
+        }
+        arm_deadline(&me);
+        cpu::without_interrupts(|| {
+            set_wait(&me, WaitReason::Sleep);
+            me.state.store(BLOCKED, Ordering::Release);
+            core::sync::atomic::fence(Ordering::SeqCst);
+            if deadline_passed(&me) || me.kill_requested() || me.stop_requested() {
+                let _ = wake(&me);
+            }
+            schedule();
+        });
+    };
+    clear_deadline();
+    reached
+}

@@ -54,6 +54,7 @@ pub(super) fn call_result<T>(result: Result<T, crate::ipc::IpcError>) -> Result<
     result.map_err(|e| match e {
         crate::ipc::IpcError::ServerGone => SysError::Dead.into(),
         crate::ipc::IpcError::Interrupted => interrupted(),
+        crate::ipc::IpcError::TimedOut => SysError::TimedOut.into(),
     })
 }
 
@@ -166,6 +167,32 @@ pub(super) fn ipc_call_buf(frame: &mut SyscallFrame) -> SysResult {
     let port = me.lookup_port(Handle::from_raw(frame.rdi), Rights::SEND)?;
     let payload = d.stage(&me)?;
     let (reply, reply_payload) = call_result(crate::ipc::call(&port, message_of(frame), payload))?;
+    set_message(frame, reply);
+    d.deliver(&me, reply_payload)?;
+    Ok(0)
+}
+
+/// `ipc_call_buf_timed(port)`: `ipc_call_buf` that gives up with `TimedOut`
+/// after r14 nanoseconds (u64::MAX: never) without a reply; a reply that
+/// comes later is dropped. Stopped meanwhile, it is exported with r14 = the
+/// time left, so it restarts with the rest of its time (Fluke's atomic API).
+pub(super) fn ipc_call_buf_timed(frame: &mut SyscallFrame) -> SysResult {
+    let timeout_ns = frame.r14;
+    let d = BufferDescriptor::read(frame.r13)?;
+    let me = caller()?;
+    let port = me.lookup_port(Handle::from_raw(frame.rdi), Rights::SEND)?;
+    let payload = d.stage(&me)?;
+    let deadline = match timeout_ns {
+        u64::MAX => 0,
+        ns => crate::arch::time::read_tsc_now().saturating_add(crate::arch::time::ns_to_tsc(ns)).max(1),
+    };
+    sched::set_deadline(deadline);
+    let result = crate::ipc::call(&port, message_of(frame), payload);
+    sched::clear_deadline();
+    if deadline != 0 && matches!(result, Err(crate::ipc::IpcError::Interrupted)) {
+        frame.r14 = crate::arch::time::tsc_to_ns(deadline.saturating_sub(crate::arch::time::read_tsc_now()));
+    }
+    let (reply, reply_payload) = call_result(result)?;
     set_message(frame, reply);
     d.deliver(&me, reply_payload)?;
     Ok(0)

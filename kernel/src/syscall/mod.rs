@@ -221,6 +221,9 @@ pub fn dispatch(frame: &mut SyscallFrame) -> i64 {
         call::HANG_REPORT => hang_report(),
         call::SPACE_SET_QUOTA => space_set_quota(a0, a1),
         call::FAULT_INJECT => fault_inject(a0, a1, a2),
+        call::TIME_NOW => time_now(),
+        call::SLEEP_UNTIL => sleep_until(a0),
+        call::IPC_CALL_BUF_TIMED => ipc_call_buf_timed(frame),
         call::CONSOLE_PUT => console_put(a0, a1),
         _ => Err(SysError::NoSuchCall.into()),
     };

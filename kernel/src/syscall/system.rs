@@ -106,3 +106,25 @@ pub(super) fn system_info(buf: u64, len: u64) -> SysResult {
     copy_to_user(buf, &out[..n]).map_err(|()| SysError::BadPointer)?;
     Ok(n as i64)
 }
+
+/// `time_now()`: nanoseconds since boot, monotonic, from the TSC (the clock
+/// of every deadline).
+pub(super) fn time_now() -> SysResult {
+    Ok(crate::arch::time::now_ns().min(i64::MAX as u64) as i64)
+}
+
+/// `sleep_until(deadline_ns)`: returns 0 once `time_now()` ≥ `deadline_ns`
+/// (at once if it already is; woken at the timer tick after the deadline,
+/// so at most one tick late). Stopped meanwhile, it restarts with the same
+/// deadline: an absolute time needs no rewriting.
+pub(super) fn sleep_until(deadline_ns: u64) -> SysResult {
+    caller()?;
+    if crate::arch::time::now_ns() >= deadline_ns {
+        return Ok(0);
+    }
+    if sched::sleep_until_tsc(crate::arch::time::ns_to_tsc(deadline_ns)) {
+        Ok(0)
+    } else {
+        Err(interrupted())
+    }
+}

@@ -20,6 +20,7 @@ mod payload;
 mod regressions;
 #[cfg(target_os = "none")]
 mod system;
+mod timing;
 
 extern crate alloc;
 
@@ -54,7 +55,7 @@ fn init_main() -> i32 {
         return system::run();
     }
     println!("init: hello from the root program");
-    let checks: [(&str, Check); 35] = [
+    let checks: [(&str, Check); 36] = [
         ("data and bss", data_and_bss),
         ("null call", null_call),
         ("console write", console_write),
@@ -72,6 +73,7 @@ fn init_main() -> i32 {
         ("ipc cross cpu", ipc_cross_cpu),
         ("ipc errors", ipc_errors),
         ("ipc ping-pong shares its cpu", ipc_pingpong_shares_cpu),
+        ("time: sleeps, timed calls, late replies dropped, stops keep the time left", timing::check),
         ("nested mappings and revocation", nested_mappings),
         ("user-level pager and exception keeper", keepers),
         ("checkpoint and restart of threads", checkpoint_restart),

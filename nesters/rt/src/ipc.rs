@@ -108,6 +108,35 @@ pub(crate) unsafe fn ipc_raw_r13(n: u64, h: u64, m: &mut Message, r13: u64) -> i
     ret
 }
 
+/// `ipc_raw_r13` with a timeout in r14, which the kernel rewrites to the
+/// time left when the thread is stopped mid-call (so it is in and out).
+///
+/// # Safety
+/// As `ipc_raw_r13`.
+unsafe fn ipc_raw_r13_r14(n: u64, h: u64, m: &mut Message, r13: u64, r14: u64) -> i64 {
+    let ret: i64;
+    // SAFETY: as ipc_raw_r13; r14 is declared clobbered.
+    unsafe {
+        asm!(
+            "syscall",
+            inlateout("rax") n as i64 => ret,
+            in("rdi") h,
+            inlateout("rsi") m[0],
+            inlateout("rdx") m[1],
+            inlateout("r10") m[2],
+            inlateout("r8") m[3],
+            inlateout("r9") m[4],
+            inlateout("r12") m[5],
+            in("r13") r13,
+            inlateout("r14") r14 => _,
+            lateout("rcx") _,
+            lateout("r11") _,
+            options(nostack)
+        );
+    }
+    ret
+}
+
 /// A queued one-way message as a portset's state exports it.
 #[repr(C)]
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
@@ -194,6 +223,27 @@ pub fn call_payload(port: Handle, request: Message, payload: &mut Payload) -> Re
     let mut m = request;
     let (_, received) = ipc_payload_raw(nr::IPC_CALL_BUF, port, &mut m, payload, 0)?;
     Ok((m, received))
+}
+
+/// `call_payload` that gives up with `TimedOut` after `timeout_ns`
+/// nanoseconds without a reply (`u64::MAX`: never); a reply that comes
+/// later is dropped, so a server that never answers cannot hold the caller.
+pub fn call_payload_timed(port: Handle, request: Message, payload: &mut Payload, timeout_ns: u64) -> Result<(Message, Received), SysError> {
+    let mut m = request;
+    let mut d = Descriptor {
+        send_ptr: if payload.send.is_empty() { 0 } else { payload.send.as_ptr() as u64 },
+        send_len: payload.send.len() as u64,
+        send_handle: payload.handle.map_or(0, |h| h.0),
+        recv_ptr: if payload.recv.is_empty() { 0 } else { payload.recv.as_mut_ptr() as u64 },
+        recv_capacity: payload.recv.len() as u64,
+        ..Descriptor::default()
+    };
+    // SAFETY: as `ipc_payload_raw`: the kernel reads `payload.send`, writes
+    // at most `payload.recv.len()` bytes of `payload.recv` and the result
+    // words of `d`, which lives until the call returns.
+    let ret = unsafe { ipc_raw_r13_r14(nr::IPC_CALL_BUF_TIMED, port.0, &mut m, &mut d as *mut Descriptor as u64, timeout_ns) };
+    decode(ret)?;
+    Ok((m, Received { len: d.received_len as usize, handle: (d.received_handle != 0).then_some(Handle(d.received_handle)) }))
 }
 
 /// `reply_wait` whose reply carries `payload`'s bytes and capability, and

@@ -23,6 +23,7 @@ pub mod ipc;
 pub mod memory;
 pub mod object;
 pub mod sync;
+pub mod time;
 
 use core::arch::asm;
 use core::fmt;
@@ -63,6 +64,8 @@ pub enum SysError {
     Dead,
     /// -10: the thread has not exited yet.
     WouldBlock,
+    /// -11: the call's time ran out (a timed IPC call).
+    TimedOut,
     /// Any other negative value (a kernel newer than this runtime).
     Other(i64),
 }
@@ -81,6 +84,7 @@ impl SysError {
             SysError::InvalidArgument => Abi::InvalidArgument.code(),
             SysError::Dead => Abi::Dead.code(),
             SysError::WouldBlock => Abi::WouldBlock.code(),
+            SysError::TimedOut => Abi::TimedOut.code(),
             SysError::Other(c) => c,
         }
     }
@@ -102,6 +106,7 @@ pub fn decode(raw: i64) -> Result<u64, SysError> {
         Some(Abi::InvalidArgument) => SysError::InvalidArgument,
         Some(Abi::Dead) => SysError::Dead,
         Some(Abi::WouldBlock) => SysError::WouldBlock,
+        Some(Abi::TimedOut) => SysError::TimedOut,
         None => SysError::Other(raw),
     })
 }

@@ -79,6 +79,32 @@ pub fn now_us() -> u64 {
     read_tsc() / (tsc_hz().max(1_000_000) / 1_000_000)
 }
 
+/// The TSC now (for deadlines outside `arch`).
+pub fn read_tsc_now() -> u64 {
+    read_tsc()
+}
+
+/// Nanoseconds since TSC zero (boot): the clock of `time_now` and every
+/// deadline user programs give.
+pub fn now_ns() -> u64 {
+    tsc_to_ns(read_tsc())
+}
+
+/// `tsc` cycles as nanoseconds at the calibrated rate (saturating).
+pub fn tsc_to_ns(tsc: u64) -> u64 {
+    (tsc as u128 * 1_000_000_000 / tsc_hz().max(1) as u128).min(u64::MAX as u128) as u64
+}
+
+/// `ns` nanoseconds as TSC cycles (saturating).
+pub fn ns_to_tsc(ns: u64) -> u64 {
+    (ns as u128 * tsc_hz().max(1) as u128 / 1_000_000_000).min(u64::MAX as u128) as u64
+}
+
+/// TSC cycles per timer tick (deadlines are checked at each tick).
+pub fn tsc_per_tick() -> u64 {
+    (tsc_hz() / TICK_HZ).max(1)
+}
+
 /// Measures the APIC timer against the TSC (boot CPU, once).
 pub fn calibrate_apic_timer(tsc_deadline: bool) {
     USE_TSC_DEADLINE.store(tsc_deadline, Ordering::Relaxed);

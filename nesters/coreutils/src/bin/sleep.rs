@@ -29,13 +29,9 @@ fn run() -> i32 {
     };
     let scale = [1000, 100, 10, 1][frac.len().min(3)];
     let ms = w * 1000 + f * scale;
-    let hz = matryoshka_rt::object::system_info().map(|i| i.tsc_hz).unwrap_or(1_000_000_000).max(1);
-    // SAFETY: rdtsc is allowed in ring 3.
-    let start = unsafe { core::arch::x86_64::_rdtsc() };
-    let until = start + ms * (hz / 1000);
-    // SAFETY: as above.
-    while unsafe { core::arch::x86_64::_rdtsc() } < until {
-        matryoshka_rt::object::yield_now();
+    if let Err(e) = matryoshka_rt::time::sleep_ns(ms.saturating_mul(matryoshka_rt::time::MS)) {
+        errln!("sleep: {e:?}");
+        return 1;
     }
     0
 }
