@@ -461,20 +461,124 @@ pub enum Control {
     ExitWithin(Duration),
 }
 
+/// One step of a scripted console session (`run_captured_with_input`):
+/// once a line containing `after` appears (at once if `None`), `send` is
+/// written to the guest's serial input; with `until`, it is written again
+/// every `every` until a line containing `until` appears.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Feed {
+    pub after: Option<String>,
+    pub send: Vec<u8>,
+    pub until: Option<String>,
+    pub every: Duration,
+}
+
+impl Feed {
+    /// Types `text` once a line containing `after` appears.
+    pub fn after(after: &str, text: &str) -> Feed {
+        Feed { after: Some(after.into()), send: text.as_bytes().to_vec(), until: None, every: Duration::from_secs(1) }
+    }
+
+    /// Repeats the input every `every` until a line containing `until` appears.
+    pub fn repeat_until(mut self, until: &str, every: Duration) -> Feed {
+        self.until = Some(until.into());
+        self.every = every;
+        self
+    }
+}
+
+/// Where a script is: waiting for a step's trigger, or repeating its input.
+struct Script {
+    steps: Vec<Feed>,
+    at: usize,
+    repeating_since: Option<Instant>,
+}
+
+impl Script {
+    /// What to write after `line` (or after a quiet poll when `line` is None).
+    fn advance(&mut self, line: Option<&str>) -> Vec<u8> {
+        let mut out = Vec::new();
+        loop {
+            let Some(step) = self.steps.get(self.at) else { return out };
+            if let Some(since) = self.repeating_since {
+                let until = step.until.as_deref().unwrap_or_default();
+                if line.is_some_and(|l| l.contains(until)) {
+                    self.repeating_since = None;
+                    self.at += 1;
+                    continue;
+                }
+                if since.elapsed() >= step.every {
+                    out.extend_from_slice(&step.send);
+                    self.repeating_since = Some(Instant::now());
+                }
+                return out;
+            }
+            let triggered = match &step.after {
+                None => true,
+                Some(t) => line.is_some_and(|l| l.contains(t.as_str())),
+            };
+            if !triggered {
+                return out;
+            }
+            out.extend_from_slice(&step.send);
+            if step.until.is_some() {
+                self.repeating_since = Some(Instant::now());
+                return out;
+            }
+            self.at += 1;
+            // The next step waits for a later line.
+            if self.steps.get(self.at).is_some_and(|s| s.after.is_some()) {
+                return out;
+            }
+        }
+    }
+}
+
 /// Spawn `cmd` with stdout and stderr piped, append every line (stdout
 /// verbatim, stderr prefixed with `[qemu stderr] `) to `log`, hand each
 /// stdout line to `on_line`, and kill the process if it runs past
 /// `timeout` (or past a shorter deadline `on_line` asked for). Carriage
 /// returns are stripped; invalid UTF-8 is replaced.
-pub fn run_captured(mut cmd: Command, log: &Path, timeout: Duration, mut on_line: impl FnMut(&str) -> Control) -> Result<Captured> {
+pub fn run_captured(cmd: Command, log: &Path, timeout: Duration, on_line: impl FnMut(&str) -> Control) -> Result<Captured> {
+    run_captured_with_input(cmd, log, timeout, Vec::new(), on_line)
+}
+
+/// `run_captured` that also types `script` into the guest's serial input
+/// (QEMU's stdin, for `Serial::Stdio`), each step when its trigger line
+/// appears. The script's writes go to the log as `[hw-tests] typed ...`.
+pub fn run_captured_with_input(
+    mut cmd: Command,
+    log: &Path,
+    timeout: Duration,
+    script: Vec<Feed>,
+    mut on_line: impl FnMut(&str) -> Control,
+) -> Result<Captured> {
     if let Some(dir) = log.parent() {
         fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
     }
     let file = fs::File::create(log).with_context(|| format!("cannot create {}", log.display()))?;
     let file = Arc::new(Mutex::new(file));
     cmd.stdout(Stdio::piped()).stderr(Stdio::piped());
+    if !script.is_empty() {
+        cmd.stdin(Stdio::piped());
+    }
     let start = Instant::now();
     let mut child: Child = cmd.spawn().with_context(|| format!("cannot start {}", cmd.get_program().to_string_lossy()))?;
+    let mut stdin = child.stdin.take();
+    let mut script = Script { steps: script, at: 0, repeating_since: None };
+    let mut type_in = |line: Option<&str>, file: &Arc<Mutex<fs::File>>| {
+        let bytes = script.advance(line);
+        if bytes.is_empty() {
+            return;
+        }
+        if let Some(input) = stdin.as_mut() {
+            let _ = input.write_all(&bytes).and_then(|()| input.flush());
+        }
+        if let Ok(mut f) = file.lock() {
+            let _ = writeln!(f, "[hw-tests] typed {:?}", String::from_utf8_lossy(&bytes));
+        }
+    };
+    type_in(None, &file);
     let (tx, rx) = mpsc::channel::<String>();
     let out = child.stdout.take().expect("stdout piped");
     let err = child.stderr.take().expect("stderr piped");
@@ -496,8 +600,9 @@ pub fn run_captured(mut cmd: Command, log: &Path, timeout: Duration, mut on_line
                 if let Control::ExitWithin(grace) = on_line(&line) {
                     deadline = deadline.min(Instant::now() + grace);
                 }
+                type_in(Some(&line), &file);
             }
-            Err(mpsc::RecvTimeoutError::Timeout) => {}
+            Err(mpsc::RecvTimeoutError::Timeout) => type_in(None, &file),
             Err(mpsc::RecvTimeoutError::Disconnected) => break, // stdout closed
         }
     }
@@ -560,6 +665,31 @@ fn pump_lines(src: impl Read, file: &Arc<Mutex<fs::File>>, prefix: &str, tx: Opt
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_script_types_each_step_after_its_trigger() {
+        let mut s = Script {
+            steps: vec![
+                Feed::after("ready", "a\r"),
+                Feed { after: None, send: b"b".to_vec(), until: None, every: Duration::ZERO },
+                Feed::after("go", "!").repeat_until("stop", Duration::ZERO),
+                Feed::after("end", "z"),
+            ],
+            at: 0,
+            repeating_since: None,
+        };
+        assert_eq!(s.advance(None), b"");
+        assert_eq!(s.advance(Some("not yet")), b"");
+        // A step without a trigger follows its predecessor at once.
+        assert_eq!(s.advance(Some("[cpu0] ready")), b"a\rb");
+        assert_eq!(s.advance(Some("go")), b"!");
+        // Repeated (every 0 s) until `stop` shows.
+        assert_eq!(s.advance(None), b"!");
+        assert_eq!(s.advance(Some("x")), b"!");
+        assert_eq!(s.advance(Some("stop")), b"");
+        assert_eq!(s.advance(Some("end")), b"z");
+        assert_eq!(s.advance(Some("end")), b"");
+    }
 
     fn args_of(r: &QemuRun) -> Vec<String> {
         r.args().unwrap().into_iter().map(|a| a.to_string_lossy().into_owned()).collect()

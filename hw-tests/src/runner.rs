@@ -136,7 +136,7 @@ fn boot(s: &Scenario, cfg: &RunConfig, work: &Path, log: &Path) -> Result<Verdic
     // Once the kernel has reported its verdict QEMU must exit promptly; a
     // kernel that never writes to isa-debug-exit fails fast, not after the
     // whole timeout.
-    let captured = qemu::run_captured(cmd, log, timeout, |l| {
+    let captured = qemu::run_captured_with_input(cmd, log, timeout, s.input.clone(), |l| {
         analysis.feed(l);
         if analysis.finished() {
             qemu::Control::ExitWithin(EXIT_GRACE)

@@ -2,7 +2,7 @@
 
 use std::time::Duration;
 
-use matryoshka_boot::qemu::{Mode, EXIT_FAILURE, EXIT_SUCCESS};
+use matryoshka_boot::qemu::{Feed, Mode, EXIT_FAILURE, EXIT_SUCCESS};
 
 use crate::protocol::Expect;
 
@@ -34,6 +34,8 @@ pub struct Scenario {
     pub user_args: String,
     /// Text that must appear in the serial log (e.g. the fuzzer's summary).
     pub must_print: Vec<String>,
+    /// What is typed on the serial console, and when (an interactive session).
+    pub input: Vec<Feed>,
 }
 
 impl Scenario {
@@ -50,6 +52,7 @@ impl Scenario {
             root_program: RootProgram::Init,
             user_args: String::new(),
             must_print: Vec::new(),
+            input: Vec::new(),
         }
     }
 
@@ -79,6 +82,36 @@ impl Scenario {
             extra: "watchdog=120",
             user_args: "systest".into(),
             must_print: vec!["systest: 11 passed, 0 failed".into()],
+            ..Scenario::tests(Mode::Direct, cpus, timeout_s)
+        }
+    }
+
+    /// An interactive session on the serial console: the system boots into
+    /// the shell (no command), the harness types command lines, a job is
+    /// interrupted with Ctrl-C, and `exit 3` ends the shell.
+    fn console(cpus: u32, timeout_s: u64) -> Scenario {
+        let every = Duration::from_secs(1);
+        Scenario {
+            name: format!("console-direct-{cpus}cpu"),
+            test: "console".into(),
+            extra: "watchdog=120",
+            // Typed input is echoed on the typed line (`msh$ ...`); the quotes
+            // keep each trigger below out of that echo, so it matches the
+            // command's output only.
+            input: vec![
+                Feed::after("init: console input on", "echo abc  def\r"),
+                Feed::after("abc def", "echo st\"\"arted; sleep 30; echo after\"\"-sleep=$?\r"),
+                // Ctrl-C until the interrupted list goes on (sleep's status).
+                Feed::after("started", "\x03").repeat_until("after-sleep=", every),
+                Feed::after("after-sleep=", "ech\x7fho typed-and-\"\"erased\r"),
+                Feed::after("typed-and-erased", "exit 3\r"),
+            ],
+            must_print: vec![
+                "abc def".into(),
+                "after-sleep=130".into(),
+                "typed-and-erased".into(),
+                "init: the shell exited with status 3".into(),
+            ],
             ..Scenario::tests(Mode::Direct, cpus, timeout_s)
         }
     }
@@ -131,6 +164,7 @@ pub fn matrix() -> Vec<Scenario> {
         // the stack's own tests (nesters/coreutils/src/bin/systest.rs).
         Scenario::system(2, 300),
         Scenario::system(4, 420),
+        Scenario::console(2, 240),
         Scenario {
             name: "panic-direct-2cpu".into(),
             mode: Mode::Direct,
@@ -143,6 +177,7 @@ pub fn matrix() -> Vec<Scenario> {
             root_program: RootProgram::Init,
             user_args: String::new(),
             must_print: Vec::new(),
+            input: Vec::new(),
         },
         Scenario {
             name: "stack-overflow-direct-2cpu".into(),
@@ -156,6 +191,7 @@ pub fn matrix() -> Vec<Scenario> {
             root_program: RootProgram::Init,
             user_args: String::new(),
             must_print: Vec::new(),
+            input: Vec::new(),
         },
     ]
 }

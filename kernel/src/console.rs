@@ -47,6 +47,78 @@ pub fn put_bytes(bytes: &[u8]) {
     });
 }
 
+/// Console input: bytes the UART received, in a ring the root program's
+/// console server drains with `console_read`. Polled at each timer tick
+/// of CPU 0 (the 16550's FIFO holds 16 bytes: typing and short pastes;
+/// at 115200 baud a longer burst between two ticks loses the excess,
+/// counted in `INPUT_DROPPED`).
+const INPUT_BYTES: usize = 4096;
+
+struct InputRing {
+    bytes: [u8; INPUT_BYTES],
+    /// Index of the oldest byte, and how many are held.
+    head: usize,
+    len: usize,
+}
+
+static INPUT: spin::Mutex<InputRing> = spin::Mutex::new(InputRing { bytes: [0; INPUT_BYTES], head: 0, len: 0 });
+/// Bytes lost because the ring was full.
+pub static INPUT_DROPPED: core::sync::atomic::AtomicU64 = core::sync::atomic::AtomicU64::new(0);
+/// Readers blocked in `console_read`.
+pub static INPUT_WAITERS: crate::sched::WaitQueue = crate::sched::WaitQueue::new(crate::sched::WaitReason::ConsoleInput);
+
+/// Moves what the UART received into the ring and wakes readers (timer
+/// tick, CPU 0, interrupts off).
+pub fn poll_input() {
+    let mut got = false;
+    {
+        let mut ring = INPUT.lock();
+        // Bounded: a broken UART that always reports data must not hold the tick.
+        for _ in 0..64 {
+            let Some(b) = serial::read_byte() else { break };
+            got = true;
+            if ring.len == INPUT_BYTES {
+                INPUT_DROPPED.fetch_add(1, Ordering::Relaxed);
+                continue;
+            }
+            let at = (ring.head + ring.len) % INPUT_BYTES;
+            ring.bytes[at] = b;
+            ring.len += 1;
+        }
+    }
+    if got {
+        INPUT_WAITERS.wake(usize::MAX);
+    }
+}
+
+/// Whether input is waiting.
+pub fn input_ready() -> bool {
+    cpu::without_interrupts(|| INPUT.lock().len > 0)
+}
+
+/// Copies up to `out.len()` waiting bytes into `out` without taking them;
+/// returns how many.
+pub fn peek_input(out: &mut [u8]) -> usize {
+    cpu::without_interrupts(|| {
+        let ring = INPUT.lock();
+        let n = out.len().min(ring.len);
+        for (i, o) in out[..n].iter_mut().enumerate() {
+            *o = ring.bytes[(ring.head + i) % INPUT_BYTES];
+        }
+        n
+    })
+}
+
+/// Takes `n` bytes (after a successful `peek_input` of at least `n`).
+pub fn consume_input(n: usize) {
+    cpu::without_interrupts(|| {
+        let mut ring = INPUT.lock();
+        let n = n.min(ring.len);
+        ring.head = (ring.head + n) % INPUT_BYTES;
+        ring.len -= n;
+    })
+}
+
 /// Called by the panicking CPU once every other CPU is stopped: a CPU may
 /// have been stopped while holding the console lock, so printing stops
 /// taking it.

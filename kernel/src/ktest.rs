@@ -28,7 +28,7 @@ type CaseResult = Result<(), String>;
 /// A named in-kernel test case.
 type Case = (&'static str, fn() -> CaseResult);
 
-const EXPLICIT_CASES: &[Case] = &[("ipc_stress", ipc_stress), ("fuzz", fuzz), ("system", system)];
+const EXPLICIT_CASES: &[Case] = &[("ipc_stress", ipc_stress), ("fuzz", fuzz), ("system", system), ("console", console)];
 
 const CASES: &[Case] = &[
     ("frame_alloc", frame_alloc),
@@ -705,6 +705,18 @@ fn system() -> CaseResult {
     let free_after = free_or_kept_frames();
     check!(free_after == free_before, "the system's run leaked {} frames", free_before as i64 - free_after as i64);
     Ok(())
+}
+
+/// `test=console` (not part of `all`): the system once, interactive (no
+/// command after `--`): the shell reads the serial console, which hw-tests
+/// types into (scenario `console-direct-*`); passes when the shell exits
+/// and init ends with 0.
+fn console() -> CaseResult {
+    let image = crate::root_program_image()?;
+    match crate::loader::run_with_flags(image, crate::loader::START_SYSTEM) {
+        Ok(UserExit::Exited(0)) => Ok(()),
+        other => Err(format!("the interactive system ended with {other:?} (see its output above)")),
+    }
 }
 
 /// `test=ipc_stress` (not part of `all`): the root program's IPC stress run,

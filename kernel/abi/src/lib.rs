@@ -86,6 +86,7 @@ pub mod call {
     pub const TIME_NOW: u64 = 80;
     pub const SLEEP_UNTIL: u64 = 81;
     pub const IPC_CALL_BUF_TIMED: u64 = 82;
+    pub const CONSOLE_READ: u64 = 83;
     pub const CONSOLE_PUT: u64 = 95;
 
     /// Every call: (number, name as ABI.md spells it), in number order.
@@ -162,6 +163,7 @@ pub mod call {
         (TIME_NOW, "time_now"),
         (SLEEP_UNTIL, "sleep_until"),
         (IPC_CALL_BUF_TIMED, "ipc_call_buf_timed"),
+        (CONSOLE_READ, "console_read"),
         (CONSOLE_PUT, "console_put"),
     ];
 

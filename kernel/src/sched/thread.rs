@@ -66,12 +66,14 @@ pub enum WaitReason {
     Donating = 7,
     /// A turn to receive on a portset another receiver sleeps on.
     Standby = 8,
+    /// Serial console input (`console_read`).
+    ConsoleInput = 9,
 }
 
 impl WaitReason {
     fn from_u8(v: u8) -> WaitReason {
         use WaitReason::*;
-        [None, Ipc, Mutex, Cond, Join, Stop, Sleep, Donating, Standby].get(v as usize).copied().unwrap_or(None)
+        [None, Ipc, Mutex, Cond, Join, Stop, Sleep, Donating, Standby, ConsoleInput].get(v as usize).copied().unwrap_or(None)
     }
 }
 

@@ -224,6 +224,7 @@ pub fn dispatch(frame: &mut SyscallFrame) -> i64 {
         call::TIME_NOW => time_now(),
         call::SLEEP_UNTIL => sleep_until(a0),
         call::IPC_CALL_BUF_TIMED => ipc_call_buf_timed(frame),
+        call::CONSOLE_READ => console_read(a0, a1),
         call::CONSOLE_PUT => console_put(a0, a1),
         _ => Err(SysError::NoSuchCall.into()),
     };

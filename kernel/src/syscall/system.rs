@@ -128,3 +128,38 @@ pub(super) fn sleep_until(deadline_ns: u64) -> SysResult {
         Err(interrupted())
     }
 }
+
+/// One reader at a time between peeking at the console input and taking it.
+static CONSOLE_READER: spin::Mutex<()> = spin::Mutex::new(());
+
+/// `console_read(buf, len ≤ 256)`: blocks until the serial console has
+/// received input, then moves up to `len` bytes of it to `buf` and returns
+/// how many (raw bytes: no echo, no line editing — the console server does
+/// those). Only the root space may, as for `console_put`. Stopped while it
+/// waits, it is exported as about to read again; the bytes are taken only
+/// once they are in `buf`, so a bad buffer loses nothing.
+pub(super) fn console_read(ptr: u64, len: u64) -> SysResult {
+    if !caller()?.is_root() {
+        return Err(SysError::MissingRights.into());
+    }
+    if len == 0 || len > CONSOLE_WRITE_MAX {
+        return Err(SysError::BadSize.into());
+    }
+    let mut buf = [0u8; CONSOLE_WRITE_MAX as usize];
+    loop {
+        {
+            let _one = CONSOLE_READER.lock();
+            let n = crate::console::peek_input(&mut buf[..len as usize]);
+            if n > 0 {
+                copy_to_user(ptr, &buf[..n]).map_err(|()| SysError::BadPointer)?;
+                crate::console::consume_input(n);
+                return Ok(n as i64);
+            }
+        }
+        let (kill, stop) = sched::current_kill_or_stop();
+        if kill || stop {
+            return Err(interrupted());
+        }
+        crate::console::INPUT_WAITERS.wait_if(|| !crate::console::input_ready());
+    }
+}

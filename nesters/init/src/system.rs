@@ -13,7 +13,14 @@
 //! portset to the server (auxiliary entry `AT_SERVICE`) and serves their
 //! Parent requests: the archive (a read-only region) for fs; a file system
 //! session, the console and a memory region for pm. The console is a Stream
-//! server here, on the kernel's serial console (`console_put`).
+//! server here, on the kernel's serial console: output through
+//! `console_put`; input (interactive boots only) from a reader thread on
+//! `console_read` with a line discipline: echo, backspace, Ctrl-U (erase
+//! the line), Ctrl-D (end of file on an empty line), and Ctrl-C, which
+//! discards the line, ends every read waiting then with `Interrupted` and
+//! wakes `CONSOLE_WAIT_INTERRUPT` (the shell interrupts its foreground job).
+//! Reads return at most one line. In command mode (`just run`) standard
+//! input is empty: a read returns end of file.
 //!
 //! With a command (the kernel command line after `--`), init prints
 //! `@@MATRYOSHKA-RUN-BEGIN@@` before the shell starts and
@@ -21,6 +28,7 @@
 //! print only the command's output and exit with its status.
 
 use alloc::boxed::Box;
+use alloc::collections::VecDeque;
 use alloc::string::String;
 use alloc::vec::Vec;
 use core::sync::atomic::{AtomicU64, Ordering};
@@ -33,6 +41,7 @@ use matryoshka_nest::server::{self, Reply, Request, Service};
 use matryoshka_rt::ipc;
 use matryoshka_rt::memory as m;
 use matryoshka_rt::object::{self as obj, Handle};
+use matryoshka_rt::sync::{Cond, Mutex};
 use matryoshka_rt::{self as rt, println};
 
 /// Memory init lends its servers (their slots), and the region pm gets.
@@ -58,6 +67,78 @@ struct Init {
     fs_session: Handle,
     pm_memory: Handle,
     next_console: AtomicU64,
+    input: Mutex<Input>,
+    /// Signalled whenever `input` changes.
+    input_changed: Cond,
+}
+
+/// The console's input side.
+struct Input {
+    /// False in command mode: reads return end of file at once.
+    interactive: bool,
+    /// The line being typed (not yet readable).
+    editing: Vec<u8>,
+    /// Finished lines, newline included, not yet read.
+    ready: VecDeque<u8>,
+    /// Ctrl-D on an empty line: the next read returns end of file.
+    eof: bool,
+    /// Ctrl-C presses since boot.
+    interrupts: u64,
+}
+
+/// Longest line the console keeps (the rest of a longer one is dropped).
+const LINE_MAX: usize = 4096;
+
+impl Input {
+    /// Applies one typed byte; returns what to echo.
+    fn typed(&mut self, b: u8) -> &'static [u8] {
+        match b {
+            b'\r' | b'\n' => {
+                self.ready.extend(self.editing.drain(..));
+                self.ready.push_back(b'\n');
+                b"\n"
+            }
+            // Backspace and DEL erase one character (all of a UTF-8 sequence).
+            0x08 | 0x7f => {
+                while let Some(last) = self.editing.pop() {
+                    if last & 0xc0 != 0x80 {
+                        return b"\x08 \x08";
+                    }
+                }
+                b""
+            }
+            // Ctrl-U: erase the line.
+            0x15 => {
+                self.editing.clear();
+                b"^U\n"
+            }
+            // Ctrl-D: end of file on an empty line, else hand the line over as it is.
+            0x04 => {
+                if self.editing.is_empty() {
+                    self.eof = true;
+                } else {
+                    self.ready.extend(self.editing.drain(..));
+                }
+                b""
+            }
+            0x03 => {
+                self.editing.clear();
+                self.interrupts += 1;
+                b"^C\n"
+            }
+            b'\t' | 0x20.. if self.editing.len() < LINE_MAX => {
+                self.editing.push(b);
+                b"\x00"
+            }
+            _ => b"",
+        }
+    }
+
+    /// At most `want` bytes of the first ready line.
+    fn take_line(&mut self, want: usize) -> Vec<u8> {
+        let line = self.ready.iter().position(|&b| b == b'\n').map_or(self.ready.len(), |i| i + 1);
+        self.ready.drain(..line.min(want)).collect()
+    }
 }
 
 impl Init {
@@ -87,12 +168,76 @@ impl Init {
                 }
                 Ok(Reply::ok([req.bytes.len() as u64, 0, 0, 0, 0]))
             }
-            // No console input yet: end of file.
-            op::STREAM_READ => Ok(Reply::ok([0; 5])),
+            op::STREAM_READ => self.read(req.words[2] as usize),
+            op::CONSOLE_WAIT_INTERRUPT => {
+                let seen = req.words[2];
+                let mut input = self.input.lock();
+                while input.interrupts <= seen {
+                    input = self.input_changed.wait(input);
+                }
+                Ok(Reply::ok([input.interrupts, 0, 0, 0, 0]))
+            }
             op::STREAM_STAT => Ok(Reply::ok([0, kind::CONSOLE, 0, 0, 0])),
             op::STREAM_DUP | op::CONSOLE_OPEN => Ok(Reply::ok([0; 5]).giving(self.console_port()?)),
             op::STREAM_CLOSE => Ok(Reply::ok([0; 5])),
             _ => Err(Error::Unsupported),
+        }
+    }
+}
+
+impl Init {
+    /// A console read: the next line (at most `want` bytes of it), end of
+    /// file, or `Interrupted` if Ctrl-C is pressed while it waits.
+    fn read(&self, want: usize) -> Result<Reply, Error> {
+        let want = want.min(matryoshka_nest::proto::MAX_PAYLOAD);
+        let mut input = self.input.lock();
+        if !input.interactive || want == 0 {
+            return Ok(Reply::ok([0; 5]));
+        }
+        let interrupts = input.interrupts;
+        loop {
+            if !input.ready.is_empty() {
+                let bytes = input.take_line(want);
+                return Ok(Reply::ok([bytes.len() as u64, 0, 0, 0, 0]).with_bytes(bytes));
+            }
+            if input.eof {
+                input.eof = false;
+                return Ok(Reply::ok([0; 5]));
+            }
+            if input.interrupts != interrupts {
+                return Err(Error::Interrupted);
+            }
+            input = self.input_changed.wait(input);
+        }
+    }
+}
+
+/// Reads the serial console for ever, through the line discipline.
+extern "C" fn console_reader(init: u64) -> ! {
+    // SAFETY: `init` is the leaked, never-freed Init that `boot` passed.
+    let init: &'static Init = unsafe { &*(init as *const Init) };
+    let mut buf = [0u8; 64];
+    loop {
+        let n = match rt::console_read(&mut buf) {
+            Ok(n) => n,
+            Err(e) => {
+                println!("init: console input failed ({e:?}); no more input");
+                rt::exit(1)
+            }
+        };
+        let mut echo: Vec<u8> = Vec::new();
+        {
+            let mut input = init.input.lock();
+            for &b in &buf[..n] {
+                match input.typed(b) {
+                    b"\x00" => echo.push(b),
+                    e => echo.extend_from_slice(e),
+                }
+            }
+        }
+        init.input_changed.notify_all();
+        for chunk in echo.chunks(rt::CONSOLE_WRITE_MAX) {
+            let _ = rt::console_put(chunk);
         }
     }
 }
@@ -170,16 +315,30 @@ fn boot() -> Result<i32, Error> {
     let (own_ps, fs_ps, pm_ps) = (ipc::portset_create()?, ipc::portset_create()?, ipc::portset_create()?);
     let fs_session = ipc::port_create(fs_ps, FS_FIRST_SESSION)?;
     let pm_port = ipc::port_create(pm_ps, PM_INIT_PID)?;
-    let init: &'static Init =
-        Box::leak(Box::new(Init { portset: own_ps, archive: archive_region, fs_session, pm_memory, next_console: AtomicU64::new(0) }));
+    let mut args_buf = [0u8; 4096];
+    let command = rt::boot_args(&mut args_buf).unwrap_or("");
+    let command = String::from(command.trim());
+    let input = Input { interactive: command.is_empty(), editing: Vec::new(), ready: VecDeque::new(), eof: false, interrupts: 0 };
+    let init: &'static Init = Box::leak(Box::new(Init {
+        portset: own_ps,
+        archive: archive_region,
+        fs_session,
+        pm_memory,
+        next_console: AtomicU64::new(0),
+        input: Mutex::new(input)?,
+        input_changed: Cond::new()?,
+    }));
     server::start(me, own_ps, init, 2)?;
+    if command.is_empty() {
+        let stack = alloc::vec![0u8; 64 * 1024].leak();
+        let top = (stack.as_ptr() as u64 + stack.len() as u64) & !15;
+        let reader = obj::thread_create(me, console_reader, top - 8, init as *const Init as u64)?;
+        let _ = obj::close(reader);
+    }
 
     start_server(init, &pool, 0, fs_elf, "fs", fs_ps, FS_PARENT)?;
     start_server(init, &pool, 1, pm_elf, "pm", pm_ps, PM_PARENT)?;
 
-    let mut args_buf = [0u8; 4096];
-    let command = rt::boot_args(&mut args_buf).unwrap_or("");
-    let command = String::from(command.trim());
     let pm = Pm(pm_port);
     let mut refs = SpawnRefs::default();
     for s in [slot::STDIN, slot::STDOUT, slot::STDERR] {
@@ -188,6 +347,9 @@ fn boot() -> Result<i32, Error> {
     let argv: Vec<&str> = if command.is_empty() { alloc::vec!["msh"] } else { alloc::vec!["msh", "-c", command.as_str()] };
     if !command.is_empty() {
         rt::console_put(b"\n@@MATRYOSHKA-RUN-BEGIN@@\n")?;
+    }
+    if command.is_empty() {
+        println!("init: console input on; starting the shell (exit leaves it)");
     }
     let child = pm.spawn("/bin/msh", &argv, &["PWD=/", "PATH=/bin"], &refs, 0)?;
     for h in refs.refs.iter().flatten() {

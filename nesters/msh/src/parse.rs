@@ -30,7 +30,13 @@ enum Token {
     Append,
 }
 
-fn tokens(line: &str, status: u64) -> Result<Vec<Token>, &'static str> {
+/// What `$?` becomes in a word until the pipeline runs
+/// (`Pipeline::expand_status`): a list's `$?` is the status of the command
+/// before it, not of the line before. The console never hands over control
+/// characters, so no typed word contains it.
+pub const STATUS_MARK: char = '\u{1}';
+
+fn tokens(line: &str) -> Result<Vec<Token>, &'static str> {
     let mut out = Vec::new();
     let mut chars = line.chars().peekable();
     while let Some(&c) = chars.peek() {
@@ -90,7 +96,7 @@ fn tokens(line: &str, status: u64) -> Result<Vec<Token>, &'static str> {
                                     },
                                     Some('$') if chars.peek() == Some(&'?') => {
                                         chars.next();
-                                        w.push_str(&alloc::format!("{status}"));
+                                        w.push(STATUS_MARK);
                                     }
                                     Some(c) => w.push(c),
                                     None => return Err("unterminated \""),
@@ -107,7 +113,7 @@ fn tokens(line: &str, status: u64) -> Result<Vec<Token>, &'static str> {
                             chars.next();
                             if chars.peek() == Some(&'?') {
                                 chars.next();
-                                w.push_str(&alloc::format!("{status}"));
+                                w.push(STATUS_MARK);
                             } else {
                                 w.push('$');
                             }
@@ -125,12 +131,30 @@ fn tokens(line: &str, status: u64) -> Result<Vec<Token>, &'static str> {
     Ok(out)
 }
 
-/// Parses a line into pipelines (split at `;` and `&`). `status` is `$?`.
-pub fn parse(line: &str, status: u64) -> Result<Vec<Pipeline>, &'static str> {
+impl Pipeline {
+    /// Puts `status` where the line said `$?`.
+    pub fn expand_status(&mut self, status: u64) {
+        let text = alloc::format!("{status}");
+        let expand = |w: &mut String| {
+            if w.contains(STATUS_MARK) {
+                *w = w.replace(STATUS_MARK, &text);
+            }
+        };
+        for c in &mut self.commands {
+            c.words.iter_mut().for_each(expand);
+            c.input.iter_mut().for_each(expand);
+            c.output.iter_mut().for_each(expand);
+        }
+    }
+}
+
+/// Parses a line into pipelines (split at `;` and `&`); `$?` stays a
+/// [`STATUS_MARK`] until [`Pipeline::expand_status`].
+pub fn parse(line: &str) -> Result<Vec<Pipeline>, &'static str> {
     let mut lists = Vec::new();
     let mut pipeline = Pipeline::default();
     let mut cmd = Command::default();
-    let mut it = tokens(line, status)?.into_iter();
+    let mut it = tokens(line)?.into_iter();
     let finish_cmd = |cmd: &mut Command, p: &mut Pipeline| -> Result<(), &'static str> {
         if cmd.words.is_empty() {
             if cmd.input.is_some() || cmd.output.is_some() || !p.commands.is_empty() {
@@ -207,27 +231,28 @@ mod tests {
 
     #[test]
     fn pipelines_lists_and_quotes() {
-        let l = parse("cat /etc/motd | wc -l; echo 'a  b' \"c $?\" &", 3).unwrap();
+        let mut l = parse("cat /etc/motd | wc -l; echo 'a  b' \"c $?\" &").unwrap();
+        l[1].expand_status(3);
         assert_eq!(l.len(), 2);
         assert_eq!(words(&l[0], 0), ["cat", "/etc/motd"]);
         assert_eq!(words(&l[0], 1), ["wc", "-l"]);
         assert!(!l[0].background);
         assert_eq!(words(&l[1], 0), ["echo", "a  b", "c 3"]);
         assert!(l[1].background);
-        let r = parse("sort < in > out", 0).unwrap();
+        let r = parse("sort < in > out").unwrap();
         assert_eq!(r[0].commands[0].input.as_deref(), Some("in"));
         assert_eq!(r[0].commands[0].output.as_deref(), Some("out"));
-        assert!(parse("", 0).unwrap().is_empty());
-        assert!(parse("# comment", 0).unwrap().is_empty());
+        assert!(parse("").unwrap().is_empty());
+        assert!(parse("# comment").unwrap().is_empty());
     }
 
     #[test]
     fn errors() {
-        assert!(parse("| wc", 0).is_err());
-        assert!(parse("a |", 0).is_err());
-        assert!(parse("echo 'x", 0).is_err());
-        assert!(parse("cat >", 0).is_err());
-        assert!(parse("&", 0).is_err());
+        assert!(parse("| wc").is_err());
+        assert!(parse("a |").is_err());
+        assert!(parse("echo 'x").is_err());
+        assert!(parse("cat >").is_err());
+        assert!(parse("&").is_err());
     }
 
     #[test]

@@ -3,6 +3,7 @@
 use alloc::format;
 use alloc::string::String;
 use alloc::vec::Vec;
+use core::sync::atomic::{AtomicU64, Ordering};
 
 use matryoshka_nest::client::{Pm, SpawnRefs, Stream};
 use matryoshka_nest::proto::{kind, open, signal, slot, Error};
@@ -10,6 +11,52 @@ use matryoshka_nest::{errln, io, out};
 use matryoshka_rt::object as obj;
 
 use crate::parse::{self, Pipeline};
+
+/// The foreground job's processes (0: free slot): what Ctrl-C interrupts.
+static FOREGROUND: [AtomicU64; 32] = [const { AtomicU64::new(0) }; 32];
+/// The process manager's port, for the interrupt watcher.
+static PM_PORT: AtomicU64 = AtomicU64::new(0);
+
+fn set_foreground(pids: &[u64]) {
+    for (i, slot) in FOREGROUND.iter().enumerate() {
+        slot.store(pids.get(i).copied().unwrap_or(0), Ordering::Release);
+    }
+}
+
+/// Waits for Ctrl-C on the console for ever and sends INT to the
+/// foreground job each time (a terminal's job, done by the shell: the
+/// console knows no processes).
+extern "C" fn interrupt_watcher(console: u64) -> ! {
+    let console = Stream(obj::Handle(console));
+    let pm = Pm(obj::Handle(PM_PORT.load(Ordering::Relaxed)));
+    let mut seen = 0;
+    loop {
+        match console.wait_interrupt(seen) {
+            Ok(n) => seen = n,
+            Err(_) => matryoshka_rt::exit(0),
+        }
+        for slot in &FOREGROUND {
+            let pid = slot.load(Ordering::Acquire);
+            if pid != 0 {
+                let _ = pm.kill(pid, signal::INT);
+            }
+        }
+    }
+}
+
+/// Starts the interrupt watcher when standard input is the console.
+fn watch_interrupts(input: Stream, pm: Pm) {
+    if input.stat().map(|s| s.kind) != Ok(kind::CONSOLE) {
+        return;
+    }
+    let Some(me) = matryoshka_rt::env::aux(matryoshka_nest::loader::AT_SELF_SPACE) else { return };
+    PM_PORT.store(pm.0 .0, Ordering::Relaxed);
+    let stack = alloc::vec![0u8; 32 * 1024].leak();
+    let top = (stack.as_ptr() as u64 + stack.len() as u64) & !15;
+    if let Ok(t) = obj::thread_create(obj::Handle(me), interrupt_watcher, top - 8, input.0 .0) {
+        let _ = obj::close(t);
+    }
+}
 
 struct Shell {
     pm: Pm,
@@ -199,6 +246,7 @@ impl Shell {
             return failed.unwrap_or(0);
         }
         let mut status = 0;
+        set_foreground(&pids);
         for pid in &pids {
             status = match self.pm.wait(*pid, true) {
                 Ok((_, s)) => s,
@@ -208,11 +256,12 @@ impl Shell {
                 }
             };
         }
+        set_foreground(&[]);
         failed.unwrap_or(status)
     }
 
     fn line(&mut self, line: &str) -> Option<u64> {
-        let lists = match parse::parse(line, self.status) {
+        let lists = match parse::parse(line) {
             Ok(l) => l,
             Err(e) => {
                 errln!("msh: {e}");
@@ -220,7 +269,9 @@ impl Shell {
                 return None;
             }
         };
-        for p in &lists {
+        for mut p in lists {
+            p.expand_status(self.status);
+            let p = &p;
             if let Some(first) = p.commands.first() {
                 if first.words[0] == "exit" && p.commands.len() == 1 {
                     return Some(first.words.get(1).and_then(|s| s.parse().ok()).unwrap_or(self.status));
@@ -259,6 +310,7 @@ pub fn main() -> i32 {
     }
     // Interactive: a prompt, then lines from standard input until end of file.
     let Some(input) = io::stdin() else { return 0 };
+    watch_interrupts(input, pm);
     let mut pending: Vec<u8> = Vec::new();
     let mut buf = [0u8; 256];
     loop {
@@ -266,17 +318,30 @@ pub fn main() -> i32 {
         let line = loop {
             if let Some(i) = pending.iter().position(|&b| b == b'\n' || b == b'\r') {
                 let line: Vec<u8> = pending.drain(..=i).collect();
-                break Some(line);
+                break Some(Some(line));
             }
             match input.read(&mut buf) {
-                Ok(0) | Err(_) => break None,
+                Ok(0) => break None,
                 Ok(n) => pending.extend_from_slice(&buf[..n]),
+                // Ctrl-C at the prompt: the line is gone, a new prompt.
+                Err(Error::Interrupted) => {
+                    pending.clear();
+                    sh.status = proto_signalled_int();
+                    break Some(None);
+                }
+                Err(_) => break None,
             }
         };
         let Some(line) = line else { return sh.status as i32 };
+        let Some(line) = line else { continue };
         let text = String::from_utf8_lossy(&line);
         if let Some(code) = sh.line(text.trim()) {
             return code as i32;
         }
     }
+}
+
+/// The status of a command ended by Ctrl-C (as a process killed by INT).
+fn proto_signalled_int() -> u64 {
+    matryoshka_nest::proto::signalled(signal::INT)
 }

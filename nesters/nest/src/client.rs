@@ -125,6 +125,12 @@ impl Stream {
         Ok(StreamStat { size: w[1], kind: w[2] })
     }
 
+    /// Console only: blocks until Ctrl-C has been pressed more than
+    /// `seen` times in all; returns the new total.
+    pub fn wait_interrupt(&self, seen: u64) -> Result<u64, Error> {
+        Ok(call_words(self.0, [op::CONSOLE_WAIT_INTERRUPT, 0, seen, 0, 0, 0])?[1])
+    }
+
     pub fn truncate(&self, len: u64) -> Result<(), Error> {
         call_words(self.0, [op::STREAM_TRUNCATE, 0, len, 0, 0, 0]).map(|_| ())
     }

@@ -44,6 +44,8 @@ pub enum Error {
     TimedOut = 17,
     /// The server that owned this reference is gone.
     Gone = 18,
+    /// A console read ended by Ctrl-C (the partial line was discarded).
+    Interrupted = 19,
 }
 
 impl Error {
@@ -71,6 +73,7 @@ impl Error {
             16 => NoMemory,
             17 => TimedOut,
             18 => Gone,
+            19 => Interrupted,
             _ => Kernel,
         }
     }
@@ -97,6 +100,7 @@ impl Error {
             NoMemory => "out of memory",
             TimedOut => "timed out",
             Gone => "server gone",
+            Interrupted => "interrupted",
         }
     }
 }
@@ -109,6 +113,7 @@ impl From<matryoshka_rt::SysError> for Error {
             S::Dead => Error::Gone,
             S::BadHandle | S::WrongType => Error::BadObject,
             S::MissingRights => Error::Denied,
+            S::TimedOut => Error::TimedOut,
             _ => Error::Kernel,
         }
     }
@@ -281,6 +286,11 @@ pub mod op {
     // Console: a Stream, plus
     /// Reply: a new Stream reference to the console.
     pub const CONSOLE_OPEN: u64 = 70;
+    /// w2 = the number of Ctrl-C presses the caller has seen (0 at first).
+    /// Blocks until there have been more; reply w1 = how many there have
+    /// been since the console started. A shell runs this on a thread of its
+    /// own and interrupts its foreground job. Idempotent (carries 0).
+    pub const CONSOLE_WAIT_INTERRUPT: u64 = 71;
 }
 
 /// Stream kinds (STREAM_STAT w2, FS_STAT w2).

@@ -321,6 +321,13 @@ fn panic(info: &core::panic::PanicInfo) -> ! {
 /// Writes `bytes` (at most [`CONSOLE_WRITE_MAX`]) to the serial console as
 /// they are, without the `user:` prefix and newline of [`console_write`].
 /// Only the root space may (its console server serves everyone else).
+/// Waits for serial console input and moves up to `buf.len()` (≤ 256)
+/// raw bytes of it into `buf`; returns how many. Root program only.
+pub fn console_read(buf: &mut [u8]) -> Result<usize, SysError> {
+    // SAFETY: the kernel writes at most `buf.len()` bytes into `buf` after validating it.
+    decode(unsafe { syscall2(nr::CONSOLE_READ, buf.as_mut_ptr() as u64, buf.len() as u64) }).map(|n| n as usize)
+}
+
 pub fn console_put(bytes: &[u8]) -> Result<usize, SysError> {
     // SAFETY: the kernel only reads [ptr, ptr+len) after validating it.
     decode(unsafe { syscall2(nr::CONSOLE_PUT, bytes.as_ptr() as u64, bytes.len() as u64) }).map(|n| n as usize)

@@ -255,6 +255,9 @@ extern "C" fn trap_dispatch(frame: &mut TrapFrame) {
             super::time::on_timer_interrupt();
             apic::eoi();
             crate::hang::on_tick(frame.cs & 3 == 3);
+            if percpu::this_cpu_index() == 0 {
+                crate::console::poll_input();
+            }
             // Interrupts were on: no switch was half done on this CPU.
             crate::sched::quiescent_point(percpu::this_cpu_index());
             crate::sched::on_interrupt(user_frame(frame), true);

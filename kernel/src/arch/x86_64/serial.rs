@@ -25,6 +25,16 @@ pub fn write_byte(byte: u8) {
     outb(COM1, byte);
 }
 
+/// The next received byte, if the UART holds one (LSR bit 0: data ready).
+/// Input is polled (at the timer tick), like output.
+pub fn read_byte() -> Option<u8> {
+    if inb(COM1 + 5) & 0x01 != 0 {
+        Some(inb(COM1))
+    } else {
+        None
+    }
+}
+
 pub fn write_bytes(bytes: &[u8]) {
     for &b in bytes {
         if b == b'\n' {
