@@ -388,6 +388,16 @@ pub fn abandon_client(me: &Thread) {
     sched::wake(&client);
 }
 
+/// Whether the calling server's current client still waits for its reply
+/// (it has not abandoned that call: stopped, killed or timed out). A server
+/// that sees a copy of a request late asks before applying it: a copy whose
+/// client gave up is stale (its repeat was or will be delivered).
+pub fn client_waiting() -> bool {
+    let me = sched::current();
+    let slot = me.ipc.lock();
+    slot.partner.as_ref().is_some_and(|c| c.call_epoch.load(Ordering::Acquire) == slot.partner_epoch)
+}
+
 /// A client the fast path parked, woken by anything but the fast path's
 /// reply: waits for its reply like `call`. Interrupts off.
 pub fn await_reply() -> Result<[u64; 6], IpcError> {

@@ -87,6 +87,8 @@ pub mod call {
     pub const SLEEP_UNTIL: u64 = 81;
     pub const IPC_CALL_BUF_TIMED: u64 = 82;
     pub const CONSOLE_READ: u64 = 83;
+    pub const REGION_DISCARD: u64 = 84;
+    pub const IPC_CLIENT_WAITING: u64 = 85;
     pub const CONSOLE_PUT: u64 = 95;
 
     /// Every call: (number, name as ABI.md spells it), in number order.
@@ -164,6 +166,8 @@ pub mod call {
         (SLEEP_UNTIL, "sleep_until"),
         (IPC_CALL_BUF_TIMED, "ipc_call_buf_timed"),
         (CONSOLE_READ, "console_read"),
+        (REGION_DISCARD, "region_discard"),
+        (IPC_CLIENT_WAITING, "ipc_client_waiting"),
         (CONSOLE_PUT, "console_put"),
     ];
 

@@ -16,7 +16,7 @@ use alloc::sync::{Arc, Weak};
 use alloc::vec::Vec;
 
 use super::space::Space;
-use super::vm::{Invalidation, Resolution, Rights as VmRights, SpaceId, VmError, VmGraph};
+use super::vm::{Invalidation, RegionId, Resolution, Rights as VmRights, SpaceId, VmError, VmGraph};
 use crate::arch::x86_64_exports::*;
 use crate::mm::frame::{self, FRAME_SIZE};
 
@@ -135,6 +135,42 @@ pub fn install_anonymous(space: &Arc<Space>, va: u64, pa: u64, writable: bool, e
         space.adopt_anonymous_frame(va, pa);
         paging::set_user_page(space.page_table_root(), va, pa, writable, executable)
     })
+}
+
+/// Most pages one step of a discard handles under the engine lock (which
+/// is held with interrupts off): a big discard is done in steps.
+const DISCARD_STEP_PAGES: u64 = 512;
+
+/// Discards `[offset, offset+size)` of region `r` (see
+/// `VmGraph::discard_plan`): unmaps every hardware mapping of the memory
+/// behind it, takes its frames out of their owners' stores, shoots the
+/// TLBs down and only then frees the frames (a CPU may write through a
+/// stale entry until the shootdown). Returns how many frames were freed.
+pub fn discard(r: RegionId, offset: u64, size: u64) -> Result<u64, VmError> {
+    // Check the whole request first, so an error changes nothing.
+    with_vm(|vm| vm.graph.discard_plan(r, offset, size).map(|_| ()))?;
+    let mut freed = 0;
+    let step = DISCARD_STEP_PAGES * FRAME_SIZE;
+    let mut at = offset;
+    while at < offset + size {
+        let len = step.min(offset + size - at);
+        let (invalidations, frames) = with_vm(|vm| {
+            let plan = vm.graph.discard_plan(r, at, len)?;
+            apply(vm, &plan.invalidations);
+            let mut frames = Vec::new();
+            for &(owner, start, end) in &plan.anonymous {
+                if let Some(space) = vm.spaces.get(&owner).and_then(Weak::upgrade) {
+                    frames.extend(space.take_anonymous_frames(start, end));
+                }
+            }
+            Ok::<_, VmError>((plan.invalidations, frames))
+        })?;
+        shootdown(&invalidations);
+        freed += frames.len() as u64;
+        free_frames(frames);
+        at += len;
+    }
+    Ok(freed)
 }
 
 /// Frames of all anonymous memory, freed by their space's destruction.

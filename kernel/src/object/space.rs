@@ -214,6 +214,16 @@ impl Space {
         })
     }
 
+    /// Takes the frames of anonymous pages in `[start, end)` out of the
+    /// store (a discard: the caller unmaps them everywhere, then frees them).
+    pub fn take_anonymous_frames(&self, start: u64, end: u64) -> Vec<u64> {
+        cpu::without_interrupts(|| {
+            let mut store = self.anonymous.lock();
+            let pages: Vec<u64> = store.range(start..end).map(|(&va, _)| va).collect();
+            pages.into_iter().filter_map(|va| store.remove(&va)).collect()
+        })
+    }
+
     /// Records a frame the loader filled as anonymous page `page_va`.
     pub fn adopt_anonymous_frame(&self, page_va: u64, pa: u64) {
         cpu::without_interrupts(|| self.anonymous.lock().insert(page_va, pa));

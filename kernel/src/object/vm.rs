@@ -215,6 +215,8 @@ pub enum VmError {
     Cycle,
     /// The mapping would make a composition chain longer than the bound.
     TooDeep,
+    /// A discard reached memory its path does not allow writing.
+    NotWritable,
 }
 
 /// What the engine found behind one page.
@@ -248,6 +250,14 @@ pub struct Invalidation {
     pub space: SpaceId,
     pub start: u64,
     pub size: u64,
+}
+
+/// See [`VmGraph::discard_plan`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DiscardPlan {
+    /// (owner, start, end) of the anonymous memory to drop.
+    pub anonymous: Vec<(SpaceId, u64, u64)>,
+    pub invalidations: Vec<Invalidation>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -756,6 +766,55 @@ impl VmGraph {
         }
     }
 
+    /// What discarding `[offset, offset+size)` of region `r` touches: the
+    /// anonymous memory behind it (owner, start, end), whose frames the
+    /// kernel frees, and every hardware mapping that may hold those frames
+    /// (every space whose resolution reaches them, through any region, not
+    /// only `r`'s). Holes (keeper-backed) are skipped. `NotWritable` if the
+    /// path to any of that memory does not allow writing (a discard zeroes
+    /// it). Nothing changes in the graph.
+    pub fn discard_plan(&self, r: RegionId, offset: u64, size: u64) -> Result<DiscardPlan, VmError> {
+        let region = self.regions.get(&r).ok_or(VmError::NoSuchRegion)?;
+        if size == 0 {
+            return Err(VmError::ZeroSize);
+        }
+        if offset & PAGE_MASK != 0 || size & PAGE_MASK != 0 {
+            return Err(VmError::Unaligned);
+        }
+        if offset.checked_add(size).is_none_or(|end| end > region.size) {
+            return Err(VmError::OutOfBounds);
+        }
+        let start = region.start + offset;
+        let mut anonymous = Vec::new();
+        let mut stack = vec![(region.space, start, start + size, region.max, 0usize)];
+        while let Some((s, a, b, rights, d)) = stack.pop() {
+            if d > self.max_depth {
+                debug_assert!(false, "vm: discard walk deeper than max_depth");
+                return Err(VmError::TooDeep);
+            }
+            let Some(space) = self.spaces.get(&s) else { continue };
+            for (k, e) in overlapping(&space.entries, a, b) {
+                let (x, y) = (a.max(k), b.min(k + e.size));
+                match e.backing {
+                    Backing::Anonymous(grant) => {
+                        if !(rights & grant).contains(Rights::WRITE) {
+                            return Err(VmError::NotWritable);
+                        }
+                        anonymous.push((s, x, y));
+                    }
+                    Backing::Mapping(mid) => {
+                        let m = &self.mappings[&mid];
+                        let from = &self.regions[&m.region];
+                        let src = from.start + m.offset + (x - m.va);
+                        stack.push((from.space, src, src + (y - x), rights & m.rights & from.max, d + 1));
+                    }
+                }
+            }
+        }
+        let invalidations = self.invalidations_for(&anonymous);
+        Ok(DiscardPlan { anonymous, invalidations })
+    }
+
     /// The most mappings any chain starting in `[start, start+size)` of `s`
     /// passes through; `Cycle` if one reaches `forbid` (space, start, end).
     fn forward_depth(&self, s: SpaceId, start: u64, size: u64, forbid: (SpaceId, u64, u64)) -> Result<usize, VmError> {
@@ -819,6 +878,39 @@ mod tests {
 
     fn rw() -> Rights {
         Rights::RW
+    }
+
+    #[test]
+    fn discard_finds_the_memory_behind_a_region_and_every_mapping_of_it() {
+        let mut g = VmGraph::new();
+        let (owner, pm, child, other) = (g.add_space(), g.add_space(), g.add_space(), g.add_space());
+        g.grant_anonymous(owner, 0, 16 * P, rw()).unwrap();
+        let lent = g.create_region(owner, 0, 16 * P, rw(), None).unwrap();
+        g.create_mapping(lent, pm, 100 * P, 0, 16 * P, rw()).unwrap();
+        // Another path to some of the same frames, read-only.
+        let side = g.create_region(owner, 4 * P, 4 * P, Rights::READ, None).unwrap();
+        g.create_mapping(side, other, 0, 0, 4 * P, Rights::READ).unwrap();
+        // pm carves a slot out of what it was lent and gives it to a child.
+        let slot = g.create_region(pm, 102 * P, 4 * P, rw(), None).unwrap();
+        g.create_mapping(slot, child, 0, 0, 4 * P, rw()).unwrap();
+
+        let plan = g.discard_plan(slot, P, 2 * P).unwrap();
+        assert_eq!(plan.anonymous, [(owner, 3 * P, 5 * P)]);
+        let inv = |space, start, size| Invalidation { space, start, size };
+        for want in [inv(owner, 3 * P, 2 * P), inv(pm, 103 * P, 2 * P), inv(child, P, 2 * P), inv(other, 0, P)] {
+            assert!(plan.invalidations.contains(&want), "{want:?} missing from {:?}", plan.invalidations);
+        }
+        assert_eq!(plan.invalidations.len(), 4, "{:?}", plan.invalidations);
+
+        // A hole (no backing) is skipped; a read-only path is refused.
+        let hole = g.create_region(pm, 200 * P, 2 * P, rw(), None).unwrap();
+        assert_eq!(g.discard_plan(hole, 0, 2 * P).unwrap().anonymous, []);
+        let ro = g.create_region(owner, 0, 4 * P, Rights::READ, None).unwrap();
+        assert_eq!(g.discard_plan(ro, 0, P), Err(VmError::NotWritable));
+        assert_eq!(g.discard_plan(slot, 0, 0), Err(VmError::ZeroSize));
+        assert_eq!(g.discard_plan(slot, 5, P), Err(VmError::Unaligned));
+        assert_eq!(g.discard_plan(slot, 3 * P, 2 * P), Err(VmError::OutOfBounds));
+        assert_eq!(g.discard_plan(slot, !PAGE_MASK, 2 * P), Err(VmError::OutOfBounds));
     }
 
     // ---------------------------------------------------------------- errors

@@ -304,3 +304,12 @@ pub(super) fn ipc_receive(frame: &mut SyscallFrame) -> SysResult {
     set_message(frame, message);
     Ok((alias & (i64::MAX as u64)) as i64)
 }
+
+/// `ipc_client_waiting()`: 1 if the caller (a server) has a current client
+/// whose call still waits for its reply, 0 if it has none or that client
+/// abandoned the call (stopped, killed or timed out since the request was
+/// taken; a stopped client makes the call again, so this copy is stale).
+pub(super) fn ipc_client_waiting() -> SysResult {
+    caller()?;
+    Ok(crate::ipc::client_waiting() as i64)
+}

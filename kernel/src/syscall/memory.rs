@@ -93,6 +93,19 @@ pub(super) fn region_protect(region: u64, max: u64) -> SysResult {
     Ok(0)
 }
 
+/// `region_discard(region, offset, size)` (MAP_WRITE right): gives back the
+/// frames of the anonymous memory behind `[offset, offset+size)` of the
+/// region (page-aligned); the memory reads as zeros again afterwards. Every
+/// mapping of those frames, through any region, is revoked first (with a
+/// TLB shootdown), so no space keeps a stale translation. A process manager
+/// reuses a dead child's memory this way.
+pub(super) fn region_discard(region: u64, offset: u64, size: u64) -> SysResult {
+    let me = caller()?;
+    let Object::Region(r) = me.lookup(Handle::from_raw(region), Rights::MAP_WRITE)? else { return Err(SysError::WrongType.into()) };
+    drop(me);
+    Ok(crate::object::memory::discard(r, offset, size)? as i64)
+}
+
 /// `region_destroy(region)` / `mapping_destroy(mapping)` (DESTROY right):
 /// revokes it and everything derived from it, and closes the handle.
 pub(super) fn region_or_mapping_destroy(h: u64, region: bool) -> SysResult {

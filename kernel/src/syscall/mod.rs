@@ -83,7 +83,7 @@ impl From<crate::object::vm::VmError> for SysError {
             V::ZeroSize => SysError::BadSize,
             V::Unaligned | V::OutOfBounds => SysError::BadPointer,
             V::Overlap | V::Cycle | V::TooDeep => SysError::InvalidArgument,
-            V::RightsExceedRegion => SysError::MissingRights,
+            V::RightsExceedRegion | V::NotWritable => SysError::MissingRights,
         }
     }
 }
@@ -225,6 +225,8 @@ pub fn dispatch(frame: &mut SyscallFrame) -> i64 {
         call::SLEEP_UNTIL => sleep_until(a0),
         call::IPC_CALL_BUF_TIMED => ipc_call_buf_timed(frame),
         call::CONSOLE_READ => console_read(a0, a1),
+        call::REGION_DISCARD => region_discard(a0, a1, a2),
+        call::IPC_CLIENT_WAITING => ipc_client_waiting(),
         call::CONSOLE_PUT => console_put(a0, a1),
         _ => Err(SysError::NoSuchCall.into()),
     };

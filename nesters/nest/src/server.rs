@@ -21,8 +21,10 @@
 //! reply. A late first copy (its thread preempted between receive and
 //! dispatch while the client's repeat was answered and the client went on)
 //! needs only the number: its reply goes to the stopped copy and is dropped.
-//! So the guarantee holds while fewer than [`WINDOW`] requests on the same
-//! alias are answered between a copy's receive and its dispatch; a repeat
+//! One that comes later still, its number out of the window, arrives out of
+//! order (a higher number of the same counter was answered): the pool asks
+//! the kernel whether that copy's client still waits (`client_waiting`) and
+//! drops the copy if not. A repeat
 //! whose payload was evicted meanwhile (other clients of the same alias
 //! read more than [`WINDOW_BYTES`] since) gets `Gone` rather than a second
 //! effect or wrong bytes. Replies that carry
@@ -152,6 +154,11 @@ struct AliasLog {
 impl AliasLog {
     fn find(&self, seq: u64) -> Option<&Answered> {
         self.answered.iter().rev().find(|a| a.seq == seq)
+    }
+    /// Whether a number just above `seq` (the same client's counter) was
+    /// answered: `seq` then arrives out of order, maybe a late stale copy.
+    fn answered_after(&self, seq: u64) -> bool {
+        self.answered.iter().any(|a| a.seq.wrapping_sub(seq).wrapping_sub(1) < 1 << 32)
     }
     fn remember(&mut self, a: Answered) {
         self.bytes += a.bytes.as_ref().map_or(0, Vec::len);
@@ -312,6 +319,12 @@ fn dispatch(pool: &'static Pool, req: Request) -> Reply {
                 };
             }
             if !log.in_flight.contains(&seq) {
+                // Out of order: a late copy whose client gave up on it (and
+                // whose repeat was answered, perhaps beyond the window)
+                // must not apply a second time. Its reply is dropped anyway.
+                if log.answered_after(seq) && !ipc::client_waiting() {
+                    return Reply::err(Error::Gone);
+                }
                 log.in_flight.push(seq);
                 break;
             }

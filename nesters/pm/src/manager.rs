@@ -73,6 +73,18 @@ struct State {
     next_ticket: u64,
     next_slot: u64,
     free_slots: Vec<u64>,
+    /// Reaper stacks, each with the thread last started on it: a stack is
+    /// reused once that thread has exited (it runs on the stack until then).
+    reaper_stacks: Vec<(u64, StackUse)>,
+}
+
+/// Who is on a reaper stack.
+#[derive(Clone, Copy)]
+enum StackUse {
+    Free,
+    /// Handed out; its thread is being created.
+    Taken,
+    Reaper(Handle),
 }
 
 struct Manager {
@@ -196,14 +208,11 @@ impl Manager {
                     },
                 );
                 // The reaper: waits for the first thread, then cleans up.
-                let stack = vec![0u8; 16 * 1024].leak();
-                let top = (stack.as_ptr() as u64 + stack.len() as u64) & !15;
-                let waiter = obj::thread_create(self.me, reaper, top - 8, pid);
-                match waiter {
-                    Ok(h) => {
-                        let _ = obj::close(h);
-                    }
+                let (index, top) = self.reaper_stack();
+                match obj::thread_create(self.me, reaper, top - 8, pid) {
+                    Ok(h) => self.state.lock().reaper_stacks[index].1 = StackUse::Reaper(h),
                     Err(e) => {
+                        self.state.lock().reaper_stacks[index].1 = StackUse::Free;
                         println!("pm: no reaper thread for {pid}: {e:?}");
                     }
                 }
@@ -218,7 +227,9 @@ impl Manager {
             }
             Err(e) => {
                 close_all(&mut refs);
-                self.state.lock().free_slots.push(slot.offset);
+                if self.give_back(&slot) {
+                    self.state.lock().free_slots.push(slot.offset);
+                }
                 Err(e)
             }
         }
@@ -280,6 +291,43 @@ impl Manager {
     }
 
     /// A process's first thread ended with `result`: record, clean up, tell waiters.
+    /// A reaper stack no thread runs on: (its index, its top). Reaper
+    /// stacks are reused, not leaked: one per process ever started added up.
+    fn reaper_stack(&self) -> (usize, u64) {
+        const BYTES: usize = 16 * 1024;
+        let mut st = self.state.lock();
+        for (i, (top, used)) in st.reaper_stacks.iter_mut().enumerate() {
+            let free = match *used {
+                StackUse::Free => true,
+                StackUse::Taken => false,
+                // Exited (or killed): its stack is no longer in use.
+                StackUse::Reaper(h) => !matches!(obj::thread_wait(h, false), Err(matryoshka_rt::SysError::WouldBlock)),
+            };
+            if free {
+                if let StackUse::Reaper(h) = *used {
+                    let _ = obj::close(h);
+                }
+                *used = StackUse::Taken;
+                return (i, *top);
+            }
+        }
+        let stack = vec![0u8; BYTES].leak();
+        let top = (stack.as_ptr() as u64 + BYTES as u64) & !15;
+        st.reaper_stacks.push((top, StackUse::Taken));
+        (st.reaper_stacks.len() - 1, top)
+    }
+
+    /// Frees the frames behind a dead process's slot; true if it worked.
+    fn give_back(&self, slot: &Slot) -> bool {
+        match matryoshka_rt::memory::region_discard(self.pool.region, slot.offset, slot.size) {
+            Ok(_) => true,
+            Err(e) => {
+                println!("pm: cannot give back the memory of slot {:#x}: {e:?}", slot.offset);
+                false
+            }
+        }
+    }
+
     fn ended(&self, pid: u64, result: Result<u64, matryoshka_rt::SysError>) {
         // Clean up first, then publish the status: whoever waits sees the
         // process gone with everything it held closed.
@@ -308,12 +356,14 @@ impl Manager {
                 }
             }
         }
-        // Pipe ends the process held through its own pm references die with
-        // it only if it closed them; slots are reused once their pages can be
-        // given back (region_discard); until then a slot is not reused.
-        let _ = slot;
+        // The slot's frames go back to the system and the slot is reused
+        // (a slot whose discard failed is never handed out again).
+        let reusable = slot.filter(|s| self.give_back(s));
         {
             let mut st = self.state.lock();
+            if let Some(s) = reusable {
+                st.free_slots.push(s.offset);
+            }
             if let Some(p) = st.processes.get_mut(&pid) {
                 p.status = Some(match (p.killed_by, result) {
                     (Some(sig), _) => proto::signalled(sig),
@@ -643,6 +693,7 @@ pub fn main() -> i32 {
             next_ticket: 1,
             next_slot: 0,
             free_slots: Vec::new(),
+            reaper_stacks: Vec::new(),
         })
         .map_err(|e| {
             println!("pm: state lock: {e:?}");

@@ -246,6 +246,13 @@ pub fn call_payload_timed(port: Handle, request: Message, payload: &mut Payload,
     Ok((m, Received { len: d.received_len as usize, handle: (d.received_handle != 0).then_some(Handle(d.received_handle)) }))
 }
 
+/// Whether this server thread's current client still waits for its
+/// reply (false: none, or it abandoned the call and will call again).
+pub fn client_waiting() -> bool {
+    // SAFETY: no arguments, no effects.
+    crate::decode(unsafe { crate::syscall0(nr::IPC_CLIENT_WAITING) }) == Ok(1)
+}
+
 /// `reply_wait` whose reply carries `payload`'s bytes and capability, and
 /// whose next request's payload lands in `payload.recv`: (alias, request,
 /// what came with it).

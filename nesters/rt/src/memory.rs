@@ -47,6 +47,15 @@ pub fn region_protect(region: Handle, max: u64) -> Result<(), SysError> {
     decode(unsafe { syscall2(nr::REGION_PROTECT, region.0, max) }).map(|_| ())
 }
 
+/// Gives back the frames behind `[offset, offset+size)` of `region`
+/// (page-aligned; needs MAP_WRITE): the memory reads as zeros afterwards,
+/// in every space that maps it. Returns how many frames were freed.
+pub fn region_discard(region: Handle, offset: u64, size: u64) -> Result<u64, SysError> {
+    // SAFETY: no memory of this program is accessed by the call; pages of
+    // it that lie in the range read as zeros afterwards, which the caller asked for.
+    decode(unsafe { syscall4(nr::REGION_DISCARD, region.0, offset, size, 0) })
+}
+
 pub fn region_destroy(region: Handle) -> Result<(), SysError> {
     // SAFETY: revokes mappings in other spaces; this program's own memory is unaffected.
     decode(unsafe { syscall1(nr::REGION_DESTROY, region.0) }).map(|_| ())
