@@ -55,6 +55,7 @@ pub const PROGRAMS: &[(&str, &[&str])] = &[
             "seqwriter",
         ],
     ),
+    ("workloads", &["mk", "mcc", "ipcload", "reprobench"]),
 ];
 
 /// Folder of data files copied into the archive as they are (relative paths kept).

@@ -301,7 +301,19 @@ pub(crate) fn wait_for_partner_uninterruptibly(me: &Arc<Thread>) {
 
 /// Sends `message` (and `payload`) through `port` and waits for the reply
 /// and the payload that came with it. Interrupts off.
+/// General-path calls made on each CPU (the fast path counts its own
+/// switches): with them a harness counts the crossings of a run.
+static GENERAL_CALLS: [AtomicU64; crate::arch::percpu::MAX_CPUS] = [const { AtomicU64::new(0) }; crate::arch::percpu::MAX_CPUS];
+
+/// General-path IPC calls so far, on all CPUs.
+pub fn general_calls() -> u64 {
+    GENERAL_CALLS.iter().map(|c| c.load(Ordering::Relaxed)).sum()
+}
+
 pub fn call(port: &Port, message: [u64; 6], payload: Carried) -> Result<([u64; 6], Carried), IpcError> {
+    // Only this CPU writes its count: no read-modify-write needed.
+    let count = &GENERAL_CALLS[crate::arch::percpu::this_cpu_index()];
+    count.store(count.load(Ordering::Relaxed) + 1, Ordering::Relaxed);
     let me = sched::current();
     let stale = {
         let mut slot = me.ipc.lock();

@@ -61,7 +61,16 @@ pub fn rights_for(access: crate::arch::idt::FaultAccess) -> VmRights {
 
 /// Resolves a user fault at `va` in `space` and installs the page. Returns
 /// the engine's answer when nothing could be installed (for the keeper).
+/// User page faults the kernel resolved itself (demand-zero or composed
+/// memory), on all CPUs; faults that go to a keeper are IPC.
+static RESOLVED_FAULTS: core::sync::atomic::AtomicU64 = core::sync::atomic::AtomicU64::new(0);
+
+pub fn resolved_faults() -> u64 {
+    RESOLVED_FAULTS.load(core::sync::atomic::Ordering::Relaxed)
+}
+
 pub fn fault(space: &Arc<Space>, va: u64, access: VmRights) -> Result<(), Resolution> {
+    RESOLVED_FAULTS.fetch_add(1, core::sync::atomic::Ordering::Relaxed);
     let page = va & !(FRAME_SIZE - 1);
     with_vm(|vm| {
         let resolution = vm.graph.resolve(space.vm_id(), page, access);

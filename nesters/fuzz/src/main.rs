@@ -377,13 +377,13 @@ struct Snapshot {
 impl Snapshot {
     /// The counters right now, without flushing (for progress lines).
     fn peek() -> (u64, u64, u64) {
-        let (w, _) = sys::system_info().unwrap_or(([0; 8], 0));
+        let (w, _) = sys::system_info().unwrap_or(([0; 16], 0));
         (w[1], w[6], w[7])
     }
 
     fn take() -> Snapshot {
         flush_dead_threads();
-        let (w, len) = sys::system_info().unwrap_or(([0; 8], 0));
+        let (w, len) = sys::system_info().unwrap_or(([0; 16], 0));
         let full = len >= 64;
         Snapshot { free_frames: w[1], heap_bytes: if full { w[6] } else { 0 }, threads: if full { w[7] } else { 0 } }
     }

@@ -69,11 +69,13 @@ pub fn tsc() -> u64 {
 }
 
 /// `system_info` in full: the words the kernel wrote, and how many bytes
-/// that was (48, or 64 on kernels that report their heap and threads).
-pub fn system_info() -> Result<([u64; 8], u64), SysError> {
-    let mut w = [0u64; 8];
-    // SAFETY: the kernel writes at most 64 bytes into `w`.
-    let n = decode(unsafe { matryoshka_rt::syscall2(nr::SYSTEM_INFO, w.as_mut_ptr() as u64, 64) })?;
+/// that was (48, 64 on kernels that report their heap and threads, 80 on
+/// those that also count IPC calls and faults). Asked with room for more,
+/// so the fuzzer learns the real maximum.
+pub fn system_info() -> Result<([u64; 16], u64), SysError> {
+    let mut w = [0u64; 16];
+    // SAFETY: the kernel writes at most 128 bytes into `w`.
+    let n = decode(unsafe { matryoshka_rt::syscall2(nr::SYSTEM_INFO, w.as_mut_ptr() as u64, 128) })?;
     Ok((w, n))
 }
 

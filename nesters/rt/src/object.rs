@@ -169,12 +169,16 @@ pub struct SystemInfo {
     pub kernel_heap_used: u64,
     /// Kernel threads not yet freed (exited ones whose handles are open included).
     pub kernel_threads: u64,
+    /// IPC calls the general path made so far (with `fast_ipc_switches`: every crossing).
+    pub general_ipc_calls: u64,
+    /// User page faults the kernel resolved so far (faults to keepers are IPC).
+    pub kernel_faults: u64,
 }
 
 pub fn system_info() -> Result<SystemInfo, SysError> {
-    let mut raw = [0u64; 8];
-    // SAFETY: the kernel writes at most 64 bytes into `raw`.
-    decode(unsafe { syscall2(nr::SYSTEM_INFO, raw.as_mut_ptr() as u64, 64) })?;
+    let mut raw = [0u64; 10];
+    // SAFETY: the kernel writes at most 80 bytes into `raw`.
+    decode(unsafe { syscall2(nr::SYSTEM_INFO, raw.as_mut_ptr() as u64, 80) })?;
     Ok(SystemInfo {
         managed_frames: raw[0],
         free_frames: raw[1],
@@ -184,6 +188,8 @@ pub fn system_info() -> Result<SystemInfo, SysError> {
         fpu_loads: raw[5],
         kernel_heap_used: raw[6],
         kernel_threads: raw[7],
+        general_ipc_calls: raw[8],
+        kernel_faults: raw[9],
     })
 }
 
