@@ -80,7 +80,8 @@ impl State {
         };
         if last {
             if let Some(d) = self.descriptions.remove(&s.description) {
-                if !self.descriptions.values().any(|o| o.node == d.node) {
+                // Only an unlinked node can go: others skip the search.
+                if self.tree.is_unlinked(d.node) && !self.descriptions.values().any(|o| o.node == d.node) {
                     self.tree.forget(d.node);
                 }
             }
