@@ -286,6 +286,11 @@ impl Server {
     pub fn forget(&self, alias: u64) {
         forget(self, alias)
     }
+    /// Serves on the calling thread too (never returns): what [`run`]
+    /// does, for a program that keeps the `Server` (to `forget` aliases).
+    pub fn serve(self) -> ! {
+        serve(self.0)
+    }
 }
 
 /// Starts serving `portset` with `service` on `threads` threads (at least
@@ -306,7 +311,7 @@ pub fn start(space: Handle, portset: Handle, service: &'static dyn Service, thre
 /// still grows with extra threads as requests block.
 pub fn run(space: Handle, portset: Handle, service: &'static dyn Service, threads: usize) -> ! {
     match start(space, portset, service, threads.saturating_sub(1)) {
-        Ok(server) => serve(server.0),
+        Ok(server) => server.serve(),
         Err(e) => {
             matryoshka_rt::println!("server: cannot start its threads: {e}");
             matryoshka_rt::exit(1)

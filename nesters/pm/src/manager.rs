@@ -301,6 +301,12 @@ impl Manager {
         if let Some(s) = space {
             let _ = obj::space_destroy(s);
         }
+        // Its threads are gone with its space: nothing will repeat a
+        // request on its own port (pids are never reused), so the pool's
+        // remembered replies for it can go.
+        if let Some(s) = *self.server.lock() {
+            s.forget(pid);
+        }
         // Streams: tell each server this process's references are done (a
         // second close of one the process closed itself is refused, harmlessly).
         for (i, r) in refs.iter_mut().enumerate() {
