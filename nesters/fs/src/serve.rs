@@ -192,11 +192,11 @@ impl FileServer {
         let alias = req.alias;
         match req.op() {
             op::STREAM_READ | op::STREAM_PREAD => {
+                let d = st.stream(alias)?;
                 let (at, max) = match req.op() {
-                    op::STREAM_READ => (st.stream(alias)?.offset, req.words[2]),
+                    op::STREAM_READ => (d.offset, req.words[2]),
                     _ => (req.words[2], req.words[3]),
                 };
-                let d = st.stream(alias)?;
                 if d.flags & open::READ == 0 {
                     return Err(Error::Denied);
                 }
@@ -285,10 +285,12 @@ impl Service for FileServer {
             return Reply::err(Error::Invalid);
         }
         let mut st = self.state.lock();
-        let r = if st.sessions.contains_key(&req.alias) {
-            self.session(&req, &mut st)
-        } else if st.streams.contains_key(&req.alias) {
+        // Streams first: most requests are theirs (aliases of both kinds come
+        // from one counter, so the order decides nothing else).
+        let r = if st.streams.contains_key(&req.alias) {
             self.stream(&req, &mut st)
+        } else if st.sessions.contains_key(&req.alias) {
+            self.session(&req, &mut st)
         } else {
             Err(Error::BadObject)
         };
