@@ -96,7 +96,26 @@ pub struct Reply {
 /// deduplication window (a remembered reply is sent again without a copy).
 pub enum ReplyBytes {
     Owned(Vec<u8>),
-    Shared(Arc<Vec<u8>>),
+    Shared(Shared),
+}
+
+/// Payload bytes shared by a reply and the window.
+#[derive(Clone)]
+pub enum Shared {
+    /// A service's vector, shared as it is when the reply is remembered.
+    Vec(Arc<Vec<u8>>),
+    /// Bytes a service put in one shared allocation itself ([`Reply::with_shared`]).
+    Slice(Arc<[u8]>),
+}
+
+impl core::ops::Deref for Shared {
+    type Target = [u8];
+    fn deref(&self) -> &[u8] {
+        match self {
+            Shared::Vec(v) => v,
+            Shared::Slice(s) => s,
+        }
+    }
 }
 
 impl core::ops::Deref for ReplyBytes {
@@ -123,6 +142,12 @@ impl Reply {
         self.bytes = ReplyBytes::Owned(bytes);
         self
     }
+    /// `with_bytes` for bytes already in one shared allocation: if the reply
+    /// is remembered, the window shares them without a second allocation.
+    pub fn with_shared(mut self, bytes: Arc<[u8]>) -> Reply {
+        self.bytes = ReplyBytes::Shared(Shared::Slice(bytes));
+        self
+    }
     /// Passes `h` and closes the server's handle once it is sent.
     pub fn giving(mut self, h: Handle) -> Reply {
         self.handle = Some(h);
@@ -142,7 +167,7 @@ impl Reply {
             return Kept::Empty;
         }
         let shared = match core::mem::replace(&mut self.bytes, ReplyBytes::Owned(Vec::new())) {
-            ReplyBytes::Owned(v) => Arc::new(v),
+            ReplyBytes::Owned(v) => Shared::Vec(Arc::new(v)),
             ReplyBytes::Shared(a) => a,
         };
         self.bytes = ReplyBytes::Shared(shared.clone());
@@ -166,7 +191,7 @@ enum Kept {
     /// The reply had none.
     Empty,
     /// The bytes, shared with the reply that was sent.
-    Bytes(Arc<Vec<u8>>),
+    Bytes(Shared),
     /// Dropped to stay within [`WINDOW_BYTES`]: a repeat gets `Gone`.
     Evicted,
 }
@@ -435,7 +460,11 @@ mod tests {
     use super::*;
 
     fn answer(seq: u64, len: usize) -> Answered {
-        Answered { seq, words: [0, seq, 0, 0, 0, 0], bytes: if len == 0 { Kept::Empty } else { Kept::Bytes(Arc::new(vec![7; len])) } }
+        Answered {
+            seq,
+            words: [0, seq, 0, 0, 0, 0],
+            bytes: if len == 0 { Kept::Empty } else { Kept::Bytes(Shared::Vec(Arc::new(vec![7; len]))) },
+        }
     }
 
     #[test]
@@ -497,7 +526,11 @@ mod tests {
         let mut r = Reply::ok([1, 0, 0, 0, 0]).with_bytes(vec![1, 2, 3]);
         let Kept::Bytes(k) = r.keep() else { panic!("bytes kept") };
         assert_eq!(&r.bytes[..], &[1, 2, 3]);
-        assert!(matches!(&r.bytes, ReplyBytes::Shared(s) if Arc::ptr_eq(s, &k)));
+        assert!(matches!((&r.bytes, &k), (ReplyBytes::Shared(Shared::Vec(s)), Shared::Vec(k)) if Arc::ptr_eq(s, k)));
+        let one: Arc<[u8]> = Arc::from(&[4u8, 5][..]);
+        let mut r = Reply::ok([0; 5]).with_shared(one.clone());
+        assert!(matches!(r.keep(), Kept::Bytes(Shared::Slice(k)) if Arc::ptr_eq(&k, &one)));
+        assert_eq!(&r.bytes[..], &[4, 5]);
         assert!(matches!(Reply::ok([0; 5]).keep(), Kept::Empty));
     }
 }

@@ -3,6 +3,7 @@
 use alloc::boxed::Box;
 use alloc::collections::{BTreeMap, VecDeque};
 use alloc::string::String;
+use alloc::sync::Arc;
 use alloc::vec;
 use alloc::vec::Vec;
 
@@ -406,19 +407,24 @@ impl Manager {
                 let p = st.pipes.get_mut(&pipe_id).ok_or(Error::BadObject)?;
                 if !p.buf.is_empty() {
                     let n = (req.words[2] as usize).min(MAX_PAYLOAD).min(p.buf.len());
-                    // Two slice copies (the ring may wrap), not a byte at a time.
+                    // Slice copies, not a byte at a time. Unwrapped bytes go
+                    // straight into the one allocation the window shares.
                     let (front, back) = p.buf.as_slices();
-                    let from_front = n.min(front.len());
-                    let mut bytes = Vec::with_capacity(n);
-                    bytes.extend_from_slice(&front[..from_front]);
-                    bytes.extend_from_slice(&back[..n - from_front]);
+                    let reply = if n <= front.len() {
+                        Reply::ok([n as u64, 0, 0, 0, 0]).with_shared(Arc::from(&front[..n]))
+                    } else {
+                        let mut bytes = Vec::with_capacity(n);
+                        bytes.extend_from_slice(front);
+                        bytes.extend_from_slice(&back[..n - front.len()]);
+                        Reply::ok([n as u64, 0, 0, 0, 0]).with_bytes(bytes)
+                    };
                     p.buf.drain(..n);
                     let wake = p.waiters > 0;
                     drop(st);
                     if wake {
                         self.pipe_changed.notify_all();
                     }
-                    return Ok(Reply::ok([n as u64, 0, 0, 0, 0]).with_bytes(bytes));
+                    return Ok(reply);
                 }
                 if p.writers == 0 && p.writer_given {
                     return Ok(Reply::ok([0; 5]));
