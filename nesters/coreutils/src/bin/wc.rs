@@ -17,7 +17,8 @@ matryoshka_rt::entry!(run);
 /// Counts what `s` holds; with `scan` false only the bytes (`wc -c` need
 /// not look at them).
 fn count(s: matryoshka_nest::client::Stream, scan: bool) -> Result<(u64, u64, u64), matryoshka_nest::proto::Error> {
-    let mut buf = alloc::vec![0u8; 16 * 1024];
+    // As much as one reply carries: a pipe's whole buffer in one request.
+    let mut buf = alloc::vec![0u8; matryoshka_nest::proto::MAX_PAYLOAD];
     let (mut lines, mut words, mut bytes, mut in_word) = (0u64, 0u64, 0u64, false);
     loop {
         let n = s.read(&mut buf)?;
