@@ -46,6 +46,10 @@ struct State {
 struct FileServer {
     portset: Handle,
     state: Mutex<State>,
+    /// The pool, set once it runs: closed streams' and ended sessions'
+    /// remembered replies are forgotten (they held up to 128 KiB of read
+    /// payload each, for the server's whole life).
+    server: Mutex<Option<server::Server>>,
 }
 
 impl State {
@@ -80,7 +84,8 @@ impl State {
         };
         if last {
             if let Some(d) = self.descriptions.remove(&s.description) {
-                if !self.descriptions.values().any(|o| o.node == d.node) {
+                // Only an unlinked node can go: others skip the search.
+                if self.tree.is_unlinked(d.node) && !self.descriptions.values().any(|o| o.node == d.node) {
                     self.tree.forget(d.node);
                 }
             }
@@ -90,6 +95,16 @@ impl State {
 }
 
 impl FileServer {
+    /// Drops the pool's remembered replies of aliases that are closed (no
+    /// request on them will be answered again but with `BadObject`).
+    fn forget(&self, aliases: &[u64]) {
+        if let Some(s) = *self.server.lock() {
+            for &a in aliases {
+                s.forget(a);
+            }
+        }
+    }
+
     fn new_port(&self, st: &mut State) -> Result<(u64, Handle), Error> {
         let alias = st.alias();
         Ok((alias, ipc::port_create(self.portset, alias)?))
@@ -158,11 +173,13 @@ impl FileServer {
             }
             op::FS_END_SESSION => {
                 let streams: Vec<u64> = st.sessions.get(&req.alias).map(|s| s.iter().copied().collect()).unwrap_or_default();
-                for a in streams {
+                for &a in &streams {
                     let _ = st.close_stream(a);
                 }
+                self.forget(&streams);
                 if req.alias != FIRST_SESSION {
                     st.sessions.remove(&req.alias);
+                    self.forget(&[req.alias]);
                 }
                 Ok(Reply::ok([0; 5]))
             }
@@ -175,11 +192,11 @@ impl FileServer {
         let alias = req.alias;
         match req.op() {
             op::STREAM_READ | op::STREAM_PREAD => {
+                let d = st.stream(alias)?;
                 let (at, max) = match req.op() {
-                    op::STREAM_READ => (st.stream(alias)?.offset, req.words[2]),
+                    op::STREAM_READ => (d.offset, req.words[2]),
                     _ => (req.words[2], req.words[3]),
                 };
-                let d = st.stream(alias)?;
                 if d.flags & open::READ == 0 {
                     return Err(Error::Denied);
                 }
@@ -243,7 +260,11 @@ impl FileServer {
                 st.sessions.entry(session).or_default().insert(new);
                 Ok(Reply::ok([0; 5]).giving(port))
             }
-            op::STREAM_CLOSE => st.close_stream(alias).map(|_| Reply::ok([0; 5])),
+            op::STREAM_CLOSE => {
+                st.close_stream(alias)?;
+                self.forget(&[alias]);
+                Ok(Reply::ok([0; 5]))
+            }
             op::STREAM_READDIR => {
                 let d = st.stream(alias)?;
                 let (name, k, size) = st.tree.entry(d.node, req.words[2])?;
@@ -264,10 +285,12 @@ impl Service for FileServer {
             return Reply::err(Error::Invalid);
         }
         let mut st = self.state.lock();
-        let r = if st.sessions.contains_key(&req.alias) {
-            self.session(&req, &mut st)
-        } else if st.streams.contains_key(&req.alias) {
+        // Streams first: most requests are theirs (aliases of both kinds come
+        // from one counter, so the order decides nothing else).
+        let r = if st.streams.contains_key(&req.alias) {
             self.stream(&req, &mut st)
+        } else if st.sessions.contains_key(&req.alias) {
+            self.session(&req, &mut st)
         } else {
             Err(Error::BadObject)
         };
@@ -347,7 +370,25 @@ pub fn main() -> i32 {
         }
     };
     let _ = files;
-    let service: &'static FileServer = alloc::boxed::Box::leak(alloc::boxed::Box::new(FileServer { portset: Handle(portset), state }));
+    let server_cell = match Mutex::new(None) {
+        Ok(s) => s,
+        Err(e) => {
+            println!("fs: {e:?}");
+            return 1;
+        }
+    };
+    let service: &'static FileServer =
+        alloc::boxed::Box::leak(alloc::boxed::Box::new(FileServer { portset: Handle(portset), state, server: server_cell }));
     let _ = client::seq;
-    server::run(Handle(me), Handle(portset), service, 2)
+    // One pool thread, and this thread serves too (two to begin with).
+    match server::start(Handle(me), Handle(portset), service, 1) {
+        Ok(s) => {
+            *service.server.lock() = Some(s);
+            s.serve()
+        }
+        Err(e) => {
+            println!("fs: cannot start its threads: {e}");
+            1
+        }
+    }
 }

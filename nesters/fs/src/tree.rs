@@ -1,7 +1,7 @@
 //! The file tree: nodes by number, folders as sorted name maps. Pure (no
 //! system calls), so every path rule is host-testable.
 
-use alloc::collections::BTreeMap;
+use alloc::collections::{BTreeMap, BTreeSet};
 use alloc::string::{String, ToString};
 use alloc::vec::Vec;
 
@@ -20,6 +20,10 @@ pub enum Node {
 pub struct Tree {
     nodes: BTreeMap<u64, Node>,
     next: u64,
+    /// Nodes no folder names any more (unlinked or replaced by a rename)
+    /// but not yet freed: with one name per node, the only ones `forget`
+    /// may free, so it need not search every folder.
+    unlinked: BTreeSet<u64>,
 }
 
 pub const ROOT: u64 = 1;
@@ -46,6 +50,17 @@ pub fn components(path: &str) -> Result<Vec<&str>, Error> {
     Ok(out)
 }
 
+/// The parts of `path` between slashes (split on the byte: `str::split`'s
+/// general searcher costs more than the walk itself on short paths).
+fn names(path: &str) -> impl Iterator<Item = &str> {
+    path.as_bytes().split(|&b| b == b'/').map(|part| {
+        // SAFETY: `part` lies between '/' bytes (or the ends) of a str; an
+        // ASCII byte never falls inside a multi-byte character, so each
+        // part is valid UTF-8.
+        unsafe { core::str::from_utf8_unchecked(part) }
+    })
+}
+
 impl Default for Tree {
     fn default() -> Self {
         Self::new()
@@ -56,7 +71,7 @@ impl Tree {
     pub fn new() -> Self {
         let mut nodes = BTreeMap::new();
         nodes.insert(ROOT, Node::Dir(BTreeMap::new()));
-        Tree { nodes, next: ROOT + 1 }
+        Tree { nodes, next: ROOT + 1, unlinked: BTreeSet::new() }
     }
 
     #[cfg(test)]
@@ -66,8 +81,31 @@ impl Tree {
 
     /// The node at `path`.
     pub fn lookup(&self, path: &str) -> Result<u64, Error> {
+        if path.len() > MAX_PATH {
+            return Err(Error::TooLong);
+        }
+        if !path.starts_with('/') {
+            return Err(Error::Invalid);
+        }
+        // Without "..", the names can be walked as they are split, with no
+        // list of them built; checked first, so the errors are those of
+        // `components` whatever the tree holds.
+        let mut plain = true;
+        for c in names(path) {
+            if c.len() > MAX_NAME {
+                return Err(Error::TooLong);
+            }
+            plain &= c != "..";
+        }
+        if !plain {
+            return self.walk(components(path)?);
+        }
+        self.walk(names(path).filter(|c| !c.is_empty() && *c != "."))
+    }
+
+    fn walk<'p>(&self, names: impl IntoIterator<Item = &'p str>) -> Result<u64, Error> {
         let mut at = ROOT;
-        for c in components(path)? {
+        for c in names {
             match self.nodes.get(&at) {
                 Some(Node::Dir(entries)) => at = *entries.get(c).ok_or(Error::NotFound)?,
                 Some(Node::File(_)) => return Err(Error::NotDir),
@@ -153,16 +191,23 @@ impl Tree {
         if let Some(Node::Dir(entries)) = self.nodes.get_mut(&dir) {
             entries.remove(name);
         }
+        self.unlinked.insert(id);
         Ok(id)
     }
 
     /// Frees a node no folder names any more.
     pub fn forget(&mut self, id: u64) {
-        if id != ROOT && !self.is_linked(id) {
+        if id != ROOT && self.unlinked.remove(&id) {
             self.nodes.remove(&id);
         }
     }
 
+    /// Whether `id` was unlinked and is still there (`forget` would free it).
+    pub fn is_unlinked(&self, id: u64) -> bool {
+        self.unlinked.contains(&id)
+    }
+
+    #[cfg(test)]
     fn is_linked(&self, id: u64) -> bool {
         self.nodes.values().any(|n| matches!(n, Node::Dir(e) if e.values().any(|&v| v == id)))
     }
@@ -297,6 +342,59 @@ mod tests {
         assert_eq!(t.lookup(&"/a".repeat(600)), Err(Error::TooLong));
         assert_eq!(t.write(f, u64::MAX - 1, b"xx"), Err(Error::Invalid));
         assert_eq!(t.write(f, MAX_FILE, b"x"), Err(Error::NoSpace));
+    }
+
+    #[test]
+    fn lookup_errors_match_the_component_rules() {
+        let mut t = Tree::new();
+        t.mkdir_all("/a/b").unwrap();
+        let f = t.create("/a/b/f").unwrap();
+        let long = "x".repeat(MAX_NAME + 1);
+        for (path, want) in [
+            ("/a/b/f", Ok(f)),
+            ("//a/./b//f/", Ok(f)),
+            ("/a/b/f/..", t.lookup("/a/b")),
+            ("/a/b/f/../f", Ok(f)),
+            ("/../a/b/f", Ok(f)),
+            ("/a/b/f/g", Err(Error::NotDir)),
+            ("/a/f/../b/f", Ok(f)),
+            ("/nope/b/f", Err(Error::NotFound)),
+            ("a/b", Err(Error::Invalid)),
+        ] {
+            assert_eq!(t.lookup(path), want, "{path}");
+            // The old way: the whole list of names first, then the walk.
+            assert_eq!(components(path).and_then(|c| t.walk(c)), want, "{path}");
+        }
+        // A name too long is refused even after a missing folder or "..".
+        assert_eq!(t.lookup(&format!("/nope/{long}")), Err(Error::TooLong));
+        assert_eq!(t.lookup(&format!("/a/{long}/..")), Err(Error::TooLong));
+        assert_eq!(t.lookup(&"/a".repeat(600)), Err(Error::TooLong));
+    }
+
+    #[test]
+    fn forget_frees_only_unlinked_nodes() {
+        let mut t = Tree::new();
+        t.mkdir("/d").unwrap();
+        let f = t.create("/d/f").unwrap();
+        let g = t.create("/d/g").unwrap();
+        t.forget(f);
+        assert!(t.node(f).is_some());
+        assert_eq!(t.unlink("/d/f"), Ok(f));
+        assert!(t.is_unlinked(f) && !t.is_linked(f));
+        t.forget(f);
+        assert!(t.node(f).is_none() && !t.is_unlinked(f));
+        // A rename over g unlinks it; the moved node stays linked.
+        let h = t.create("/d/h").unwrap();
+        t.rename("/d/h", "/d/g").unwrap();
+        assert!(t.node(g).is_none());
+        t.forget(h);
+        assert!(t.node(h).is_some() && t.is_linked(h));
+        let d = t.lookup("/d").unwrap();
+        assert_eq!(t.unlink("/d"), Err(Error::NotEmpty));
+        t.unlink("/d/g").unwrap();
+        assert_eq!(t.unlink("/d"), Ok(d));
+        t.forget(ROOT);
+        assert!(t.node(ROOT).is_some());
     }
 
     #[test]

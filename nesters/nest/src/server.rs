@@ -34,6 +34,7 @@
 
 use alloc::boxed::Box;
 use alloc::collections::{BTreeMap, VecDeque};
+use alloc::sync::Arc;
 use alloc::vec;
 use alloc::vec::Vec;
 use core::sync::atomic::{AtomicUsize, Ordering};
@@ -88,23 +89,65 @@ impl Request<'_> {
 /// ports that way and keep no handle to them).
 pub struct Reply {
     pub words: Words,
-    pub bytes: Vec<u8>,
+    pub bytes: ReplyBytes,
     pub handle: Option<Handle>,
     pub close_after: bool,
 }
 
+/// A reply's payload: the service's own bytes, or bytes shared with the
+/// deduplication window (a remembered reply is sent again without a copy).
+pub enum ReplyBytes {
+    Owned(Vec<u8>),
+    Shared(Shared),
+}
+
+/// Payload bytes shared by a reply and the window.
+#[derive(Clone)]
+pub enum Shared {
+    /// A service's vector, shared as it is when the reply is remembered.
+    Vec(Arc<Vec<u8>>),
+    /// Bytes a service put in one shared allocation itself ([`Reply::with_shared`]).
+    Slice(Arc<[u8]>),
+}
+
+impl core::ops::Deref for Shared {
+    type Target = [u8];
+    fn deref(&self) -> &[u8] {
+        match self {
+            Shared::Vec(v) => v,
+            Shared::Slice(s) => s,
+        }
+    }
+}
+
+impl core::ops::Deref for ReplyBytes {
+    type Target = [u8];
+    fn deref(&self) -> &[u8] {
+        match self {
+            ReplyBytes::Owned(v) => v,
+            ReplyBytes::Shared(a) => a,
+        }
+    }
+}
+
 impl Reply {
     pub fn ok(results: [u64; 5]) -> Reply {
-        Reply { words: crate::proto::reply_ok(results), bytes: Vec::new(), handle: None, close_after: false }
+        Reply { words: crate::proto::reply_ok(results), bytes: ReplyBytes::Owned(Vec::new()), handle: None, close_after: false }
     }
     pub fn err(e: Error) -> Reply {
-        Reply { words: reply_err(e), bytes: Vec::new(), handle: None, close_after: false }
+        Reply { words: reply_err(e), bytes: ReplyBytes::Owned(Vec::new()), handle: None, close_after: false }
     }
     pub fn from(r: Result<Reply, Error>) -> Reply {
         r.unwrap_or_else(Reply::err)
     }
     pub fn with_bytes(mut self, bytes: Vec<u8>) -> Reply {
-        self.bytes = bytes;
+        self.bytes = ReplyBytes::Owned(bytes);
+        self
+    }
+    /// `with_bytes` for bytes already in one shared allocation: if the reply
+    /// is remembered, the window shares them without a second allocation.
+    pub fn with_shared(mut self, bytes: Arc<[u8]>) -> Reply {
+        self.bytes = ReplyBytes::Shared(Shared::Slice(bytes));
         self
     }
     /// Passes `h` and closes the server's handle once it is sent.
@@ -119,6 +162,19 @@ impl Reply {
         self.close_after = false;
         self
     }
+    /// Makes the payload shareable (no copy) and returns what the window
+    /// keeps of it.
+    fn keep(&mut self) -> Kept {
+        if self.bytes.is_empty() {
+            return Kept::Empty;
+        }
+        let shared = match core::mem::replace(&mut self.bytes, ReplyBytes::Owned(Vec::new())) {
+            ReplyBytes::Owned(v) => Shared::Vec(Arc::new(v)),
+            ReplyBytes::Shared(a) => a,
+        };
+        self.bytes = ReplyBytes::Shared(shared.clone());
+        Kept::Bytes(shared)
+    }
 }
 
 /// What a server does with each request. Called from any pool thread at
@@ -132,16 +188,38 @@ pub trait Service: Sync + Send + 'static {
     }
 }
 
+/// What the window keeps of a remembered reply's payload.
+enum Kept {
+    /// The reply had none.
+    Empty,
+    /// The bytes, shared with the reply that was sent.
+    Bytes(Shared),
+    /// Dropped to stay within [`WINDOW_BYTES`]: a repeat gets `Gone`.
+    Evicted,
+}
+
+impl Kept {
+    fn len(&self) -> usize {
+        match self {
+            Kept::Bytes(b) => b.len(),
+            _ => 0,
+        }
+    }
+}
+
 /// A remembered reply.
 struct Answered {
     seq: u64,
     words: Words,
-    /// The reply payload, `None` once evicted (see [`WINDOW_BYTES`]).
-    bytes: Option<Vec<u8>>,
+    bytes: Kept,
 }
 
+/// Slots of [`AliasLog::present`]: a prime above [`WINDOW`], so the
+/// consecutive numbers one client sends never share a slot within a
+/// window (and a new number's slot is empty), whatever the base.
+const PRESENT_SLOTS: usize = WINDOW + 1;
+
 /// What the pool knows of one alias's sequenced requests.
-#[derive(Default)]
 struct AliasLog {
     /// Numbers a pool thread is handling now.
     in_flight: Vec<u64>,
@@ -149,10 +227,29 @@ struct AliasLog {
     answered: VecDeque<Answered>,
     /// Payload bytes held in `answered`.
     bytes: usize,
+    /// How many of the oldest entries of `answered` hold no payload (so
+    /// eviction starts after them instead of walking them each time).
+    drained: usize,
+    /// Per slot (`seq % PRESENT_SLOTS`), how many answered numbers fall in
+    /// it: a number whose slot is 0 is not in the window, found without
+    /// walking it (almost every request is a new number).
+    present: [u16; PRESENT_SLOTS],
+}
+
+impl Default for AliasLog {
+    fn default() -> Self {
+        AliasLog { in_flight: Vec::new(), answered: VecDeque::new(), bytes: 0, drained: 0, present: [0; PRESENT_SLOTS] }
+    }
 }
 
 impl AliasLog {
+    fn slot(seq: u64) -> usize {
+        (seq % PRESENT_SLOTS as u64) as usize
+    }
     fn find(&self, seq: u64) -> Option<&Answered> {
+        if self.present[Self::slot(seq)] == 0 {
+            return None;
+        }
         self.answered.iter().rev().find(|a| a.seq == seq)
     }
     /// Whether a number just above `seq` (the same client's counter) was
@@ -161,24 +258,36 @@ impl AliasLog {
         self.answered.iter().any(|a| a.seq.wrapping_sub(seq).wrapping_sub(1) < 1 << 32)
     }
     fn remember(&mut self, a: Answered) {
-        self.bytes += a.bytes.as_ref().map_or(0, Vec::len);
+        self.bytes += a.bytes.len();
+        self.present[Self::slot(a.seq)] += 1;
         self.answered.push_back(a);
         if self.answered.len() > WINDOW {
             if let Some(old) = self.answered.pop_front() {
-                self.bytes -= old.bytes.as_ref().map_or(0, Vec::len);
+                self.bytes -= old.bytes.len();
+                self.present[Self::slot(old.seq)] -= 1;
+                self.drained = self.drained.saturating_sub(1);
             }
         }
         // Drop the oldest payloads first; the newest is always kept.
         let newest = self.answered.len() - 1;
-        for a in self.answered.iter_mut().take(newest) {
-            if self.bytes <= WINDOW_BYTES {
-                break;
+        while self.bytes > WINDOW_BYTES && self.drained < newest {
+            let a = &mut self.answered[self.drained];
+            if let Kept::Bytes(b) = &a.bytes {
+                self.bytes -= b.len();
+                a.bytes = Kept::Evicted;
             }
-            if a.bytes.as_ref().is_some_and(|b| !b.is_empty()) {
-                self.bytes -= a.bytes.take().map_or(0, |b| b.len());
-            }
+            self.drained += 1;
         }
     }
+}
+
+/// The pool's deduplication state, under one lock.
+#[derive(Default)]
+struct Logs {
+    aliases: BTreeMap<u64, Box<AliasLog>>,
+    /// Repeats waiting for their first copy's answer (the answer wakes them
+    /// only when there are some: a wake-up is a system call).
+    waiting: usize,
 }
 
 struct Pool {
@@ -187,14 +296,14 @@ struct Pool {
     service: &'static dyn Service,
     free: AtomicUsize,
     threads: AtomicUsize,
-    logs: Mutex<BTreeMap<u64, AliasLog>>,
+    logs: Mutex<Logs>,
     /// Signalled whenever a sequenced request is answered (its repeats wait on it).
     answered: Cond,
 }
 
 /// Forgets the remembered replies of `alias` (call when its object closes).
 pub fn forget(server: &Server, alias: u64) {
-    server.0.logs.lock().remove(&alias);
+    server.0.logs.lock().aliases.remove(&alias);
 }
 
 /// A running server (to reach its pool's bookkeeping).
@@ -209,13 +318,18 @@ impl Server {
     pub fn forget(&self, alias: u64) {
         forget(self, alias)
     }
+    /// Serves on the calling thread too (never returns): what [`run`]
+    /// does, for a program that keeps the `Server` (to `forget` aliases).
+    pub fn serve(self) -> ! {
+        serve(self.0)
+    }
 }
 
 /// Starts serving `portset` with `service` on `threads` threads (at least
 /// one) in this program's space `space` (which needs CREATE); returns at
 /// once. The pool grows as requests block.
 pub fn start(space: Handle, portset: Handle, service: &'static dyn Service, threads: usize) -> Result<Server, Error> {
-    let logs = Mutex::new(BTreeMap::new()).map_err(Error::from)?;
+    let logs = Mutex::new(Logs::default()).map_err(Error::from)?;
     let answered = Cond::new().map_err(Error::from)?;
     let pool: &'static Pool =
         Box::leak(Box::new(Pool { portset, space, service, free: AtomicUsize::new(0), threads: AtomicUsize::new(0), logs, answered }));
@@ -229,7 +343,7 @@ pub fn start(space: Handle, portset: Handle, service: &'static dyn Service, thre
 /// still grows with extra threads as requests block.
 pub fn run(space: Handle, portset: Handle, service: &'static dyn Service, threads: usize) -> ! {
     match start(space, portset, service, threads.saturating_sub(1)) {
-        Ok(server) => serve(server.0),
+        Ok(server) => server.serve(),
         Err(e) => {
             matryoshka_rt::println!("server: cannot start its threads: {e}");
             matryoshka_rt::exit(1)
@@ -268,7 +382,7 @@ fn serve(pool: &'static Pool) -> ! {
     let mut first = true;
     loop {
         pool.free.fetch_add(1, Ordering::AcqRel);
-        let mut payload = Payload { send: &reply.bytes, handle: reply.handle, recv: &mut recv };
+        let mut payload = Payload { send: &reply.bytes[..], handle: reply.handle, recv: &mut recv };
         let received = if first {
             // Nothing to reply to yet: the kernel drops a reply with no client.
             first = false;
@@ -311,11 +425,12 @@ fn dispatch(pool: &'static Pool, req: Request) -> Reply {
     {
         let mut logs = pool.logs.lock();
         loop {
-            let log = logs.entry(alias).or_default();
+            let log = logs.aliases.entry(alias).or_default();
             if let Some(a) = log.find(seq) {
                 return match &a.bytes {
-                    Some(bytes) => Reply { words: a.words, bytes: bytes.clone(), handle: None, close_after: false },
-                    None => Reply::err(Error::Gone),
+                    Kept::Empty => Reply { words: a.words, bytes: ReplyBytes::Owned(Vec::new()), handle: None, close_after: false },
+                    Kept::Bytes(b) => Reply { words: a.words, bytes: ReplyBytes::Shared(b.clone()), handle: None, close_after: false },
+                    Kept::Evicted => Reply::err(Error::Gone),
                 };
             }
             if !log.in_flight.contains(&seq) {
@@ -329,20 +444,106 @@ fn dispatch(pool: &'static Pool, req: Request) -> Reply {
                 break;
             }
             // Another copy of this request is being handled: its answer is ours.
+            logs.waiting += 1;
             logs = pool.answered.wait(logs);
+            logs.waiting -= 1;
         }
     }
-    let reply = pool.service.handle(req);
-    {
+    let mut reply = pool.service.handle(req);
+    let wake = {
         let mut logs = pool.logs.lock();
         // Gone if the alias was forgotten meanwhile (its object closed).
-        if let Some(log) = logs.get_mut(&alias) {
+        if let Some(log) = logs.aliases.get_mut(&alias) {
             log.in_flight.retain(|&s| s != seq);
             if reply.handle.is_none() {
-                log.remember(Answered { seq, words: reply.words, bytes: Some(reply.bytes.clone()) });
+                let bytes = reply.keep();
+                log.remember(Answered { seq, words: reply.words, bytes });
             }
         }
+        logs.waiting > 0
+    };
+    if wake {
+        pool.answered.notify_all();
     }
-    pool.answered.notify_all();
     reply
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn answer(seq: u64, len: usize) -> Answered {
+        Answered {
+            seq,
+            words: [0, seq, 0, 0, 0, 0],
+            bytes: if len == 0 { Kept::Empty } else { Kept::Bytes(Shared::Vec(Arc::new(vec![7; len]))) },
+        }
+    }
+
+    #[test]
+    fn the_window_finds_the_last_answers_and_forgets_older_ones() {
+        for base in [1u64, 255, 256, 257, u64::MAX - 600] {
+            let mut log = AliasLog::default();
+            for i in 0..1000u64 {
+                let seq = base.wrapping_add(i);
+                assert!(log.find(seq).is_none(), "{seq} is new");
+                log.remember(answer(seq, 0));
+                assert_eq!(log.find(seq).map(|a| a.words[1]), Some(seq));
+                if i >= WINDOW as u64 {
+                    assert!(log.find(seq.wrapping_sub(WINDOW as u64)).is_none());
+                    assert!(log.find(seq.wrapping_sub(WINDOW as u64 - 1)).is_some());
+                }
+            }
+            assert_eq!(log.answered.len(), WINDOW);
+            assert_eq!(log.present.iter().map(|&c| c as usize).sum::<usize>(), WINDOW);
+        }
+    }
+
+    #[test]
+    fn numbers_sharing_a_slot_are_told_apart() {
+        let mut log = AliasLog::default();
+        let step = PRESENT_SLOTS as u64;
+        for i in 0..10 {
+            log.remember(answer(5 + i * step, 0));
+        }
+        for i in 0..10 {
+            assert_eq!(log.find(5 + i * step).map(|a| a.seq), Some(5 + i * step));
+        }
+        assert!(log.find(5 + 10 * step).is_none());
+    }
+
+    #[test]
+    fn payloads_are_evicted_oldest_first_and_the_newest_is_kept() {
+        let mut log = AliasLog::default();
+        let big = WINDOW_BYTES / 4;
+        for seq in 1..=6 {
+            log.remember(answer(seq, big));
+            assert!(log.bytes <= WINDOW_BYTES);
+        }
+        let kept: Vec<bool> = (1..=6).map(|s| matches!(log.find(s).unwrap().bytes, Kept::Bytes(_))).collect();
+        assert_eq!(kept, [false, false, true, true, true, true]);
+        // An empty reply in between stays answerable, a larger-than-window one is kept alone.
+        log.remember(answer(7, 0));
+        log.remember(answer(8, WINDOW_BYTES * 2));
+        assert!(matches!(log.find(7).unwrap().bytes, Kept::Empty));
+        assert!(matches!(log.find(8).unwrap().bytes, Kept::Bytes(_)));
+        assert!((1..=6).all(|s| matches!(log.find(s).unwrap().bytes, Kept::Evicted)));
+        assert_eq!(log.bytes, WINDOW_BYTES * 2);
+        log.remember(answer(9, 1));
+        assert!(matches!(log.find(8).unwrap().bytes, Kept::Evicted));
+        assert_eq!(log.bytes, 1);
+    }
+
+    #[test]
+    fn a_kept_reply_shares_its_bytes() {
+        let mut r = Reply::ok([1, 0, 0, 0, 0]).with_bytes(vec![1, 2, 3]);
+        let Kept::Bytes(k) = r.keep() else { panic!("bytes kept") };
+        assert_eq!(&r.bytes[..], &[1, 2, 3]);
+        assert!(matches!((&r.bytes, &k), (ReplyBytes::Shared(Shared::Vec(s)), Shared::Vec(k)) if Arc::ptr_eq(s, k)));
+        let one: Arc<[u8]> = Arc::from(&[4u8, 5][..]);
+        let mut r = Reply::ok([0; 5]).with_shared(one.clone());
+        assert!(matches!(r.keep(), Kept::Bytes(Shared::Slice(k)) if Arc::ptr_eq(&k, &one)));
+        assert_eq!(&r.bytes[..], &[4, 5]);
+        assert!(matches!(Reply::ok([0; 5]).keep(), Kept::Empty));
+    }
 }

@@ -3,6 +3,7 @@
 use alloc::boxed::Box;
 use alloc::collections::{BTreeMap, VecDeque};
 use alloc::string::String;
+use alloc::sync::Arc;
 use alloc::vec;
 use alloc::vec::Vec;
 
@@ -15,7 +16,7 @@ use matryoshka_nest::server::{self, Reply, Request, Service};
 use matryoshka_rt::ipc;
 use matryoshka_rt::memory as m;
 use matryoshka_rt::object::{self as obj, Handle};
-use matryoshka_rt::sync::{Cond, Mutex};
+use matryoshka_rt::sync::{Cond, Mutex, MutexGuard};
 use matryoshka_rt::{env, println};
 
 /// The manager's own client (init), which started it.
@@ -50,6 +51,9 @@ struct Pipe {
     readers: usize,
     writers: usize,
     writer_given: bool,
+    /// Server threads waiting on this pipe (for bytes, room or a close):
+    /// a change wakes `pipe_changed` only when there are some.
+    waiters: usize,
 }
 
 struct PipeEnd {
@@ -94,8 +98,12 @@ struct Manager {
     console: Option<Stream>,
     pool: MemoryPool,
     state: Mutex<State>,
-    /// Signalled whenever a process ends or a pipe changes.
+    /// Signalled whenever a process ends.
     changed: Cond,
+    /// Signalled when a pipe with waiters changes (bytes in or out, an end
+    /// closed). Apart from `changed`, so pipe traffic does not wake the
+    /// threads that wait for processes.
+    pipe_changed: Cond,
     server: Mutex<Option<server::Server>>,
 }
 
@@ -342,6 +350,12 @@ impl Manager {
         if let Some(s) = space {
             let _ = obj::space_destroy(s);
         }
+        // Its threads are gone with its space: nothing will repeat a
+        // request on its own port (pids are never reused), so the pool's
+        // remembered replies for it can go.
+        if let Some(s) = *self.server.lock() {
+            s.forget(pid);
+        }
         // Streams: tell each server this process's references are done (a
         // second close of one the process closed itself is refused, harmlessly).
         for (i, r) in refs.iter_mut().enumerate() {
@@ -422,6 +436,18 @@ impl Manager {
         Ok(Reply::ok([0; 5]))
     }
 
+    /// Waits on `pipe_changed` as one of `pipe_id`'s waiters.
+    fn pipe_wait<'a>(&self, mut st: MutexGuard<'a, State>, pipe_id: u64) -> MutexGuard<'a, State> {
+        if let Some(p) = st.pipes.get_mut(&pipe_id) {
+            p.waiters += 1;
+        }
+        st = self.pipe_changed.wait(st);
+        if let Some(p) = st.pipes.get_mut(&pipe_id) {
+            p.waiters -= 1;
+        }
+        st
+    }
+
     fn pipe_request(&self, alias: u64, req: &Request) -> Result<Reply, Error> {
         let mut st = self.state.lock();
         let end = st.ends.get(&alias).ok_or(Error::BadObject)?;
@@ -431,15 +457,29 @@ impl Manager {
                 let p = st.pipes.get_mut(&pipe_id).ok_or(Error::BadObject)?;
                 if !p.buf.is_empty() {
                     let n = (req.words[2] as usize).min(MAX_PAYLOAD).min(p.buf.len());
-                    let bytes: Vec<u8> = p.buf.drain(..n).collect();
+                    // Slice copies, not a byte at a time. Unwrapped bytes go
+                    // straight into the one allocation the window shares.
+                    let (front, back) = p.buf.as_slices();
+                    let reply = if n <= front.len() {
+                        Reply::ok([n as u64, 0, 0, 0, 0]).with_shared(Arc::from(&front[..n]))
+                    } else {
+                        let mut bytes = Vec::with_capacity(n);
+                        bytes.extend_from_slice(front);
+                        bytes.extend_from_slice(&back[..n - front.len()]);
+                        Reply::ok([n as u64, 0, 0, 0, 0]).with_bytes(bytes)
+                    };
+                    p.buf.drain(..n);
+                    let wake = p.waiters > 0;
                     drop(st);
-                    self.changed.notify_all();
-                    return Ok(Reply::ok([n as u64, 0, 0, 0, 0]).with_bytes(bytes));
+                    if wake {
+                        self.pipe_changed.notify_all();
+                    }
+                    return Ok(reply);
                 }
                 if p.writers == 0 && p.writer_given {
                     return Ok(Reply::ok([0; 5]));
                 }
-                st = self.changed.wait(st);
+                st = self.pipe_wait(st, pipe_id);
                 if !st.ends.contains_key(&alias) {
                     return Err(Error::BadObject);
                 }
@@ -456,10 +496,12 @@ impl Manager {
                         let n = room.min(req.bytes.len() - done);
                         p.buf.extend(&req.bytes[done..done + n]);
                         done += n;
-                        self.changed.notify_all();
+                        if p.waiters > 0 {
+                            self.pipe_changed.notify_all();
+                        }
                         continue;
                     }
-                    st = self.changed.wait(st);
+                    st = self.pipe_wait(st, pipe_id);
                     if !st.ends.contains_key(&alias) {
                         return Err(Error::BadObject);
                     }
@@ -484,16 +526,18 @@ impl Manager {
             }
             op::STREAM_CLOSE => {
                 st.ends.remove(&alias);
-                let gone = match st.pipes.get_mut(&pipe_id) {
+                // Waiters of the pipe learn of the close (end of file, a
+                // broken pipe, or their own end gone), even if it is freed.
+                let (gone, wake) = match st.pipes.get_mut(&pipe_id) {
                     Some(p) => {
                         if writer {
                             p.writers -= 1;
                         } else {
                             p.readers -= 1;
                         }
-                        p.writers == 0 && p.readers == 0 && p.writer_given
+                        (p.writers == 0 && p.readers == 0 && p.writer_given, p.waiters > 0)
                     }
-                    None => false,
+                    None => (false, false),
                 };
                 if gone {
                     st.pipes.remove(&pipe_id);
@@ -502,7 +546,9 @@ impl Manager {
                 if let Some(s) = *self.server.lock() {
                     s.forget(alias);
                 }
-                self.changed.notify_all();
+                if wake {
+                    self.pipe_changed.notify_all();
+                }
                 Ok(Reply::ok([0; 5]))
             }
             _ => Err(Error::Unsupported),
@@ -571,7 +617,7 @@ impl Manager {
                 }
                 let id = st.next_pipe;
                 st.next_pipe += 1;
-                st.pipes.insert(id, Pipe { buf: VecDeque::new(), readers: 1, writers: 0, writer_given: false });
+                st.pipes.insert(id, Pipe { buf: VecDeque::new(), readers: 1, writers: 0, writer_given: false, waiters: 0 });
                 let port = self.new_end(&mut st, id, false)?;
                 Ok(Reply::ok([id, 0, 0, 0, 0]).giving(port))
             }
@@ -707,6 +753,10 @@ pub fn main() -> i32 {
             pool: MemoryPool { region, local_base: POOL_VA, size },
             state,
             changed: Cond::new().map_err(|e| {
+                println!("pm: cond: {e:?}");
+                Error::from(e)
+            })?,
+            pipe_changed: Cond::new().map_err(|e| {
                 println!("pm: cond: {e:?}");
                 Error::from(e)
             })?,

@@ -14,8 +14,11 @@ use matryoshka_nest::{errln, io, out, outln};
 #[cfg(target_os = "none")]
 matryoshka_rt::entry!(run);
 
-fn count(s: matryoshka_nest::client::Stream) -> Result<(u64, u64, u64), matryoshka_nest::proto::Error> {
-    let mut buf = alloc::vec![0u8; 16 * 1024];
+/// Counts what `s` holds; with `scan` false only the bytes (`wc -c` need
+/// not look at them).
+fn count(s: matryoshka_nest::client::Stream, scan: bool) -> Result<(u64, u64, u64), matryoshka_nest::proto::Error> {
+    // As much as one reply carries: a pipe's whole buffer in one request.
+    let mut buf = alloc::vec![0u8; matryoshka_nest::proto::MAX_PAYLOAD];
     let (mut lines, mut words, mut bytes, mut in_word) = (0u64, 0u64, 0u64, false);
     loop {
         let n = s.read(&mut buf)?;
@@ -23,6 +26,9 @@ fn count(s: matryoshka_nest::client::Stream) -> Result<(u64, u64, u64), matryosh
             return Ok((lines, words, bytes));
         }
         bytes += n as u64;
+        if !scan {
+            continue;
+        }
         for &b in &buf[..n] {
             if b == b'\n' {
                 lines += 1;
@@ -59,7 +65,7 @@ fn run() -> i32 {
         outln!("{s}");
     };
     if files.is_empty() {
-        return match io::stdin().map(count) {
+        return match io::stdin().map(|s| count(s, l || w)) {
             Some(Ok(t)) => {
                 show(t, "");
                 0
@@ -72,7 +78,7 @@ fn run() -> i32 {
     let mut status = 0;
     for f in files {
         match open_read(&fs, f).and_then(|s| {
-            let r = count(s);
+            let r = count(s, l || w);
             let _ = s.close();
             r
         }) {
