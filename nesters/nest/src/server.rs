@@ -234,11 +234,31 @@ struct AliasLog {
     /// it: a number whose slot is 0 is not in the window, found without
     /// walking it (almost every request is a new number).
     present: [u16; PRESENT_SLOTS],
+    /// The highest answered number of each client counter seen on this
+    /// alias (counters start at random bases, so numbers within 2^32 of
+    /// each other are one counter's), newest counters last, at most
+    /// [`COUNTERS`]: what tells an out-of-order number without a walk.
+    highest: Vec<u64>,
+}
+
+/// Client counters remembered per alias (programs sharing one reference).
+const COUNTERS: usize = 16;
+
+/// Whether `a` and `b` are numbers of the same client counter.
+fn same_counter(a: u64, b: u64) -> bool {
+    a.wrapping_sub(b) < 1 << 32 || b.wrapping_sub(a) < 1 << 32
 }
 
 impl Default for AliasLog {
     fn default() -> Self {
-        AliasLog { in_flight: Vec::new(), answered: VecDeque::new(), bytes: 0, drained: 0, present: [0; PRESENT_SLOTS] }
+        AliasLog {
+            in_flight: Vec::new(),
+            answered: VecDeque::new(),
+            bytes: 0,
+            drained: 0,
+            present: [0; PRESENT_SLOTS],
+            highest: Vec::new(),
+        }
     }
 }
 
@@ -255,9 +275,22 @@ impl AliasLog {
     /// Whether a number just above `seq` (the same client's counter) was
     /// answered: `seq` then arrives out of order, maybe a late stale copy.
     fn answered_after(&self, seq: u64) -> bool {
-        self.answered.iter().any(|a| a.seq.wrapping_sub(seq).wrapping_sub(1) < 1 << 32)
+        self.highest.iter().any(|&h| h.wrapping_sub(seq).wrapping_sub(1) < 1 << 32)
     }
     fn remember(&mut self, a: Answered) {
+        match self.highest.iter_mut().find(|h| same_counter(**h, a.seq)) {
+            Some(h) => {
+                if a.seq.wrapping_sub(*h) < 1 << 32 {
+                    *h = a.seq;
+                }
+            }
+            None => {
+                if self.highest.len() == COUNTERS {
+                    self.highest.remove(0);
+                }
+                self.highest.push(a.seq);
+            }
+        }
         self.bytes += a.bytes.len();
         self.present[Self::slot(a.seq)] += 1;
         self.answered.push_back(a);
@@ -497,6 +530,28 @@ mod tests {
             assert_eq!(log.answered.len(), WINDOW);
             assert_eq!(log.present.iter().map(|&c| c as usize).sum::<usize>(), WINDOW);
         }
+    }
+
+    #[test]
+    fn out_of_order_numbers_are_told_per_client_counter() {
+        let mut log = AliasLog::default();
+        // Two programs share the alias, their counters far apart (one wraps).
+        let (a, b) = (1u64 << 50, u64::MAX - 5);
+        for i in 0..300u64 {
+            log.remember(answer(a + i, 0));
+            log.remember(answer(b.wrapping_add(i), 0));
+        }
+        assert_eq!(log.highest, [a + 299, b.wrapping_add(299)]);
+        // In order: new numbers of either counter are not out of order.
+        assert!(!log.answered_after(a + 300) && !log.answered_after(b.wrapping_add(300)));
+        // Late copies of old numbers (even beyond the window) are.
+        assert!(log.answered_after(a) && log.answered_after(a + 298) && log.answered_after(b));
+        // A third, unrelated counter is not.
+        assert!(!log.answered_after(1 << 40));
+        for c in 0..COUNTERS as u64 {
+            log.remember(answer((c + 2) << 36, 0));
+        }
+        assert_eq!(log.highest.len(), COUNTERS);
     }
 
     #[test]

@@ -386,6 +386,31 @@ mod checks {
         Ok(())
     }
 
+    /// Forty processes one after another: the process manager gives each
+    /// dead one's memory back (region_discard) and reuses its slot, so the
+    /// free frame count does not fall with every process (it did by each
+    /// one's loaded image, stack and heap until the whole system ended).
+    pub fn memory_comes_back(_fs: &Fs, pm: &Pm) -> Result<(), String> {
+        let run = |n: usize| -> Result<(), String> {
+            for _ in 0..n {
+                let c = pm.spawn("/bin/true", &["true"], &[], &SpawnRefs::default(), 0).map_err(e("spawn"))?;
+                expect("status", pm.wait(c.pid, true).map(|w| w.1), Ok(0))?;
+            }
+            Ok(())
+        };
+        let free = || obj::system_info().map(|i| i.free_frames).map_err(|e| format!("system_info: {e:?}"));
+        run(4)?;
+        let before = free()?;
+        run(40)?;
+        let after = free()?;
+        // Servers may grow a little (heaps, pool threads): far less than one
+        // process image per process.
+        if after + 64 < before {
+            return Err(format!("free frames fell from {before} to {after} over 40 processes"));
+        }
+        Ok(())
+    }
+
     pub fn nothing_left_open(fs: &Fs, pm: &Pm) -> Result<(), String> {
         expect("streams open in this session", fs.open_streams(), Ok(0))?;
         let (_, pipes, _) = pm.info().map_err(e("info"))?;
@@ -401,7 +426,7 @@ fn run() -> i32 {
         return 1;
     };
     let _ = fs.mkdir("/tmp");
-    let all: [(&str, Check); 11] = [
+    let all: [(&str, Check); 12] = [
         ("spawn, exit status, wait, getpid", spawn_and_status),
         ("arguments and output", arguments_and_output),
         ("pipeline cat | wc", pipeline),
@@ -412,6 +437,7 @@ fn run() -> i32 {
         ("100 processes at once", many_processes),
         ("same output bare and under 8 passthru", stacked_passthru),
         ("stopped and resumed mid-request: nothing lost or doubled", stop_resume_mid_request),
+        ("a dead process's memory comes back", memory_comes_back),
         ("nothing left open", nothing_left_open),
     ];
     // Checks that expose a bug that is still open: they run and print their
