@@ -101,6 +101,10 @@ bench CPUS=env_var_or_default("CPUS", "2"):
     cargo run -q -p perf --release --bin bench-ipc -- --cpus {{CPUS}}
     cargo run -q -p perf --release --bin bench-nest -- --cpus {{CPUS}} --no-build
 
+# Fluke's evaluation reproduced: every workload bare and under passthru stacks 1..8, icount instructions and TCG ratios, crossings; JSON lines on stdout, table in build/reproduce/results.md, history in results/matryoshka.sqlite (--quick: the CI-sized subset)
+reproduce *ARGS:
+    cargo run -q -p perf --release --bin reproduce -- {{ARGS}}
+
 # Host benchmarks of the port queues (criterion) and their software/hardware counters
 bench-queues:
     cargo bench -p perf --bench queues

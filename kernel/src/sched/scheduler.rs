@@ -409,6 +409,13 @@ pub extern "C" fn thread_start(thread: u64, _: u64) -> ! {
     // SAFETY: the pointer came from `Arc::as_ptr` of this thread, which is
     // kept alive by the scheduler while it runs (it is `current`).
     let me = unsafe { &*(thread as *const Thread) };
+    assert!(
+        !me.started.swap(true, Ordering::AcqRel),
+        "thread {:p} ({}) started twice: its first context was switched to again (now on cpu{})",
+        me,
+        me.name,
+        percpu::this_cpu_index()
+    );
     match me.body {
         Body::Kernel { entry, arg } => {
             cpu::enable_interrupts();

@@ -115,6 +115,11 @@ pub struct Thread {
     pub name: &'static str,
     pub(super) state: AtomicU8,
     pub(super) on_cpu: AtomicBool,
+    /// Set when the thread first runs (`thread_start`): a second start means
+    /// its prepared context was switched to twice (the fuzzer's finding 8
+    /// ended in such a double start), which must stop the kernel with a
+    /// clear report rather than run on a stack in use.
+    pub(super) started: AtomicBool,
     pub(super) context_rsp: UnsafeCell<u64>,
     pub(super) stack: spin::Mutex<Option<stack::KernelStack>>,
     pub(super) stack_top: u64,
@@ -281,6 +286,7 @@ impl Thread {
             name,
             state: AtomicU8::new(READY),
             on_cpu: AtomicBool::new(false),
+            started: AtomicBool::new(false),
             context_rsp: UnsafeCell::new(0),
             stack: spin::Mutex::new(stack),
             stack_top: top,
