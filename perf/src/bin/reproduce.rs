@@ -86,7 +86,7 @@ fn boot(root: &Path, kernel: &Path, archive: &Path, args: &Args, icount: bool, r
     let mode = if icount { "icount" } else { "tcg" };
     let work = workspace::build_dir(root).join("reproduce");
     let cmdline = format!("exit=qemu log=warn -- reprobench --reps {reps} --depths {depths}");
-    let q = QemuRun::new(&kernel.to_path_buf(), &work).init(Some(archive)).cpus(1).icount(icount).cmdline(cmdline).serial(Serial::Stdio);
+    let q = QemuRun::new(kernel.to_path_buf(), &work).init(Some(archive)).cpus(1).icount(icount).cmdline(cmdline).serial(Serial::Stdio);
     q.prepare()?;
     let log = work.join(format!("boot-{mode}.log"));
     let mut runs = Vec::new();
