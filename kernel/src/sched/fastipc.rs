@@ -268,14 +268,18 @@ impl Kernel for ThisCpu<'_> {
 
     #[inline(always)]
     fn switch_to(&self, next: Arc<Thread>, result: u64) -> FastSwitch {
-        let frame = frame_of(&next);
+        // Read once: after the store through the raw frame pointer below
+        // the compiler cannot tell that `stack_top` did not change, and
+        // read it again (an instruction on each leg).
+        let stack_top = next.stack_top;
+        let frame = stack_top - FRAME_BYTES;
         // SAFETY: `next` is claimed (RUNNING, owned by this CPU, which no
         // longer runs on its stack): nothing else touches its user frame at
         // the top of its kernel stack, which stays mapped while it lives.
         // The entry stub fills in the message registers on the way out.
         unsafe { (*(frame as *mut SyscallFrame)).rax = result };
         next.on_cpu.store(true, Ordering::Relaxed);
-        entry::set_kernel_entry_stack(next.stack_top);
+        entry::set_kernel_entry_stack(stack_top);
         // Lazy FPU: at most CR0.TS changes here, the registers stay.
         super::lazyfpu::on_switch(self.sched, &next);
         // CR3 holds the caller's root (it entered from its own space): no

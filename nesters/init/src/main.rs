@@ -1994,9 +1994,34 @@ mod bench {
     /// returns (the call leg), and from the server's stamp before its next
     /// `reply_wait` to the client's after `call` returns (the reply leg).
     static LEGS: [Samples; 2] = [const { Samples(core::cell::UnsafeCell::new([0; N])) }; 2];
-    /// The server's stamps for the current round.
-    static ARRIVED: AtomicU64 = AtomicU64::new(0);
-    static DEPARTING: AtomicU64 = AtomicU64::new(0);
+
+    /// What a round trip's client and server share: the handles each uses
+    /// (each valid in its own thread's space), the number of rounds and the
+    /// server's stamps for the current round. A cross-space server cannot
+    /// see this program's statics, so its link is a page of this program's
+    /// memory that the server's space maps at the same address, and both
+    /// threads get the link's address as their argument.
+    #[repr(C)]
+    struct Link {
+        portset: AtomicU64,
+        port: AtomicU64,
+        rounds: AtomicU64,
+        arrived: AtomicU64,
+        departing: AtomicU64,
+    }
+
+    static SAME_SPACE_LINK: Link = Link {
+        portset: AtomicU64::new(0),
+        port: AtomicU64::new(0),
+        rounds: AtomicU64::new(0),
+        arrived: AtomicU64::new(0),
+        departing: AtomicU64::new(0),
+    };
+
+    /// The cross-space link's page and the server's stack, in this
+    /// program's demand-zero memory (clear of what the other benchmarks use).
+    const CROSS_LINK: u64 = rt::memory::ROOT_ANONYMOUS_BASE + (42 << 30);
+    const CROSS_STACK: u64 = CROSS_LINK + 0x1_0000;
 
     fn legs() -> (&'static mut [u64; N], &'static mut [u64; N]) {
         // SAFETY: as `samples`: one benchmark client writes them, then the
@@ -2054,21 +2079,29 @@ mod bench {
     }
 
     /// The benchmarks' echo server, stamping each request's arrival and
-    /// each reply's departure.
-    extern "C" fn timed_server(_: u64) -> ! {
-        let ps = Handle(PORTSET.load(Ordering::Relaxed));
+    /// each reply's departure in the `Link` at `link`. It may run in
+    /// another space: it touches only its stack and the link.
+    extern "C" fn timed_server(link: u64) -> ! {
+        // SAFETY: `link` is a live Link mapped in this thread's space for as
+        // long as the benchmark runs (it is killed before the link goes).
+        let link = unsafe { &*(link as *const Link) };
+        let ps = Handle(link.portset.load(Ordering::Relaxed));
         let mut m = [0u64; 6];
         loop {
-            let (ret, after) = timed_ipc::<true>(rt::nr::IPC_REPLY_WAIT, ps, &mut m, DEPARTING.as_ptr());
+            let (ret, after) = timed_ipc::<true>(rt::nr::IPC_REPLY_WAIT, ps, &mut m, link.departing.as_ptr());
             if ret < 0 {
                 rt::exit(1);
             }
-            ARRIVED.store(after, Ordering::Relaxed);
+            link.arrived.store(after, Ordering::Relaxed);
         }
     }
 
-    extern "C" fn timed_client(rounds: u64) -> ! {
-        let port = Handle(PORT.load(Ordering::Relaxed));
+    /// Runs in this program's space: it fills the sample arrays.
+    extern "C" fn timed_client(link: u64) -> ! {
+        // SAFETY: as in `timed_server`; the main thread waits for this one.
+        let link = unsafe { &*(link as *const Link) };
+        let port = Handle(link.port.load(Ordering::Relaxed));
+        let rounds = link.rounds.load(Ordering::Relaxed);
         let s = samples();
         let (call_legs, reply_legs) = legs();
         let mut m = [1u64, 2, 3, 4, 5, 6];
@@ -2083,28 +2116,76 @@ mod bench {
                 rt::exit(1);
             }
             s[i] = end - start;
-            call_legs[i] = ARRIVED.load(Ordering::Relaxed).wrapping_sub(start);
-            reply_legs[i] = end.wrapping_sub(DEPARTING.load(Ordering::Relaxed));
+            call_legs[i] = link.arrived.load(Ordering::Relaxed).wrapping_sub(start);
+            reply_legs[i] = end.wrapping_sub(link.departing.load(Ordering::Relaxed));
         }
         ITERATIONS.store(rounds, Ordering::Relaxed);
         rt::exit(0)
     }
 
-    fn ipc_bench(name: &str, cpus: u64, server_cpu: u64, client_cpu: u64, rounds: usize) -> Result<(), &'static str> {
+    /// Where a round trip's server runs.
+    #[derive(Clone, Copy, PartialEq, Eq)]
+    enum ServerIn {
+        /// A thread of this program, like the client.
+        ThisSpace,
+        /// A child space holding only this program's read-only image, a
+        /// stack, the link page and its own handle to the portset: every
+        /// call and reply switches address spaces.
+        Child,
+    }
+
+    /// The server's space, with its link and its handle to `ps`.
+    fn server_space(me: Handle, ps: Handle, port: Handle, server_in: ServerIn) -> Result<(Option<Handle>, &'static Link), &'static str> {
+        if server_in == ServerIn::ThisSpace {
+            SAME_SPACE_LINK.portset.store(ps.0, Ordering::Relaxed);
+            SAME_SPACE_LINK.port.store(port.0, Ordering::Relaxed);
+            return Ok((None, &SAME_SPACE_LINK));
+        }
+        use rt::memory as m;
+        // SAFETY: this program's demand-zero memory, used only here; the
+        // touches fault the pages in before the child maps them.
+        unsafe {
+            core::ptr::write_bytes(CROSS_LINK as *mut u8, 0, 4096);
+            for page in 0..4 {
+                core::ptr::write_volatile((CROSS_STACK + page * 4096) as *mut u64, 0);
+            }
+        }
+        let child = obj::space_create(me).map_err(|_| "space_create failed")?;
+        equip_probe_space(child, CROSS_STACK)?;
+        let page = m::region_create(me, CROSS_LINK, 4096, m::READ | m::WRITE).map_err(|_| "link region failed")?;
+        m::mapping_create(page, child, CROSS_LINK, 0, 4096, m::READ | m::WRITE).map_err(|_| "link mapping failed")?;
+        let _ = obj::close(page);
+        let child_ps = obj::transfer(child, ps, rights::RECEIVE).map_err(|_| "transferring the portset failed")?;
+        // SAFETY: the page is mapped here and zeroed: an all-zero Link.
+        let link = unsafe { &*(CROSS_LINK as *const Link) };
+        link.portset.store(child_ps.0, Ordering::Relaxed);
+        link.port.store(port.0, Ordering::Relaxed);
+        Ok((Some(child), link))
+    }
+
+    fn ipc_bench(name: &str, cpus: u64, server_cpu: u64, client_cpu: u64, rounds: usize, server_in: ServerIn) -> Result<(), &'static str> {
         let me = obj::self_space();
         let ps = rt::ipc::portset_create().map_err(|_| "portset_create failed")?;
         let port = rt::ipc::port_create(ps, ALIAS).map_err(|_| "port_create failed")?;
-        PORTSET.store(ps.0, Ordering::Relaxed);
-        PORT.store(port.0, Ordering::Relaxed);
-        let server = obj::thread_create(me, timed_server, stack_top(0), 0).map_err(|_| "thread_create failed")?;
+        let (child, link) = server_space(me, ps, port, server_in)?;
+        link.rounds.store(rounds as u64, Ordering::Relaxed);
+        let link_arg = link as *const Link as u64;
+        let server = match child {
+            Some(c) => obj::thread_create(c, timed_server, PROBE_STACK_VA + 4 * 4096, link_arg),
+            None => obj::thread_create(me, timed_server, stack_top(0), link_arg),
+        }
+        .map_err(|_| "thread_create failed")?;
         obj::thread_set_affinity(server, 1 << server_cpu).map_err(|_| "affinity failed")?;
-        let client = obj::thread_create(me, timed_client, stack_top(1), rounds as u64).map_err(|_| "thread_create failed")?;
+        let client = obj::thread_create(me, timed_client, stack_top(1), link_arg).map_err(|_| "thread_create failed")?;
         obj::thread_set_affinity(client, 1 << client_cpu).map_err(|_| "affinity failed")?;
         let done = obj::thread_wait(client, true);
         let _ = obj::thread_kill(server);
         let _ = obj::thread_wait(server, true);
         for h in [client, server, port, ps] {
             let _ = obj::close(h);
+        }
+        if let Some(c) = child {
+            let _ = obj::space_destroy(c);
         }
         done.map_err(|_| "the benchmark client failed")?;
         if server_cpu != client_cpu {
@@ -2232,10 +2313,16 @@ mod bench {
             *slot = tsc() - t0;
         }
         report("null_syscall", cpus, N);
-        let same_cpu = if obj::start_flags() & 2 != 0 { "ipc_rt_slowpath" } else { "ipc_rt_fastpath" };
-        if let Err(e) = ipc_bench(same_cpu, cpus, 0, 0, N) {
+        let slow = obj::start_flags() & 2 != 0;
+        let same_cpu = if slow { "ipc_rt_slowpath" } else { "ipc_rt_fastpath" };
+        if let Err(e) = ipc_bench(same_cpu, cpus, 0, 0, N, ServerIn::ThisSpace) {
             println!("bench: {e}");
             return 2;
+        }
+        let cross_space = if slow { "ipc_rt_cross_space_slowpath" } else { "ipc_rt_cross_space" };
+        if let Err(e) = ipc_bench(cross_space, cpus, 0, 0, N, ServerIn::Child) {
+            println!("bench: {e}");
+            return 5;
         }
         for pairs in 1..=((cpus / 2).max(1) as usize).min(MAX_PAIRS) {
             if let Err(e) = oneway_bench(cpus, tsc_hz, pairs) {
@@ -2245,7 +2332,7 @@ mod bench {
         }
         if cpus >= 2 {
             let cross = if obj::start_flags() & 8 != 0 { "ipc_rt_cross_cpu_blocking" } else { "ipc_rt_cross_cpu_polled" };
-            if let Err(e) = ipc_bench(cross, cpus, 1, 0, N / 4) {
+            if let Err(e) = ipc_bench(cross, cpus, 1, 0, N / 4, ServerIn::ThisSpace) {
                 println!("bench: {e}");
                 return 3;
             }

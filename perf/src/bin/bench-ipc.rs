@@ -7,7 +7,11 @@
 //! counts retired instructions — deterministic from run to run, so the
 //! `instructions_per_op` column is what a regression dashboard should watch.
 //! Prints one JSON object per benchmark on stdout, then a table and the
-//! fast/slow ratio on stderr. The same-CPU round trips also carry their two
+//! fast/slow ratio on stderr. Each same-CPU round trip runs twice: with
+//! client and server threads of one space (`ipc_rt_fastpath`,
+//! `ipc_rt_slowpath`) and with the server in a child space
+//! (`ipc_rt_cross_space`, `ipc_rt_cross_space_slowpath`), so that every leg
+//! switches address spaces. The same-CPU round trips also carry their two
 //! legs (`call_leg_*`, `reply_leg_*`: one thread's TSC stamp just before
 //! its `syscall` to the other's just after, less what the stamping costs),
 //! in cycles and, from the `-icount` boots, in instructions.
@@ -157,16 +161,32 @@ fn run(args: &Args) -> Result<()> {
         );
     }
     let get = |b: &str, k: &str| merged.get(b).and_then(|v| v[k].as_f64());
-    if let (Some(f), Some(s)) = (get("ipc_rt_fastpath", "instructions_per_op"), get("ipc_rt_slowpath", "instructions_per_op")) {
-        eprintln!("\nsame-CPU round trip, slow path / fast path: {:.2}x in instructions", s / f);
+    for (what, fast, slow) in [
+        ("same-CPU round trip", "ipc_rt_fastpath", "ipc_rt_slowpath"),
+        ("cross-space round trip", "ipc_rt_cross_space", "ipc_rt_cross_space_slowpath"),
+    ] {
+        if let (Some(f), Some(s)) = (get(fast, "instructions_per_op"), get(slow, "instructions_per_op")) {
+            eprintln!("\n{what}, slow path / fast path: {:.2}x in instructions", s / f);
+        }
+        if let (Some(f), Some(s)) = (get(fast, "median_cycles"), get(slow, "median_cycles")) {
+            eprintln!("{what}, slow path / fast path: {:.2}x in median TSC cycles (noisy under TCG)", s / f);
+        }
     }
-    if let (Some(f), Some(s)) = (get("ipc_rt_fastpath", "median_cycles"), get("ipc_rt_slowpath", "median_cycles")) {
-        eprintln!("same-CPU round trip, slow path / fast path: {:.2}x in median TSC cycles (noisy under TCG)", s / f);
-    }
-    for bench in ["ipc_rt_fastpath", "ipc_rt_slowpath"] {
+    eprintln!();
+    for bench in ["ipc_rt_fastpath", "ipc_rt_cross_space", "ipc_rt_slowpath", "ipc_rt_cross_space_slowpath"] {
         if let (Some(call), Some(reply)) = (get(bench, "call_leg_instructions"), get(bench, "reply_leg_instructions")) {
             eprintln!("{bench}, syscall to sysret: call leg {call} instructions, reply_wait leg {reply}");
         }
+    }
+    // What switching address spaces adds to each fast-path leg.
+    let leg = |b: &str, l: &str| get(b, &format!("{l}_leg_instructions"));
+    if let (Some(sc), Some(sr), Some(xc), Some(xr)) = (
+        leg("ipc_rt_fastpath", "call"),
+        leg("ipc_rt_fastpath", "reply"),
+        leg("ipc_rt_cross_space", "call"),
+        leg("ipc_rt_cross_space", "reply"),
+    ) {
+        eprintln!("fast path, cross-space less same-space: call leg {:+} instructions, reply_wait leg {:+}", xc - sc, xr - sr);
     }
     Ok(())
 }
