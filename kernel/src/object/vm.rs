@@ -395,6 +395,12 @@ fn entry_at(entries: &BTreeMap<u64, Entry>, addr: u64) -> Option<(u64, Entry)> {
     entries.range(..=addr).next_back().filter(|(k, e)| addr - **k < e.size).map(|(k, e)| (*k, *e))
 }
 
+/// Sorts and merges overlapping or adjacent ranges of the same space (for
+/// callers that gather invalidations of several operations).
+pub fn coalesce_invalidations(v: Vec<Invalidation>) -> Vec<Invalidation> {
+    coalesce(v)
+}
+
 /// Sorts and merges overlapping or adjacent ranges of the same space.
 fn coalesce(mut v: Vec<Invalidation>) -> Vec<Invalidation> {
     v.sort();

@@ -122,8 +122,8 @@ impl BufferDescriptor {
         crate::mm::inject::allocation_point().map_err(|_| SysError::NoMemory)?;
         let mut bytes = alloc::vec::Vec::new();
         crate::mm::heap::fallible(|| bytes.try_reserve_exact(self.send_len as usize)).map_err(|_| SysError::NoMemory)?;
-        bytes.resize(self.send_len as usize, 0);
-        copy_from_user(&mut bytes, self.send_ptr).map_err(|()| SysError::BadPointer)?;
+        crate::arch::x86_64::syscall::copy_from_user_append(&mut bytes, self.send_len as usize, self.send_ptr)
+            .map_err(|()| SysError::BadPointer)?;
         let object = match self.send_handle {
             0 => None,
             h => {

@@ -395,18 +395,24 @@ pub fn set_user_page(root: u64, va: u64, pa: u64, writable: bool, executable: bo
 /// Clears every user PTE in `[start, start + size)` of `root` without
 /// freeing the frames (their owner does). The caller shoots TLBs down.
 pub fn unmap_user_range(root: u64, start: u64, size: u64) {
+    const CHUNK: u64 = 2 << 20;
     let end = start.saturating_add(size).min(USER_TOP);
     let mut va = start & !(FRAME_SIZE - 1);
     while va < end {
-        match walk_to_leaf(root, va, false, 1) {
-            Ok(Some(entry)) => *entry = 0,
-            // No table here: skip to the next 2 MiB boundary.
-            _ => {
-                va = (va | ((2 << 20) - 1)) + 1;
-                continue;
+        let chunk_end = ((va | (CHUNK - 1)) + 1).min(end);
+        // One walk per 2 MiB to its page table, then the entries in a row
+        // (a walk per page made discarding a 64 MiB slot cost ~100k
+        // instructions); no table (or a 2 MiB page) here: nothing to clear.
+        if let Ok(Some(pde)) = walk_to_leaf(root, va, false, 2) {
+            if *pde & PRESENT != 0 && *pde & HUGE == 0 {
+                let pt = table(*pde & ADDR_MASK);
+                let (first, last) = (index(va, 1), index(chunk_end - 1, 1));
+                for entry in &mut pt[first..=last] {
+                    *entry = 0;
+                }
             }
         }
-        va += FRAME_SIZE;
+        va = chunk_end;
     }
 }
 

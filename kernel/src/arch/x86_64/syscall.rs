@@ -459,6 +459,29 @@ pub fn copy_from_user(dst: &mut [u8], src: u64) -> Result<(), ()> {
     Err(())
 }
 
+/// Appends `len` bytes from user address `src` to `dst` (which must have
+/// room for them: `try_reserve` first), without zero-filling them first
+/// (a payload is staged this way: the fill cost as much as the copy).
+/// Fails as `copy_from_user`; then `dst` keeps its old length.
+pub fn copy_from_user_append(dst: &mut alloc::vec::Vec<u8>, len: usize, src: u64) -> Result<(), ()> {
+    let spare = dst.spare_capacity_mut();
+    if spare.len() < len {
+        return Err(());
+    }
+    for _ in 0..COPY_ATTEMPTS {
+        check_user_range(src, len as u64, false)?;
+        // SAFETY: `spare` is kernel memory with room for `len` bytes (checked);
+        // the user range lies below USER_TOP (just checked), and a fault on it
+        // is recovered. MaybeUninit<u8> has u8's layout.
+        if with_user_access(|| unsafe { super::usercopy::copy_recovering(spare.as_mut_ptr().cast::<u8>(), src as *const u8, len) }) {
+            // SAFETY: the copy initialized the `len` bytes after the old length.
+            unsafe { dst.set_len(dst.len() + len) };
+            return Ok(());
+        }
+    }
+    Err(())
+}
+
 /// Copies `src` to user address `dst` in the current address space. Fails
 /// unless every byte is mapped user-writable, also when another CPU revokes
 /// the memory during the copy (then part of it may be written).
