@@ -41,6 +41,9 @@ struct State {
     streams: BTreeMap<u64, Stream>,
     descriptions: BTreeMap<u64, Description>,
     next_description: u64,
+    /// (session, description key of an export) -> the description its
+    /// imports share, so streams that shared an offset share it again.
+    imported: BTreeMap<(u64, u64), u64>,
 }
 
 struct FileServer {
@@ -177,6 +180,7 @@ impl FileServer {
                     let _ = st.close_stream(a);
                 }
                 self.forget(&streams);
+                st.imported.retain(|(session, _), _| *session != req.alias);
                 if req.alias != FIRST_SESSION {
                     st.sessions.remove(&req.alias);
                     self.forget(&[req.alias]);
@@ -184,6 +188,49 @@ impl FileServer {
                 Ok(Reply::ok([0; 5]))
             }
             op::FS_SESSION_INFO => Ok(Reply::ok([st.sessions.get(&req.alias).map_or(0, |s| s.len() as u64), 0, 0, 0, 0])),
+            op::FS_EXPORT_STREAM => {
+                let streams = st.sessions.get(&req.alias).ok_or(Error::BadObject)?;
+                let alias = *streams.iter().nth(usize::try_from(req.words[2]).map_err(|_| Error::NotFound)?).ok_or(Error::NotFound)?;
+                let s = st.streams.get(&alias).ok_or(Error::BadObject)?;
+                let d = st.descriptions.get(&s.description).ok_or(Error::BadObject)?;
+                let path = st.tree.path_of(d.node).unwrap_or_default();
+                Ok(Reply::ok([s.description, d.offset, d.flags, d.node, 0]).with_bytes(path.into_bytes()))
+            }
+            op::FS_IMPORT_STREAM => {
+                let (key, offset, flags, node_hint) = (req.words[2], req.words[3], req.words[4], req.words[5]);
+                if flags & !open::ALL != 0 || flags & (open::READ | open::WRITE | open::DIRECTORY) == 0 || offset > i64::MAX as u64 {
+                    return Err(Error::Invalid);
+                }
+                let session = req.alias;
+                if !st.sessions.contains_key(&session) {
+                    return Err(Error::BadObject);
+                }
+                let by_path = if path.is_empty() { None } else { st.tree.lookup(path).ok() };
+                let node = by_path.or_else(|| st.tree.exists(node_hint).then_some(node_hint)).ok_or(Error::NotFound)?;
+                let (_, k, _) = st.tree.stat(node)?;
+                if (k == kind::DIR) != (flags & open::DIRECTORY != 0) {
+                    return Err(if k == kind::DIR { Error::IsDir } else { Error::NotDir });
+                }
+                let description = match st.imported.get(&(session, key)).copied() {
+                    Some(d) if st.descriptions.get(&d).is_some_and(|x| x.node == node) => {
+                        if let Some(x) = st.descriptions.get_mut(&d) {
+                            x.refs += 1;
+                        }
+                        d
+                    }
+                    _ => {
+                        let d = st.next_description;
+                        st.next_description += 1;
+                        st.descriptions.insert(d, Description { node, offset, flags, refs: 1 });
+                        st.imported.insert((session, key), d);
+                        d
+                    }
+                };
+                let (alias, port) = self.new_port(st)?;
+                st.streams.insert(alias, Stream { description, session });
+                st.sessions.entry(session).or_default().insert(alias);
+                Ok(Reply::ok([0; 5]).giving(port))
+            }
             _ => Err(Error::Unsupported),
         }
     }
@@ -300,7 +347,7 @@ impl Service for FileServer {
     fn sequenced(&self, op: u64) -> bool {
         // A repeated open or dup makes a second port (the first one went to a
         // stopped copy); the rest replays the remembered reply.
-        !matches!(op, op::FS_OPEN | op::STREAM_DUP)
+        !matches!(op, op::FS_OPEN | op::STREAM_DUP | op::FS_IMPORT_STREAM)
     }
 }
 
@@ -362,6 +409,7 @@ pub fn main() -> i32 {
         streams: BTreeMap::new(),
         descriptions: BTreeMap::new(),
         next_description: 1,
+        imported: BTreeMap::new(),
     }) {
         Ok(s) => s,
         Err(e) => {

@@ -304,6 +304,33 @@ impl Tree {
     }
 
     /// Entry `index` of a folder: (name, kind, size).
+    /// The path that names node `id` (one name per node), if a folder
+    /// still names it: a depth-first search (for exports, which are rare).
+    pub fn path_of(&self, id: u64) -> Option<String> {
+        if id == ROOT {
+            return Some(String::from("/"));
+        }
+        let mut stack: Vec<(u64, String)> = alloc::vec![(ROOT, String::new())];
+        while let Some((dir, prefix)) = stack.pop() {
+            let Some(Node::Dir(entries)) = self.nodes.get(&dir) else { continue };
+            for (name, &child) in entries {
+                let path = alloc::format!("{prefix}/{name}");
+                if child == id {
+                    return Some(path);
+                }
+                if matches!(self.nodes.get(&child), Some(Node::Dir(_))) {
+                    stack.push((child, path));
+                }
+            }
+        }
+        None
+    }
+
+    /// Whether node `id` exists (linked or not).
+    pub fn exists(&self, id: u64) -> bool {
+        self.nodes.contains_key(&id)
+    }
+
     pub fn entry(&self, dir: u64, index: u64) -> Result<(&str, u64, u64), Error> {
         match self.nodes.get(&dir) {
             Some(Node::Dir(e)) => {
@@ -320,6 +347,21 @@ impl Tree {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_node_knows_its_path() {
+        let mut t = Tree::new();
+        t.mkdir("/a").unwrap();
+        t.mkdir("/a/b").unwrap();
+        let f = t.create("/a/b/f").unwrap();
+        let g = t.create("/g").unwrap();
+        assert_eq!(t.path_of(f).as_deref(), Some("/a/b/f"));
+        assert_eq!(t.path_of(g).as_deref(), Some("/g"));
+        assert_eq!(t.path_of(ROOT).as_deref(), Some("/"));
+        t.unlink("/g").unwrap();
+        assert_eq!(t.path_of(g), None);
+        assert!(t.exists(g));
+    }
 
     #[test]
     fn paths_and_errors() {

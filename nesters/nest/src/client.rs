@@ -53,6 +53,19 @@ fn call_for_handle(port: Handle, words: Words, send: &[u8]) -> Result<(Words, Ha
     Ok((w, h.ok_or(Error::Kernel)?))
 }
 
+/// One open stream of a file-system session as an export describes it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct StreamRecord {
+    /// Streams that share an offset (dups) share the key.
+    pub key: u64,
+    pub offset: u64,
+    pub flags: u64,
+    /// The node, valid in the exporting server only.
+    pub node: u64,
+    /// Its path, or '' if no folder names it any more.
+    pub path: String,
+}
+
 /// A stream: console, file, pipe end or directory.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Stream(pub Handle);
@@ -213,6 +226,41 @@ impl Fs {
         Ok(call_words(self.0, [op::FS_SESSION_INFO, 0, 0, 0, 0, 0])?[1])
     }
     /// A whole file.
+    /// The `index`-th open stream of this session as an export record, or
+    /// `None` past the end (PROTOCOLS.md, exporting a client's state).
+    pub fn export_stream(&self, index: u64) -> Result<Option<StreamRecord>, Error> {
+        let mut path = vec![0u8; proto::MAX_PATH];
+        match call(self.0, [op::FS_EXPORT_STREAM, 0, index, 0, 0, 0], &[], None, &mut path) {
+            Ok((w, n, _)) => {
+                path.truncate(n);
+                Ok(Some(StreamRecord {
+                    key: w[1],
+                    offset: w[2],
+                    flags: w[3],
+                    node: w[4],
+                    path: String::from_utf8_lossy(&path).into_owned(),
+                }))
+            }
+            Err(Error::NotFound) => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Every open stream of this session, as export records.
+    pub fn export_session(&self) -> Result<Vec<StreamRecord>, Error> {
+        let mut out = Vec::new();
+        while let Some(r) = self.export_stream(out.len() as u64)? {
+            out.push(r);
+        }
+        Ok(out)
+    }
+
+    /// Re-creates an exported stream in this session.
+    pub fn import_stream(&self, r: &StreamRecord) -> Result<Stream, Error> {
+        let path = if r.path.is_empty() { &[][..] } else { path_ok(&r.path)? };
+        call_for_handle(self.0, [op::FS_IMPORT_STREAM, 0, r.key, r.offset, r.flags, r.node], path).map(|(_, h)| Stream(h))
+    }
+
     pub fn read_file(&self, path: &str) -> Result<Vec<u8>, Error> {
         let s = self.open(path, proto::open::READ)?;
         let r = s.read_to_end();

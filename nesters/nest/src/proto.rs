@@ -255,6 +255,17 @@ pub mod op {
     pub const FS_END_SESSION: u64 = 36;
     /// Reply w1 = open streams in this session (for leak checks).
     pub const FS_SESSION_INFO: u64 = 37;
+    /// Exporting a session (PROTOCOLS.md, version 2). w2 = index of an open
+    /// stream of the session (alias order). Reply: w1 description key
+    /// (streams that share an offset share it), w2 offset, w3 open flags,
+    /// w4 the node (valid in this server only), payload the file's path
+    /// ('' if no folder names it any more); NotFound past the end. Idempotent.
+    pub const FS_EXPORT_STREAM: u64 = 38;
+    /// w2 description key (from an export), w3 offset, w4 flags, w5 node,
+    /// payload the path (tried first; the node if it is empty or gone).
+    /// Reply: a Stream of this session at that offset; imports with the same
+    /// key into one session share one offset.
+    pub const FS_IMPORT_STREAM: u64 = 39;
 
     // ProcessManager (each process has its own reference).
     /// Reply w1 = a spawn ticket. Sequenced.
