@@ -245,9 +245,17 @@ pub struct Script {
     pub len: usize,
 }
 
+/// Whether `ret`, if negative, is an error code call `nr_` may return:
+/// -1..=-10, and TimedOut (-11) for the timed call alone.
+pub fn defined_error(nr_: u64, ret: i64) -> bool {
+    ret >= 0 || (-10..=-1).contains(&ret) || (ret == TIMED_OUT && nr_ == nr::IPC_CALL_BUF_TIMED)
+}
+
+const TIMED_OUT: i64 = -11;
+
 /// Judges a result against the call's check; `Err` names the broken rule.
 pub fn verdict(call: &Call, ret: i64) -> Result<(), &'static str> {
-    if ret < 0 && !(-10..=-1).contains(&ret) {
+    if !defined_error(call.nr, ret) {
         return Err("an error code the ABI does not define");
     }
     match call.check {
@@ -1526,6 +1534,12 @@ mod tests {
         c.check = Check::NotBelow(10);
         assert!(verdict(&c, 10).is_ok() && verdict(&c, 11).is_ok());
         assert!(verdict(&c, 9).is_err() && verdict(&c, -9).is_err());
+        // TimedOut is the timed call's alone.
+        assert!(verdict(&c, -11).is_err());
+        let mut c = Call::new(nr::IPC_CALL_BUF_TIMED);
+        assert!(verdict(&c, -11).is_ok() && verdict(&c, -12).is_err());
+        c.nr = nr::IPC_CALL_BUF;
+        assert!(verdict(&c, -11).is_err());
     }
 
     #[test]

@@ -345,7 +345,8 @@ fn collect_helper(sh: &Shared, p: &mut Private, mailboxes: &Mailboxes, i: usize,
     sh.calls.fetch_add(started, Relaxed);
     for s in 0..done as usize {
         let ret = mb.results[s].load(Relaxed) as i64;
-        let undefined = if mb.nr[s] == nr::IPC_CLIENT_WAITING { !(0..=1).contains(&ret) } else { ret < 0 && !(-10..=-1).contains(&ret) };
+        let undefined =
+            if mb.nr[s] == nr::IPC_CLIENT_WAITING { !(0..=1).contains(&ret) } else { !fuzzlib::gen::defined_error(mb.nr[s], ret) };
         if undefined {
             let call = Call {
                 nr: mb.nr[s],
