@@ -1,7 +1,7 @@
 //! Cells: nested spaces (one to three levels below the root) that a worker
 //! or a race runs in, equipped with the root's text and one slot of its
 //! memory, either mapped straight from the root's region or through a chain
-//! of regions and mappings, one per level.
+//! of regions and mappings, one per level, plus the slot's discard area.
 
 use core::sync::atomic::Ordering::Relaxed;
 
@@ -12,7 +12,10 @@ use matryoshka_rt::memory as m;
 use matryoshka_rt::object::{self as obj, rights, Handle};
 use matryoshka_rt::SysError;
 
-use crate::layout::{self, cell_env, control_at, slot_base, state, Helper, CELL_VA, IDLE, RO_OFFSET, RO_TEXT, RO_VA, RW_BYTES};
+use crate::layout::{
+    self, cell_env, control_at, slot_base, state, Helper, CELL_VA, DISCARD_BYTES, DISCARD_OFFSET, DISCARD_VA, IDLE, RO_OFFSET, RO_TEXT,
+    RO_VA, RW_BYTES,
+};
 use crate::run::{close_quietly, must, setup, Failure};
 
 /// The root's regions every cell maps: its text, and one per slot.
@@ -60,7 +63,7 @@ pub struct Cell {
     pub depth: usize,
     /// Regions of intermediate levels (the chain's links) and every mapping.
     pub regions: [u64; 3],
-    pub mappings: [u64; 6],
+    pub mappings: [u64; 7],
     /// The worker thread (0: none).
     pub worker: u64,
     pub incarnation: u64,
@@ -137,6 +140,7 @@ impl Cell {
             map(self, m::mapping_create(slot_region, leaf, CELL_VA, 0, RW_BYTES, m::READ | m::WRITE))?;
         }
         map(self, m::mapping_create(slot_region, leaf, RO_VA, RO_OFFSET, PAGE, m::READ))?;
+        map(self, m::mapping_create(slot_region, leaf, DISCARD_VA, DISCARD_OFFSET, DISCARD_BYTES, m::READ | m::WRITE))?;
         let (start, end) = setup().text;
         map(self, m::mapping_create(res.text, leaf, start, 0, end - start, m::READ | m::EXECUTE))?;
         map(self, m::mapping_create(res.data, leaf, end, 0, setup().image_end - end, m::READ))?;

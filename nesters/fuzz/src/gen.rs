@@ -9,7 +9,7 @@
 use matryoshka_rt::nr;
 
 use crate::args::{avoid, ONLY_UNKNOWN_BIT};
-use crate::pool::{Entry, Pool, DEAD, NO_ANCESTRY, SELF, UNKNOWN_KIND};
+use crate::pool::{Entry, Pool, DEAD, DISCARD_AREA, NO_ANCESTRY, SELF, UNKNOWN_KIND};
 use crate::rng::Rng;
 
 pub const PAGE: u64 = 4096;
@@ -84,6 +84,11 @@ pub struct Env {
     /// except what fuzzed `mapping_create` calls put there.
     pub map_area: u64,
     pub map_area_len: u64,
+    /// Writable memory whose content nothing relies on, the only memory a
+    /// fuzzed `region_discard` may succeed on (the root re-touches it
+    /// before each leak snapshot, so discarded frames come back).
+    pub discard: u64,
+    pub discard_len: u64,
     /// The caller's own memory: a mapping over it must be refused.
     pub own: [(u64, u64); 2],
     pub cpus: u64,
@@ -122,6 +127,11 @@ pub enum Check {
     Error(i64, i64),
     /// On success, `handle_info` says the handle names this type.
     HandleType(u32),
+    /// Success with a value of at least this (`time_now`: the clock never
+    /// goes back).
+    NotBelow(i64),
+    /// An error, or a value in 0..=this (`region_discard`: frames freed).
+    UpTo(i64),
 }
 
 /// What a successful call does to the worker's pool.
@@ -212,6 +222,8 @@ pub struct Call {
     /// in memory and points r13 at it when `desc_in_r13`.
     pub desc: [u64; 8],
     pub desc_in_r13: bool,
+    /// r14 for `ipc_call_buf_timed` (its timeout); other calls get a canary there.
+    pub r14: u64,
     pub class: Class,
     pub check: Check,
     pub effect: Effect,
@@ -219,7 +231,7 @@ pub struct Call {
 
 impl Call {
     fn new(nr: u64) -> Call {
-        Call { nr, regs: [0; 8], desc: [0; 8], desc_in_r13: false, class: Class::Direct, check: Check::Any, effect: Effect::None }
+        Call { nr, regs: [0; 8], desc: [0; 8], desc_in_r13: false, r14: 0, class: Class::Direct, check: Check::Any, effect: Effect::None }
     }
 }
 
@@ -233,9 +245,17 @@ pub struct Script {
     pub len: usize,
 }
 
+/// Whether `ret`, if negative, is an error code call `nr_` may return:
+/// -1..=-10, and TimedOut (-11) for the timed call alone.
+pub fn defined_error(nr_: u64, ret: i64) -> bool {
+    ret >= 0 || (-10..=-1).contains(&ret) || (ret == TIMED_OUT && nr_ == nr::IPC_CALL_BUF_TIMED)
+}
+
+const TIMED_OUT: i64 = -11;
+
 /// Judges a result against the call's check; `Err` names the broken rule.
 pub fn verdict(call: &Call, ret: i64) -> Result<(), &'static str> {
-    if ret < 0 && !(-10..=-1).contains(&ret) {
+    if !defined_error(call.nr, ret) {
         return Err("an error code the ABI does not define");
     }
     match call.check {
@@ -251,6 +271,10 @@ pub fn verdict(call: &Call, ret: i64) -> Result<(), &'static str> {
         }
         Check::HandleType(_) if ret >= 0 && (ret as u64 >> 8) & !ALL_RIGHTS != 0 => Err("handle_info reports unknown right bits"),
         Check::HandleType(_) => Ok(()),
+        Check::NotBelow(v) if ret < v => Err("returned less than an earlier call did (the clock went back, or an error)"),
+        Check::NotBelow(_) => Ok(()),
+        Check::UpTo(v) if ret > v => Err("returned more than the ABI allows"),
+        Check::UpTo(_) => Ok(()),
     }
 }
 
@@ -267,6 +291,9 @@ pub struct Gen {
     pub rng: Rng,
     pub pool: Pool,
     pub threads_left: u32,
+    /// The largest `time_now` the worker has seen (0: none yet); the worker
+    /// sets it after each successful `time_now`.
+    pub last_time: u64,
 }
 
 /// How a pointer argument was chosen, and whether accessing `len` bytes
@@ -279,7 +306,7 @@ pub struct Pointer {
 
 impl Gen {
     pub fn new(rng: Rng) -> Gen {
-        Gen { rng, pool: Pool::new(), threads_left: THREADS_PER_INCARNATION }
+        Gen { rng, pool: Pool::new(), threads_left: THREADS_PER_INCARNATION, last_time: 0 }
     }
 
     // ---- argument generators -------------------------------------------
@@ -523,7 +550,8 @@ impl Gen {
             nr::IPC_CALL | nr::IPC_REPLY_WAIT | nr::IPC_RECEIVE | nr::IPC_CALL_BUF | nr::IPC_REPLY_WAIT_BUF => 2,
             nr::CONN_CONNECT | nr::CONN_ACCEPT | nr::HANDLE_IMPORT | nr::HANDLE_TRANSFER_AT => 2,
             nr::REGION_CREATE | nr::MAPPING_CREATE | nr::HANDLE_CLOSE | nr::HANDLE_DUPLICATE | nr::HANDLE_INFO => 5,
-            nr::HANG_REPORT | nr::FAULT_INJECT => 1,
+            nr::HANG_REPORT | nr::FAULT_INJECT | nr::CONSOLE_READ | nr::IPC_CLIENT_WAITING => 1,
+            nr::SLEEP_UNTIL | nr::IPC_CALL_BUF_TIMED => 2,
             4 | 1 => 3,
             16..=LAST_CALL => 3,
             _ => 0,
@@ -538,8 +566,8 @@ impl Gen {
         base * boost
     }
 
-    /// Chooses the next call number: 0..=79 (77 and 79 are refused outside
-    /// the root space) or one the kernel does not have.
+    /// Chooses the next call number: 0..=85 (77, 79 and 83 are refused
+    /// outside the root space) or one the kernel does not have.
     pub fn pick_nr(&mut self, env: &Env) -> u64 {
         let mut weights = [0u32; UNKNOWN_SLOT + 1];
         for (n, w) in weights.iter_mut().enumerate().take(LAST_CALL as usize + 1) {
@@ -590,6 +618,14 @@ impl Gen {
             for i in 1..1 + self.rng.below(MAX_STEPS as u64) as usize {
                 script.steps[i] = match nr_ {
                     nr::CONN_CONNECT | nr::CONN_ACCEPT => self.connection_step(env, side),
+                    _ if self.rng.chance(256) => {
+                        // A server that took a request asks whether its
+                        // client still waits (it may have timed out or died).
+                        let mut c = Call::new(nr::IPC_CLIENT_WAITING);
+                        c.class = Class::Blocking;
+                        c.check = Check::UpTo(1);
+                        c
+                    }
                     _ => {
                         // A server answers a few requests in a row.
                         let mut c = first;
@@ -822,14 +858,21 @@ impl Gen {
                     c.class = Class::Blocking;
                 }
             }
-            nr::IPC_CALL_BUF | nr::IPC_REPLY_WAIT_BUF => {
-                let o = primary(self, &mut c, if nr_ == nr::IPC_CALL_BUF { kind::PORT } else { kind::PORTSET });
+            nr::IPC_CALL_BUF | nr::IPC_REPLY_WAIT_BUF | nr::IPC_CALL_BUF_TIMED => {
+                let calling = nr_ != nr::IPC_REPLY_WAIT_BUF;
+                let o = primary(self, &mut c, if calling { kind::PORT } else { kind::PORTSET });
                 self.set_message(&mut c);
                 let reserved = if self.rng.chance(64) { 1 << self.rng.below(64) } else { 0 };
                 let bad = self.descriptor(env, &mut c, reserved);
+                if nr_ == nr::IPC_CALL_BUF_TIMED {
+                    // Nanoseconds; u64::MAX: none. Even 0 waits for the
+                    // next tick, so every valid call may block.
+                    let any = self.rng.next_u64();
+                    c.r14 = self.rng.pick(&[0, 1, 1_000, 1_000_000, 10_000_000, 30_000_000, 1 << 40, 1 << 63, u64::MAX, any]);
+                }
                 // reply_wait takes a request before it looks at its receive
                 // part; the reserved word counts only in a real descriptor.
-                must_fail = o.invalid() || (nr_ == nr::IPC_CALL_BUF && (bad || (reserved != 0 && c.desc_in_r13)));
+                must_fail = o.invalid() || (calling && (bad || (reserved != 0 && c.desc_in_r13)));
                 if !must_fail {
                     c.class = Class::Blocking;
                 }
@@ -870,8 +913,10 @@ impl Gen {
             }
             nr::REGION_CREATE => {
                 let o = primary(self, &mut c, kind::SPACE);
-                let start = self.memory_address(env);
-                let size = self.memory_size();
+                // Sometimes exactly the caller's discard area: the only
+                // region a fuzzed region_discard may succeed on.
+                let area = o.is_self() && self.rng.chance(128);
+                let (start, size) = if area { (env.discard, env.discard_len) } else { (self.memory_address(env), self.memory_size()) };
                 let (max, unknown) = self.memory_rights();
                 c.regs[reg::RSI] = start;
                 c.regs[reg::RDX] = size;
@@ -881,7 +926,7 @@ impl Gen {
                     || size == 0
                     || !start.is_multiple_of(PAGE)
                     || start.checked_add(size).is_none_or(|end| end > NON_CANONICAL);
-                c.effect = Effect::Creates { kind: kind::REGION, flags: 0, object: 0, parent: 0 };
+                c.effect = Effect::Creates { kind: kind::REGION, flags: if area { DISCARD_AREA } else { 0 }, object: 0, parent: 0 };
             }
             nr::MAPPING_CREATE => {
                 let o = primary(self, &mut c, kind::REGION);
@@ -1115,6 +1160,89 @@ impl Gen {
                 c.regs[..3].copy_from_slice(&[mode, a, b]);
                 c.check = Check::Error(MISSING_RIGHTS, MISSING_RIGHTS);
             }
+            nr::TIME_NOW => {
+                // No arguments: the registers are noise the kernel must leave alone.
+                for r in c.regs.iter_mut() {
+                    *r = self.any_word();
+                }
+                c.check = Check::NotBelow(self.last_time as i64);
+            }
+            nr::SLEEP_UNTIL => {
+                // `last_time` is a time the worker has seen, so never in the future.
+                let t = self.last_time;
+                let (deadline, past) = match self.rng.below(9) {
+                    0 => (0, true),
+                    1 => (1, true),
+                    2 => (1_000, true),
+                    3 => (t, true),
+                    4 => (t.saturating_sub(self.rng.below(1 << 34)), true),
+                    // Soon: passed or not by the time the kernel looks.
+                    5 => (t + self.rng.pick(&[1, 1_000, 1_000_000, 10_000_000, 50_000_000]), false),
+                    6 => (u64::MAX, false),
+                    7 => (1 << 63 | self.rng.below(1 << 62), false),
+                    _ => (t + 3_600_000_000_000, false),
+                };
+                for r in c.regs.iter_mut() {
+                    *r = self.any_word();
+                }
+                c.regs[reg::RDI] = deadline;
+                if past {
+                    c.check = Check::Exactly(0);
+                } else {
+                    c.class = Class::Blocking;
+                }
+            }
+            nr::CONSOLE_READ => {
+                let len = self.size(CONSOLE_MAX);
+                let p = self.pointer(env, len.min(CONSOLE_MAX), true);
+                c.regs[reg::RDI] = p.addr;
+                c.regs[reg::RSI] = len;
+                // The root space's alone, refused before the size or the
+                // buffer is looked at: a worker (never in the root space)
+                // gets MissingRights whatever it passes, and never blocks.
+                c.check = Check::Error(MISSING_RIGHTS, MISSING_RIGHTS);
+            }
+            nr::REGION_DISCARD => {
+                let o = primary(self, &mut c, kind::REGION);
+                let area = o.entry().is_some_and(|e| e.flags & DISCARD_AREA != 0 && e.kind == kind::REGION);
+                let len = env.discard_len;
+                let (offset, size, bad) = if area {
+                    let offset = self.rng.pick(&[0, 0, 0, PAGE, len - PAGE, len, 1, PAGE - 1, !(PAGE - 1)]);
+                    let size =
+                        self.rng.pick(&[PAGE, PAGE, 2 * PAGE, len, len, len.wrapping_sub(offset), 0, 1, PAGE + 1, len + PAGE, !(PAGE - 1)]);
+                    let bad = size == 0
+                        || !offset.is_multiple_of(PAGE)
+                        || !size.is_multiple_of(PAGE)
+                        || offset.checked_add(size).is_none_or(|end| end > len);
+                    (offset, size, bad)
+                } else {
+                    // Any other region may reach memory the fuzzer relies on
+                    // (stacks, control blocks, the read-only text): only
+                    // requests the kernel must refuse whole.
+                    let (offset, size) = match self.rng.below(4) {
+                        0 => (self.rng.pick(&[0, PAGE]), 0),
+                        1 => (1 + self.rng.below(4) * PAGE, PAGE),
+                        2 => (0, self.rng.pick(&[1, PAGE - 1, PAGE + 1])),
+                        // Beyond every region (none is larger than the user half).
+                        _ => (self.rng.pick(&[NON_CANONICAL, NON_CANONICAL + PAGE, !(PAGE - 1)]), PAGE),
+                    };
+                    (offset, size, true)
+                };
+                c.regs[reg::RSI] = offset;
+                c.regs[reg::RDX] = size;
+                must_fail = o.invalid() || bad;
+                // Frames freed: at most the pages asked for (an error when
+                // the handle lacks MAP_WRITE or the region lost its write right).
+                c.check = Check::UpTo((size / PAGE) as i64);
+            }
+            nr::IPC_CLIENT_WAITING => {
+                for r in c.regs.iter_mut() {
+                    *r = self.any_word();
+                }
+                // The worker never takes a request (its receives fail at
+                // once), so it has no client: 0. Helpers that serve ask too.
+                c.check = Check::Exactly(0);
+            }
             nr::SPACE_SET_QUOTA => {
                 let o = primary(self, &mut c, kind::SPACE);
                 let any = self.rng.next_u64();
@@ -1218,8 +1346,9 @@ fn creates_like(o: Origin) -> Effect {
     }
 }
 
-/// The highest call number the kernel has.
-pub const LAST_CALL: u64 = nr::FAULT_INJECT;
+/// The highest call number generated: the kernel has none in 86..=94,
+/// and 95 (console_put, the root's alone) is left out (unknown_nr skips it).
+pub const LAST_CALL: u64 = nr::IPC_CLIENT_WAITING;
 /// Index of the "a number without a call" choice in `pick_nr`'s weights.
 const UNKNOWN_SLOT: usize = LAST_CALL as usize + 1;
 
@@ -1238,6 +1367,8 @@ mod tests {
             victims: [0x40_1000; victim::KINDS],
             map_area: 0x4000_0000,
             map_area_len: 64 * PAGE,
+            discard: 0x1006_0000,
+            discard_len: 8 * PAGE,
             own: [(0x1000_0000, 0x1010_0000), (0x40_0000, 0x50_0000)],
             cpus: 4,
             system_info_max: 48,
@@ -1288,7 +1419,7 @@ mod tests {
         let e = env();
         let mut g = Gen::new(Rng::new(1));
         let mut staging = [0u64; STAGING_WORDS];
-        let mut seen = [0u32; 80];
+        let mut seen = [0u32; LAST_CALL as usize + 1];
         let mut unknown = 0;
         for i in 0..200_000 {
             // Keep the pool stocked with one of each type so every call is reachable.
@@ -1307,7 +1438,7 @@ mod tests {
             let s = g.next(&e, &mut staging);
             for c in &s.steps[..s.len] {
                 match c.nr {
-                    n if n < 80 => seen[n as usize] += 1,
+                    n if n <= LAST_CALL => seen[n as usize] += 1,
                     _ => unknown += 1,
                 }
             }
@@ -1365,6 +1496,139 @@ mod tests {
             assert_eq!(c.class, Class::Direct);
         }
         assert!(blocking > 1000);
+    }
+
+    #[test]
+    fn unknown_numbers_skip_every_call_the_kernel_has() {
+        let mut g = Gen::new(Rng::new(11));
+        for _ in 0..20_000 {
+            let n = g.unknown_nr();
+            assert!(matryoshka_abi::call::name(n).is_none(), "{n}");
+            assert!(n != nr::CONSOLE_PUT && !(nr::TIME_NOW..=nr::IPC_CLIENT_WAITING).contains(&n));
+        }
+    }
+
+    #[test]
+    fn clock_calls() {
+        let e = env();
+        let mut staging = [0u64; STAGING_WORDS];
+        let mut g = Gen::new(Rng::new(12));
+        g.last_time = 5_000_000_000;
+        let (mut past, mut blocking) = (0, 0);
+        for _ in 0..5000 {
+            let c = g.call(nr::TIME_NOW, &e, &mut staging);
+            assert_eq!((c.class, c.check), (Class::Direct, Check::NotBelow(5_000_000_000)));
+            let c = g.call(nr::SLEEP_UNTIL, &e, &mut staging);
+            let deadline = c.regs[reg::RDI];
+            if deadline <= g.last_time {
+                // In the past: returns at once.
+                assert_eq!((c.class, c.check), (Class::Direct, Check::Exactly(0)), "{c:?}");
+                past += 1;
+            } else {
+                assert_eq!(c.class, Class::Blocking, "{c:?}");
+                blocking += 1;
+            }
+        }
+        assert!(past > 1000 && blocking > 1000, "{past} {blocking}");
+        let mut c = Call::new(nr::TIME_NOW);
+        c.check = Check::NotBelow(10);
+        assert!(verdict(&c, 10).is_ok() && verdict(&c, 11).is_ok());
+        assert!(verdict(&c, 9).is_err() && verdict(&c, -9).is_err());
+        // TimedOut is the timed call's alone.
+        assert!(verdict(&c, -11).is_err());
+        let mut c = Call::new(nr::IPC_CALL_BUF_TIMED);
+        assert!(verdict(&c, -11).is_ok() && verdict(&c, -12).is_err());
+        c.nr = nr::IPC_CALL_BUF;
+        assert!(verdict(&c, -11).is_err());
+    }
+
+    #[test]
+    fn timed_calls_carry_a_timeout_and_block() {
+        let e = env();
+        let mut staging = [0u64; STAGING_WORDS];
+        let mut g = Gen::new(Rng::new(13));
+        g.pool.add(Entry { value: 0x1_0000_0001, object: 1, parent: 0, kind: kind::PORT, flags: 0 });
+        let (mut blocking, mut none) = (0, 0);
+        for _ in 0..3000 {
+            let c = g.call(nr::IPC_CALL_BUF_TIMED, &e, &mut staging);
+            if c.check == Check::MustFail {
+                assert_eq!(c.class, Class::Direct);
+            } else {
+                assert_eq!(c.class, Class::Blocking, "{c:?}");
+                blocking += 1;
+            }
+            none += (c.r14 == u64::MAX) as u32;
+            // Other calls carry no r14 input.
+            assert_eq!(g.call(nr::IPC_CALL_BUF, &e, &mut staging).r14, 0);
+        }
+        assert!(blocking > 500 && none > 50, "{blocking} {none}");
+        assert!(crate::args::ONLY_UNKNOWN_BIT as u64 > LAST_CALL);
+    }
+
+    #[test]
+    fn root_only_calls_are_refused_and_the_worker_has_no_client() {
+        let e = env();
+        let mut staging = [0u64; STAGING_WORDS];
+        let mut g = Gen::new(Rng::new(14));
+        let mut sizes = [false; 3];
+        for _ in 0..3000 {
+            let c = g.call(nr::CONSOLE_READ, &e, &mut staging);
+            assert_eq!((c.class, c.check), (Class::Direct, Check::Error(MISSING_RIGHTS, MISSING_RIGHTS)));
+            match c.regs[reg::RSI] {
+                0 => sizes[0] = true,
+                CONSOLE_MAX => sizes[1] = true,
+                n if n > CONSOLE_MAX => sizes[2] = true,
+                _ => {}
+            }
+            let c = g.call(nr::IPC_CLIENT_WAITING, &e, &mut staging);
+            assert_eq!((c.class, c.check), (Class::Direct, Check::Exactly(0)));
+        }
+        assert!(sizes.iter().all(|&s| s), "{sizes:?}");
+    }
+
+    #[test]
+    fn region_discard_succeeds_only_on_the_discard_area() {
+        let e = env();
+        let mut staging = [0u64; STAGING_WORDS];
+        let mut g = Gen::new(Rng::new(15));
+        g.pool.add(Entry { value: 0x1_0000_0001, object: 1, parent: 0, kind: kind::SPACE, flags: SELF });
+        // A region over anything else (its range unknown) and one over the discard area.
+        g.pool.add(Entry { value: 0x1_0000_0002, object: 2, parent: 0, kind: kind::REGION, flags: 0 });
+        g.pool.add(Entry { value: 0x1_0000_0003, object: 3, parent: 0, kind: kind::REGION, flags: DISCARD_AREA });
+        let mut ok = 0;
+        for _ in 0..5000 {
+            let c = g.call(nr::REGION_DISCARD, &e, &mut staging);
+            assert_eq!(c.class, Class::Direct);
+            let (offset, size) = (c.regs[reg::RSI], c.regs[reg::RDX]);
+            if c.regs[reg::RDI] == 0x1_0000_0003 {
+                let fits =
+                    size > 0 && offset % PAGE == 0 && size % PAGE == 0 && offset.checked_add(size).is_some_and(|end| end <= e.discard_len);
+                if fits {
+                    assert_eq!(c.check, Check::UpTo((size / PAGE) as i64));
+                    ok += 1;
+                } else {
+                    assert_eq!(c.check, Check::MustFail, "{c:?}");
+                }
+            } else {
+                assert_eq!(c.check, Check::MustFail, "{c:?}");
+            }
+        }
+        assert!(ok > 200, "{ok}");
+        // region_create marks exactly the discard area of its own space.
+        let mut marked = 0;
+        for _ in 0..20_000 {
+            let c = g.call(nr::REGION_CREATE, &e, &mut staging);
+            if let Effect::Creates { flags, .. } = c.effect {
+                if flags & DISCARD_AREA != 0 {
+                    assert_eq!((c.regs[reg::RDI], c.regs[reg::RSI], c.regs[reg::RDX]), (0x1_0000_0001, e.discard, e.discard_len));
+                    marked += 1;
+                }
+            }
+        }
+        assert!(marked > 20, "{marked}");
+        let mut c = Call::new(nr::REGION_DISCARD);
+        c.check = Check::UpTo(2);
+        assert!(verdict(&c, 2).is_ok() && verdict(&c, -6).is_ok() && verdict(&c, 3).is_err());
     }
 
     #[test]

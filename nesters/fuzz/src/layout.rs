@@ -47,10 +47,17 @@ pub const RO_OFFSET: u64 = 0x35000;
 /// leaves the rest of the cell alone.
 pub const RACE_BUFFER_OFFSET: u64 = 0x36000;
 pub const RACE_BUFFER_BYTES: u64 = 2 * PAGE;
+/// The discard area: pages whose content nothing relies on, mapped
+/// read-write at DISCARD_VA, the only memory a fuzzed region_discard may
+/// free (the root touches them again before each leak snapshot).
+pub const DISCARD_OFFSET: u64 = 0x38000;
+pub const DISCARD_BYTES: u64 = 8 * PAGE;
+const _: () = assert!(DISCARD_OFFSET >= RACE_BUFFER_OFFSET + RACE_BUFFER_BYTES && DISCARD_OFFSET + DISCARD_BYTES <= SLOT_BYTES);
 
 pub const CELL_VA: u64 = 0x1000_0000;
 pub const RO_VA: u64 = CELL_VA + 0x40000;
 pub const RACE_BUFFER_VA: u64 = CELL_VA + 0x80000;
+pub const DISCARD_VA: u64 = CELL_VA + 0x60000;
 /// Everything above is the cell's own memory: fuzzed mappings must not land there.
 pub const CELL_END: u64 = CELL_VA + 0x10_0000;
 /// Where fuzzed mappings into the cell may go.
@@ -118,6 +125,8 @@ pub struct Mailbox {
     /// Payload descriptors (r13 points here when the step has one).
     pub desc: [[u64; 8]; MAX_STEPS],
     pub desc_in_r13: [u64; MAX_STEPS],
+    /// r14 of each step (the timeout of `ipc_call_buf_timed`).
+    pub r14: [u64; MAX_STEPS],
     pub started: AtomicU64,
     pub done: AtomicU64,
     pub results: [AtomicU64; MAX_STEPS],
@@ -234,6 +243,8 @@ pub fn cell_env(
         victims,
         map_area: MAP_AREA,
         map_area_len: MAP_AREA_BYTES,
+        discard: DISCARD_VA,
+        discard_len: DISCARD_BYTES,
         own: [(CELL_VA, CELL_END), text],
         cpus,
         system_info_max,

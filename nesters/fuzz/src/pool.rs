@@ -10,6 +10,9 @@ pub const DEAD: u32 = 1 << 1;
 /// A space whose ancestry the worker does not know (an ancestor could die
 /// without the pool noticing).
 pub const NO_ANCESTRY: u32 = 1 << 2;
+/// A region over exactly the worker's discard area (`Env::discard`): the
+/// only region a fuzzed `region_discard` may succeed on.
+pub const DISCARD_AREA: u32 = 1 << 3;
 
 /// Spaces whose parent the pool remembers, open handles or not.
 pub const ANCESTRY_SLOTS: usize = 64;

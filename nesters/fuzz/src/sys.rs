@@ -7,7 +7,9 @@ use matryoshka_rt::{decode, nr, SysError};
 
 /// Values parked in r14 and r15 across every fuzzed call: the kernel must
 /// give them back unchanged (it preserves every register but rax, rcx, r11
-/// and an IPC call's message registers).
+/// and an IPC call's message registers). `ipc_call_buf_timed` takes its
+/// timeout in r14 and rewrites it when the thread is stopped: only r15 is a
+/// canary there ([`raw_timed`]).
 const CANARY_R14: u64 = 0x5afe_0014_dead_beef;
 const CANARY_R15: u64 = 0x5afe_0015_cafe_f00d;
 
@@ -56,9 +58,59 @@ pub unsafe fn raw(n: u64, regs: [u64; 8]) -> Raw {
     Raw { ret, regs: r, canaries_intact: r14 == CANARY_R14 && r15 == CANARY_R15 }
 }
 
+/// Makes system call `n` with `regs` and, for `ipc_call_buf_timed`, `r14`
+/// (its timeout; every other call gets the r14 canary).
+///
+/// # Safety
+/// As for [`raw`].
+pub unsafe fn call(n: u64, regs: [u64; 8], r14: u64) -> Raw {
+    // SAFETY: forwarded to the caller's contract.
+    unsafe {
+        if n == nr::IPC_CALL_BUF_TIMED {
+            raw_timed(n, regs, r14)
+        } else {
+            raw(n, regs)
+        }
+    }
+}
+
+/// [`raw`] with `r14` as an input (the timeout of `ipc_call_buf_timed`):
+/// the kernel may rewrite it (to the time left, on a stop), so only r15 is
+/// checked as a canary.
+///
+/// # Safety
+/// As for [`raw`].
+#[inline(never)]
+pub unsafe fn raw_timed(n: u64, regs: [u64; 8], r14: u64) -> Raw {
+    let ret: i64;
+    let mut r = regs;
+    let r15: u64;
+    // SAFETY: as in `raw`; r14 is an output too.
+    unsafe {
+        asm!(
+            "syscall",
+            inlateout("rax") n as i64 => ret,
+            inlateout("rdi") r[0],
+            inlateout("rsi") r[1],
+            inlateout("rdx") r[2],
+            inlateout("r10") r[3],
+            inlateout("r8") r[4],
+            inlateout("r9") r[5],
+            inlateout("r12") r[6],
+            inlateout("r13") r[7],
+            inlateout("r14") r14 => _,
+            inlateout("r15") CANARY_R15 => r15,
+            lateout("rcx") _,
+            lateout("r11") _,
+            options(nostack)
+        );
+    }
+    Raw { ret, regs: r, canaries_intact: r15 == CANARY_R15 }
+}
+
 /// Calls whose message registers (rsi..r12) carry results.
 pub fn writes_message_registers(n: u64) -> bool {
-    matches!(n, nr::IPC_CALL | nr::IPC_REPLY_WAIT | nr::IPC_RECEIVE | nr::IPC_CALL_BUF | nr::IPC_REPLY_WAIT_BUF)
+    matches!(n, nr::IPC_CALL | nr::IPC_REPLY_WAIT | nr::IPC_RECEIVE | nr::IPC_CALL_BUF | nr::IPC_REPLY_WAIT_BUF | nr::IPC_CALL_BUF_TIMED)
         || (nr::CONN_CONNECT..=nr::CONN_DISCONNECT).contains(&n)
         || matches!(n, nr::CONN_SEND_BUF | nr::CONN_RECEIVE_BUF | nr::IPC_SEND)
 }

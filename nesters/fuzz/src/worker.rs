@@ -160,7 +160,7 @@ fn direct(sh: &Shared, p: &mut Private, call: &Call) -> Result<(), Failed> {
     // the descriptor, the read-only page or memory that is not the
     // worker's; the generator never makes `exit` (the worker is not meant
     // to die), and the worker's own memory cannot be revoked from here.
-    let r = unsafe { sys::raw(call.nr, regs) };
+    let r = unsafe { sys::call(call.nr, regs, call.r14) };
     sh.calls.fetch_add(1, Relaxed);
     note_done(sh, call.nr, regs[0], r.ret);
     if p.trace != 0 {
@@ -170,10 +170,20 @@ fn direct(sh: &Shared, p: &mut Private, call: &Call) -> Result<(), Failed> {
         return Err(fail(sh, p, call, &regs, r.ret, why));
     }
     if !r.canaries_intact || r.regs[reg::RDI] != regs[reg::RDI] || r.regs[reg::R13] != regs[reg::R13] {
-        return Err(fail(sh, p, call, &regs, r.ret, "the kernel changed a register it must preserve (rdi, r13, r14 or r15)"));
+        return Err(fail(
+            sh,
+            p,
+            call,
+            &regs,
+            r.ret,
+            "the kernel changed a register it must preserve (rdi, r13, r14 or r15; r14 is an input of ipc_call_buf_timed)",
+        ));
     }
     if !sys::writes_message_registers(call.nr) && r.regs != regs {
         return Err(fail(sh, p, call, &regs, r.ret, "the kernel changed an argument register of a call that returns none"));
+    }
+    if call.nr == nr::TIME_NOW && r.ret >= 0 {
+        p.gen.last_time = r.ret as u64;
     }
     if r.ret >= 0 {
         apply(sh, p, call, &regs, r.ret as u64)?;
@@ -248,6 +258,7 @@ fn dispatch(sh: &Shared, p: &mut Private, mailboxes: &Mailboxes, script: &Script
         mb.regs[i] = c.regs;
         mb.desc[i] = c.desc;
         mb.desc_in_r13[i] = c.desc_in_r13 as u64;
+        mb.r14[i] = c.r14;
     }
     mb.started.store(0, Relaxed);
     mb.done.store(0, Relaxed);
@@ -316,6 +327,7 @@ fn collect_helper(sh: &Shared, p: &mut Private, mailboxes: &Mailboxes, i: usize,
                 regs: [h.handle, 0, 0, 0, 0, 0, 0, 0],
                 desc: [0; 8],
                 desc_in_r13: false,
+                r14: 0,
                 class: Class::Direct,
                 check: fuzzlib::gen::Check::Any,
                 effect: Effect::None,
@@ -333,17 +345,20 @@ fn collect_helper(sh: &Shared, p: &mut Private, mailboxes: &Mailboxes, i: usize,
     sh.calls.fetch_add(started, Relaxed);
     for s in 0..done as usize {
         let ret = mb.results[s].load(Relaxed) as i64;
-        if ret < 0 && !(-10..=-1).contains(&ret) {
+        let undefined =
+            if mb.nr[s] == nr::IPC_CLIENT_WAITING { !(0..=1).contains(&ret) } else { !fuzzlib::gen::defined_error(mb.nr[s], ret) };
+        if undefined {
             let call = Call {
                 nr: mb.nr[s],
                 regs: mb.regs[s],
                 desc: mb.desc[s],
                 desc_in_r13: mb.desc_in_r13[s] != 0,
+                r14: mb.r14[s],
                 class: Class::Blocking,
                 check: fuzzlib::gen::Check::Any,
                 effect: Effect::None,
             };
-            return Err(fail(sh, p, &call, &mb.regs[s], ret, "a helper's call returned an error code the ABI does not define"));
+            return Err(fail(sh, p, &call, &mb.regs[s], ret, "a helper's call returned a value or error code the ABI does not define"));
         }
     }
     Ok(())
@@ -366,9 +381,10 @@ pub extern "C" fn helper_main(mailbox: u64) -> ! {
             if core::ptr::addr_of!((*mb).desc_in_r13[i]).read_volatile() != 0 {
                 regs[reg::R13] = core::ptr::addr_of!((*mb).desc[i]) as u64;
             }
+            let r14 = core::ptr::addr_of!((*mb).r14[i]).read_volatile();
             (*mb).started.store(i as u64 + 1, Release);
             // SAFETY: as for the worker's direct calls; a helper is meant to die.
-            let r = sys::raw(n, regs);
+            let r = sys::call(n, regs, r14);
             (*mb).results[i].store(r.ret as u64, Relaxed);
             (*mb).done.store(i as u64 + 1, Release);
         }
