@@ -81,7 +81,7 @@ impl Scenario {
             test: "system".into(),
             extra: "watchdog=120",
             user_args: "systest".into(),
-            must_print: vec!["systest: 13 passed, 0 failed".into()],
+            must_print: vec!["systest: 14 passed, 0 failed".into()],
             ..Scenario::tests(Mode::Direct, cpus, timeout_s)
         }
     }

@@ -297,6 +297,35 @@ pub struct ProcessEntry {
     pub command: String,
 }
 
+/// A process's entry as PM_EXPORT_PROCESS gives it, with its pipe ends.
+#[derive(Clone, Debug)]
+pub struct ProcessRecord {
+    pub entry: ProcessEntry,
+    pub ends: Vec<PipeEndRecord>,
+}
+
+/// One pipe end a process holds, as PM_EXPORT_END gives it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PipeEndRecord {
+    /// The ends of one pipe share it (valid in the exporting manager only).
+    pub pipe: u64,
+    /// The end itself: a process holding one end in two places lists it once.
+    pub end: u64,
+    /// [`proto::pipe_end`] WRITER, END_OF_FILE.
+    pub flags: u64,
+    /// Where the process holds it: `1 << slot` for a standard stream,
+    /// [`proto::pipe_end::HELD_CREATED`] for one it made or imported.
+    pub held: u64,
+    /// What was buffered in the pipe.
+    pub bytes: Vec<u8>,
+}
+
+impl PipeEndRecord {
+    pub fn writer(&self) -> bool {
+        self.flags & proto::pipe_end::WRITER != 0
+    }
+}
+
 /// A process manager reference (this process's own).
 #[derive(Clone, Copy, Debug)]
 pub struct Pm(pub Handle);
@@ -359,6 +388,51 @@ impl Pm {
     /// The first thread of child `pid` (the caller must be its parent).
     pub fn child_thread(&self, pid: u64) -> Result<Handle, Error> {
         call_for_handle(self.0, [op::PM_CHILD_THREAD, 0, pid, 0, 0, 0], &[]).map(|(_, h)| h)
+    }
+
+    /// Process `pid`'s entry (0: this process's; else a child's) and the
+    /// pipe ends it holds (PROTOCOLS.md, exporting a client's state).
+    pub fn export_process(&self, pid: u64) -> Result<ProcessRecord, Error> {
+        let mut line = vec![0u8; 512];
+        let (w, n, _) = call(self.0, [op::PM_EXPORT_PROCESS, 0, pid, 0, 0, 0], &[], None, &mut line)?;
+        line.truncate(n);
+        let entry =
+            ProcessEntry { pid: w[1], ppid: w[2], exited: w[3] != 0, status: w[4], command: String::from_utf8_lossy(&line).into_owned() };
+        // Asked by the pid the first reply named, so an export of "0" does
+        // not change meaning between the calls.
+        let mut ends = Vec::new();
+        while let Some(r) = self.export_end(entry.pid, ends.len() as u64)? {
+            ends.push(r);
+        }
+        Ok(ProcessRecord { entry, ends })
+    }
+
+    /// The `index`-th pipe end process `pid` holds, or `None` past the end.
+    pub fn export_end(&self, pid: u64, index: u64) -> Result<Option<PipeEndRecord>, Error> {
+        let mut bytes = vec![0u8; MAX_PAYLOAD];
+        match call(self.0, [op::PM_EXPORT_END, 0, pid, index, 0, 0], &[], None, &mut bytes) {
+            Ok((w, n, _)) => {
+                bytes.truncate(n.min(w[5] as usize));
+                Ok(Some(PipeEndRecord { pipe: w[1], end: w[2], flags: w[3], held: w[4], bytes }))
+            }
+            Err(Error::NotFound) => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Re-creates an exported pipe end as this process's: (the new pipe's
+    /// id, the end). Ends imported with the same `pipe` key share one pipe.
+    pub fn import_end(&self, r: &PipeEndRecord) -> Result<(u64, Stream), Error> {
+        if r.bytes.len() > MAX_PAYLOAD {
+            return Err(Error::TooLong);
+        }
+        call_for_handle(self.0, [op::PM_IMPORT_END, 0, r.pipe, r.flags, 0, 0], &r.bytes).map(|(w, h)| (w[1], Stream(h)))
+    }
+
+    /// Re-creates an exited process's record as a child of this process
+    /// (its WAIT returns `status`); returns its new pid.
+    pub fn import_exited(&self, command: &str, status: u64) -> Result<u64, Error> {
+        Ok(call(self.0, [op::PM_IMPORT_PROCESS, seq(), status, 0, 0, 0], command.as_bytes(), None, &mut [])?.0[1])
     }
 
     /// (processes alive, pipes open, server threads).

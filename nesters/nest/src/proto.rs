@@ -293,6 +293,27 @@ pub mod op {
     /// w2 = pid of a child of the caller. Reply: its first thread (every right but TRANSFER's wider use:
     /// a parent stops, reads and rebuilds its child's threads).
     pub const PM_CHILD_THREAD: u64 = 60;
+    /// Exporting a process (PROTOCOLS.md, version 2). w2 = pid (0: the
+    /// caller; else a child of the caller). Reply w1 pid, w2 parent pid,
+    /// w3 state (0 running, 1 exited), w4 status, w5 pipe ends it holds
+    /// (what `PM_EXPORT_END` lists), payload the command line. Idempotent.
+    pub const PM_EXPORT_PROCESS: u64 = 61;
+    /// w2 = pid (as `PM_EXPORT_PROCESS`), w3 = index of one of its pipe
+    /// ends (alias order). Reply w1 pipe key (the ends of one pipe share
+    /// it), w2 end key, w3 flags ([`super::pipe_end`]), w4 where it is held
+    /// ([`super::pipe_end::HELD_CREATED`], `1 << slot` for a standard
+    /// stream), w5 bytes buffered in the pipe, payload those bytes (not
+    /// consumed); NotFound past the end. Idempotent.
+    pub const PM_EXPORT_END: u64 = 62;
+    /// w2 = pipe key (not 0), w3 = flags ([`super::pipe_end`]), payload the
+    /// pipe's buffered bytes. Reply w1 the new pipe's id, capability the
+    /// end (the caller's). Imports by one caller with the same key join one
+    /// pipe (the first one's bytes and flags make it).
+    pub const PM_IMPORT_END: u64 = 63;
+    /// w2 = status (0-255), payload the command line. Reply w1 the pid of a
+    /// new, exited child of the caller (its WAIT returns the status). A
+    /// running process comes with its space: a checkpointer's job, not this. Sequenced.
+    pub const PM_IMPORT_PROCESS: u64 = 64;
 
     // Console: a Stream, plus
     /// Reply: a new Stream reference to the console.
@@ -334,6 +355,18 @@ pub mod slot {
     /// Its parent's port (default: the process manager's Parent service).
     pub const PARENT: u64 = 4;
     pub const COUNT: usize = 5;
+}
+
+/// PM_EXPORT_END / PM_IMPORT_END flags (w3) and places (w4).
+pub mod pipe_end {
+    /// The end writes (else it reads).
+    pub const WRITER: u64 = 1;
+    /// The pipe has no writer left: after its bytes, end of file.
+    pub const END_OF_FILE: u64 = 2;
+    pub const ALL: u64 = 3;
+    /// Export w4: the process created (or imported) the end itself; bits
+    /// 0-2 are its standard streams.
+    pub const HELD_CREATED: u64 = 8;
 }
 
 /// PM_KILL signals (all end the process today: programs install no handlers).

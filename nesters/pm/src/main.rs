@@ -3,7 +3,8 @@
 //! with arguments, environment and standard streams, exit status,
 //! wait (blocking or not), kill (TERM, INT, KILL), getpid/getppid, a process
 //! list, and pipes with blocking reads and writes, end of file and broken
-//! pipes.
+//! pipes; a process's record and pipe ends (with their buffered bytes) can
+//! be exported and re-imported (PROTOCOLS.md, exporting a client's state).
 //!
 //! Each process is a child space built with the nester library's loader
 //! from memory the manager got from its parent (Parent reference

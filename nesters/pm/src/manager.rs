@@ -11,7 +11,7 @@ use matryoshka_abi::rights;
 use matryoshka_nest::client::{Fs, Parent, Stream};
 use matryoshka_nest::io::{self, SLOT_PM};
 use matryoshka_nest::loader::{self, MemoryPool, Program, Slot, AT_REF, AT_SELF_SPACE, AT_SERVICE, CLIENT_PORT_RIGHTS};
-use matryoshka_nest::proto::{self, op, signal, slot, Error, MAX_PAYLOAD};
+use matryoshka_nest::proto::{self, op, pipe_end, signal, slot, Error, MAX_PAYLOAD};
 use matryoshka_nest::server::{self, Reply, Request, Service};
 use matryoshka_rt::ipc;
 use matryoshka_rt::memory as m;
@@ -33,6 +33,14 @@ const PIPE_TAG: u64 = 2 << 40;
 const TAG_MASK: u64 = 0xff << 40;
 /// Status of a process ended by a fault.
 const FAULT_STATUS: u64 = 128 + 11;
+/// Most pipes open at once (every process's together).
+const MAX_PIPES: usize = 4096;
+/// Most exited, unwaited children one caller may import (each is a
+/// record in the process table until its WAIT).
+const MAX_IMPORTED_EXITED: usize = 64;
+/// Longest command line an imported record may carry (what LIST's
+/// clients read).
+const MAX_COMMAND: usize = 512;
 
 struct Process {
     ppid: u64,
@@ -44,6 +52,10 @@ struct Process {
     status: Option<u64>,
     killed_by: Option<u64>,
     slot: Option<Slot>,
+    /// Which of its standard streams are this manager's own pipe ends
+    /// (their aliases), so an export can name them: the handles alone do
+    /// not say which server's objects they are.
+    std_ends: [Option<u64>; 3],
 }
 
 struct Pipe {
@@ -54,11 +66,17 @@ struct Pipe {
     /// Server threads waiting on this pipe (for bytes, room or a close):
     /// a change wakes `pipe_changed` only when there are some.
     waiters: usize,
+    /// (importer, key) for a pipe re-created by PM_IMPORT_END: its entry
+    /// in `State::imported` goes with the pipe.
+    import_key: Option<(u64, u64)>,
 }
 
 struct PipeEnd {
     pipe: u64,
     writer: bool,
+    /// The process that created or imported it (a dup's is its original's):
+    /// an export of that process lists it.
+    owner: u64,
 }
 
 struct Ticket {
@@ -73,6 +91,9 @@ struct State {
     ends: BTreeMap<u64, PipeEnd>,
     next_pipe: u64,
     next_end: u64,
+    /// (importer, pipe key of an export) -> the pipe its imports re-created,
+    /// so the two ends of one exported pipe come back as one pipe.
+    imported: BTreeMap<(u64, u64), u64>,
     tickets: BTreeMap<u64, Ticket>,
     next_ticket: u64,
     next_slot: u64,
@@ -202,6 +223,7 @@ impl Manager {
                 if cmd.is_empty() {
                     cmd.push_str(blob.path);
                 }
+                let std_ends = [0, 1, 2].map(|i| refs[i].and_then(|h| self.own_end(h)));
                 self.state.lock().processes.insert(
                     pid,
                     Process {
@@ -213,6 +235,7 @@ impl Manager {
                         status: None,
                         killed_by: None,
                         slot: Some(slot),
+                        std_ends,
                     },
                 );
                 // The reaper: waits for the first thread, then cleans up.
@@ -385,6 +408,9 @@ impl Manager {
                     (None, Err(_)) => FAULT_STATUS,
                 });
             }
+            // Its imports are over: later ones of the same keys (by no one,
+            // pids are not reused) need not find its pipes.
+            st.imported.retain(|(importer, _), _| *importer != pid);
             // Children of the dead process are re-parented to init.
             for p in st.processes.values_mut() {
                 if p.ppid == pid {
@@ -451,7 +477,7 @@ impl Manager {
     fn pipe_request(&self, alias: u64, req: &Request) -> Result<Reply, Error> {
         let mut st = self.state.lock();
         let end = st.ends.get(&alias).ok_or(Error::BadObject)?;
-        let (pipe_id, writer) = (end.pipe, end.writer);
+        let (pipe_id, writer, owner) = (end.pipe, end.writer, end.owner);
         match req.op() {
             op::STREAM_READ if !writer => loop {
                 let p = st.pipes.get_mut(&pipe_id).ok_or(Error::BadObject)?;
@@ -511,10 +537,7 @@ impl Manager {
             op::STREAM_READ | op::STREAM_WRITE => Err(Error::Denied),
             op::STREAM_STAT => Ok(Reply::ok([st.pipes.get(&pipe_id).map_or(0, |p| p.buf.len() as u64), proto::kind::PIPE, 0, 0, 0])),
             op::STREAM_DUP => {
-                let a = PIPE_TAG | st.next_end;
-                st.next_end += 1;
-                let port = ipc::port_create(self.portset, a)?;
-                st.ends.insert(a, PipeEnd { pipe: pipe_id, writer });
+                let port = self.new_end(&mut st, pipe_id, writer, owner)?;
                 if let Some(p) = st.pipes.get_mut(&pipe_id) {
                     if writer {
                         p.writers += 1;
@@ -535,12 +558,19 @@ impl Manager {
                         } else {
                             p.readers -= 1;
                         }
-                        (p.writers == 0 && p.readers == 0 && p.writer_given, p.waiters > 0)
+                        // With no end left nothing can read or write it any
+                        // more, even if its writer was never taken (an
+                        // imported reader whose writer did not come along).
+                        (p.writers == 0 && p.readers == 0, p.waiters > 0)
                     }
                     None => (false, false),
                 };
                 if gone {
-                    st.pipes.remove(&pipe_id);
+                    if let Some(key) = st.pipes.remove(&pipe_id).and_then(|p| p.import_key) {
+                        if st.imported.get(&key) == Some(&pipe_id) {
+                            st.imported.remove(&key);
+                        }
+                    }
                 }
                 drop(st);
                 if let Some(s) = *self.server.lock() {
@@ -555,12 +585,107 @@ impl Manager {
         }
     }
 
-    fn new_end(&self, st: &mut State, pipe: u64, writer: bool) -> Result<Handle, Error> {
+    fn new_end(&self, st: &mut State, pipe: u64, writer: bool, owner: u64) -> Result<Handle, Error> {
         let a = PIPE_TAG | st.next_end;
         st.next_end += 1;
         let port = ipc::port_create(self.portset, a)?;
-        st.ends.insert(a, PipeEnd { pipe, writer });
+        st.ends.insert(a, PipeEnd { pipe, writer, owner });
         Ok(port)
+    }
+
+    /// The process an export asks for: the caller itself (`pid` 0 or its
+    /// own) or one of its children, as for CHILD_THREAD: a parent stops,
+    /// reads and rebuilds its children, nobody else's.
+    fn exportable(st: &State, caller: u64, pid: u64) -> Result<(u64, &Process), Error> {
+        let pid = if pid == 0 { caller } else { pid };
+        let p = st.processes.get(&pid).ok_or(Error::NotFound)?;
+        if pid != caller && p.ppid != caller {
+            return Err(Error::Denied);
+        }
+        Ok((pid, p))
+    }
+
+    /// The pipe ends `pid` holds through this manager, in alias order, each
+    /// with where it holds it (`1 << slot` for a standard stream,
+    /// HELD_CREATED for one it made or imported; an end may be both).
+    fn held_ends(st: &State, pid: u64, p: &Process) -> Vec<(u64, u64)> {
+        let mut held: BTreeMap<u64, u64> = BTreeMap::new();
+        for (i, alias) in p.std_ends.iter().enumerate() {
+            // Closed since the spawn (by the process or, dead, for it): gone.
+            if let Some(a) = alias.filter(|a| st.ends.contains_key(a)) {
+                *held.entry(a).or_default() |= 1 << i;
+            }
+        }
+        for (a, _) in st.ends.iter().filter(|(_, e)| e.owner == pid) {
+            *held.entry(*a).or_default() |= pipe_end::HELD_CREATED;
+        }
+        held.into_iter().collect()
+    }
+
+    /// PM_IMPORT_END: a pipe end of the caller's, on the pipe its earlier
+    /// imports of the same key re-created, or on a new one holding the
+    /// exported bytes.
+    fn import_end(&self, caller: u64, req: &Request) -> Result<Reply, Error> {
+        let (key, flags) = (req.words[2], req.words[3]);
+        let writer = flags & pipe_end::WRITER != 0;
+        // A writer on a pipe without writers is a contradiction, not a record.
+        if key == 0 || flags & !pipe_end::ALL != 0 || flags == pipe_end::WRITER | pipe_end::END_OF_FILE {
+            return Err(Error::Invalid);
+        }
+        if req.bytes.len() > PIPE_BYTES {
+            return Err(Error::TooLong);
+        }
+        let mut st = self.state.lock();
+        if let Some(id) = st.imported.get(&(caller, key)).copied() {
+            let p = st.pipes.get(&id).ok_or(Error::BadObject)?;
+            if writer && p.writer_given && p.writers == 0 {
+                // Its write side was closed for good: end of file was
+                // promised to its readers.
+                return Err(Error::Invalid);
+            }
+            let port = self.new_end(&mut st, id, writer, caller)?;
+            if let Some(p) = st.pipes.get_mut(&id) {
+                if writer {
+                    p.writers += 1;
+                    p.writer_given = true;
+                } else {
+                    p.readers += 1;
+                }
+            }
+            return Ok(Reply::ok([id, 0, 0, 0, 0]).giving(port));
+        }
+        if st.pipes.len() >= MAX_PIPES {
+            return Err(Error::NoSpace);
+        }
+        let id = st.next_pipe;
+        st.next_pipe += 1;
+        let port = self.new_end(&mut st, id, writer, caller)?;
+        st.pipes.insert(
+            id,
+            Pipe {
+                buf: req.bytes.iter().copied().collect(),
+                readers: (!writer) as usize,
+                writers: writer as usize,
+                // A reader whose writer is still open elsewhere waits for a
+                // writer to join (an import of it, or PIPE_WRITER); one whose
+                // writer was gone reads end of file after the bytes.
+                writer_given: writer || flags & pipe_end::END_OF_FILE != 0,
+                waiters: 0,
+                import_key: Some((caller, key)),
+            },
+        );
+        st.imported.insert((caller, key), id);
+        Ok(Reply::ok([id, 0, 0, 0, 0]).giving(port))
+    }
+
+    /// The alias of `h` if it is one of this manager's pipe ends. The
+    /// kernel names the port's portset by the caller's own handle to it, so
+    /// a port of someone else's portset with a made-up alias is not taken
+    /// for one. A handle without GET_STATE (a process handing on a stream it
+    /// was given) is not recognised: its end is not exported with it.
+    fn own_end(&self, h: Handle) -> Option<u64> {
+        let s = obj::object_get_state(h).ok()?;
+        (s[0] == obj::types::PORT as u64 && s[2] == self.portset.0 && s[1] & TAG_MASK == PIPE_TAG).then_some(s[1])
     }
 
     fn process_request(&self, caller: u64, req: &mut Request) -> Result<Reply, Error> {
@@ -612,13 +737,14 @@ impl Manager {
             }
             op::PM_PIPE => {
                 let mut st = self.state.lock();
-                if st.pipes.len() >= 4096 {
+                if st.pipes.len() >= MAX_PIPES {
                     return Err(Error::NoSpace);
                 }
                 let id = st.next_pipe;
                 st.next_pipe += 1;
-                st.pipes.insert(id, Pipe { buf: VecDeque::new(), readers: 1, writers: 0, writer_given: false, waiters: 0 });
-                let port = self.new_end(&mut st, id, false)?;
+                let port = self.new_end(&mut st, id, false, caller)?;
+                st.pipes
+                    .insert(id, Pipe { buf: VecDeque::new(), readers: 1, writers: 0, writer_given: false, waiters: 0, import_key: None });
                 Ok(Reply::ok([id, 0, 0, 0, 0]).giving(port))
             }
             op::PM_PIPE_WRITER => {
@@ -631,7 +757,7 @@ impl Manager {
                     }
                     _ => return Err(Error::Invalid),
                 }
-                let port = self.new_end(&mut st, id, true)?;
+                let port = self.new_end(&mut st, id, true, caller)?;
                 Ok(Reply::ok([0; 5]).giving(port))
             }
             op::PM_CHILD_THREAD => {
@@ -642,6 +768,67 @@ impl Manager {
                 }
                 let t = p.thread.ok_or(Error::NotFound)?;
                 Ok(Reply::ok([0; 5]).giving(obj::duplicate(t, rights::ALL)?))
+            }
+            op::PM_EXPORT_PROCESS => {
+                let st = self.state.lock();
+                let (pid, p) = Self::exportable(&st, caller, req.words[2])?;
+                let ends = Self::held_ends(&st, pid, p).len() as u64;
+                let state = p.status.is_some() as u64;
+                Ok(Reply::ok([pid, p.ppid, state, p.status.unwrap_or(0), ends]).with_bytes(p.command.as_bytes().to_vec()))
+            }
+            op::PM_EXPORT_END => {
+                let st = self.state.lock();
+                let (pid, p) = Self::exportable(&st, caller, req.words[2])?;
+                let index = usize::try_from(req.words[3]).map_err(|_| Error::NotFound)?;
+                let &(alias, held) = Self::held_ends(&st, pid, p).get(index).ok_or(Error::NotFound)?;
+                let end = st.ends.get(&alias).ok_or(Error::BadObject)?;
+                let pipe = st.pipes.get(&end.pipe).ok_or(Error::BadObject)?;
+                let mut flags = if end.writer { pipe_end::WRITER } else { 0 };
+                if pipe.writer_given && pipe.writers == 0 {
+                    flags |= pipe_end::END_OF_FILE;
+                }
+                // The buffer is at most PIPE_BYTES, which one payload holds:
+                // the export is never partial. Peeked, not drained: the
+                // exported process may go on (a checkpoint, not a move).
+                let (front, back) = pipe.buf.as_slices();
+                let mut bytes = Vec::with_capacity(pipe.buf.len());
+                bytes.extend_from_slice(front);
+                bytes.extend_from_slice(back);
+                Ok(Reply::ok([end.pipe, alias & !TAG_MASK, flags, held, bytes.len() as u64]).with_bytes(bytes))
+            }
+            op::PM_IMPORT_END => self.import_end(caller, req),
+            op::PM_IMPORT_PROCESS => {
+                let status = req.words[2];
+                if status > 0xff {
+                    return Err(Error::Invalid);
+                }
+                let command = String::from(req.text(MAX_COMMAND)?);
+                let mut st = self.state.lock();
+                let waiting = st.processes.values().filter(|p| p.ppid == caller && p.space.is_none() && p.status.is_some()).count();
+                if waiting >= MAX_IMPORTED_EXITED {
+                    return Err(Error::NoSpace);
+                }
+                let pid = st.next_pid;
+                st.next_pid += 1;
+                // No space, thread or slot: nothing for a reaper to do, and
+                // WAIT, KILL and LIST treat it as any exited child.
+                st.processes.insert(
+                    pid,
+                    Process {
+                        ppid: caller,
+                        command,
+                        space: None,
+                        thread: None,
+                        refs: [None; slot::COUNT],
+                        status: Some(status),
+                        killed_by: None,
+                        slot: None,
+                        std_ends: [None; 3],
+                    },
+                );
+                drop(st);
+                self.changed.notify_all();
+                Ok(Reply::ok([pid, 0, 0, 0, 0]))
             }
             op::PM_INFO => {
                 let st = self.state.lock();
@@ -691,7 +878,7 @@ impl Service for Manager {
     fn sequenced(&self, op: u64) -> bool {
         // Requests whose reply carries a new reference replay themselves;
         // blocking pipe reads/writes are remembered per end.
-        !matches!(op, op::STREAM_DUP | op::PM_PIPE | op::PM_SPAWN_START)
+        !matches!(op, op::STREAM_DUP | op::PM_PIPE | op::PM_SPAWN_START | op::PM_IMPORT_END)
     }
 }
 
@@ -733,6 +920,7 @@ pub fn main() -> i32 {
             next_pid: INIT_PID + 1,
             pipes: BTreeMap::new(),
             ends: BTreeMap::new(),
+            imported: BTreeMap::new(),
             next_pipe: 1,
             next_end: 1,
             tickets: BTreeMap::new(),

@@ -482,6 +482,106 @@ mod checks {
         Ok(())
     }
 
+    pub fn process_export_import(_fs: &Fs, pm: &Pm) -> Result<(), String> {
+        use matryoshka_nest::client::PipeEndRecord;
+        use matryoshka_nest::proto::pipe_end;
+        const MARK: &[u8] = b"bytes buffered at the export";
+        let (r, w) = pm.pipe().map_err(e("pipe"))?;
+        w.write_all(MARK).map_err(e("write"))?;
+        // This process's record and the two ends it made.
+        let me = pm.export_process(0).map_err(e("export self"))?;
+        let (pid, ppid) = pm.getpid().map_err(e("getpid"))?;
+        expect("exported pid and parent", (me.entry.pid, me.entry.ppid, me.entry.exited), (pid, ppid, false))?;
+        expect("exported command line", me.entry.command.starts_with("systest"), true)?;
+        let mine: Vec<&PipeEndRecord> = me.ends.iter().filter(|x| x.bytes == MARK).collect();
+        expect("exported ends of the pipe", mine.len(), 2)?;
+        expect("one pipe key for both ends", mine[0].pipe, mine[1].pipe)?;
+        expect("one reader and one writer", mine.iter().filter(|x| x.writer()).count(), 1)?;
+        expect("ends made by this process", mine.iter().all(|x| x.held == pipe_end::HELD_CREATED), true)?;
+        // Importing both ends re-creates one pipe with the bytes in it.
+        let (p1, ir) = pm.import_end(mine.iter().find(|x| !x.writer()).unwrap()).map_err(e("import reader"))?;
+        let (p2, iw) = pm.import_end(mine.iter().find(|x| x.writer()).unwrap()).map_err(e("import writer"))?;
+        expect("both imports on one pipe", p1, p2)?;
+        let mut buf = [0u8; 64];
+        let n = ir.read(&mut buf).map_err(e("read the imported reader"))?;
+        expect("the buffered bytes from the imported reader", &buf[..n], MARK)?;
+        iw.write_all(b"more").map_err(e("write the imported writer"))?;
+        let n = ir.read(&mut buf).map_err(e("read again"))?;
+        expect("the imported writer feeds the imported reader", &buf[..n], b"more")?;
+        iw.close().map_err(e("close the imported writer"))?;
+        expect("end of file once the imported writer is closed", ir.read(&mut buf), Ok(0))?;
+        ir.close().map_err(e("close the imported reader"))?;
+        // The export took nothing: the original pipe still has its bytes.
+        let n = r.read(&mut buf).map_err(e("read the original"))?;
+        expect("the original reader after the export", &buf[..n], MARK)?;
+        // A reader whose writer is gone comes back reading end of file
+        // after its bytes.
+        w.write_all(b"last").map_err(e("write last"))?;
+        w.close().map_err(e("close writer"))?;
+        let alone = pm.export_process(0).map_err(e("export again"))?;
+        let rec = alone.ends.iter().find(|x| x.bytes == b"last").ok_or("the reader's record after the writer closed")?.clone();
+        expect("flags of a reader without writer", rec.flags, pipe_end::END_OF_FILE)?;
+        let (_, lone) = pm.import_end(&rec).map_err(e("import lone reader"))?;
+        let n = lone.read(&mut buf).map_err(e("read lone"))?;
+        expect("the lone reader's bytes", &buf[..n], b"last")?;
+        expect("then end of file", lone.read(&mut buf), Ok(0))?;
+        // Bad records: key 0, unknown flags, a writer on a pipe without
+        // writers, a writer joining a pipe whose writers are gone, and a
+        // capability where none belongs.
+        let bad = |pipe, flags| PipeEndRecord { pipe, end: 0, flags, held: 0, bytes: Vec::new() };
+        expect("an import with key 0", pm.import_end(&bad(0, 0)).err(), Some(Error::Invalid))?;
+        expect("an import with unknown flags", pm.import_end(&bad(7, 4)).err(), Some(Error::Invalid))?;
+        expect("a writer at end of file", pm.import_end(&bad(7, pipe_end::WRITER | pipe_end::END_OF_FILE)).err(), Some(Error::Invalid))?;
+        expect("a writer joining a closed write side", pm.import_end(&bad(rec.pipe, pipe_end::WRITER)).err(), Some(Error::Invalid))?;
+        let extra = ipc::portset_create().map_err(|e| format!("{e:?}"))?;
+        let sent = client::call(pm.0, [op::PM_IMPORT_END, 0, 9, 0, 0, 0], b"", Some(extra), &mut []);
+        expect("an import with a capability", sent.map(|_| ()), Err(Error::Invalid))?;
+        lone.close().map_err(e("close lone"))?;
+        r.close().map_err(e("close reader"))?;
+        // A child's record and its standard input, a pipe end of this
+        // manager; nobody else's process is exported.
+        let (cr, cw) = pm.pipe().map_err(e("pipe for cat"))?;
+        let mut refs = SpawnRefs::default();
+        refs.refs[slot::STDIN as usize] = Some(cr.0);
+        let c = pm.spawn("/bin/cat", &["cat"], &[], &refs, 0).map_err(e("spawn cat"))?;
+        let _ = obj::close(cr.0);
+        let child = pm.export_process(c.pid).map_err(e("export child"))?;
+        expect("the child's record", (child.entry.ppid, child.entry.command.as_str(), child.ends.len()), (pid, "cat", 1))?;
+        expect("its standard input", (child.ends[0].held, child.ends[0].writer()), (1 << slot::STDIN, false))?;
+        pm.kill(c.pid, signal::KILL).map_err(e("kill cat"))?;
+        pm.wait(c.pid, true).map_err(e("wait cat"))?;
+        cw.close().map_err(e("close cat's writer"))?;
+        expect("export of a waited-for child", pm.export_process(c.pid).err(), Some(Error::NotFound))?;
+        // Some process that is neither this one nor a child of it (the
+        // parent may be init, which has no entry).
+        let mut other = None;
+        for i in 0.. {
+            match pm.list(i).map_err(e("list"))? {
+                Some(p) if p.pid != pid && p.ppid != pid => {
+                    other = Some(p.pid);
+                    break;
+                }
+                Some(_) => {}
+                None => break,
+            }
+        }
+        let other = other.ok_or("no other process to be refused")?;
+        expect("export of another's process", pm.export_process(other).err(), Some(Error::Denied))?;
+        expect("export of no process", pm.export_process(999_999).err(), Some(Error::NotFound))?;
+        expect("an end past the last", pm.export_end(0, 1_000_000).map(|r| r.is_none()), Ok(true))?;
+        // An exited record comes back as an exited child to wait for.
+        let ghost = pm.import_exited("ghost run", 7).map_err(e("import exited"))?;
+        let back = pm.export_process(ghost).map_err(e("export ghost"))?;
+        expect(
+            "the imported record",
+            (back.entry.ppid, back.entry.exited, back.entry.status, back.entry.command.as_str()),
+            (pid, true, 7, "ghost run"),
+        )?;
+        expect("its wait", pm.wait(ghost, false), Ok((ghost, 7)))?;
+        expect("an exited record with a status over 255", pm.import_exited("x", 256).err(), Some(Error::Invalid))?;
+        Ok(())
+    }
+
     pub fn nothing_left_open(fs: &Fs, pm: &Pm) -> Result<(), String> {
         expect("streams open in this session", fs.open_streams(), Ok(0))?;
         let (_, pipes, _) = pm.info().map_err(e("info"))?;
@@ -497,7 +597,7 @@ fn run() -> i32 {
         return 1;
     };
     let _ = fs.mkdir("/tmp");
-    let all: [(&str, Check); 13] = [
+    let all: [(&str, Check); 14] = [
         ("spawn, exit status, wait, getpid", spawn_and_status),
         ("arguments and output", arguments_and_output),
         ("pipeline cat | wc", pipeline),
@@ -510,6 +610,7 @@ fn run() -> i32 {
         ("stopped and resumed mid-request: nothing lost or doubled", stop_resume_mid_request),
         ("a dead process's memory comes back", memory_comes_back),
         ("a session's streams export and import", session_export_import),
+        ("a process's record and pipe ends export and import", process_export_import),
         ("nothing left open", nothing_left_open),
     ];
     // Checks that expose a bug that is still open: they run and print their
