@@ -260,7 +260,9 @@ fn run(args: &Args) -> Result<()> {
             let bare = set.iter().find(|b| b.workload == c.workload && b.stack.is_empty()).unwrap_or(c);
             let extra_ipc = c.ipc as f64 - bare.ipc as f64;
             let measured = c.total as f64 - bare.total as f64;
-            let explained = if c.stack.is_empty() || measured.abs() < 1.0 {
+            // Below 0.1% of the bare figure the difference is layout noise:
+            // a share of it means nothing.
+            let explained = if c.stack.is_empty() || measured.abs() < bare.total as f64 / 1000.0 {
                 Value::Null
             } else {
                 json!(((extra_ipc * cost / measured) * 1000.0).round() / 10.0)
