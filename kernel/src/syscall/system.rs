@@ -87,14 +87,15 @@ pub(super) fn fault_inject(mode: u64, a: u64, b: u64) -> SysResult {
 /// `system_info(buf, len)`: writes {u64 managed frames, u64 free frames,
 /// u64 online CPUs, u64 TSC Hz, u64 IPC fast-path switches, u64 x87/SSE
 /// loads, u64 kernel heap bytes in use, u64 kernel threads not yet freed,
-/// u64 general-path IPC calls, u64 page faults handled in the kernel}
-/// (80 bytes; at least the first 24 are needed).
+/// u64 general-path IPC calls, u64 page faults handled in the kernel,
+/// u64 CR3 loads (TLB flushes without PCID), u64 TLB shootdowns}
+/// (96 bytes; at least the first 24 are needed).
 pub(super) fn system_info(buf: u64, len: u64) -> SysResult {
     if len < 24 {
         return Err(SysError::BadSize.into());
     }
     let s = frame::stats();
-    let mut out = [0u8; 80];
+    let mut out = [0u8; 96];
     out[..8].copy_from_slice(&s.managed.to_le_bytes());
     out[8..16].copy_from_slice(&s.free.to_le_bytes());
     out[16..24].copy_from_slice(&(smp::online_count() as u64).to_le_bytes());
@@ -104,8 +105,10 @@ pub(super) fn system_info(buf: u64, len: u64) -> SysResult {
     out[48..56].copy_from_slice(&(crate::mm::heap::used_bytes() as u64).to_le_bytes());
     out[56..64].copy_from_slice(&sched::live_threads().to_le_bytes());
     out[64..72].copy_from_slice(&crate::ipc::general_calls().to_le_bytes());
-    out[72..].copy_from_slice(&crate::object::memory::resolved_faults().to_le_bytes());
-    let n = len.min(80) as usize;
+    out[72..80].copy_from_slice(&crate::object::memory::resolved_faults().to_le_bytes());
+    out[80..88].copy_from_slice(&crate::arch::paging::cr3_loads().to_le_bytes());
+    out[88..].copy_from_slice(&crate::arch::x86_64::tlb::shootdowns().to_le_bytes());
+    let n = len.min(96) as usize;
     copy_to_user(buf, &out[..n]).map_err(|()| SysError::BadPointer)?;
     Ok(n as i64)
 }

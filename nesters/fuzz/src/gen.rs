@@ -92,7 +92,7 @@ pub struct Env {
     /// The caller's own memory: a mapping over it must be refused.
     pub own: [(u64, u64); 2],
     pub cpus: u64,
-    /// How many bytes `system_info` writes at most (48, 64 or 80, by kernel version).
+    /// How many bytes `system_info` writes at most (48, 64, 80 or 96, by kernel version).
     pub system_info_max: u64,
     /// [`crate::args::avoid`] bits.
     pub avoid: u32,
@@ -705,7 +705,7 @@ impl Gen {
                 }
             }
             nr::SYSTEM_INFO => {
-                let len = self.rng.pick(&[0, 1, 23, 24, 25, 47, 48, 49, 63, 64, 65, 79, 80, 81, PAGE, u64::MAX]);
+                let len = self.rng.pick(&[0, 1, 23, 24, 25, 47, 48, 49, 63, 64, 65, 79, 80, 81, 95, 96, 97, PAGE, u64::MAX]);
                 let written = len.min(env.system_info_max);
                 let p = self.pointer(env, if len >= 24 { written } else { 0 }, true);
                 c.regs[reg::RDI] = p.addr;

@@ -173,12 +173,16 @@ pub struct SystemInfo {
     pub general_ipc_calls: u64,
     /// User page faults the kernel resolved so far (faults to keepers are IPC).
     pub kernel_faults: u64,
+    /// CR3 loads so far: address-space switches, each a TLB flush without PCID.
+    pub cr3_loads: u64,
+    /// TLB shootdowns so far.
+    pub tlb_shootdowns: u64,
 }
 
 pub fn system_info() -> Result<SystemInfo, SysError> {
-    let mut raw = [0u64; 10];
-    // SAFETY: the kernel writes at most 80 bytes into `raw`.
-    decode(unsafe { syscall2(nr::SYSTEM_INFO, raw.as_mut_ptr() as u64, 80) })?;
+    let mut raw = [0u64; 12];
+    // SAFETY: the kernel writes at most 96 bytes into `raw`.
+    decode(unsafe { syscall2(nr::SYSTEM_INFO, raw.as_mut_ptr() as u64, 96) })?;
     Ok(SystemInfo {
         managed_frames: raw[0],
         free_frames: raw[1],
@@ -190,6 +194,8 @@ pub fn system_info() -> Result<SystemInfo, SysError> {
         kernel_threads: raw[7],
         general_ipc_calls: raw[8],
         kernel_faults: raw[9],
+        cr3_loads: raw[10],
+        tlb_shootdowns: raw[11],
     })
 }
 

@@ -68,6 +68,7 @@ struct Run {
     steady: u64,
     ipc: u64,
     faults: u64,
+    cr3: u64,
 }
 
 fn parse_run(v: &Value) -> Option<Run> {
@@ -79,6 +80,8 @@ fn parse_run(v: &Value) -> Option<Run> {
         steady: v["steady"].as_u64()?,
         ipc: v["ipc"].as_u64()?,
         faults: v["faults"].as_u64()?,
+        // Older guests do not report it.
+        cr3: v["cr3"].as_u64().unwrap_or(0),
     })
 }
 
@@ -130,6 +133,7 @@ struct Cell {
     steady: u64,
     ipc: u64,
     faults: u64,
+    cr3: u64,
 }
 
 fn cells(runs: &[Run], mode: &'static str) -> Vec<Cell> {
@@ -146,6 +150,7 @@ fn cells(runs: &[Run], mode: &'static str) -> Vec<Cell> {
             steady: median(rs.iter().map(|r| r.steady).collect()),
             ipc: median(rs.iter().map(|r| r.ipc).collect()),
             faults: median(rs.iter().map(|r| r.faults).collect()),
+            cr3: median(rs.iter().map(|r| r.cr3).collect()),
         })
         .collect()
 }
@@ -278,7 +283,7 @@ fn run(args: &Args) -> Result<()> {
                 "startup": c.total.saturating_sub(c.steady),
                 "steady": c.steady,
                 "steady_slowdown_pct": pct(c.steady, bare.steady),
-                "crossings": {"ipc": c.ipc, "faults": c.faults},
+                "crossings": {"ipc": c.ipc, "faults": c.faults, "cr3_loads": c.cr3},
                 "explained_pct": explained,
             }));
         }

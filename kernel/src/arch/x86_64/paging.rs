@@ -152,9 +152,27 @@ fn map_2m_in(root: u64, va: u64, pa: u64, flags: u64) -> Result<(), MapError> {
 pub unsafe fn switch_address_space(root: u64) {
     let want = if root != 0 { root } else { kernel_root() };
     if super::cpu::read_cr3() & ADDR_MASK != want {
+        count_cr3_load();
         // SAFETY: the caller's contract.
         unsafe { super::cpu::write_cr3(want) };
     }
+}
+
+/// CR3 loads on each CPU. Without PCID every load flushes the TLB's
+/// non-global entries: this is the count of address-space flushes that
+/// `system_info` reports (issue 13 measures what PCID saves of them).
+static CR3_LOADS: [AtomicU64; super::percpu::MAX_CPUS] = [const { AtomicU64::new(0) }; super::percpu::MAX_CPUS];
+
+#[inline(always)]
+fn count_cr3_load() {
+    // Only this CPU writes its count: no read-modify-write needed.
+    let c = &CR3_LOADS[super::percpu::this_cpu_index()];
+    c.store(c.load(Ordering::Relaxed) + 1, Ordering::Relaxed);
+}
+
+/// Address-space switches that loaded CR3 so far, on all CPUs.
+pub fn cr3_loads() -> u64 {
+    CR3_LOADS.iter().map(|c| c.load(Ordering::Relaxed)).sum()
 }
 
 /// Loads user space `next` in place of `current`, which this CPU runs on
@@ -165,6 +183,7 @@ pub unsafe fn switch_address_space(root: u64) {
 #[inline(always)]
 pub unsafe fn switch_user_space_from(current: u64, next: u64) {
     if next != current {
+        count_cr3_load();
         // SAFETY: the caller's contract.
         unsafe { super::cpu::write_cr3(next) };
     }

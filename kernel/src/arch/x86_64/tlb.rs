@@ -51,7 +51,15 @@ fn serve_pending() {
 /// waits (for another shootdown to finish, or for the other CPUs), it
 /// serves requests addressed to its own CPU, so two CPUs shooting down at
 /// once cannot wait for each other.
+/// Shootdowns started so far (each flushes the range on every online CPU).
+static SHOOTDOWNS: AtomicU64 = AtomicU64::new(0);
+
+pub fn shootdowns() -> u64 {
+    SHOOTDOWNS.load(Ordering::Relaxed)
+}
+
 pub fn shootdown(start: u64, pages: u64) {
+    SHOOTDOWNS.fetch_add(1, Ordering::Relaxed);
     flush_local(start, pages);
     let online = smp::online_count();
     if online <= 1 {

@@ -3,13 +3,13 @@
 //! cell once, then every cell again: drift on a shared machine hits all
 //! cells alike), and prints one line per run:
 //!
-//! `REPRO {"workload":..,"stack":[outermost,..],"rep":i,"status":s,"total":T,"steady":S,"ipc":C,"faults":F}`
+//! `REPRO {"workload":..,"stack":[outermost,..],"rep":i,"status":s,"total":T,"steady":S,"ipc":C,"faults":F,"cr3":L}`
 //!
 //! T is the TSC from spawn to wait (retired instructions under `-icount`),
 //! S the workload's own `steady` report (its work without its start-up),
 //! C the IPC calls in the whole system meanwhile (fast path and general)
-//! and F the page faults the kernel resolved: the crossings that explain a
-//! layer's cost.
+//! F the page faults the kernel resolved and L the CR3 loads (TLB flushes
+//! without PCID): the crossings that explain a layer's cost.
 //!
 //! Options: `--reps N` (default 1), `--depths 0,1,2,4,8` (passthru stack
 //! depths; default 0 to 8), `--workloads hello,mk,ipcload` (default all).
@@ -34,9 +34,10 @@ matryoshka_rt::entry!(run);
 /// The workloads and their command lines.
 const WORKLOADS: &[(&str, &[&str])] = &[("hello", &["hello"]), ("mk", &["mk", "/src", "/tmp/mk"]), ("ipcload", &["ipcload", "2000"])];
 
-/// (IPC calls, fast path and general, and faults the kernel resolved) so far.
-fn crossings() -> (u64, u64) {
-    obj::system_info().map(|i| (i.fast_ipc_switches + i.general_ipc_calls, i.kernel_faults)).unwrap_or((0, 0))
+/// (IPC calls, fast path and general; faults the kernel resolved; CR3
+/// loads, each a TLB flush without PCID) so far.
+fn crossings() -> (u64, u64, u64) {
+    obj::system_info().map(|i| (i.fast_ipc_switches + i.general_ipc_calls, i.kernel_faults, i.cr3_loads)).unwrap_or((0, 0, 0))
 }
 
 /// One run of `argv` under `depth` passthru layers: (status, total, steady).
@@ -88,14 +89,17 @@ fn run() -> i32 {
         for &(name, argv) in WORKLOADS.iter().filter(|w| names.contains(&w.0)) {
             for &depth in &depths {
                 let before = crossings();
-                match once(&pm, depth, argv) {
+                let result = once(&pm, depth, argv);
+                let after = crossings();
+                match result {
                     Ok((status, total, steady)) => {
                         let stack: Vec<String> = (0..depth).map(|_| String::from("\"passthru\"")).collect();
                         outln!(
-                            "REPRO {{\"workload\":\"{name}\",\"stack\":[{}],\"rep\":{rep},\"status\":{status},\"total\":{total},\"steady\":{steady},\"ipc\":{},\"faults\":{}}}",
+                            "REPRO {{\"workload\":\"{name}\",\"stack\":[{}],\"rep\":{rep},\"status\":{status},\"total\":{total},\"steady\":{steady},\"ipc\":{},\"faults\":{},\"cr3\":{}}}",
                             stack.join(","),
-                            crossings().0 - before.0,
-                            crossings().1 - before.1
+                            after.0 - before.0,
+                            after.1 - before.1,
+                            after.2 - before.2
                         );
                         failures += (status != 0) as i32;
                     }
