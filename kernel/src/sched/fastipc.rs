@@ -286,7 +286,7 @@ impl Kernel for ThisCpu<'_> {
         // need to read it back.
         // SAFETY: both threads are user threads of live spaces; CR3 holds
         // the caller's root (it entered from its own space).
-        unsafe { crate::arch::paging::switch_user_space_from(self.me.root, next.root) };
+        unsafe { crate::arch::paging::switch_user_space_from(self.me.root, next.root, &self.sched.fast_cr3_loads) };
         // The time slice goes on: the server runs on the rest of the
         // caller's turn (restarting it here let a ping-pong pair keep the
         // CPU from every other thread in its run queue).

@@ -33,6 +33,9 @@ pub(super) struct CpuSched {
     pub(super) parked_handoff: UnsafeCell<Option<Arc<Thread>>>,
     /// Direct switches the IPC fast path made on this CPU (written by it only).
     pub(super) fast_switches: AtomicU64,
+    /// CR3 loads the fast path made on this CPU (written by it only; the
+    /// general path's are counted in `paging`).
+    pub(super) fast_cr3_loads: AtomicU64,
     /// Where a switch away from a parked thread saves the stack pointer it
     /// will never use (a parked thread resumes at its continuation).
     pub(super) discarded_context: UnsafeCell<u64>,
@@ -60,6 +63,7 @@ pub(super) static CPUS: [CpuSched; percpu::MAX_CPUS] = [const {
         parked_handoff: UnsafeCell::new(None),
         discarded_context: UnsafeCell::new(0),
         fast_switches: AtomicU64::new(0),
+        fast_cr3_loads: AtomicU64::new(0),
         fpu_owner: UnsafeCell::new(None),
         fpu_enabled: UnsafeCell::new(false),
         fpu_loads: AtomicU64::new(0),
@@ -586,6 +590,11 @@ pub fn block_unless_asked_to_stop(me: &Thread, reason: WaitReason) -> bool {
 /// Direct switches the IPC fast path has made, on all CPUs.
 pub fn fast_ipc_switches() -> u64 {
     CPUS.iter().map(|s| s.fast_switches.load(Ordering::Relaxed)).sum()
+}
+
+/// CR3 loads the IPC fast path made, on all CPUs.
+pub fn fast_cr3_loads() -> u64 {
+    CPUS.iter().map(|s| s.fast_cr3_loads.load(Ordering::Relaxed)).sum()
 }
 
 /// Loads of user x87/SSE state (lazy switches), on all CPUs.

@@ -106,7 +106,7 @@ pub(super) fn system_info(buf: u64, len: u64) -> SysResult {
     out[56..64].copy_from_slice(&sched::live_threads().to_le_bytes());
     out[64..72].copy_from_slice(&crate::ipc::general_calls().to_le_bytes());
     out[72..80].copy_from_slice(&crate::object::memory::resolved_faults().to_le_bytes());
-    out[80..88].copy_from_slice(&crate::arch::paging::cr3_loads().to_le_bytes());
+    out[80..88].copy_from_slice(&(crate::arch::paging::cr3_loads() + sched::fast_cr3_loads()).to_le_bytes());
     out[88..].copy_from_slice(&crate::arch::x86_64::tlb::shootdowns().to_le_bytes());
     let n = len.min(96) as usize;
     copy_to_user(buf, &out[..n]).map_err(|()| SysError::BadPointer)?;

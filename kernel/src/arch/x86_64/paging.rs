@@ -170,7 +170,8 @@ fn count_cr3_load() {
     c.store(c.load(Ordering::Relaxed) + 1, Ordering::Relaxed);
 }
 
-/// Address-space switches that loaded CR3 so far, on all CPUs.
+/// Address-space switches outside the IPC fast path that loaded CR3 so
+/// far, on all CPUs (the fast path counts its own: `sched::fast_cr3_loads`).
 pub fn cr3_loads() -> u64 {
     CR3_LOADS.iter().map(|c| c.load(Ordering::Relaxed)).sum()
 }
@@ -181,9 +182,11 @@ pub fn cr3_loads() -> u64 {
 /// # Safety
 /// As `switch_address_space`, and `current` is CR3's table now.
 #[inline(always)]
-pub unsafe fn switch_user_space_from(current: u64, next: u64) {
+pub unsafe fn switch_user_space_from(current: u64, next: u64, loads: &AtomicU64) {
     if next != current {
-        count_cr3_load();
+        // The caller's per-CPU count (the fast path has its CPU's record at
+        // hand; finding it here cost a dozen instructions a leg).
+        loads.store(loads.load(Ordering::Relaxed) + 1, Ordering::Relaxed);
         // SAFETY: the caller's contract.
         unsafe { super::cpu::write_cr3(next) };
     }
