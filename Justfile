@@ -55,8 +55,12 @@ iso: build
 pxe FIRMWARE="bios" CPUS=env_var_or_default("CPUS", "2"): build
     {{mkboot}} qemu --mode pxe-{{FIRMWARE}} --cpus {{CPUS}} --cmdline "${CMDLINE:-log=info}"
 
-# Everything CI runs: format and lint checks, host unit tests, kernel host tests, loom models, then the QEMU boot matrix (fuzz scenarios included)
-test: lint test-host test-kernel-host test-loom test-hw
+# Everything CI runs: format and lint checks, host unit tests, kernel host tests, loom models, the QEMU boot matrix (fuzz scenarios included), then the quick reproduction (every workload must run to its end bare and under stacks)
+test: lint test-host test-kernel-host test-loom test-hw test-reproduce
+
+# The quick reproduction as a test: `just reproduce --quick` fails unless every workload runs to the end with status 0 in both boots
+test-reproduce:
+    mkdir -p build && cargo run -q -p perf --release --bin reproduce -- --quick --db build/reproduce/ci.sqlite > build/reproduce-quick.jsonl
 
 # Format and lint: rustfmt (the house style, rustfmt.toml) and clippy with warnings as errors, for the host crates, the kernel (host tests and bare metal) and the user programs
 lint:
