@@ -198,23 +198,36 @@ pub struct Payload<'a> {
 
 #[inline(always)]
 fn ipc_payload_raw(n: u64, h: Handle, m: &mut Message, p: &mut Payload, flags: u64) -> Result<(i64, Received), SysError> {
-    // An empty slice's pointer is dangling (not a user address the kernel
-    // would accept): empty parts are sent as null.
-    let mut d = Descriptor {
-        send_ptr: if p.send.is_empty() { 0 } else { p.send.as_ptr() as u64 },
-        send_len: p.send.len() as u64,
-        send_handle: p.handle.map_or(0, |h| h.0),
-        recv_ptr: if p.recv.is_empty() { 0 } else { p.recv.as_mut_ptr() as u64 },
-        recv_capacity: p.recv.len() as u64,
-        reserved: flags,
-        ..Descriptor::default()
-    };
+    let mut d = Descriptor::for_payload(p, flags);
     // SAFETY: the kernel reads `p.send` and writes at most `p.recv.len()`
     // bytes of `p.recv` (both borrowed for this call) and the two result
     // words of `d`, which lives until the call returns.
     let ret = unsafe { ipc_raw_r13(n, h.0, m, &mut d as *mut Descriptor as u64) };
     let value = decode(ret)? as i64;
-    Ok((value, Received { len: d.received_len as usize, handle: (d.received_handle != 0).then_some(Handle(d.received_handle)) }))
+    Ok((value, d.received()))
+}
+
+impl Descriptor {
+    /// The descriptor of `p`. An empty slice's pointer is dangling (not a
+    /// user address the kernel would accept): empty parts are sent as null.
+    #[inline(always)]
+    fn for_payload(p: &mut Payload, flags: u64) -> Descriptor {
+        Descriptor {
+            send_ptr: if p.send.is_empty() { 0 } else { p.send.as_ptr() as u64 },
+            send_len: p.send.len() as u64,
+            send_handle: p.handle.map_or(0, |h| h.0),
+            recv_ptr: if p.recv.is_empty() { 0 } else { p.recv.as_mut_ptr() as u64 },
+            recv_capacity: p.recv.len() as u64,
+            reserved: flags,
+            ..Descriptor::default()
+        }
+    }
+
+    /// What came back with the message (the kernel's result words).
+    #[inline(always)]
+    fn received(&self) -> Received {
+        Received { len: self.received_len as usize, handle: (self.received_handle != 0).then_some(Handle(self.received_handle)) }
+    }
 }
 
 /// `call` that also sends bytes and a capability, and receives the reply's
@@ -230,20 +243,13 @@ pub fn call_payload(port: Handle, request: Message, payload: &mut Payload) -> Re
 /// later is dropped, so a server that never answers cannot hold the caller.
 pub fn call_payload_timed(port: Handle, request: Message, payload: &mut Payload, timeout_ns: u64) -> Result<(Message, Received), SysError> {
     let mut m = request;
-    let mut d = Descriptor {
-        send_ptr: if payload.send.is_empty() { 0 } else { payload.send.as_ptr() as u64 },
-        send_len: payload.send.len() as u64,
-        send_handle: payload.handle.map_or(0, |h| h.0),
-        recv_ptr: if payload.recv.is_empty() { 0 } else { payload.recv.as_mut_ptr() as u64 },
-        recv_capacity: payload.recv.len() as u64,
-        ..Descriptor::default()
-    };
+    let mut d = Descriptor::for_payload(payload, 0);
     // SAFETY: as `ipc_payload_raw`: the kernel reads `payload.send`, writes
     // at most `payload.recv.len()` bytes of `payload.recv` and the result
     // words of `d`, which lives until the call returns.
     let ret = unsafe { ipc_raw_r13_r14(nr::IPC_CALL_BUF_TIMED, port.0, &mut m, &mut d as *mut Descriptor as u64, timeout_ns) };
     decode(ret)?;
-    Ok((m, Received { len: d.received_len as usize, handle: (d.received_handle != 0).then_some(Handle(d.received_handle)) }))
+    Ok((m, d.received()))
 }
 
 /// Whether this server thread's current client still waits for its
