@@ -233,6 +233,16 @@ pub fn build_fuzz(root: &Path, opts: &BuildOptions) -> Result<PathBuf> {
 /// Build everything that boots: `build/kernel.elf`, `build/boot.cpio` (with
 /// `build/init.elf`) and `build/fuzz.elf`. Returns (kernel, boot archive);
 /// the fuzzer is at [`fuzz_image`].
+/// The kernel and boot archive a measuring tool boots: built now, or with
+/// `reuse` those of the last build (`--no-build`).
+pub fn images(root: &Path, reuse: bool) -> Result<(PathBuf, PathBuf)> {
+    if reuse {
+        Ok((kernel_image(root), boot_archive(root)))
+    } else {
+        build_all(root, &BuildOptions::default())
+    }
+}
+
 pub fn build_all(root: &Path, opts: &BuildOptions) -> Result<(PathBuf, PathBuf)> {
     let kernel = build_kernel(root, opts)?;
     let init = build_init(root, opts)?;

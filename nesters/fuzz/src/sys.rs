@@ -29,11 +29,22 @@ pub struct Raw {
 /// arguments name: the caller makes sure no memory it relies on is one of
 /// the buffers the kernel may write, and that `n` is not `exit` unless the
 /// thread is meant to end.
-#[inline(never)]
 pub unsafe fn raw(n: u64, regs: [u64; 8]) -> Raw {
+    // SAFETY: forwarded to the caller's contract.
+    let (raw, r14) = unsafe { raw_with_r14(n, regs, CANARY_R14) };
+    Raw { canaries_intact: raw.canaries_intact && r14 == CANARY_R14, ..raw }
+}
+
+/// The system call itself: `regs` in rdi..r13, `r14` in r14; returns the
+/// result (r15 checked as a canary) and what r14 holds afterwards.
+///
+/// # Safety
+/// As for [`raw`].
+#[inline(never)]
+unsafe fn raw_with_r14(n: u64, regs: [u64; 8], r14: u64) -> (Raw, u64) {
     let ret: i64;
     let mut r = regs;
-    let (r14, r15): (u64, u64);
+    let (r14_after, r15): (u64, u64);
     // SAFETY: forwarded to the caller's contract; every register the call
     // may change is an output here.
     unsafe {
@@ -48,14 +59,14 @@ pub unsafe fn raw(n: u64, regs: [u64; 8]) -> Raw {
             inlateout("r9") r[5],
             inlateout("r12") r[6],
             inlateout("r13") r[7],
-            inlateout("r14") CANARY_R14 => r14,
+            inlateout("r14") r14 => r14_after,
             inlateout("r15") CANARY_R15 => r15,
             lateout("rcx") _,
             lateout("r11") _,
             options(nostack)
         );
     }
-    Raw { ret, regs: r, canaries_intact: r14 == CANARY_R14 && r15 == CANARY_R15 }
+    (Raw { ret, regs: r, canaries_intact: r15 == CANARY_R15 }, r14_after)
 }
 
 /// Makes system call `n` with `regs` and, for `ipc_call_buf_timed`, `r14`
@@ -80,32 +91,9 @@ pub unsafe fn call(n: u64, regs: [u64; 8], r14: u64) -> Raw {
 ///
 /// # Safety
 /// As for [`raw`].
-#[inline(never)]
 pub unsafe fn raw_timed(n: u64, regs: [u64; 8], r14: u64) -> Raw {
-    let ret: i64;
-    let mut r = regs;
-    let r15: u64;
-    // SAFETY: as in `raw`; r14 is an output too.
-    unsafe {
-        asm!(
-            "syscall",
-            inlateout("rax") n as i64 => ret,
-            inlateout("rdi") r[0],
-            inlateout("rsi") r[1],
-            inlateout("rdx") r[2],
-            inlateout("r10") r[3],
-            inlateout("r8") r[4],
-            inlateout("r9") r[5],
-            inlateout("r12") r[6],
-            inlateout("r13") r[7],
-            inlateout("r14") r14 => _,
-            inlateout("r15") CANARY_R15 => r15,
-            lateout("rcx") _,
-            lateout("r11") _,
-            options(nostack)
-        );
-    }
-    Raw { ret, regs: r, canaries_intact: r15 == CANARY_R15 }
+    // SAFETY: forwarded to the caller's contract.
+    unsafe { raw_with_r14(n, regs, r14) }.0
 }
 
 /// Calls whose message registers (rsi..r12) carry results.

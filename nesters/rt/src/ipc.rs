@@ -85,27 +85,8 @@ pub fn reply_wait(portset: Handle, reply: Message) -> Result<(u64, Message), Sys
 /// read and write as that call documents, valid for the whole call.
 #[inline(always)]
 pub(crate) unsafe fn ipc_raw_r13(n: u64, h: u64, m: &mut Message, r13: u64) -> i64 {
-    let ret: i64;
-    // SAFETY: the call reads and writes only the listed registers and, by
-    // the caller's contract, the memory r13 points at.
-    unsafe {
-        asm!(
-            "syscall",
-            inlateout("rax") n as i64 => ret,
-            in("rdi") h,
-            inlateout("rsi") m[0],
-            inlateout("rdx") m[1],
-            inlateout("r10") m[2],
-            inlateout("r8") m[3],
-            inlateout("r9") m[4],
-            inlateout("r12") m[5],
-            in("r13") r13,
-            lateout("rcx") _,
-            lateout("r11") _,
-            options(nostack)
-        );
-    }
-    ret
+    // SAFETY: forwarded; r14 is 0 and ignored (only the timed call reads it).
+    unsafe { ipc_raw_r13_r14(n, h, m, r13, 0) }
 }
 
 /// `ipc_raw_r13` with a timeout in r14, which the kernel rewrites to the
@@ -113,9 +94,12 @@ pub(crate) unsafe fn ipc_raw_r13(n: u64, h: u64, m: &mut Message, r13: u64) -> i
 ///
 /// # Safety
 /// As `ipc_raw_r13`.
+#[inline(always)]
 unsafe fn ipc_raw_r13_r14(n: u64, h: u64, m: &mut Message, r13: u64, r14: u64) -> i64 {
     let ret: i64;
-    // SAFETY: as ipc_raw_r13; r14 is declared clobbered.
+    // SAFETY: the call reads and writes only the listed registers and, by
+    // the caller's contract, the memory r13 points at; r14 is declared
+    // clobbered (the kernel rewrites it for a stopped timed call).
     unsafe {
         asm!(
             "syscall",

@@ -85,11 +85,7 @@ fn main() -> ExitCode {
 
 fn run(args: &Args) -> Result<()> {
     let root = workspace::root()?;
-    let (kernel, init) = if args.no_build {
-        (workspace::kernel_image(&root), workspace::boot_archive(&root))
-    } else {
-        workspace::build_all(&root, &workspace::BuildOptions::default())?
-    };
+    let (kernel, init) = workspace::images(&root, args.no_build)?;
     let mut merged: BTreeMap<String, Value> = BTreeMap::new();
     for run in [
         Run { fastpath: true, icount: false },

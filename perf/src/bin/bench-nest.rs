@@ -79,11 +79,7 @@ fn main() -> ExitCode {
 
 fn run(args: &Args) -> Result<()> {
     let root = workspace::root()?;
-    let (kernel, archive) = if args.no_build {
-        (workspace::kernel_image(&root), workspace::boot_archive(&root))
-    } else {
-        workspace::build_all(&root, &workspace::BuildOptions::default())?
-    };
+    let (kernel, archive) = workspace::images(&root, args.no_build)?;
     let mut merged: BTreeMap<(String, u64), Value> = BTreeMap::new();
     for icount in [false, true] {
         eprintln!("bench-nest: booting the system {}", if icount { "under -icount" } else { "(TSC cycles)" });

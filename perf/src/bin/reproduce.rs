@@ -241,11 +241,7 @@ fn main() -> ExitCode {
 
 fn run(args: &Args) -> Result<()> {
     let root = workspace::root()?;
-    let (kernel, archive) = if args.no_build {
-        (workspace::kernel_image(&root), workspace::boot_archive(&root))
-    } else {
-        workspace::build_all(&root, &workspace::BuildOptions::default())?
-    };
+    let (kernel, archive) = workspace::images(&root, args.no_build)?;
     let depths = if args.quick { "0,1,8" } else { "0,1,2,3,4,5,6,7,8" };
     let reps = args.reps.unwrap_or(if args.quick { 3 } else { 5 });
     eprintln!("reproduce: booting under -icount (retired instructions)");
