@@ -3,9 +3,15 @@
 //!
 //! Clients call a *port*; server threads wait on the *portset* the port
 //! belongs to and learn from the port's *alias* which port a request came
-//! through. A request or reply may carry a [`Payload`] as well — bytes and a
-//! capability, staged in the kernel by the sender and copied out by the
-//! receiver in its own address space (`ipc_call_buf`, `ipc_reply_wait_buf`).
+//! through. A request or reply may carry bytes and a capability as well
+//! (`ipc_call_buf`, `ipc_reply_wait_buf`). The bytes are copied once, by the
+//! server, straight between the two memories: it pulls a request's bytes
+//! from its client's buffer when it receives the request (and the rest
+//! later, piece by piece, with [`read_request`]) and pushes its reply's
+//! bytes into the client's receive buffer before it wakes the client; the
+//! client is blocked in its call all the while ([`CallBuffers`],
+//! [`PartnerCopy`]). A capability is staged in the kernel ([`Payload`]), as
+//! are the bytes of connection messages (`crate::reliable`).
 //!
 //! * Same CPU: when a server already waits and may run on the caller's CPU,
 //!   the client hands its CPU straight to it (`sched::block_and_handoff`: no
@@ -62,6 +68,101 @@ pub struct Payload {
 
 /// A payload, if any, in flight.
 pub type Carried = Option<alloc::boxed::Box<Payload>>;
+
+/// Where a client's payloads are, in its own memory: the bytes it sends with
+/// its request and where its reply's bytes go. Valid while its call lasts
+/// (a server copies from and to them then); all zero outside a call.
+#[derive(Clone, Copy, Default, Debug, PartialEq, Eq)]
+pub struct CallBuffers {
+    pub send_ptr: u64,
+    pub send_len: u64,
+    pub recv_ptr: u64,
+    pub recv_capacity: u64,
+}
+
+/// A reply payload's fate as its client learns it: the reply's length, and
+/// whether its bytes could be written to the client's receive buffer.
+pub type Pushed = Option<(u64, bool)>;
+
+/// Why a server's copy to or from its client's memory did not happen.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PartnerCopy {
+    /// The server holds no request.
+    NoClient,
+    /// The client gave up on the call (stopped, killed, timed out).
+    Abandoned,
+    /// The server's own buffer is not user memory it may use.
+    LocalFault,
+    /// The client's buffer is not (any more) user memory it may use.
+    RemoteFault,
+}
+
+/// Runs `copy` on the calling server's current client, unless the client
+/// abandoned the call. The client counts the copy in flight first and then
+/// checks the call's epoch (both sequentially consistent); a client that
+/// abandons its call moves the epoch on and then waits until no copy is in
+/// flight ([`wait_for_copies`]): so either the server sees the abandonment
+/// and copies nothing, or the client waits until the copy is over. No copy
+/// reaches a client's memory once its call has returned, and a client's
+/// memory is not freed during one (its space's destruction joins it first).
+fn with_client<R>(copy: impl FnOnce(&Thread, CallBuffers) -> R) -> Result<R, PartnerCopy> {
+    let me = sched::current();
+    let (client, epoch) = {
+        let slot = me.ipc.lock();
+        (slot.partner.clone().ok_or(PartnerCopy::NoClient)?, slot.partner_epoch)
+    };
+    let buffers = client.ipc.lock().call_buffers;
+    client.copies_in_flight.fetch_add(1, Ordering::SeqCst);
+    let result = if client.call_epoch.load(Ordering::SeqCst) == epoch { Ok(copy(&client, buffers)) } else { Err(PartnerCopy::Abandoned) };
+    client.copies_in_flight.fetch_sub(1, Ordering::Release);
+    result
+}
+
+/// A client that abandoned its call waits for a server's copy to or from
+/// its memory that began before (bounded: one payload's copy).
+fn wait_for_copies(me: &Thread) {
+    while me.copies_in_flight.load(Ordering::SeqCst) != 0 {
+        cpu::pause();
+    }
+}
+
+/// Copies `len` bytes between the calling server's memory at `local` and
+/// its client's at `remote` (`to_client`: into the client's).
+fn copy_with_client(client: &Thread, to_client: bool, local: u64, remote: u64, len: u64) -> Result<(), PartnerCopy> {
+    use crate::arch::x86_64::syscall::{copy_cross_space, CopySide};
+    let resolve = |page: u64, write: bool| {
+        let space = client.space().ok_or(())?;
+        let access = if write { crate::object::vm::Rights::WRITE } else { crate::object::vm::Rights::READ };
+        crate::object::memory::fault(&space, page, access).map_err(|_| ())
+    };
+    cpu::without_interrupts(|| copy_cross_space(to_client, local, client.page_table_root(), remote, len, resolve)).map_err(|side| match side {
+        CopySide::Local => PartnerCopy::LocalFault,
+        CopySide::Remote => PartnerCopy::RemoteFault,
+    })
+}
+
+/// The calling server's current request: copies up to `len` of its bytes,
+/// from `offset` on, to `dst` in the server's memory; returns the request's
+/// whole length and how many bytes were copied.
+pub fn read_request(offset: u64, dst: u64, len: u64) -> Result<(u64, u64), PartnerCopy> {
+    with_client(|client, b| {
+        let n = len.min(b.send_len.saturating_sub(offset));
+        copy_with_client(client, false, dst, b.send_ptr + offset.min(b.send_len), n).map(|()| (b.send_len, n))
+    })?
+}
+
+/// Copies the reply's `len` bytes at `src` in the calling server's memory
+/// into its client's receive buffer (as much as fits). Returns what the
+/// client learns with the reply (`None`: no client waits for one).
+pub fn push_reply(src: u64, len: u64) -> Result<Pushed, PartnerCopy> {
+    match with_client(|client, b| copy_with_client(client, true, src, b.recv_ptr, len.min(b.recv_capacity))) {
+        Ok(Ok(())) => Ok(Some((len, true))),
+        Ok(Err(PartnerCopy::RemoteFault)) => Ok(Some((len, false))),
+        Ok(Err(e)) => Err(e),
+        Err(PartnerCopy::NoClient | PartnerCopy::Abandoned) => Ok(None),
+        Err(e) => Err(e),
+    }
+}
 
 /// A one-way message as it waits in a portset's queue: (alias, words).
 pub type OnewayMessage = (u64, [u64; 6]);
@@ -310,7 +411,7 @@ pub fn general_calls() -> u64 {
     GENERAL_CALLS.iter().map(|c| c.load(Ordering::Relaxed)).sum()
 }
 
-pub fn call(port: &Port, message: [u64; 6], payload: Carried) -> Result<([u64; 6], Carried), IpcError> {
+pub fn call(port: &Port, message: [u64; 6], payload: Carried, buffers: CallBuffers) -> Result<([u64; 6], Carried, Pushed), IpcError> {
     // Only this CPU writes its count: no read-modify-write needed.
     let count = &GENERAL_CALLS[crate::arch::percpu::this_cpu_index()];
     count.store(count.load(Ordering::Relaxed) + 1, Ordering::Relaxed);
@@ -320,6 +421,8 @@ pub fn call(port: &Port, message: [u64; 6], payload: Carried) -> Result<([u64; 6
         slot.message = message;
         slot.alias = port.alias;
         slot.request_payload = payload;
+        slot.call_buffers = buffers;
+        slot.reply_pushed = None;
         slot.server_gone = false;
         me.delivered.store(false, Ordering::Relaxed);
         slot.reply_payload.take()
@@ -370,15 +473,19 @@ pub fn call(port: &Port, message: [u64; 6], payload: Carried) -> Result<([u64; 6
     };
     if result.is_err() {
         // Stopped, killed or timed out: withdraw the request, or (a server
-        // took it) make sure its reply is dropped.
+        // took it) make sure its reply is dropped and its copies are over.
         ps.withdraw_client(&me);
+        wait_for_copies(&me);
     }
-    result?;
     let mut slot = me.ipc.lock();
+    // The buffers are the call's only while it lasts: a later call of the
+    // fast path (which has none) must not find them.
+    slot.call_buffers = CallBuffers::default();
+    result?;
     if core::mem::take(&mut slot.server_gone) {
         return Err(IpcError::ServerGone);
     }
-    Ok((slot.reply, slot.reply_payload.take()))
+    Ok((slot.reply, slot.reply_payload.take(), slot.reply_pushed.take()))
 }
 
 /// An exiting thread that took a request and has not replied: its client
@@ -420,6 +527,7 @@ pub fn await_reply() -> Result<[u64; 6], IpcError> {
             let _slot = me.ipc.lock();
             me.abandon_call();
         });
+        wait_for_copies(&me);
         return Err(e);
     }
     let mut slot = me.ipc.lock();
@@ -460,7 +568,8 @@ fn accept(me: &Arc<Thread>, (client, epoch): (Arc<Thread>, u64)) -> (u64, [u64; 
 /// Replies (with `payload`) to the server's current client (if any), then
 /// waits for the next request on `portset`. Returns (alias, message, the
 /// request's payload). Interrupts off.
-pub fn reply_wait(portset: &Portset, reply: [u64; 6], mut payload: Carried) -> Result<(u64, [u64; 6], Carried), IpcError> {
+/// `pushed` tells the client how its reply's bytes fared ([`push_reply`]).
+pub fn reply_wait(portset: &Portset, reply: [u64; 6], mut payload: Carried, pushed: Pushed) -> Result<(u64, [u64; 6], Carried), IpcError> {
     let me = sched::current();
     let (client, epoch, stale) = {
         let mut slot = me.ipc.lock();
@@ -478,6 +587,7 @@ pub fn reply_wait(portset: &Portset, reply: [u64; 6], mut payload: Carried) -> R
         }
         slot.reply = reply;
         slot.reply_payload = payload.take();
+        slot.reply_pushed = pushed;
         c.delivered.store(true, Ordering::Release);
         true
     });

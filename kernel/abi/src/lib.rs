@@ -89,6 +89,7 @@ pub mod call {
     pub const CONSOLE_READ: u64 = 83;
     pub const REGION_DISCARD: u64 = 84;
     pub const IPC_CLIENT_WAITING: u64 = 85;
+    pub const IPC_REQUEST_READ: u64 = 86;
     pub const CONSOLE_PUT: u64 = 95;
 
     /// Every call: (number, name as ABI.md spells it), in number order.
@@ -168,6 +169,7 @@ pub mod call {
         (CONSOLE_READ, "console_read"),
         (REGION_DISCARD, "region_discard"),
         (IPC_CLIENT_WAITING, "ipc_client_waiting"),
+        (IPC_REQUEST_READ, "ipc_request_read"),
         (CONSOLE_PUT, "console_put"),
     ];
 

@@ -100,7 +100,7 @@ pub fn handle_user_exception(e: &UserException) -> Outcome {
     drop(space);
     // The thread waits in an ordinary IPC call (interrupts are off here, on
     // its own kernel stack), so its keeper can take all the time it needs.
-    match ipc::call(&port, message, None).map(|(reply, _)| reply) {
+    match ipc::call(&port, message, None, ipc::CallBuffers::default()).map(|(reply, _, _)| reply) {
         Ok(reply) if reply[0] == 0 => Outcome::Resume,
         // The keeper thread exited without replying: the fault stands.
         Err(ipc::IpcError::ServerGone) => Outcome::End,

@@ -6,7 +6,7 @@ extern crate alloc;
 use alloc::sync::{Arc, Weak};
 use alloc::vec::Vec;
 use core::cell::UnsafeCell;
-use core::sync::atomic::{AtomicBool, AtomicU64, AtomicU8, AtomicUsize, Ordering};
+use core::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicU8, AtomicUsize, Ordering};
 
 use super::donation::*;
 use super::runqueue::{Queueable, RunLink};
@@ -152,6 +152,12 @@ pub struct Thread {
     /// a reply to an abandoned call must not land in a later one. Written
     /// only by the thread itself, while it runs.
     pub call_epoch: AtomicU64,
+    /// Copies a server is making between its memory and this thread's (a
+    /// client blocked in a call: its request's payload, or its reply's).
+    /// A client that abandons its call waits until this is 0 again, so no
+    /// copy reaches its memory once the call has returned (see
+    /// `crate::ipc::PartnerCopy`).
+    pub copies_in_flight: AtomicU32,
     /// The TSC value at which the blocking call this thread is in gives up
     /// (`sleep_until`, a timed IPC call); 0: none. Written only by the
     /// thread itself.
@@ -224,6 +230,12 @@ pub struct IpcSlot {
     pub reply_payload: crate::ipc::Carried,
     /// Client: set (with `delivered`) when its server exited instead of replying.
     pub server_gone: bool,
+    /// Client: where its request's payload is and where its reply's goes,
+    /// in its own memory (a server copies straight from and to them).
+    pub call_buffers: crate::ipc::CallBuffers,
+    /// Client: the reply payload's length, and whether the server could
+    /// write it to `call_buffers` (false: the client's buffer was bad).
+    pub reply_pushed: Option<(u64, bool)>,
     /// Reliable connections (see crate::reliable).
     pub links: crate::reliable::Links,
     /// The portset a server parked by the fast path waits on; kept after
@@ -302,6 +314,7 @@ impl Thread {
             ipc: spin::Mutex::new(IpcSlot::default()),
             delivered: AtomicBool::new(false),
             call_epoch: AtomicU64::new(0),
+            copies_in_flight: AtomicU32::new(0),
             deadline: AtomicU64::new(0),
             deadline_cpu: AtomicUsize::new(NO_CPU),
             stopped_frame: spin::Mutex::new(None),
@@ -354,6 +367,11 @@ impl Thread {
 
     pub fn space(&self) -> Option<Arc<Space>> {
         self.space.upgrade()
+    }
+
+    /// The page-table root of its address space (0: the kernel's).
+    pub fn page_table_root(&self) -> u64 {
+        self.root
     }
 
     /// The space of the thread running on this CPU, borrowed without

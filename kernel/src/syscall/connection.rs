@@ -127,7 +127,7 @@ pub(super) fn conn_receive_buf(frame: &mut SyscallFrame) -> SysResult {
     let me = caller()?;
     let (what, message, payload) = conn_result(crate::reliable::receive(side))?;
     set_message(frame, message);
-    d.deliver(&me, payload)?;
+    d.deliver(&me, payload, None)?;
     Ok(received_code(what))
 }
 

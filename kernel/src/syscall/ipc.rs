@@ -36,7 +36,7 @@ pub(super) fn ipc_call(frame: &mut SyscallFrame) -> SysResult {
     let port = me.lookup_port(Handle::from_raw(frame.rdi), Rights::SEND)?;
     drop(me);
     // A plain call: a payload sent with the reply is not received.
-    let reply = crate::ipc::call(&port, message_of(frame), None).map(|(reply, _)| reply);
+    let reply = crate::ipc::call(&port, message_of(frame), None, crate::ipc::CallBuffers::default()).map(|(reply, _, _)| reply);
     reply_received(frame, reply)
 }
 
@@ -65,7 +65,7 @@ pub(super) fn ipc_reply_wait(frame: &mut SyscallFrame) -> SysResult {
     let me = caller()?;
     let ps = me.lookup_portset(Handle::from_raw(frame.rdi), Rights::RECEIVE)?;
     drop(me);
-    let request = crate::ipc::reply_wait(&ps, message_of(frame), None).map(|(alias, request, _)| (alias, request));
+    let request = crate::ipc::reply_wait(&ps, message_of(frame), None, None).map(|(alias, request, _)| (alias, request));
     request_received(frame, request)
 }
 
@@ -111,18 +111,32 @@ impl BufferDescriptor {
     }
 
     /// Copies the bytes and looks up the handle to send (it needs TRANSFER;
-    /// the receiver's handle gets the same rights).
+    /// the receiver's handle gets the same rights): a connection message's
+    /// payload, which waits in the kernel until it is received.
     pub(super) fn stage(&self, me: &Space) -> Result<crate::ipc::Carried, SysError> {
-        if self.send_len == 0 && self.send_handle == 0 {
+        self.stage_parts(me, true)
+    }
+
+    /// Looks up the handle to send, staging no bytes: a call's or a reply's
+    /// bytes go straight from the sender's memory to the receiver's (the
+    /// send range is checked now, so a bad one fails the caller at once).
+    fn stage_handle(&self, me: &Space) -> Result<crate::ipc::Carried, SysError> {
+        crate::arch::x86_64::syscall::check_user_readable(self.send_ptr, self.send_len).map_err(|()| SysError::BadPointer)?;
+        self.stage_parts(me, false)
+    }
+
+    fn stage_parts(&self, me: &Space, bytes_too: bool) -> Result<crate::ipc::Carried, SysError> {
+        let staged_len = if bytes_too { self.send_len } else { 0 };
+        if staged_len == 0 && self.send_handle == 0 {
             return Ok(None);
         }
-        let charge = crate::object::quota::Charge::new(&me.quota, self.send_len + core::mem::size_of::<crate::ipc::Payload>() as u64)
+        let charge = crate::object::quota::Charge::new(&me.quota, staged_len + core::mem::size_of::<crate::ipc::Payload>() as u64)
             .map_err(|_| SysError::NoMemory)?;
         // The Box's allocation (Box::try_new is not stable).
         crate::mm::inject::allocation_point().map_err(|_| SysError::NoMemory)?;
         let mut bytes = alloc::vec::Vec::new();
-        crate::mm::heap::fallible(|| bytes.try_reserve_exact(self.send_len as usize)).map_err(|_| SysError::NoMemory)?;
-        crate::arch::x86_64::syscall::copy_from_user_append(&mut bytes, self.send_len as usize, self.send_ptr)
+        crate::mm::heap::fallible(|| bytes.try_reserve_exact(staged_len as usize)).map_err(|_| SysError::NoMemory)?;
+        crate::arch::x86_64::syscall::copy_from_user_append(&mut bytes, staged_len as usize, self.send_ptr)
             .map_err(|()| SysError::BadPointer)?;
         let object = match self.send_handle {
             0 => None,
@@ -138,17 +152,30 @@ impl BufferDescriptor {
         Ok(Some(alloc::boxed::Box::new(crate::ipc::Payload { bytes, object, _charge: charge })))
     }
 
-    /// Copies a received payload out (at most the receive capacity; the
-    /// received-length word tells the whole length) and installs its handle.
-    pub(super) fn deliver(&self, me: &Space, payload: crate::ipc::Carried) -> Result<(), SysError> {
+    /// Where a call's payloads are, for the server that copies them.
+    fn call_buffers(&self) -> crate::ipc::CallBuffers {
+        crate::ipc::CallBuffers { send_ptr: self.send_ptr, send_len: self.send_len, recv_ptr: self.recv_ptr, recv_capacity: self.recv_capacity }
+    }
+
+    /// Delivers a received payload: staged bytes are copied out (at most the
+    /// receive capacity); bytes a server already moved (`moved`: their whole
+    /// length, and whether they reached the buffer) only need the words.
+    /// The received-length word tells the whole length; the handle is
+    /// installed.
+    pub(super) fn deliver(&self, me: &Space, payload: crate::ipc::Carried, moved: crate::ipc::Pushed) -> Result<(), SysError> {
+        let moved_len = match moved {
+            Some((_, false)) => return Err(SysError::BadPointer),
+            Some((len, true)) => len,
+            None => 0,
+        };
         let (len, handle) = match payload {
-            None => (0, 0),
+            None => (moved_len, 0),
             Some(p) => {
                 let n = p.bytes.len().min(self.recv_capacity as usize);
                 copy_to_user(self.recv_ptr, &p.bytes[..n]).map_err(|()| SysError::BadPointer)?;
                 // A full table drops the object: the handle word reads 0.
                 let handle = p.object.and_then(|(object, rights)| me.insert(object, rights).ok()).map_or(0, Handle::raw);
-                (p.bytes.len() as u64, handle)
+                (p.bytes.len() as u64 + moved_len, handle)
             }
         };
         let mut out = [0u8; 16];
@@ -165,10 +192,10 @@ pub(super) fn ipc_call_buf(frame: &mut SyscallFrame) -> SysResult {
     let d = BufferDescriptor::read(frame.r13)?;
     let me = caller()?;
     let port = me.lookup_port(Handle::from_raw(frame.rdi), Rights::SEND)?;
-    let payload = d.stage(&me)?;
-    let (reply, reply_payload) = call_result(crate::ipc::call(&port, message_of(frame), payload))?;
+    let payload = d.stage_handle(&me)?;
+    let (reply, reply_payload, moved) = call_result(crate::ipc::call(&port, message_of(frame), payload, d.call_buffers()))?;
     set_message(frame, reply);
-    d.deliver(&me, reply_payload)?;
+    d.deliver(&me, reply_payload, moved)?;
     Ok(0)
 }
 
@@ -181,34 +208,81 @@ pub(super) fn ipc_call_buf_timed(frame: &mut SyscallFrame) -> SysResult {
     let d = BufferDescriptor::read(frame.r13)?;
     let me = caller()?;
     let port = me.lookup_port(Handle::from_raw(frame.rdi), Rights::SEND)?;
-    let payload = d.stage(&me)?;
+    let payload = d.stage_handle(&me)?;
     let deadline = match timeout_ns {
         u64::MAX => 0,
         ns => crate::arch::time::read_tsc_now().saturating_add(crate::arch::time::ns_to_tsc(ns)).max(1),
     };
     sched::set_deadline(deadline);
-    let result = crate::ipc::call(&port, message_of(frame), payload);
+    let result = crate::ipc::call(&port, message_of(frame), payload, d.call_buffers());
     sched::clear_deadline();
     if deadline != 0 && matches!(result, Err(crate::ipc::IpcError::Interrupted)) {
         frame.r14 = crate::arch::time::tsc_to_ns(deadline.saturating_sub(crate::arch::time::read_tsc_now()));
     }
-    let (reply, reply_payload) = call_result(result)?;
+    let (reply, reply_payload, moved) = call_result(result)?;
     set_message(frame, reply);
-    d.deliver(&me, reply_payload)?;
+    d.deliver(&me, reply_payload, moved)?;
     Ok(0)
 }
 
 /// `ipc_reply_wait` with a payload: the reply carries the descriptor's send
-/// part, the next request's payload lands in its receive part.
+/// part, the next request's payload lands in its receive part. The server
+/// moves both: its reply's bytes into the client's receive buffer before
+/// the client wakes, the request's bytes (as many as fit) out of the next
+/// client's memory once it has it; the rest of a longer request it reads
+/// with `ipc_request_read`.
 pub(super) fn ipc_reply_wait_buf(frame: &mut SyscallFrame) -> SysResult {
     let d = BufferDescriptor::read(frame.r13)?;
     let me = caller()?;
     let ps = me.lookup_portset(Handle::from_raw(frame.rdi), Rights::RECEIVE)?;
-    let payload = d.stage(&me)?;
-    let Ok((alias, request, request_payload)) = crate::ipc::reply_wait(&ps, message_of(frame), payload) else { return Err(interrupted()) };
-    set_message(frame, request);
-    d.deliver(&me, request_payload)?;
-    Ok((alias & fastpath::ipc::ALIAS_RESULT_MASK) as i64)
+    let mut payload = d.stage_handle(&me)?;
+    let mut pushed = match crate::ipc::push_reply(d.send_ptr, d.send_len) {
+        Ok(p) => p,
+        Err(_) => return Err(SysError::BadPointer.into()),
+    };
+    let mut reply = message_of(frame);
+    loop {
+        let Ok((alias, request, request_payload)) = crate::ipc::reply_wait(&ps, reply, payload.take(), pushed.take()) else {
+            return Err(interrupted());
+        };
+        match crate::ipc::read_request(0, d.recv_ptr, d.recv_capacity) {
+            Ok((len, _)) => {
+                set_message(frame, request);
+                d.deliver(&me, request_payload, Some((len, true)))?;
+                return Ok((alias & fastpath::ipc::ALIAS_RESULT_MASK) as i64);
+            }
+            // The client gave up on the call meanwhile: its reply would be
+            // dropped, so take the next request.
+            Err(crate::ipc::PartnerCopy::Abandoned | crate::ipc::PartnerCopy::NoClient) => reply = [0; 6],
+            // The client's bytes went away after its call checked them: its
+            // call fails with BadPointer (no reply bytes reached it).
+            Err(crate::ipc::PartnerCopy::RemoteFault) => {
+                reply = [0; 6];
+                pushed = Some((0, false));
+            }
+            // Our own receive buffer: as before, the request stays ours
+            // (the next reply answers it).
+            Err(crate::ipc::PartnerCopy::LocalFault) => return Err(SysError::BadPointer.into()),
+        }
+    }
+}
+
+/// `ipc_request_read(offset, buf, len)`: copies up to `len` bytes of the
+/// calling server's current request payload, from `offset` on, straight from
+/// the client's memory to `buf`; returns how many (0 at or past the end).
+/// A server reads a request's bytes where they belong this way (a file
+/// server, into the file) instead of through its receive buffer.
+pub(super) fn ipc_request_read(offset: u64, buf: u64, len: u64) -> SysResult {
+    if len > IPC_BUFFER_MAX {
+        return Err(SysError::BadSize.into());
+    }
+    caller()?;
+    match crate::ipc::read_request(offset, buf, len) {
+        Ok((_, n)) => Ok(n as i64),
+        Err(crate::ipc::PartnerCopy::NoClient) => Err(SysError::InvalidArgument.into()),
+        Err(crate::ipc::PartnerCopy::Abandoned) => Err(SysError::Dead.into()),
+        Err(crate::ipc::PartnerCopy::LocalFault | crate::ipc::PartnerCopy::RemoteFault) => Err(SysError::BadPointer.into()),
+    }
 }
 
 /// The end of `ipc_reply_wait`: the request in the message registers, the

@@ -227,6 +227,7 @@ pub fn dispatch(frame: &mut SyscallFrame) -> i64 {
         call::CONSOLE_READ => console_read(a0, a1),
         call::REGION_DISCARD => region_discard(a0, a1, a2),
         call::IPC_CLIENT_WAITING => ipc_client_waiting(),
+        call::IPC_REQUEST_READ => ipc_request_read(a0, a1, a2),
         call::CONSOLE_PUT => console_put(a0, a1),
         _ => Err(SysError::NoSuchCall.into()),
     };

@@ -243,6 +243,16 @@ pub fn client_waiting() -> bool {
     crate::decode(unsafe { crate::syscall0(nr::IPC_CLIENT_WAITING) }) == Ok(1)
 }
 
+/// Copies bytes of the calling server's current request payload, from
+/// `offset` on, straight from the client's memory into `buf`; returns how
+/// many (0 at or past the end). A server reads a request's bytes where they
+/// belong this way, or the part its receive buffer did not hold. `Dead`:
+/// the client gave up on the call.
+pub fn request_read(offset: u64, buf: &mut [u8]) -> Result<usize, SysError> {
+    // SAFETY: the kernel writes at most `buf.len()` bytes to `buf`.
+    decode(unsafe { crate::syscall4(nr::IPC_REQUEST_READ, offset, buf.as_mut_ptr() as u64, buf.len() as u64, 0) }).map(|n| n as usize)
+}
+
 /// `reply_wait` whose reply carries `payload`'s bytes and capability, and
 /// whose next request's payload lands in `payload.recv`: (alias, request,
 /// what came with it).

@@ -403,6 +403,11 @@ pub fn user_entry(root: u64, va: u64) -> Option<u64> {
     None
 }
 
+/// The frame a page-table entry maps.
+pub fn entry_frame(entry: u64) -> u64 {
+    entry & ADDR_MASK
+}
+
 /// Maps `pa` at user page `va` in `root`, replacing whatever was there.
 pub fn set_user_page(root: u64, va: u64, pa: u64, writable: bool, executable: bool) -> Result<(), MapError> {
     if va >= USER_TOP || !va.is_multiple_of(FRAME_SIZE) {

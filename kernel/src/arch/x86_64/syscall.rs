@@ -448,11 +448,21 @@ const COPY_ATTEMPTS: usize = 3;
 /// space. Fails unless every byte is mapped user-readable, also when another
 /// CPU revokes the memory during the copy (then `dst` may be partly written).
 pub fn copy_from_user(dst: &mut [u8], src: u64) -> Result<(), ()> {
+    // SAFETY: `dst` is kernel memory valid for writes of its length.
+    unsafe { copy_in(dst.as_mut_ptr(), dst.len(), src) }
+}
+
+/// `copy_from_user` into `len` bytes at `dst`.
+///
+/// # Safety
+/// `dst` must be kernel memory valid for writes of `len` bytes.
+unsafe fn copy_in(dst: *mut u8, len: usize, src: u64) -> Result<(), ()> {
     for _ in 0..COPY_ATTEMPTS {
-        check_user_range(src, dst.len() as u64, false)?;
-        // SAFETY: `dst` is kernel memory valid for its length; the user range
-        // lies below USER_TOP (just checked), and a fault on it is recovered.
-        if with_user_access(|| unsafe { super::usercopy::copy_recovering(dst.as_mut_ptr(), src as *const u8, dst.len()) }) {
+        check_user_range(src, len as u64, false)?;
+        // SAFETY: `dst` is valid for `len` bytes (the caller's promise); the
+        // user range lies below USER_TOP (just checked), and a fault on it
+        // is recovered.
+        if with_user_access(|| unsafe { super::usercopy::copy_recovering(dst, src as *const u8, len) }) {
             return Ok(());
         }
     }
@@ -468,30 +478,114 @@ pub fn copy_from_user_append(dst: &mut alloc::vec::Vec<u8>, len: usize, src: u64
     if spare.len() < len {
         return Err(());
     }
-    for _ in 0..COPY_ATTEMPTS {
-        check_user_range(src, len as u64, false)?;
-        // SAFETY: `spare` is kernel memory with room for `len` bytes (checked);
-        // the user range lies below USER_TOP (just checked), and a fault on it
-        // is recovered. MaybeUninit<u8> has u8's layout.
-        if with_user_access(|| unsafe { super::usercopy::copy_recovering(spare.as_mut_ptr().cast::<u8>(), src as *const u8, len) }) {
-            // SAFETY: the copy initialized the `len` bytes after the old length.
-            unsafe { dst.set_len(dst.len() + len) };
-            return Ok(());
-        }
-    }
-    Err(())
+    // SAFETY: `spare` is kernel memory with room for `len` bytes (checked);
+    // MaybeUninit<u8> has u8's layout.
+    unsafe { copy_in(spare.as_mut_ptr().cast::<u8>(), len, src)? };
+    // SAFETY: the copy initialized the `len` bytes after the old length.
+    unsafe { dst.set_len(dst.len() + len) };
+    Ok(())
+}
+
+/// Checks, without copying, that `[addr, addr + len)` is user memory of the
+/// current space the caller may read (pages not mapped yet are brought in):
+/// a caller whose payload a server will copy later learns of a bad buffer
+/// at once.
+pub fn check_user_readable(addr: u64, len: u64) -> Result<(), ()> {
+    check_user_range(addr, len, false)
 }
 
 /// Copies `src` to user address `dst` in the current address space. Fails
 /// unless every byte is mapped user-writable, also when another CPU revokes
 /// the memory during the copy (then part of it may be written).
 pub fn copy_to_user(dst: u64, src: &[u8]) -> Result<(), ()> {
+    // SAFETY: `src` is kernel memory valid for reads of its length.
+    unsafe { copy_out(dst, src.as_ptr(), src.len()) }
+}
+
+/// `copy_to_user` from `len` bytes at `src`.
+///
+/// # Safety
+/// `src` must be kernel memory valid for reads of `len` bytes.
+unsafe fn copy_out(dst: u64, src: *const u8, len: usize) -> Result<(), ()> {
     for _ in 0..COPY_ATTEMPTS {
-        check_user_range(dst, src.len() as u64, true)?;
-        // SAFETY: as in copy_from_user, with the roles swapped.
-        if with_user_access(|| unsafe { super::usercopy::copy_recovering(dst as *mut u8, src.as_ptr(), src.len()) }) {
+        check_user_range(dst, len as u64, true)?;
+        // SAFETY: as in copy_in, with the roles swapped.
+        if with_user_access(|| unsafe { super::usercopy::copy_recovering(dst as *mut u8, src, len) }) {
             return Ok(());
         }
     }
     Err(())
+}
+
+/// Which memory a cross-space copy failed on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CopySide {
+    /// The current address space's.
+    Local,
+    /// The other address space's.
+    Remote,
+}
+
+/// Copies `len` bytes between user memory of the current address space at
+/// `local` and user memory of another address space (page-table root
+/// `remote_root`) at `remote`: into the other space with `to_remote`, out
+/// of it otherwise. IPC moves a payload this way, once, straight from the
+/// sender's memory into the receiver's (the other party is blocked in its
+/// call meanwhile). Remote pages are reached through the physical map; one
+/// that is not mapped yet (demand paging, a mapping's first touch) is
+/// resolved by `resolve_remote(page, write)`. Fails (part of the bytes may
+/// have moved) unless both ranges are user memory with the access needed.
+///
+/// The error names the side whose memory failed.
+///
+/// Interrupts must be off for the whole copy: a frame taken out of a page
+/// table is freed only after a TLB shootdown that every CPU acknowledges,
+/// and this CPU cannot acknowledge one before the copy is over, so no frame
+/// read here is reused while it is written or read through the physical map.
+pub fn copy_cross_space(
+    to_remote: bool,
+    local: u64,
+    remote_root: u64,
+    remote: u64,
+    len: u64,
+    mut resolve_remote: impl FnMut(u64, bool) -> Result<(), ()>,
+) -> Result<(), CopySide> {
+    debug_assert!(!cpu::interrupts_enabled(), "a cross-space copy runs with interrupts off");
+    if len == 0 {
+        return Ok(());
+    }
+    if local.checked_add(len).is_none_or(|end| end > USER_TOP) {
+        return Err(CopySide::Local);
+    }
+    if remote.checked_add(len).is_none_or(|end| end > USER_TOP) {
+        return Err(CopySide::Remote);
+    }
+    let usable = |e: Option<u64>| e.filter(|e| !to_remote || e & super::paging::WRITABLE != 0);
+    let mut done = 0;
+    while done < len {
+        let at = remote + done;
+        let page = at & !0xfff;
+        let chunk = (0x1000 - (at & 0xfff)).min(len - done);
+        let entry = match usable(super::paging::user_entry(remote_root, page)) {
+            Some(e) => e,
+            None => {
+                resolve_remote(page, to_remote).map_err(|()| CopySide::Remote)?;
+                usable(super::paging::user_entry(remote_root, page)).ok_or(CopySide::Remote)?
+            }
+        };
+        let kernel = super::paging::phys_to_virt(super::paging::entry_frame(entry) + (at & 0xfff)) as *mut u8;
+        // SAFETY: the physical map covers every frame, and this one stays
+        // allocated until the copy is over (interrupts are off: see above);
+        // `chunk` bytes stay within its page. No Rust reference to them
+        // exists: they are user memory, only ever copied as bytes.
+        unsafe {
+            if to_remote {
+                copy_in(kernel, chunk as usize, local + done).map_err(|()| CopySide::Local)?;
+            } else {
+                copy_out(local + done, kernel, chunk as usize).map_err(|()| CopySide::Local)?;
+            }
+        }
+        done += chunk;
+    }
+    Ok(())
 }
