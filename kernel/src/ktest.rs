@@ -65,9 +65,10 @@ fn json_escape(s: &str) -> String {
 
 /// Runs the selected cases; returns how many failed.
 pub fn run(args: &KernelArgs) -> usize {
-    let all = || CASES.iter().chain(crate::sched::ktests::CASES).chain(EXPLICIT_CASES);
+    let all = || CASES.iter().chain(crate::tlbtests::CASES).chain(crate::sched::ktests::CASES).chain(EXPLICIT_CASES);
     let selected: Vec<_> = CASES
         .iter()
+        .chain(crate::tlbtests::CASES)
         .chain(crate::sched::ktests::CASES)
         .filter(|(name, _)| args.selects(name))
         .chain(EXPLICIT_CASES.iter().filter(|(name, _)| matches!(args.test, crate::cmdline::TestSelection::Only(_)) && args.selects(name)))
@@ -79,6 +80,7 @@ pub fn run(args: &KernelArgs) -> usize {
             log::error!("ktest: no test case named '{wanted}'");
         }
     }
+    crate::tlbtests::expect_tags_kept(args.tlb_tags_kept);
     let (mut passed, mut failed) = (0, 0);
     for (name, case) in selected {
         let start = time::now_us();
