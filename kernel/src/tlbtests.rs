@@ -27,8 +27,10 @@ use crate::mm::frame::{self, FRAME_SIZE};
 
 type CaseResult = Result<(), String>;
 
-pub const CASES: &[(&str, fn() -> CaseResult)] =
-    &[("tlb_tag_kept", tlb_tag_kept), ("tlb_tagged_revoke", tlb_tagged_revoke), ("tlb_tag_reuse", tlb_tag_reuse)];
+/// A named in-kernel test case.
+type Case = (&'static str, fn() -> CaseResult);
+
+pub const CASES: &[Case] = &[("tlb_tag_kept", tlb_tag_kept), ("tlb_tagged_revoke", tlb_tagged_revoke), ("tlb_tag_reuse", tlb_tag_reuse)];
 
 macro_rules! check {
     ($cond:expr, $($fmt:tt)+) => {
