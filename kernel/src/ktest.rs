@@ -674,7 +674,19 @@ pub fn run_root_benchmarks(args: &KernelArgs) -> bool {
         }
     };
     let flags = 1 | if args.fastpath { 0 } else { 2 } | if crate::ipc::spin_limit() == 0 { 8 } else { 0 };
-    match crate::loader::run_with_flags(image, flags) {
+    let counters = || (paging::cr3_loads() + crate::sched::fast_cr3_loads(), crate::syscall::tlb_flushes(), tlb::shootdowns());
+    let before = counters();
+    let result = crate::loader::run_with_flags(image, flags);
+    let after = counters();
+    // Not a JSON line: the benchmarks' schema stays as it is.
+    print_line(format_args!(
+        "TLB counters over the benchmarks: {} CR3 loads, {} TLB flushes, {} shootdowns (tagged address spaces: {})",
+        after.0 - before.0,
+        after.1 - before.1,
+        after.2 - before.2,
+        pcid::enabled()
+    ));
+    match result {
         Ok(UserExit::Exited(0)) => {
             print_line(format_args!("BENCH done"));
             true

@@ -177,7 +177,7 @@ pub(super) fn console_read(ptr: u64, len: u64) -> SysResult {
 /// non-global entries (the switch paths count their loads), with PCID no
 /// switch does (every token has the no-flush bit); plus the wholesale
 /// flushes of shootdowns, tag recycling and boot (`pcid::full_flushes`).
-fn tlb_flushes() -> u64 {
+pub(crate) fn tlb_flushes() -> u64 {
     let switches = if crate::arch::x86_64::pcid::enabled() { 0 } else { crate::arch::paging::cr3_loads() + sched::fast_cr3_loads() };
     switches + crate::arch::x86_64::pcid::full_flushes()
 }
