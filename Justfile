@@ -78,6 +78,10 @@ test-loom:
 bench-ipc CPUS=env_var_or_default("CPUS", "2"):
     cargo run -q -p perf --release --bin bench-ipc -- --cpus {{CPUS}}
 
+# The root program's benchmarks under Bochs with PCID on and off (deterministic TSC, ~45 s a boot; needs `just build`): JSON lines, then the TLB counters
+bench-bochs:
+    perf/bochs-bench.sh
+
 # The in-guest system-call fuzzer as the root program: `just fuzz --seed S --calls N --cpus C` (defaults 1, 100000, 4; --timeout SECONDS, default 600); other flags go to the fuzzer (nesters/fuzz/README.md). Prints its summary; fails on any kernel failure
 fuzz *ARGS: build
     #!/usr/bin/env bash

@@ -13,6 +13,8 @@ use crate::workspace::KERNEL_TARGET;
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Fix {
     Apt(&'static str),
+    /// QEMU 10 unpacked from bookworm-backports (`emulators::install_qemu10`).
+    Qemu10,
     RustTarget,
     PipJust,
 }
@@ -21,6 +23,12 @@ impl Fix {
     pub fn describe(&self) -> String {
         match self {
             Fix::Apt(pkg) => format!("{}apt-get install -y {pkg}", sudo_prefix()),
+            Fix::Qemu10 => format!(
+                "mkboot doctor --install (apt-get download {} from {} + dpkg -x into {})",
+                crate::emulators::QEMU10_PACKAGES.join(" "),
+                crate::emulators::QEMU10_SUITE,
+                crate::emulators::qemu10_dir().display()
+            ),
             Fix::RustTarget => format!("rustup target add {KERNEL_TARGET}"),
             Fix::PipJust => "pip install rust-just   (or: cargo install just)".into(),
         }
@@ -72,6 +80,16 @@ pub fn checks() -> Vec<Check> {
         apt("xorriso", "writes the ISO", on_path("xorriso"), "xorriso"),
         apt("mformat", "EFI system partition inside the ISO", on_path("mformat"), "mtools"),
         apt("OVMF", "UEFI firmware for QEMU", Ovmf::find().is_ok(), "ovmf"),
+        apt("bochs", "the PCID scenario (Bochs emulates PCID and INVPCID)", on_path("bochs"), "bochs"),
+        apt("Bochs BIOS", "the PCID scenario", Path::new(crate::emulators::BOCHS_BIOS).is_file(), "bochsbios"),
+        apt("Bochs VGA BIOS", "the PCID scenario", Path::new(crate::emulators::BOCHS_VGABIOS).is_file(), "vgabios"),
+        Check {
+            name: "QEMU 10",
+            purpose: "the x2APIC scenario (QEMU 7.2's TCG has no x2APIC)",
+            ok: crate::emulators::qemu10_present(),
+            optional: false,
+            fix: Fix::Qemu10,
+        },
         Check {
             name: "qboot",
             purpose: "optional fast firmware for direct boot (--firmware qboot)",
@@ -125,7 +143,7 @@ pub fn report(checks: &[Check]) -> bool {
 
 fn run(argv: &[&str]) -> Result<()> {
     let mut full: Vec<&str> = Vec::new();
-    if argv[0] == "apt-get" && !is_root() {
+    if (argv[0] == "apt-get" || argv[0] == "install") && !is_root() {
         full.push("sudo");
     }
     full.extend_from_slice(argv);
@@ -157,6 +175,9 @@ pub fn install_missing(checks: &[Check]) -> Result<()> {
         let mut argv = vec!["apt-get", "install", "-y", "--no-install-recommends"];
         argv.extend(pkgs.iter().copied());
         run(&argv)?;
+    }
+    if checks.iter().any(|c| !c.ok && c.fix == Fix::Qemu10) {
+        crate::emulators::install_qemu10(&|argv| run(argv))?;
     }
     if checks.iter().any(|c| !c.ok && c.fix == Fix::RustTarget) {
         run(&["rustup", "target", "add", KERNEL_TARGET])?;

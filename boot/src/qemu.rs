@@ -439,9 +439,11 @@ pub fn describe_exit(code: Option<i32>) -> String {
 /// Result of [`run_captured`].
 #[derive(Debug)]
 pub struct Captured {
-    /// `None` if QEMU had to be killed after the timeout.
+    /// `None` if QEMU had to be killed after the timeout (or was stopped).
     pub status: Option<ExitStatus>,
     pub timed_out: bool,
+    /// The line callback asked for [`Control::Stop`] and the process was killed.
+    pub stopped: bool,
     pub elapsed: Duration,
 }
 
@@ -459,6 +461,9 @@ pub enum Control {
     /// The run is over as far as the caller is concerned: the process must
     /// exit within this much more time or it is killed as timed out.
     ExitWithin(Duration),
+    /// The run is over and the process cannot end itself (Bochs has no
+    /// isa-debug-exit): it is killed now, which is not a timeout.
+    Stop,
 }
 
 /// One step of a scripted console session (`run_captured_with_input`):
@@ -589,6 +594,7 @@ pub fn run_captured_with_input(
 
     let mut deadline = start + timeout;
     let mut timed_out = false;
+    let mut stopped = false;
     loop {
         let now = Instant::now();
         if now >= deadline {
@@ -597,8 +603,13 @@ pub fn run_captured_with_input(
         }
         match rx.recv_timeout((deadline - now).min(Duration::from_millis(200))) {
             Ok(line) => {
-                if let Control::ExitWithin(grace) = on_line(&line) {
-                    deadline = deadline.min(Instant::now() + grace);
+                match on_line(&line) {
+                    Control::Continue => {}
+                    Control::ExitWithin(grace) => deadline = deadline.min(Instant::now() + grace),
+                    Control::Stop => {
+                        stopped = true;
+                        break;
+                    }
                 }
                 type_in(Some(&line), &file);
             }
@@ -606,7 +617,7 @@ pub fn run_captured_with_input(
             Err(mpsc::RecvTimeoutError::Disconnected) => break, // stdout closed
         }
     }
-    let status = if timed_out {
+    let status = if timed_out || stopped {
         let _ = child.kill();
         let _ = child.wait();
         None
@@ -637,7 +648,12 @@ pub fn run_captured_with_input(
                 writeln!(f, "[hw-tests] killed the process after {:.1} s (timeout {} s)", start.elapsed().as_secs_f64(), timeout.as_secs());
         }
     }
-    Ok(Captured { status, timed_out, elapsed: start.elapsed() })
+    if stopped {
+        if let Ok(mut f) = file.lock() {
+            let _ = writeln!(f, "[hw-tests] stopped the process after {:.1} s: its run is over", start.elapsed().as_secs_f64());
+        }
+    }
+    Ok(Captured { status, timed_out, stopped, elapsed: start.elapsed() })
 }
 
 fn pump_lines(src: impl Read, file: &Arc<Mutex<fs::File>>, prefix: &str, tx: Option<mpsc::Sender<String>>) {

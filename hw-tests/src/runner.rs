@@ -6,12 +6,13 @@ use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use anyhow::Result;
-use matryoshka_boot::qemu::{self, Accel, Firmware, Mode, QemuRun, Serial};
+use matryoshka_boot::emulators::{self, BochsRun};
+use matryoshka_boot::qemu::{self, Accel, Feed, Firmware, Mode, QemuRun, Serial};
 use serde_json::json;
 
 use crate::protocol::Check;
 use crate::protocol::{evaluate, LogAnalysis, Outcome, Verdict};
-use crate::scenario::{RootProgram, Scenario};
+use crate::scenario::{Emulator, RootProgram, Scenario};
 
 /// How long QEMU may keep running after the kernel printed its verdict
 /// (`done` record or `all CPUs stopped`).
@@ -111,6 +112,9 @@ pub fn run_scenario(s: &Scenario, cfg: &RunConfig) -> ScenarioReport {
 }
 
 fn boot(s: &Scenario, cfg: &RunConfig, work: &Path, log: &Path) -> Result<Verdict> {
+    if s.emulator == Emulator::Bochs {
+        return boot_bochs(s, cfg, work, log);
+    }
     let firmware = if s.mode == Mode::Direct { cfg.firmware } else { Firmware::Seabios };
     let root_program = match s.root_program {
         RootProgram::Init => &cfg.init,
@@ -125,9 +129,25 @@ fn boot(s: &Scenario, cfg: &RunConfig, work: &Path, log: &Path) -> Result<Verdic
         .firmware(firmware)
         .cmdline(s.cmdline(&cfg.log_level))
         .serial(Serial::Stdio);
+    let run = if s.emulator == Emulator::Qemu10 {
+        let dir = emulators::qemu10_dir();
+        if !emulators::qemu10_binary(&dir).is_file() {
+            anyhow::bail!("QEMU 10 is not unpacked in {} (run `just setup`)", dir.display());
+        }
+        let mut run = run;
+        run.qemu = emulators::qemu10_binary(&dir);
+        emulators::qemu10_args(&dir).into_iter().fold(run, |r, a| r.extra_arg(a))
+    } else {
+        run
+    };
     run.prepare()?;
-    let cmd = run.command()?;
-    let line = run.shell_line()?;
+    let mut cmd = run.command()?;
+    let mut line = run.shell_line()?;
+    if s.emulator == Emulator::Qemu10 {
+        let (var, value) = emulators::qemu10_env(&emulators::qemu10_dir());
+        cmd.env(var, &value);
+        line = format!("{var}={} {line}", qemu::shell_quote(&value.display().to_string()));
+    }
     let timeout = Duration::from_secs_f64(s.timeout.as_secs_f64() * cfg.timeout_scale);
     let mut analysis = LogAnalysis::for_expect(&s.expect);
     for text in &s.must_print {
@@ -153,6 +173,48 @@ fn boot(s: &Scenario, cfg: &RunConfig, work: &Path, log: &Path) -> Result<Verdic
         }
     }
     let outcome = Outcome { exit_code: captured.code(), timed_out: captured.timed_out };
+    let mut verdict = evaluate(&analysis, &s.expect, s.cpus, s.expected_exit, outcome);
+    verdict.checks.extend(printed_checks(&analysis, &s.must_print));
+    Ok(verdict)
+}
+
+/// A scenario under Bochs: the GRUB ISO with the scenario's command line,
+/// `c` for Bochs's debugger, and the run stopped once the kernel printed its
+/// verdict. Bochs cannot exit with the kernel's status, so the verdict is
+/// the serial log's: the exit-status check passes only when that verdict was
+/// printed (a miss, a hang or a timeout fails; failed cases and panics fail
+/// their own checks).
+fn boot_bochs(s: &Scenario, cfg: &RunConfig, work: &Path, log: &Path) -> Result<Verdict> {
+    let root_program = match s.root_program {
+        RootProgram::Init => &cfg.init,
+        RootProgram::Fuzz => &cfg.fuzz,
+    };
+    std::fs::create_dir_all(work)?;
+    let iso = work.join("matryoshka.iso");
+    matryoshka_boot::image::build_iso(&cfg.kernel, Some(root_program), &s.cmdline(&cfg.log_level), &iso)?;
+    let run = BochsRun { iso, cpus: s.cpus, memory_mb: cfg.memory_mb, ips: 200_000_000, work_dir: work.to_path_buf() };
+    run.prepare()?;
+    let timeout = Duration::from_secs_f64(s.timeout.as_secs_f64() * cfg.timeout_scale);
+    let mut analysis = LogAnalysis::for_expect(&s.expect);
+    for text in &s.must_print {
+        analysis = analysis.watch(text.clone());
+    }
+    let start_debugger = vec![Feed { after: None, send: b"c\n".to_vec(), until: None, every: Duration::from_secs(1) }];
+    let captured = qemu::run_captured_with_input(run.command(), log, timeout, start_debugger, |l| {
+        analysis.feed(l);
+        if analysis.finished() {
+            qemu::Control::Stop
+        } else {
+            qemu::Control::Continue
+        }
+    })?;
+    {
+        use std::io::Write;
+        if let Ok(mut f) = std::fs::OpenOptions::new().append(true).open(log) {
+            let _ = writeln!(f, "[hw-tests] command: {}", run.shell_line());
+        }
+    }
+    let outcome = Outcome { exit_code: captured.stopped.then_some(s.expected_exit), timed_out: captured.timed_out };
     let mut verdict = evaluate(&analysis, &s.expect, s.cpus, s.expected_exit, outcome);
     verdict.checks.extend(printed_checks(&analysis, &s.must_print));
     Ok(verdict)

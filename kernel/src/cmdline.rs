@@ -1,7 +1,7 @@
 //! The kernel command line: `key=value` words separated by spaces.
 //!
 //! Known keys: `log=error|warn|info|debug|trace`,
-//! `test=all|panic|stack_overflow|bench|<case>,<case>`, `fastpath=on|off`, `ipc_spin=N`,
+//! `test=all|panic|stack_overflow|bench|<case>,<case>`, `fastpath=on|off`, `pcid=on|off`, `tlbtags=kept|flushed`, `ipc_spin=N`,
 //! `exit=qemu`. Unknown words are kept and reported, never fatal. Everything
 //! after a lone `--` is the root program's argument string (`boot_args`),
 //! which the kernel does not interpret.
@@ -36,6 +36,13 @@ pub struct KernelArgs<'a> {
     pub exit_qemu: bool,
     /// `fastpath=off` routes IPC wake-ups through the run queue (for comparison).
     pub fastpath: bool,
+    /// `pcid=off` keeps address-space switches untagged (every CR3 load
+    /// flushes) on a CPU that has PCID, to compare.
+    pub pcid: bool,
+    /// `tlbtags=flushed`: the `tlb_tag_kept` test expects the CPU to flush a
+    /// tag's translations on every CR3 load despite the no-flush bit (Bochs
+    /// 2.7 ignores the hint); `kept` (the default) expects a real TLB.
+    pub tlb_tags_kept: bool,
     /// `ipc_spin=N`: iterations a cross-CPU IPC waiter spins before blocking.
     pub ipc_spin: Option<u32>,
     /// The first word the parser did not understand, for a warning.
@@ -56,6 +63,8 @@ impl<'a> KernelArgs<'a> {
             test: TestSelection::None,
             exit_qemu: false,
             fastpath: true,
+            pcid: true,
+            tlb_tags_kept: true,
             ipc_spin: None,
             first_unknown: None,
             user_args: "",
@@ -103,6 +112,14 @@ impl<'a> KernelArgs<'a> {
                 "fastpath" => {
                     args.fastpath = value != "off";
                     value == "on" || value == "off"
+                }
+                "pcid" => {
+                    args.pcid = value != "off";
+                    value == "on" || value == "off"
+                }
+                "tlbtags" => {
+                    args.tlb_tags_kept = value != "flushed";
+                    value == "kept" || value == "flushed"
                 }
                 "exit" => {
                     args.exit_qemu = value == "qemu";
@@ -164,6 +181,16 @@ mod tests {
         assert_eq!(a.log_level, LogLevel::Info);
         assert_eq!(a.test, TestSelection::None);
         assert!(!a.exit_qemu);
+        assert!(a.pcid, "PCID is used wherever the CPU has it unless pcid=off");
+    }
+
+    #[test]
+    fn pcid_switch() {
+        assert!(!KernelArgs::parse("pcid=off").pcid);
+        assert!(KernelArgs::parse("pcid=on").pcid);
+        assert_eq!(KernelArgs::parse("pcid=maybe").first_unknown, Some("pcid=maybe"));
+        assert!(KernelArgs::parse("").tlb_tags_kept);
+        assert!(!KernelArgs::parse("tlbtags=flushed").tlb_tags_kept);
     }
 
     #[test]

@@ -65,9 +65,10 @@ fn json_escape(s: &str) -> String {
 
 /// Runs the selected cases; returns how many failed.
 pub fn run(args: &KernelArgs) -> usize {
-    let all = || CASES.iter().chain(crate::sched::ktests::CASES).chain(EXPLICIT_CASES);
+    let all = || CASES.iter().chain(crate::tlbtests::CASES).chain(crate::sched::ktests::CASES).chain(EXPLICIT_CASES);
     let selected: Vec<_> = CASES
         .iter()
+        .chain(crate::tlbtests::CASES)
         .chain(crate::sched::ktests::CASES)
         .filter(|(name, _)| args.selects(name))
         .chain(EXPLICIT_CASES.iter().filter(|(name, _)| matches!(args.test, crate::cmdline::TestSelection::Only(_)) && args.selects(name)))
@@ -79,6 +80,7 @@ pub fn run(args: &KernelArgs) -> usize {
             log::error!("ktest: no test case named '{wanted}'");
         }
     }
+    crate::tlbtests::expect_tags_kept(args.tlb_tags_kept);
     let (mut passed, mut failed) = (0, 0);
     for (name, case) in selected {
         let start = time::now_us();
@@ -672,7 +674,19 @@ pub fn run_root_benchmarks(args: &KernelArgs) -> bool {
         }
     };
     let flags = 1 | if args.fastpath { 0 } else { 2 } | if crate::ipc::spin_limit() == 0 { 8 } else { 0 };
-    match crate::loader::run_with_flags(image, flags) {
+    let counters = || (paging::cr3_loads() + crate::sched::fast_cr3_loads(), crate::syscall::tlb_flushes(), tlb::shootdowns());
+    let before = counters();
+    let result = crate::loader::run_with_flags(image, flags);
+    let after = counters();
+    // Not a JSON line: the benchmarks' schema stays as it is.
+    print_line(format_args!(
+        "TLB counters over the benchmarks: {} CR3 loads, {} TLB flushes, {} shootdowns (tagged address spaces: {})",
+        after.0 - before.0,
+        after.1 - before.1,
+        after.2 - before.2,
+        pcid::enabled()
+    ));
+    match result {
         Ok(UserExit::Exited(0)) => {
             print_line(format_args!("BENCH done"));
             true

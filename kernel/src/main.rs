@@ -42,6 +42,8 @@ mod reliable;
 pub mod sched;
 #[cfg(target_os = "none")]
 mod syscall;
+#[cfg(target_os = "none")]
+mod tlbtests;
 
 #[cfg(not(target_os = "none"))]
 fn main() {
@@ -210,6 +212,15 @@ mod boot {
         if let Err(e) = paging::init_kernel_address_space(phys_top, f.global_pages) {
             panic!("kernel page tables: {e:?}");
         }
+        pcid::decide(&f, args.pcid);
+        paging::set_kernel_token();
+        log::info!(
+            "tlb: address spaces {} (pcid={} invpcid={} on the CPU; pcid={} on the command line)",
+            if pcid::enabled() { "tagged, kernel pages global" } else { "untagged: every switch flushes" },
+            f.pcid,
+            f.invpcid,
+            if args.pcid { "on" } else { "off" }
+        );
         if let Err(e) = mm::heap::init() {
             panic!("kernel heap: {e:?}");
         }

@@ -310,7 +310,7 @@ pub const THREAD_STATE_V2_BYTES: u64 = THREAD_STATE_V1_BYTES + 512;
 /// Bytes of an object state record (`object_get_state`): six u64 words.
 pub const OBJECT_STATE_BYTES: u64 = 48;
 /// Bytes `system_info` writes at most.
-pub const SYSTEM_INFO_BYTES: u64 = 64;
+pub const SYSTEM_INFO_BYTES: u64 = 104;
 /// Handles a space's table holds at most.
 pub const HANDLE_QUOTA: u64 = 4096;
 /// Longest IPC payload.

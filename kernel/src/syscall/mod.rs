@@ -39,6 +39,7 @@ pub(crate) use ipc::{message_of, set_message};
 use memory::*;
 use space::*;
 use sync::*;
+pub(crate) use system::tlb_flushes;
 use system::*;
 use thread::*;
 

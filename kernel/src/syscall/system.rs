@@ -88,14 +88,16 @@ pub(super) fn fault_inject(mode: u64, a: u64, b: u64) -> SysResult {
 /// u64 online CPUs, u64 TSC Hz, u64 IPC fast-path switches, u64 x87/SSE
 /// loads, u64 kernel heap bytes in use, u64 kernel threads not yet freed,
 /// u64 general-path IPC calls, u64 page faults handled in the kernel,
-/// u64 CR3 loads (TLB flushes without PCID), u64 TLB shootdowns}
-/// (96 bytes; at least the first 24 are needed).
+/// u64 CR3 loads (TLB flushes without PCID), u64 TLB shootdowns, u64 TLB
+/// flushes: CR3 loads that flushed plus wholesale flushes}
+/// (104 bytes; at least the first 24 are needed, a shorter buffer gets the
+/// words that fit).
 pub(super) fn system_info(buf: u64, len: u64) -> SysResult {
     if len < 24 {
         return Err(SysError::BadSize.into());
     }
     let s = frame::stats();
-    let mut out = [0u8; 96];
+    let mut out = [0u8; 104];
     out[..8].copy_from_slice(&s.managed.to_le_bytes());
     out[8..16].copy_from_slice(&s.free.to_le_bytes());
     out[16..24].copy_from_slice(&(smp::online_count() as u64).to_le_bytes());
@@ -107,8 +109,9 @@ pub(super) fn system_info(buf: u64, len: u64) -> SysResult {
     out[64..72].copy_from_slice(&crate::ipc::general_calls().to_le_bytes());
     out[72..80].copy_from_slice(&crate::object::memory::resolved_faults().to_le_bytes());
     out[80..88].copy_from_slice(&(crate::arch::paging::cr3_loads() + sched::fast_cr3_loads()).to_le_bytes());
-    out[88..].copy_from_slice(&crate::arch::x86_64::tlb::shootdowns().to_le_bytes());
-    let n = len.min(96) as usize;
+    out[88..96].copy_from_slice(&crate::arch::x86_64::tlb::shootdowns().to_le_bytes());
+    out[96..104].copy_from_slice(&tlb_flushes().to_le_bytes());
+    let n = len.min(104) as usize;
     copy_to_user(buf, &out[..n]).map_err(|()| SysError::BadPointer)?;
     Ok(n as i64)
 }
@@ -168,4 +171,13 @@ pub(super) fn console_read(ptr: u64, len: u64) -> SysResult {
         }
         crate::console::INPUT_WAITERS.wait_if(|| !crate::console::input_ready());
     }
+}
+
+/// TLB flushes on all CPUs: without PCID every CR3 load flushes the TLB's
+/// non-global entries (the switch paths count their loads), with PCID no
+/// switch does (every token has the no-flush bit); plus the wholesale
+/// flushes of shootdowns, tag recycling and boot (`pcid::full_flushes`).
+pub(crate) fn tlb_flushes() -> u64 {
+    let switches = if crate::arch::x86_64::pcid::enabled() { 0 } else { crate::arch::paging::cr3_loads() + sched::fast_cr3_loads() };
+    switches + crate::arch::x86_64::pcid::full_flushes()
 }

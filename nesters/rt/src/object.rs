@@ -177,12 +177,16 @@ pub struct SystemInfo {
     pub cr3_loads: u64,
     /// TLB shootdowns so far.
     pub tlb_shootdowns: u64,
+    /// TLB flushes so far: CR3 loads that flushed (every one without PCID,
+    /// none of the switches with it) plus wholesale flushes (shootdowns of
+    /// many pages, PCID recycling). 0 from a kernel older than this word.
+    pub tlb_flushes: u64,
 }
 
 pub fn system_info() -> Result<SystemInfo, SysError> {
-    let mut raw = [0u64; 12];
-    // SAFETY: the kernel writes at most 96 bytes into `raw`.
-    decode(unsafe { syscall2(nr::SYSTEM_INFO, raw.as_mut_ptr() as u64, 96) })?;
+    let mut raw = [0u64; 13];
+    // SAFETY: the kernel writes at most 104 bytes into `raw`.
+    decode(unsafe { syscall2(nr::SYSTEM_INFO, raw.as_mut_ptr() as u64, 104) })?;
     Ok(SystemInfo {
         managed_frames: raw[0],
         free_frames: raw[1],
@@ -196,6 +200,7 @@ pub fn system_info() -> Result<SystemInfo, SysError> {
         kernel_faults: raw[9],
         cr3_loads: raw[10],
         tlb_shootdowns: raw[11],
+        tlb_flushes: raw[12],
     })
 }
 

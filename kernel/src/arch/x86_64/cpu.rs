@@ -14,6 +14,7 @@ pub struct Features {
     pub tsc_deadline: bool,
     pub invariant_tsc: bool,
     pub pcid: bool,
+    pub invpcid: bool,
     pub smep: bool,
     pub smap: bool,
     pub umip: bool,
@@ -39,6 +40,7 @@ pub fn detect_features() -> Features {
         f.smep = ext.has_smep();
         f.smap = ext.has_smap();
         f.umip = ext.has_umip();
+        f.invpcid = ext.has_invpcid();
     }
     if let Some(apm) = cpuid.get_advanced_power_mgmt_info() {
         f.invariant_tsc = apm.has_invariant_tsc();

@@ -11,6 +11,7 @@ pub mod fpu;
 pub mod gdt;
 pub mod idt;
 pub mod paging;
+pub mod pcid;
 pub mod percpu;
 pub mod serial;
 pub mod smp;
@@ -61,8 +62,11 @@ pub fn init_this_cpu(index: usize) {
     if f.smap {
         cr4 |= 1 << 21;
     }
+    // PCIDE: CR3 holds the kernel's table with tag 0 here, as setting it requires.
+    cr4 |= pcid::cr4_bits();
     // SAFETY: each bit is set only when CPUID reports the feature; the kernel
-    // never executes or (outside future audited copy routines) touches user pages.
+    // never executes or (outside future audited copy routines) touches user
+    // pages; PCIDE is set while CR3's PCID bits are 0 (the kernel's table).
     unsafe { cpu::write_cr4(cr4) };
     fpu::init_this_cpu();
     if f.nx {
@@ -79,5 +83,5 @@ pub fn features() -> cpu::Features {
 
 /// The arch modules the rest of the kernel uses, in one import.
 pub mod exports {
-    pub use super::{apic, bootinfo, cpu, fpu, idt, paging, percpu, smp, stack, time, tlb};
+    pub use super::{apic, bootinfo, cpu, fpu, idt, paging, pcid, percpu, smp, stack, time, tlb};
 }

@@ -67,11 +67,13 @@ fn nx() -> u64 {
     }
 }
 
+/// The page table at `pa`, which may be a CR3 token (a top-level table
+/// with its PCID and no-flush bit: `pcid::token`).
 fn table(pa: u64) -> &'static mut [u64; 512] {
     // SAFETY: page-table frames are reached through the physmap, which maps
     // all physical memory; edits are serialized by KERNEL_PT_LOCK (or happen
     // before any other CPU runs).
-    unsafe { &mut *(phys_to_virt(pa) as *mut [u64; 512]) }
+    unsafe { &mut *(phys_to_virt(pa & ADDR_MASK) as *mut [u64; 512]) }
 }
 
 fn index(va: u64, level: u32) -> usize {
@@ -141,26 +143,36 @@ fn map_2m_in(root: u64, va: u64, pa: u64, flags: u64) -> Result<(), MapError> {
     Ok(())
 }
 
-/// Makes `root` (a user space's top-level table, or 0 for the kernel's
-/// own) this CPU's address space, unless it already is.
+/// Makes `root` (a user space's CR3 token from `new_user_root`, or 0 for
+/// the kernel's own table) this CPU's address space, unless it already is.
+/// With PCID the load keeps the TLB (the token has bit 63 set).
 ///
 /// # Safety
-/// `root` is 0 or a live top-level table made by `new_user_root` (every
-/// address space shares the kernel half, where the caller's code and stack
-/// live), which stays live while this CPU runs on it.
+/// `root` is 0 or the token of a live top-level table made by
+/// `new_user_root` (every address space shares the kernel half, where the
+/// caller's code and stack live), which stays live while this CPU runs on it.
 #[inline]
 pub unsafe fn switch_address_space(root: u64) {
-    let want = if root != 0 { root } else { kernel_root() };
-    if super::cpu::read_cr3() & ADDR_MASK != want {
+    let want = if root != 0 { root } else { KERNEL_CR3.load(Ordering::Relaxed) };
+    // CR3 reads back the table and the tag, never bit 63.
+    if super::cpu::read_cr3() != want & !super::pcid::NO_FLUSH {
         count_cr3_load();
         // SAFETY: the caller's contract.
         unsafe { super::cpu::write_cr3(want) };
     }
 }
 
+/// The kernel's own table as CR3 is loaded with it (`pcid::token`, tag 0).
+static KERNEL_CR3: AtomicU64 = AtomicU64::new(0);
+
+/// Fixes the kernel table's CR3 token once `pcid::decide` has run (before
+/// any CPU switches address spaces).
+pub fn set_kernel_token() {
+    KERNEL_CR3.store(super::pcid::token(kernel_root(), 0), Ordering::Relaxed);
+}
+
 /// CR3 loads on each CPU. Without PCID every load flushes the TLB's
-/// non-global entries: this is the count of address-space flushes that
-/// `system_info` reports (issue 13 measures what PCID saves of them).
+/// non-global entries; with it none does (every token has bit 63).
 static CR3_LOADS: [AtomicU64; super::percpu::MAX_CPUS] = [const { AtomicU64::new(0) }; super::percpu::MAX_CPUS];
 
 #[inline(always)]
@@ -177,7 +189,9 @@ pub fn cr3_loads() -> u64 {
 }
 
 /// Loads user space `next` in place of `current`, which this CPU runs on
-/// now (known, so CR3 is not read back: the fast path's switch).
+/// now (known, so CR3 is not read back: the fast path's switch). Both are
+/// CR3 tokens: with PCID `next` carries its tag and bit 63, so the load
+/// keeps the TLB, and the instructions are the same either way.
 ///
 /// # Safety
 /// As `switch_address_space`, and `current` is CR3's table now.
@@ -196,10 +210,21 @@ pub fn kernel_root() -> u64 {
     KERNEL_ROOT.load(Ordering::Acquire)
 }
 
+/// With PCID every kernel page is global: shared by all tags, so an INVLPG
+/// of it reaches every tag's entry (`pcid`). Without PCID kernel pages are
+/// mapped as they always were.
+fn kernel_global() -> u64 {
+    if super::pcid::enabled() {
+        GLOBAL
+    } else {
+        0
+    }
+}
+
 /// Maps one 4 KiB page into the kernel's address space.
 pub fn map_kernel_page(va: u64, pa: u64, flags: u64) -> Result<(), MapError> {
     let _guard = KERNEL_PT_LOCK.lock();
-    map_in(kernel_root(), va, pa, flags)
+    map_in(kernel_root(), va, pa, flags | kernel_global())
 }
 
 /// Removes a kernel mapping and returns the frame it pointed at. The caller
@@ -223,7 +248,7 @@ pub fn remap_kernel_page(va: u64, pa: u64, flags: u64) -> Result<u64, MapError> 
         return Err(MapError::NotMapped);
     }
     let old = *entry & ADDR_MASK;
-    *entry = (pa & ADDR_MASK) | flags | PRESENT;
+    *entry = (pa & ADDR_MASK) | flags | kernel_global() | PRESENT;
     Ok(old)
 }
 
@@ -348,7 +373,9 @@ pub fn set_low_identity_map(enabled: bool) -> Result<(), MapError> {
         let _ = frame::free(pd);
         let _ = frame::free(pdpt);
     }
-    // SAFETY: reloading CR3 with the same root only flushes non-global TLB entries.
+    super::pcid::count_full_flush();
+    // SAFETY: reloading CR3 with the same root (tag 0, bit 63 clear) only
+    // flushes non-global TLB entries.
     unsafe { super::cpu::write_cr3(kernel_root()) };
     Ok(())
 }
@@ -365,11 +392,27 @@ pub fn kernel_data_flags() -> u64 {
 }
 
 /// A fresh address space: an empty user half and the shared kernel half.
+/// Returns its CR3 token (`pcid::token`: the table's address, plus its own
+/// PCID and the no-flush bit when the kernel tags address spaces), which
+/// every function here taking a `root` accepts. With PCID, OutOfMemory also
+/// means that 4095 spaces are alive, each holding a tag.
 pub fn new_user_root() -> Result<u64, MapError> {
-    let root = frame::alloc_zeroed()?;
+    let tag = super::pcid::allocate_tag().ok_or(MapError::OutOfMemory)?;
+    let root = match frame::alloc_zeroed() {
+        Ok(root) => root,
+        Err(e) => {
+            super::pcid::retire_tag(tag);
+            return Err(e.into());
+        }
+    };
     let kernel = table(kernel_root());
     table(root)[256..].copy_from_slice(&kernel[256..]);
-    Ok(root)
+    Ok(super::pcid::token(root, tag))
+}
+
+/// The PCID of an address space (`new_user_root`'s token); 0 without PCID.
+pub fn root_tag(root: u64) -> u16 {
+    super::pcid::tag_of(root)
 }
 
 /// Maps a user page (`va` below `USER_TOP`) into the address space `root`.
@@ -444,8 +487,9 @@ pub fn unmap_user_range(root: u64, start: u64, size: u64) {
 }
 
 /// Frees the user half of `root` (its page tables and, with `free_leaves`,
-/// the frames they map) and the root itself. The caller makes sure no CPU
-/// runs on `root` any more.
+/// the frames they map) and the root itself, and retires its PCID (reused
+/// only after every CPU flushed it). The caller makes sure no CPU runs on
+/// `root` any more.
 pub fn destroy_user_root_with(root: u64, free_leaves: bool) {
     fn free_level(table_pa: u64, level: u32, free_leaves: bool) {
         for i in 0..512 {
@@ -468,7 +512,8 @@ pub fn destroy_user_root_with(root: u64, free_leaves: bool) {
             let _ = frame::free(e & ADDR_MASK);
         }
     }
-    let _ = frame::free(root);
+    let _ = frame::free(root & ADDR_MASK);
+    super::pcid::retire_tag(super::pcid::tag_of(root));
 }
 
 /// Frees the user half of `root`, the frames it maps included.

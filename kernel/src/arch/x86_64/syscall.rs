@@ -423,7 +423,7 @@ fn check_user_range(addr: u64, len: u64, write: bool) -> Result<(), ()> {
 }
 
 /// Runs `f` with SMAP's user-access window open.
-fn with_user_access<R>(f: impl FnOnce() -> R) -> R {
+pub(super) fn with_user_access<R>(f: impl FnOnce() -> R) -> R {
     let smap = super::features().smap;
     // SAFETY: stac/clac only toggle RFLAGS.AC, which SMAP consults; the
     // window is closed again before returning.

@@ -4,7 +4,7 @@
 use core::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
 use super::idt::VECTOR_IPI_TLB;
-use super::{apic, cpu, percpu, smp};
+use super::{apic, cpu, paging, pcid, percpu, smp};
 
 /// Past this many pages a full flush is cheaper than single invalidations.
 const FULL_FLUSH_THRESHOLD: u64 = 32;
@@ -19,7 +19,11 @@ static REQUEST_PAGES: AtomicU64 = AtomicU64::new(0);
 static PENDING: [AtomicBool; percpu::MAX_CPUS] = [const { AtomicBool::new(false) }; percpu::MAX_CPUS];
 
 fn flush_local(start: u64, pages: u64) {
+    if pcid::enabled() {
+        return flush_local_tagged(start, pages);
+    }
     if pages > FULL_FLUSH_THRESHOLD {
+        pcid::count_full_flush();
         // SAFETY: reloading CR3 with its current value flushes non-global entries.
         unsafe { cpu::write_cr3(cpu::read_cr3()) };
         if cpu::read_cr4() & (1 << 7) != 0 {
@@ -36,6 +40,40 @@ fn flush_local(start: u64, pages: u64) {
             cpu::invlpg(start + i * 4096);
         }
     }
+}
+
+/// With PCID the range may be cached under any tag, not only the one this
+/// CPU runs on now (see `pcid`: no tag may keep a stale entry). A kernel
+/// range is global, so INVLPG reaches it in every tag; a user range also
+/// leaves every tag's non-global entries behind.
+fn flush_local_tagged(start: u64, pages: u64) {
+    if pages == 0 {
+        return;
+    }
+    let kernel_range = start >= paging::USER_TOP;
+    if kernel_range && pages <= FULL_FLUSH_THRESHOLD {
+        for i in 0..pages {
+            cpu::invlpg(start + i * 4096);
+        }
+    } else if !SKIP_OTHER_TAGS.load(Ordering::Relaxed) {
+        pcid::flush_all_tags(kernel_range);
+    } else {
+        // The `tlb_tagged_revoke` demonstration: the current tag only.
+        for i in 0..pages.min(FULL_FLUSH_THRESHOLD) {
+            cpu::invlpg(start + i * 4096);
+        }
+    }
+}
+
+/// For the `tlb_tagged_revoke` test's demonstration only: a user-range
+/// shootdown invalidates the tag each CPU runs on and leaves the others'
+/// entries, the mistake a tagged kernel must not make.
+pub static SKIP_OTHER_TAGS: AtomicBool = AtomicBool::new(false);
+
+/// Every CPU drops every tag's non-global entries (recycling dead spaces'
+/// tags); returns once all have.
+pub fn flush_user_everywhere() {
+    shootdown(0, paging::USER_TOP / 4096);
 }
 
 /// Carries out the request addressed to this CPU, if there is one.
