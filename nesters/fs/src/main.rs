@@ -17,6 +17,7 @@
 
 extern crate alloc;
 
+mod data;
 mod tree;
 
 #[cfg(target_os = "none")]

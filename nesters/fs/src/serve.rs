@@ -247,12 +247,24 @@ impl FileServer {
                 if d.flags & open::READ == 0 {
                     return Err(Error::Denied);
                 }
-                let bytes = st.tree.read(d.node, at, (max as usize).min(MAX_PAYLOAD))?.to_vec();
-                let n = bytes.len() as u64;
+                let max = (max as usize).min(MAX_PAYLOAD);
+                // Within one page of data: the reply sends the page itself
+                // (one copy in all, the kernel's into the client's buffer).
+                let (reply, n) = match st.tree.read_shared(d.node, at, max)? {
+                    Some((page, start, end)) => {
+                        let n = (end - start) as u64;
+                        (Reply::ok([n, 0, 0, 0, 0]).with_page(page, start, end), n)
+                    }
+                    None => {
+                        let bytes = st.tree.read(d.node, at, max)?;
+                        let n = bytes.len() as u64;
+                        (Reply::ok([n, 0, 0, 0, 0]).with_bytes(bytes), n)
+                    }
+                };
                 if req.op() == op::STREAM_READ {
                     st.stream_mut(alias)?.offset = at + n;
                 }
-                Ok(Reply::ok([n, 0, 0, 0, 0]).with_bytes(bytes))
+                Ok(reply)
             }
             op::STREAM_WRITE | op::STREAM_PWRITE => {
                 let d = st.stream(alias)?;
@@ -265,7 +277,9 @@ impl FileServer {
                     (_, true) => st.tree.stat(node)?.0,
                     _ => d.offset,
                 };
-                let n = st.tree.write(node, at, req.bytes)? as u64;
+                // The bytes go straight from the client's memory into the
+                // file's pages (only the first few came with the request).
+                let n = st.tree.write_with(node, at, req.len, |dst, from| payload_piece(&req, dst, from))? as u64;
                 if req.op() == op::STREAM_WRITE {
                     st.stream_mut(alias)?.offset = at + n;
                 }
@@ -346,9 +360,38 @@ impl Service for FileServer {
 
     fn sequenced(&self, op: u64) -> bool {
         // A repeated open or dup makes a second port (the first one went to a
-        // stopped copy); the rest replays the remembered reply.
-        !matches!(op, op::FS_OPEN | op::STREAM_DUP | op::FS_IMPORT_STREAM)
+        // stopped copy); a positioned read is idempotent, so a repeat simply
+        // reads again (and no window keeps its page, which a write would then
+        // have to copy); the rest replays the remembered reply.
+        !matches!(op, op::FS_OPEN | op::STREAM_DUP | op::FS_IMPORT_STREAM | op::STREAM_PREAD)
     }
+
+    fn receive_capacity(&self) -> usize {
+        RECEIVE_CAPACITY
+    }
+
+    fn reads_payload(&self, op: u64) -> bool {
+        matches!(op, op::STREAM_WRITE | op::STREAM_PWRITE)
+    }
+}
+
+/// Payload bytes each request brings along: a path fits (a longer one's
+/// rest is read before the request is handled); a write's data is read
+/// straight into the file.
+const RECEIVE_CAPACITY: usize = 256;
+
+/// Bytes `[from, from + dst.len())` of a write request's payload: what came
+/// with the request, the rest straight from the client's memory.
+fn payload_piece(req: &Request, dst: &mut [u8], from: usize) -> Result<(), Error> {
+    let came = req.bytes.len().saturating_sub(from).min(dst.len());
+    dst[..came].copy_from_slice(&req.bytes[from..from + came]);
+    if came < dst.len() {
+        let got = matryoshka_rt::ipc::request_read((from + came) as u64, &mut dst[came..]).map_err(|_| Error::Gone)?;
+        if got != dst.len() - came {
+            return Err(Error::Invalid);
+        }
+    }
+    Ok(())
 }
 
 /// Fills the tree from the archive (cpio newc) at `bytes`.

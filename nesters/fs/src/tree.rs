@@ -7,13 +7,15 @@ use alloc::vec::Vec;
 
 use matryoshka_nest::proto::{kind, Error, MAX_PATH};
 
+use crate::data::{FileData, Page};
+
 /// Longest name of one entry.
 pub const MAX_NAME: usize = 255;
 /// Largest file.
 pub const MAX_FILE: u64 = 256 << 20;
 
 pub enum Node {
-    File(Vec<u8>),
+    File(FileData),
     Dir(BTreeMap<String, u64>),
 }
 
@@ -151,7 +153,7 @@ impl Tree {
     /// Creates an empty file (Exists if anything is there).
     pub fn create(&mut self, path: &str) -> Result<u64, Error> {
         let (dir, name) = self.parent_of(path)?;
-        self.insert(dir, name, Node::File(Vec::new()))
+        self.insert(dir, name, Node::File(FileData::default()))
     }
 
     pub fn mkdir(&mut self, path: &str) -> Result<u64, Error> {
@@ -258,49 +260,64 @@ impl Tree {
         }
     }
 
-    pub fn read(&self, id: u64, offset: u64, max: usize) -> Result<&[u8], Error> {
+    fn file(&self, id: u64) -> Result<&FileData, Error> {
         match self.nodes.get(&id) {
-            Some(Node::File(d)) => {
-                let start = (offset.min(d.len() as u64)) as usize;
-                let end = (start + max).min(d.len());
-                Ok(&d[start..end])
-            }
+            Some(Node::File(d)) => Ok(d),
             Some(Node::Dir(_)) => Err(Error::IsDir),
             None => Err(Error::BadObject),
         }
     }
 
-    pub fn write(&mut self, id: u64, offset: u64, bytes: &[u8]) -> Result<usize, Error> {
+    fn file_mut(&mut self, id: u64) -> Result<&mut FileData, Error> {
         match self.nodes.get_mut(&id) {
-            Some(Node::File(d)) => {
-                let end = offset.checked_add(bytes.len() as u64).ok_or(Error::Invalid)?;
-                if end > MAX_FILE {
-                    return Err(Error::NoSpace);
-                }
-                if d.len() < end as usize {
-                    d.try_reserve(end as usize - d.len()).map_err(|_| Error::NoSpace)?;
-                    d.resize(end as usize, 0);
-                }
-                d[offset as usize..end as usize].copy_from_slice(bytes);
-                Ok(bytes.len())
-            }
+            Some(Node::File(d)) => Ok(d),
             Some(Node::Dir(_)) => Err(Error::IsDir),
             None => Err(Error::BadObject),
         }
+    }
+
+    /// `[offset, offset + max)` of a file (clipped at its end) as a range of
+    /// one of its pages, when it lies within one that holds data (a reply
+    /// sends it without a copy); otherwise None.
+    pub fn read_shared(&self, id: u64, offset: u64, max: usize) -> Result<Option<(Page, usize, usize)>, Error> {
+        Ok(self.file(id)?.read_shared(offset, max))
+    }
+
+    /// `[offset, offset + max)` of a file (clipped at its end), copied.
+    pub fn read(&self, id: u64, offset: u64, max: usize) -> Result<Vec<u8>, Error> {
+        let mut out = Vec::new();
+        self.file(id)?.read_into(offset, max, &mut out).map_err(|()| Error::NoSpace)?;
+        Ok(out)
+    }
+
+    /// Writes `bytes` at `offset`.
+    pub fn write(&mut self, id: u64, offset: u64, bytes: &[u8]) -> Result<usize, Error> {
+        self.write_with(id, offset, bytes.len(), |dst, at| {
+            dst.copy_from_slice(&bytes[at..at + dst.len()]);
+            Ok(())
+        })
+    }
+
+    /// Writes `len` bytes at `offset`, which `fill` puts in place piece by
+    /// piece (each piece with its offset within the bytes written): a
+    /// server reads a request's payload straight into the file this way.
+    pub fn write_with(&mut self, id: u64, offset: u64, len: usize, fill: impl FnMut(&mut [u8], usize) -> Result<(), Error>) -> Result<usize, Error> {
+        let d = self.file_mut(id)?;
+        let end = offset.checked_add(len as u64).ok_or(Error::Invalid)?;
+        if end > MAX_FILE {
+            return Err(Error::NoSpace);
+        }
+        d.write_with(offset, len, Error::NoSpace, fill)?;
+        Ok(len)
     }
 
     pub fn truncate(&mut self, id: u64, len: u64) -> Result<(), Error> {
-        match self.nodes.get_mut(&id) {
-            Some(Node::File(d)) => {
-                if len > MAX_FILE {
-                    return Err(Error::NoSpace);
-                }
-                d.resize(len as usize, 0);
-                Ok(())
-            }
-            Some(Node::Dir(_)) => Err(Error::IsDir),
-            None => Err(Error::BadObject),
+        let d = self.file_mut(id)?;
+        if len > MAX_FILE {
+            return Err(Error::NoSpace);
         }
+        d.truncate(len);
+        Ok(())
     }
 
     /// Entry `index` of a folder: (name, kind, size).

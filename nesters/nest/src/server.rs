@@ -59,7 +59,13 @@ pub struct Request<'a> {
     /// The alias of the port it came through (the server's name for the client or object).
     pub alias: u64,
     pub words: Words,
+    /// Its payload; all of it, unless the service reads this request's
+    /// payload itself ([`Service::reads_payload`]): then the first bytes
+    /// (at most its [`Service::receive_capacity`]), the rest still in the
+    /// client's memory for `ipc::request_read`.
     pub bytes: &'a [u8],
+    /// The payload's whole length.
+    pub len: usize,
     /// A capability that came with it (now the server's handle; the service owns it).
     pub handle: Option<Handle>,
 }
@@ -101,6 +107,11 @@ pub enum ReplyBytes {
     Shared(Shared),
 }
 
+/// Bytes of a page a service shares with its replies (a file server's
+/// file pages): a reply sends part of one without copying it.
+pub const PAGE: usize = 4096;
+pub type Page = Arc<[u8; PAGE]>;
+
 /// Payload bytes shared by a reply and the window.
 #[derive(Clone)]
 pub enum Shared {
@@ -108,6 +119,8 @@ pub enum Shared {
     Vec(Arc<Vec<u8>>),
     /// Bytes a service put in one shared allocation itself ([`Reply::with_shared`]).
     Slice(Arc<[u8]>),
+    /// `[start, end)` of a page ([`Reply::with_page`]).
+    Page(Page, u16, u16),
 }
 
 impl core::ops::Deref for Shared {
@@ -116,6 +129,7 @@ impl core::ops::Deref for Shared {
         match self {
             Shared::Vec(v) => v,
             Shared::Slice(s) => s,
+            Shared::Page(p, start, end) => &p[*start as usize..*end as usize],
         }
     }
 }
@@ -148,6 +162,14 @@ impl Reply {
     /// is remembered, the window shares them without a second allocation.
     pub fn with_shared(mut self, bytes: Arc<[u8]>) -> Reply {
         self.bytes = ReplyBytes::Shared(Shared::Slice(bytes));
+        self
+    }
+    /// `with_bytes` for `[start, end)` of a shared page: sent from the page
+    /// itself, no copy (the service copies the page before changing it
+    /// while a reply or the window holds it).
+    pub fn with_page(mut self, page: Page, start: usize, end: usize) -> Reply {
+        debug_assert!(start <= end && end <= PAGE);
+        self.bytes = ReplyBytes::Shared(Shared::Page(page, start as u16, end as u16));
         self
     }
     /// Passes `h` and closes the server's handle once it is sent.
@@ -185,6 +207,19 @@ pub trait Service: Sync + Send + 'static {
     /// what is remembered for it.
     fn sequenced(&self, _op: u64) -> bool {
         true
+    }
+    /// How many payload bytes each request brings into the pool thread's
+    /// receive buffer. A longer payload's rest is read before `handle`,
+    /// unless the service reads it itself.
+    fn receive_capacity(&self) -> usize {
+        MAX_PAYLOAD
+    }
+    /// Whether `handle` reads the payload of requests of `op` itself with
+    /// `ipc::request_read`, straight to where it belongs (a file server's
+    /// writes, into the file): the request's bytes are then only the
+    /// first [`Service::receive_capacity`] ones.
+    fn reads_payload(&self, _op: u64) -> bool {
+        false
     }
 }
 
@@ -411,11 +446,12 @@ extern "C" fn pool_thread(arg: u64) -> ! {
 
 fn serve(pool: &'static Pool) -> ! {
     let mut recv = vec![0u8; MAX_PAYLOAD];
+    let capacity = pool.service.receive_capacity().min(MAX_PAYLOAD);
     let mut reply = Reply::ok([0; 5]);
     let mut first = true;
     loop {
         pool.free.fetch_add(1, Ordering::AcqRel);
-        let mut payload = Payload { send: &reply.bytes[..], handle: reply.handle, recv: &mut recv };
+        let mut payload = Payload { send: &reply.bytes[..], handle: reply.handle, recv: &mut recv[..capacity] };
         let received = if first {
             // Nothing to reply to yet: the kernel drops a reply with no client.
             first = false;
@@ -444,8 +480,23 @@ fn serve(pool: &'static Pool) -> ! {
             // while this request runs (it may block).
             let _ = spawn_thread(pool);
         }
-        let len = got.len.min(recv.len());
-        let req = Request { alias, words, bytes: &recv[..len], handle: got.handle };
+        let whole = got.len.min(MAX_PAYLOAD);
+        let mut len = whole.min(capacity);
+        if whole > len && !pool.service.reads_payload(words[0]) {
+            // The rest, straight from the client's memory.
+            match ipc::request_read(len as u64, &mut recv[len..whole]) {
+                Ok(n) => len += n,
+                // The client gave up on the call: its reply is dropped.
+                Err(_) => {
+                    if let Some(h) = got.handle {
+                        let _ = obj::close(h);
+                    }
+                    reply = Reply::err(Error::Gone);
+                    continue;
+                }
+            }
+        }
+        let req = Request { alias, words, bytes: &recv[..len], len: got.len, handle: got.handle };
         reply = dispatch(pool, req);
     }
 }
