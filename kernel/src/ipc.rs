@@ -135,10 +135,12 @@ fn copy_with_client(client: &Thread, to_client: bool, local: u64, remote: u64, l
         let access = if write { crate::object::vm::Rights::WRITE } else { crate::object::vm::Rights::READ };
         crate::object::memory::fault(&space, page, access).map_err(|_| ())
     };
-    cpu::without_interrupts(|| copy_cross_space(to_client, local, client.page_table_root(), remote, len, resolve)).map_err(|side| match side {
-        CopySide::Local => PartnerCopy::LocalFault,
-        CopySide::Remote => PartnerCopy::RemoteFault,
-    })
+    cpu::without_interrupts(|| copy_cross_space(to_client, local, client.page_table_root(), remote, len, resolve)).map_err(
+        |side| match side {
+            CopySide::Local => PartnerCopy::LocalFault,
+            CopySide::Remote => PartnerCopy::RemoteFault,
+        },
+    )
 }
 
 /// The calling server's current request: copies up to `len` of its bytes,

@@ -119,7 +119,8 @@ impl BufferDescriptor {
 
     /// Looks up the handle to send, staging no bytes: a call's or a reply's
     /// bytes go straight from the sender's memory to the receiver's (the
-    /// send range is checked now, so a bad one fails the caller at once).
+    /// send range is checked now, so a bad one fails the caller at once and
+    /// nothing is sent).
     fn stage_handle(&self, me: &Space) -> Result<crate::ipc::Carried, SysError> {
         crate::arch::x86_64::syscall::check_user_readable(self.send_ptr, self.send_len).map_err(|()| SysError::BadPointer)?;
         self.stage_parts(me, false)
@@ -154,7 +155,12 @@ impl BufferDescriptor {
 
     /// Where a call's payloads are, for the server that copies them.
     fn call_buffers(&self) -> crate::ipc::CallBuffers {
-        crate::ipc::CallBuffers { send_ptr: self.send_ptr, send_len: self.send_len, recv_ptr: self.recv_ptr, recv_capacity: self.recv_capacity }
+        crate::ipc::CallBuffers {
+            send_ptr: self.send_ptr,
+            send_len: self.send_len,
+            recv_ptr: self.recv_ptr,
+            recv_capacity: self.recv_capacity,
+        }
     }
 
     /// Delivers a received payload: staged bytes are copied out (at most the

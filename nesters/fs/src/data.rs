@@ -75,7 +75,13 @@ impl FileData {
     /// (copied if shared, allocated if holes). On an error from `fill` or
     /// a full memory, what was written so far stays and the length grows
     /// only over it.
-    pub fn write_with<E>(&mut self, offset: u64, len: usize, no_memory: E, mut fill: impl FnMut(&mut [u8], usize) -> Result<(), E>) -> Result<(), E> {
+    pub fn write_with<E>(
+        &mut self,
+        offset: u64,
+        len: usize,
+        no_memory: E,
+        mut fill: impl FnMut(&mut [u8], usize) -> Result<(), E>,
+    ) -> Result<(), E> {
         let end = offset + len as u64;
         let pages_needed = end.div_ceil(PAGE as u64) as usize;
         if self.pages.len() < pages_needed {
@@ -167,7 +173,13 @@ mod tests {
     #[test]
     fn a_failed_fill_keeps_what_was_written() {
         let mut d = FileData::default();
-        let r = d.write_with(0, 2 * PAGE, "no", |dst, at| if at == 0 { Ok(dst.fill(7)) } else { Err("no") });
+        let r = d.write_with(0, 2 * PAGE, "no", |dst, at| {
+            if at != 0 {
+                return Err("no");
+            }
+            dst.fill(7);
+            Ok(())
+        });
         assert_eq!(r, Err("no"));
         assert_eq!(d.len(), PAGE as u64);
     }

@@ -279,7 +279,7 @@ impl FileServer {
                 };
                 // The bytes go straight from the client's memory into the
                 // file's pages (only the first few came with the request).
-                let n = st.tree.write_with(node, at, req.len, |dst, from| payload_piece(&req, dst, from))? as u64;
+                let n = st.tree.write_with(node, at, req.len, |dst, from| payload_piece(req, dst, from))? as u64;
                 if req.op() == op::STREAM_WRITE {
                     st.stream_mut(alias)?.offset = at + n;
                 }

@@ -254,7 +254,7 @@ impl Tree {
     /// (size, kind, entries).
     pub fn stat(&self, id: u64) -> Result<(u64, u64, u64), Error> {
         match self.nodes.get(&id) {
-            Some(Node::File(d)) => Ok((d.len() as u64, kind::FILE, 0)),
+            Some(Node::File(d)) => Ok((d.len(), kind::FILE, 0)),
             Some(Node::Dir(e)) => Ok((0, kind::DIR, e.len() as u64)),
             None => Err(Error::BadObject),
         }
@@ -301,7 +301,13 @@ impl Tree {
     /// Writes `len` bytes at `offset`, which `fill` puts in place piece by
     /// piece (each piece with its offset within the bytes written): a
     /// server reads a request's payload straight into the file this way.
-    pub fn write_with(&mut self, id: u64, offset: u64, len: usize, fill: impl FnMut(&mut [u8], usize) -> Result<(), Error>) -> Result<usize, Error> {
+    pub fn write_with(
+        &mut self,
+        id: u64,
+        offset: u64,
+        len: usize,
+        fill: impl FnMut(&mut [u8], usize) -> Result<(), Error>,
+    ) -> Result<usize, Error> {
         let d = self.file_mut(id)?;
         let end = offset.checked_add(len as u64).ok_or(Error::Invalid)?;
         if end > MAX_FILE {

@@ -439,9 +439,9 @@ pub(super) fn with_user_access<R>(f: impl FnOnce() -> R) -> R {
     }
 }
 
-/// How often a copy that faulted is checked and tried again: a page a
-/// keeper or the demand-zero path supplies again is copied on the next try;
-/// a page revoked for good fails the check.
+/// How often a copy is tried: after a fault the range is checked (pages not
+/// mapped yet are brought in: demand zero, a mapping's first touch) and the
+/// copy tried again; a page revoked for good fails the check.
 const COPY_ATTEMPTS: usize = 3;
 
 /// Copies `dst.len()` bytes from user address `src` in the current address
@@ -457,16 +457,28 @@ pub fn copy_from_user(dst: &mut [u8], src: u64) -> Result<(), ()> {
 /// # Safety
 /// `dst` must be kernel memory valid for writes of `len` bytes.
 unsafe fn copy_in(dst: *mut u8, len: usize, src: u64) -> Result<(), ()> {
+    user_range_bounded(src, len)?;
     for _ in 0..COPY_ATTEMPTS {
-        check_user_range(src, len as u64, false)?;
         // SAFETY: `dst` is valid for `len` bytes (the caller's promise); the
         // user range lies below USER_TOP (just checked), and a fault on it
         // is recovered.
         if with_user_access(|| unsafe { super::usercopy::copy_recovering(dst, src as *const u8, len) }) {
             return Ok(());
         }
+        check_user_range(src, len as u64, false)?;
     }
     Err(())
+}
+
+/// The range lies in the user half: a fault a copy takes there is a user
+/// page missing, never kernel memory. (Copies try first and check the page
+/// tables only when one faults: walking them before every copy cost more
+/// than most copies.)
+fn user_range_bounded(addr: u64, len: usize) -> Result<(), ()> {
+    match addr.checked_add(len as u64) {
+        Some(end) if end <= USER_TOP => Ok(()),
+        _ => Err(()),
+    }
 }
 
 /// Appends `len` bytes from user address `src` to `dst` (which must have
@@ -507,12 +519,13 @@ pub fn copy_to_user(dst: u64, src: &[u8]) -> Result<(), ()> {
 /// # Safety
 /// `src` must be kernel memory valid for reads of `len` bytes.
 unsafe fn copy_out(dst: u64, src: *const u8, len: usize) -> Result<(), ()> {
+    user_range_bounded(dst, len)?;
     for _ in 0..COPY_ATTEMPTS {
-        check_user_range(dst, len as u64, true)?;
         // SAFETY: as in copy_in, with the roles swapped.
         if with_user_access(|| unsafe { super::usercopy::copy_recovering(dst as *mut u8, src, len) }) {
             return Ok(());
         }
+        check_user_range(dst, len as u64, true)?;
     }
     Err(())
 }
