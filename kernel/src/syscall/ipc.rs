@@ -241,7 +241,9 @@ pub(super) fn ipc_reply_wait_buf(frame: &mut SyscallFrame) -> SysResult {
     let d = BufferDescriptor::read(frame.r13)?;
     let me = caller()?;
     let ps = me.lookup_portset(Handle::from_raw(frame.rdi), Rights::RECEIVE)?;
-    let mut payload = d.stage_handle(&me)?;
+    // Our own reply bytes are not checked first: the push fails on them
+    // with LocalFault before anything reached the client.
+    let mut payload = d.stage_parts(&me, false)?;
     let mut pushed = match crate::ipc::push_reply(d.send_ptr, d.send_len) {
         Ok(p) => p,
         Err(_) => return Err(SysError::BadPointer.into()),

@@ -129,8 +129,24 @@ impl FileData {
     }
 }
 
+/// At most `max` bytes of `bytes` from `from` on (none past its end): the
+/// part of a write's data that came with the request, for a piece of the
+/// file that starts `from` bytes into the write.
+pub fn part(bytes: &[u8], from: usize, max: usize) -> &[u8] {
+    bytes.get(from..).map_or(&[], |rest| &rest[..rest.len().min(max)])
+}
+
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn part_of_what_came_with_a_request() {
+        let came = [1u8; 256];
+        assert_eq!(super::part(&came, 0, 4096).len(), 256);
+        assert_eq!(super::part(&came, 100, 10).len(), 10);
+        assert_eq!(super::part(&came, 256, 4096).len(), 0);
+        assert_eq!(super::part(&came, 4096, 4096).len(), 0, "a later page of a long write");
+    }
+
     extern crate std;
     use super::*;
 

@@ -383,8 +383,9 @@ const RECEIVE_CAPACITY: usize = 256;
 /// Bytes `[from, from + dst.len())` of a write request's payload: what came
 /// with the request, the rest straight from the client's memory.
 fn payload_piece(req: &Request, dst: &mut [u8], from: usize) -> Result<(), Error> {
-    let came = req.bytes.len().saturating_sub(from).min(dst.len());
-    dst[..came].copy_from_slice(&req.bytes[from..from + came]);
+    let part = crate::data::part(req.bytes, from, dst.len());
+    let came = part.len();
+    dst[..came].copy_from_slice(part);
     if came < dst.len() {
         let got = matryoshka_rt::ipc::request_read((from + came) as u64, &mut dst[came..]).map_err(|_| Error::Gone)?;
         if got != dst.len() - came {
