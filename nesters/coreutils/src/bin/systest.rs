@@ -146,6 +146,18 @@ mod checks {
         expect("pread", f.pread(8, &mut buf), Ok(2))?;
         expect("pwrite past the end", f.pwrite(12, b"ab"), Ok(2))?;
         expect("size", f.stat().map(|s| (s.size, s.kind)), Ok((14, kind::FILE)))?;
+        // Across pages, unaligned: the server reads a write's bytes straight
+        // into the file's pages and replies to a read within one page with
+        // the page itself; a read across pages is copied.
+        let big: Vec<u8> = (0..3 * 4096 + 700).map(|i| (i * 7 % 251) as u8).collect();
+        expect("a write across four pages", f.pwrite(4000, &big), Ok(big.len()))?;
+        let mut back = alloc::vec![0u8; big.len()];
+        expect("a read across four pages", f.pread(4000, &mut back), Ok(big.len()))?;
+        expect("the bytes across four pages", back == big, true)?;
+        let mut page = alloc::vec![0u8; 4096];
+        expect("a read within one page", f.pread(8192, &mut page), Ok(4096))?;
+        expect("its bytes", &page[..], &big[8192 - 4000..8192 - 4000 + 4096])?;
+        f.truncate(14).map_err(e("truncate"))?;
         expect("negative seek", f.seek(-100, 1), Err(Error::Invalid))?;
         expect("bad whence", f.seek(0, 7), Err(Error::Invalid))?;
         f.close().map_err(e("close"))?;
