@@ -279,7 +279,9 @@ pub fn verdict(call: &Call, ret: i64) -> Result<(), &'static str> {
 }
 
 const NO_SUCH_CALL: i64 = -1;
+const BAD_SIZE: i64 = -3;
 const MISSING_RIGHTS: i64 = -6;
+const INVALID_ARGUMENT: i64 = -8;
 
 /// Threads a worker incarnation may create (victims), so the kernel's
 /// thread count stays bounded.
@@ -550,7 +552,7 @@ impl Gen {
             nr::IPC_CALL | nr::IPC_REPLY_WAIT | nr::IPC_RECEIVE | nr::IPC_CALL_BUF | nr::IPC_REPLY_WAIT_BUF => 2,
             nr::CONN_CONNECT | nr::CONN_ACCEPT | nr::HANDLE_IMPORT | nr::HANDLE_TRANSFER_AT => 2,
             nr::REGION_CREATE | nr::MAPPING_CREATE | nr::HANDLE_CLOSE | nr::HANDLE_DUPLICATE | nr::HANDLE_INFO => 5,
-            nr::HANG_REPORT | nr::FAULT_INJECT | nr::CONSOLE_READ | nr::IPC_CLIENT_WAITING => 1,
+            nr::HANG_REPORT | nr::FAULT_INJECT | nr::CONSOLE_READ | nr::IPC_CLIENT_WAITING | nr::IPC_REQUEST_READ => 1,
             nr::SLEEP_UNTIL | nr::IPC_CALL_BUF_TIMED => 2,
             4 | 1 => 3,
             16..=LAST_CALL => 3,
@@ -619,6 +621,16 @@ impl Gen {
                 script.steps[i] = match nr_ {
                     nr::CONN_CONNECT | nr::CONN_ACCEPT => self.connection_step(env, side),
                     _ if self.rng.chance(256) => {
+                        // A server that took a request reads its payload
+                        // piece by piece (the client may have died or
+                        // timed out, or sent a bad buffer meanwhile).
+                        let mut c = Call::new(nr::IPC_REQUEST_READ);
+                        self.request_read_args(env, &mut c);
+                        c.class = Class::Blocking;
+                        c.check = Check::UpTo(c.regs[reg::RDX].min(matryoshka_abi::PAYLOAD_MAX) as i64);
+                        c
+                    }
+                    _ if self.rng.chance(256) => {
                         // A server that took a request asks whether its
                         // client still waits (it may have timed out or died).
                         let mut c = Call::new(nr::IPC_CLIENT_WAITING);
@@ -640,6 +652,17 @@ impl Gen {
     }
 
     /// A call on connection side `side` of a thread that just connected or accepted.
+    /// `ipc_request_read(offset, buf, len)`: offsets in and past a payload,
+    /// buffers good and bad, lengths up to past the 64 KiB limit.
+    fn request_read_args(&mut self, env: &Env, c: &mut Call) {
+        let limit = matryoshka_abi::PAYLOAD_MAX;
+        let len = if self.rng.chance(128) { limit + 1 + self.rng.below(PAGE) } else { self.size(limit) };
+        let p = self.pointer(env, len.min(limit), true);
+        c.regs[reg::RDI] = self.rng.pick(&[0, 0, 1, PAGE, limit, u64::MAX]);
+        c.regs[reg::RSI] = p.addr;
+        c.regs[reg::RDX] = len;
+    }
+
     fn connection_step(&mut self, env: &Env, side: u64) -> Call {
         let nr_ = self.rng.pick(&[
             nr::CONN_SEND,
@@ -1235,6 +1258,12 @@ impl Gen {
                 // the handle lacks MAP_WRITE or the region lost its write right).
                 c.check = Check::UpTo((size / PAGE) as i64);
             }
+            nr::IPC_REQUEST_READ => {
+                self.request_read_args(env, &mut c);
+                // The worker never holds a request: InvalidArgument, or
+                // BadSize for a length over 64 KiB (checked first).
+                c.check = Check::Error(INVALID_ARGUMENT, BAD_SIZE);
+            }
             nr::IPC_CLIENT_WAITING => {
                 for r in c.regs.iter_mut() {
                     *r = self.any_word();
@@ -1348,7 +1377,7 @@ fn creates_like(o: Origin) -> Effect {
 
 /// The highest call number generated: the kernel has none in 86..=94,
 /// and 95 (console_put, the root's alone) is left out (unknown_nr skips it).
-pub const LAST_CALL: u64 = nr::IPC_CLIENT_WAITING;
+pub const LAST_CALL: u64 = nr::IPC_REQUEST_READ;
 /// Index of the "a number without a call" choice in `pick_nr`'s weights.
 const UNKNOWN_SLOT: usize = LAST_CALL as usize + 1;
 
@@ -1504,7 +1533,7 @@ mod tests {
         for _ in 0..20_000 {
             let n = g.unknown_nr();
             assert!(matryoshka_abi::call::name(n).is_none(), "{n}");
-            assert!(n != nr::CONSOLE_PUT && !(nr::TIME_NOW..=nr::IPC_CLIENT_WAITING).contains(&n));
+            assert!(n != nr::CONSOLE_PUT && !(nr::TIME_NOW..=nr::IPC_REQUEST_READ).contains(&n));
         }
     }
 
@@ -1582,6 +1611,8 @@ mod tests {
             }
             let c = g.call(nr::IPC_CLIENT_WAITING, &e, &mut staging);
             assert_eq!((c.class, c.check), (Class::Direct, Check::Exactly(0)));
+            let c = g.call(nr::IPC_REQUEST_READ, &e, &mut staging);
+            assert_eq!((c.class, c.check), (Class::Direct, Check::Error(INVALID_ARGUMENT, BAD_SIZE)));
         }
         assert!(sizes.iter().all(|&s| s), "{sizes:?}");
     }
